@@ -38,7 +38,9 @@ pub(crate) struct KeyCache {
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("KeyCache")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,8 +113,14 @@ impl KeyCache {
     fn lookup(&self, kid: &str) -> (Option<PublicKey>, bool, bool) {
         let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
         let stale = snapshot.fetched_at.is_none_or(|t| t.elapsed() >= self.ttl);
-        let may_refetch = snapshot.last_attempt.is_none_or(|t| t.elapsed() >= self.cooldown);
-        (snapshot.keys.get(kid).cloned(), stale && may_refetch, may_refetch)
+        let may_refetch = snapshot
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.cooldown);
+        (
+            snapshot.keys.get(kid).cloned(),
+            stale && may_refetch,
+            may_refetch,
+        )
     }
 
     fn unknown(&self, kid: &str) -> VerifyError {
@@ -177,4 +185,3 @@ pub(crate) fn usable_keys(set: &JwkSet) -> HashMap<String, PublicKey> {
     }
     keys
 }
-

@@ -128,13 +128,17 @@ pub enum VerifyError {
     #[error("the assertion is not a well-formed JWT: {0}")]
     Malformed(String),
     /// An algorithm other than ES256/RS256, or one that doesn't match the key's type.
-    #[error("the assertion is signed with {0}; only ES256 and RS256 (each with a key of its own type) are accepted")]
+    #[error(
+        "the assertion is signed with {0}; only ES256 and RS256 (each with a key of its own type) are accepted"
+    )]
     Algorithm(String),
     /// No `kid` in the JWT header.
     #[error("the assertion's header has no `kid`, so no key can be chosen")]
     MissingKeyId,
     /// The `kid` is not in the JWKS, even after a refetch.
-    #[error("no key with kid {kid:?} in the JWKS at {jwks_url}: the assertion was not signed by the configured gateway")]
+    #[error(
+        "no key with kid {kid:?} in the JWKS at {jwks_url}: the assertion was not signed by the configured gateway"
+    )]
     UnknownKey {
         /// The token's `kid`.
         kid: String,
@@ -153,13 +157,19 @@ pub enum VerifyError {
     #[error("the assertion's signature is invalid: it was altered or signed by another key")]
     Signature,
     /// `exp` is in the past.
-    #[error("the assertion has expired (exp is in the past): the gateway sends a fresh one with every request")]
+    #[error(
+        "the assertion has expired (exp is in the past): the gateway sends a fresh one with every request"
+    )]
     Expired,
     /// `nbf` or `iat` is in the future.
-    #[error("the assertion is not valid yet (nbf or iat is in the future): check the clocks of the gateway and this server")]
+    #[error(
+        "the assertion is not valid yet (nbf or iat is in the future): check the clocks of the gateway and this server"
+    )]
     NotYetValid,
     /// `iss` is not one of the configured issuers.
-    #[error("the assertion's issuer {got:?} is not accepted (expected one of {expected:?}): set ASSERTION_ISSUER to the gateway route host")]
+    #[error(
+        "the assertion's issuer {got:?} is not accepted (expected one of {expected:?}): set ASSERTION_ISSUER to the gateway route host"
+    )]
     Issuer {
         /// The token's `iss`.
         got: String,
@@ -167,7 +177,9 @@ pub enum VerifyError {
         expected: Vec<String>,
     },
     /// `aud` is not the configured audience.
-    #[error("the assertion's audience does not include {expected:?}: it was issued for another route")]
+    #[error(
+        "the assertion's audience does not include {expected:?}: it was issued for another route"
+    )]
     Audience {
         /// The configured audience.
         expected: String,
@@ -265,8 +277,7 @@ impl Verifier {
 
 /// Reads one claim without verifying, only to say in an error message what was received.
 fn unverified_claim(token: &str, name: &str) -> Option<String> {
-    let claims: serde_json::Value =
-        jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
     claims.get(name)?.as_str().map(str::to_owned)
 }
 

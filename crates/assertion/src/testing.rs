@@ -78,7 +78,9 @@ impl JwksServer {
             "/.well-known/pomerium/jwks.json",
             axum::routing::get(move || {
                 f.fetch_add(1, Ordering::SeqCst);
-                let set = JwkSet { keys: k.lock().expect("keys").clone() };
+                let set = JwkSet {
+                    keys: k.lock().expect("keys").clone(),
+                };
                 async move { axum::Json(set) }
             }),
         );

@@ -70,7 +70,10 @@ async fn refuses_expired_future_and_foreign_tokens() {
 
     let other_iss = TestKey::claims("evil.example.net", ISS, "a@example.com");
     let err = verifier.verify(&key.sign(&other_iss)).await.unwrap_err();
-    assert!(matches!(err, VerifyError::Issuer { ref got, .. } if got == "evil.example.net"), "{err}");
+    assert!(
+        matches!(err, VerifyError::Issuer { ref got, .. } if got == "evil.example.net"),
+        "{err}"
+    );
 
     let other_aud = TestKey::claims(ISS, "other.example.com", "a@example.com");
     let err = verifier.verify(&key.sign(&other_aud)).await.unwrap_err();
@@ -83,7 +86,10 @@ async fn tolerates_small_clock_skew() {
     let mut claims = TestKey::claims(ISS, ISS, "a@example.com");
     claims["iat"] = json!(now() + 10);
     claims["exp"] = json!(now() - 10);
-    verifier.verify(&key.sign(&claims)).await.expect("within 30 s leeway");
+    verifier
+        .verify(&key.sign(&claims))
+        .await
+        .expect("within 30 s leeway");
 }
 
 #[tokio::test]
@@ -92,7 +98,10 @@ async fn refuses_unsigned_and_hmac_tokens() {
     // alg=none: header {"alg":"none","kid":"x"}.
     let none = "eyJhbGciOiJub25lIiwia2lkIjoieCJ9.eyJpc3MiOiJtY3AuZXhhbXBsZS5jb20ifQ.";
     let err = verifier.verify(none).await.unwrap_err();
-    assert!(matches!(err, VerifyError::Malformed(_) | VerifyError::Algorithm(_)), "{err}");
+    assert!(
+        matches!(err, VerifyError::Malformed(_) | VerifyError::Algorithm(_)),
+        "{err}"
+    );
 
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("x".into());
@@ -122,7 +131,10 @@ async fn picks_up_a_rotated_key_and_caches_known_ones() {
     let next = TestKey::generate();
     jwks.set_keys(vec![key.public_jwk().clone(), next.public_jwk().clone()]);
     let rotated = next.sign(&TestKey::claims(ISS, ISS, "a@example.com"));
-    verifier.verify(&rotated).await.expect("refetched on unknown kid");
+    verifier
+        .verify(&rotated)
+        .await
+        .expect("refetched on unknown kid");
     assert_eq!(jwks.fetches(), 2);
 }
 
@@ -141,7 +153,11 @@ async fn unknown_kids_do_not_flood_the_gateway_with_fetches() {
         let token = stranger.sign(&TestKey::claims(ISS, ISS, "a@example.com"));
         assert!(verifier.verify(&token).await.is_err());
     }
-    assert_eq!(jwks.fetches(), 1, "unknown kids within the cooldown make no request");
+    assert_eq!(
+        jwks.fetches(),
+        1,
+        "unknown kids within the cooldown make no request"
+    );
 }
 
 #[tokio::test]

@@ -17,6 +17,8 @@
 //! # }
 //! ```
 #![forbid(unsafe_code)]
+// Handlers pass ready-made error responses around; their size does not matter in a test fake.
+#![allow(clippy::result_large_err)]
 
 mod model;
 
@@ -129,7 +131,11 @@ impl FakeNotion {
             .route("/v1/data_sources/{id}", get(retrieve_data_source))
             .route("/v1/data_sources/{id}/query", post(query_data_source))
             .fallback(|| async {
-                error(StatusCode::BAD_REQUEST, "invalid_request_url", "Invalid request URL.")
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_url",
+                    "Invalid request URL.",
+                )
             })
             .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
             .with_state(state.clone());
@@ -282,7 +288,9 @@ fn page_size(requested: Option<Value>) -> Result<usize, Response> {
         Some(other) => Err(error(
             StatusCode::BAD_REQUEST,
             "validation_error",
-            &format!("body failed validation: body.page_size should be ≤ 100 and ≥ 1, instead was `{other}`."),
+            &format!(
+                "body failed validation: body.page_size should be ≤ 100 and ≥ 1, instead was `{other}`."
+            ),
         )),
     }
 }
@@ -360,14 +368,22 @@ async fn search(
     if wanted.as_deref() != Some("data_source") {
         for page in &ws.pages {
             if page.title.to_lowercase().contains(&query) {
-                hits.push((page.id.clone(), page.last_edited_time.clone(), page.to_json()));
+                hits.push((
+                    page.id.clone(),
+                    page.last_edited_time.clone(),
+                    page.to_json(),
+                ));
             }
         }
     }
     if wanted.as_deref() != Some("page") && version(&headers).as_str() >= DATA_SOURCES_MIN_VERSION {
         for source in &ws.data_sources {
             if source.title.to_lowercase().contains(&query) {
-                hits.push((source.id.clone(), source.last_edited_time.clone(), source.to_json()));
+                hits.push((
+                    source.id.clone(),
+                    source.last_edited_time.clone(),
+                    source.to_json(),
+                ));
             }
         }
     }
@@ -377,7 +393,12 @@ async fn search(
         hits.reverse();
     }
     let items = hits.into_iter().map(|(id, _, v)| (id, v)).collect();
-    match paginate(items, body.start_cursor.as_deref(), size, "page_or_data_source") {
+    match paginate(
+        items,
+        body.start_cursor.as_deref(),
+        size,
+        "page_or_data_source",
+    ) {
         Ok(list) => Json(list).into_response(),
         Err(response) => response,
     }
@@ -436,7 +457,11 @@ async fn block_children(
         .iter()
         .find(|p| same_id(&p.id, &id))
         .map(|p| &p.blocks)
-        .or_else(|| ws.pages.iter().find_map(|p| model::find_block(&p.blocks, &id)));
+        .or_else(|| {
+            ws.pages
+                .iter()
+                .find_map(|p| model::find_block(&p.blocks, &id))
+        });
     let Some(children) = children else {
         // Children of `unsupported` blocks can't be read, as on the real API.
         if ws
@@ -490,7 +515,12 @@ async fn query_data_source(
         .filter(|p| p.parent.get("data_source_id").and_then(Value::as_str) == Some(&source.id))
         .map(|p| (p.id.clone(), p.to_json()))
         .collect();
-    match paginate(items, body.start_cursor.as_deref(), size, "page_or_data_source") {
+    match paginate(
+        items,
+        body.start_cursor.as_deref(),
+        size,
+        "page_or_data_source",
+    ) {
         Ok(list) => Json(list).into_response(),
         Err(response) => response,
     }

@@ -117,11 +117,7 @@ impl Page {
         for (name, value) in &self.properties {
             properties.insert(name.clone(), value.clone());
         }
-        let slug: String = self
-            .title
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join("-");
+        let slug: String = self.title.split_whitespace().collect::<Vec<_>>().join("-");
         json!({
             "object": "page", "id": self.id,
             "created_time": "2025-12-01T00:00:00.000Z", "last_edited_time": self.last_edited_time,
@@ -139,7 +135,11 @@ impl Page {
             return (markdown.clone(), self.markdown_truncated);
         }
         let mut out = String::new();
-        let depth_limit = if self.markdown_truncated { 0 } else { usize::MAX };
+        let depth_limit = if self.markdown_truncated {
+            0
+        } else {
+            usize::MAX
+        };
         render(&self.blocks, 0, depth_limit, &mut out);
         (out, self.markdown_truncated)
     }
@@ -316,7 +316,8 @@ impl DataSource {
 
     /// Adds a row titled `title` (its title property named after the title column).
     pub fn row(mut self, row: Page) -> Self {
-        self.rows.push(row.title_property(&self.title_column.clone()));
+        self.rows
+            .push(row.title_property(&self.title_column.clone()));
         self
     }
 
