@@ -1,0 +1,680 @@
+//! The gateway's state: browser sessions, registered OAuth clients, authorization codes,
+//! refresh-token families, upstream tokens (TI) per user and route, pending upstream
+//! authorizations, consents and the signing key.
+//!
+//! One [`Store`] type over two backends: a SQLite file (the embedded default) and PostgreSQL (for
+//! several gateway replicas, which then behave as one). Every operation is written once (see
+//! `db.rs`), including the atomic ones the gateway's security rests on:
+//!
+//! - [`Store::redeem_code`]: an authorization code is redeemed exactly once; a replay is reported
+//!   with the family the first redemption created, so the caller can revoke it;
+//! - [`Store::rotate_refresh_token`]: exactly one of several concurrent rotations of a refresh
+//!   token wins; a spent token presented again revokes its whole family;
+//! - [`Store::refresh_upstream_token`]: concurrent refreshes of one user's upstream token
+//!   coalesce into one call to the provider, across tasks and across replicas (a lease row).
+//!
+//! Secrets at rest (see `crypto.rs`): tokens and codes only as hashes; upstream tokens, client
+//! secrets, pending authorizations and keys sealed with a key derived from `shared_secret`.
+//! Every record kind expires; [`Store::spawn_collector`] deletes expired rows in the background.
+#![forbid(unsafe_code)]
+
+mod crypto;
+mod db;
+mod records;
+mod schema;
+mod upstream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+pub use crypto::{Keyring, hash_secret};
+pub use records::*;
+pub use upstream::{RefreshError, RefreshOutcome};
+
+use db::{Db, params};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Which database holds the state.
+#[derive(Clone)]
+pub enum Backend {
+    /// A SQLite file (`databroker_storage_type: sqlite`, the default).
+    Sqlite(PathBuf),
+    /// PostgreSQL (`databroker_storage_type: postgres` + `databroker_storage_connection_string`).
+    Postgres(String),
+    /// In memory, gone at exit (`databroker_storage_type: memory`; tests only).
+    Memory,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(path) => write!(f, "Sqlite({})", path.display()),
+            Backend::Postgres(url) => write!(f, "Postgres({})", db::redact_url(url)),
+            Backend::Memory => f.write_str("Memory"),
+        }
+    }
+}
+
+impl Backend {
+    /// The SQLite file inside a data directory.
+    pub fn sqlite_in(data_dir: &std::path::Path) -> Self {
+        Backend::Sqlite(db::sqlite_path(data_dir))
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated at start-up.
+    #[error("cannot open the store ({target}): {reason}")]
+    Open {
+        /// What was being opened, without any password.
+        target: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// Bad store configuration.
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// The database failed a statement.
+    #[error("store backend error: {0}")]
+    Backend(String),
+    /// A row could not be read back.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+    /// Sealing or opening a secret failed.
+    #[error("store encryption: {0}")]
+    Crypto(String),
+}
+
+/// The gateway's state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    keys: Keyring,
+    backend: String,
+    /// Per-(user, route) locks that coalesce upstream refreshes within this process.
+    refresh_locks: upstream::Locks,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens `backend`, applies migrations, and seals secrets with keys derived from
+    /// `shared_secret` (`previous_secrets` still open old values after a rotation).
+    pub async fn open(
+        backend: &Backend,
+        shared_secret: &[u8],
+        previous_secrets: &[Vec<u8>],
+    ) -> Result<Self, StoreError> {
+        let keys = Keyring::new(shared_secret, previous_secrets)?;
+        let db = match backend {
+            Backend::Sqlite(path) => Db::open_sqlite(path)?,
+            Backend::Postgres(url) => Db::open_postgres(url, 16).await?,
+            Backend::Memory => Db::open_memory()?,
+        };
+        db.migrate().await.map_err(|e| match e {
+            StoreError::Open { .. } => e,
+            other => StoreError::Open {
+                target: format!("{backend:?}"),
+                reason: other.to_string(),
+            },
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                backend: format!("{backend:?}"),
+                refresh_locks: upstream::Locks::default(),
+            }),
+        })
+    }
+
+    /// The keyring (random tokens, sealing for callers that keep their own secrets).
+    pub fn keyring(&self) -> &Keyring {
+        &self.inner.keys
+    }
+
+    fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    fn seal<T: Serialize>(&self, context: &str, value: &T) -> Result<String, StoreError> {
+        let json = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.inner.keys.seal(context, &json)
+    }
+
+    fn unseal<T: DeserializeOwned>(&self, context: &str, sealed: &str) -> Result<T, StoreError> {
+        let json = self.inner.keys.open(context, sealed)?;
+        serde_json::from_slice(&json).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    // ---- sessions ------------------------------------------------------------------------
+
+    /// Saves (or replaces) a session.
+    pub async fn put_session(&self, session: &Session) -> Result<(), StoreError> {
+        let data = to_json(session)?;
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO sessions (id, user_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, expires_at = excluded.expires_at",
+                params![&session.id, &session.user_id, data, session.expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The session with this id, unless it expired or was ended.
+    pub async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM sessions WHERE id = ?1 AND expires_at > ?2",
+                params![id, now_ms()],
+            )
+            .await?;
+        rows.first().map(|r| from_json(&r.text(0)?)).transpose()
+    }
+
+    /// Ends a session (sign-out): deletes it and revokes the token families issued from it.
+    pub async fn end_session(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let ended = end_sessions(&mut tx, "id", id).await?;
+        tx.commit().await?;
+        Ok(ended > 0)
+    }
+
+    /// Ends every session of a user ("sign out everywhere"); returns how many.
+    pub async fn end_user_sessions(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let ended = end_sessions(&mut tx, "user_id", user_id).await?;
+        tx.commit().await?;
+        Ok(ended)
+    }
+
+    // ---- OAuth clients ---------------------------------------------------------------------
+
+    /// Saves (or replaces) a client; its secret is sealed.
+    pub async fn put_client(&self, client: &OAuthClient) -> Result<(), StoreError> {
+        let mut stored = client.clone();
+        stored.secret = client
+            .secret
+            .as_deref()
+            .map(|s| {
+                self.inner
+                    .keys
+                    .seal(&format!("client_secret|{}", client.client_id), s.as_bytes())
+            })
+            .transpose()?;
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO oauth_clients (client_id, data, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (client_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+                params![&client.client_id, to_json(&stored)?, client.expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The client with this id, its secret opened.
+    pub async fn get_client(&self, client_id: &str) -> Result<Option<OAuthClient>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM oauth_clients WHERE client_id = ?1 AND expires_at > ?2",
+                params![client_id, now_ms()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let mut client: OAuthClient = from_json(&row.text(0)?)?;
+        if let Some(sealed) = &client.secret {
+            let plain = self
+                .inner
+                .keys
+                .open(&format!("client_secret|{client_id}"), sealed)?;
+            client.secret =
+                Some(String::from_utf8(plain).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(Some(client))
+    }
+
+    /// Deletes a client.
+    pub async fn delete_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .db()
+            .conn()
+            .await?
+            .execute(
+                "DELETE FROM oauth_clients WHERE client_id = ?1",
+                params![client_id],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    // ---- authorization codes -----------------------------------------------------------------
+
+    /// Stores an authorization code (by hash only).
+    pub async fn put_code(&self, code: &str, grant: &CodeGrant) -> Result<(), StoreError> {
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO authorization_codes (code_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![hash_secret(code), to_json(grant)?, grant.expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Redeems a code exactly once. The first redemption records `family_id` (the token family
+    /// it is about to create), so a replay can name what to revoke (RFC 6749 §4.1.2).
+    pub async fn redeem_code(&self, code: &str, family_id: &str) -> Result<Redemption, StoreError> {
+        let hash = hash_secret(code);
+        let now = now_ms();
+        let mut conn = self.db().conn().await?;
+        // One atomic statement: of several concurrent redemptions, the row lock lets exactly one
+        // see `redeemed_at IS NULL`.
+        let rows = conn
+            .query(
+                "UPDATE authorization_codes SET redeemed_at = ?2, family_id = ?3
+                 WHERE code_hash = ?1 AND redeemed_at IS NULL AND expires_at > ?2 RETURNING data",
+                params![&hash, now, family_id],
+            )
+            .await?;
+        if let Some(row) = rows.first() {
+            return Ok(Redemption::Redeemed(from_json(&row.text(0)?)?));
+        }
+        let rows = conn
+            .query(
+                "SELECT family_id, redeemed_at FROM authorization_codes WHERE code_hash = ?1",
+                params![&hash],
+            )
+            .await?;
+        match rows.first() {
+            Some(row) if row.opt_int(1)?.is_some() => Ok(Redemption::Replayed {
+                family_id: row.opt_text(0)?,
+            }),
+            _ => Ok(Redemption::Invalid),
+        }
+    }
+
+    // ---- refresh-token families ----------------------------------------------------------------
+
+    /// Starts a token family with its first refresh token.
+    pub async fn create_family(
+        &self,
+        family: &TokenFamily,
+        refresh_token: &str,
+        refresh_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db().begin().await?;
+        tx.execute(
+            // A code replayed before the family existed already revoked it: keep it revoked.
+            "INSERT INTO token_families (family_id, session_id, data, expires_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, (SELECT revoked_at FROM revocations WHERE kind = 'family' AND id = ?1))",
+            params![&family.family_id, &family.session_id, to_json(family)?, family.expires_at],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES (?1, ?2, ?3)",
+            params![
+                hash_secret(refresh_token),
+                &family.family_id,
+                refresh_expires_at.min(family.expires_at)
+            ],
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Rotates `old` to `new`. Exactly one of several concurrent rotations of `old` gets
+    /// [`Rotation::Rotated`]; one arriving within `grace` after the winner gets
+    /// [`Rotation::Concurrent`]; a spent token presented later revokes its family.
+    pub async fn rotate_refresh_token(
+        &self,
+        old: &str,
+        new: &str,
+        new_expires_at: i64,
+        grace: Duration,
+    ) -> Result<Rotation, StoreError> {
+        let old_hash = hash_secret(old);
+        let now = now_ms();
+        let mut tx = self.db().begin().await?;
+        let spent = tx
+            .query(
+                "UPDATE refresh_tokens SET used_at = ?2
+                 WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2 RETURNING family_id",
+                params![&old_hash, now],
+            )
+            .await?;
+        if let Some(row) = spent.first() {
+            let family_id = row.text(0)?;
+            let family = tx
+                .query(
+                    "SELECT data FROM token_families WHERE family_id = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+                    params![&family_id, now],
+                )
+                .await?;
+            let Some(family) = family.first() else {
+                tx.commit().await?;
+                return Ok(Rotation::Invalid);
+            };
+            let family: TokenFamily = from_json(&family.text(0)?)?;
+            tx.execute(
+                "INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![hash_secret(new), &family_id, new_expires_at.min(family.expires_at)],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Rotation::Rotated(family));
+        }
+        let rows = tx
+            .query(
+                "SELECT family_id, used_at FROM refresh_tokens WHERE token_hash = ?1",
+                params![&old_hash],
+            )
+            .await?;
+        let outcome = match rows.first() {
+            Some(row) => match row.opt_int(1)? {
+                Some(used_at) if now - used_at <= grace.as_millis() as i64 => Rotation::Concurrent,
+                Some(_) => {
+                    let family_id = row.text(0)?;
+                    revoke_family(&mut tx, &family_id, now).await?;
+                    tracing::warn!(family = %family_id, "refresh token reuse detected: family revoked");
+                    Rotation::Reused { family_id }
+                }
+                None => Rotation::Invalid, // expired
+            },
+            None => Rotation::Invalid,
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// The family of a refresh token, if it is current (unspent, unexpired, family not revoked).
+    pub async fn find_refresh_token(&self, token: &str) -> Result<Option<TokenFamily>, StoreError> {
+        let now = now_ms();
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT f.data FROM refresh_tokens t JOIN token_families f ON f.family_id = t.family_id
+                 WHERE t.token_hash = ?1 AND t.used_at IS NULL AND t.expires_at > ?2
+                   AND f.revoked_at IS NULL AND f.expires_at > ?2",
+                params![hash_secret(token), now],
+            )
+            .await?;
+        rows.first().map(|r| from_json(&r.text(0)?)).transpose()
+    }
+
+    /// Revokes a token family (RFC 7009 revocation, code replay, reuse detection).
+    pub async fn revoke_family(&self, family_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let revoked = revoke_family(&mut tx, family_id, now_ms()).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    /// Whether a family is revoked (or unknown, or expired).
+    pub async fn family_is_active(&self, family_id: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT 1 FROM token_families WHERE family_id = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+                params![family_id, now_ms()],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Revocations (ended sessions, revoked families) recorded at or after `since_ms`, for
+    /// caches that validate tokens without a store round-trip. Poll with an overlap: rows
+    /// committed late may carry a slightly older time.
+    pub async fn revocations_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(Revocation, i64)>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT kind, id, revoked_at FROM revocations WHERE revoked_at >= ?1 ORDER BY revoked_at",
+                params![since_ms],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id = r.text(1)?;
+                let revocation = match r.text(0)?.as_str() {
+                    "session" => Revocation::Session(id),
+                    _ => Revocation::Family(id),
+                };
+                Ok((revocation, r.int(2)?))
+            })
+            .collect()
+    }
+
+    // ---- consents --------------------------------------------------------------------------
+
+    /// Remembers that `user_id` approved `client_id` (for `scope`).
+    pub async fn put_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scope: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO consents (user_id, client_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, client_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+                params![user_id, client_id, scope, expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The scope `user_id` approved for `client_id`, if they did.
+    pub async fn get_consent(
+        &self,
+        user_id: &str,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM consents WHERE user_id = ?1 AND client_id = ?2 AND expires_at > ?3",
+                params![user_id, client_id, now_ms()],
+            )
+            .await?;
+        rows.first().map(|r| r.text(0)).transpose()
+    }
+
+    // ---- keys ------------------------------------------------------------------------------
+
+    /// The key stored under `name`, or `candidate` after storing it if there was none. Several
+    /// replicas starting at once all end up with the same key.
+    pub async fn get_or_insert_key(
+        &self,
+        name: &str,
+        candidate: &str,
+    ) -> Result<String, StoreError> {
+        let context = format!("key|{name}");
+        let sealed = self.inner.keys.seal(&context, candidate.as_bytes())?;
+        let mut conn = self.db().conn().await?;
+        conn.execute(
+            "INSERT INTO keys (name, data, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+            params![name, sealed, now_ms()],
+        )
+        .await?;
+        let rows = conn
+            .query("SELECT data FROM keys WHERE name = ?1", params![name])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt(format!("key {name} vanished")))?;
+        let plain = self.inner.keys.open(&context, &row.text(0)?)?;
+        String::from_utf8(plain).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    // ---- expiry ----------------------------------------------------------------------------
+
+    /// Deletes every expired row; returns how many.
+    pub async fn collect_expired(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.db().begin().await?;
+        let mut total = 0;
+        for table in [
+            "sessions",
+            "oauth_clients",
+            "authorization_codes",
+            "refresh_tokens",
+            "token_families",
+            "revocations",
+            "upstream_tokens",
+            "pending_authorizations",
+            "consents",
+        ] {
+            total += tx
+                .execute(
+                    &format!("DELETE FROM {table} WHERE expires_at <= ?1"),
+                    params![now],
+                )
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(total)
+    }
+
+    /// Collects expired rows every `interval` until `stop` is cancelled.
+    pub fn spawn_collector(
+        &self,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                match store.collect_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(rows = n, "store: collected expired rows"),
+                    Err(error) => tracing::warn!(%error, "store: collecting expired rows failed"),
+                }
+            }
+        })
+    }
+}
+
+/// How long a revocation row is kept: longer than any access token lives, so every cache sees it.
+const REVOCATION_TTL_MS: i64 = 24 * 3600 * 1000;
+
+async fn end_sessions(tx: &mut db::Conn<'_>, column: &str, value: &str) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let ids = tx
+        .query(
+            &format!("DELETE FROM sessions WHERE {column} = ?1 RETURNING id"),
+            params![value],
+        )
+        .await?;
+    for row in &ids {
+        let id = row.text(0)?;
+        record_revocation(tx, "session", &id, now).await?;
+        let families = tx
+            .query(
+                "SELECT family_id FROM token_families WHERE session_id = ?1 AND revoked_at IS NULL",
+                params![&id],
+            )
+            .await?;
+        for family in families {
+            revoke_family(tx, &family.text(0)?, now).await?;
+        }
+    }
+    Ok(ids.len() as u64)
+}
+
+async fn revoke_family(
+    tx: &mut db::Conn<'_>,
+    family_id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = tx
+        .execute(
+            "UPDATE token_families SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
+            params![family_id, now],
+        )
+        .await?;
+    tx.execute(
+        "DELETE FROM refresh_tokens WHERE family_id = ?1",
+        params![family_id],
+    )
+    .await?;
+    record_revocation(tx, "family", family_id, now).await?;
+    Ok(n > 0)
+}
+
+async fn record_revocation(
+    tx: &mut db::Conn<'_>,
+    kind: &str,
+    id: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO revocations (kind, id, revoked_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (kind, id) DO NOTHING",
+        params![kind, id, now, now + REVOCATION_TTL_MS],
+    )
+    .await?;
+    Ok(())
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,182 @@
+//! What the gateway keeps. Times are milliseconds since the Unix epoch.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A signed-in browser session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random id (the cookie carries it, encrypted).
+    pub id: String,
+    /// Stable user id (`sub`).
+    pub user_id: String,
+    /// Email address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Other identity-provider claims (for `claim/<name>` policies).
+    #[serde(default)]
+    pub claims: serde_json::Map<String, Value>,
+    /// Which identity source signed the user in (`local`, `oidc`).
+    pub idp: String,
+    /// When the session started.
+    pub created_at: i64,
+    /// When it ends.
+    pub expires_at: i64,
+}
+
+/// A registered OAuth client (dynamic registration, or a cached client ID metadata document).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OAuthClient {
+    /// `client_id`.
+    pub client_id: String,
+    /// The client metadata (RFC 7591): redirect URIs, name, auth method, ...
+    pub metadata: Value,
+    /// The client secret, for confidential clients. Stored sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// When it was registered.
+    pub created_at: i64,
+    /// When the registration lapses.
+    pub expires_at: i64,
+}
+
+/// What an authorization code grants, fixed when the code is issued (RFC 6749 §4.1.2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CodeGrant {
+    /// The client the code was issued to.
+    pub client_id: String,
+    /// The exact redirect URI of the request.
+    pub redirect_uri: String,
+    /// PKCE S256 challenge.
+    pub code_challenge: String,
+    /// The resource (MCP route URL) the tokens are bound to (RFC 8707).
+    pub resource: String,
+    /// Granted scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The signed-in user.
+    pub user_id: String,
+    /// The session the user authorized from.
+    pub session_id: String,
+    /// When the code lapses.
+    pub expires_at: i64,
+}
+
+/// The outcome of redeeming a code.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Redemption {
+    /// First use: here is what it grants.
+    Redeemed(CodeGrant),
+    /// Already used: revoke what the first use issued (`family_id`, when it issued any).
+    Replayed {
+        /// The family the first redemption created.
+        family_id: Option<String>,
+    },
+    /// Unknown or expired.
+    Invalid,
+}
+
+/// A refresh-token family: every refresh token descended from one authorization.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenFamily {
+    /// Random id.
+    pub family_id: String,
+    /// The client the tokens belong to.
+    pub client_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The session (signing out revokes the family).
+    pub session_id: String,
+    /// The resource the tokens are bound to.
+    pub resource: String,
+    /// Granted scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// When the family started.
+    pub created_at: i64,
+    /// When the whole family lapses, however often it is refreshed.
+    pub expires_at: i64,
+}
+
+/// The outcome of rotating a refresh token.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rotation {
+    /// This call won: the old token is spent, the new one is stored.
+    Rotated(TokenFamily),
+    /// Another rotation of the same token won moments ago (within the grace period): refused,
+    /// but the family stays valid.
+    Concurrent,
+    /// A spent token was presented again: the family is now revoked.
+    Reused {
+        /// The revoked family.
+        family_id: String,
+    },
+    /// Unknown, expired, or of a revoked family.
+    Invalid,
+}
+
+/// What was revoked, for caches that validate tokens without the store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Revocation {
+    /// A browser session (sign-out).
+    Session(String),
+    /// A refresh-token family (and the access tokens issued from it).
+    Family(String),
+}
+
+/// An upstream provider's token (TI) held for one user and route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamToken {
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token, when the provider issued one.
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// `token_type` (usually `Bearer`).
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// When the access token expires, if the provider said.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Granted scope.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Where to refresh it (discovered upstreams record their token endpoint).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// The client id used upstream (discovered upstreams register their own).
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// A stored upstream token with its version (for compare-and-swap).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredUpstreamToken {
+    /// The token.
+    pub token: UpstreamToken,
+    /// Increases with every write.
+    pub version: i64,
+}
+
+/// An upstream authorization in progress: what the callback needs to finish it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingAuthorization {
+    /// The user who started it (the callback must come from the same browser session).
+    pub user_id: String,
+    /// The session it was started from.
+    pub session_id: String,
+    /// The route whose TI is being obtained.
+    pub route_id: String,
+    /// The PKCE verifier sent upstream. Stored sealed with the rest.
+    pub pkce_verifier: String,
+    /// Whatever the gateway needs to resume (the downstream authorization request, a return
+    /// URL, the discovered endpoints).
+    #[serde(default)]
+    pub resume: Value,
+    /// When it lapses.
+    pub expires_at: i64,
+}

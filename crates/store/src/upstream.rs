@@ -1,0 +1,307 @@
+//! Upstream tokens (TI) per (user, route), pending upstream authorizations, and the refresh
+//! coalescing the gateway relies on: providers such as Notion rotate refresh tokens, so two
+//! refreshes with the same refresh token would leave the user disconnected. Within a process a
+//! per-(user, route) mutex makes concurrent callers wait for one refresh; across replicas a
+//! lease on the row does the same (the holder refreshes, the others wait for the new version).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::db::params;
+use crate::{
+    PendingAuthorization, Store, StoreError, StoredUpstreamToken, UpstreamToken, hash_secret,
+    now_ms,
+};
+
+/// How long a refresh lease lasts: longer than a provider call takes, short enough that a
+/// crashed replica's lease soon lapses.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// How a refresh attempt ended.
+pub enum RefreshOutcome {
+    /// The provider issued a new token: store it.
+    Refreshed(UpstreamToken),
+    /// The provider refused the refresh token (4xx): forget the TI, the user must reconnect.
+    Revoked,
+}
+
+/// Why [`Store::refresh_upstream_token`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError<E> {
+    /// The provider could not be reached or failed (5xx); the stored token is unchanged.
+    #[error("upstream refresh failed: {0}")]
+    Upstream(E),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another replica held the refresh lease for longer than a lease lasts.
+    #[error("timed out waiting for another gateway replica to refresh the upstream token")]
+    LeaseTimeout,
+}
+
+/// One async lock per (user, route) with a refresh in flight; entries go when unused.
+type LockMap = HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>;
+
+#[derive(Default)]
+pub(crate) struct Locks(Mutex<LockMap>);
+
+impl Locks {
+    fn get(&self, user: &str, route: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, weak| weak.strong_count() > 0);
+        let key = (user.to_owned(), route.to_owned());
+        if let Some(lock) = map.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+}
+
+fn context(user: &str, route: &str) -> String {
+    format!("upstream_token|{user}|{route}")
+}
+
+impl Store {
+    /// The TI of `user_id` for `route_id`.
+    pub async fn get_upstream_token(
+        &self,
+        user_id: &str,
+        route_id: &str,
+    ) -> Result<Option<StoredUpstreamToken>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data, version FROM upstream_tokens WHERE user_id = ?1 AND route_id = ?2 AND expires_at > ?3",
+                params![user_id, route_id, now_ms()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(StoredUpstreamToken {
+            token: self.unseal(&context(user_id, route_id), &row.text(0)?)?,
+            version: row.int(1)?,
+        }))
+    }
+
+    /// Stores (replaces) the TI of `user_id` for `route_id`, kept until `expires_at`; returns
+    /// the new version.
+    pub async fn put_upstream_token(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        token: &UpstreamToken,
+        expires_at: i64,
+    ) -> Result<i64, StoreError> {
+        let sealed = self.seal(&context(user_id, route_id), token)?;
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "INSERT INTO upstream_tokens (user_id, route_id, data, version, updated_at, expires_at)
+                 VALUES (?1, ?2, ?3, 1, ?4, ?5)
+                 ON CONFLICT (user_id, route_id) DO UPDATE SET data = excluded.data,
+                    version = upstream_tokens.version + 1, updated_at = excluded.updated_at,
+                    expires_at = excluded.expires_at, lease_owner = NULL, lease_until = NULL
+                 RETURNING version",
+                params![user_id, route_id, sealed, now_ms(), expires_at],
+            )
+            .await?;
+        rows.first()
+            .ok_or_else(|| StoreError::Corrupt("upsert returned no row".into()))?
+            .int(0)
+    }
+
+    /// Forgets the TI of `user_id` for `route_id` (disconnect, or refused refresh).
+    pub async fn delete_upstream_token(
+        &self,
+        user_id: &str,
+        route_id: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .db()
+            .conn()
+            .await?
+            .execute(
+                "DELETE FROM upstream_tokens WHERE user_id = ?1 AND route_id = ?2",
+                params![user_id, route_id],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The current TI, refreshed first if `needs_refresh` says so. Concurrent callers for the
+    /// same (user, route), in this process or in other replicas, share one call to `refresh`.
+    /// `keep_for` is how long a refreshed token is kept. Returns `None` when there is no TI (or
+    /// the provider refused the refresh and it was deleted).
+    pub async fn refresh_upstream_token<E, F, Fut>(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        needs_refresh: impl Fn(&UpstreamToken) -> bool,
+        keep_for: Duration,
+        refresh: F,
+    ) -> Result<Option<UpstreamToken>, RefreshError<E>>
+    where
+        F: FnOnce(UpstreamToken) -> Fut,
+        Fut: Future<Output = Result<RefreshOutcome, E>>,
+    {
+        let lock = self.inner.refresh_locks.get(user_id, route_id);
+        let _local = lock.lock().await;
+        let waited_since = tokio::time::Instant::now();
+        let mut refresh = Some(refresh);
+        loop {
+            let Some(current) = self.get_upstream_token(user_id, route_id).await? else {
+                return Ok(None);
+            };
+            if !needs_refresh(&current.token) {
+                return Ok(Some(current.token));
+            }
+            let owner = self.keyring().random_token(12)?;
+            if self.try_lease(user_id, route_id, &owner).await? {
+                let refresh = refresh.take().expect("refresh runs at most once");
+                return match refresh(current.token).await {
+                    Ok(RefreshOutcome::Refreshed(token)) => {
+                        self.finish_refresh(
+                            user_id,
+                            route_id,
+                            &owner,
+                            Some((&token, now_ms() + keep_for.as_millis() as i64)),
+                        )
+                        .await?;
+                        Ok(Some(token))
+                    }
+                    Ok(RefreshOutcome::Revoked) => {
+                        self.finish_refresh(user_id, route_id, &owner, None).await?;
+                        Ok(None)
+                    }
+                    Err(error) => {
+                        self.release_lease(user_id, route_id, &owner).await?;
+                        Err(RefreshError::Upstream(error))
+                    }
+                };
+            }
+            // Another replica is refreshing: wait for its result.
+            if waited_since.elapsed() > LEASE {
+                return Err(RefreshError::LeaseTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn try_lease(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let n = self
+            .db()
+            .conn()
+            .await?
+            .execute(
+                "UPDATE upstream_tokens SET lease_owner = ?3, lease_until = ?4
+                 WHERE user_id = ?1 AND route_id = ?2 AND (lease_until IS NULL OR lease_until < ?5)",
+                params![user_id, route_id, owner, now + LEASE.as_millis() as i64, now],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn finish_refresh(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        owner: &str,
+        new: Option<(&UpstreamToken, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.db().conn().await?;
+        match new {
+            Some((token, expires_at)) => {
+                let sealed = self.seal(&context(user_id, route_id), token)?;
+                conn.execute(
+                    "UPDATE upstream_tokens SET data = ?4, version = version + 1, updated_at = ?5, expires_at = ?6,
+                        lease_owner = NULL, lease_until = NULL
+                     WHERE user_id = ?1 AND route_id = ?2 AND lease_owner = ?3",
+                    params![user_id, route_id, owner, sealed, now_ms(), expires_at],
+                )
+                .await?;
+            }
+            None => {
+                conn.execute(
+                    "DELETE FROM upstream_tokens WHERE user_id = ?1 AND route_id = ?2 AND lease_owner = ?3",
+                    params![user_id, route_id, owner],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        route_id: &str,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "UPDATE upstream_tokens SET lease_owner = NULL, lease_until = NULL
+                 WHERE user_id = ?1 AND route_id = ?2 AND lease_owner = ?3",
+                params![user_id, route_id, owner],
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ---- pending upstream authorizations ---------------------------------------------------------
+
+    /// Stores a pending upstream authorization under its `state` (hashed); sealed.
+    pub async fn put_pending(
+        &self,
+        state: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        let hash = hash_secret(state);
+        let sealed = self.seal(&format!("pending|{hash}"), pending)?;
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO pending_authorizations (state_hash, data, expires_at) VALUES (?1, ?2, ?3)",
+                params![&hash, sealed, pending.expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes (single use) the pending authorization for `state`.
+    pub async fn take_pending(
+        &self,
+        state: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        let hash = hash_secret(state);
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "DELETE FROM pending_authorizations WHERE state_hash = ?1 AND expires_at > ?2 RETURNING data",
+                params![&hash, now_ms()],
+            )
+            .await?;
+        rows.first()
+            .map(|r| self.unseal(&format!("pending|{hash}"), &r.text(0)?))
+            .transpose()
+    }
+}

@@ -1,0 +1,820 @@
+//! One suite, run against every backend: SQLite (file), PostgreSQL (a real server), and where it
+//! makes sense the in-memory store.
+
+#[path = "support/backends.rs"]
+mod backends;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backends::TestStore;
+use postern_store::*;
+
+/// Generates one `#[tokio::test]` per case for a backend.
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(test) = super::backends::$backend().await else { return };
+                    super::$case(test).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(sqlite: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
+    refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
+    upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    expired_rows_are_collected, two_instances_share_state);
+suite!(postgres: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
+    refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
+    upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    expired_rows_are_collected, two_instances_share_state);
+suite!(memory: sessions, clients, codes_redeem_once, refresh_rotation_and_reuse, upstream_tokens);
+
+const HOUR: i64 = 3600 * 1000;
+
+fn session(id: &str, user: &str) -> Session {
+    Session {
+        id: id.into(),
+        user_id: user.into(),
+        email: format!("{user}@example.com"),
+        name: user.into(),
+        groups: vec!["staff".into()],
+        claims: Default::default(),
+        idp: "local".into(),
+        created_at: now_ms(),
+        expires_at: now_ms() + HOUR,
+    }
+}
+
+fn family(id: &str, session: &str) -> TokenFamily {
+    TokenFamily {
+        family_id: id.into(),
+        client_id: "client-1".into(),
+        user_id: "ada".into(),
+        session_id: session.into(),
+        resource: "https://mcp.example.com/notion".into(),
+        scope: None,
+        created_at: now_ms(),
+        expires_at: now_ms() + 24 * HOUR,
+    }
+}
+
+fn grant() -> CodeGrant {
+    CodeGrant {
+        client_id: "client-1".into(),
+        redirect_uri: "http://127.0.0.1:4444/callback".into(),
+        code_challenge: "challenge".into(),
+        resource: "https://mcp.example.com/notion".into(),
+        scope: None,
+        user_id: "ada".into(),
+        session_id: "s1".into(),
+        expires_at: now_ms() + 60_000,
+    }
+}
+
+fn ti(access: &str) -> UpstreamToken {
+    UpstreamToken {
+        access_token: access.into(),
+        refresh_token: Some(format!("refresh-of-{access}")),
+        token_type: Some("Bearer".into()),
+        expires_at: Some(now_ms() + HOUR),
+        scope: None,
+        token_endpoint: None,
+        client_id: None,
+    }
+}
+
+async fn sessions(t: TestStore) {
+    let s = &t.store;
+    let s1 = session("s1", "ada");
+    s.put_session(&s1).await.unwrap();
+    s.put_session(&session("s2", "ada")).await.unwrap();
+    s.put_session(&session("s3", "grace")).await.unwrap();
+    assert_eq!(s.get_session("s1").await.unwrap(), Some(s1));
+    assert!(s.end_session("s1").await.unwrap());
+    assert!(s.get_session("s1").await.unwrap().is_none());
+    assert!(
+        !s.end_session("s1").await.unwrap(),
+        "ending twice reports nothing ended"
+    );
+    assert_eq!(s.end_user_sessions("ada").await.unwrap(), 1);
+    assert!(s.get_session("s2").await.unwrap().is_none());
+    assert!(
+        s.get_session("s3").await.unwrap().is_some(),
+        "other users keep their sessions"
+    );
+
+    let mut expired = session("old", "ada");
+    expired.expires_at = now_ms() - 1;
+    s.put_session(&expired).await.unwrap();
+    assert!(
+        s.get_session("old").await.unwrap().is_none(),
+        "an expired session is not returned"
+    );
+}
+
+async fn session_end_revokes_families(t: TestStore) {
+    let s = &t.store;
+    s.put_session(&session("s1", "ada")).await.unwrap();
+    s.create_family(&family("f1", "s1"), "rt-1", now_ms() + HOUR)
+        .await
+        .unwrap();
+    let before = now_ms() - 1000;
+    assert!(s.family_is_active("f1").await.unwrap());
+    s.end_session("s1").await.unwrap();
+    assert!(
+        !s.family_is_active("f1").await.unwrap(),
+        "sign-out revokes the session's tokens"
+    );
+    assert!(s.find_refresh_token("rt-1").await.unwrap().is_none());
+    let revocations: Vec<Revocation> = s
+        .revocations_since(before)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert!(
+        revocations.contains(&Revocation::Session("s1".into())),
+        "{revocations:?}"
+    );
+    assert!(
+        revocations.contains(&Revocation::Family("f1".into())),
+        "{revocations:?}"
+    );
+}
+
+async fn clients(t: TestStore) {
+    let s = &t.store;
+    let client = OAuthClient {
+        client_id: "client-1".into(),
+        metadata: serde_json::json!({"redirect_uris": ["http://127.0.0.1/cb"], "client_name": "Test"}),
+        secret: Some("client-secret-value".into()),
+        created_at: now_ms(),
+        expires_at: now_ms() + HOUR,
+    };
+    s.put_client(&client).await.unwrap();
+    assert_eq!(
+        s.get_client("client-1").await.unwrap(),
+        Some(client.clone())
+    );
+    assert!(s.get_client("nope").await.unwrap().is_none());
+    assert!(s.delete_client("client-1").await.unwrap());
+    assert!(s.get_client("client-1").await.unwrap().is_none());
+}
+
+async fn codes_redeem_once(t: TestStore) {
+    let s = &t.store;
+    let g = grant();
+    s.put_code("code-1", &g).await.unwrap();
+    assert_eq!(
+        s.redeem_code("code-1", "f1").await.unwrap(),
+        Redemption::Redeemed(g)
+    );
+    assert_eq!(
+        s.redeem_code("code-1", "f2").await.unwrap(),
+        Redemption::Replayed {
+            family_id: Some("f1".into())
+        },
+        "a replay names what the first redemption issued"
+    );
+    assert_eq!(
+        s.redeem_code("unknown", "f3").await.unwrap(),
+        Redemption::Invalid
+    );
+    let mut expired = grant();
+    expired.expires_at = now_ms() - 1;
+    s.put_code("code-2", &expired).await.unwrap();
+    assert_eq!(
+        s.redeem_code("code-2", "f4").await.unwrap(),
+        Redemption::Invalid
+    );
+}
+
+async fn code_redemption_race(t: TestStore) {
+    let other = t.another().await;
+    t.store.put_code("raced", &grant()).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                t.store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move {
+                s.redeem_code("raced", &format!("family-{i}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
+    let wins = results
+        .iter()
+        .filter(|r| matches!(r.as_ref().unwrap(), Redemption::Redeemed(_)))
+        .count();
+    assert_eq!(wins, 1, "exactly one redemption wins: {results:?}");
+}
+
+async fn refresh_rotation_and_reuse(t: TestStore) {
+    let s = &t.store;
+    s.create_family(&family("f1", "s1"), "rt-1", now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_refresh_token("rt-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .family_id,
+        "f1"
+    );
+    let r = s
+        .rotate_refresh_token("rt-1", "rt-2", now_ms() + HOUR, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Rotation::Rotated(ref f) if f.family_id == "f1"),
+        "{r:?}"
+    );
+    assert!(
+        s.find_refresh_token("rt-1").await.unwrap().is_none(),
+        "spent"
+    );
+    assert!(s.find_refresh_token("rt-2").await.unwrap().is_some());
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The spent token presented again (an attacker replaying it): the whole family goes.
+    let r = s
+        .rotate_refresh_token("rt-1", "rt-x", now_ms() + HOUR, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Rotation::Reused {
+            family_id: "f1".into()
+        }
+    );
+    assert!(!s.family_is_active("f1").await.unwrap());
+    let r = s
+        .rotate_refresh_token("rt-2", "rt-3", now_ms() + HOUR, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Rotation::Invalid,
+        "the legitimate holder's token died with the family"
+    );
+    assert_eq!(
+        s.rotate_refresh_token("never-issued", "x", now_ms() + HOUR, Duration::ZERO)
+            .await
+            .unwrap(),
+        Rotation::Invalid
+    );
+
+    // A code replayed before its family was created still leaves that family revoked.
+    s.put_code("c", &grant()).await.unwrap();
+    s.redeem_code("c", "f9").await.unwrap();
+    if let Redemption::Replayed { family_id: Some(f) } = s.redeem_code("c", "other").await.unwrap()
+    {
+        s.revoke_family(&f).await.unwrap();
+    }
+    s.create_family(&family("f9", "s1"), "rt-9", now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert!(!s.family_is_active("f9").await.unwrap());
+    assert!(s.find_refresh_token("rt-9").await.unwrap().is_none());
+}
+
+async fn refresh_rotation_race(t: TestStore) {
+    let other = t.another().await;
+    t.store
+        .create_family(&family("f1", "s1"), "rt-1", now_ms() + HOUR)
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                t.store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move {
+                s.rotate_refresh_token(
+                    "rt-1",
+                    &format!("rt-new-{i}"),
+                    now_ms() + HOUR,
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<Rotation> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let wins = results
+        .iter()
+        .filter(|r| matches!(r, Rotation::Rotated(_)))
+        .count();
+    assert_eq!(wins, 1, "exactly one rotation wins: {results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Rotation::Rotated(_) | Rotation::Concurrent)),
+        "{results:?}"
+    );
+    assert!(
+        t.store.family_is_active("f1").await.unwrap(),
+        "concurrent losers within the grace period don't revoke"
+    );
+}
+
+async fn upstream_tokens(t: TestStore) {
+    let s = &t.store;
+    assert!(
+        s.get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let v1 = s
+        .put_upstream_token("ada", "notion", &ti("at-1"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    let at2 = ti("at-2");
+    let v2 = s
+        .put_upstream_token("ada", "notion", &at2, now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert!(v2 > v1);
+    let got = s
+        .get_upstream_token("ada", "notion")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((got.token, got.version), (at2, v2));
+    assert!(
+        s.get_upstream_token("grace", "notion")
+            .await
+            .unwrap()
+            .is_none(),
+        "per user"
+    );
+    assert!(
+        s.get_upstream_token("ada", "github")
+            .await
+            .unwrap()
+            .is_none(),
+        "per route"
+    );
+    assert!(s.delete_upstream_token("ada", "notion").await.unwrap());
+    assert!(
+        s.get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn upstream_refresh_coalesces(t: TestStore) {
+    let other = t.another().await;
+    let mut stale = ti("at-old");
+    stale.expires_at = Some(now_ms() - 1);
+    t.store
+        .put_upstream_token("ada", "notion", &stale, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                t.store.clone()
+            } else {
+                other.clone()
+            };
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                s.refresh_upstream_token(
+                    "ada",
+                    "notion",
+                    |tok| tok.expires_at.is_some_and(|e| e < now_ms() + 60_000),
+                    Duration::from_secs(3600),
+                    |old| async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(old.access_token, "at-old");
+                        tokio::time::sleep(Duration::from_millis(100)).await; // a slow provider
+                        Ok::<_, String>(RefreshOutcome::Refreshed(ti("at-new")))
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap()
+            })
+        })
+        .collect();
+    for result in futures::future::join_all(tasks).await {
+        assert_eq!(result.unwrap().access_token, "at-new");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one provider call for 20 concurrent requests on two instances"
+    );
+}
+
+async fn upstream_refresh_failures(t: TestStore) {
+    let s = &t.store;
+    let mut stale = ti("at-old");
+    stale.expires_at = Some(now_ms() - 1);
+    s.put_upstream_token("ada", "notion", &stale, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let expiring = |tok: &UpstreamToken| tok.expires_at.is_some_and(|e| e < now_ms());
+
+    // A provider outage leaves the token in place and the lease released.
+    let err = s
+        .refresh_upstream_token(
+            "ada",
+            "notion",
+            expiring,
+            Duration::from_secs(60),
+            |_| async { Err::<RefreshOutcome, _>("503") },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RefreshError::Upstream("503")), "{err}");
+    assert!(
+        s.get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let again = s
+        .refresh_upstream_token(
+            "ada",
+            "notion",
+            expiring,
+            Duration::from_secs(60),
+            |_| async { Ok::<_, String>(RefreshOutcome::Refreshed(ti("at-2"))) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again.unwrap().access_token,
+        "at-2",
+        "the lease was released after the failure"
+    );
+
+    // The provider refuses the refresh token: the TI is forgotten.
+    s.put_upstream_token("ada", "notion", &stale, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let gone = s
+        .refresh_upstream_token(
+            "ada",
+            "notion",
+            expiring,
+            Duration::from_secs(60),
+            |_| async { Ok::<_, String>(RefreshOutcome::Revoked) },
+        )
+        .await
+        .unwrap();
+    assert!(gone.is_none());
+    assert!(
+        s.get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn pending_authorizations(t: TestStore) {
+    let s = &t.store;
+    let pending = PendingAuthorization {
+        user_id: "ada".into(),
+        session_id: "s1".into(),
+        route_id: "notion".into(),
+        pkce_verifier: "verifier-secret".into(),
+        resume: serde_json::json!({"client_id": "c"}),
+        expires_at: now_ms() + 600_000,
+    };
+    s.put_pending("state-1", &pending).await.unwrap();
+    assert_eq!(s.take_pending("state-1").await.unwrap(), Some(pending));
+    assert_eq!(s.take_pending("state-1").await.unwrap(), None, "single use");
+    assert_eq!(s.take_pending("other").await.unwrap(), None);
+}
+
+async fn consents_and_keys(t: TestStore) {
+    let s = &t.store;
+    assert!(s.get_consent("ada", "c1").await.unwrap().is_none());
+    s.put_consent("ada", "c1", "mcp", now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_consent("ada", "c1").await.unwrap().as_deref(),
+        Some("mcp")
+    );
+    assert!(s.get_consent("grace", "c1").await.unwrap().is_none());
+
+    let other = t.another().await;
+    let (a, b) = tokio::join!(
+        s.get_or_insert_key("signing", "-----KEY A-----"),
+        other.get_or_insert_key("signing", "-----KEY B-----")
+    );
+    assert_eq!(
+        a.unwrap(),
+        b.unwrap(),
+        "two replicas starting at once agree on one key"
+    );
+    assert_eq!(
+        s.get_or_insert_key("signing", "-----KEY C-----")
+            .await
+            .unwrap(),
+        other.get_or_insert_key("signing", "x").await.unwrap()
+    );
+}
+
+async fn secrets_are_not_stored_in_clear(t: TestStore) {
+    let s = &t.store;
+    s.put_client(&OAuthClient {
+        client_id: "c".into(),
+        metadata: serde_json::json!({}),
+        secret: Some("SECRET-client-secret".into()),
+        created_at: now_ms(),
+        expires_at: now_ms() + HOUR,
+    })
+    .await
+    .unwrap();
+    s.put_code("SECRET-code", &grant()).await.unwrap();
+    s.create_family(&family("f1", "s1"), "SECRET-refresh", now_ms() + HOUR)
+        .await
+        .unwrap();
+    s.put_upstream_token("ada", "notion", &ti("SECRET-ti"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    s.put_pending(
+        "SECRET-state",
+        &PendingAuthorization {
+            user_id: "ada".into(),
+            session_id: "s1".into(),
+            route_id: "r".into(),
+            pkce_verifier: "SECRET-verifier".into(),
+            resume: serde_json::Value::Null,
+            expires_at: now_ms() + HOUR,
+        },
+    )
+    .await
+    .unwrap();
+    s.get_or_insert_key("signing", "SECRET-private-key")
+        .await
+        .unwrap();
+    let dump = backends::dump(&t).await;
+    assert!(dump.contains("notion"), "the dump sees the rows");
+    assert!(!dump.contains("SECRET"), "a secret is stored in clear");
+}
+
+async fn expired_rows_are_collected(t: TestStore) {
+    let s = &t.store;
+    let mut old = session("old", "ada");
+    old.expires_at = now_ms() - 1;
+    s.put_session(&old).await.unwrap();
+    s.put_session(&session("new", "ada")).await.unwrap();
+    s.put_upstream_token("ada", "old", &ti("x"), now_ms() - 1)
+        .await
+        .unwrap();
+    let mut code = grant();
+    code.expires_at = now_ms() - 1;
+    s.put_code("old-code", &code).await.unwrap();
+    assert_eq!(s.collect_expired().await.unwrap(), 3);
+    assert!(s.get_session("new").await.unwrap().is_some());
+    assert_eq!(s.collect_expired().await.unwrap(), 0);
+}
+
+async fn two_instances_share_state(t: TestStore) {
+    let other = t.another().await;
+    t.store.put_session(&session("s1", "ada")).await.unwrap();
+    assert!(
+        other.get_session("s1").await.unwrap().is_some(),
+        "B sees A's session"
+    );
+    other
+        .put_upstream_token("ada", "notion", &ti("at"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        t.store
+            .get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .access_token,
+        "at"
+    );
+    other.end_session("s1").await.unwrap();
+    assert!(
+        t.store.get_session("s1").await.unwrap().is_none(),
+        "sign-out on B ends the session on A"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability and start-up errors
+
+/// Runs in a child process (see `kill_9`): commits writes, says so, then waits to be killed.
+#[tokio::test]
+#[ignore = "run by the kill -9 tests in a child process"]
+async fn child_writer() {
+    let Ok(spec) = std::env::var("POSTERN_KILL_TEST_BACKEND") else {
+        return;
+    };
+    let backend = match spec.split_once(':') {
+        Some(("sqlite", path)) => Backend::Sqlite(path.into()),
+        Some(("postgres", url)) => Backend::Postgres(url.into()),
+        _ => panic!("bad POSTERN_KILL_TEST_BACKEND"),
+    };
+    let store = Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    store
+        .put_session(&session("survivor", "ada"))
+        .await
+        .unwrap();
+    store
+        .put_upstream_token("ada", "notion", &ti("kept-through-kill"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    println!("COMMITTED");
+    use std::io::Write;
+    std::io::stdout().flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+async fn kill_9(spec: String, backend: Backend) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_writer",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("POSTERN_KILL_TEST_BACKEND", spec)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let committed = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("COMMITTED"))
+    })
+    .await
+    .unwrap();
+    assert!(committed, "the child never reported its commit");
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush, no clean close
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child was killed, not finished");
+
+    let store = Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    assert!(
+        store.get_session("survivor").await.unwrap().is_some(),
+        "the committed session survived kill -9"
+    );
+    let ti = store
+        .get_upstream_token("ada", "notion")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ti.token.access_token, "kept-through-kill");
+}
+
+#[tokio::test]
+async fn sqlite_committed_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postern.db");
+    kill_9(format!("sqlite:{}", path.display()), Backend::Sqlite(path)).await;
+}
+
+#[tokio::test]
+async fn postgres_committed_writes_survive_kill_9() {
+    let Some(url) = backends::postgres_url() else {
+        return;
+    };
+    let schema = backends::fresh_schema(&url).await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    kill_9(format!("postgres:{url}"), Backend::Postgres(url)).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_sqlite_file_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("postern.db");
+    std::fs::write(&path, vec![b'x'; 8192]).unwrap();
+    let err = Store::open(&Backend::Sqlite(path.clone()), backends::SECRET, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("not a database"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_names_the_target_without_the_password() {
+    let url = "postgres://postern:hunter2-secret@127.0.0.1:1/postern";
+    let err = Store::open(&Backend::Postgres(url.into()), backends::SECRET, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+    assert!(!format!("{:?}", Backend::Postgres(url.into())).contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_wrong_postgres_password_is_reported_without_the_password() {
+    let Some(url) = backends::postgres_url() else {
+        return;
+    };
+    let mut parsed = url::Url::parse(&url).unwrap();
+    parsed.set_password(Some("wrong-pass-xyz")).unwrap();
+    let err = Store::open(
+        &Backend::Postgres(parsed.to_string()),
+        backends::SECRET,
+        &[],
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("wrong-pass-xyz"), "{err}");
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Sqlite(dir.path().join("postern.db"));
+    Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    Store::open(&backend, backends::SECRET, &[])
+        .await
+        .expect("reopening applies nothing twice");
+    let Backend::Sqlite(path) = &backend else {
+        unreachable!()
+    };
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute("INSERT INTO schema_migrations VALUES (999, 0)", [])
+        .unwrap();
+    let err = Store::open(&backend, backends::SECRET, &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("newer than this Postern"), "{err}");
+}
+
+#[tokio::test]
+async fn a_rotated_shared_secret_needs_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Sqlite(dir.path().join("postern.db"));
+    let old = Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    old.put_upstream_token("ada", "notion", &ti("at"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    let new_secret = b"a-brand-new-shared-secret-0123456789";
+    let rotated = Store::open(&backend, new_secret, &[backends::SECRET.to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated
+            .get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .access_token,
+        "at"
+    );
+    let forgot = Store::open(&backend, new_secret, &[]).await.unwrap();
+    let err = forgot
+        .get_upstream_token("ada", "notion")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not configured"), "{err}");
+}
