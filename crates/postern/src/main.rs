@@ -1,8 +1,12 @@
 //! `postern`: one binary for Postern's parts.
 //!
+//! - `postern serve --config FILE`: the gateway;
+//! - `postern check-config FILE`: validate a gateway configuration;
 //! - `postern servers`: the reference MCP servers (`whoami`, `sqlite`, `notion`) on one listener,
 //!   configured from the environment (see the README).
 #![forbid(unsafe_code)]
+
+mod serve;
 
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -24,11 +28,37 @@ enum Command {
     /// variables: PORT, SQLITE_DB_FILE, SQLITE_READ_WRITE, NOTION_API_BASE_URL, NOTION_VERSION,
     /// ASSERTION_JWKS_URL, ASSERTION_ISSUER, ASSERTION_AUDIENCE, ALLOWED_HOSTS, ALLOWED_ORIGINS.
     Servers,
+    /// Run the gateway.
+    Serve {
+        /// The configuration file (YAML).
+        #[arg(long, short = 'c', default_value = "postern.yaml")]
+        config: std::path::PathBuf,
+    },
+    /// Check a gateway configuration file and exit (non-zero when it is invalid).
+    CheckConfig {
+        /// The configuration file (YAML).
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    if let Command::CheckConfig { file } = &cli.command {
+        return serve::check_config(file);
+    }
+    // The gateway's configuration names its own log level (RUST_LOG still wins).
+    let serve_config = match &cli.command {
+        Command::Serve { config } => {
+            Some(postern_config::load(config, &postern_config::ProcessEnv)?)
+        }
+        _ => None,
+    };
+    init_logging(
+        serve_config
+            .as_ref()
+            .and_then(|c| c.log_level.as_deref())
+            .unwrap_or("info"),
+    );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,6 +66,11 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Servers => runtime.block_on(servers()),
+        Command::Serve { config: path } => {
+            let config = serve_config.expect("loaded above");
+            runtime.block_on(serve::serve(path, config))
+        }
+        Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
     }
 }
 
@@ -71,7 +106,7 @@ async fn servers() -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -95,11 +130,12 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Logs to stderr; `RUST_LOG` sets the filter (default `info`), `LOG_FORMAT=json` gives one JSON
+/// Logs to stderr; `RUST_LOG` sets the filter (default `default_level`), `LOG_FORMAT=json` gives one JSON
 /// object per line.
-fn init_logging() {
+fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

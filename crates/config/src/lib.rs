@@ -1,0 +1,379 @@
+//! The gateway's configuration: a YAML file in the seed's and Pomerium's vocabulary.
+//!
+//! [`load`] reads, parses and validates it. Every error names the key's path and, where the
+//! parser knows it, the line: `routes[1].mcp.server.upstream_oauth2.endpoint.token_url: required
+//! (line 12)`. Unknown keys are errors. Secrets may be given inline, as `${ENV_VAR}`, through a
+//! `*_file` key, or (global ones) through the upper-case environment variable of their key
+//! (`SHARED_SECRET`); they print as `[redacted]`.
+#![forbid(unsafe_code)]
+
+mod secret;
+mod types;
+mod values;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use secret::Secret;
+pub use types::*;
+pub use values::{FromUrl, GoDuration, ToUrl};
+
+/// A source of environment variables (tests pass a map).
+pub trait Env {
+    /// The value of `key`, if set.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+/// A configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{path}: {message}{}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default(), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file, when loaded from one.
+    pub file: Option<PathBuf>,
+    /// The key's path, e.g. `routes[1].to`.
+    pub path: String,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`. Relative `*_file` paths are relative
+/// to the file's directory.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_owned()),
+        path: "(file)".into(),
+        line: None,
+        message: format!("cannot read the configuration: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, env).map_err(|mut e| {
+        e.file = Some(path.to_owned());
+        e
+    })
+}
+
+/// Parses and validates configuration text.
+pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let deserializer = yaml_serde::Deserializer::from_str(text);
+    let mut config: Config = match serde_path_to_error::deserialize(deserializer) {
+        Ok(config) => config,
+        Err(error) => return Err(parse_error(&error)),
+    };
+    resolve_secrets(&mut config, base_dir, env)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+fn parse_error(error: &serde_path_to_error::Error<yaml_serde::Error>) -> ConfigError {
+    let mut path = error.path().to_string();
+    let inner = error.inner();
+    let line = inner.location().map(|l| l.line());
+    let mut message = inner.to_string();
+    // yaml_serde appends " at line L column C"; the line is reported on its own.
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    // ...and may prefix its own rendering of the path.
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+        && (prefix.contains('.') || prefix.contains('['))
+    {
+        message = rest.to_owned();
+    }
+    if path == "." {
+        path = "(top level)".into();
+    }
+    // serde reports a missing field at its parent: name the field itself.
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        path = if path == "(top level)" {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        message = "required".into();
+    }
+    if message.starts_with("data did not match any variant of untagged enum OneOrMany") {
+        message = "expected a URL or a list of URLs".into();
+    }
+    ConfigError {
+        file: None,
+        path,
+        line,
+        message,
+    }
+}
+
+/// Fills secrets from `${ENV}`, `*_file` keys and upper-case environment variables.
+fn resolve_secrets(config: &mut Config, base: &Path, env: &dyn Env) -> Result<(), ConfigError> {
+    fn one(
+        key: &str,
+        inline: &mut Option<Secret>,
+        file: &Option<PathBuf>,
+        base: &Path,
+        env: &dyn Env,
+        env_fallback: bool,
+    ) -> Result<(), ConfigError> {
+        if let (Some(_), Some(_)) = (&inline, file) {
+            return Err(ConfigError::at(
+                key,
+                format!("set either {key} or {key}_file, not both"),
+            ));
+        }
+        if let Some(path) = file {
+            let path = base.join(path);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::at(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            *inline = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
+        } else if let Some(secret) = inline {
+            if let Some(var) = secret
+                .expose()
+                .strip_prefix("${")
+                .and_then(|s| s.strip_suffix('}'))
+            {
+                let value = env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                    ConfigError::at(
+                        key,
+                        format!("refers to the environment variable {var}, which is not set"),
+                    )
+                })?;
+                *secret = Secret::new(value);
+            }
+        } else if env_fallback {
+            let var = key.to_ascii_uppercase();
+            if let Some(value) = env.var(&var).filter(|v| !v.is_empty()) {
+                *inline = Some(Secret::new(value));
+            }
+        }
+        Ok(())
+    }
+    one(
+        "shared_secret",
+        &mut config.shared_secret,
+        &config.shared_secret_file.clone(),
+        base,
+        env,
+        true,
+    )?;
+    one(
+        "cookie_secret",
+        &mut config.cookie_secret,
+        &config.cookie_secret_file.clone(),
+        base,
+        env,
+        true,
+    )?;
+    one(
+        "signing_key",
+        &mut config.signing_key,
+        &config.signing_key_file.clone(),
+        base,
+        env,
+        true,
+    )?;
+    one(
+        "idp_client_secret",
+        &mut config.idp_client_secret,
+        &config.idp_client_secret_file.clone(),
+        base,
+        env,
+        true,
+    )?;
+    one(
+        "databroker_storage_connection_string",
+        &mut config.databroker_storage_connection_string,
+        &config.databroker_storage_connection_string_file.clone(),
+        base,
+        env,
+        true,
+    )?;
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        if let Some(Mcp::Server(server)) = &mut route.mcp
+            && let Some(oauth) = &mut server.upstream_oauth2
+        {
+            let file = oauth.client_secret_file.clone();
+            let key = format!("routes[{i}].mcp.server.upstream_oauth2.client_secret");
+            one(&key, &mut oauth.client_secret, &file, base, env, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that need more than one key.
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    match (&config.certificate_file, &config.certificate_key_file) {
+        (Some(_), None) => {
+            return Err(ConfigError::at(
+                "certificate_key_file",
+                "required with certificate_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::at(
+                "certificate_file",
+                "required with certificate_key_file",
+            ));
+        }
+        _ => {}
+    }
+    let has_certs = config.certificate_file.is_some() || !config.certificates.is_empty();
+    if !config.insecure_server && !config.autocert && !has_certs {
+        return Err(ConfigError::at(
+            "(top level)",
+            "TLS needs certificates: set certificate_file and certificate_key_file (or certificates), autocert: true, or insecure_server: true for plain HTTP",
+        ));
+    }
+    if config.databroker_storage_type == Some(StorageType::Postgres)
+        && config.databroker_storage_connection_string.is_none()
+    {
+        return Err(ConfigError::at(
+            "databroker_storage_connection_string",
+            "required with databroker_storage_type: postgres (e.g. postgres://user:pass@host:5432/postern)",
+        ));
+    }
+    if let Some(secret) = &config.shared_secret {
+        let decoded = decode_base64(secret.expose());
+        if decoded.is_none_or(|d| d.len() < 32) {
+            return Err(ConfigError::at(
+                "shared_secret",
+                "must be at least 32 random bytes, base64-encoded (generate one with `head -c32 /dev/urandom | base64`)",
+            ));
+        }
+    }
+    match config.idp_provider.as_deref() {
+        None => {}
+        Some("oidc") => {
+            if config.idp_provider_url.is_none() {
+                return Err(ConfigError::at(
+                    "idp_provider_url",
+                    "required with idp_provider: oidc",
+                ));
+            }
+            if config.idp_client_id.is_none() {
+                return Err(ConfigError::at(
+                    "idp_client_id",
+                    "required with idp_provider: oidc",
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(ConfigError::at(
+                "idp_provider",
+                format!("{other:?} is not supported; use oidc (or leave it out for local users)"),
+            ));
+        }
+    }
+    if let Some(level) = &config.log_level
+        && !matches!(
+            level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        )
+    {
+        return Err(ConfigError::at(
+            "log_level",
+            format!("{level:?}: use error, warn, info, debug or trace"),
+        ));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = |key: &str| format!("routes[{i}].{key}");
+        if route.to.to_vec().is_empty() {
+            return Err(ConfigError::at(
+                at("to"),
+                "at least one upstream URL is required",
+            ));
+        }
+        if route.prefix.is_some() && route.path.is_some() {
+            return Err(ConfigError::at(
+                at("path"),
+                "set either prefix or path, not both",
+            ));
+        }
+        for (key, value) in [("prefix", &route.prefix), ("path", &route.path)] {
+            if let Some(v) = value
+                && !v.starts_with('/')
+            {
+                return Err(ConfigError::at(at(key), format!("{v:?} must start with /")));
+            }
+        }
+        if route.from.scheme == "https" && !config.insecure_server && !config.autocert && !has_certs
+        {
+            return Err(ConfigError::at(
+                at("from"),
+                "an https route needs certificates or autocert",
+            ));
+        }
+        if let Some(Mcp::Server(server)) = &route.mcp {
+            if let Some(path) = &server.path
+                && !path.starts_with('/')
+            {
+                return Err(ConfigError::at(
+                    at("mcp.server.path"),
+                    format!("{path:?} must start with /"),
+                ));
+            }
+            if let Some(url) = &server.authorization_server_url
+                && !url.starts_with("https://")
+            {
+                return Err(ConfigError::at(
+                    at("mcp.server.authorization_server_url"),
+                    "must be an https URL",
+                ));
+            }
+            if server.max_request_bytes == Some(0) {
+                return Err(ConfigError::at(
+                    at("mcp.server.max_request_bytes"),
+                    "must be greater than 0",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Standard or URL-safe base64, padded or not.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = text.trim().trim_end_matches('=');
+    STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()
+}
+
+#[cfg(test)]
+mod tests;

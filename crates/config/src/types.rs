@@ -1,0 +1,406 @@
+//! The configuration file's shape. Every struct rejects unknown keys; field docs are the
+//! configuration reference. Keys follow the seed's and Pomerium's names.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+use crate::values::{FromUrl, GoDuration, ToUrl};
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen address (`:443`; `:8080` with `insecure_server`). `host:port` or `:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Serve plain HTTP (localhost, development, or behind a TLS-terminating load balancer).
+    #[serde(default)]
+    pub insecure_server: bool,
+    /// Where plain-HTTP requests are redirected to HTTPS and ACME HTTP-01 challenges answered
+    /// (`:80` by default when TLS is on; empty string turns it off).
+    #[serde(default)]
+    pub http_redirect_address: Option<String>,
+    /// Obtain and renew certificates for every route host with ACME.
+    #[serde(default)]
+    pub autocert: bool,
+    /// Where ACME account and certificates are kept (default `<data_dir>/autocert`).
+    #[serde(default)]
+    pub autocert_dir: Option<PathBuf>,
+    /// ACME directory URL (default Let's Encrypt production).
+    #[serde(default)]
+    pub autocert_ca: Option<String>,
+    /// Contact email for the ACME account.
+    #[serde(default)]
+    pub autocert_email: Option<String>,
+    /// A PEM file with the CA to trust for `autocert_ca` (e.g. a test ACME server).
+    #[serde(default)]
+    pub autocert_trusted_ca_file: Option<PathBuf>,
+    /// Certificate chain file (PEM), with `certificate_key_file`.
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    /// Private key file (PEM) for `certificate_file`.
+    #[serde(default)]
+    pub certificate_key_file: Option<PathBuf>,
+    /// Several certificates, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertificatePair>,
+    /// Where the gateway keeps its state (SQLite store, autocert cache). Default `./postern-data`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// 32 random bytes, base64: keys for token and store encryption are derived from it.
+    #[serde(default)]
+    pub shared_secret: Option<Secret>,
+    /// File holding `shared_secret`.
+    #[serde(default)]
+    pub shared_secret_file: Option<PathBuf>,
+    /// Earlier shared secrets: still open values sealed before a rotation.
+    #[serde(default)]
+    pub previous_shared_secrets: Vec<Secret>,
+    /// 32 random bytes, base64: encrypts the session cookie (derived from `shared_secret` if absent).
+    #[serde(default)]
+    pub cookie_secret: Option<Secret>,
+    /// File holding `cookie_secret`.
+    #[serde(default)]
+    pub cookie_secret_file: Option<PathBuf>,
+    /// Session cookie name (default `_postern`).
+    #[serde(default)]
+    pub cookie_name: Option<String>,
+    /// Session lifetime (default `14h`).
+    #[serde(default)]
+    pub cookie_expire: Option<GoDuration>,
+    /// EC P-256 private key (PEM, or base64 of PEM) that signs the identity assertion;
+    /// generated once and kept in the store when absent.
+    #[serde(default)]
+    pub signing_key: Option<Secret>,
+    /// File holding `signing_key`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Identity provider: `oidc`. Absent: local users (`users_file`).
+    #[serde(default)]
+    pub idp_provider: Option<String>,
+    /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub idp_provider_url: Option<String>,
+    /// OIDC client id.
+    #[serde(default)]
+    pub idp_client_id: Option<String>,
+    /// OIDC client secret.
+    #[serde(default)]
+    pub idp_client_secret: Option<Secret>,
+    /// File holding `idp_client_secret`.
+    #[serde(default)]
+    pub idp_client_secret_file: Option<PathBuf>,
+    /// OIDC scopes (default `openid profile email`).
+    #[serde(default)]
+    pub idp_scopes: Vec<String>,
+    /// The ID-token claim that lists the user's groups (default `groups`).
+    #[serde(default)]
+    pub idp_groups_claim: Option<String>,
+    /// Local users: a YAML list of `{email, name, groups, password_hash}` (argon2id).
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// `sqlite` (default), `postgres`, or `memory` (tests).
+    #[serde(default)]
+    pub databroker_storage_type: Option<StorageType>,
+    /// PostgreSQL connection string, for `postgres`.
+    #[serde(default)]
+    pub databroker_storage_connection_string: Option<Secret>,
+    /// File holding the connection string.
+    #[serde(default)]
+    pub databroker_storage_connection_string_file: Option<PathBuf>,
+    /// Send `X-Pomerium-Jwt-Assertion` upstream on every route (routes may override).
+    #[serde(default)]
+    pub pass_identity_headers: Option<bool>,
+    /// The assertion's `iss`: `hostOnly` (default, `mcp.example.com`) or `uri` (`https://mcp.example.com/`).
+    #[serde(default)]
+    pub jwt_issuer_format: Option<IssuerFormat>,
+    /// Where Prometheus metrics and `/healthz` are served (e.g. `127.0.0.1:9090`); off when absent.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+    /// Log level: `error`, `warn`, `info` (default), `debug`, `trace`.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// How many `X-Forwarded-For` hops to trust (behind a load balancer: 1). Default 0: the
+    /// client's own address and scheme are used.
+    #[serde(default)]
+    pub xff_num_trusted_hops: u32,
+    /// Time limit for an upstream to answer, unless a route sets `timeout` (default `30s`).
+    #[serde(default)]
+    pub default_upstream_timeout: Option<GoDuration>,
+    /// Hosts whose client ID metadata documents (https `client_id` URLs) are accepted.
+    #[serde(default)]
+    pub mcp_allowed_client_id_domains: Vec<String>,
+    /// Extra hosts upstream OAuth discovery may contact besides the routes' upstream hosts.
+    #[serde(default)]
+    pub mcp_allowed_as_metadata_domains: Vec<String>,
+    /// Accept RFC 7591 dynamic client registration (default on).
+    #[serde(default)]
+    pub mcp_dynamic_client_registration: Option<bool>,
+    /// Pomerium's feature flags; accepted for compatibility (`mcp` is always on here).
+    #[serde(default)]
+    pub runtime_flags: BTreeMap<String, bool>,
+    /// The routes.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One certificate and its key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    /// Certificate chain file (PEM).
+    pub cert: PathBuf,
+    /// Private key file (PEM).
+    pub key: PathBuf,
+}
+
+/// Where state is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageType {
+    /// A SQLite file in `data_dir`.
+    Sqlite,
+    /// PostgreSQL (several replicas).
+    Postgres,
+    /// In memory (tests only).
+    Memory,
+}
+
+/// The assertion's issuer format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum IssuerFormat {
+    /// `mcp.example.com`.
+    #[serde(rename = "hostOnly")]
+    HostOnly,
+    /// `https://mcp.example.com/`.
+    #[serde(rename = "uri")]
+    Uri,
+}
+
+/// A route: requests for `from` (and `prefix`/`path`) go to `to`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `scheme://host[:port]` matched against the request's host.
+    pub from: FromUrl,
+    /// One or more upstream URLs; a path in `to` replaces the matched prefix.
+    pub to: OneOrMany<ToUrl>,
+    /// Match requests whose path starts with this (on a segment boundary).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Match requests with exactly this path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Display name (MCP server listings, consent page).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Description for listings.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Logo URL for listings.
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    /// Authorization policy (PPL).
+    #[serde(default)]
+    pub policy: Option<serde_json::Value>,
+    /// Proxy without sign-in.
+    #[serde(default)]
+    pub allow_public_unauthenticated_access: bool,
+    /// Any signed-in user may use the route.
+    #[serde(default)]
+    pub allow_any_authenticated_user: bool,
+    /// These users (emails or ids) may use the route.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    /// Users of these email domains may use the route.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Send `X-Pomerium-Jwt-Assertion` upstream (overrides the global setting).
+    #[serde(default)]
+    pub pass_identity_headers: Option<bool>,
+    /// Send the client's `Host` upstream instead of the upstream's.
+    #[serde(default)]
+    pub preserve_host_header: bool,
+    /// Time limit for the upstream's response headers (default `default_upstream_timeout`).
+    #[serde(default)]
+    pub timeout: Option<GoDuration>,
+    /// Close a response stream with no data for this long (off by default on MCP routes).
+    #[serde(default)]
+    pub idle_timeout: Option<GoDuration>,
+    /// Accept invalid upstream TLS certificates (self-signed internal servers).
+    #[serde(default)]
+    pub tls_skip_verify: bool,
+    /// Marks an MCP route, in the seed's or the current form.
+    #[serde(default)]
+    pub mcp: Option<Mcp>,
+}
+
+/// One value or a list.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The route's `mcp` block, normalised from any of its accepted forms:
+/// `mcp: {}` and `mcp: {upstream_oauth2: ...}` (seed: server), `mcp: {pass_upstream_access_token: true}`
+/// (seed: client), `mcp: {server: {...}}`, `mcp: {client: {}}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawMcp")]
+#[allow(clippy::large_enum_variant)] // one per route, parsed once
+pub enum Mcp {
+    /// An MCP server route.
+    Server(McpServer),
+    /// An MCP client app route: its upstream gets `Authorization: Bearer <TE>`.
+    Client,
+}
+
+/// Options of an MCP server route.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServer {
+    /// The upstream OAuth client that obtains the user's TI; absent: none (or discovery).
+    #[serde(default)]
+    pub upstream_oauth2: Option<UpstreamOAuth2>,
+    /// Where the MCP endpoint lives on the upstream (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The upstream authorization server, when discovery finds none.
+    #[serde(default)]
+    pub authorization_server_url: Option<String>,
+    /// Largest request body accepted; larger get 413 (default 1 MiB).
+    #[serde(default)]
+    pub max_request_bytes: Option<u64>,
+}
+
+/// A statically configured upstream OAuth client.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOAuth2 {
+    /// Client id registered with the provider.
+    pub client_id: String,
+    /// Client secret.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// File holding the client secret.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Scopes to request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The provider's endpoints.
+    #[serde(default)]
+    pub endpoint: Option<OAuthEndpoint>,
+    /// Extra authorize-URL parameters (e.g. `prompt: consent`, `owner: user`).
+    #[serde(default)]
+    pub authorization_url_params: BTreeMap<String, String>,
+}
+
+/// The provider's endpoints.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthEndpoint {
+    /// Authorization endpoint.
+    pub auth_url: url::Url,
+    /// Token endpoint.
+    pub token_url: url::Url,
+    /// How the client authenticates at the token endpoint: `header` (HTTP Basic; Notion needs
+    /// it) or `params` (form body). Default `header`, as RFC 6749 §2.3.1 recommends.
+    #[serde(default)]
+    pub auth_style: Option<AuthStyle>,
+}
+
+/// Token endpoint client authentication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStyle {
+    /// HTTP Basic.
+    Header,
+    /// `client_id` and `client_secret` in the form body.
+    Params,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    #[serde(default)]
+    server: Option<McpServer>,
+    #[serde(default)]
+    client: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    upstream_oauth2: Option<UpstreamOAuth2>,
+    #[serde(default)]
+    pass_upstream_access_token: Option<bool>,
+}
+
+impl TryFrom<RawMcp> for Mcp {
+    type Error = String;
+
+    fn try_from(raw: RawMcp) -> Result<Self, String> {
+        let client = raw.client.is_some() || raw.pass_upstream_access_token == Some(true);
+        let server = raw.server.is_some() || raw.upstream_oauth2.is_some();
+        if let Some(extra) = raw.client.as_ref().and_then(|c| c.keys().next()) {
+            return Err(format!("mcp.client takes no options (found `{extra}`)"));
+        }
+        match (server, client) {
+            (true, true) => Err(
+                "an MCP route is either a server (`server`, `upstream_oauth2`) or a client app (`client`, `pass_upstream_access_token`), not both"
+                    .into(),
+            ),
+            (false, true) => Ok(Mcp::Client),
+            _ => {
+                let mut server = raw.server.unwrap_or_default();
+                if let Some(oauth) = raw.upstream_oauth2 {
+                    if server.upstream_oauth2.is_some() {
+                        return Err("upstream_oauth2 is given twice (mcp.upstream_oauth2 and mcp.server.upstream_oauth2): keep one".into());
+                    }
+                    server.upstream_oauth2 = Some(oauth);
+                }
+                Ok(Mcp::Server(server))
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The listen address in effect.
+    pub fn listen_address(&self) -> String {
+        self.address.clone().unwrap_or_else(|| {
+            if self.insecure_server {
+                ":8080".into()
+            } else {
+                ":443".into()
+            }
+        })
+    }
+
+    /// The data directory in effect.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("postern-data"))
+    }
+
+    /// The default upstream timeout in effect.
+    pub fn upstream_timeout(&self) -> Duration {
+        self.default_upstream_timeout
+            .map_or(Duration::from_secs(30), |d| d.0)
+    }
+}

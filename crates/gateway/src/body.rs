@@ -1,0 +1,132 @@
+//! Bodies: the boxed type both directions use, and the response wrapper that streams frames
+//! through untouched while counting bytes, enforcing an idle timeout, and reporting the end of
+//! the response (for the access log and the open-streams gauge).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+
+/// Any error inside a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type used everywhere in the gateway.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A body with these bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// The response stream went quiet for longer than the route's `idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the upstream for {0:?} (route idle_timeout)")]
+pub struct IdleTimeout(pub Duration);
+
+/// Called once when a response body ends (fully sent, failed, or dropped by the client).
+pub trait OnEnd: Send + Sync + 'static {
+    /// `bytes` sent; `complete` is false if the stream ended early.
+    fn ended(self: Box<Self>, bytes: u64, complete: bool);
+}
+
+impl<F: FnOnce(u64, bool) + Send + Sync + 'static> OnEnd for F {
+    fn ended(self: Box<Self>, bytes: u64, complete: bool) {
+        (*self)(bytes, complete)
+    }
+}
+
+/// Streams an upstream body through, frame by frame.
+pub struct Observed<B> {
+    inner: B,
+    bytes: u64,
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    on_end: Option<Box<dyn OnEnd>>,
+    complete: bool,
+}
+
+impl<B> Observed<B> {
+    /// Wraps `inner`; `idle_timeout` ends a quiet stream; `on_end` runs once at the end.
+    pub fn new(inner: B, idle_timeout: Option<Duration>, on_end: Box<dyn OnEnd>) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            idle: idle_timeout.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            on_end: Some(on_end),
+            complete: false,
+        }
+    }
+}
+
+impl<B> HttpBody for Observed<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if let Some((duration, sleep)) = &mut this.idle {
+                    sleep
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + *duration);
+                }
+                // A sized body may end without a final `None` poll.
+                if this.inner.is_end_stream() {
+                    this.complete = true;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                this.complete = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some((duration, sleep)) = &mut this.idle {
+                    ready!(sleep.as_mut().poll(cx));
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(*duration)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Observed<B> {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end.ended(self.bytes, self.complete);
+        }
+    }
+}

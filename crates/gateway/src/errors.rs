@@ -1,0 +1,129 @@
+//! Errors the gateway itself answers with, mapped to a status and a body in one place: JSON for
+//! API clients, a readable page for browsers; both carry the request id that the log line has.
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+
+/// An error answered by the gateway, not the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route for this host and path.
+    #[error("no route for {host}{path}")]
+    NoRoute {
+        /// The requested host.
+        host: String,
+        /// The requested path.
+        path: String,
+    },
+    /// Sign-in is required (the route is not public).
+    #[error("this route requires signing in")]
+    Unauthenticated,
+    /// The body is larger than the route allows.
+    #[error(
+        "the request body is larger than this route's limit of {limit} bytes (mcp.server.max_request_bytes)"
+    )]
+    PayloadTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The upstream could not be reached or failed mid-way.
+    #[error("the upstream {upstream} could not be reached: {reason}")]
+    BadGateway {
+        /// The upstream URL.
+        upstream: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("the upstream {upstream} did not answer within {seconds} s (route `timeout`)")]
+    GatewayTimeout {
+        /// The upstream URL.
+        upstream: String,
+        /// The timeout.
+        seconds: f64,
+    },
+    /// The request is malformed (no host, bad URI).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::Unauthenticated => "unauthenticated",
+            GatewayError::PayloadTooLarge { .. } => "payload_too_large",
+            GatewayError::BadGateway { .. } => "bad_gateway",
+            GatewayError::GatewayTimeout { .. } => "gateway_timeout",
+            GatewayError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The response: JSON, or HTML when the client is a browser.
+    pub fn into_response(self, request_id: &str, browser: bool) -> Response<Body> {
+        let status = self.status();
+        let message = self.to_string();
+        let (content_type, body) = if browser {
+            (
+                "text/html; charset=utf-8",
+                html_page(status, &message, request_id),
+            )
+        } else {
+            let body = serde_json::json!({
+                "error": self.code(), "message": message, "status": status.as_u16(), "request_id": request_id,
+            });
+            ("application/json", body.to_string())
+        };
+        let mut response = Response::new(full(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", id);
+        }
+        response
+    }
+}
+
+/// Whether the client is a browser navigating (it prefers HTML).
+pub fn is_browser<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+fn html_page(status: StatusCode, message: &str, request_id: &str) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{code} {reason}</title><style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}\
+h1{{font-size:1.4rem}}code{{background:#f2f2f2;padding:.1rem .3rem;border-radius:3px}}</style></head>\
+<body><h1>{code} {reason}</h1><p>{message}</p><p>Request id: <code>{id}</code></p></body></html>",
+        code = status.as_u16(),
+        reason = status.canonical_reason().unwrap_or(""),
+        message = escape(message),
+        id = escape(request_id),
+    )
+}

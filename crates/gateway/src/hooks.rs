@@ -1,0 +1,131 @@
+//! Where sign-in, policy, the OAuth endpoints and upstream tokens plug into the data path,
+//! without reshaping the proxy. The proxy calls, for each request:
+//!
+//! 1. [`Hooks::intercept`]: answer requests the gateway serves itself (sign-in pages, OAuth and
+//!    metadata endpoints), or pass;
+//! 2. [`Hooks::authorize`]: decide who the user is and whether the route is theirs to use (it
+//!    owns the request, so it may read and replace the body, e.g. to check MCP tool calls);
+//! 3. [`Hooks::upstream_headers`]: headers for the upstream request (the user's upstream token,
+//!    the identity assertion);
+//! 4. [`Hooks::filter_response`]: adjust the upstream's response (e.g. filter `tools/list`).
+//!
+//! [`PublicOnly`] is the implementation used until identity is configured: public routes are
+//! proxied, every other route answers 401.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::{HeaderMap, Request, Response};
+
+use crate::body::Body;
+use crate::errors::GatewayError;
+use crate::routes::Route;
+
+/// Facts about the request the hooks may use.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// Unique id, in the response's `x-request-id` and every log line.
+    pub request_id: String,
+    /// The client's address (after trusted `X-Forwarded-For` hops).
+    pub client_addr: SocketAddr,
+    /// `http` or `https`, as the client sees the gateway.
+    pub scheme: &'static str,
+    /// The requested host (lower-case, no port).
+    pub host: String,
+    /// The requested port.
+    pub port: u16,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Whether the client is a browser (prefers HTML).
+    pub browser: bool,
+}
+
+impl RequestContext {
+    /// `scheme://host[:port]` as the client addressed the gateway.
+    pub fn origin(&self) -> String {
+        let default = if self.scheme == "https" { 443 } else { 80 };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default {
+            format!("{}://{host}", self.scheme)
+        } else {
+            format!("{}://{host}:{}", self.scheme, self.port)
+        }
+    }
+}
+
+/// What [`Hooks::authorize`] decided about an allowed request.
+#[derive(Debug, Default)]
+pub struct Grant {
+    /// Who the user is, for logs (`None`: anonymous).
+    pub principal: Option<String>,
+    /// Anything later hooks need (the session, the policy decision, ...).
+    pub extensions: http::Extensions,
+}
+
+/// The extension points of the data path.
+#[async_trait]
+pub trait Hooks: Send + Sync + 'static {
+    /// Answers a request the gateway serves itself; `Err(request)` passes it on.
+    async fn intercept(
+        &self,
+        _ctx: &RequestContext,
+        _route: Option<&Arc<Route>>,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Request<Body>> {
+        Err(request)
+    }
+
+    /// Decides whether the request may use `route`.
+    async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>>;
+
+    /// Headers to set on the upstream request (after the client's credentials were removed).
+    async fn upstream_headers(
+        &self,
+        _ctx: &RequestContext,
+        _route: &Arc<Route>,
+        _grant: &Grant,
+    ) -> Result<HeaderMap, Response<Body>> {
+        Ok(HeaderMap::new())
+    }
+
+    /// Adjusts the upstream's response before it is streamed to the client.
+    async fn filter_response(
+        &self,
+        _ctx: &RequestContext,
+        _route: &Arc<Route>,
+        _grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        response
+    }
+}
+
+/// Proxies routes marked `allow_public_unauthenticated_access`; refuses every other with 401.
+pub struct PublicOnly;
+
+#[async_trait]
+impl Hooks for PublicOnly {
+    async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        if route.config.allow_public_unauthenticated_access {
+            Ok((request, Grant::default()))
+        } else {
+            Err(GatewayError::Unauthenticated.into_response(&ctx.request_id, ctx.browser))
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The streaming reverse proxy: one request to one upstream, bodies streamed frame by frame both
+//! ways (Streamable HTTP and SSE pass untouched; each event reaches the client as soon as the
+//! upstream writes it), hop-by-hop headers removed, `X-Forwarded-*` set, and the client's
+//! credentials never forwarded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::{Body, BoxError};
+use crate::errors::GatewayError;
+use crate::hooks::RequestContext;
+use crate::routes::Route;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The upstream HTTP client (HTTP/1.1, and HTTP/2 over TLS when the upstream offers it).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    verified: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    unverified: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
+
+impl UpstreamClient {
+    /// A client with connection pooling.
+    pub fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let build = |tls: rustls::ClientConfig| {
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(Duration::from_secs(10)));
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(http);
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .build(connector)
+        };
+        let verified = {
+            use rustls_platform_verifier::BuilderVerifierExt;
+            rustls::ClientConfig::builder()
+                .with_platform_verifier()
+                .map(|b| b.with_no_client_auth())
+                .unwrap_or_else(|_| {
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                })
+        };
+        let unverified = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(danger::AcceptAnyCertificate::new()))
+            .with_no_client_auth();
+        Self {
+            verified: build(verified),
+            unverified: build(unverified),
+        }
+    }
+}
+
+impl Default for UpstreamClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How a proxied request went, for logs and metrics.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The upstream URL used.
+    pub upstream: String,
+}
+
+/// Sends `request` to one of the route's upstreams and returns its response.
+pub async fn forward(
+    client: &UpstreamClient,
+    ctx: &RequestContext,
+    route: &Arc<Route>,
+    mut request: Request<Body>,
+    extra_headers: HeaderMap,
+    gateway_cookie: &str,
+    forwarded_for: &str,
+) -> Result<(Response<hyper::body::Incoming>, Outcome), (GatewayError, Outcome, &'static str)> {
+    let upstream = route.pick_upstream();
+    let outcome = Outcome {
+        upstream: upstream.url.to_string(),
+    };
+    let path = route.upstream_path(&upstream.url, request.uri().path());
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let authority = upstream.url[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+    let uri = Uri::builder()
+        .scheme(upstream.url.scheme())
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| {
+            (
+                GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")),
+                outcome.clone(),
+                "request",
+            )
+        })?;
+
+    let original_host = request.headers().get(header::HOST).cloned();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    // Identity headers only ever come from the gateway itself.
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-pomerium-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+    if route.is_mcp_server() {
+        // The client's token (TE) is for the gateway only; the upstream gets the TI, if any.
+        headers.remove(header::AUTHORIZATION);
+    }
+    strip_cookie(headers, gateway_cookie);
+    set(headers, "x-forwarded-for", forwarded_for);
+    set(headers, "x-forwarded-proto", ctx.scheme);
+    if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
+        set(headers, "x-forwarded-host", host);
+    }
+    set(headers, "x-request-id", &ctx.request_id);
+    if route.config.preserve_host_header {
+        if let Some(host) = original_host {
+            headers.insert(header::HOST, host);
+        }
+    } else if let Ok(value) = HeaderValue::from_str(&authority) {
+        headers.insert(header::HOST, value);
+    }
+    for (name, value) in extra_headers.iter() {
+        headers.insert(name.clone(), value.clone());
+    }
+    *request.uri_mut() = uri;
+    // HTTP/2 from the client, HTTP/1.1 or 2 to the upstream: let the connector decide.
+    *request.version_mut() = http::Version::HTTP_11;
+
+    let client = if route.config.tls_skip_verify {
+        &client.unverified
+    } else {
+        &client.verified
+    };
+    match tokio::time::timeout(route.timeout, client.request(request)).await {
+        Err(_) => Err((
+            GatewayError::GatewayTimeout {
+                upstream: outcome.upstream.clone(),
+                seconds: route.timeout.as_secs_f64(),
+            },
+            outcome,
+            "timeout",
+        )),
+        Ok(Err(error)) => {
+            if find_cause::<http_body_util::LengthLimitError>(&error).is_some() {
+                return Err((
+                    GatewayError::PayloadTooLarge {
+                        limit: route.max_request_bytes,
+                    },
+                    outcome,
+                    "request_too_large",
+                ));
+            }
+            let kind = if error.is_connect() {
+                "connect"
+            } else {
+                "upstream"
+            };
+            if error.is_connect() {
+                upstream.mark_down();
+            }
+            Err((
+                GatewayError::BadGateway {
+                    upstream: outcome.upstream.clone(),
+                    reason: describe(&error),
+                },
+                outcome,
+                kind,
+            ))
+        }
+        Ok(Ok(mut response)) => {
+            upstream.mark_up();
+            strip_hop_by_hop(response.headers_mut());
+            Ok((response, outcome))
+        }
+    }
+}
+
+/// Wraps the client's body so at most `limit` bytes are forwarded.
+pub fn limit_body(body: Body, limit: u64) -> Body {
+    if limit == u64::MAX {
+        return body;
+    }
+    http_body_util::Limited::new(body, limit as usize)
+        .map_err(BoxError::from)
+        .boxed()
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(name, value);
+    }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Removes the gateway's own cookie from `Cookie`, keeping the application's.
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let values: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !values.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&values.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+mod danger {
+    //! `tls_skip_verify`: for internal upstreams with self-signed certificates only.
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    pub struct AcceptAnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
+
+    impl AcceptAnyCertificate {
+        pub fn new() -> Self {
+            Self(rustls::crypto::ring::default_provider().signature_verification_algorithms)
+        }
+    }
+
+    impl ServerCertVerifier for AcceptAnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_schemes()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("mcp-session-id"));
+    }
+
+    #[test]
+    fn only_the_gateway_cookie_is_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("_postern=secret; app=1; theme=dark"),
+        );
+        strip_cookie(&mut h, "_postern");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "app=1; theme=dark");
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("_postern=secret"));
+        strip_cookie(&mut h, "_postern");
+        assert!(!h.contains_key(header::COOKIE));
+    }
+}

@@ -1,0 +1,389 @@
+//! The routing table: which route serves a request, and where upstream it goes.
+//!
+//! A route matches on the request's host (and port, when `from` names one) and optionally on a
+//! path prefix (segment-aligned) or an exact path. The most specific route wins: an exact path,
+//! then the longest prefix, then a host-only route; ties go to the earlier route in the file.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use postern_config::{Config, Mcp, McpServer, Route as RouteConfig};
+
+/// How long an upstream that failed is skipped (passive health).
+const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
+/// Default limit for MCP server request bodies.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+
+/// What kind of route this is.
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per route
+pub enum Kind {
+    /// A plain web route.
+    Web,
+    /// An MCP server route.
+    McpServer(McpServer),
+    /// An MCP client app route.
+    McpClient,
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the configuration (stable id for metrics and logs).
+    pub index: usize,
+    /// A short id: the name, or `from` + prefix.
+    pub id: String,
+    /// The configuration it came from.
+    pub config: RouteConfig,
+    /// The kind.
+    pub kind: Kind,
+    /// Upstreams, balanced round-robin with passive health.
+    pub upstreams: Vec<Upstream>,
+    /// The upstream timeout in effect.
+    pub timeout: Duration,
+    /// The idle timeout in effect (`None`: streams may stay quiet forever).
+    pub idle_timeout: Option<Duration>,
+    /// Largest request body accepted.
+    pub max_request_bytes: u64,
+    next: AtomicUsize,
+}
+
+/// One upstream URL and its health.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The URL.
+    pub url: url::Url,
+    down_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Upstream {
+    fn healthy(&self, now: Instant) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|until| until <= now)
+    }
+
+    /// Marks the upstream as failing: it is skipped for a while when others are healthy.
+    pub fn mark_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + UNHEALTHY_FOR);
+    }
+
+    /// Marks the upstream as working.
+    pub fn mark_up(&self) {
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        if down.is_some() {
+            *down = None;
+        }
+    }
+}
+
+impl Route {
+    fn new(index: usize, config: &RouteConfig, global: &Config) -> Self {
+        let kind = match &config.mcp {
+            None => Kind::Web,
+            Some(Mcp::Server(server)) => Kind::McpServer(server.clone()),
+            Some(Mcp::Client) => Kind::McpClient,
+        };
+        let idle_timeout = match (&config.idle_timeout, &kind) {
+            (Some(d), _) if d.0.is_zero() => None,
+            (Some(d), _) => Some(d.0),
+            // MCP streams (SSE) may be quiet for a long time.
+            (None, Kind::McpServer(_)) => None,
+            (None, _) => Some(Duration::from_secs(300)),
+        };
+        let max_request_bytes = match &kind {
+            Kind::McpServer(server) => server
+                .max_request_bytes
+                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            _ => u64::MAX,
+        };
+        let id = config.name.clone().unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                config.from.origin(),
+                config
+                    .prefix
+                    .as_deref()
+                    .or(config.path.as_deref())
+                    .unwrap_or("")
+            )
+        });
+        Route {
+            index,
+            id,
+            kind,
+            upstreams: config
+                .to
+                .to_vec()
+                .into_iter()
+                .map(|u| Upstream {
+                    url: u.0,
+                    down_until: std::sync::Mutex::new(None),
+                })
+                .collect(),
+            timeout: config.timeout.map_or(global.upstream_timeout(), |d| d.0),
+            idle_timeout,
+            max_request_bytes,
+            config: config.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether this is an MCP server route.
+    pub fn is_mcp_server(&self) -> bool {
+        matches!(self.kind, Kind::McpServer(_))
+    }
+
+    /// The next upstream: round-robin over healthy ones; all failing, round-robin over all.
+    pub fn pick_upstream(&self) -> &Upstream {
+        let n = self.upstreams.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        (0..n)
+            .map(|i| &self.upstreams[(start + i) % n])
+            .find(|u| u.healthy(now))
+            .unwrap_or(&self.upstreams[start % n])
+    }
+
+    /// The upstream path for a request path: a path in `to` replaces the matched prefix.
+    pub fn upstream_path(&self, upstream: &url::Url, request_path: &str) -> String {
+        let matched = self
+            .config
+            .prefix
+            .as_deref()
+            .or(self.config.path.as_deref())
+            .unwrap_or("");
+        let base = upstream.path();
+        if base == "/" || base.is_empty() {
+            return request_path.to_owned();
+        }
+        let rest = request_path
+            .strip_prefix(matched.trim_end_matches('/'))
+            .unwrap_or(request_path);
+        let base = base.trim_end_matches('/');
+        if rest.is_empty() || rest == "/" {
+            base.to_owned()
+        } else if rest.starts_with('/') {
+            format!("{base}{rest}")
+        } else {
+            format!("{base}/{rest}")
+        }
+    }
+
+    fn specificity(&self) -> (u8, usize) {
+        match (&self.config.path, &self.config.prefix) {
+            (Some(p), _) => (2, p.len()),
+            (None, Some(p)) => (1, p.len()),
+            (None, None) => (0, 0),
+        }
+    }
+
+    fn matches(&self, host: &str, port: u16, path: &str) -> bool {
+        let from = &self.config.from;
+        if from.host != host {
+            return false;
+        }
+        if let Some(p) = from.port
+            && p != port
+        {
+            return false;
+        }
+        match (&self.config.path, &self.config.prefix) {
+            (Some(exact), _) => path == exact,
+            (None, Some(prefix)) => prefix_matches(prefix, path),
+            (None, None) => true,
+        }
+    }
+}
+
+/// `/whoami` matches `/whoami`, `/whoami/` and `/whoami/x`, not `/whoamix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.ends_with('/') {
+        return path.starts_with(prefix) || path == prefix.trim_end_matches('/');
+    }
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// All routes, most specific first.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Compiles the routes of `config`.
+    pub fn new(config: &Config) -> Self {
+        let mut routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Arc::new(Route::new(i, r, config)))
+            .collect();
+        // Stable sort: equal specificity keeps file order.
+        routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
+        Self { routes }
+    }
+
+    /// The route for `host` (lower-case, no port), `port` and `path`.
+    pub fn find(&self, host: &str, port: u16, path: &str) -> Option<Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(host, port, path))
+            .cloned()
+    }
+
+    /// Every route, most specific first.
+    pub fn all(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The distinct host names of all routes (for certificates).
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| r.config.from.host.clone())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+}
+
+/// Splits a `Host` value into lower-case host (IPv6 without brackets) and port.
+pub fn split_host(authority: &str, default_port: u16) -> (String, u16) {
+    let authority = authority.trim();
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
+        return (host.to_ascii_lowercase(), port);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => (
+            host.to_ascii_lowercase(),
+            port.parse().unwrap_or(default_port),
+        ),
+        _ => (authority.to_ascii_lowercase(), default_port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> RouteTable {
+        let config = postern_config::parse(
+            yaml,
+            std::path::Path::new("."),
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        RouteTable::new(&config)
+    }
+
+    #[test]
+    fn the_most_specific_route_wins() {
+        let t = table(
+            "insecure_server: true
+routes:
+  - {from: http://localhost, to: http://fallback:1, name: host}
+  - {from: http://localhost, prefix: /whoami, to: http://s:8080/whoami, name: whoami}
+  - {from: http://localhost, prefix: /who, to: http://s:8080, name: who}
+  - {from: http://localhost, path: /whoami/exact, to: http://s:8080, name: exact}
+  - {from: http://localhost:9000, to: http://other:1, name: port}
+  - {from: http://example.com, to: http://e:1, name: example}
+",
+        );
+        let name =
+            |host: &str, port: u16, path: &str| t.find(host, port, path).map(|r| r.id.clone());
+        assert_eq!(name("localhost", 80, "/whoami").as_deref(), Some("whoami"));
+        assert_eq!(
+            name("localhost", 80, "/whoami/x").as_deref(),
+            Some("whoami")
+        );
+        assert_eq!(
+            name("localhost", 80, "/whoami/exact").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            name("localhost", 80, "/whoamix").as_deref(),
+            Some("host"),
+            "segment-aligned prefixes"
+        );
+        assert_eq!(name("localhost", 80, "/who/x").as_deref(), Some("who"));
+        assert_eq!(
+            name("localhost", 9000, "/x").as_deref(),
+            Some("host"),
+            "a port-less from matches any port"
+        );
+        assert_eq!(name("example.com", 443, "/").as_deref(), Some("example"));
+        assert_eq!(name("nowhere.com", 80, "/"), None);
+    }
+
+    #[test]
+    fn a_path_in_to_replaces_the_matched_prefix() {
+        let t = table(
+            "insecure_server: true
+routes:
+  - {from: http://a, prefix: /whoami, to: http://s:8080/whoami}
+  - {from: http://b, to: http://mcp-servers:8080/notion}
+  - {from: http://c, prefix: /api, to: http://s:8080}
+  - {from: http://d, prefix: /old, to: http://s:8080/new/}
+",
+        );
+        let path = |host: &str, p: &str| {
+            let r = t.find(host, 80, p).unwrap();
+            r.upstream_path(&r.upstreams[0].url, p)
+        };
+        assert_eq!(path("a", "/whoami"), "/whoami");
+        assert_eq!(path("a", "/whoami/x"), "/whoami/x");
+        assert_eq!(path("b", "/"), "/notion");
+        assert_eq!(path("b", "/sub"), "/notion/sub");
+        assert_eq!(
+            path("c", "/api/v1"),
+            "/api/v1",
+            "no path in to: the request path is kept"
+        );
+        assert_eq!(path("d", "/old/page"), "/new/page");
+    }
+
+    #[test]
+    fn hosts_split() {
+        assert_eq!(
+            split_host("Example.COM:8443", 443),
+            ("example.com".into(), 8443)
+        );
+        assert_eq!(split_host("example.com", 443), ("example.com".into(), 443));
+        assert_eq!(split_host("[::1]:8080", 80), ("::1".into(), 8080));
+        assert_eq!(split_host("[::1]", 80), ("::1".into(), 80));
+    }
+
+    #[test]
+    fn failing_upstreams_are_skipped_for_a_while() {
+        let t = table(
+            "insecure_server: true\nroutes:\n  - {from: http://a, to: [http://one:1, http://two:2]}\n",
+        );
+        let r = t.find("a", 80, "/").unwrap();
+        r.upstreams[0].mark_down();
+        for _ in 0..10 {
+            assert_eq!(r.pick_upstream().url.host_str(), Some("two"));
+        }
+        r.upstreams[1].mark_down();
+        let picked: Vec<_> = (0..4)
+            .map(|_| r.pick_upstream().url.host_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            picked.contains(&"one".to_owned()) && picked.contains(&"two".to_owned()),
+            "all down: spread anyway"
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! Starts the gateway from a YAML string on an ephemeral port: `Running::start(yaml).await`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use postern_gateway::hooks::PublicOnly;
+use postern_gateway::{Gateway, server};
+use tokio_util::sync::CancellationToken;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn config(yaml: &str) -> postern_config::Config {
+    postern_config::parse(yaml, Path::new("."), &HashMap::new())
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+impl Running {
+    /// Plain HTTP (`insecure_server`).
+    pub async fn start(yaml: &str) -> Self {
+        Self::start_with_tls(yaml, None).await
+    }
+
+    pub async fn start_with_tls(yaml: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let gateway = Gateway::new(config(yaml), Arc::new(PublicOnly));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let done = tokio::spawn(server::serve(
+            listener,
+            tls,
+            gateway.clone(),
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            gateway,
+            shutdown,
+            done,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://localhost:{}{path}", self.addr.port())
+    }
+}
