@@ -168,9 +168,9 @@ fn bad_values_say_what_is_expected() {
 fn secrets_come_inline_from_env_or_files_and_never_print() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notion-secret"), "from-file\n").unwrap();
-    let yaml = format!(
+    let yaml = String::from(
         "insecure_server: true
-shared_secret: ${{POSTERN_SECRET}}
+shared_secret: ${POSTERN_SECRET}
 routes:
   - from: https://n.example.com
     to: http://n:8080
@@ -178,8 +178,8 @@ routes:
       upstream_oauth2:
         client_id: n
         client_secret_file: notion-secret
-        endpoint: {{auth_url: 'https://a.example.com', token_url: 'https://t.example.com'}}
-"
+        endpoint: {auth_url: 'https://a.example.com', token_url: 'https://t.example.com'}
+",
     );
     let config = parse(
         &yaml,
