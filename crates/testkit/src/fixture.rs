@@ -377,3 +377,36 @@ pub fn router(shutdown: &CancellationToken) -> axum::Router {
     );
     axum::Router::new().nest_service("/mcp", service)
 }
+
+/// The fixture without sessions, answering with JSON, plus `/events` (an SSE tick every 5 s).
+pub fn stateless_router(shutdown: &CancellationToken) -> axum::Router {
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown.child_token())
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
+    let service = StreamableHttpService::new(
+        || Ok(Fixture),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    axum::Router::new()
+        .nest_service("/mcp", service)
+        .route("/events", axum::routing::get(ticks))
+}
+
+async fn ticks() -> axum::response::Response {
+    let stream = futures_ticks();
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("static response")
+}
+
+fn futures_ticks() -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::unfold(0u64, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Some((Ok(bytes::Bytes::from(format!("data: tick {n}\n\n"))), n + 1))
+    })
+}

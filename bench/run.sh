@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The data-path benchmark: tools/call latency and throughput to a small MCP upstream (the
+# fixture server, stateless, JSON responses), directly, through nginx as a plain reverse proxy,
+# and through Postern, at a few concurrencies, in one run on this machine; then Postern's memory
+# idle, under load, and with 1,000 open SSE streams. Prints a table; asserts nothing.
+#
+# Usage: bench/run.sh [SECONDS_PER_POINT]   (loopback only; stops by itself)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+seconds="${1:-5}"
+cd "$root"
+if ! command -v nginx >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+fi
+cargo build --release --locked -q -p postern -p postern-testkit
+bin="$root/target/release"
+work="$(mktemp -d)"
+up=$((20000 + RANDOM % 5000)); ngx=$((25000 + RANDOM % 5000)); pst=$((30000 + RANDOM % 5000))
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$bin/mcp-fixture" "$up" --stateless 2>"$work/fixture.log" & pids+=($!)
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes 2;
+daemon off;
+error_log $work/nginx/logs/error.log warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mcp { server 127.0.0.1:$up; keepalive 128; }
+  server {
+    listen 127.0.0.1:$ngx;
+    location / {
+      proxy_pass http://mcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_buffering off;
+      proxy_read_timeout 1h;
+    }
+  }
+}
+NGINX
+nginx -p "$work/nginx" -c "$work/nginx.conf" & pids+=($!)
+cat >"$work/postern.yaml" <<YAML
+insecure_server: true
+address: 127.0.0.1:$pst
+routes:
+  - from: http://127.0.0.1
+    to: http://127.0.0.1:$up
+    allow_public_unauthenticated_access: true
+    mcp: {}
+YAML
+RUST_LOG=warn "$bin/postern" serve --config "$work/postern.yaml" 2>"$work/postern.log" & postern=$!; pids+=($postern)
+for port in $up $ngx $pst; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+done
+rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+body='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{}}}'
+# Warm up every path.
+for port in $up $ngx $pst; do "$bin/loadgen" post "http://127.0.0.1:$port/mcp" 4 1 "$body" >/dev/null; done
+idle_rss=$(rss $postern)
+
+declare -A result
+for c in 1 16 64; do
+  for target in direct nginx postern; do
+    case $target in direct) port=$up;; nginx) port=$ngx;; postern) port=$pst;; esac
+    if [ "$target" = postern ] && [ "$c" = 64 ]; then
+      ( sleep $((seconds / 2)); rss $postern >"$work/load_rss" ) &
+      sampler=$!
+    fi
+    result[$target,$c]=$("$bin/loadgen" post "http://127.0.0.1:$port/mcp" "$c" "$seconds" "$body")
+  done
+done
+wait "$sampler"
+load_rss=$(cat "$work/load_rss")
+
+field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"${result[$1]}"; }
+printf '\ntools/call through each path (%ss per point, loopback, %s cores)\n' "$seconds" "$(nproc)"
+printf '%-4s %-8s %9s %8s %8s %8s %7s | %8s %8s %9s\n' conc path req/s p50µs p90µs p99µs errors "p50-dir" "rps/dir" "rps/nginx"
+for c in 1 16 64; do
+  for target in direct nginx postern; do
+    rps=$(field "$target,$c" rps); p50=$(field "$target,$c" p50_us)
+    d_rps=$(field "direct,$c" rps); d_p50=$(field "direct,$c" p50_us); n_rps=$(field "nginx,$c" rps)
+    printf '%-4s %-8s %9s %8s %8s %8s %7s | %+7sµs %8.2f %9.2f\n' "$c" "$target" "$rps" "$p50" \
+      "$(field "$target,$c" p90_us)" "$(field "$target,$c" p99_us)" "$(field "$target,$c" errors)" \
+      "$((p50 - d_p50))" "$(echo "$rps / $d_rps" | bc -l)" "$(echo "$rps / $n_rps" | bc -l)"
+  done
+done
+
+"$bin/loadgen" streams "http://127.0.0.1:$pst/events" 1000 10 >"$work/streams.out" &
+streams=$!
+for _ in $(seq 1 200); do [ -s "$work/streams.out" ] && break; sleep 0.1; done
+sleep 1
+streams_rss=$(rss $postern)
+open=$(sed -E 's/.*"streams_open":([0-9]+).*/\1/' "$work/streams.out")
+wait $streams
+printf '\nPostern memory (RSS): idle %s MiB, under 64-way load %s MiB, with %s open SSE streams %s MiB\n' \
+  "$idle_rss" "$load_rss" "$open" "$streams_rss"
