@@ -11,6 +11,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod body;
 pub mod errors;
 pub mod hooks;

@@ -615,3 +615,113 @@ async fn a_changed_config_file_is_applied_without_dropping_open_streams() {
     );
     drop(stream);
 }
+
+#[path = "support/pebble.rs"]
+mod pebble;
+
+#[tokio::test]
+async fn autocert_obtains_caches_and_renews_certificates_from_a_real_acme_server() {
+    use postern_gateway::acme::{Autocert, AutocertConfig};
+    use postern_gateway::server::{Challenges, serve_redirect};
+    use postern_gateway::tls::{CertResolver, server_config};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    // The :80 listener first: pebble must know where to send HTTP-01 validation requests.
+    let redirect = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_port = redirect.local_addr().unwrap().port();
+    let Some(pebble) = pebble::Pebble::start(dir.path(), http_port, 3600).await else {
+        return;
+    };
+
+    let up = Upstream::start().await;
+    let challenges = Arc::new(Challenges::default());
+    let resolver = Arc::new(CertResolver::default());
+    let yaml = format!(
+        "autocert: true\nroutes:\n  - {{from: https://postern.test, to: {}, allow_public_unauthenticated_access: true}}\n",
+        up.url("/echo")
+    );
+    let gw = Running::start_with_tls(&yaml, Some(server_config(resolver.clone(), false))).await;
+    tokio::spawn(serve_redirect(
+        redirect,
+        gw.addr.port(),
+        challenges.clone(),
+        gw.shutdown.clone(),
+    ));
+
+    let mut settings = AutocertConfig::new(
+        dir.path().join("autocert"),
+        Some(pebble.directory_url.clone()),
+    );
+    settings.trusted_ca = Some(pebble.listener_ca.clone());
+    settings.email = Some("admin@postern.test".into());
+    // Renew almost at once, and look often, so the test sees a renewal.
+    settings.renew_fraction = 0.9995;
+    settings.check_interval = Duration::from_secs(1);
+    let autocert = Arc::new(Autocert::new(
+        settings.clone(),
+        challenges.clone(),
+        resolver.clone(),
+    ));
+    autocert
+        .ensure(&["postern.test".into()])
+        .await
+        .expect("certificate issued by pebble");
+
+    let client = reqwest::Client::builder()
+        .resolve("postern.test", gw.addr)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pebble.issuing_root_pem.as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let url = format!("https://postern.test:{}/", gw.addr.port());
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        200,
+        "served with the ACME certificate"
+    );
+
+    // Cached: a restart finds the certificate without asking the CA.
+    let cert_file = dir.path().join("autocert/certs/postern.test.pem");
+    let first = std::fs::read_to_string(&cert_file).unwrap();
+    let mut keep = settings.clone();
+    keep.renew_fraction = 0.1;
+    let restarted = Autocert::new(keep, challenges.clone(), Arc::new(CertResolver::default()));
+    assert!(
+        restarted.load_cached(&["postern.test".into()]).is_empty(),
+        "the cached certificate is reused"
+    );
+    let key_mode = std::fs::metadata(dir.path().join("autocert/certs/postern.test.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key_mode.permissions()) & 0o777,
+        0o600
+    );
+
+    // Renewal in the background replaces the certificate without a restart.
+    tokio::spawn(
+        autocert
+            .clone()
+            .run(|| vec!["postern.test".to_owned()], gw.shutdown.clone()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&cert_file).unwrap() == first {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was never renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = reqwest::Client::builder()
+        .resolve("postern.test", gw.addr)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(pebble.issuing_root_pem.as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(
+        fresh.get(&url).send().await.unwrap().status(),
+        200,
+        "served with the renewed certificate"
+    );
+}

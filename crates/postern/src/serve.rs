@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use postern_config::{Config, ProcessEnv};
+use postern_gateway::acme::{Autocert, AutocertConfig};
 use postern_gateway::hooks::PublicOnly;
 use postern_gateway::tls::{CertMap, CertResolver, load_pair};
 use postern_gateway::{Gateway, routes::RouteTable, server};
@@ -53,17 +54,31 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(config.clone(), Arc::new(PublicOnly));
 
     let resolver = Arc::new(CertResolver::default());
+    let challenges = Arc::new(server::Challenges::default());
     let tls = if config.insecure_server {
         None
     } else {
-        if config.autocert {
-            bail!(
-                "autocert: ACME certificates are not available yet; use certificate_file/certificate_key_file or insecure_server"
-            );
-        }
         resolver.set(certificates(&config, &path)?);
         Some(postern_gateway::tls::server_config(resolver.clone(), false))
     };
+    let autocert = (config.autocert && tls.is_some()).then(|| {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let dir = config
+            .autocert_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir().join("autocert"));
+        let mut settings = AutocertConfig::new(base.join(dir), config.autocert_ca.clone());
+        settings.email = config.autocert_email.clone();
+        settings.trusted_ca = config
+            .autocert_trusted_ca_file
+            .as_ref()
+            .map(|f| base.join(f));
+        Arc::new(Autocert::new(
+            settings,
+            challenges.clone(),
+            resolver.clone(),
+        ))
+    });
 
     let address = config.listen_address();
     let addrs = server::resolve_address(&address)
@@ -82,7 +97,8 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| ":80".into());
         if !redirect.is_empty() {
-            let explicit = config.http_redirect_address.is_some();
+            // ACME HTTP-01 challenges arrive here: with autocert this listener is required.
+            let explicit = config.http_redirect_address.is_some() || autocert.is_some();
             match bind(&redirect).await {
                 Ok(l) => {
                     tracing::info!(address = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
@@ -109,7 +125,21 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         tracing::info!(address = %l.local_addr()?, "metrics on /metrics, health on /healthz");
         tasks.spawn(server::serve_metrics(l, gateway.clone(), shutdown.clone()));
     }
+    if let Some(autocert) = &autocert {
+        let missing = autocert.load_cached(&acme_hosts(&gateway));
+        tracing::info!(
+            missing = missing.len(),
+            "autocert: cached certificates loaded"
+        );
+        let hosts_gateway = gateway.clone();
+        tasks.spawn(
+            autocert
+                .clone()
+                .run(move || acme_hosts(&hosts_gateway), shutdown.clone()),
+        );
+    }
     {
+        let autocert = autocert.clone();
         let gateway_for_apply = gateway.clone();
         let resolver = resolver.clone();
         let tls_on = tls.is_some();
@@ -124,6 +154,11 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
                 resolver.set(certificates(&new, &config_path).map_err(|e| e.to_string())?);
             }
             gateway_for_apply.replace(new);
+            if let Some(autocert) = &autocert {
+                // Certificate files were reloaded: put the ACME ones back and look for new hosts.
+                autocert.load_cached(&acme_hosts(&gateway_for_apply));
+                autocert.wake();
+            }
             Ok(())
         });
         tasks.spawn(postern_gateway::reload::watch(
@@ -140,6 +175,22 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     tracing::info!("postern gateway stopped");
     Ok(())
+}
+
+/// The route hosts that get ACME certificates: https routes, except wildcards (HTTP-01 can't
+/// validate them).
+fn acme_hosts(gateway: &Gateway) -> Vec<String> {
+    let runtime = gateway.runtime();
+    let mut hosts: Vec<String> = runtime
+        .config
+        .routes
+        .iter()
+        .filter(|r| r.from.scheme == "https" && !r.from.host.starts_with("*."))
+        .map(|r| r.from.host.clone())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
