@@ -725,3 +725,64 @@ async fn autocert_obtains_caches_and_renews_certificates_from_a_real_acme_server
         "served with the renewed certificate"
     );
 }
+
+#[tokio::test]
+async fn idle_streams_close_after_idle_timeout_and_host_is_preserved_on_request() {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /quiet, to: {forever}, idle_timeout: 300ms, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /keep, to: {forever}, allow_public_unauthenticated_access: true, mcp: {{}}}}
+  - {{from: http://localhost, prefix: /host, to: {echo}, preserve_host_header: true, allow_public_unauthenticated_access: true}}
+",
+        forever = up.url("/sse-forever"),
+        echo = up.url("/echo"),
+    );
+    let gw = Running::start(&yaml).await;
+    // A web route with idle_timeout: the quiet stream is cut (the upstream ticks every 10 s).
+    let started = Instant::now();
+    let mut quiet = client()
+        .get(gw.url("/quiet"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    assert!(
+        quiet.next().await.unwrap().is_ok(),
+        "the first tick arrives"
+    );
+    let end = quiet.next().await;
+    assert!(end.is_none() || end.unwrap().is_err(), "the stream ended");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut by the idle timeout, not the next tick"
+    );
+    // An MCP route has no idle timeout unless configured: still open after the same wait.
+    let mut keep = client()
+        .get(gw.url("/keep"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    assert!(keep.next().await.unwrap().is_ok());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), keep.next())
+            .await
+            .is_err(),
+        "still open, waiting"
+    );
+
+    let seen: Value = client()
+        .get(gw.url("/host"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["headers"]["host"],
+        json!(format!("localhost:{}", gw.addr.port()))
+    );
+}
