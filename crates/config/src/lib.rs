@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use secret::Secret;
 pub use types::*;
-pub use values::{FromUrl, GoDuration, ToUrl};
+pub use values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
 
 /// A source of environment variables (tests pass a map).
 pub trait Env {

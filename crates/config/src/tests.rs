@@ -158,6 +158,16 @@ fn bad_values_say_what_is_expected() {
         "insecure_server: true\nroutes:\n  - from: https://a.example.com\n    to: http://a\n    mcp: {server: {upstream_oauth2: {client_id: x, endpoint: {auth_url: 'https://a', token_url: 'https://b', auth_style: basic}}}}\n",
     );
     assert!(err.path.ends_with("auth_style"), "{err}");
+    let err = parse_err(
+        "insecure_server: true\nroutes:\n  - from: https://a.example.com\n    to: http://a\n    policy:\n      deny:\n        or:\n          - mcp_tool: {begins_with: admin}\n",
+    );
+    assert_eq!(err.path, "routes[0].policy");
+    assert!(
+        err.message
+            .starts_with("deny.or[0].mcp_tool.begins_with: unknown operator"),
+        "{err}"
+    );
+    assert!(err.line.is_some(), "{err:?}");
     let err = parse_err("routes: []\n");
     assert!(err.message.contains("insecure_server"), "{err}");
     let err = parse_err("insecure_server: true\ndatabroker_storage_type: postgres\n");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::secret::Secret;
-use crate::values::{FromUrl, GoDuration, ToUrl};
+use crate::values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -204,9 +204,9 @@ pub struct Route {
     /// Logo URL for listings.
     #[serde(default)]
     pub logo_url: Option<String>,
-    /// Authorization policy (PPL).
+    /// Authorization policy (PPL; see `postern-policy` for what is supported).
     #[serde(default)]
-    pub policy: Option<serde_json::Value>,
+    pub policy: Option<PolicyDocument>,
     /// Proxy without sign-in.
     #[serde(default)]
     pub allow_public_unauthenticated_access: bool,

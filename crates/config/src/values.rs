@@ -83,6 +83,21 @@ impl<'de> Deserialize<'de> for ToUrl {
     }
 }
 
+/// A route's `policy`, checked when the file is read so a bad criterion is reported with its line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyDocument(pub serde_json::Value);
+
+impl<'de> Deserialize<'de> for PolicyDocument {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        postern_policy::Policy::compile(Some(&value), &Default::default()).map_err(|e| {
+            let inner = e.path.trim_start_matches("policy").trim_start_matches('.');
+            D::Error::custom(format!("{inner}: {}", e.message))
+        })?;
+        Ok(PolicyDocument(value))
+    }
+}
+
 /// A Go-style duration, as Pomerium writes them: `30s`, `5m`, `1h30m`, `250ms`.
 ///
 /// Written by hand: the usual crates parse other syntaxes (`1h 30min`), and configs written for

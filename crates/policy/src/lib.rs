@@ -1,0 +1,599 @@
+//! Route authorization policy: the subset of Pomerium Policy Language (PPL) that Postern
+//! supports, plus the route shorthands (`allow_public_unauthenticated_access`,
+//! `allow_any_authenticated_user`, `allowed_users`, `allowed_domains`). No I/O: a [`Policy`] is
+//! compiled once from configuration and evaluated per request against an [`Input`].
+//!
+//! Semantics (as Pomerium documents them): a request is allowed when at least one `allow` rule
+//! matches and no `deny` rule matches; no matching `allow` means denied. In a rule, `and` needs
+//! every criterion, `or` any, `not` none (¬A ∧ ¬B), `nor` not all (¬A ∨ ¬B); several operators in
+//! one rule are alternatives. Criteria: `accept`, `reject`, `authenticated_user`, `email`,
+//! `domain`, `user`, `groups`, `claim/<name>`, `http_method`, `http_path`, `mcp_tool`. String
+//! matchers: `is`, `not`, `in`, `not_in`, `starts_with`, `ends_with`, `contains` (a bare value
+//! means `is`); `groups` takes `has` (a bare value means `has`). `mcp_tool` matches only
+//! `tools/call` requests, so put it under `deny`.
+#![forbid(unsafe_code)]
+
+use serde_json::{Map, Value};
+
+/// A policy error: the path inside the policy document and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PolicyError {
+    /// e.g. `allow.or[1].mcp_tool.begins_with`.
+    pub path: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+fn error(path: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The signed-in user, as the policy sees them.
+#[derive(Clone, Debug, Default)]
+pub struct User {
+    /// Stable id.
+    pub id: String,
+    /// Email address.
+    pub email: String,
+    /// Group names and ids.
+    pub groups: Vec<String>,
+    /// Other identity claims.
+    pub claims: Map<String, Value>,
+}
+
+/// The MCP request, when the body of a request to an MCP server route was a JSON-RPC request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct McpRequest {
+    /// The JSON-RPC method (`tools/call`, `initialize`, ...).
+    pub method: String,
+    /// For `tools/call`, the tool's name.
+    pub tool: Option<String>,
+}
+
+/// What a decision is made about.
+#[derive(Clone, Debug, Default)]
+pub struct Input<'a> {
+    /// The user (`None`: not signed in).
+    pub user: Option<&'a User>,
+    /// HTTP method.
+    pub method: &'a str,
+    /// HTTP path.
+    pub path: &'a str,
+    /// The MCP request, if any.
+    pub mcp: Option<&'a McpRequest>,
+}
+
+/// The outcome, with the rule that decided it (for the audit log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Which rule decided, e.g. `deny: policy.deny.or[0] (mcp_tool)`.
+    pub reason: String,
+    /// Denied because nobody is signed in and an allow rule needs a user: sign-in may help.
+    pub needs_sign_in: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Debug)]
+enum Expr {
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+    /// None of them (¬A ∧ ¬B).
+    Not(Vec<Expr>),
+    /// Not all of them (¬A ∨ ¬B).
+    Nor(Vec<Expr>),
+    Criterion {
+        path: String,
+        name: String,
+        test: Test,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Test {
+    Accept,
+    Reject,
+    AuthenticatedUser,
+    Email(StringMatcher),
+    Domain(StringMatcher),
+    User(StringMatcher),
+    Groups(Vec<String>),
+    Claim(String, Value),
+    HttpMethod(StringMatcher),
+    HttpPath(StringMatcher),
+    McpTool(StringMatcher),
+}
+
+/// All operators of a string matcher must hold.
+#[derive(Clone, Debug)]
+struct StringMatcher(Vec<(Op, Value)>);
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Is,
+    Not,
+    In,
+    NotIn,
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    action: Action,
+    path: String,
+    expr: Expr,
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+}
+
+/// The route shorthands that add `allow` rules.
+#[derive(Clone, Debug, Default)]
+pub struct Shorthands {
+    /// `allow_public_unauthenticated_access`.
+    pub public: bool,
+    /// `allow_any_authenticated_user`.
+    pub any_authenticated_user: bool,
+    /// `allowed_users` (ids or emails).
+    pub users: Vec<String>,
+    /// `allowed_domains`.
+    pub domains: Vec<String>,
+}
+
+impl Policy {
+    /// Compiles a PPL document (`policy:` of a route) and the shorthands.
+    pub fn compile(document: Option<&Value>, shorthands: &Shorthands) -> Result<Self, PolicyError> {
+        let mut rules = Vec::new();
+        match document {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    rules.extend(parse_rule_object(item, &format!("policy[{i}]"))?);
+                }
+            }
+            Some(object) => rules.extend(parse_rule_object(object, "policy")?),
+        }
+        let criterion = |path: &str, name: &str, test: Test| Expr::Criterion {
+            path: path.into(),
+            name: name.into(),
+            test,
+        };
+        if shorthands.public {
+            rules.push(Rule {
+                action: Action::Allow,
+                path: "allow_public_unauthenticated_access".into(),
+                expr: criterion(
+                    "allow_public_unauthenticated_access",
+                    "accept",
+                    Test::Accept,
+                ),
+            });
+        }
+        if shorthands.any_authenticated_user {
+            rules.push(Rule {
+                action: Action::Allow,
+                path: "allow_any_authenticated_user".into(),
+                expr: criterion(
+                    "allow_any_authenticated_user",
+                    "authenticated_user",
+                    Test::AuthenticatedUser,
+                ),
+            });
+        }
+        if !shorthands.users.is_empty() {
+            let list = Value::Array(
+                shorthands
+                    .users
+                    .iter()
+                    .map(|u| Value::String(u.clone()))
+                    .collect(),
+            );
+            rules.push(Rule {
+                action: Action::Allow,
+                path: "allowed_users".into(),
+                expr: Expr::Or(vec![
+                    criterion(
+                        "allowed_users",
+                        "user",
+                        Test::User(StringMatcher(vec![(Op::In, list.clone())])),
+                    ),
+                    criterion(
+                        "allowed_users",
+                        "email",
+                        Test::Email(StringMatcher(vec![(Op::In, list)])),
+                    ),
+                ]),
+            });
+        }
+        if !shorthands.domains.is_empty() {
+            let list = Value::Array(
+                shorthands
+                    .domains
+                    .iter()
+                    .map(|d| Value::String(d.clone()))
+                    .collect(),
+            );
+            rules.push(Rule {
+                action: Action::Allow,
+                path: "allowed_domains".into(),
+                expr: criterion(
+                    "allowed_domains",
+                    "domain",
+                    Test::Domain(StringMatcher(vec![(Op::In, list)])),
+                ),
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    /// Whether any rule looks at MCP tool calls (the request body must then be inspected).
+    pub fn uses_mcp_tool(&self) -> bool {
+        fn uses(expr: &Expr) -> bool {
+            match expr {
+                Expr::And(v) | Expr::Or(v) | Expr::Not(v) | Expr::Nor(v) => v.iter().any(uses),
+                Expr::Criterion { test, .. } => matches!(test, Test::McpTool(_)),
+            }
+        }
+        self.rules.iter().any(|r| uses(&r.expr))
+    }
+
+    /// Whether any rule can allow without a signed-in user (`accept`).
+    pub fn allows_anonymous(&self, method: &str, path: &str) -> bool {
+        self.evaluate(&Input {
+            user: None,
+            method,
+            path,
+            mcp: None,
+        })
+        .allowed
+    }
+
+    /// Decides about `input`.
+    pub fn evaluate(&self, input: &Input<'_>) -> Decision {
+        let mut allowed_by = None;
+        for rule in &self.rules {
+            let mut hit = None;
+            if eval(&rule.expr, input, &mut hit) {
+                let why = hit.map_or_else(
+                    || rule.path.clone(),
+                    |(path, name)| format!("{path} ({name})"),
+                );
+                match rule.action {
+                    Action::Deny => {
+                        return Decision {
+                            allowed: false,
+                            reason: format!("deny: {why}"),
+                            needs_sign_in: false,
+                        };
+                    }
+                    Action::Allow if allowed_by.is_none() => allowed_by = Some(why),
+                    Action::Allow => {}
+                }
+            }
+        }
+        match allowed_by {
+            Some(why) => Decision {
+                allowed: true,
+                reason: format!("allow: {why}"),
+                needs_sign_in: false,
+            },
+            None => Decision {
+                allowed: false,
+                reason: "deny: no allow rule matched".into(),
+                needs_sign_in: input.user.is_none(),
+            },
+        }
+    }
+}
+
+fn parse_rule_object(value: &Value, path: &str) -> Result<Vec<Rule>, PolicyError> {
+    let Value::Object(object) = value else {
+        return Err(error(
+            path,
+            "a rule is an object with `allow` and/or `deny`",
+        ));
+    };
+    let mut rules = Vec::new();
+    for (key, body) in object {
+        let action = match key.as_str() {
+            "allow" => Action::Allow,
+            "deny" => Action::Deny,
+            other => {
+                return Err(error(
+                    &format!("{path}.{other}"),
+                    "unknown action: use allow or deny",
+                ));
+            }
+        };
+        let rule_path = format!("{path}.{key}");
+        let Value::Object(operators) = body else {
+            return Err(error(
+                &rule_path,
+                "expected operators (and, or, not, nor) with lists of criteria",
+            ));
+        };
+        let mut alternatives = Vec::new();
+        for (op, criteria) in operators {
+            let op_path = format!("{rule_path}.{op}");
+            let Value::Array(criteria) = criteria else {
+                return Err(error(&op_path, "expected a list of criteria"));
+            };
+            let parsed = criteria
+                .iter()
+                .enumerate()
+                .map(|(i, c)| parse_criterion(c, &format!("{op_path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            alternatives.push(match op.as_str() {
+                "and" => Expr::And(parsed),
+                "or" => Expr::Or(parsed),
+                "not" => Expr::Not(parsed),
+                "nor" => Expr::Nor(parsed),
+                other => {
+                    return Err(error(
+                        &format!("{rule_path}.{other}"),
+                        "unknown operator: use and, or, not or nor",
+                    ));
+                }
+            });
+        }
+        let expr = if alternatives.len() == 1 {
+            alternatives.remove(0)
+        } else {
+            Expr::Or(alternatives)
+        };
+        rules.push(Rule {
+            action,
+            path: rule_path,
+            expr,
+        });
+    }
+    Ok(rules)
+}
+
+fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
+    let Value::Object(object) = value else {
+        return Err(error(
+            path,
+            "a criterion is an object with one key, e.g. `email: {is: ada@example.com}`",
+        ));
+    };
+    if object.len() != 1 {
+        return Err(error(
+            path,
+            "a criterion has exactly one key; put several in a list under and/or",
+        ));
+    }
+    let (name, arg) = object.iter().next().expect("one entry");
+    let at = format!("{path}.{name}");
+    let test = match name.as_str() {
+        "accept" => Test::Accept,
+        "reject" => Test::Reject,
+        "authenticated_user" => Test::AuthenticatedUser,
+        // Addresses compare case-insensitively.
+        "email" => Test::Email(string_matcher(&lowercase(arg), &at)?),
+        "domain" => Test::Domain(string_matcher(&lowercase(arg), &at)?),
+        "user" => Test::User(string_matcher(arg, &at)?),
+        "http_method" => Test::HttpMethod(string_matcher(arg, &at)?),
+        "http_path" => Test::HttpPath(string_matcher(arg, &at)?),
+        "mcp_tool" => Test::McpTool(string_matcher(arg, &at)?),
+        "groups" => Test::Groups(list_matcher(arg, &at)?),
+        claim if claim.starts_with("claim/") && claim.len() > 6 => {
+            Test::Claim(claim[6..].to_owned(), arg.clone())
+        }
+        other => {
+            return Err(error(
+                &at,
+                format!(
+                    "unknown criterion `{other}`; supported: accept, reject, authenticated_user, email, domain, user, groups, claim/<name>, http_method, http_path, mcp_tool"
+                ),
+            ));
+        }
+    };
+    Ok(Expr::Criterion {
+        path: path.into(),
+        name: name.clone(),
+        test,
+    })
+}
+
+fn lowercase(value: &Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.to_ascii_lowercase()),
+        Value::Array(items) => Value::Array(items.iter().map(lowercase).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), lowercase(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn string_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyError> {
+    let Value::Object(ops) = value else {
+        return match value {
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {
+                Ok(StringMatcher(vec![(Op::Is, value.clone())]))
+            }
+            Value::Array(_) => Ok(StringMatcher(vec![(Op::In, value.clone())])),
+            _ => Err(error(
+                path,
+                "expected a value or a matcher object (is, not, in, not_in, starts_with, ends_with, contains)",
+            )),
+        };
+    };
+    if ops.is_empty() {
+        return Err(error(
+            path,
+            "an empty matcher matches nothing; give an operator",
+        ));
+    }
+    let mut out = Vec::new();
+    for (op, arg) in ops {
+        let op_path = format!("{path}.{op}");
+        let op = match op.as_str() {
+            "is" => Op::Is,
+            "not" => Op::Not,
+            "in" => Op::In,
+            "not_in" => Op::NotIn,
+            "starts_with" => Op::StartsWith,
+            "ends_with" => Op::EndsWith,
+            "contains" => Op::Contains,
+            other => {
+                return Err(error(
+                    &op_path,
+                    format!(
+                        "unknown operator `{other}`; use is, not, in, not_in, starts_with, ends_with or contains"
+                    ),
+                ));
+            }
+        };
+        match (op, arg) {
+            (Op::In | Op::NotIn, Value::Array(items)) if items.iter().all(Value::is_string) => {}
+            (Op::In | Op::NotIn, _) => return Err(error(&op_path, "expected a list of strings")),
+            (_, Value::String(_)) => {}
+            _ => return Err(error(&op_path, "expected a string")),
+        }
+        out.push((op, arg.clone()));
+    }
+    Ok(StringMatcher(out))
+}
+
+fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Object(ops) => {
+            let mut out = Vec::new();
+            for (op, arg) in ops {
+                if op != "has" {
+                    return Err(error(
+                        &format!("{path}.{op}"),
+                        format!("unknown operator `{op}`; groups take `has`"),
+                    ));
+                }
+                out.push(
+                    scalar(arg)
+                        .ok_or_else(|| error(&format!("{path}.has"), "expected a string"))?,
+                );
+            }
+            Ok(out)
+        }
+        Value::Array(items) => items
+            .iter()
+            .map(|v| scalar(v).ok_or_else(|| error(path, "expected strings")))
+            .collect(),
+        other => scalar(other)
+            .map(|s| vec![s])
+            .ok_or_else(|| error(path, "expected a group or `has: group`")),
+    }
+}
+
+impl StringMatcher {
+    fn matches(&self, subject: &str) -> bool {
+        self.0.iter().all(|(op, arg)| {
+            let text = match arg {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let list = || {
+                arg.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+            };
+            match op {
+                Op::Is => subject == text,
+                Op::Not => subject != text,
+                Op::In => list().any(|v| v == subject),
+                Op::NotIn => !list().any(|v| v == subject),
+                Op::StartsWith => subject.starts_with(&text),
+                Op::EndsWith => subject.ends_with(&text),
+                Op::Contains => subject.contains(&text),
+            }
+        })
+    }
+}
+
+/// Evaluates `expr`; records in `hit` the first criterion that made it true.
+fn eval(expr: &Expr, input: &Input<'_>, hit: &mut Option<(String, String)>) -> bool {
+    match expr {
+        Expr::And(items) => {
+            let mut first = None;
+            for item in items {
+                let mut h = None;
+                if !eval(item, input, &mut h) {
+                    return false;
+                }
+                first = first.or(h);
+            }
+            *hit = first;
+            true
+        }
+        Expr::Or(items) => items.iter().any(|item| eval(item, input, hit)),
+        Expr::Not(items) => items.iter().all(|item| !eval(item, input, &mut None)),
+        Expr::Nor(items) => items.iter().any(|item| !eval(item, input, &mut None)),
+        Expr::Criterion { path, name, test } => {
+            let result = test_criterion(test, input);
+            if result {
+                *hit = Some((path.clone(), name.clone()));
+            }
+            result
+        }
+    }
+}
+
+fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
+    let user = input.user;
+    match test {
+        Test::Accept => true,
+        Test::Reject => false,
+        Test::AuthenticatedUser => user.is_some(),
+        Test::Email(m) => {
+            user.is_some_and(|u| !u.email.is_empty() && m.matches(&u.email.to_ascii_lowercase()))
+        }
+        Test::Domain(m) => user
+            .and_then(|u| u.email.rsplit_once('@'))
+            .is_some_and(|(_, domain)| m.matches(&domain.to_ascii_lowercase())),
+        Test::User(m) => user.is_some_and(|u| m.matches(&u.id)),
+        Test::Groups(wanted) => user.is_some_and(|u| wanted.iter().all(|g| u.groups.contains(g))),
+        Test::Claim(name, expected) => user.is_some_and(|u| match u.claims.get(name) {
+            Some(Value::Array(values)) => values
+                .iter()
+                .any(|v| v == expected || v.as_str() == expected.as_str()),
+            Some(value) => value == expected,
+            None => false,
+        }),
+        Test::HttpMethod(m) => {
+            m.matches(&input.method.to_ascii_uppercase()) || m.matches(input.method)
+        }
+        Test::HttpPath(m) => m.matches(input.path),
+        // Only a tool call can match: other MCP requests (initialize, tools/list) and non-MCP
+        // requests never do.
+        Test::McpTool(m) => input
+            .mcp
+            .filter(|r| r.method == "tools/call")
+            .and_then(|r| r.tool.as_deref())
+            .is_some_and(|tool| m.matches(tool)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,547 @@
+use serde_json::json;
+
+use super::*;
+
+fn user(id: &str, email: &str, groups: &[&str]) -> User {
+    let mut claims = Map::new();
+    claims.insert("department".into(), json!("engineering"));
+    claims.insert("roles".into(), json!(["reader", "writer"]));
+    User {
+        id: id.into(),
+        email: email.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        claims,
+    }
+}
+
+fn policy(doc: Value) -> Policy {
+    Policy::compile(Some(&doc), &Shorthands::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn tool(name: &str) -> McpRequest {
+    McpRequest {
+        method: "tools/call".into(),
+        tool: Some(name.into()),
+    }
+}
+
+/// (policy, user, method, path, mcp, expected)
+type Case<'a> = (
+    Value,
+    Option<&'a User>,
+    &'a str,
+    &'a str,
+    Option<McpRequest>,
+    bool,
+);
+
+#[test]
+fn every_criterion_and_operator() {
+    let ada = user("u-ada", "Ada@Example.com", &["admins", "staff"]);
+    let eve = user("u-eve", "eve@evil.test", &[]);
+    let list = McpRequest {
+        method: "tools/list".into(),
+        tool: None,
+    };
+    let cases: Vec<Case> = vec![
+        (
+            json!({"allow": {"and": [{"accept": true}]}}),
+            None,
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"reject": true}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"authenticated_user": true}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"authenticated_user": true}]}}),
+            None,
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"is": "ada@example.com"}}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"email": "ADA@example.com"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"is": "ada@example.com"}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"starts_with": "ada@"}}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"ends_with": "@example.com"}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"contains": "evil"}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"in": ["x@y.z", "eve@evil.test"]}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"not_in": ["eve@evil.test"]}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"email": {"not": "eve@evil.test"}}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"domain": {"is": "example.com"}}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"domain": {"is": "example.com"}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"user": {"is": "u-eve"}}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"groups": {"has": "admins"}}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"groups": "admins"}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"claim/department": "engineering"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"claim/roles": "writer"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"claim/roles": "owner"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"claim/missing": "x"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"http_method": {"in": ["GET", "HEAD"]}}]}}),
+            None,
+            "get",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"http_path": {"starts_with": "/public/"}}]}}),
+            None,
+            "GET",
+            "/public/a",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"http_path": {"starts_with": "/public/"}}]}}),
+            None,
+            "GET",
+            "/private",
+            None,
+            false,
+        ),
+        // Logical operators.
+        (
+            json!({"allow": {"or": [{"reject": true}, {"accept": true}]}}),
+            None,
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}, {"reject": true}]}}),
+            None,
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"not": [{"domain": "evil.test"}, {"groups": "banned"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"not": [{"domain": "evil.test"}, {"groups": "banned"}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"nor": [{"domain": "example.com"}, {"groups": "admins"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"allow": {"nor": [{"domain": "example.com"}, {"groups": "nobody"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"claim/department": "sales"}], "or": [{"domain": "example.com"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        // Deny wins; no allow means denied.
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"email": "eve@evil.test"}]}}),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!({"deny": {"or": [{"email": "eve@evil.test"}]}}),
+            Some(&ada),
+            "GET",
+            "/",
+            None,
+            false,
+        ),
+        (
+            json!([{"allow": {"and": [{"domain": "example.com"}]}}, {"allow": {"and": [{"domain": "evil.test"}]}}]),
+            Some(&eve),
+            "GET",
+            "/",
+            None,
+            true,
+        ),
+        // mcp_tool: only tool calls match.
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"in": ["write_query"]}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("write_query")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"in": ["write_query"]}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("read_query")),
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": "write_query"}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(list.clone()),
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"and": [{"mcp_tool": {"not_in": ["read_query", "list_tables"]}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("drop_all")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"and": [{"mcp_tool": {"not_in": ["read_query", "list_tables"]}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("list_tables")),
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"starts_with": "admin_"}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("admin_reset")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"ends_with": "_delete"}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("row_delete")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"contains": "drop"}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("x_drop_y")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"not": "echo"}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("echo")),
+            true,
+        ),
+        (
+            json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [{"mcp_tool": {"not": "echo"}}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(tool("other")),
+            false,
+        ),
+        (
+            json!({"allow": {"and": [{"mcp_tool": "echo"}]}}),
+            Some(&ada),
+            "POST",
+            "/",
+            Some(list),
+            false,
+        ),
+    ];
+    for (i, (doc, user, method, path, mcp, expected)) in cases.into_iter().enumerate() {
+        let p = policy(doc.clone());
+        let d = p.evaluate(&Input {
+            user,
+            method,
+            path,
+            mcp: mcp.as_ref(),
+        });
+        assert_eq!(d.allowed, expected, "case {i}: {doc} → {d:?}");
+    }
+}
+
+#[test]
+fn decisions_name_the_rule() {
+    let p = policy(
+        json!({"allow": {"and": [{"authenticated_user": true}]}, "deny": {"or": [{"mcp_tool": {"in": ["write_query"]}}]}}),
+    );
+    let ada = user("u", "a@b.c", &[]);
+    let d = p.evaluate(&Input {
+        user: Some(&ada),
+        method: "POST",
+        path: "/",
+        mcp: Some(&tool("write_query")),
+    });
+    assert_eq!(d.reason, "deny: policy.deny.or[0] (mcp_tool)");
+    let d = p.evaluate(&Input {
+        user: Some(&ada),
+        method: "POST",
+        path: "/",
+        mcp: Some(&tool("read_query")),
+    });
+    assert_eq!(d.reason, "allow: policy.allow.and[0] (authenticated_user)");
+    let d = p.evaluate(&Input {
+        user: None,
+        method: "GET",
+        path: "/",
+        mcp: None,
+    });
+    assert!(!d.allowed && d.needs_sign_in);
+    assert!(p.uses_mcp_tool());
+}
+
+#[test]
+fn shorthands_add_allow_rules() {
+    let shorthands = Shorthands {
+        users: vec!["ada@example.com".into(), "u-grace".into()],
+        domains: vec!["corp.test".into()],
+        ..Default::default()
+    };
+    let p = Policy::compile(None, &shorthands).unwrap();
+    let allowed = |u: &User| {
+        p.evaluate(&Input {
+            user: Some(u),
+            method: "GET",
+            path: "/",
+            mcp: None,
+        })
+        .allowed
+    };
+    assert!(allowed(&user("u-ada", "ada@example.com", &[])));
+    assert!(allowed(&user("u-grace", "grace@else.test", &[])));
+    assert!(allowed(&user("x", "bob@corp.test", &[])));
+    assert!(!allowed(&user("x", "bob@other.test", &[])));
+    let open = Policy::compile(
+        None,
+        &Shorthands {
+            public: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(open.allows_anonymous("GET", "/"));
+    let any = Policy::compile(
+        None,
+        &Shorthands {
+            any_authenticated_user: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(!any.allows_anonymous("GET", "/"));
+    assert!(
+        any.evaluate(&Input {
+            user: Some(&user("x", "x@y.z", &[])),
+            method: "GET",
+            path: "/",
+            mcp: None
+        })
+        .allowed
+    );
+    let nothing = Policy::compile(None, &Shorthands::default()).unwrap();
+    assert!(
+        !nothing
+            .evaluate(&Input {
+                user: Some(&user("x", "x@y.z", &[])),
+                method: "GET",
+                path: "/",
+                mcp: None
+            })
+            .allowed,
+        "no rule, no access"
+    );
+}
+
+#[test]
+fn errors_name_the_path() {
+    let err = |doc: Value| Policy::compile(Some(&doc), &Shorthands::default()).unwrap_err();
+    assert_eq!(
+        err(json!({"allow": {"or": [{"mcp_tol": "x"}]}})).path,
+        "policy.allow.or[0].mcp_tol"
+    );
+    let e = err(json!({"deny": {"or": [{"mcp_tool": {"begins_with": "x"}}]}}));
+    assert_eq!(e.path, "policy.deny.or[0].mcp_tool.begins_with");
+    assert!(e.message.contains("starts_with"), "{e}");
+    assert_eq!(err(json!({"allow": {"xor": []}})).path, "policy.allow.xor");
+    assert_eq!(err(json!({"permit": {}})).path, "policy.permit");
+    assert_eq!(
+        err(json!([{"allow": {"and": [{"groups": {"is": "x"}}]}}])).path,
+        "policy[0].allow.and[0].groups.is"
+    );
+    assert_eq!(
+        err(json!({"allow": {"and": [{"email": {"in": "x"}}]}})).path,
+        "policy.allow.and[0].email.in"
+    );
+    assert_eq!(
+        err(json!({"allow": {"and": [{"email": "a", "domain": "b"}]}})).path,
+        "policy.allow.and[0]"
+    );
+}
