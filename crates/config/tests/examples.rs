@@ -46,27 +46,47 @@ fn every_example_file_loads() {
     );
 }
 
-#[test]
-fn the_seed_readme_route_examples_load() {
-    let readme = root().join("../shared/seed/README.md");
-    let Ok(text) = std::fs::read_to_string(&readme) else {
-        panic!(
-            "{} is missing: the seed README is part of the project's shared files",
-            readme.display()
-        );
-    };
-    let blocks: Vec<&str> = text
+/// The YAML blocks with routes in a Markdown text.
+fn route_blocks(markdown: &str) -> Vec<String> {
+    markdown
         .split("```yaml")
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .filter(|b| b.contains("routes:"))
+        .map(|b| b.trim_start_matches('\n').to_owned())
+        .collect()
+}
+
+#[test]
+fn the_seed_readme_route_examples_load() {
+    // A copy of the seed README's route examples lives beside this test, so it runs anywhere;
+    // where the seed itself is present (../shared, as in CI) the copy must still match it.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/seed-routes");
+    let mut copies: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
-    assert!(blocks.len() >= 3, "the seed shows three route examples");
-    for block in blocks {
+    copies.sort();
+    assert_eq!(copies.len(), 3, "the seed shows three route examples");
+    if let Ok(seed) = std::fs::read_to_string(root().join("../shared/seed/README.md")) {
+        let live = route_blocks(&seed);
+        let copied: Vec<String> = copies.iter().map(|(_, text)| text.clone()).collect();
+        assert_eq!(
+            live, copied,
+            "the seed's route examples changed: update tests/seed-routes"
+        );
+    }
+    for (file, block) in copies {
         // The seed's snippets are route lists; give them a listener so they stand alone.
         let yaml = format!("insecure_server: true\n{block}");
         let config = postern_config::parse(&yaml, Path::new("."), &env())
-            .unwrap_or_else(|e| panic!("{e}\n{block}"));
-        assert!(config.routes.iter().any(|r| r.mcp.is_some()), "{block}");
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(config.routes.iter().any(|r| r.mcp.is_some()), "{file}");
     }
 }

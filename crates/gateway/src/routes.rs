@@ -46,6 +46,8 @@ pub struct Route {
     pub idle_timeout: Option<Duration>,
     /// Largest request body accepted.
     pub max_request_bytes: u64,
+    /// The route's authorization policy (its `policy` and the shorthands), compiled.
+    pub policy: postern_policy::Policy,
     next: AtomicUsize,
 }
 
@@ -111,9 +113,25 @@ impl Route {
                     .unwrap_or("")
             )
         });
+        let shorthands = postern_policy::Shorthands {
+            public: config.allow_public_unauthenticated_access,
+            any_authenticated_user: config.allow_any_authenticated_user,
+            users: config.allowed_users.clone(),
+            domains: config.allowed_domains.clone(),
+        };
+        // The document was checked when the configuration was read.
+        let policy = postern_policy::Policy::compile(
+            config.policy.as_ref().map(|p| &p.0),
+            &shorthands,
+        )
+        .unwrap_or_else(|error| {
+            tracing::error!(route = %id, %error, "invalid policy: the route denies every request");
+            postern_policy::Policy::default()
+        });
         Route {
             index,
             id,
+            policy,
             kind,
             upstreams: config
                 .to

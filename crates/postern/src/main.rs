@@ -34,6 +34,8 @@ enum Command {
         #[arg(long, short = 'c', default_value = "postern.yaml")]
         config: std::path::PathBuf,
     },
+    /// Read a password from standard input and print its argon2id hash for `users_file`.
+    HashPassword,
     /// Check a gateway configuration file and exit (non-zero when it is invalid).
     CheckConfig {
         /// The configuration file (YAML).
@@ -45,6 +47,22 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Command::CheckConfig { file } = &cli.command {
         return serve::check_config(file);
+    }
+    if let Command::HashPassword = &cli.command {
+        let mut password = String::new();
+        std::io::stdin()
+            .read_line(&mut password)
+            .context("reading the password from standard input")?;
+        let password = password.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(
+            !password.is_empty(),
+            "no password on standard input (try: echo -n 'secret' | postern hash-password)"
+        );
+        println!(
+            "{}",
+            postern_access::users::hash_password(password).map_err(anyhow::Error::msg)?
+        );
+        return Ok(());
     }
     // The gateway's configuration names its own log level (RUST_LOG still wins).
     let serve_config = match &cli.command {
@@ -70,7 +88,9 @@ fn main() -> anyhow::Result<()> {
             let config = serve_config.expect("loaded above");
             runtime.block_on(serve::serve(path, config))
         }
-        Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+        Command::CheckConfig { .. } | Command::HashPassword => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 

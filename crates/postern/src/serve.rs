@@ -4,11 +4,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use postern_config::{Config, ProcessEnv};
+use postern_access::assertion::Signer;
+use postern_access::users::LocalUsers;
+use postern_access::{Access, AccessSettings};
+use postern_config::{Config, ProcessEnv, StorageType};
 use postern_gateway::acme::{Autocert, AutocertConfig};
-use postern_gateway::hooks::PublicOnly;
 use postern_gateway::tls::{CertMap, CertResolver, load_pair};
 use postern_gateway::{Gateway, routes::RouteTable, server};
+use postern_store::{Backend, Store};
 use tokio_util::sync::CancellationToken;
 
 /// Loads and checks `path`, including the certificate files; prints a summary.
@@ -26,6 +29,110 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         config.listen_address()
     );
     Ok(())
+}
+
+/// Opens the configured store; the shared secret comes from the configuration or, on a single
+/// gateway, is generated once and kept in the data directory.
+async fn open_store(config: &Config, base: &Path) -> anyhow::Result<Store> {
+    let data_dir = base.join(config.data_dir());
+    let secret = match &config.shared_secret {
+        Some(secret) => {
+            postern_config::decode_base64(secret.expose()).context("shared_secret is not base64")?
+        }
+        None => {
+            if config.databroker_storage_type == Some(StorageType::Postgres) {
+                anyhow::bail!(
+                    "shared_secret: required with databroker_storage_type: postgres (every replica needs the same one)"
+                );
+            }
+            generated_secret(&data_dir.join("shared_secret"))?
+        }
+    };
+    let previous = config
+        .previous_shared_secrets
+        .iter()
+        .map(|s| {
+            postern_config::decode_base64(s.expose()).context("previous_shared_secrets: not base64")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let backend = match config
+        .databroker_storage_type
+        .unwrap_or(StorageType::Sqlite)
+    {
+        StorageType::Sqlite => Backend::sqlite_in(&data_dir),
+        StorageType::Memory => Backend::Memory,
+        StorageType::Postgres => Backend::Postgres(
+            config
+                .databroker_storage_connection_string
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .context("databroker_storage_connection_string is required")?,
+        ),
+    };
+    Ok(Store::open(&backend, &secret, &previous).await?)
+}
+
+/// Reads, or creates with 32 random bytes, the generated shared secret.
+fn generated_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return engine
+            .decode(text.trim())
+            .with_context(|| format!("{} is not base64", path.display()));
+    }
+    let bytes: [u8; 32] = rand::random();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write as _;
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(engine.encode(bytes).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(file = %path.display(), "no shared_secret configured: generated one (set shared_secret to run several replicas)");
+    Ok(bytes.to_vec())
+}
+
+/// Sign-in, sessions, policy and the identity assertion.
+async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Result<Arc<Access>> {
+    let users = match &config.users_file {
+        Some(file) => LocalUsers::load(&base.join(file)).map_err(anyhow::Error::msg)?,
+        None => {
+            if config.idp_provider.is_none() {
+                tracing::warn!(
+                    "no users_file and no idp_provider: nobody can sign in, only public routes work"
+                );
+            }
+            LocalUsers::default()
+        }
+    };
+    if config.idp_provider.is_some() {
+        tracing::warn!(
+            "idp_provider: OIDC sign-in is not available yet; local users (users_file) sign in"
+        );
+    }
+    let pem = match &config.signing_key {
+        Some(key) => key.expose().to_owned(),
+        None => {
+            store
+                .get_or_insert_key("assertion_signing_key", &Signer::generate_pem())
+                .await?
+        }
+    };
+    let signer = Signer::from_pem(&pem).map_err(|e| anyhow::anyhow!("signing_key: {e}"))?;
+    let mut settings = AccessSettings::from_config(config);
+    settings.audit_file = Some(base.join(config.data_dir()).join("audit.jsonl"));
+    Ok(Arc::new(Access::new(
+        store.clone(),
+        users,
+        signer,
+        settings,
+    )))
 }
 
 /// Loads the configured certificate files into an SNI map for the route hosts.
@@ -51,7 +158,11 @@ fn certificates(config: &Config, config_path: &Path) -> anyhow::Result<CertMap> 
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let gateway = Gateway::new(config.clone(), Arc::new(PublicOnly));
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let store = open_store(&config, &base).await?;
+    store.spawn_collector(std::time::Duration::from_secs(300), shutdown.clone());
+    let hooks = access_hooks(&config, &base, &store).await?;
+    let gateway = Gateway::new(config.clone(), hooks);
 
     let resolver = Arc::new(CertResolver::default());
     let challenges = Arc::new(server::Challenges::default());

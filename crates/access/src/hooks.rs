@@ -1,0 +1,609 @@
+//! [`Access`]: the gateway hooks for sign-in (local users), sessions, policy, MCP tool checks,
+//! `tools/list` filtering, the identity assertion and the audit log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use postern_config::{Config, IssuerFormat};
+use postern_gateway::body::{Body, Observed, full};
+use postern_gateway::errors::GatewayError;
+use postern_gateway::hooks::{Grant, Hooks, RequestContext};
+use postern_gateway::routes::Route;
+use postern_policy::{Input, McpRequest, User};
+use postern_store::{Session, Store, now_ms};
+use serde_json::{Value, json};
+
+use crate::assertion::Signer;
+use crate::audit::{Audit, AuditEvent};
+use crate::mcp::{self, Call};
+use crate::pages;
+use crate::session::{self, CookieSettings, RateLimiter};
+use crate::users::LocalUsers;
+
+/// Failed sign-ins allowed per account, and per client address, in [`LOGIN_WINDOW`].
+const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
+const LOGIN_FAILURES_PER_ADDRESS: usize = 20;
+const LOGIN_WINDOW: Duration = Duration::from_secs(300);
+
+/// What the hooks need from the configuration.
+#[derive(Clone, Debug)]
+pub struct AccessSettings {
+    /// Cookie settings.
+    pub cookie: CookieSettings,
+    /// Send the assertion on every route unless the route says otherwise.
+    pub pass_identity_headers: bool,
+    /// `iss` format.
+    pub issuer_format: IssuerFormat,
+    /// Where the audit log is appended (JSON lines).
+    pub audit_file: Option<PathBuf>,
+}
+
+impl AccessSettings {
+    /// From the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let localhost_only = config
+            .routes
+            .iter()
+            .all(|r| matches!(r.from.host.as_str(), "localhost" | "127.0.0.1" | "::1"));
+        Self {
+            cookie: CookieSettings {
+                name: config
+                    .cookie_name
+                    .clone()
+                    .unwrap_or_else(|| "_postern".into()),
+                expire: config
+                    .cookie_expire
+                    .map_or(Duration::from_secs(14 * 3600), |d| d.0),
+                // Browsers keep `Secure` cookies from plain-HTTP localhost, but not from other
+                // plain-HTTP hosts: only there is the flag left out.
+                secure: !(config.insecure_server && localhost_only),
+            },
+            pass_identity_headers: config.pass_identity_headers.unwrap_or(false),
+            issuer_format: config.jwt_issuer_format.unwrap_or(IssuerFormat::HostOnly),
+            audit_file: Some(config.data_dir().join("audit.jsonl")),
+        }
+    }
+}
+
+/// The gateway hooks.
+pub struct Access {
+    store: Store,
+    users: LocalUsers,
+    signer: Signer,
+    settings: AccessSettings,
+    limiter: RateLimiter,
+    audit: Audit,
+}
+
+/// Facts about an allowed request that later hooks use.
+#[derive(Clone)]
+struct Allowed {
+    session: Option<Session>,
+    calls: Vec<Call>,
+    decision: String,
+    filter_tools: bool,
+}
+
+impl Access {
+    /// Hooks over `store` with `users` signing in and `signer` making assertions.
+    pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
+        let audit = Audit::new(settings.audit_file.clone());
+        Self {
+            store,
+            users,
+            signer,
+            settings,
+            limiter: RateLimiter::default(),
+            audit,
+        }
+    }
+
+    fn user_of(session: &Session) -> User {
+        User {
+            id: session.user_id.clone(),
+            email: session.email.clone(),
+            groups: session.groups.clone(),
+            claims: session.claims.clone(),
+        }
+    }
+
+    async fn sign_in_form(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/".into());
+        if request.method() != Method::POST {
+            return html(StatusCode::OK, pages::sign_in(&redirect, None));
+        }
+        let body = match request.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return html(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    pages::sign_in(&redirect, Some("The form was too large.")),
+                );
+            }
+        };
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let email = form_value(&form, "email").unwrap_or_default();
+        let password = form_value(&form, "password").unwrap_or_default();
+        let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
+        let account_key = format!("account:{}", email.to_ascii_lowercase());
+        let address_key = format!("address:{}", ctx.client_addr.ip());
+        if !self
+            .limiter
+            .allows(&account_key, LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW)
+            || !self
+                .limiter
+                .allows(&address_key, LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW)
+        {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "sign-in rate limited");
+            return html(
+                StatusCode::TOO_MANY_REQUESTS,
+                pages::sign_in(
+                    &redirect,
+                    Some("Too many failed attempts. Wait a few minutes, then try again."),
+                ),
+            );
+        }
+        let Some(user) = self.users.verify(&email, &password) else {
+            self.limiter.fail(&account_key);
+            self.limiter.fail(&address_key);
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::sign_in(&redirect, Some("Wrong email or password.")),
+            );
+        };
+        self.limiter.clear(&account_key);
+        let now = now_ms();
+        let session = Session {
+            id: self.store.keyring().random_token(24).unwrap_or_default(),
+            user_id: user.email.to_ascii_lowercase(),
+            email: user.email.to_ascii_lowercase(),
+            name: user.name.clone(),
+            groups: user.groups.clone(),
+            claims: Default::default(),
+            idp: "local".into(),
+            created_at: now,
+            expires_at: now + self.settings.cookie.expire.as_millis() as i64,
+        };
+        if let Err(error) = self.store.put_session(&session).await {
+            tracing::error!(%error, "cannot save the session");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::sign_in(&redirect, Some("Sign-in is unavailable right now.")),
+            );
+        }
+        tracing::info!(target: "postern::audit", event = "sign_in", user = %session.email, session = %session.id, "signed in");
+        let target = safe_redirect(&redirect, ctx);
+        let mut response = redirect_to(&target);
+        set_cookie(
+            &mut response,
+            &session::cookie_for(&session.id, &self.settings.cookie, self.store.keyring()),
+        );
+        response
+    }
+
+    async fn sign_out(&self, ctx: &RequestContext, request: &Request<Body>) -> Response<Body> {
+        if let Some(id) = session::session_id(
+            request.headers(),
+            &self.settings.cookie,
+            self.store.keyring(),
+        ) {
+            match self.store.end_session(&id).await {
+                Ok(_) => {
+                    tracing::info!(target: "postern::audit", event = "sign_out", session = %id, "signed out")
+                }
+                Err(error) => tracing::error!(%error, "cannot end the session"),
+            }
+        }
+        let target = request
+            .uri()
+            .query()
+            .and_then(|q| form_value(q, "redirect_uri"))
+            .map(|r| safe_redirect(&r, ctx));
+        let mut response = match target {
+            Some(target) => redirect_to(&target),
+            None => html(StatusCode::OK, pages::signed_out()),
+        };
+        set_cookie(&mut response, &session::clear_cookie(&self.settings.cookie));
+        response
+    }
+
+    fn unauthenticated(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        original: &str,
+    ) -> Response<Body> {
+        if ctx.browser && !route.is_mcp_server() {
+            let target = format!("/.pomerium/sign_in?redirect_uri={}", encode(original));
+            return redirect_to(&target);
+        }
+        let mut response = GatewayError::Unauthenticated.into_response(&ctx.request_id, false);
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+#[async_trait]
+impl Hooks for Access {
+    async fn intercept(
+        &self,
+        ctx: &RequestContext,
+        _route: Option<&Arc<Route>>,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Request<Body>> {
+        match request.uri().path() {
+            "/.pomerium/sign_in" => Ok(self.sign_in_form(ctx, request).await),
+            "/.pomerium/sign_out" => Ok(self.sign_out(ctx, &request).await),
+            "/.well-known/pomerium/jwks.json" => {
+                let mut response = json_response(StatusCode::OK, self.signer.jwks());
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=300"),
+                );
+                Ok(response)
+            }
+            _ => Err(request),
+        }
+    }
+
+    async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        let session = session::current(request.headers(), &self.settings.cookie, &self.store).await;
+        let user = session.as_ref().map(Self::user_of);
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let original = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+
+        // MCP POSTs are read whole and checked call by call; nothing unreadable goes through.
+        let (request, calls) = if route.is_mcp_server() && request.method() == Method::POST {
+            let (parts, body) = request.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    let error = GatewayError::PayloadTooLarge {
+                        limit: route.max_request_bytes,
+                    };
+                    return Err(error.into_response(&ctx.request_id, false));
+                }
+            };
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let calls = match mcp::inspect(content_type, &bytes) {
+                Ok(calls) => calls,
+                Err(error) => {
+                    let status = match error {
+                        mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        mcp::InspectError::Malformed(_) => StatusCode::BAD_REQUEST,
+                    };
+                    return Err(json_error(
+                        status,
+                        "invalid_mcp_request",
+                        &error.to_string(),
+                        &ctx.request_id,
+                    ));
+                }
+            };
+            (Request::from_parts(parts, full(bytes)), calls)
+        } else {
+            (request, Vec::new())
+        };
+
+        let evaluate = |mcp: Option<&McpRequest>| {
+            route.policy.evaluate(&Input {
+                user: user.as_ref(),
+                method: &method,
+                path: &path,
+                mcp,
+            })
+        };
+        let decisions: Vec<_> = if calls.is_empty() {
+            vec![(None, evaluate(None))]
+        } else {
+            calls
+                .iter()
+                .map(|c| (Some(c), evaluate(Some(&c.request))))
+                .collect()
+        };
+        let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
+        if let Some((_, first)) = denied.first() {
+            if first.needs_sign_in {
+                return Err(self.unauthenticated(ctx, route, &original));
+            }
+            for (call, decision) in &denied {
+                self.audit.record(AuditEvent::decision(
+                    ctx,
+                    route,
+                    session.as_ref(),
+                    call.map(|c| &c.request),
+                    &decision.reason,
+                    false,
+                ));
+            }
+            if !calls.is_empty() {
+                // MCP clients get a JSON-RPC error per denied request (a batch gets a batch).
+                let errors: Vec<Value> = denied
+                    .iter()
+                    .map(|(call, _)| {
+                        let call = call.expect("MCP decisions carry their call");
+                        mcp::denial(
+                            call.id.as_ref(),
+                            call.request.tool.as_deref(),
+                            &ctx.request_id,
+                        )
+                    })
+                    .collect();
+                let body = if calls.len() == 1 {
+                    errors[0].clone()
+                } else {
+                    Value::Array(errors)
+                };
+                return Err(json_response(StatusCode::OK, &body));
+            }
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "the route's policy does not allow this request ({})",
+                    first.reason
+                ),
+                &ctx.request_id,
+            ));
+        }
+        let decision = decisions
+            .first()
+            .map(|(_, d)| d.reason.clone())
+            .unwrap_or_default();
+        let filter_tools =
+            route.policy.uses_mcp_tool() && calls.iter().any(|c| c.request.method == "tools/list");
+        let mut grant = Grant {
+            principal: session.as_ref().map(|s| s.email.clone()),
+            extensions: http::Extensions::new(),
+        };
+        grant.extensions.insert(Allowed {
+            session,
+            calls,
+            decision,
+            filter_tools,
+        });
+        Ok((request, grant))
+    }
+
+    async fn upstream_headers(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+    ) -> Result<HeaderMap, Response<Body>> {
+        let mut headers = HeaderMap::new();
+        let pass = route
+            .config
+            .pass_identity_headers
+            .unwrap_or(self.settings.pass_identity_headers);
+        if let (true, Some(session)) = (
+            pass,
+            grant
+                .extensions
+                .get::<Allowed>()
+                .and_then(|a| a.session.as_ref()),
+        ) {
+            let issuer = match self.settings.issuer_format {
+                IssuerFormat::HostOnly => ctx.host.clone(),
+                IssuerFormat::Uri => format!("https://{}/", ctx.host),
+            };
+            let token = self.signer.assertion(session, &ctx.host, &issuer);
+            if let Ok(value) = HeaderValue::from_str(&token) {
+                headers.insert("x-pomerium-jwt-assertion", value);
+            }
+        }
+        Ok(headers)
+    }
+
+    async fn filter_response(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let Some(allowed) = grant.extensions.get::<Allowed>().cloned() else {
+            return response;
+        };
+        let response = if allowed.filter_tools {
+            filter_tool_lists(route, &allowed, response).await
+        } else {
+            response
+        };
+        let tool_calls: Vec<McpRequest> = allowed
+            .calls
+            .iter()
+            .filter(|c| c.request.method == "tools/call")
+            .map(|c| c.request.clone())
+            .collect();
+        if tool_calls.is_empty() {
+            return response;
+        }
+        // The audit line is written when the response has been sent.
+        let (audit, ctx, route_id, status) = (
+            self.audit.clone(),
+            ctx.clone(),
+            route.id.clone(),
+            response.status(),
+        );
+        let session = allowed.session.clone();
+        let decision = allowed.decision.clone();
+        let started = ctx.started;
+        response.map(move |body| {
+            let on_end = move |_bytes: u64, complete: bool| {
+                for call in &tool_calls {
+                    let mut event = AuditEvent::decision_for(
+                        &ctx,
+                        &route_id,
+                        session.as_ref(),
+                        Some(call),
+                        &decision,
+                        true,
+                    );
+                    event.status = Some(status.as_u16());
+                    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    event.complete = Some(complete);
+                    audit.record(event);
+                }
+            };
+            Observed::new(body, None, Box::new(on_end)).boxed()
+        })
+    }
+}
+
+/// Removes the tools the user may not call from `tools/list` results (JSON or SSE).
+async fn filter_tool_lists(
+    route: &Route,
+    allowed: &Allowed,
+    response: Response<Body>,
+) -> Response<Body> {
+    let user = allowed.session.as_ref().map(Access::user_of);
+    let policy = route.policy.clone();
+    let may_call = move |tool: &str| {
+        let request = McpRequest {
+            method: "tools/call".into(),
+            tool: Some(tool.to_owned()),
+        };
+        policy
+            .evaluate(&Input {
+                user: user.as_ref(),
+                method: "POST",
+                path: "",
+                mcp: Some(&request),
+            })
+            .allowed
+    };
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (mut parts, body) = response.into_parts();
+    // tools/list results are small and end the response: read them whole.
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, full(Bytes::new()));
+    };
+    let bytes = collected.to_bytes();
+    let filtered = if content_type.starts_with("text/event-stream") {
+        let text = String::from_utf8_lossy(&bytes);
+        let events: Vec<String> = text
+            .split("\n\n")
+            .map(|event| mcp::filter_sse_event(event, &may_call))
+            .collect();
+        Bytes::from(events.join("\n\n"))
+    } else {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut message) => {
+                let changed = match &mut message {
+                    Value::Array(batch) => {
+                        // Every message of the batch is filtered (no short-circuit).
+                        let mut changed = false;
+                        for m in batch.iter_mut() {
+                            changed |= mcp::filter_tools(m, &may_call);
+                        }
+                        changed
+                    }
+                    single => mcp::filter_tools(single, &may_call),
+                };
+                if changed {
+                    Bytes::from(message.to_string())
+                } else {
+                    bytes
+                }
+            }
+            Err(_) => bytes,
+        }
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, full(filtered))
+}
+
+fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut response = Response::new(full(page));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    response
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": code, "message": message, "status": status.as_u16(), "request_id": request_id}),
+    )
+}
+
+fn redirect_to(target: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(target) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn set_cookie(response: &mut Response<Body>, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// A redirect target on this gateway: a path, or an absolute URL to this very host. Anything
+/// else (another host, `//evil`, `javascript:`) becomes `/`.
+fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
+    if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
+        return target.to_owned();
+    }
+    match url::Url::parse(target) {
+        Ok(url) if url.origin().ascii_serialization() == ctx.origin() => url.to_string(),
+        _ => "/".into(),
+    }
+}
+
+fn form_value(form: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(form.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}

@@ -1,0 +1,13 @@
+//! Who may do what: the gateway hooks that authorize each request against the route's policy,
+//! inspect MCP traffic (`mcp_tool` rules, `tools/list` filtering) and write the audit log.
+#![forbid(unsafe_code)]
+
+pub mod assertion;
+pub mod audit;
+pub mod hooks;
+pub mod mcp;
+pub mod pages;
+pub mod session;
+pub mod users;
+
+pub use hooks::{Access, AccessSettings};

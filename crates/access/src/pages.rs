@@ -1,0 +1,40 @@
+//! The gateway's own pages: plain HTML forms, no JavaScript, so scripts and tests can drive them.
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;max-width:24rem;margin:5rem auto;padding:0 1rem;color:#1d1d1f}\
+h1{font-size:1.4rem;margin-bottom:1.5rem}label{display:block;margin:.8rem 0 .2rem;font-weight:600}\
+input{width:100%;box-sizing:border-box;padding:.55rem;border:1px solid #bbb;border-radius:6px;font:inherit}\
+button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:6px;background:#1d4ed8;color:#fff;font:inherit;cursor:pointer}\
+.error{background:#fde8e8;color:#9b1c1c;padding:.6rem;border-radius:6px}";
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The sign-in form (fields `email`, `password`, `redirect_uri`).
+pub fn sign_in(redirect: &str, error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Sign in · Postern</title><style>{STYLE}</style></head><body><h1>Sign in</h1>{error}\
+<form method=\"post\" action=\"/.pomerium/sign_in\"><input type=\"hidden\" name=\"redirect_uri\" value=\"{redirect}\">\
+<label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus>\
+<label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<button type=\"submit\">Sign in</button></form></body></html>",
+        redirect = escape(redirect),
+    )
+}
+
+/// After sign-out.
+pub fn signed_out() -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out · Postern</title><style>{STYLE}</style></head>\
+<body><h1>You are signed out</h1><p><a href=\"/.pomerium/sign_in\">Sign in again</a></p></body></html>"
+    )
+}

@@ -1,0 +1,108 @@
+//! Browser sessions: kept server-side in the store; the cookie carries only the session id,
+//! sealed (encrypted and authenticated), `HttpOnly; SameSite=Lax`, and `Secure` unless the
+//! gateway serves plain HTTP on localhost. Sign-in attempts are rate-limited per account and per
+//! client address.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use postern_store::{Keyring, Session, Store};
+
+/// Cookie settings.
+#[derive(Clone, Debug)]
+pub struct CookieSettings {
+    /// Cookie name.
+    pub name: String,
+    /// Session lifetime.
+    pub expire: Duration,
+    /// Whether the cookie may only travel over HTTPS.
+    pub secure: bool,
+}
+
+/// The session id inside a request's cookie, if the cookie is present and authentic.
+pub fn session_id(
+    headers: &HeaderMap,
+    settings: &CookieSettings,
+    keys: &Keyring,
+) -> Option<String> {
+    let sealed = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == settings.name)
+        .map(|(_, value)| value.to_owned())?;
+    let id = keys.open("session-cookie", &sealed).ok()?;
+    String::from_utf8(id).ok()
+}
+
+/// The signed-in session of a request.
+pub async fn current(
+    headers: &HeaderMap,
+    settings: &CookieSettings,
+    store: &Store,
+) -> Option<Session> {
+    let id = session_id(headers, settings, store.keyring())?;
+    store.get_session(&id).await.ok().flatten()
+}
+
+/// `Set-Cookie` for a new session.
+pub fn cookie_for(session_id: &str, settings: &CookieSettings, keys: &Keyring) -> String {
+    let sealed = keys
+        .seal("session-cookie", session_id.as_bytes())
+        .unwrap_or_default();
+    format!(
+        "{}={sealed}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
+        settings.name,
+        settings.expire.as_secs(),
+        if settings.secure { "; Secure" } else { "" }
+    )
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie(settings: &CookieSettings) -> String {
+    format!(
+        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+        settings.name,
+        if settings.secure { "; Secure" } else { "" }
+    )
+}
+
+/// Counts failed sign-ins per key in a sliding window.
+#[derive(Default)]
+pub struct RateLimiter {
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+impl RateLimiter {
+    /// Whether `key` has fewer than `max` failures in `window`.
+    pub fn allows(&self, key: &str, max: usize, window: Duration) -> bool {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let list = failures.entry(key.to_owned()).or_default();
+        list.retain(|t| t.elapsed() < window);
+        list.len() < max
+    }
+
+    /// Records a failure for `key`.
+    pub fn fail(&self, key: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures
+            .entry(key.to_owned())
+            .or_default()
+            .push(Instant::now());
+        if failures.len() > 100_000 {
+            failures.retain(|_, list| !list.is_empty());
+        }
+    }
+
+    /// Forgets `key` (after a successful sign-in).
+    pub fn clear(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}

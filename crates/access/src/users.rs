@@ -1,0 +1,102 @@
+//! Local users: a YAML file (`users_file`) listing `{email, name, groups, password_hash}` with
+//! argon2id hashes (`postern hash-password` makes one). The embedded default identity source.
+
+use std::path::Path;
+
+use argon2::password_hash::PasswordVerifier;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::{Argon2, PasswordHasher};
+use serde::Deserialize;
+
+/// One local user.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalUser {
+    /// Email address (the sign-in name).
+    pub email: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// The local users.
+#[derive(Clone, Debug, Default)]
+pub struct LocalUsers {
+    users: Vec<LocalUser>,
+    /// Verified against when the email is unknown, so both cases cost the same.
+    decoy: String,
+}
+
+impl LocalUsers {
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("users_file {}: {e}", path.display()))?;
+        let users: Vec<LocalUser> = yaml_serde::from_str(&text)
+            .map_err(|e| format!("users_file {}: {e}", path.display()))?;
+        for (i, user) in users.iter().enumerate() {
+            PasswordHash::new(&user.password_hash).map_err(|e| {
+                format!("users_file {}: entry {i} ({}): password_hash is not an argon2 PHC string ({e}); make one with `postern hash-password`", path.display(), user.email)
+            })?;
+        }
+        Ok(Self::new(users))
+    }
+
+    /// From a list.
+    pub fn new(users: Vec<LocalUser>) -> Self {
+        let decoy = hash_password("decoy password for unknown users").unwrap_or_default();
+        Self { users, decoy }
+    }
+
+    /// The user with this email and password. A wrong password and an unknown email take the
+    /// same time and give the same answer.
+    pub fn verify(&self, email: &str, password: &str) -> Option<&LocalUser> {
+        let user = self
+            .users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email.trim()));
+        let hash = user.map_or(self.decoy.as_str(), |u| u.password_hash.as_str());
+        let ok = PasswordHash::new(hash).ok().is_some_and(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        });
+        user.filter(|_| ok)
+    }
+}
+
+/// An argon2id PHC hash of `password` with a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_passwords_and_treats_unknown_users_alike() {
+        let users = LocalUsers::new(vec![LocalUser {
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            groups: vec!["staff".into()],
+            password_hash: hash_password("correct horse").unwrap(),
+        }]);
+        assert!(users.verify("ADA@example.com", "correct horse").is_some());
+        assert!(users.verify("ada@example.com", "wrong").is_none());
+        assert!(
+            users
+                .verify("nobody@example.com", "correct horse")
+                .is_none()
+        );
+        assert!(hash_password("x").unwrap().starts_with("$argon2id$"));
+    }
+}
