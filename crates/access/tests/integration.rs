@@ -1,0 +1,523 @@
+//! Sign-in, sessions, policy and MCP tool checks through a running gateway, in front of the real
+//! reference servers (whoami verifies the gateway's assertion with the gateway's JWKS).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use postern_access::assertion::Signer;
+use postern_access::session::CookieSettings;
+use postern_access::users::{LocalUser, LocalUsers, hash_password};
+use postern_access::{Access, AccessSettings};
+use postern_config::IssuerFormat;
+use postern_store::{Backend, Store};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct World {
+    base: String,
+    db: std::path::PathBuf,
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn world() -> World {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    // The gateway listens first, so the servers can be pointed at its JWKS.
+    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = gateway_listener.local_addr().unwrap().port();
+
+    let db = dir.path().join("people.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO people(name) VALUES ('Ada');")
+        .unwrap();
+    let env: HashMap<String, String> = [
+        ("SQLITE_DB_FILE", db.display().to_string()),
+        ("SQLITE_READ_WRITE", "true".into()),
+        (
+            "ASSERTION_JWKS_URL",
+            format!("http://localhost:{port}/.well-known/pomerium/jwks.json"),
+        ),
+        ("ASSERTION_ISSUER", "localhost".into()),
+        ("ASSERTION_AUDIENCE", "localhost".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let servers = postern_servers::build(
+        &postern_servers::ServersConfig::from_env(&env).unwrap(),
+        &stop,
+    )
+    .unwrap();
+    let servers_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = servers_listener.local_addr().unwrap();
+    tokio::spawn(postern_servers::serve(
+        servers_listener,
+        servers.router,
+        stop.clone(),
+    ));
+
+    let yaml = format!(
+        "insecure_server: true
+pass_identity_headers: true
+routes:
+  - from: http://localhost
+    prefix: /whoami
+    to: http://{up}/whoami
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /sqlite
+    to: http://{up}/sqlite
+    policy:
+      allow:
+        and:
+          - authenticated_user: true
+      deny:
+        or:
+          - mcp_tool: {{in: [write_query]}}
+    mcp: {{server: {{max_request_bytes: 10000000}}}}
+  - from: http://localhost
+    prefix: /web
+    to: http://{up}/healthz
+    allowed_domains: [example.com]
+"
+    );
+    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
+    let store = Store::open(
+        &Backend::Memory,
+        b"integration-test-shared-secret-0123456789",
+        &[],
+    )
+    .await
+    .unwrap();
+    let users = LocalUsers::new(vec![
+        LocalUser {
+            email: "ada@example.com".into(),
+            name: "Ada Lovelace".into(),
+            groups: vec!["staff".into()],
+            password_hash: hash_password("correct horse").unwrap(),
+        },
+        LocalUser {
+            email: "mallory@other.test".into(),
+            name: "Mallory".into(),
+            groups: vec![],
+            password_hash: hash_password("mallory pw").unwrap(),
+        },
+    ]);
+    let audit = dir.path().join("audit.jsonl");
+    let settings = AccessSettings {
+        cookie: CookieSettings {
+            name: "_postern".into(),
+            expire: std::time::Duration::from_secs(3600),
+            secure: false,
+        },
+        pass_identity_headers: true,
+        issuer_format: IssuerFormat::HostOnly,
+        audit_file: Some(audit.clone()),
+    };
+    let access = Access::new(
+        store,
+        users,
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        settings,
+    );
+    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
+    tokio::spawn(postern_gateway::server::serve(
+        gateway_listener,
+        None,
+        gateway,
+        stop.clone(),
+    ));
+    World {
+        base: format!("http://localhost:{port}"),
+        db,
+        audit,
+        _dir: dir,
+        stop,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in through the form; returns the cookie header value.
+async fn sign_in(w: &World, email: &str, password: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/.pomerium/sign_in", w.base))
+        .form(&[
+            ("email", email),
+            ("password", password),
+            ("redirect_uri", "/web"),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn cookie(w: &World) -> String {
+    let response = sign_in(w, "ada@example.com", "correct horse").await;
+    assert_eq!(response.status(), 303);
+    let set = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn rpc(w: &World, path: &str, cookie: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut request = client()
+        .post(format!("{}{path}", w.base))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(body);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+fn people(w: &World) -> i64 {
+    rusqlite::Connection::open(&w.db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM people", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_accepts_the_right_password_and_rate_limits_guessing() {
+    let w = world().await;
+    let form = client()
+        .get(format!("{}/.pomerium/sign_in?redirect_uri=/web", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("name=\"email\"")
+            && form.contains("name=\"password\"")
+            && form.contains("value=\"/web\"")
+    );
+
+    let wrong = sign_in(&w, "ada@example.com", "nope").await;
+    assert_eq!(wrong.status(), 401);
+    let wrong_page = wrong.text().await.unwrap();
+    let unknown_page = sign_in(&w, "nobody@example.com", "nope")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(wrong_page.contains("Wrong email or password."));
+    assert_eq!(
+        wrong_page, unknown_page,
+        "a wrong password and an unknown user look the same"
+    );
+
+    let ok = sign_in(&w, "ada@example.com", "correct horse").await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/web");
+
+    for _ in 0..5 {
+        sign_in(&w, "mallory@other.test", "guess").await;
+    }
+    let limited = sign_in(&w, "mallory@other.test", "mallory pw").await;
+    assert_eq!(
+        limited.status(),
+        429,
+        "the account is locked out for a while, even with the right password"
+    );
+
+    // Sign-in never redirects off this gateway.
+    let response = client()
+        .post(format!("{}/.pomerium/sign_in", w.base))
+        .form(&[
+            ("email", "ada@example.com"),
+            ("password", "correct horse"),
+            ("redirect_uri", "https://evil.test/steal"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["location"], "/");
+}
+
+#[tokio::test]
+async fn without_a_session_browsers_are_sent_to_sign_in_and_apis_get_401() {
+    let w = world().await;
+    let browser = client()
+        .get(format!("{}/web", w.base))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 303);
+    assert_eq!(
+        browser.headers()["location"],
+        "/.pomerium/sign_in?redirect_uri=%2Fweb"
+    );
+    let api = client()
+        .get(format!("{}/web", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let (status, _) = rpc(&w, "/whoami", None, &call(1, "whoami", json!({}))).await;
+    assert_eq!(status, 401);
+    // A forged cookie is just no cookie.
+    let (status, _) = rpc(
+        &w,
+        "/whoami",
+        Some("_postern=v1.forged.AAAA"),
+        &call(1, "whoami", json!({})),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Signed in, but the route's policy doesn't include the user's domain.
+    let response = sign_in(&w, "mallory@other.test", "mallory pw").await;
+    let mallory = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let forbidden = client()
+        .get(format!("{}/web", w.base))
+        .header("cookie", &mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+    let ada = cookie(&w).await;
+    assert_eq!(
+        client()
+            .get(format!("{}/web", w.base))
+            .header("cookie", &ada)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_signed_in_user_gets_their_own_identity_from_whoami_and_sign_out_ends_it() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let jwks: Value = client()
+        .get(format!("{}/.well-known/pomerium/jwks.json", w.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], json!("ES256"));
+    let (status, body) = rpc(&w, "/whoami", Some(&jar), &call(1, "whoami", json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let identity = &body["result"]["structuredContent"];
+    assert_eq!(identity["email"], json!("ada@example.com"), "{body}");
+    assert_eq!(identity["name"], json!("Ada Lovelace"));
+    assert_eq!(identity["groups"], json!(["staff"]));
+    assert_eq!(identity["issuer"], json!("localhost"));
+
+    let out = client()
+        .get(format!("{}/.pomerium/sign_out", w.base))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (status, _) = rpc(&w, "/whoami", Some(&jar), &call(2, "whoami", json!({}))).await;
+    assert_eq!(status, 401, "the old cookie no longer works anywhere");
+}
+
+#[tokio::test]
+async fn denied_tool_calls_are_refused_however_they_are_dressed_up() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let delete = json!({"query": "DELETE FROM people"});
+
+    let (status, body) = rpc(
+        &w,
+        "/sqlite",
+        Some(&jar),
+        &call(7, "write_query", delete.clone()),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["id"], json!(7));
+    assert_eq!(body["error"]["code"], json!(-32602));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`write_query`"),
+        "{body}"
+    );
+
+    // Hidden in a batch among allowed calls.
+    let batch = json!([
+        call(1, "read_query", json!({"query": "SELECT 1"})),
+        call(2, "write_query", delete.clone())
+    ]);
+    let (_, body) = rpc(&w, "/sqlite", Some(&jar), &batch).await;
+    assert_eq!(body[0]["id"], json!(2), "{body}");
+    assert_eq!(body[0]["error"]["code"], json!(-32602));
+
+    // At the end of a 5 MB body.
+    let padded = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"arguments":{{"query":"DELETE FROM people"}},"padding":"{}","name":"write_query"}}}}"#,
+        "x".repeat(5_000_000)
+    );
+    let response = client()
+        .post(format!("{}/sqlite", w.base))
+        .header("cookie", &jar)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(padded)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], json!(-32602), "{body}");
+
+    // Not declared as JSON.
+    let response = client()
+        .post(format!("{}/sqlite", w.base))
+        .header("cookie", &jar)
+        .header("content-type", "text/plain")
+        .body(call(4, "write_query", delete.clone()).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+
+    // The method name in odd case.
+    let mut odd = call(5, "write_query", delete.clone());
+    odd["method"] = json!("Tools/CALL");
+    let (_, body) = rpc(&w, "/sqlite", Some(&jar), &odd).await;
+    assert_eq!(body["error"]["code"], json!(-32602), "{body}");
+
+    // Duplicate keys: the gateway might read one name and the server the other.
+    let duplicate = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"read_query","name":"write_query","arguments":{"query":"DELETE FROM people"}}}"#;
+    let response = client()
+        .post(format!("{}/sqlite", w.base))
+        .header("cookie", &jar)
+        .header("content-type", "application/json")
+        .body(duplicate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    assert_eq!(people(&w), 1, "no attempt reached the database");
+    let (_, body) = rpc(
+        &w,
+        "/sqlite",
+        Some(&jar),
+        &call(
+            8,
+            "read_query",
+            json!({"query": "SELECT count(*) AS n FROM people"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        body["result"]["structuredContent"]["rows"],
+        json!([[1]]),
+        "allowed calls go through: {body}"
+    );
+}
+
+#[tokio::test]
+async fn tool_lists_show_only_callable_tools_and_calls_are_audited() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let (_, body) = rpc(
+        &w,
+        "/sqlite",
+        Some(&jar),
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    let names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"read_query") && !names.contains(&"write_query"),
+        "{names:?}"
+    );
+
+    rpc(
+        &w,
+        "/sqlite",
+        Some(&jar),
+        &call(2, "write_query", json!({"query": "DELETE FROM people"})),
+    )
+    .await;
+    rpc(
+        &w,
+        "/sqlite",
+        Some(&jar),
+        &call(3, "read_query", json!({"query": "SELECT 1"})),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let lines: Vec<Value> = std::fs::read_to_string(&w.audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let denied = lines
+        .iter()
+        .find(|l| l["tool"] == json!("write_query"))
+        .expect("the denial is audited");
+    assert_eq!(denied["decision"], json!("deny"));
+    assert_eq!(denied["rule"], json!("deny: policy.deny.or[0] (mcp_tool)"));
+    assert_eq!(denied["user"], json!("ada@example.com"));
+    let allowed = lines
+        .iter()
+        .find(|l| l["tool"] == json!("read_query"))
+        .expect("the call is audited");
+    assert_eq!(allowed["decision"], json!("allow"));
+    assert_eq!(allowed["status"], json!(200));
+    assert!(allowed["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(allowed["route"].as_str().unwrap().contains("/sqlite"));
+}
