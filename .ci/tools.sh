@@ -16,3 +16,7 @@ if [ ! -x "$tools/conformance/node_modules/.bin/conformance" ]; then
   (cd "$tools/conformance" && npm install --no-save --no-audit --no-fund --loglevel=error @modelcontextprotocol/conformance@0.1.16 >/dev/null)
 fi
 export CONFORMANCE="$tools/conformance/node_modules/.bin/conformance"
+# A real OpenID Provider (oidc-provider) for the sign-in tests.
+if [ ! -d "$root/tests/oidc-provider/node_modules/oidc-provider" ]; then
+  (cd "$root/tests/oidc-provider" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

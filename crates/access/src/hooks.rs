@@ -16,12 +16,13 @@ use postern_gateway::errors::GatewayError;
 use postern_gateway::hooks::{Grant, Hooks, RequestContext};
 use postern_gateway::routes::Route;
 use postern_policy::{Input, McpRequest, User};
-use postern_store::{Session, Store, now_ms};
+use postern_store::{PendingAuthorization, Session, Store, hash_secret, now_ms};
 use serde_json::{Value, json};
 
 use crate::assertion::Signer;
 use crate::audit::{Audit, AuditEvent};
 use crate::mcp::{self, Call};
+use crate::oidc::Oidc;
 use crate::pages;
 use crate::session::{self, CookieSettings, RateLimiter};
 use crate::users::LocalUsers;
@@ -79,7 +80,12 @@ pub struct Access {
     settings: AccessSettings,
     limiter: RateLimiter,
     audit: Audit,
+    oidc: Option<Oidc>,
 }
+
+/// How long an OIDC sign-in may take.
+const OIDC_SIGN_IN_TTL_MS: i64 = 10 * 60 * 1000;
+const OIDC_STATE_COOKIE: &str = "_postern_oidc";
 
 /// Facts about an allowed request that later hooks use.
 #[derive(Clone)]
@@ -101,7 +107,194 @@ impl Access {
             settings,
             limiter: RateLimiter::default(),
             audit,
+            oidc: None,
         }
+    }
+
+    /// Signs users in with an OpenID Connect provider (local users may still post the form).
+    pub fn with_oidc(mut self, oidc: Oidc) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    /// Sends the browser to the provider; the sign-in is bound to this browser by a cookie.
+    async fn start_oidc(
+        &self,
+        oidc: &Oidc,
+        ctx: &RequestContext,
+        redirect: &str,
+    ) -> Response<Body> {
+        let keys = self.store.keyring();
+        let (Ok(state), Ok(nonce), Ok(verifier)) = (
+            keys.random_token(24),
+            keys.random_token(24),
+            keys.random_token(32),
+        ) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "No randomness available."),
+            );
+        };
+        let pending = PendingAuthorization {
+            user_id: String::new(),
+            session_id: String::new(),
+            route_id: "oidc-sign-in".into(),
+            pkce_verifier: verifier.clone(),
+            resume: json!({"nonce": nonce, "redirect": safe_redirect(redirect, ctx), "origin": ctx.origin()}),
+            expires_at: now_ms() + OIDC_SIGN_IN_TTL_MS,
+        };
+        if let Err(error) = self.store.put_pending(&state, &pending).await {
+            tracing::error!(%error, "cannot save the sign-in");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "Try again in a moment."),
+            );
+        }
+        let callback = format!("{}/.pomerium/callback", ctx.origin());
+        match oidc
+            .authorization_url(&callback, &state, &nonce, &verifier)
+            .await
+        {
+            Ok(url) => {
+                let mut response = redirect_to(&url);
+                let secure = if self.settings.cookie.secure {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                set_cookie(
+                    &mut response,
+                    &format!(
+                        "{OIDC_STATE_COOKIE}={}; Path=/.pomerium/callback; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+                        hash_secret(&state)
+                    ),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "OIDC sign-in could not start");
+                html(
+                    StatusCode::BAD_GATEWAY,
+                    pages::message("Sign-in is unavailable", &error.to_string()),
+                )
+            }
+        }
+    }
+
+    /// The provider sends the browser back here with the code.
+    async fn oidc_callback(&self, ctx: &RequestContext, request: &Request<Body>) -> Response<Body> {
+        let Some(oidc) = &self.oidc else {
+            return html(
+                StatusCode::NOT_FOUND,
+                pages::message("Not found", "No identity provider is configured."),
+            );
+        };
+        let query = request.uri().query().unwrap_or("");
+        if let Some(error) = form_value(query, "error") {
+            let detail = form_value(query, "error_description").unwrap_or_default();
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::message(
+                    "Sign-in failed",
+                    &format!("The identity provider answered {error}: {detail}"),
+                ),
+            );
+        }
+        let (Some(code), Some(state)) = (form_value(query, "code"), form_value(query, "state"))
+        else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Sign-in failed",
+                    "The provider's answer lacks code or state.",
+                ),
+            );
+        };
+        let bound = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|p| p.trim().split_once('='))
+            .any(|(name, value)| name == OIDC_STATE_COOKIE && value == hash_secret(&state));
+        // Checked before the sign-in is consumed, so a foreign browser can't burn it.
+        if !bound {
+            tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Sign-in failed",
+                    "This sign-in was started in another browser. Start again here.",
+                ),
+            );
+        }
+        let pending = match self.store.take_pending(&state).await {
+            Ok(Some(p)) if p.route_id == "oidc-sign-in" => p,
+            _ => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::message(
+                        "Sign-in failed",
+                        "This sign-in is unknown or expired. Start again.",
+                    ),
+                );
+            }
+        };
+        let resume = &pending.resume;
+        let text = |k: &str| {
+            resume
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let callback = format!("{}/.pomerium/callback", text("origin"));
+        let identity = match oidc
+            .finish(&code, &callback, &pending.pkce_verifier, &text("nonce"))
+            .await
+        {
+            Ok(identity) => identity,
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "OIDC sign-in refused");
+                return html(
+                    StatusCode::UNAUTHORIZED,
+                    pages::message("Sign-in failed", &error.to_string()),
+                );
+            }
+        };
+        let now = now_ms();
+        let session = Session {
+            id: self.store.keyring().random_token(24).unwrap_or_default(),
+            user_id: identity.subject.clone(),
+            email: identity.email.clone(),
+            name: identity.name.clone(),
+            groups: identity.groups.clone(),
+            claims: identity.claims.clone(),
+            idp: "oidc".into(),
+            created_at: now,
+            expires_at: now + self.settings.cookie.expire.as_millis() as i64,
+        };
+        if let Err(error) = self.store.put_session(&session).await {
+            tracing::error!(%error, "cannot save the session");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in failed", "Sign-in is unavailable right now."),
+            );
+        }
+        tracing::info!(target: "postern::audit", event = "sign_in", idp = "oidc", user = %session.email, session = %session.id, "signed in");
+        let mut response = redirect_to(&text("redirect"));
+        set_cookie(
+            &mut response,
+            &session::cookie_for(&session.id, &self.settings.cookie, self.store.keyring()),
+        );
+        set_cookie(
+            &mut response,
+            &format!(
+                "{OIDC_STATE_COOKIE}=; Path=/.pomerium/callback; Max-Age=0; HttpOnly; SameSite=Lax"
+            ),
+        );
+        response
     }
 
     fn user_of(session: &Session) -> User {
@@ -117,6 +310,9 @@ impl Access {
         let query = request.uri().query().unwrap_or("").to_owned();
         let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/".into());
         if request.method() != Method::POST {
+            if let Some(oidc) = &self.oidc {
+                return self.start_oidc(oidc, ctx, &redirect).await;
+            }
             return html(StatusCode::OK, pages::sign_in(&redirect, None));
         }
         let body = match request.into_body().collect().await {
@@ -243,6 +439,7 @@ impl Hooks for Access {
         match request.uri().path() {
             "/.pomerium/sign_in" => Ok(self.sign_in_form(ctx, request).await),
             "/.pomerium/sign_out" => Ok(self.sign_out(ctx, &request).await),
+            "/.pomerium/callback" => Ok(self.oidc_callback(ctx, &request).await),
             "/.well-known/pomerium/jwks.json" => {
                 let mut response = json_response(StatusCode::OK, self.signer.jwks());
                 response.headers_mut().insert(

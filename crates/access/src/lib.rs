@@ -11,3 +11,4 @@ pub mod session;
 pub mod users;
 
 pub use hooks::{Access, AccessSettings};
+pub mod oidc;

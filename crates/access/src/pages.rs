@@ -38,3 +38,13 @@ pub fn signed_out() -> String {
 <body><h1>You are signed out</h1><p><a href=\"/.pomerium/sign_in\">Sign in again</a></p></body></html>"
     )
 }
+
+/// A short page with a title and a message.
+pub fn message(title: &str, text: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Postern</title><style>{STYLE}</style></head>\
+<body><h1>{title}</h1><p>{text}</p><p><a href=\"/.pomerium/sign_in\">Sign in</a></p></body></html>",
+        title = escape(title),
+        text = escape(text),
+    )
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use postern_access::assertion::Signer;
+use postern_access::oidc::{Oidc, OidcSettings};
 use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
 use postern_config::{Config, ProcessEnv, StorageType};
@@ -127,12 +128,31 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
     let signer = Signer::from_pem(&pem).map_err(|e| anyhow::anyhow!("signing_key: {e}"))?;
     let mut settings = AccessSettings::from_config(config);
     settings.audit_file = Some(base.join(config.data_dir()).join("audit.jsonl"));
-    Ok(Arc::new(Access::new(
-        store.clone(),
-        users,
-        signer,
-        settings,
-    )))
+    let mut access = Access::new(store.clone(), users, signer, settings);
+    if config.idp_provider.as_deref() == Some("oidc") {
+        let oidc = Oidc::new(OidcSettings {
+            issuer: config
+                .idp_provider_url
+                .clone()
+                .context("idp_provider_url is required")?,
+            client_id: config
+                .idp_client_id
+                .clone()
+                .context("idp_client_id is required")?,
+            client_secret: config
+                .idp_client_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+            scopes: config.idp_scopes.clone(),
+            groups_claim: config
+                .idp_groups_claim
+                .clone()
+                .unwrap_or_else(|| "groups".into()),
+        });
+        access = access.with_oidc(oidc);
+    }
+    Ok(Arc::new(access))
 }
 
 /// Loads the configured certificate files into an SNI map for the route hosts.

@@ -1,0 +1,452 @@
+//! Sign-in with a generic OpenID Connect provider: discovery, the authorization code flow with
+//! PKCE (S256), `state` and `nonce`, and ID token checks (signature against the provider's JWKS,
+//! `iss`, `aud`, `exp`, `nonce`). Groups come from a configurable claim.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The provider settings.
+#[derive(Clone, Debug)]
+pub struct OidcSettings {
+    /// The issuer URL (discovery at `/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret (HTTP Basic at the token endpoint).
+    pub client_secret: String,
+    /// Scopes (default `openid profile email`).
+    pub scopes: Vec<String>,
+    /// The claim that lists groups.
+    pub groups_claim: String,
+}
+
+/// Why sign-in with the provider failed. Messages say which check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery, JWKS or token request failed.
+    #[error("the identity provider at {url} could not be used: {reason}")]
+    Provider {
+        /// What was requested.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The ID token failed a check.
+    #[error("the ID token was refused: {0}")]
+    IdToken(String),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+}
+
+/// The identity an ID token establishes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OidcIdentity {
+    /// `sub`.
+    pub subject: String,
+    /// `email`.
+    pub email: String,
+    /// `name`.
+    pub name: String,
+    /// From the groups claim.
+    pub groups: Vec<String>,
+    /// Every claim.
+    pub claims: Map<String, Value>,
+}
+
+/// An OpenID Connect client.
+pub struct Oidc {
+    settings: OidcSettings,
+    http: reqwest::Client,
+    discovery: tokio::sync::OnceCell<Discovery>,
+    keys: RwLock<Option<(JwkSet, Instant)>>,
+}
+
+impl Oidc {
+    /// A client for `settings`; discovery happens on first use.
+    pub fn new(settings: OidcSettings) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            settings,
+            http,
+            discovery: tokio::sync::OnceCell::new(),
+            keys: RwLock::new(None),
+        }
+    }
+
+    async fn discovery(&self) -> Result<&Discovery, OidcError> {
+        self.discovery
+            .get_or_try_init(|| async {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.settings.issuer.trim_end_matches('/')
+                );
+                let fail = |reason: String| OidcError::Provider {
+                    url: url.clone(),
+                    reason,
+                };
+                let discovery: Discovery = self
+                    .http
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| fail(e.to_string()))?
+                    .error_for_status()
+                    .map_err(|e| fail(e.to_string()))?
+                    .json()
+                    .await
+                    .map_err(|e| fail(format!("not a discovery document: {e}")))?;
+                if discovery.issuer.trim_end_matches('/')
+                    != self.settings.issuer.trim_end_matches('/')
+                {
+                    return Err(fail(format!(
+                        "it names another issuer ({})",
+                        discovery.issuer
+                    )));
+                }
+                Ok(discovery)
+            })
+            .await
+    }
+
+    /// Where to send the browser to sign in.
+    pub async fn authorization_url(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        nonce: &str,
+        verifier: &str,
+    ) -> Result<String, OidcError> {
+        let discovery = self.discovery().await?;
+        let challenge = URL_SAFE_NO_PAD.encode(ring_sha256(verifier.as_bytes()));
+        let scopes = if self.settings.scopes.is_empty() {
+            "openid profile email".to_owned()
+        } else {
+            self.settings.scopes.join(" ")
+        };
+        let mut url = url::Url::parse(&discovery.authorization_endpoint).map_err(|e| {
+            OidcError::Provider {
+                url: discovery.authorization_endpoint.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &self.settings.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("scope", &scopes)
+            .append_pair("state", state)
+            .append_pair("nonce", nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok(url.to_string())
+    }
+
+    /// Exchanges the code and checks the ID token.
+    pub async fn finish(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+        nonce: &str,
+    ) -> Result<OidcIdentity, OidcError> {
+        let discovery = self.discovery().await?;
+        let fail = |reason: String| OidcError::Provider {
+            url: discovery.token_endpoint.clone(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(&discovery.token_endpoint)
+            .basic_auth(&self.settings.client_id, Some(&self.settings.client_secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("unreadable token response: {e}")))?;
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}: {body}")));
+        }
+        let id_token = body
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("no id_token in the token response".into()))?;
+        let keys = self.keys(false).await?;
+        match validate_id_token(
+            id_token,
+            &keys,
+            &discovery.issuer,
+            &self.settings.client_id,
+            nonce,
+            &self.settings.groups_claim,
+        ) {
+            // A key rotated at the provider: fetch the keys once more.
+            Err(OidcError::IdToken(reason)) if reason.contains("unknown key") => {
+                let keys = self.keys(true).await?;
+                validate_id_token(
+                    id_token,
+                    &keys,
+                    &discovery.issuer,
+                    &self.settings.client_id,
+                    nonce,
+                    &self.settings.groups_claim,
+                )
+            }
+            other => other,
+        }
+    }
+
+    async fn keys(&self, refresh: bool) -> Result<JwkSet, OidcError> {
+        if !refresh
+            && let Some((keys, fetched)) =
+                self.keys.read().unwrap_or_else(|e| e.into_inner()).as_ref()
+            && fetched.elapsed() < Duration::from_secs(3600)
+        {
+            return Ok(keys.clone());
+        }
+        let discovery = self.discovery().await?;
+        let fail = |reason: String| OidcError::Provider {
+            url: discovery.jwks_uri.clone(),
+            reason,
+        };
+        let keys: JwkSet = self
+            .http
+            .get(&discovery.jwks_uri)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| fail(format!("not a JWKS: {e}")))?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((keys.clone(), Instant::now()));
+        Ok(keys)
+    }
+}
+
+fn ring_sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Checks an ID token: a signature by one of `keys` with an asymmetric algorithm, `iss`, `aud`
+/// (contains `client_id`), `exp`/`nbf`/`iat` (60 s leeway) and `nonce`.
+pub fn validate_id_token(
+    token: &str,
+    keys: &JwkSet,
+    issuer: &str,
+    client_id: &str,
+    nonce: &str,
+    groups_claim: &str,
+) -> Result<OidcIdentity, OidcError> {
+    let refuse = |m: String| OidcError::IdToken(m);
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| refuse(format!("not a JWT: {e}")))?;
+    if !matches!(
+        header.alg,
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::ES256
+            | Algorithm::ES384
+            | Algorithm::PS256
+            | Algorithm::EdDSA
+    ) {
+        return Err(refuse(format!(
+            "algorithm {:?} is not accepted",
+            header.alg
+        )));
+    }
+    let jwk = match &header.kid {
+        Some(kid) => keys.find(kid),
+        None if keys.keys.len() == 1 => keys.keys.first(),
+        None => None,
+    }
+    .ok_or_else(|| refuse(format!("signed with an unknown key ({:?})", header.kid)))?;
+    let key =
+        DecodingKey::from_jwk(jwk).map_err(|e| refuse(format!("unusable provider key: {e}")))?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[client_id]);
+    validation.leeway = 60;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            refuse(match e.kind() {
+                ErrorKind::InvalidSignature => {
+                    "bad signature (the token was altered or not signed by the provider)".into()
+                }
+                ErrorKind::ExpiredSignature => "expired".into(),
+                ErrorKind::InvalidIssuer => format!("wrong issuer (expected {issuer})"),
+                ErrorKind::InvalidAudience => {
+                    format!("issued for another client (expected audience {client_id})")
+                }
+                other => format!("{other:?}"),
+            })
+        })?;
+    let claims = data.claims;
+    if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+        return Err(refuse(
+            "the nonce does not match this sign-in (a replayed or injected token)".into(),
+        ));
+    }
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let groups = match claims.get(groups_claim) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    };
+    Ok(OidcIdentity {
+        subject: text("sub"),
+        email: text("email").to_ascii_lowercase(),
+        name: text("name"),
+        groups,
+        claims,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    fn new_key() -> (EncodingKey, JwkSet) {
+        let pem = crate::assertion::Signer::generate_pem();
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(jwk.thumbprint(ThumbprintHash::SHA256).unwrap());
+        (encoding, JwkSet { keys: vec![jwk] })
+    }
+
+    fn token(key: &EncodingKey, keys: &JwkSet, claims: Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = keys.keys[0].common.key_id.clone();
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    fn claims() -> Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        json!({"iss": "https://idp.test", "aud": "postern", "sub": "u1", "email": "Ada@Example.com", "name": "Ada",
+               "groups": ["staff"], "nonce": "n-1", "iat": now, "exp": now + 300})
+    }
+
+    #[test]
+    fn accepts_a_good_token_and_refuses_each_bad_one() {
+        let (key, keys) = new_key();
+        let check =
+            |t: &str| validate_id_token(t, &keys, "https://idp.test", "postern", "n-1", "groups");
+        let identity = check(&token(&key, &keys, claims())).unwrap();
+        assert_eq!(
+            (identity.email.as_str(), identity.groups.clone()),
+            ("ada@example.com", vec!["staff".to_owned()])
+        );
+
+        let mut c = claims();
+        c["aud"] = json!("someone-else");
+        assert!(
+            check(&token(&key, &keys, c))
+                .unwrap_err()
+                .to_string()
+                .contains("another client")
+        );
+        let mut c = claims();
+        c["nonce"] = json!("other");
+        assert!(
+            check(&token(&key, &keys, c))
+                .unwrap_err()
+                .to_string()
+                .contains("nonce")
+        );
+        let mut c = claims();
+        c["exp"] = json!(1000);
+        c["iat"] = json!(900);
+        assert!(
+            check(&token(&key, &keys, c))
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
+        let mut c = claims();
+        c["iss"] = json!("https://evil.test");
+        assert!(
+            check(&token(&key, &keys, c))
+                .unwrap_err()
+                .to_string()
+                .contains("wrong issuer")
+        );
+        // Tampered: the payload of one token with the signature of another.
+        let good = token(&key, &keys, claims());
+        let mut other = claims();
+        other["email"] = json!("root@example.com");
+        let forged = token(&key, &keys, other);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        parts[1] = forged.split('.').nth(1).unwrap();
+        assert!(
+            check(&parts.join("."))
+                .unwrap_err()
+                .to_string()
+                .contains("bad signature")
+        );
+        // Signed by a key the provider doesn't publish.
+        let (stranger, stranger_keys) = new_key();
+        assert!(
+            check(&token(&stranger, &stranger_keys, claims()))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown key")
+        );
+        // HMAC with a guessable secret.
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(),
+            &EncodingKey::from_secret(b"postern"),
+        )
+        .unwrap();
+        assert!(check(&hs).unwrap_err().to_string().contains("not accepted"));
+    }
+}
