@@ -46,10 +46,26 @@ http {
 }
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx.conf" & pids+=($!)
+hash=$(echo -n bench-password | "$bin/postern" hash-password)
+cat >"$work/users.yaml" <<YAML
+- {email: bench@example.com, name: Bench, groups: [staff], password_hash: "$hash"}
+YAML
+# Two routes to the same upstream: one public, one with sign-in, a policy with an mcp_tool rule
+# and the identity assertion (the cost of authorization on the request path).
 cat >"$work/postern.yaml" <<YAML
 insecure_server: true
 address: 127.0.0.1:$pst
+data_dir: $work/data
+users_file: $work/users.yaml
 routes:
+  - from: http://127.0.0.1
+    prefix: /auth
+    to: http://127.0.0.1:$up/mcp
+    pass_identity_headers: true
+    policy:
+      allow: {and: [{authenticated_user: true}]}
+      deny: {or: [{mcp_tool: {in: [test_error_handling]}}]}
+    mcp: {}
   - from: http://127.0.0.1
     to: http://127.0.0.1:$up
     allow_public_unauthenticated_access: true
@@ -59,22 +75,29 @@ RUST_LOG=warn "$bin/postern" serve --config "$work/postern.yaml" 2>"$work/poster
 for port in $up $ngx $pst; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
+cookie=$(curl -s -D - -o /dev/null -d 'email=bench@example.com&password=bench-password' "http://127.0.0.1:$pst/.pomerium/sign_in" | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
+[ -n "$cookie" ] || { echo "bench: sign-in failed"; exit 1; }
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 body='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simple_text","arguments":{}}}'
 # Warm up every path.
 for port in $up $ngx $pst; do "$bin/loadgen" post "http://127.0.0.1:$port/mcp" 4 1 "$body" >/dev/null; done
+"$bin/loadgen" post "http://127.0.0.1:$pst/auth" 4 1 "$body" "cookie: $cookie" >/dev/null
 idle_rss=$(rss $postern)
 
 declare -A result
 for c in 1 16 64; do
-  for target in direct nginx postern; do
-    case $target in direct) port=$up;; nginx) port=$ngx;; postern) port=$pst;; esac
+  for target in direct nginx postern postern+auth; do
+    case $target in direct) port=$up;; nginx) port=$ngx;; postern|postern+auth) port=$pst;; esac
     if [ "$target" = postern ] && [ "$c" = 64 ]; then
       ( sleep $((seconds / 2)); rss $postern >"$work/load_rss" ) &
       sampler=$!
     fi
-    result[$target,$c]=$("$bin/loadgen" post "http://127.0.0.1:$port/mcp" "$c" "$seconds" "$body")
+    if [ "$target" = postern+auth ]; then
+      result[$target,$c]=$("$bin/loadgen" post "http://127.0.0.1:$port/auth" "$c" "$seconds" "$body" "cookie: $cookie")
+    else
+      result[$target,$c]=$("$bin/loadgen" post "http://127.0.0.1:$port/mcp" "$c" "$seconds" "$body")
+    fi
   done
 done
 wait "$sampler"
@@ -82,12 +105,12 @@ load_rss=$(cat "$work/load_rss")
 
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"${result[$1]}"; }
 printf '\ntools/call through each path (%ss per point, loopback, %s cores)\n' "$seconds" "$(nproc)"
-printf '%-4s %-8s %9s %8s %8s %8s %7s | %8s %8s %9s\n' conc path req/s p50µs p90µs p99µs errors "p50-dir" "rps/dir" "rps/nginx"
+printf '%-4s %-12s %9s %8s %8s %8s %7s | %8s %8s %9s\n' conc path req/s p50µs p90µs p99µs errors "p50-dir" "rps/dir" "rps/nginx"
 for c in 1 16 64; do
-  for target in direct nginx postern; do
+  for target in direct nginx postern postern+auth; do
     rps=$(field "$target,$c" rps); p50=$(field "$target,$c" p50_us)
     d_rps=$(field "direct,$c" rps); d_p50=$(field "direct,$c" p50_us); n_rps=$(field "nginx,$c" rps)
-    printf '%-4s %-8s %9s %8s %8s %8s %7s | %+7sµs %8.2f %9.2f\n' "$c" "$target" "$rps" "$p50" \
+    printf '%-4s %-12s %9s %8s %8s %8s %7s | %+7sµs %8.2f %9.2f\n' "$c" "$target" "$rps" "$p50" \
       "$(field "$target,$c" p90_us)" "$(field "$target,$c" p99_us)" "$(field "$target,$c" errors)" \
       "$((p50 - d_p50))" "$(echo "$rps / $d_rps" | bc -l)" "$(echo "$rps / $n_rps" | bc -l)"
   done

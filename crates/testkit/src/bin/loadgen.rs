@@ -1,6 +1,6 @@
 //! A small load generator for the benchmark (bench/run.sh), on loopback only.
 //!
-//! `loadgen post URL CONCURRENCY SECONDS BODY_JSON`: each of CONCURRENCY workers keeps one
+//! `loadgen post URL CONCURRENCY SECONDS BODY_JSON [HEADER:VALUE]`: each of CONCURRENCY workers keeps one
 //! HTTP/1.1 connection and sends POST requests back to back for SECONDS; prints one JSON line
 //! with the count, errors, throughput and latency percentiles (µs).
 //!
@@ -18,12 +18,17 @@ use hyper_util::rt::TokioExecutor;
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("post") if args.len() == 5 => {
+        Some("post") if args.len() == 5 || args.len() == 6 => {
+            let header = args
+                .get(5)
+                .and_then(|h| h.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()));
             post(
                 &args[1],
                 args[2].parse().expect("concurrency"),
                 args[3].parse().expect("seconds"),
                 args[4].clone(),
+                header,
             )
             .await
         }
@@ -44,7 +49,13 @@ async fn main() {
     }
 }
 
-async fn post(url: &str, concurrency: usize, seconds: u64, body: String) {
+async fn post(
+    url: &str,
+    concurrency: usize,
+    seconds: u64,
+    body: String,
+    header: Option<(String, String)>,
+) {
     assert!(
         url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost"),
         "loopback only"
@@ -54,6 +65,7 @@ async fn post(url: &str, concurrency: usize, seconds: u64, body: String) {
         .map(|_| {
             let url: hyper::Uri = url.parse().expect("URL");
             let body = Bytes::from(body.clone());
+            let header = header.clone();
             tokio::spawn(async move {
                 // One connection per worker, like a client with keep-alive.
                 let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
@@ -62,7 +74,11 @@ async fn post(url: &str, concurrency: usize, seconds: u64, body: String) {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 while Instant::now() < deadline {
-                    let request = hyper::Request::post(url.clone())
+                    let mut request = hyper::Request::post(url.clone());
+                    if let Some((name, value)) = &header {
+                        request = request.header(name.as_str(), value.as_str());
+                    }
+                    let request = request
                         .header("content-type", "application/json")
                         .header("accept", "application/json, text/event-stream")
                         .header("mcp-protocol-version", "2025-06-18")
