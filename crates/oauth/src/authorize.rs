@@ -41,7 +41,9 @@ pub enum AuthorizeError {
 }
 
 /// Reads the client and redirect URI only (for the checks that decide where errors go).
-pub fn client_and_redirect(query: &HashMap<String, String>) -> Result<(String, String), AuthorizeError> {
+pub fn client_and_redirect(
+    query: &HashMap<String, String>,
+) -> Result<(String, String), AuthorizeError> {
     let client_id = query.get("client_id").filter(|c| !c.is_empty()).ok_or_else(|| {
         AuthorizeError::Page("The authorization request has no client_id: the MCP client that sent you here is misconfigured.".into())
     })?;
@@ -51,16 +53,39 @@ pub fn client_and_redirect(query: &HashMap<String, String>) -> Result<(String, S
     Ok((client_id.clone(), redirect_uri.clone()))
 }
 
+/// A resource indicator must be an absolute URI without a fragment (RFC 8707 §2).
+fn bad_resource(resource: &str) -> bool {
+    match url::Url::parse(resource) {
+        Ok(url) => url.fragment().is_some(),
+        Err(_) => true,
+    }
+}
+
 /// Parses the rest once the client and its redirect URI are known to be good.
-pub fn parse(query: &HashMap<String, String>, redirect_uri: &str) -> Result<AuthorizationRequest, AuthorizeError> {
+pub fn parse(
+    query: &HashMap<String, String>,
+    redirect_uri: &str,
+) -> Result<AuthorizationRequest, AuthorizeError> {
     let state = query.get("state").cloned();
-    let fail = |error: OAuthError| AuthorizeError::Redirect { redirect_uri: redirect_uri.to_owned(), error, state: state.clone() };
+    let fail = |error: OAuthError| AuthorizeError::Redirect {
+        redirect_uri: redirect_uri.to_owned(),
+        error,
+        state: state.clone(),
+    };
     match query.get("response_type").map(String::as_str) {
         Some("code") => {}
         Some(other) => {
-            return Err(fail(OAuthError::new("unsupported_response_type", format!("response_type {other:?} is not supported; use code"))));
+            return Err(fail(OAuthError::new(
+                "unsupported_response_type",
+                format!("response_type {other:?} is not supported; use code"),
+            )));
         }
-        None => return Err(fail(OAuthError::new("invalid_request", "response_type is required (code)"))),
+        None => {
+            return Err(fail(OAuthError::new(
+                "invalid_request",
+                "response_type is required (code)",
+            )));
+        }
     }
     let code_challenge = pkce::check_challenge(
         query.get("code_challenge").map(String::as_str),
@@ -69,9 +94,12 @@ pub fn parse(query: &HashMap<String, String>, redirect_uri: &str) -> Result<Auth
     .map_err(fail)?;
     let resource = query.get("resource").cloned();
     if let Some(resource) = &resource
-        && url::Url::parse(resource).is_ok_and(|u| u.fragment().is_some()) || url::Url::parse(resource).is_err()
+        && bad_resource(resource)
     {
-        return Err(fail(OAuthError::new("invalid_target", "resource must be an absolute URI without a fragment")));
+        return Err(fail(OAuthError::new(
+            "invalid_target",
+            "resource must be an absolute URI without a fragment",
+        )));
     }
     Ok(AuthorizationRequest {
         client_id: query.get("client_id").cloned().unwrap_or_default(),
@@ -84,11 +112,18 @@ pub fn parse(query: &HashMap<String, String>, redirect_uri: &str) -> Result<Auth
 }
 
 /// The redirect carrying an error back to the client (RFC 6749 §4.1.2.1, RFC 9207 `iss`).
-pub fn error_redirect(redirect_uri: &str, error: &OAuthError, state: Option<&str>, issuer: &str) -> String {
+pub fn error_redirect(
+    redirect_uri: &str,
+    error: &OAuthError,
+    state: Option<&str>,
+    issuer: &str,
+) -> String {
     let mut url = url::Url::parse(redirect_uri).expect("validated redirect URI");
     {
         let mut pairs = url.query_pairs_mut();
-        pairs.append_pair("error", error.code).append_pair("error_description", &error.description);
+        pairs
+            .append_pair("error", error.code)
+            .append_pair("error_description", &error.description);
         if let Some(state) = state {
             pairs.append_pair("state", state);
         }
@@ -116,7 +151,10 @@ mod tests {
     use super::*;
 
     fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -124,18 +162,36 @@ mod tests {
     #[test]
     fn a_good_request_parses() {
         let q = query(&[
-            ("response_type", "code"), ("client_id", "c"), ("redirect_uri", "http://127.0.0.1/cb"), ("state", "s"),
-            ("code_challenge", CHALLENGE), ("code_challenge_method", "S256"), ("resource", "https://mcp.test/notion"),
+            ("response_type", "code"),
+            ("client_id", "c"),
+            ("redirect_uri", "http://127.0.0.1/cb"),
+            ("state", "s"),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+            ("resource", "https://mcp.test/notion"),
         ]);
         let (client, redirect) = client_and_redirect(&q).unwrap();
         let request = parse(&q, &redirect).unwrap();
-        assert_eq!((client.as_str(), request.resource.as_deref()), ("c", Some("https://mcp.test/notion")));
+        assert_eq!(
+            (client.as_str(), request.resource.as_deref()),
+            ("c", Some("https://mcp.test/notion"))
+        );
     }
 
     #[test]
     fn errors_before_the_client_is_known_are_pages_and_after_are_redirects() {
-        assert!(matches!(client_and_redirect(&query(&[("redirect_uri", "https://evil.test")])), Err(AuthorizeError::Page(_))));
-        let q = query(&[("response_type", "code"), ("client_id", "c"), ("redirect_uri", "https://a.test/cb"), ("state", "s"), ("code_challenge", CHALLENGE), ("code_challenge_method", "plain")]);
+        assert!(matches!(
+            client_and_redirect(&query(&[("redirect_uri", "https://evil.test")])),
+            Err(AuthorizeError::Page(_))
+        ));
+        let q = query(&[
+            ("response_type", "code"),
+            ("client_id", "c"),
+            ("redirect_uri", "https://a.test/cb"),
+            ("state", "s"),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "plain"),
+        ]);
         match parse(&q, "https://a.test/cb") {
             Err(AuthorizeError::Redirect { error, state, .. }) => {
                 assert_eq!(error.code, "invalid_request");
@@ -143,9 +199,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let url = error_redirect("https://a.test/cb?x=1", &OAuthError::new("access_denied", "no"), Some("s"), "https://mcp.test");
-        assert_eq!(url, "https://a.test/cb?x=1&error=access_denied&error_description=no&state=s&iss=https%3A%2F%2Fmcp.test");
-        let q = query(&[("response_type", "token"), ("client_id", "c"), ("redirect_uri", "https://a.test/cb")]);
-        assert!(matches!(parse(&q, "https://a.test/cb"), Err(AuthorizeError::Redirect { error, .. }) if error.code == "unsupported_response_type"));
+        let url = error_redirect(
+            "https://a.test/cb?x=1",
+            &OAuthError::new("access_denied", "no"),
+            Some("s"),
+            "https://mcp.test",
+        );
+        assert_eq!(
+            url,
+            "https://a.test/cb?x=1&error=access_denied&error_description=no&state=s&iss=https%3A%2F%2Fmcp.test"
+        );
+        let q = query(&[
+            ("response_type", "token"),
+            ("client_id", "c"),
+            ("redirect_uri", "https://a.test/cb"),
+        ]);
+        assert!(
+            matches!(parse(&q, "https://a.test/cb"), Err(AuthorizeError::Redirect { error, .. }) if error.code == "unsupported_response_type")
+        );
     }
 }

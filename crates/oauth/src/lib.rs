@@ -27,7 +27,10 @@ pub struct OAuthError {
 impl OAuthError {
     /// An error with `code`.
     pub fn new(code: &'static str, description: impl Into<String>) -> Self {
-        Self { code, description: description.into() }
+        Self {
+            code,
+            description: description.into(),
+        }
     }
 
     /// The RFC 6749 §5.2 JSON body.

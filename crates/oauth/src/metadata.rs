@@ -10,7 +10,11 @@ pub fn resource_url(origin: &str, path: &str) -> String {
         Err(_) => origin.trim_end_matches('/').to_ascii_lowercase(),
     };
     let path = path.trim_end_matches('/');
-    if path.is_empty() { format!("{origin}/") } else { format!("{origin}{path}") }
+    if path.is_empty() {
+        format!("{origin}/")
+    } else {
+        format!("{origin}{path}")
+    }
 }
 
 /// Whether two resource URLs name the same resource (after normalisation).
@@ -28,14 +32,22 @@ pub fn protected_resource_metadata_url(resource: &str) -> String {
     match url::Url::parse(resource) {
         Ok(url) => {
             let path = url.path().trim_end_matches('/');
-            format!("{}/.well-known/oauth-protected-resource{path}", url.origin().ascii_serialization())
+            format!(
+                "{}/.well-known/oauth-protected-resource{path}",
+                url.origin().ascii_serialization()
+            )
         }
         Err(_) => format!("{resource}/.well-known/oauth-protected-resource"),
     }
 }
 
 /// RFC 9728 protected resource metadata.
-pub fn protected_resource(resource: &str, issuer: &str, name: Option<&str>, scopes: &[&str]) -> Value {
+pub fn protected_resource(
+    resource: &str,
+    issuer: &str,
+    name: Option<&str>,
+    scopes: &[&str],
+) -> Value {
     let mut doc = json!({
         "resource": resource,
         "authorization_servers": [issuer],
@@ -79,8 +91,14 @@ mod tests {
 
     #[test]
     fn resource_urls_are_normalised() {
-        assert_eq!(resource_url("https://MCP.example.com:443", "/notion/"), "https://mcp.example.com/notion");
-        assert_eq!(resource_url("http://localhost:8080", ""), "http://localhost:8080/");
+        assert_eq!(
+            resource_url("https://MCP.example.com:443", "/notion/"),
+            "https://mcp.example.com/notion"
+        );
+        assert_eq!(
+            resource_url("http://localhost:8080", ""),
+            "http://localhost:8080/"
+        );
         assert_eq!(resource_url("https://a.test", "/"), "https://a.test/");
         assert!(same_resource("https://A.test:443/x/", "https://a.test/x"));
         assert!(!same_resource("https://a.test/x", "https://a.test/y"));
@@ -104,7 +122,14 @@ mod tests {
         let doc = authorization_server("https://mcp.example.com", true, &["mcp"]);
         assert_eq!(doc["issuer"], json!("https://mcp.example.com"));
         assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
-        assert_eq!(doc["registration_endpoint"], json!("https://mcp.example.com/.pomerium/mcp/register"));
-        assert!(authorization_server("https://a.test", false, &[]).get("registration_endpoint").is_none());
+        assert_eq!(
+            doc["registration_endpoint"],
+            json!("https://mcp.example.com/.pomerium/mcp/register")
+        );
+        assert!(
+            authorization_server("https://a.test", false, &[])
+                .get("registration_endpoint")
+                .is_none()
+        );
     }
 }

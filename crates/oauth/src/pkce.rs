@@ -7,20 +7,37 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::OAuthError;
 
 /// Checks the `code_challenge` / `code_challenge_method` of an authorization request.
-pub fn check_challenge(challenge: Option<&str>, method: Option<&str>) -> Result<String, OAuthError> {
+pub fn check_challenge(
+    challenge: Option<&str>,
+    method: Option<&str>,
+) -> Result<String, OAuthError> {
     let challenge = challenge.filter(|c| !c.is_empty()).ok_or_else(|| {
-        OAuthError::new("invalid_request", "code_challenge is required: use PKCE with code_challenge_method=S256")
+        OAuthError::new(
+            "invalid_request",
+            "code_challenge is required: use PKCE with code_challenge_method=S256",
+        )
     })?;
     match method {
         Some("S256") => {}
         Some("plain") | None => {
-            return Err(OAuthError::new("invalid_request", "code_challenge_method must be S256 (plain is not accepted)"));
+            return Err(OAuthError::new(
+                "invalid_request",
+                "code_challenge_method must be S256 (plain is not accepted)",
+            ));
         }
-        Some(other) => return Err(OAuthError::new("invalid_request", format!("unknown code_challenge_method {other:?}; use S256"))),
+        Some(other) => {
+            return Err(OAuthError::new(
+                "invalid_request",
+                format!("unknown code_challenge_method {other:?}; use S256"),
+            ));
+        }
     }
     // base64url of a SHA-256 digest: 43 characters.
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
-        return Err(OAuthError::new("invalid_request", "code_challenge is not a base64url SHA-256 digest (43 characters)"));
+        return Err(OAuthError::new(
+            "invalid_request",
+            "code_challenge is not a base64url SHA-256 digest (43 characters)",
+        ));
     }
     Ok(challenge.to_owned())
 }
@@ -29,7 +46,9 @@ pub fn check_challenge(challenge: Option<&str>, method: Option<&str>) -> Result<
 pub fn verify(verifier: &str, challenge: &str) -> bool {
     // RFC 7636 §4.1: 43 to 128 unreserved characters.
     let well_formed = (43..=128).contains(&verifier.len())
-        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     if !well_formed {
         return false;
     }
@@ -40,7 +59,8 @@ pub fn verify(verifier: &str, challenge: &str) -> bool {
 
 /// The S256 challenge of `verifier`.
 pub fn challenge_of(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
+    URL_SAFE_NO_PAD
+        .encode(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref())
 }
 
 #[cfg(test)]
@@ -55,16 +75,33 @@ mod tests {
     fn s256_per_rfc_7636_appendix_b() {
         assert_eq!(challenge_of(VERIFIER), CHALLENGE);
         assert!(verify(VERIFIER, CHALLENGE));
-        assert!(!verify("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj", CHALLENGE), "wrong verifier");
-        assert!(!verify(CHALLENGE, CHALLENGE), "the challenge itself is not a verifier (plain)");
-        assert!(!verify("short", &challenge_of("short")), "too short to be a verifier");
+        assert!(
+            !verify("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj", CHALLENGE),
+            "wrong verifier"
+        );
+        assert!(
+            !verify(CHALLENGE, CHALLENGE),
+            "the challenge itself is not a verifier (plain)"
+        );
+        assert!(
+            !verify("short", &challenge_of("short")),
+            "too short to be a verifier"
+        );
     }
 
     #[test]
     fn plain_and_missing_challenges_are_refused() {
         assert!(check_challenge(Some(CHALLENGE), Some("S256")).is_ok());
-        assert_eq!(check_challenge(Some(CHALLENGE), Some("plain")).unwrap_err().code, "invalid_request");
-        assert!(check_challenge(Some(CHALLENGE), None).is_err(), "the default method is plain");
+        assert_eq!(
+            check_challenge(Some(CHALLENGE), Some("plain"))
+                .unwrap_err()
+                .code,
+            "invalid_request"
+        );
+        assert!(
+            check_challenge(Some(CHALLENGE), None).is_err(),
+            "the default method is plain"
+        );
         assert!(check_challenge(None, Some("S256")).is_err());
         assert!(check_challenge(Some("not-a-digest"), Some("S256")).is_err());
     }

@@ -7,7 +7,12 @@ use serde_json::{Map, Value, json};
 use crate::OAuthError;
 
 /// How a client authenticates at the token endpoint.
-pub const AUTH_METHODS: [&str; 4] = ["none", "client_secret_basic", "client_secret_post", "private_key_jwt"];
+pub const AUTH_METHODS: [&str; 4] = [
+    "none",
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
 
 /// Checks one redirect URI.
 pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
@@ -19,20 +24,27 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
     match url.scheme() {
         "https" if url.host_str().is_some() => Ok(()),
         "http" if is_loopback(url.host_str().unwrap_or("")) => Ok(()),
-        "http" => Err(bad("http is only allowed for loopback hosts (localhost, 127.0.0.1, [::1]); use https")),
+        "http" => Err(bad(
+            "http is only allowed for loopback hosts (localhost, 127.0.0.1, [::1]); use https",
+        )),
         "javascript" | "data" | "file" | "vbscript" | "about" | "blob" | "ftp" | "ws" | "wss" => {
             Err(bad("this scheme cannot be a redirect URI"))
         }
         // Private-use schemes must look like a reversed domain (RFC 8252 §7.1).
         scheme if scheme.contains('.') => Ok(()),
-        _ => Err(bad("use https, http on a loopback host, or a private-use scheme like com.example.app:/callback")),
+        _ => Err(bad(
+            "use https, http on a loopback host, or a private-use scheme like com.example.app:/callback",
+        )),
     }
 }
 
 /// Whether `host` is a loopback host.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether a redirect URI presented in a request matches a registered one: exactly, except that
@@ -58,40 +70,75 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
 pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthError> {
     let invalid = |m: String| OAuthError::new("invalid_client_metadata", m);
     let Value::Object(request) = request else {
-        return Err(invalid("the registration request must be a JSON object".into()));
+        return Err(invalid(
+            "the registration request must be a JSON object".into(),
+        ));
     };
     let redirect_uris = request
         .get("redirect_uris")
         .and_then(Value::as_array)
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| OAuthError::new("invalid_redirect_uri", "redirect_uris is required: a non-empty list"))?;
+        .ok_or_else(|| {
+            OAuthError::new(
+                "invalid_redirect_uri",
+                "redirect_uris is required: a non-empty list",
+            )
+        })?;
     for uri in redirect_uris {
-        check_redirect_uri(uri.as_str().ok_or_else(|| OAuthError::new("invalid_redirect_uri", "redirect_uris must be strings"))?)?;
+        check_redirect_uri(uri.as_str().ok_or_else(|| {
+            OAuthError::new("invalid_redirect_uri", "redirect_uris must be strings")
+        })?)?;
     }
-    let method = request.get("token_endpoint_auth_method").and_then(Value::as_str).unwrap_or("client_secret_basic");
+    let method = request
+        .get("token_endpoint_auth_method")
+        .and_then(Value::as_str)
+        .unwrap_or("client_secret_basic");
     if !AUTH_METHODS.contains(&method) {
-        return Err(invalid(format!("token_endpoint_auth_method {method:?} is not supported; use one of {AUTH_METHODS:?}")));
+        return Err(invalid(format!(
+            "token_endpoint_auth_method {method:?} is not supported; use one of {AUTH_METHODS:?}"
+        )));
     }
-    if method == "private_key_jwt" && request.get("jwks_uri").is_none() && request.get("jwks").is_none() {
+    if method == "private_key_jwt"
+        && request.get("jwks_uri").is_none()
+        && request.get("jwks").is_none()
+    {
         return Err(invalid("private_key_jwt needs jwks_uri or jwks".into()));
     }
     let grants: Vec<String> = match request.get("grant_types") {
         None => vec!["authorization_code".into(), "refresh_token".into()],
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(_) => return Err(invalid("grant_types must be a list".into())),
     };
-    if let Some(bad) = grants.iter().find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token")) {
-        return Err(invalid(format!("grant type {bad:?} is not supported (authorization_code, refresh_token)")));
+    if let Some(bad) = grants
+        .iter()
+        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
+    {
+        return Err(invalid(format!(
+            "grant type {bad:?} is not supported (authorization_code, refresh_token)"
+        )));
     }
     if !grants.iter().any(|g| g == "authorization_code") {
-        return Err(invalid("grant_types must include authorization_code".into()));
+        return Err(invalid(
+            "grant_types must include authorization_code".into(),
+        ));
     }
     if let Some(types) = request.get("response_types").and_then(Value::as_array)
         && types.iter().any(|t| t != "code")
     {
         return Err(invalid("response_types may only contain code".into()));
     }
-    for key in ["client_name", "client_uri", "logo_uri", "scope", "software_id", "software_version"] {
+    for key in [
+        "client_name",
+        "client_uri",
+        "logo_uri",
+        "scope",
+        "software_id",
+        "software_version",
+    ] {
         if let Some(value) = request.get(key)
             && !value.is_string()
         {
@@ -111,36 +158,90 @@ mod tests {
 
     #[test]
     fn redirect_uri_rules() {
-        for ok in ["https://app.example.com/cb", "http://127.0.0.1:33418/callback", "http://localhost/cb", "http://[::1]:9/cb", "com.example.app:/oauth2redirect"] {
+        for ok in [
+            "https://app.example.com/cb",
+            "http://127.0.0.1:33418/callback",
+            "http://localhost/cb",
+            "http://[::1]:9/cb",
+            "com.example.app:/oauth2redirect",
+        ] {
             assert!(check_redirect_uri(ok).is_ok(), "{ok}");
         }
-        for bad in ["http://app.example.com/cb", "javascript:alert(1)", "https://a.test/cb#frag", "myapp:/cb", "/relative", "data:text/html,x"] {
-            assert_eq!(check_redirect_uri(bad).unwrap_err().code, "invalid_redirect_uri", "{bad}");
+        for bad in [
+            "http://app.example.com/cb",
+            "javascript:alert(1)",
+            "https://a.test/cb#frag",
+            "myapp:/cb",
+            "/relative",
+            "data:text/html,x",
+        ] {
+            assert_eq!(
+                check_redirect_uri(bad).unwrap_err().code,
+                "invalid_redirect_uri",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn redirect_matching_is_exact_except_the_loopback_port() {
-        assert!(redirect_uri_matches("https://a.test/cb", "https://a.test/cb"));
-        assert!(!redirect_uri_matches("https://a.test/cb", "https://a.test/cb/"));
-        assert!(!redirect_uri_matches("https://a.test/cb", "https://a.test:8443/cb"), "no port rule off loopback");
-        assert!(!redirect_uri_matches("https://a.test/cb", "https://a.test/cb?x=1"));
-        assert!(redirect_uri_matches("http://127.0.0.1/callback", "http://127.0.0.1:51234/callback"));
-        assert!(!redirect_uri_matches("http://127.0.0.1/callback", "http://127.0.0.1:51234/other"));
-        assert!(!redirect_uri_matches("http://127.0.0.1/callback", "http://localhost:51234/callback"));
+        assert!(redirect_uri_matches(
+            "https://a.test/cb",
+            "https://a.test/cb"
+        ));
+        assert!(!redirect_uri_matches(
+            "https://a.test/cb",
+            "https://a.test/cb/"
+        ));
+        assert!(
+            !redirect_uri_matches("https://a.test/cb", "https://a.test:8443/cb"),
+            "no port rule off loopback"
+        );
+        assert!(!redirect_uri_matches(
+            "https://a.test/cb",
+            "https://a.test/cb?x=1"
+        ));
+        assert!(redirect_uri_matches(
+            "http://127.0.0.1/callback",
+            "http://127.0.0.1:51234/callback"
+        ));
+        assert!(!redirect_uri_matches(
+            "http://127.0.0.1/callback",
+            "http://127.0.0.1:51234/other"
+        ));
+        assert!(!redirect_uri_matches(
+            "http://127.0.0.1/callback",
+            "http://localhost:51234/callback"
+        ));
     }
 
     #[test]
     fn registration_metadata_is_validated() {
         let ok = validate_metadata(&json!({"redirect_uris": ["http://127.0.0.1/cb"], "client_name": "Test", "token_endpoint_auth_method": "none"})).unwrap();
-        assert_eq!(ok["grant_types"], json!(["authorization_code", "refresh_token"]));
-        assert_eq!(validate_metadata(&json!({})).unwrap_err().code, "invalid_redirect_uri");
-        assert_eq!(validate_metadata(&json!({"redirect_uris": ["http://evil.test/cb"]})).unwrap_err().code, "invalid_redirect_uri");
+        assert_eq!(
+            ok["grant_types"],
+            json!(["authorization_code", "refresh_token"])
+        );
+        assert_eq!(
+            validate_metadata(&json!({})).unwrap_err().code,
+            "invalid_redirect_uri"
+        );
+        assert_eq!(
+            validate_metadata(&json!({"redirect_uris": ["http://evil.test/cb"]}))
+                .unwrap_err()
+                .code,
+            "invalid_redirect_uri"
+        );
         assert_eq!(
             validate_metadata(&json!({"redirect_uris": ["https://a.test/cb"], "grant_types": ["client_credentials"]})).unwrap_err().code,
             "invalid_client_metadata"
         );
         assert!(validate_metadata(&json!({"redirect_uris": ["https://a.test/cb"], "token_endpoint_auth_method": "private_key_jwt"})).is_err());
-        assert!(validate_metadata(&json!({"redirect_uris": ["https://a.test/cb"], "response_types": ["token"]})).is_err());
+        assert!(
+            validate_metadata(
+                &json!({"redirect_uris": ["https://a.test/cb"], "response_types": ["token"]})
+            )
+            .is_err()
+        );
     }
 }
