@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::assertion::Signer;
 use crate::audit::{Audit, AuditEvent};
 use crate::mcp::{self, Call};
+use crate::oauth_server::{self, RevocationCache, TokenError};
 use crate::oidc::Oidc;
 use crate::pages;
 use crate::session::{self, CookieSettings, RateLimiter};
@@ -43,6 +44,13 @@ pub struct AccessSettings {
     pub issuer_format: IssuerFormat,
     /// Where the audit log is appended (JSON lines).
     pub audit_file: Option<PathBuf>,
+    /// Accept RFC 7591 dynamic client registration.
+    pub dynamic_registration: bool,
+    /// Lifetime of access tokens (TE).
+    pub access_token_ttl: Duration,
+    /// A refresh token presented again within this time after its rotation is refused without
+    /// revoking its family (two requests of one client racing); later it is reuse.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl AccessSettings {
@@ -68,19 +76,23 @@ impl AccessSettings {
             pass_identity_headers: config.pass_identity_headers.unwrap_or(false),
             issuer_format: config.jwt_issuer_format.unwrap_or(IssuerFormat::HostOnly),
             audit_file: Some(config.data_dir().join("audit.jsonl")),
+            dynamic_registration: config.mcp_dynamic_client_registration.unwrap_or(true),
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_reuse_grace: Duration::from_secs(5),
         }
     }
 }
 
 /// The gateway hooks.
 pub struct Access {
-    store: Store,
+    pub(crate) store: Store,
     users: LocalUsers,
     signer: Signer,
-    settings: AccessSettings,
+    pub(crate) settings: AccessSettings,
     limiter: RateLimiter,
     audit: Audit,
     oidc: Option<Oidc>,
+    pub(crate) revocations: Arc<RevocationCache>,
 }
 
 /// How long an OIDC sign-in may take.
@@ -100,6 +112,7 @@ impl Access {
     /// Hooks over `store` with `users` signing in and `signer` making assertions.
     pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
         let audit = Audit::new(settings.audit_file.clone());
+        let store_for_sync = store.clone();
         Self {
             store,
             users,
@@ -108,6 +121,11 @@ impl Access {
             limiter: RateLimiter::default(),
             audit,
             oidc: None,
+            revocations: {
+                let cache = Arc::new(RevocationCache::default());
+                RevocationCache::spawn_sync(&cache, store_for_sync);
+                cache
+            },
         }
     }
 
@@ -297,7 +315,7 @@ impl Access {
         response
     }
 
-    fn user_of(session: &Session) -> User {
+    pub(crate) fn user_of(session: &Session) -> User {
         User {
             id: session.user_id.clone(),
             email: session.email.clone(),
@@ -421,9 +439,40 @@ impl Access {
             return redirect_to(&target);
         }
         let mut response = GatewayError::Unauthenticated.into_response(&ctx.request_id, false);
+        let challenge = if route.is_mcp_server() {
+            oauth_server::challenge(&oauth_server::route_resource(route, &ctx.origin()), None)
+        } else {
+            "Bearer".to_owned()
+        };
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        cors(response.headers_mut());
         response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+
+    /// 401 for a bad TE: the client should run its authorization again.
+    fn invalid_token(
+        &self,
+        ctx: &RequestContext,
+        resource: &str,
+        error: &TokenError,
+    ) -> Response<Body> {
+        tracing::info!(request_id = %ctx.request_id, %error, "access token refused");
+        let mut response = json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &error.to_string(),
+            &ctx.request_id,
+        );
+        if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(resource, Some(error))) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        cors(response.headers_mut());
         response
     }
 }
@@ -436,6 +485,10 @@ impl Hooks for Access {
         _route: Option<&Arc<Route>>,
         request: Request<Body>,
     ) -> Result<Response<Body>, Request<Body>> {
+        let request = match self.oauth_endpoint(ctx, request).await {
+            Ok(response) => return Ok(response),
+            Err(request) => request,
+        };
         match request.uri().path() {
             "/.pomerium/sign_in" => Ok(self.sign_in_form(ctx, request).await),
             "/.pomerium/sign_out" => Ok(self.sign_out(ctx, &request).await),
@@ -458,7 +511,27 @@ impl Hooks for Access {
         route: &Arc<Route>,
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
-        let session = session::current(request.headers(), &self.settings.cookie, &self.store).await;
+        // MCP clients present a TE; browsers (and apps signed in through them) a session cookie.
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned());
+        let resource = oauth_server::route_resource(route, &ctx.origin());
+        let session = match (&bearer, route.is_mcp_server()) {
+            (Some(token), true) => match oauth_server::check_access_token(
+                self.store.keyring(),
+                &self.revocations,
+                token,
+                &resource,
+            ) {
+                Ok(claims) => Some(claims.session()),
+                Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
+            },
+            _ => session::current(request.headers(), &self.settings.cookie, &self.store).await,
+        };
         let user = session.as_ref().map(Self::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
@@ -738,7 +811,18 @@ async fn filter_tool_lists(
     Response::from_parts(parts, full(filtered))
 }
 
-fn html(status: StatusCode, page: String) -> Response<Body> {
+/// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
+pub(crate) fn cors(headers: &mut HeaderMap) {
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(
+            "mcp-session-id, mcp-protocol-version, www-authenticate, x-request-id",
+        ),
+    );
+}
+
+pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
     let mut response = Response::new(full(page));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -751,7 +835,7 @@ fn html(status: StatusCode, page: String) -> Response<Body> {
     response
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -761,14 +845,19 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     response
 }
 
-fn json_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+pub(crate) fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<Body> {
     json_response(
         status,
         &json!({"error": code, "message": message, "status": status.as_u16(), "request_id": request_id}),
     )
 }
 
-fn redirect_to(target: &str) -> Response<Body> {
+pub(crate) fn redirect_to(target: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(location) = HeaderValue::from_str(target) {
@@ -795,12 +884,12 @@ fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
     }
 }
 
-fn form_value(form: &str, key: &str) -> Option<String> {
+pub(crate) fn form_value(form: &str, key: &str) -> Option<String> {
     url::form_urlencoded::parse(form.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
 
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }

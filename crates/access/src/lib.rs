@@ -11,4 +11,6 @@ pub mod session;
 pub mod users;
 
 pub use hooks::{Access, AccessSettings};
+mod oauth_endpoints;
+pub mod oauth_server;
 pub mod oidc;

@@ -48,3 +48,43 @@ pub fn message(title: &str, text: &str) -> String {
         text = escape(text),
     )
 }
+
+/// The consent page: approve (`decision=allow`) or deny (`decision=deny`) an MCP client's access
+/// to a server; the original authorization parameters travel as hidden fields.
+pub fn consent(
+    client: &str,
+    server: &str,
+    user: &str,
+    params: &std::collections::HashMap<String, String>,
+    binding: &str,
+) -> String {
+    let mut hidden = String::new();
+    let mut pairs: Vec<_> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "session_binding")
+        .collect();
+    pairs.sort();
+    for (name, value) in pairs {
+        hidden.push_str(&format!(
+            "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+            escape(name),
+            escape(value)
+        ));
+    }
+    hidden.push_str(&format!(
+        "<input type=\"hidden\" name=\"session_binding\" value=\"{}\">",
+        escape(binding)
+    ));
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Allow access · Postern</title><style>{STYLE} .deny{{background:#e5e7eb;color:#111}}</style></head><body>\
+<h1>Allow {client} to use {server}?</h1><p>Signed in as <strong>{user}</strong>. {client} will be able to call the tools of \
+<strong>{server}</strong> as you, until you sign out or revoke it.</p>\
+<form method=\"post\" action=\"/.pomerium/mcp/authorize\">{hidden}\
+<button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+<button type=\"submit\" name=\"decision\" value=\"deny\" class=\"deny\">Deny</button></form></body></html>",
+        client = escape(client),
+        server = escape(server),
+        user = escape(user),
+    )
+}

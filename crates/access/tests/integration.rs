@@ -125,6 +125,9 @@ routes:
         pass_identity_headers: true,
         issuer_format: IssuerFormat::HostOnly,
         audit_file: Some(audit.clone()),
+        dynamic_registration: true,
+        access_token_ttl: std::time::Duration::from_secs(3600),
+        refresh_reuse_grace: std::time::Duration::ZERO,
     };
     let access = Access::new(
         store,
@@ -642,6 +645,9 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
         pass_identity_headers: false,
         issuer_format: IssuerFormat::HostOnly,
         audit_file: None,
+        dynamic_registration: true,
+        access_token_ttl: std::time::Duration::from_secs(3600),
+        refresh_reuse_grace: std::time::Duration::ZERO,
     };
     let oidc = Oidc::new(OidcSettings {
         issuer: op.issuer.clone(),
@@ -776,4 +782,478 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
     // The code is single use.
     assert_eq!(alice.get(&callback).send().await.unwrap().status(), 400);
     stop.cancel();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The authorization server: an MCP client's flow, and the attacks on it
+
+const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+const CALLBACK: &str = "http://127.0.0.1:9999/callback";
+
+async fn register(w: &World, method: &str) -> Value {
+    let response = client()
+        .post(format!("{}/.pomerium/mcp/register", w.base))
+        .json(&json!({"redirect_uris": [CALLBACK], "client_name": "Test client", "token_endpoint_auth_method": method}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+fn authorize_url(w: &World, client_id: &str, redirect: &str, extra: &str) -> String {
+    format!(
+        "{}/.pomerium/mcp/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=st4te&code_challenge={CHALLENGE}&code_challenge_method=S256&resource={}{extra}",
+        w.base,
+        urlencode(redirect),
+        urlencode(&format!("{}/sqlite", w.base)),
+    )
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn query_of(location: &str) -> HashMap<String, String> {
+    url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect()
+}
+
+/// Runs /authorize as the signed-in user (approving consent when asked); returns the redirect.
+async fn authorize(w: &World, jar: &str, url: &str) -> String {
+    let response = client()
+        .get(url)
+        .header("cookie", jar)
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 303 {
+        return response.headers()["location"].to_str().unwrap().to_owned();
+    }
+    assert_eq!(response.status(), 200, "{url}");
+    let page = response.text().await.unwrap();
+    assert!(
+        page.contains("<button type=\"submit\" name=\"decision\" value=\"allow\">"),
+        "{page}"
+    );
+    assert!(page.contains("name=\"decision\" value=\"deny\""));
+    // Post the form back with its hidden fields.
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for input in page.split("<input type=\"hidden\" ").skip(1) {
+        let attr = |name: &str| {
+            let at = input.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            input[at..at + input[at..].find('"').unwrap()]
+                .replace("&amp;", "&")
+                .replace("&quot;", "\"")
+        };
+        fields.push((attr("name"), attr("value")));
+    }
+    fields.push(("decision".into(), "allow".into()));
+    let response = client()
+        .post(format!("{}/.pomerium/mcp/authorize", w.base))
+        .header("cookie", jar)
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+async fn token(
+    w: &World,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> (u16, Value, String) {
+    let mut request = client()
+        .post(format!("{}/.pomerium/mcp/token", w.base))
+        .form(form);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get("cache-control")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, response.json().await.unwrap(), cache)
+}
+
+async fn code_for(w: &World, jar: &str, client_id: &str) -> String {
+    let location = authorize(w, jar, &authorize_url(w, client_id, CALLBACK, "")).await;
+    let q = query_of(&location);
+    assert_eq!(q["state"], "st4te");
+    assert_eq!(q["iss"], w.base, "RFC 9207 iss");
+    q["code"].clone()
+}
+
+async fn exchange(w: &World, client_id: &str, code: &str) -> (u16, Value) {
+    let (status, body, _) = token(
+        w,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", client_id),
+            ("code_verifier", VERIFIER),
+        ],
+        None,
+    )
+    .await;
+    (status, body)
+}
+
+async fn bearer_call(w: &World, path: &str, token: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}{path}", w.base))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(1, "read_query", json!({"query": "SELECT 1"})))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn discovery_points_clients_at_the_authorization_server() {
+    let w = world().await;
+    let response = client()
+        .post(format!("{}/sqlite", w.base))
+        .json(&call(1, "read_query", json!({"query": "SELECT 1"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let prm_url = format!("{}/.well-known/oauth-protected-resource/sqlite", w.base);
+    assert_eq!(challenge, format!("Bearer resource_metadata=\"{prm_url}\""));
+    let prm: Value = client()
+        .get(&prm_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prm["resource"], json!(format!("{}/sqlite", w.base)));
+    assert_eq!(prm["authorization_servers"], json!([w.base]));
+    let asm: Value = client()
+        .get(format!("{}/.well-known/oauth-authorization-server", w.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asm["issuer"], json!(w.base));
+    assert_eq!(asm["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(
+        asm["token_endpoint"],
+        json!(format!("{}/.pomerium/mcp/token", w.base))
+    );
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, format!("{}/sqlite", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn an_mcp_client_authorizes_refreshes_and_revokes() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let public = register(&w, "none").await;
+    let id = public["client_id"].as_str().unwrap().to_owned();
+    assert!(public.get("client_secret").is_none());
+
+    // Unauthenticated browsers are sent to sign in first.
+    let response = client()
+        .get(authorize_url(&w, &id, CALLBACK, ""))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2Fmcp%2Fauthorize")
+    );
+
+    let code = code_for(&w, &jar, &id).await;
+    let (status, body, cache) = token(
+        &w,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &id),
+            ("code_verifier", VERIFIER),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cache, "no-store");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    assert!(access.starts_with("pst_at_") && refresh.starts_with("pst_rt_"));
+    assert_eq!(body["token_type"], json!("Bearer"));
+
+    let response = bearer_call(&w, "/sqlite", &access).await;
+    assert_eq!(response.status(), 200);
+    let result: Value = response.json().await.unwrap();
+    assert_eq!(result["result"]["structuredContent"]["rows"], json!([[1]]));
+
+    // Consent is remembered: the next authorization goes straight back with a code.
+    let location = authorize(
+        &w,
+        &jar,
+        &authorize_url(&w, &id, "http://127.0.0.1:5555/callback", ""),
+    )
+    .await;
+    assert!(
+        location.starts_with("http://127.0.0.1:5555/callback?code="),
+        "loopback redirect URIs may change port: {location}"
+    );
+
+    // Refresh rotates; presenting the old refresh token again revokes everything.
+    let (status, rotated, _) = token(
+        &w,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    let newest = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(newest, refresh);
+    let new_access = rotated["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(bearer_call(&w, "/sqlite", &new_access).await.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let (status, replay, _) = token(
+        &w,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", &id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, replay["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, _, _) = token(
+        &w,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &newest),
+            ("client_id", &id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "the family died with the replay");
+    assert_eq!(
+        bearer_call(&w, "/sqlite", &new_access).await.status(),
+        401,
+        "and its access tokens"
+    );
+
+    // Revocation (RFC 7009).
+    let code = code_for(&w, &jar, &id).await;
+    let (_, fresh) = exchange(&w, &id, &code).await;
+    let fresh_access = fresh["access_token"].as_str().unwrap();
+    let response = client()
+        .post(format!("{}/.pomerium/mcp/revoke", w.base))
+        .form(&[
+            ("token", fresh["refresh_token"].as_str().unwrap()),
+            ("client_id", &id),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let refused = bearer_call(&w, "/sqlite", fresh_access).await;
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+}
+
+#[tokio::test]
+async fn the_authorization_server_refuses_each_attack() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let a = register(&w, "none").await["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = register(&w, "none").await["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // plain PKCE, and no PKCE: back to the client with invalid_request.
+    let plain = authorize(
+        &w,
+        &jar,
+        &authorize_url(&w, &a, CALLBACK, "")
+            .replace("code_challenge_method=S256", "code_challenge_method=plain"),
+    )
+    .await;
+    assert_eq!(query_of(&plain)["error"], "invalid_request");
+    let none = authorize(
+        &w,
+        &jar,
+        &authorize_url(&w, &a, CALLBACK, "").replace(
+            &format!("&code_challenge={CHALLENGE}&code_challenge_method=S256"),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(query_of(&none)["error"], "invalid_request");
+
+    // A redirect URI that isn't registered is never redirected to.
+    for evil in [
+        "https://evil.test/callback",
+        "http://127.0.0.1:9999/callback/other",
+        "http://localhost:9999/callback",
+    ] {
+        let response = client()
+            .get(authorize_url(&w, &a, evil, ""))
+            .header("cookie", &jar)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{evil}");
+        assert!(response.headers().get("location").is_none());
+    }
+
+    // Wrong verifier; the code is then spent.
+    let code = code_for(&w, &jar, &a).await;
+    let (status, body, _) = token(
+        &w,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &a),
+            ("code_verifier", "x".repeat(43).as_str()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    // The plain challenge as verifier.
+    let code = code_for(&w, &jar, &a).await;
+    let (status, _, _) = token(
+        &w,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &a),
+            ("code_verifier", CHALLENGE),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // A code for client A presented by client B.
+    let code = code_for(&w, &jar, &a).await;
+    let (status, body) = exchange(&w, &b, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // Code replay: refused, and the tokens of the first use revoked.
+    let code = code_for(&w, &jar, &a).await;
+    let (status, first) = exchange(&w, &a, &code).await;
+    assert_eq!(status, 200);
+    let (status, body) = exchange(&w, &a, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert_eq!(
+        bearer_call(&w, "/sqlite", first["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        401
+    );
+
+    // A TE for /sqlite is refused on /whoami; a forged one anywhere.
+    let code = code_for(&w, &jar, &a).await;
+    let (_, good) = exchange(&w, &a, &code).await;
+    let access = good["access_token"].as_str().unwrap();
+    assert_eq!(bearer_call(&w, "/sqlite", access).await.status(), 200);
+    let wrong_route = client()
+        .post(format!("{}/whoami", w.base))
+        .bearer_auth(access)
+        .json(&call(1, "whoami", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_route.status(), 401);
+    assert!(
+        wrong_route.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("another MCP server")
+    );
+    let mut forged = access.to_owned();
+    forged.replace_range(20..24, "AAAA");
+    assert_eq!(bearer_call(&w, "/sqlite", &forged).await.status(), 401);
+    assert_eq!(
+        bearer_call(&w, "/sqlite", "pst_at_v1.deadbeef.AAAA")
+            .await
+            .status(),
+        401
+    );
+
+    // Confidential clients must present their secret.
+    let confidential = register(&w, "client_secret_basic").await;
+    let (cid, secret) = (
+        confidential["client_id"].as_str().unwrap().to_owned(),
+        confidential["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let code = code_for(&w, &jar, &cid).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", CALLBACK),
+        ("code_verifier", VERIFIER),
+    ];
+    let (status, body, _) = token(&w, &form, Some((&cid, "wrong-secret"))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    // A failed client authentication doesn't spend the code: the real client can still use it.
+    let (status, body, _) = token(&w, &form, Some((&cid, &secret))).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -24,7 +24,7 @@ use crate::errors::GatewayError;
 use crate::routes::Route;
 
 /// Facts about the request the hooks may use.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RequestContext {
     /// Unique id, in the response's `x-request-id` and every log line.
     pub request_id: String,
@@ -40,6 +40,8 @@ pub struct RequestContext {
     pub started: Instant,
     /// Whether the client is a browser (prefers HTML).
     pub browser: bool,
+    /// The configuration in force for this request (routes, settings).
+    pub runtime: Arc<crate::Runtime>,
 }
 
 impl RequestContext {

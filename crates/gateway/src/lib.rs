@@ -170,6 +170,7 @@ impl Gateway {
             port,
             started,
             browser,
+            runtime: runtime.clone(),
         };
 
         let request = request.map(|b| b.map_err(body::BoxError::from).boxed());

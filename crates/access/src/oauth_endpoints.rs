@@ -1,0 +1,773 @@
+//! The authorization server's HTTP endpoints (see `oauth_server` for the token model).
+
+use std::collections::HashMap;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_oauth::authorize::{self, AuthorizeError};
+use postern_oauth::{OAuthError, metadata, pkce, registration};
+use postern_policy::{Input, McpRequest};
+use postern_store::{
+    CodeGrant, OAuthClient, Redemption, Revocation, Rotation, TokenFamily, now_ms,
+};
+use serde_json::{Value, json};
+
+use crate::hooks::{Access, cors, encode, html, json_response, redirect_to};
+use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX};
+use crate::{pages, session};
+
+/// How long a code is valid.
+const CODE_TTL_MS: i64 = 60_000;
+/// How long a dynamic registration is kept.
+const CLIENT_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
+/// How long a consent is remembered.
+const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
+/// Largest registration, token or revocation request body.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+impl Access {
+    /// Answers the OAuth endpoints and discovery documents; `Err(request)` for anything else.
+    pub(crate) async fn oauth_endpoint(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Request<Body>> {
+        let path = request.uri().path().to_owned();
+        let oauth_path = path.starts_with("/.well-known/oauth-")
+            || path == "/.well-known/openid-configuration"
+            || path.starts_with("/.pomerium/mcp/");
+        let mcp_route = ctx
+            .runtime
+            .routes
+            .find(&ctx.host, ctx.port, &path)
+            .filter(|r| r.is_mcp_server());
+        if request.method() == Method::OPTIONS && (oauth_path || mcp_route.is_some()) {
+            return Ok(preflight());
+        }
+        let mut response =
+            if let Some(rest) = path.strip_prefix("/.well-known/oauth-protected-resource") {
+                self.protected_resource(ctx, rest)
+            } else if path.starts_with("/.well-known/oauth-authorization-server")
+                || path == "/.well-known/openid-configuration"
+            {
+                json_response(
+                    StatusCode::OK,
+                    &metadata::authorization_server(
+                        &ctx.origin(),
+                        self.settings.dynamic_registration,
+                        &["mcp"],
+                    ),
+                )
+            } else {
+                match path.as_str() {
+                    "/.pomerium/mcp/register" => self.register(ctx, request).await,
+                    "/.pomerium/mcp/authorize" => self.authorize_endpoint(ctx, request).await,
+                    "/.pomerium/mcp/token" => self.token(ctx, request).await,
+                    "/.pomerium/mcp/revoke" => self.revoke(request).await,
+                    _ => return Err(request),
+                }
+            };
+        if path != "/.pomerium/mcp/authorize" {
+            cors(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    fn protected_resource(&self, ctx: &RequestContext, suffix: &str) -> Response<Body> {
+        let path = if suffix.is_empty() { "/" } else { suffix };
+        let route = ctx
+            .runtime
+            .routes
+            .find(&ctx.host, ctx.port, path)
+            .filter(|r| r.is_mcp_server());
+        let Some(route) = route else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "error_description": format!("no MCP server at {path} on this host")}),
+            );
+        };
+        let resource = oauth_server::route_resource(&route, &ctx.origin());
+        let mut response = json_response(
+            StatusCode::OK,
+            &metadata::protected_resource(
+                &resource,
+                &ctx.origin(),
+                route.config.name.as_deref(),
+                &["mcp"],
+            ),
+        );
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        response
+    }
+
+    async fn register(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+        if request.method() != Method::POST {
+            return oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &OAuthError::new("invalid_request", "register with POST"),
+            );
+        }
+        if !self.settings.dynamic_registration {
+            return oauth_error(
+                StatusCode::FORBIDDEN,
+                &OAuthError::new(
+                    "access_denied",
+                    "dynamic client registration is turned off (mcp_dynamic_client_registration)",
+                ),
+            );
+        }
+        let Some(body) = read_body(request).await else {
+            return oauth_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &OAuthError::new("invalid_request", "the request is too large"),
+            );
+        };
+        let requested: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    &OAuthError::new("invalid_client_metadata", format!("not JSON: {e}")),
+                );
+            }
+        };
+        let mut metadata = match registration::validate_metadata(&requested) {
+            Ok(m) => m,
+            Err(error) => return oauth_error(StatusCode::BAD_REQUEST, &error),
+        };
+        let keys = self.store.keyring();
+        let client_id = format!("pst_c_{}", keys.random_token(16).unwrap_or_default());
+        let confidential = metadata
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+            != Some("none");
+        let secret = confidential.then(|| keys.random_token(32).unwrap_or_default());
+        let now = now_ms();
+        metadata.insert("client_id".into(), json!(client_id));
+        let client = OAuthClient {
+            client_id: client_id.clone(),
+            metadata: Value::Object(metadata.clone()),
+            secret: secret.clone(),
+            created_at: now,
+            expires_at: now + CLIENT_TTL_MS,
+        };
+        if let Err(error) = self.store.put_client(&client).await {
+            tracing::error!(%error, "cannot store a client registration");
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &OAuthError::new("temporarily_unavailable", "try again"),
+            );
+        }
+        let name = metadata
+            .get("client_name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("-")
+            .to_owned();
+        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, %name, "client registered");
+        metadata.insert("client_id_issued_at".into(), json!(now / 1000));
+        if let Some(secret) = secret {
+            metadata.insert("client_secret".into(), json!(secret));
+            metadata.insert("client_secret_expires_at".into(), json!(0));
+        }
+        let mut response = json_response(StatusCode::CREATED, &Value::Object(metadata));
+        no_store(&mut response);
+        response
+    }
+
+    async fn authorize_endpoint(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let issuer = ctx.origin();
+        // Parameters come in the query (GET) or, from the consent form, the body (POST).
+        let headers = request.headers().clone();
+        let (query, decision) = if request.method() == Method::POST {
+            let Some(body) = read_body(request).await else {
+                return html(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    pages::message("Authorization failed", "The form was too large."),
+                );
+            };
+            let mut form = oauth_server::form(&body);
+            let decision = form.remove("decision");
+            (form, decision)
+        } else {
+            (
+                oauth_server::form(request.uri().query().unwrap_or("").as_bytes()),
+                None,
+            )
+        };
+        self.authorize_with(ctx, &issuer, query, decision, &headers)
+            .await
+    }
+
+    async fn authorize_with(
+        &self,
+        ctx: &RequestContext,
+        issuer: &str,
+        query: HashMap<String, String>,
+        decision: Option<String>,
+        headers: &http::HeaderMap,
+    ) -> Response<Body> {
+        let page_error = |message: &str| {
+            html(
+                StatusCode::BAD_REQUEST,
+                pages::message("Authorization failed", message),
+            )
+        };
+        let (client_id, redirect_uri) = match authorize::client_and_redirect(&query) {
+            Ok(pair) => pair,
+            Err(AuthorizeError::Page(message)) => return page_error(&message),
+            Err(_) => return page_error("invalid request"),
+        };
+        let client = match self.store.get_client(&client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) if client_id.starts_with("https://") => {
+                return page_error(
+                    "This MCP client identifies itself with a client ID metadata document, which this gateway does not accept yet. Use a client that registers dynamically.",
+                );
+            }
+            Ok(None) => {
+                return page_error(
+                    "Unknown client: the MCP client is not registered here (it may have been registered with another gateway or expired). Remove the server in the client and add it again.",
+                );
+            }
+            Err(_) => return page_error("The gateway's store is unavailable; try again."),
+        };
+        let registered: Vec<&str> = client
+            .metadata
+            .get("redirect_uris")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !registered
+            .iter()
+            .any(|r| registration::redirect_uri_matches(r, &redirect_uri))
+        {
+            return page_error(
+                "The redirect URI is not registered for this client, so the authorization can't be returned to it.",
+            );
+        }
+        let back = |error: OAuthError, state: Option<&str>| {
+            redirect_to(&authorize::error_redirect(
+                &redirect_uri,
+                &error,
+                state,
+                issuer,
+            ))
+        };
+        let request = match authorize::parse(&query, &redirect_uri) {
+            Ok(request) => request,
+            Err(AuthorizeError::Redirect { error, state, .. }) => {
+                return back(error, state.as_deref());
+            }
+            Err(AuthorizeError::Page(message)) => return page_error(&message),
+        };
+        let state = request.state.as_deref();
+        let route = match &request.resource {
+            Some(resource) => oauth_server::route_for_resource(ctx, resource),
+            None => oauth_server::only_mcp_route(ctx),
+        };
+        let Some(route) = route else {
+            let what = request
+                .resource
+                .clone()
+                .unwrap_or_else(|| "(none given)".into());
+            return back(
+                OAuthError::new(
+                    "invalid_target",
+                    format!(
+                        "resource {what} is not an MCP server on this gateway; pass the server URL as resource"
+                    ),
+                ),
+                state,
+            );
+        };
+        let resource = oauth_server::route_resource(&route, &ctx.origin());
+
+        // Who is asking: a browser session (sign in first if needed).
+        let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
+        else {
+            let mut query = query.clone();
+            query.remove("session_binding");
+            let back_here = format!("/.pomerium/mcp/authorize?{}", encode_query(&query));
+            return redirect_to(&format!(
+                "/.pomerium/sign_in?redirect_uri={}",
+                encode(&back_here)
+            ));
+        };
+        // The consent form carries a token bound to the session that was shown it.
+        if decision.is_some() {
+            let bound = query
+                .get("session_binding")
+                .and_then(|b| self.store.keyring().open("consent", b).ok())
+                .is_some_and(|id| id == session.id.as_bytes());
+            if !bound {
+                return page_error(
+                    "The consent form is not valid for your session; start again from your MCP client.",
+                );
+            }
+        }
+        let user = Self::user_of(&session);
+        let allowed = route
+            .policy
+            .evaluate(&Input {
+                user: Some(&user),
+                method: "POST",
+                path: "/",
+                mcp: None::<&McpRequest>,
+            })
+            .allowed;
+        if !allowed {
+            return back(
+                OAuthError::new(
+                    "access_denied",
+                    "you are not allowed to use this MCP server",
+                ),
+                state,
+            );
+        }
+
+        // Consent, once per user and client.
+        let consented = matches!(
+            self.store.get_consent(&session.user_id, &client_id).await,
+            Ok(Some(_))
+        );
+        match decision.as_deref() {
+            Some("allow") => {
+                let _ = self
+                    .store
+                    .put_consent(
+                        &session.user_id,
+                        &client_id,
+                        "mcp",
+                        now_ms() + CONSENT_TTL_MS,
+                    )
+                    .await;
+            }
+            Some(_) => {
+                return back(
+                    OAuthError::new("access_denied", "you declined the authorization"),
+                    state,
+                );
+            }
+            None if !consented => {
+                let binding = self
+                    .store
+                    .keyring()
+                    .seal("consent", session.id.as_bytes())
+                    .unwrap_or_default();
+                let client_name = client
+                    .metadata
+                    .get("client_name")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&client_id)
+                    .to_owned();
+                let server = route
+                    .config
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| resource.clone());
+                return html(
+                    StatusCode::OK,
+                    pages::consent(&client_name, &server, &session.email, &query, &binding),
+                );
+            }
+            None => {}
+        }
+
+        let code = format!(
+            "{CODE_PREFIX}{}",
+            self.store.keyring().random_token(32).unwrap_or_default()
+        );
+        let grant = CodeGrant {
+            client_id: client_id.clone(),
+            redirect_uri: redirect_uri.clone(),
+            code_challenge: request.code_challenge.clone(),
+            resource,
+            scope: request.scope.clone(),
+            user_id: session.user_id.clone(),
+            session_id: session.id.clone(),
+            expires_at: now_ms() + CODE_TTL_MS,
+        };
+        if self.store.put_code(&code, &grant).await.is_err() {
+            return back(
+                OAuthError::new(
+                    "temporarily_unavailable",
+                    "the gateway's store is unavailable",
+                ),
+                state,
+            );
+        }
+        tracing::info!(target: "postern::audit", event = "authorized", client = %client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
+        redirect_to(&authorize::code_redirect(
+            &redirect_uri,
+            &code,
+            state,
+            issuer,
+        ))
+    }
+
+    async fn token(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+        if request.method() != Method::POST {
+            return oauth_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &OAuthError::new("invalid_request", "use POST"),
+            );
+        }
+        let headers = request.headers().clone();
+        let Some(body) = read_body(request).await else {
+            return oauth_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &OAuthError::new("invalid_request", "the request is too large"),
+            );
+        };
+        let form = oauth_server::form(&body);
+        let result = self.token_grant(ctx, &headers, &form).await;
+        let mut response = match result {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(error) if error.code == "invalid_client" => {
+                let mut r = oauth_error(StatusCode::UNAUTHORIZED, &error);
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"postern\""),
+                );
+                r
+            }
+            Err(error) => oauth_error(StatusCode::BAD_REQUEST, &error),
+        };
+        no_store(&mut response);
+        response
+    }
+
+    /// Authenticates the client (RFC 6749 §2.3): a registered secret must be presented and match.
+    async fn client(
+        &self,
+        headers: &http::HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Result<OAuthClient, OAuthError> {
+        let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
+        let client = self
+            .store
+            .get_client(&client_id)
+            .await
+            .map_err(|_| {
+                OAuthError::new(
+                    "temporarily_unavailable",
+                    "the gateway's store is unavailable",
+                )
+            })?
+            .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?;
+        match (&client.secret, secret) {
+            (Some(expected), Some(given)) if oauth_server::secrets_match(expected, &given) => {
+                Ok(client)
+            }
+            (Some(_), _) => Err(OAuthError::new(
+                "invalid_client",
+                "wrong or missing client secret",
+            )),
+            (None, _) => Ok(client),
+        }
+    }
+
+    async fn token_grant(
+        &self,
+        ctx: &RequestContext,
+        headers: &http::HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Result<Value, OAuthError> {
+        let client = self.client(headers, form).await?;
+        let keys = self.store.keyring();
+        let unavailable = |_| {
+            OAuthError::new(
+                "temporarily_unavailable",
+                "the gateway's store is unavailable",
+            )
+        };
+        match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => {
+                let code = form
+                    .get("code")
+                    .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+                let family_id = keys.random_token(16).unwrap_or_default();
+                let grant = match self
+                    .store
+                    .redeem_code(code, &family_id)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Redemption::Redeemed(grant) => grant,
+                    Redemption::Replayed { family_id } => {
+                        // RFC 6749 §4.1.2: revoke what the first use issued.
+                        if let Some(family) = family_id {
+                            let _ = self.store.revoke_family(&family).await;
+                            self.revocations.insert(Revocation::Family(family));
+                        }
+                        tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "the code was already used; the tokens it gave were revoked",
+                        ));
+                    }
+                    Redemption::Invalid => {
+                        return Err(OAuthError::new("invalid_grant", "unknown or expired code"));
+                    }
+                };
+                if grant.client_id != client.client_id {
+                    let _ = self.store.revoke_family(&family_id).await;
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "the code was issued to another client",
+                    ));
+                }
+                if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "redirect_uri differs from the authorization request's",
+                    ));
+                }
+                let verifier = form.get("code_verifier").ok_or_else(|| {
+                    OAuthError::new("invalid_grant", "code_verifier is required (PKCE)")
+                })?;
+                if !pkce::verify(verifier, &grant.code_challenge) {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "code_verifier does not match the code_challenge",
+                    ));
+                }
+                if let Some(resource) = form.get("resource")
+                    && !metadata::same_resource(resource, &grant.resource)
+                {
+                    return Err(OAuthError::new(
+                        "invalid_target",
+                        "resource differs from the authorization request's",
+                    ));
+                }
+                let session = self
+                    .store
+                    .get_session(&grant.session_id)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        OAuthError::new(
+                            "invalid_grant",
+                            "the sign-in this code came from has ended",
+                        )
+                    })?;
+                let family = TokenFamily {
+                    family_id: family_id.clone(),
+                    client_id: client.client_id.clone(),
+                    user_id: session.user_id.clone(),
+                    session_id: session.id.clone(),
+                    resource: grant.resource.clone(),
+                    scope: grant.scope.clone(),
+                    created_at: now_ms(),
+                    expires_at: session.expires_at,
+                };
+                let refresh = format!(
+                    "{REFRESH_PREFIX}{}",
+                    keys.random_token(32).unwrap_or_default()
+                );
+                self.store
+                    .create_family(&family, &refresh, family.expires_at)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(self.tokens(&session, &family, &refresh))
+            }
+            Some("refresh_token") => {
+                let old = form.get("refresh_token").ok_or_else(|| {
+                    OAuthError::new("invalid_request", "refresh_token is required")
+                })?;
+                if let Some(family) = self
+                    .store
+                    .find_refresh_token(old)
+                    .await
+                    .map_err(unavailable)?
+                    && family.client_id != client.client_id
+                {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "the refresh token belongs to another client",
+                    ));
+                }
+                let new = format!(
+                    "{REFRESH_PREFIX}{}",
+                    keys.random_token(32).unwrap_or_default()
+                );
+                let family = match self
+                    .store
+                    .rotate_refresh_token(
+                        old,
+                        &new,
+                        now_ms() + 30 * 24 * 3600 * 1000,
+                        self.settings.refresh_reuse_grace,
+                    )
+                    .await
+                    .map_err(unavailable)?
+                {
+                    Rotation::Rotated(family) => family,
+                    Rotation::Concurrent => {
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "this refresh token was just used by a concurrent request",
+                        ));
+                    }
+                    Rotation::Reused { family_id } => {
+                        self.revocations.insert(Revocation::Family(family_id));
+                        tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "the refresh token was already used; all tokens from this authorization are revoked",
+                        ));
+                    }
+                    Rotation::Invalid => {
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "unknown, expired or revoked refresh token",
+                        ));
+                    }
+                };
+                if family.client_id != client.client_id {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "the refresh token belongs to another client",
+                    ));
+                }
+                let session = self
+                    .store
+                    .get_session(&family.session_id)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        OAuthError::new(
+                            "invalid_grant",
+                            "the sign-in behind this token has ended; authorize again",
+                        )
+                    })?;
+                Ok(self.tokens(&session, &family, &new))
+            }
+            Some(other) => Err(OAuthError::new(
+                "unsupported_grant_type",
+                format!("{other:?} is not supported (authorization_code, refresh_token)"),
+            )),
+            None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+        }
+    }
+
+    fn tokens(
+        &self,
+        session: &postern_store::Session,
+        family: &TokenFamily,
+        refresh: &str,
+    ) -> Value {
+        let ttl = self.settings.access_token_ttl;
+        let claims = AccessClaims {
+            sub: session.user_id.clone(),
+            email: session.email.clone(),
+            name: session.name.clone(),
+            groups: session.groups.clone(),
+            sid: session.id.clone(),
+            fam: family.family_id.clone(),
+            cid: family.client_id.clone(),
+            aud: family.resource.clone(),
+            exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
+        };
+        let access = oauth_server::mint_access_token(self.store.keyring(), &claims);
+        oauth_server::token_response(&access, ttl, refresh, family.scope.as_deref())
+    }
+
+    /// RFC 7009: revoking either token of a family revokes the family. Always 200.
+    async fn revoke(&self, request: Request<Body>) -> Response<Body> {
+        let Some(body) = read_body(request).await else {
+            return oauth_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &OAuthError::new("invalid_request", "the request is too large"),
+            );
+        };
+        let form = oauth_server::form(&body);
+        let token = form.get("token").cloned().unwrap_or_default();
+        let family = if token.starts_with(REFRESH_PREFIX) {
+            self.store
+                .find_refresh_token(&token)
+                .await
+                .ok()
+                .flatten()
+                .map(|f| f.family_id)
+        } else if let Some(sealed) = token.strip_prefix(oauth_server::ACCESS_PREFIX) {
+            self.store
+                .keyring()
+                .open("access-token", sealed)
+                .ok()
+                .and_then(|json| serde_json::from_slice::<AccessClaims>(&json).ok())
+                .map(|c| c.fam)
+        } else {
+            None
+        };
+        if let Some(family) = family {
+            let _ = self.store.revoke_family(&family).await;
+            self.revocations.insert(Revocation::Family(family));
+        }
+        let mut response = Response::new(postern_gateway::body::full(""));
+        no_store(&mut response);
+        response
+    }
+}
+
+async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
+    let mut body = request.into_body();
+    let mut buffer = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            if buffer.len() + data.len() > MAX_FORM_BYTES {
+                return None;
+            }
+            buffer.extend_from_slice(data);
+        }
+    }
+    Some(bytes::Bytes::from(buffer))
+}
+
+fn oauth_error(status: StatusCode, error: &OAuthError) -> Response<Body> {
+    json_response(status, &error.body())
+}
+
+fn no_store(response: &mut Response<Body>) {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(postern_gateway::body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    cors(h);
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, content-type, mcp-session-id, mcp-protocol-version, last-event-id, accept"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    response
+}
+
+fn encode_query(query: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = query.iter().collect();
+    pairs.sort();
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}

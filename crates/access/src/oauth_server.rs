@@ -1,0 +1,375 @@
+//! The OAuth 2.1 authorization server for MCP clients: discovery documents, dynamic client
+//! registration, `/authorize` with sign-in and consent, `/token` (codes and refresh tokens) and
+//! `/revoke`, and the access tokens (TE) themselves.
+//!
+//! A TE is `pst_at_` + an AEAD-sealed JSON of the user, session, token family, client, resource
+//! and expiry: it is checked on every MCP request without a store round-trip. Revocation (sign-out,
+//! `/revoke`, refresh-token reuse) reaches every replica through the store's revocation list,
+//! which each gateway polls every [`REVOCATION_POLL`]: that is the longest a revoked TE keeps
+//! working.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::{Kind, Route};
+use postern_oauth::OAuthError;
+use postern_oauth::metadata::{protected_resource_metadata_url, resource_url, same_resource};
+use postern_store::{Keyring, Revocation, Session, Store, now_ms};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How often revocations are fetched from the store.
+pub const REVOCATION_POLL: Duration = Duration::from_secs(2);
+/// Access token prefix.
+pub const ACCESS_PREFIX: &str = "pst_at_";
+/// Refresh token prefix.
+pub const REFRESH_PREFIX: &str = "pst_rt_";
+/// Authorization code prefix.
+pub const CODE_PREFIX: &str = "pst_ac_";
+
+/// What a TE carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// User id.
+    pub sub: String,
+    /// Email.
+    pub email: String,
+    /// Name.
+    pub name: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Session id.
+    pub sid: String,
+    /// Refresh-token family.
+    pub fam: String,
+    /// Client id.
+    pub cid: String,
+    /// The resource (MCP route URL) the token is for.
+    pub aud: String,
+    /// Expiry, ms since the epoch.
+    pub exp: i64,
+}
+
+impl AccessClaims {
+    /// The session-like view the policy and the assertion use.
+    pub fn session(&self) -> Session {
+        Session {
+            id: self.sid.clone(),
+            user_id: self.sub.clone(),
+            email: self.email.clone(),
+            name: self.name.clone(),
+            groups: self.groups.clone(),
+            claims: Default::default(),
+            idp: "te".into(),
+            created_at: 0,
+            expires_at: self.exp,
+        }
+    }
+}
+
+/// Mints a TE.
+pub fn mint_access_token(keys: &Keyring, claims: &AccessClaims) -> String {
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    format!(
+        "{ACCESS_PREFIX}{}",
+        keys.seal("access-token", &json).unwrap_or_default()
+    )
+}
+
+/// Why a TE was refused (`error="invalid_token"`).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not ours, altered, or unreadable.
+    #[error("the access token is not valid")]
+    Invalid,
+    /// Expired.
+    #[error("the access token has expired")]
+    Expired,
+    /// Issued for another resource.
+    #[error("the access token was issued for another MCP server ({0})")]
+    WrongResource(String),
+    /// Revoked (sign-out, revocation, refresh-token reuse).
+    #[error("the access token was revoked")]
+    Revoked,
+}
+
+/// Checks a TE for `resource`.
+pub fn check_access_token(
+    keys: &Keyring,
+    revoked: &RevocationCache,
+    token: &str,
+    resource: &str,
+) -> Result<AccessClaims, TokenError> {
+    let sealed = token
+        .strip_prefix(ACCESS_PREFIX)
+        .ok_or(TokenError::Invalid)?;
+    let json = keys
+        .open("access-token", sealed)
+        .map_err(|_| TokenError::Invalid)?;
+    let claims: AccessClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
+    if claims.exp <= now_ms() {
+        return Err(TokenError::Expired);
+    }
+    if !same_resource(&claims.aud, resource) {
+        return Err(TokenError::WrongResource(claims.aud));
+    }
+    if revoked.contains(&claims.sid, &claims.fam) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(claims)
+}
+
+/// Revoked sessions and token families, kept in memory and refreshed from the store.
+#[derive(Default)]
+pub struct RevocationCache {
+    revoked: RwLock<HashSet<Revocation>>,
+}
+
+impl RevocationCache {
+    /// Whether the session or the family is revoked.
+    pub fn contains(&self, session: &str, family: &str) -> bool {
+        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner());
+        revoked.contains(&Revocation::Session(session.to_owned()))
+            || revoked.contains(&Revocation::Family(family.to_owned()))
+    }
+
+    /// Records a revocation made by this gateway (visible at once here).
+    pub fn insert(&self, revocation: Revocation) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(revocation);
+    }
+
+    /// Polls the store until the cache is dropped.
+    pub fn spawn_sync(cache: &Arc<Self>, store: Store) {
+        let weak: Weak<Self> = Arc::downgrade(cache);
+        tokio::spawn(async move {
+            // Revocations outlive every access token (the store keeps them a day).
+            let mut since = now_ms() - 24 * 3600 * 1000;
+            loop {
+                let Some(cache) = weak.upgrade() else { return };
+                let started = now_ms();
+                match store.revocations_since(since).await {
+                    Ok(rows) => {
+                        let mut revoked = cache.revoked.write().unwrap_or_else(|e| e.into_inner());
+                        revoked.extend(rows.into_iter().map(|(r, _)| r));
+                        // Overlap: a row committed late may carry an earlier time.
+                        since = started - 10_000;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot read revocations; retrying"),
+                }
+                drop(cache);
+                tokio::time::sleep(REVOCATION_POLL).await;
+            }
+        });
+    }
+}
+
+/// The resource URL an MCP server route is known by on this host.
+pub fn route_resource(route: &Route, origin: &str) -> String {
+    let path = route
+        .config
+        .prefix
+        .as_deref()
+        .or(route.config.path.as_deref())
+        .or(match &route.kind {
+            Kind::McpServer(server) => server.path.as_deref(),
+            _ => None,
+        })
+        .unwrap_or("/");
+    resource_url(origin, path)
+}
+
+/// The MCP server route a resource URL names on this gateway.
+pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Route>> {
+    let url = url::Url::parse(resource).ok()?;
+    let host = url
+        .host_str()?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = url.port_or_known_default()?;
+    let route = ctx.runtime.routes.find(&host, port, url.path())?;
+    (route.is_mcp_server()
+        && same_resource(
+            &route_resource(&route, &url.origin().ascii_serialization()),
+            resource,
+        ))
+    .then_some(route)
+}
+
+/// The only MCP server route of this host, when there is exactly one (the default resource).
+pub fn only_mcp_route(ctx: &RequestContext) -> Option<Arc<Route>> {
+    let mut routes = ctx.runtime.routes.all().iter().filter(|r| {
+        r.is_mcp_server()
+            && r.config.from.host == ctx.host
+            && r.config.from.port.is_none_or(|p| p == ctx.port)
+    });
+    let first = routes.next()?.clone();
+    routes.next().is_none().then_some(first)
+}
+
+/// `WWW-Authenticate` for a 401 on an MCP route.
+pub fn challenge(resource: &str, error: Option<&TokenError>) -> String {
+    let url = protected_resource_metadata_url(resource);
+    match error {
+        Some(e) => format!(
+            "Bearer resource_metadata=\"{url}\", error=\"invalid_token\", error_description=\"{e}\""
+        ),
+        None => format!("Bearer resource_metadata=\"{url}\""),
+    }
+}
+
+/// Parses `application/x-www-form-urlencoded`.
+pub fn form(body: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// The client's credentials from `Authorization: Basic` or the form (RFC 6749 §2.3.1).
+pub fn client_credentials(
+    headers: &http::HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<(String, Option<String>), OAuthError> {
+    use base64::Engine as _;
+    if let Some(basic) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| {
+                OAuthError::new(
+                    "invalid_client",
+                    "the Basic credentials are not valid base64",
+                )
+            })?;
+        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+            OAuthError::new(
+                "invalid_client",
+                "the Basic credentials need client_id:client_secret",
+            )
+        })?;
+        let unescape = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        return Ok((unescape(id), Some(unescape(secret))));
+    }
+    let id = form.get("client_id").cloned().ok_or_else(|| {
+        OAuthError::new(
+            "invalid_client",
+            "no client authentication: send client_id (and the secret, if registered with one)",
+        )
+    })?;
+    Ok((id, form.get("client_secret").cloned()))
+}
+
+/// Constant-time comparison of secrets.
+pub fn secrets_match(a: &str, b: &str) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
+}
+
+/// The token endpoint's successful answer.
+pub fn token_response(
+    access_token: &str,
+    lifetime: Duration,
+    refresh_token: &str,
+    scope: Option<&str>,
+) -> Value {
+    let mut body = serde_json::json!({
+        "access_token": access_token, "token_type": "Bearer", "expires_in": lifetime.as_secs(), "refresh_token": refresh_token,
+    });
+    if let Some(scope) = scope {
+        body["scope"] = Value::String(scope.to_owned());
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(aud: &str, exp: i64) -> AccessClaims {
+        AccessClaims {
+            sub: "ada".into(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            groups: vec![],
+            sid: "s1".into(),
+            fam: "f1".into(),
+            cid: "c1".into(),
+            aud: aud.into(),
+            exp,
+        }
+    }
+
+    #[test]
+    fn access_tokens_are_bound_to_their_resource_and_can_be_revoked() {
+        let keys = Keyring::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
+        let cache = RevocationCache::default();
+        let token = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() + 60_000));
+        assert!(token.starts_with("pst_at_"));
+        assert!(check_access_token(&keys, &cache, &token, "https://mcp.test/notion/").is_ok());
+        assert!(matches!(
+            check_access_token(&keys, &cache, &token, "https://mcp.test/sqlite"),
+            Err(TokenError::WrongResource(_))
+        ));
+        let expired = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() - 1));
+        assert_eq!(
+            check_access_token(&keys, &cache, &expired, "https://mcp.test/notion"),
+            Err(TokenError::Expired)
+        );
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push('A');
+        assert_eq!(
+            check_access_token(&keys, &cache, &forged, "https://mcp.test/notion"),
+            Err(TokenError::Invalid)
+        );
+        let other_gateway = Keyring::new(b"fedcba9876543210fedcba9876543210", &[]).unwrap();
+        let theirs = mint_access_token(
+            &other_gateway,
+            &claims("https://mcp.test/notion", now_ms() + 60_000),
+        );
+        assert_eq!(
+            check_access_token(&keys, &cache, &theirs, "https://mcp.test/notion"),
+            Err(TokenError::Invalid)
+        );
+        cache.insert(Revocation::Family("f1".into()));
+        assert_eq!(
+            check_access_token(&keys, &cache, &token, "https://mcp.test/notion"),
+            Err(TokenError::Revoked)
+        );
+    }
+
+    #[test]
+    fn client_credentials_from_basic_or_form() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "Basic Y2xpZW50JTNBMTpzM2NyZXQ=".parse().unwrap(),
+        );
+        assert_eq!(
+            client_credentials(&headers, &HashMap::new()).unwrap(),
+            ("client:1".into(), Some("s3cret".into()))
+        );
+        let form: HashMap<String, String> = [("client_id".to_owned(), "c".to_owned())].into();
+        assert_eq!(
+            client_credentials(&http::HeaderMap::new(), &form).unwrap(),
+            ("c".into(), None)
+        );
+        assert!(client_credentials(&http::HeaderMap::new(), &HashMap::new()).is_err());
+        assert!(secrets_match("abc", "abc") && !secrets_match("abc", "abd"));
+    }
+}
