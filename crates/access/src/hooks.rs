@@ -93,6 +93,7 @@ pub struct Access {
     audit: Audit,
     oidc: Option<Oidc>,
     pub(crate) revocations: Arc<RevocationCache>,
+    pub(crate) http: reqwest::Client,
 }
 
 /// How long an OIDC sign-in may take.
@@ -121,6 +122,14 @@ impl Access {
             limiter: RateLimiter::default(),
             audit,
             oidc: None,
+            http: {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(15))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap_or_default()
+            },
             revocations: {
                 let cache = Arc::new(RevocationCache::default());
                 RevocationCache::spawn_sync(&cache, store_for_sync);
@@ -664,17 +673,69 @@ impl Hooks for Access {
         grant: &Grant,
     ) -> Result<HeaderMap, Response<Body>> {
         let mut headers = HeaderMap::new();
+        let session = grant
+            .extensions
+            .get::<Allowed>()
+            .and_then(|a| a.session.as_ref());
+        if let (Some(oauth), Some(session)) = (crate::upstream::settings(route), session) {
+            let key = crate::upstream::route_key(route);
+            let result = self
+                .store
+                .refresh_upstream_token(
+                    &session.user_id,
+                    &key,
+                    crate::upstream::needs_refresh,
+                    crate::upstream::KEEP_WITH_REFRESH,
+                    |old| crate::upstream::refresh(&self.http, oauth, old),
+                )
+                .await;
+            match result {
+                Ok(Some(token)) => {
+                    if let Ok(value) =
+                        HeaderValue::from_str(&format!("Bearer {}", token.access_token))
+                    {
+                        headers.insert(header::AUTHORIZATION, value);
+                    }
+                }
+                Ok(None) => {
+                    // No TI (never connected, or the provider revoked it): the client's next
+                    // authorization takes the user through the provider again.
+                    let resource = oauth_server::route_resource(route, &ctx.origin());
+                    let mut response = json_error(
+                        StatusCode::UNAUTHORIZED,
+                        "upstream_not_connected",
+                        "your account at this MCP server's provider is not connected: authorize again",
+                        &ctx.request_id,
+                    );
+                    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
+                        &resource,
+                        Some(&TokenError::Revoked),
+                    )) {
+                        response
+                            .headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, value);
+                    }
+                    cors(response.headers_mut());
+                    return Err(response);
+                }
+                Err(error) => {
+                    tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
+                    return Err(json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_token_refresh_failed",
+                        &format!(
+                            "the upstream provider could not refresh your token, try again shortly: {error}"
+                        ),
+                        &ctx.request_id,
+                    ));
+                }
+            }
+        }
         let pass = route
             .config
             .pass_identity_headers
             .unwrap_or(self.settings.pass_identity_headers);
-        if let (true, Some(session)) = (
-            pass,
-            grant
-                .extensions
-                .get::<Allowed>()
-                .and_then(|a| a.session.as_ref()),
-        ) {
+        if let (true, Some(session)) = (pass, session) {
             let issuer = match self.settings.issuer_format {
                 IssuerFormat::HostOnly => ctx.host.clone(),
                 IssuerFormat::Uri => format!("https://{}/", ctx.host),

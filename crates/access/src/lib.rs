@@ -14,3 +14,4 @@ pub use hooks::{Access, AccessSettings};
 mod oauth_endpoints;
 pub mod oauth_server;
 pub mod oidc;
+pub mod upstream;

@@ -67,10 +67,13 @@ impl Access {
                     "/.pomerium/mcp/authorize" => self.authorize_endpoint(ctx, request).await,
                     "/.pomerium/mcp/token" => self.token(ctx, request).await,
                     "/.pomerium/mcp/revoke" => self.revoke(request).await,
+                    "/.pomerium/mcp/client/oauth/callback" | "/.pomerium/mcp/oauth/callback" => {
+                        self.upstream_callback(ctx, &request).await
+                    }
                     _ => return Err(request),
                 }
             };
-        if path != "/.pomerium/mcp/authorize" {
+        if path != "/.pomerium/mcp/authorize" && !path.ends_with("/oauth/callback") {
             cors(response.headers_mut());
         }
         Ok(response)
@@ -383,6 +386,20 @@ impl Access {
             None => {}
         }
 
+        // A route that needs the user's upstream account (TI): get it first, then come back here.
+        if crate::upstream::settings(&route).is_some() {
+            let key = crate::upstream::route_key(&route);
+            if !matches!(
+                self.store.get_upstream_token(&session.user_id, &key).await,
+                Ok(Some(_))
+            ) {
+                let mut resume_query = query.clone();
+                resume_query.remove("session_binding");
+                let resume =
+                    json!({"kind": "authorize", "query": resume_query, "origin": ctx.origin()});
+                return self.start_upstream(ctx, &route, &session, resume).await;
+            }
+        }
         let code = format!(
             "{CODE_PREFIX}{}",
             self.store.keyring().random_token(32).unwrap_or_default()
@@ -770,4 +787,223 @@ fn encode_query(query: &HashMap<String, String>) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
+}
+
+/// The cookie that binds an upstream authorization to the browser that started it.
+const UPSTREAM_STATE_COOKIE: &str = "_postern_upstream";
+
+impl Access {
+    /// Sends the browser to the upstream provider for the user's TI, then back to `resume`.
+    pub(crate) async fn start_upstream(
+        &self,
+        ctx: &RequestContext,
+        route: &postern_gateway::routes::Route,
+        session: &postern_store::Session,
+        resume: Value,
+    ) -> Response<Body> {
+        let Some(oauth) = crate::upstream::settings(route) else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Not connectable",
+                    "This MCP server needs no upstream account.",
+                ),
+            );
+        };
+        let keys = self.store.keyring();
+        let (Ok(state), Ok(verifier)) = (keys.random_token(24), keys.random_token(32)) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Unavailable", "No randomness available."),
+            );
+        };
+        let pending = postern_store::PendingAuthorization {
+            user_id: session.user_id.clone(),
+            session_id: session.id.clone(),
+            route_id: crate::upstream::route_key(route),
+            pkce_verifier: verifier.clone(),
+            resume,
+            expires_at: now_ms() + 10 * 60 * 1000,
+        };
+        if self.store.put_pending(&state, &pending).await.is_err() {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message(
+                    "Unavailable",
+                    "The gateway's store is unavailable; try again.",
+                ),
+            );
+        }
+        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
+        match crate::upstream::authorization_url(
+            oauth,
+            &callback,
+            &state,
+            &pkce::challenge_of(&verifier),
+        ) {
+            Ok(url) => {
+                let mut response = redirect_to(&url);
+                let secure = if self.settings.cookie.secure {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    "{UPSTREAM_STATE_COOKIE}={}; Path=/.pomerium/; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+                    postern_store::hash_secret(&state)
+                )) {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+                response
+            }
+            Err(error) => html(
+                StatusCode::BAD_GATEWAY,
+                pages::message("Cannot connect", &error.to_string()),
+            ),
+        }
+    }
+
+    /// The upstream provider redirects here with the code for the TI.
+    pub(crate) async fn upstream_callback(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Response<Body> {
+        let failed = |status: StatusCode, message: &str| {
+            html(
+                status,
+                pages::message("Connecting the account failed", message),
+            )
+        };
+        let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
+        if let Some(error) = query.get("error") {
+            let detail = query.get("error_description").cloned().unwrap_or_default();
+            return failed(
+                StatusCode::UNAUTHORIZED,
+                &format!("The provider answered {error}: {detail}"),
+            );
+        }
+        let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "The provider's answer lacks code or state.",
+            );
+        };
+        let bound = request
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|p| p.trim().split_once('='))
+            .any(|(name, value)| {
+                name == UPSTREAM_STATE_COOKIE && value == postern_store::hash_secret(state)
+            });
+        let Some(session) =
+            session::current(request.headers(), &self.settings.cookie, &self.store).await
+        else {
+            return failed(
+                StatusCode::UNAUTHORIZED,
+                "You are not signed in here; start again from your MCP client.",
+            );
+        };
+        if !bound {
+            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with a state from another browser");
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "This authorization was started in another browser; start again here.",
+            );
+        }
+        let pending = match self.store.take_pending(state).await {
+            Ok(Some(p)) => p,
+            _ => {
+                return failed(
+                    StatusCode::BAD_REQUEST,
+                    "This authorization is unknown or expired; start again.",
+                );
+            }
+        };
+        if pending.user_id != session.user_id {
+            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with another user's state");
+            return failed(
+                StatusCode::FORBIDDEN,
+                "This authorization belongs to another user.",
+            );
+        }
+        let Some(route) = ctx
+            .runtime
+            .routes
+            .all()
+            .iter()
+            .find(|r| crate::upstream::route_key(r) == pending.route_id)
+            .cloned()
+        else {
+            return failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server this authorization was for is no longer configured.",
+            );
+        };
+        let Some(oauth) = crate::upstream::settings(&route) else {
+            return failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server no longer needs an upstream account.",
+            );
+        };
+        let callback = format!(
+            "{}/.pomerium/mcp/client/oauth/callback",
+            pending
+                .resume
+                .get("origin")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        let params = std::collections::BTreeMap::from([
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", callback),
+            ("code_verifier", pending.pkce_verifier.clone()),
+        ]);
+        let token = match crate::upstream::token_request(&self.http, oauth, &params).await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
+                return failed(StatusCode::BAD_GATEWAY, &error.to_string());
+            }
+        };
+        let keep = crate::upstream::keep_for(&token);
+        if self
+            .store
+            .put_upstream_token(
+                &session.user_id,
+                &pending.route_id,
+                &token,
+                now_ms() + keep.as_millis() as i64,
+            )
+            .await
+            .is_err()
+        {
+            return failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway's store is unavailable; try again.",
+            );
+        }
+        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
+        match pending.resume.get("kind").and_then(Value::as_str) {
+            Some("authorize") => {
+                let query: HashMap<String, String> = serde_json::from_value(
+                    pending.resume.get("query").cloned().unwrap_or_default(),
+                )
+                .unwrap_or_default();
+                self.authorize_with(ctx, &ctx.origin(), query, None, request.headers())
+                    .await
+            }
+            _ => redirect_to(
+                pending
+                    .resume
+                    .get("redirect")
+                    .and_then(Value::as_str)
+                    .unwrap_or("/"),
+            ),
+        }
+    }
 }

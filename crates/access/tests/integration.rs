@@ -1257,3 +1257,317 @@ async fn the_authorization_server_refuses_each_attack() {
     let (status, body, _) = token(&w, &form, Some((&cid, &secret))).await;
     assert_eq!(status, 200, "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream tokens (TI): the gateway as the OAuth client of the MCP server's provider
+
+/// A fake upstream authorization server (the provider, e.g. Notion's OAuth): approves at once,
+/// checks HTTP Basic client authentication and PKCE, issues `ti-N` / `rt-N`.
+async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::Query;
+    use axum::http::HeaderMap;
+    let challenges: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
+    let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let (c1, c2, l) = (challenges.clone(), challenges, log.clone());
+    let app = axum::Router::new()
+        .route(
+            "/authorize",
+            axum::routing::get(move |Query(q): Query<HashMap<String, String>>| {
+                let code = format!("code-{}", c1.lock().unwrap().len());
+                c1.lock().unwrap().insert(code.clone(), q["code_challenge"].clone());
+                let location = format!("{}?code={code}&state={}", q["redirect_uri"], urlencode(&q["state"]));
+                async move { (axum::http::StatusCode::SEE_OTHER, [("location", location)]) }
+            }),
+        )
+        .route(
+            "/token",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (c2, l) = (c2.clone(), l.clone());
+                let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+                async move {
+                    use base64::Engine as _;
+                    let basic = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("notion-client:notion-secret"));
+                    l.lock().unwrap().push(format!("{} {}", f.get("grant_type").cloned().unwrap_or_default(), f.get("refresh_token").cloned().unwrap_or_default()));
+                    if basic != expected {
+                        return (axum::http::StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"})));
+                    }
+                    match f.get("grant_type").map(String::as_str) {
+                        Some("authorization_code") => {
+                            let challenge = c2.lock().unwrap().get(&f["code"]).cloned().unwrap_or_default();
+                            let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+                            use sha2_check::s256;
+                            if s256(&verifier) != challenge {
+                                return (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant"})));
+                            }
+                            // Expires within the gateway's refresh skew: the first use refreshes it.
+                            (axum::http::StatusCode::OK, axum::Json(json!({"access_token": "ti-1", "refresh_token": "rt-1", "expires_in": 30, "token_type": "bearer"})))
+                        }
+                        Some("refresh_token") if f.get("refresh_token").map(String::as_str) == Some("rt-1") => {
+                            // No new refresh token: the gateway must keep rt-1.
+                            (axum::http::StatusCode::OK, axum::Json(json!({"access_token": "ti-2", "expires_in": 3600, "token_type": "bearer"})))
+                        }
+                        _ => (axum::http::StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_grant"}))),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, log)
+}
+
+mod sha2_check {
+    pub fn s256(verifier: &str) -> String {
+        postern_oauth::pkce::challenge_of(verifier)
+    }
+}
+
+#[tokio::test]
+async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the_te() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (provider, provider_log) = fake_provider().await;
+    let notion = postern_notion_fake::FakeNotion::new()
+        .token("ti-1")
+        .token("ti-2")
+        .page(postern_notion_fake::Page::new("Roadmap"))
+        .start()
+        .await;
+    let stop = CancellationToken::new();
+    let env: HashMap<String, String> = [("NOTION_API_BASE_URL".to_owned(), notion.url())].into();
+    let servers = postern_servers::build(
+        &postern_servers::ServersConfig::from_env(&env).unwrap(),
+        &stop,
+    )
+    .unwrap();
+    let servers_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = servers_listener.local_addr().unwrap();
+    tokio::spawn(postern_servers::serve(
+        servers_listener,
+        servers.router,
+        stop.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - from: http://localhost
+    prefix: /notion
+    to: http://{up}/notion
+    name: Notion
+    allow_any_authenticated_user: true
+    mcp:
+      upstream_oauth2:
+        client_id: notion-client
+        client_secret: notion-secret
+        endpoint: {{auth_url: '{provider}/authorize', token_url: '{provider}/token', auth_style: header}}
+        authorization_url_params: {{owner: user}}
+"
+    );
+    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
+    let store = Store::open(
+        &Backend::Memory,
+        b"integration-test-shared-secret-0123456789",
+        &[],
+    )
+    .await
+    .unwrap();
+    let users = LocalUsers::new(vec![LocalUser {
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+        groups: vec![],
+        password_hash: hash_password("pw").unwrap(),
+    }]);
+    let settings = AccessSettings {
+        cookie: CookieSettings {
+            name: "_postern".into(),
+            expire: std::time::Duration::from_secs(3600),
+            secure: false,
+        },
+        pass_identity_headers: false,
+        issuer_format: IssuerFormat::HostOnly,
+        audit_file: None,
+        dynamic_registration: true,
+        access_token_ttl: std::time::Duration::from_secs(3600),
+        refresh_reuse_grace: std::time::Duration::ZERO,
+    };
+    let access = Access::new(
+        store,
+        users,
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        settings,
+    );
+    tokio::spawn(postern_gateway::server::serve(
+        listener,
+        None,
+        postern_gateway::Gateway::new(config, Arc::new(access)),
+        stop.clone(),
+    ));
+
+    // The user's browser (cookies kept, redirects followed by hand).
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = browser
+        .post(format!("{base}/.pomerium/sign_in"))
+        .form(&[
+            ("email", "ada@example.com"),
+            ("password", "pw"),
+            ("redirect_uri", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let registered: Value = client()
+        .post(format!("{base}/.pomerium/mcp/register"))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "Claude"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = registered["client_id"].as_str().unwrap();
+    let authorize_url = format!(
+        "{base}/.pomerium/mcp/authorize?response_type=code&client_id={id}&redirect_uri={}&state=s1&code_challenge={CHALLENGE}&code_challenge_method=S256&resource={}",
+        urlencode(CALLBACK),
+        urlencode(&format!("{base}/notion"))
+    );
+    let consent = browser
+        .get(&authorize_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for input in consent.split("<input type=\"hidden\" ").skip(1) {
+        let attr = |name: &str| {
+            let at = input.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            input[at..at + input[at..].find('"').unwrap()].replace("&amp;", "&")
+        };
+        fields.push((attr("name"), attr("value")));
+    }
+    fields.push(("decision".into(), "allow".into()));
+    let to_provider = browser
+        .post(format!("{base}/.pomerium/mcp/authorize"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let provider_url = to_provider.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        provider_url.starts_with(&format!("{provider}/authorize?")),
+        "after consent, the provider: {provider_url}"
+    );
+    let q = query_of(&provider_url);
+    assert_eq!(
+        (
+            q["client_id"].as_str(),
+            q["owner"].as_str(),
+            q["code_challenge_method"].as_str()
+        ),
+        ("notion-client", "user", "S256")
+    );
+    assert_eq!(
+        q["redirect_uri"],
+        format!("{base}/.pomerium/mcp/client/oauth/callback")
+    );
+
+    let back = browser.get(&provider_url).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    // Someone else's browser can't land this callback.
+    let stranger = client().get(&callback).send().await.unwrap();
+    assert_ne!(stranger.status(), 303);
+    let done = browser.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 303);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{CALLBACK}?code=")),
+        "then back to the MCP client: {location}"
+    );
+    let code = query_of(&location)["code"].clone();
+    let (status, tokens, _) = {
+        let response = client()
+            .post(format!("{base}/.pomerium/mcp/token"))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", CALLBACK),
+                ("client_id", id),
+                ("code_verifier", VERIFIER),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.unwrap(),
+            (),
+        )
+    };
+    assert_eq!(status, 200, "{tokens}");
+    let te = tokens["access_token"].as_str().unwrap().to_owned();
+    assert!(
+        !tokens.to_string().contains("ti-"),
+        "the client never sees the upstream token"
+    );
+
+    let search = client()
+        .post(format!("{base}/notion"))
+        .bearer_auth(&te)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(1, "search", json!({"query": "road"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status(), 200);
+    let result: Value = search.json().await.unwrap();
+    assert_eq!(
+        result["result"]["structuredContent"]["results"][0]["title"],
+        json!("Roadmap"),
+        "{result}"
+    );
+    let seen: Vec<String> = notion
+        .received()
+        .iter()
+        .filter_map(|r| r.authorization.clone())
+        .collect();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|a| a == "Bearer ti-2"),
+        "the TI was refreshed before use (it expired within the skew): {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|a| !a.contains("pst_")),
+        "the TE never reaches the server"
+    );
+    let log = provider_log.lock().unwrap().clone();
+    assert_eq!(
+        log,
+        ["authorization_code ", "refresh_token rt-1"],
+        "one code exchange, one refresh"
+    );
+
+    // A second call: the refreshed token is used as is (the old refresh token was kept, no new refresh).
+    client()
+        .post(format!("{base}/notion"))
+        .bearer_auth(&te)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(2, "search", json!({"query": "road"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(provider_log.lock().unwrap().len(), 2);
+    stop.cancel();
+}

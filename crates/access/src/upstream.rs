@@ -1,0 +1,237 @@
+//! Upstream OAuth (TI): for routes with `upstream_oauth2`, the gateway is the OAuth client of the
+//! upstream provider (Notion, GitHub, ...). It obtains the user's token during `/authorize` (or
+//! `/connect`), keeps it sealed in the store per (user, route), refreshes it shortly before it
+//! expires (concurrent refreshes coalesce, also across replicas), and sends it to the MCP server
+//! as `Authorization: Bearer <TI>`. Clients never see it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use postern_config::{AuthStyle, UpstreamOAuth2};
+use postern_gateway::routes::{Kind, Route};
+use postern_store::{RefreshOutcome, UpstreamToken, now_ms};
+use serde_json::Value;
+
+/// Refresh this long before the TI expires.
+pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
+/// How long a TI with a refresh token is kept (the provider decides when it really ends).
+pub const KEEP_WITH_REFRESH: Duration = Duration::from_secs(180 * 24 * 3600);
+/// Authorization parameters the gateway sets itself; configured ones with these names are ignored.
+const RESERVED: [&str; 8] = [
+    "client_id",
+    "response_type",
+    "redirect_uri",
+    "scope",
+    "state",
+    "code_challenge",
+    "code_challenge_method",
+    "resource",
+];
+
+/// The upstream OAuth settings of a route, if it has any.
+pub fn settings(route: &Route) -> Option<&UpstreamOAuth2> {
+    match &route.kind {
+        Kind::McpServer(server) => server.upstream_oauth2.as_ref(),
+        _ => None,
+    }
+}
+
+/// The key TIs are stored under: stable across reloads and replicas.
+pub fn route_key(route: &Route) -> String {
+    format!(
+        "{}{}",
+        route.config.from.origin(),
+        route
+            .config
+            .prefix
+            .as_deref()
+            .or(route.config.path.as_deref())
+            .unwrap_or("")
+    )
+}
+
+/// Why an upstream token request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The provider refused (4xx): the grant is gone.
+    #[error("the provider refused: {0}")]
+    Refused(String),
+    /// The provider failed or could not be reached.
+    #[error("the provider at {url} failed: {reason}")]
+    Unavailable {
+        /// The token endpoint.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The route has no endpoint configured.
+    #[error("upstream_oauth2 has no endpoint (auth_url and token_url are required)")]
+    NotConfigured,
+}
+
+/// The provider's authorization URL for the user's browser.
+pub fn authorization_url(
+    oauth: &UpstreamOAuth2,
+    redirect_uri: &str,
+    state: &str,
+    challenge: &str,
+) -> Result<String, UpstreamError> {
+    let endpoint = oauth
+        .endpoint
+        .as_ref()
+        .ok_or(UpstreamError::NotConfigured)?;
+    let mut url = endpoint.auth_url.clone();
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &oauth.client_id)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("state", state)
+            .append_pair("code_challenge", challenge)
+            .append_pair("code_challenge_method", "S256");
+        if !oauth.scopes.is_empty() {
+            pairs.append_pair("scope", &oauth.scopes.join(" "));
+        }
+        for (key, value) in &oauth.authorization_url_params {
+            if RESERVED.contains(&key.as_str()) {
+                tracing::warn!(%key, "ignoring a reserved authorization_url_params entry");
+                continue;
+            }
+            pairs.append_pair(key, value);
+        }
+    }
+    Ok(url.to_string())
+}
+
+/// Calls the provider's token endpoint with `params`, authenticating as `auth_style` says
+/// (default `header`: HTTP Basic, RFC 6749 §2.3.1; Notion requires it).
+pub async fn token_request(
+    http: &reqwest::Client,
+    oauth: &UpstreamOAuth2,
+    params: &BTreeMap<&str, String>,
+) -> Result<UpstreamToken, UpstreamError> {
+    let endpoint = oauth
+        .endpoint
+        .as_ref()
+        .ok_or(UpstreamError::NotConfigured)?;
+    let url = endpoint.token_url.to_string();
+    let secret = oauth
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .unwrap_or_default();
+    let mut form: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.clone())).collect();
+    let mut request = http.post(&url).header("accept", "application/json");
+    match endpoint.auth_style.unwrap_or(AuthStyle::Header) {
+        AuthStyle::Header => {
+            // RFC 6749 §2.3.1: the id and secret are form-encoded before Basic encoding.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            request = request.basic_auth(enc(&oauth.client_id), Some(enc(&secret)));
+        }
+        AuthStyle::Params => {
+            form.push(("client_id", oauth.client_id.clone()));
+            if !secret.is_empty() {
+                form.push(("client_secret", secret));
+            }
+        }
+    }
+    let unavailable = |reason: String| UpstreamError::Unavailable {
+        url: url.clone(),
+        reason,
+    };
+    let response = request
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    if status.is_client_error() {
+        return Err(UpstreamError::Refused(format!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        )));
+    }
+    if !status.is_success() {
+        return Err(unavailable(format!("HTTP {status}")));
+    }
+    let body: Value = serde_json::from_str(&text)
+        .or_else(|_| {
+            Ok::<_, ()>(
+                url::form_urlencoded::parse(text.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
+    let access_token = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unavailable("no access_token in the answer".into()))?;
+    let expires_in = body.get("expires_in").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    });
+    Ok(UpstreamToken {
+        access_token: access_token.to_owned(),
+        refresh_token: body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        token_type: body
+            .get("token_type")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        expires_at: expires_in.map(|s| now_ms() + s * 1000),
+        scope: body.get("scope").and_then(Value::as_str).map(str::to_owned),
+        token_endpoint: Some(endpoint.token_url.to_string()),
+        client_id: Some(oauth.client_id.clone()),
+    })
+}
+
+/// How long to keep a TI in the store.
+pub fn keep_for(token: &UpstreamToken) -> Duration {
+    match (&token.refresh_token, token.expires_at) {
+        (Some(_), _) | (None, None) => KEEP_WITH_REFRESH,
+        (None, Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64),
+    }
+}
+
+/// Whether the TI should be refreshed now (it expires within the skew and can be refreshed).
+pub fn needs_refresh(token: &UpstreamToken) -> bool {
+    token.refresh_token.is_some()
+        && token
+            .expires_at
+            .is_some_and(|at| at - (REFRESH_SKEW.as_millis() as i64) <= now_ms())
+}
+
+/// Refreshes `old`; a provider that returns no new refresh token keeps the old one.
+pub async fn refresh(
+    http: &reqwest::Client,
+    oauth: &UpstreamOAuth2,
+    old: UpstreamToken,
+) -> Result<RefreshOutcome, UpstreamError> {
+    let Some(refresh_token) = old.refresh_token.clone() else {
+        return Ok(RefreshOutcome::Revoked);
+    };
+    let params = BTreeMap::from([
+        ("grant_type", "refresh_token".to_owned()),
+        ("refresh_token", refresh_token.clone()),
+    ]);
+    match token_request(http, oauth, &params).await {
+        Ok(mut token) => {
+            token.refresh_token.get_or_insert(refresh_token);
+            Ok(RefreshOutcome::Refreshed(token))
+        }
+        Err(UpstreamError::Refused(reason)) => {
+            tracing::info!(%reason, "upstream refresh refused: the user must reconnect");
+            Ok(RefreshOutcome::Revoked)
+        }
+        Err(other) => Err(other),
+    }
+}
