@@ -498,6 +498,10 @@ impl Hooks for Access {
             Ok(response) => return Ok(response),
             Err(request) => request,
         };
+        let request = match self.routes_api(ctx, request).await {
+            Ok(response) => return Ok(response),
+            Err(request) => request,
+        };
         match request.uri().path() {
             "/.pomerium/sign_in" => Ok(self.sign_in_form(ctx, request).await),
             "/.pomerium/sign_out" => Ok(self.sign_out(ctx, &request).await),
@@ -729,6 +733,12 @@ impl Hooks for Access {
                         &ctx.request_id,
                     ));
                 }
+            }
+        }
+        if let (postern_gateway::routes::Kind::McpClient, Some(session)) = (&route.kind, session) {
+            let token = self.app_token(ctx, session);
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, value);
             }
         }
         let pass = route

@@ -14,4 +14,5 @@ pub use hooks::{Access, AccessSettings};
 mod oauth_endpoints;
 pub mod oauth_server;
 pub mod oidc;
+mod routes_api;
 pub mod upstream;

@@ -29,6 +29,34 @@ pub const REFRESH_PREFIX: &str = "pst_rt_";
 /// Authorization code prefix.
 pub const CODE_PREFIX: &str = "pst_ac_";
 
+/// The audience of TEs handed to MCP client apps: `app:<origin of the client route>`.
+pub const APP_AUDIENCE_PREFIX: &str = "app:";
+/// Lifetime of a client-route TE (minted again on every request of the app).
+pub const APP_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
+
+/// Checks a TE without regard to its resource (for `/.pomerium/mcp/routes`, which only needs
+/// to know who asks).
+pub fn check_identity_token(
+    keys: &Keyring,
+    revoked: &RevocationCache,
+    token: &str,
+) -> Result<AccessClaims, TokenError> {
+    let sealed = token
+        .strip_prefix(ACCESS_PREFIX)
+        .ok_or(TokenError::Invalid)?;
+    let json = keys
+        .open("access-token", sealed)
+        .map_err(|_| TokenError::Invalid)?;
+    let claims: AccessClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
+    if claims.exp <= now_ms() {
+        return Err(TokenError::Expired);
+    }
+    if revoked.contains(&claims.sid, &claims.fam) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(claims)
+}
+
 /// What a TE carries.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -112,7 +140,9 @@ pub fn check_access_token(
     if claims.exp <= now_ms() {
         return Err(TokenError::Expired);
     }
-    if !same_resource(&claims.aud, resource) {
+    // Tokens handed to MCP client apps (client routes) work on every MCP server route, as the
+    // seed's section 3 describes; they live minutes, not hours.
+    if !claims.aud.starts_with(APP_AUDIENCE_PREFIX) && !same_resource(&claims.aud, resource) {
         return Err(TokenError::WrongResource(claims.aud));
     }
     if revoked.contains(&claims.sid, &claims.fam) {

@@ -1324,8 +1324,18 @@ mod sha2_check {
     }
 }
 
-#[tokio::test]
-async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the_te() {
+struct NotionWorld {
+    base: String,
+    browser: reqwest::Client,
+    provider: String,
+    provider_log: Arc<std::sync::Mutex<Vec<String>>>,
+    notion: postern_notion_fake::RunningNotion,
+    stop: CancellationToken,
+}
+
+/// The gateway in front of the notion server with Notion-style upstream OAuth, an MCP client
+/// app route (`/app`, echoing what it receives), and Ada signed in in `browser`.
+async fn notion_world() -> NotionWorld {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (provider, provider_log) = fake_provider().await;
     let notion = postern_notion_fake::FakeNotion::new()
@@ -1349,6 +1359,16 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         stop.clone(),
     ));
 
+    let app_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = app_listener.local_addr().unwrap();
+    let echo = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    });
+    tokio::spawn(async move { axum::serve(app_listener, echo).await });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let yaml = format!(
@@ -1365,6 +1385,11 @@ routes:
         client_secret: notion-secret
         endpoint: {{auth_url: '{provider}/authorize', token_url: '{provider}/token', auth_style: header}}
         authorization_url_params: {{owner: user}}
+  - from: http://localhost
+    prefix: /app
+    to: http://{app}
+    allow_any_authenticated_user: true
+    mcp: {{client: {{}}}}
 "
     );
     let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
@@ -1424,6 +1449,26 @@ routes:
         .await
         .unwrap();
     assert_eq!(signed_in.status(), 303);
+    NotionWorld {
+        base,
+        browser,
+        provider,
+        provider_log,
+        notion,
+        stop,
+    }
+}
+
+#[tokio::test]
+async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the_te() {
+    let NotionWorld {
+        base,
+        browser,
+        provider,
+        provider_log,
+        notion,
+        stop,
+    } = notion_world().await;
     let registered: Value = client()
         .post(format!("{base}/.pomerium/mcp/register"))
         .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "Claude"}))
@@ -1570,4 +1615,133 @@ routes:
         .unwrap();
     assert_eq!(provider_log.lock().unwrap().len(), 2);
     stop.cancel();
+}
+
+#[tokio::test]
+async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes() {
+    let w = notion_world().await;
+    let base = &w.base;
+    let routes = |browser: reqwest::Client| {
+        let url = format!("{base}/.pomerium/mcp/routes");
+        async move {
+            browser
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let list = routes(w.browser.clone()).await;
+    assert_eq!(list["servers"].as_array().unwrap().len(), 1, "{list}");
+    let server = &list["servers"][0];
+    assert_eq!(
+        (server["name"].as_str(), server["url"].as_str()),
+        (Some("Notion"), Some(format!("{base}/notion").as_str()))
+    );
+    assert_eq!(
+        (
+            server["connected"].as_bool(),
+            server["needs_oauth"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+
+    // Only this host (or an MCP client route's) may be returned to.
+    let foreign = w
+        .browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=https://evil.test/x"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 400);
+
+    let start = w
+        .browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+            urlencode(&format!("{base}/notion"))
+        ))
+        .send()
+        .await
+        .unwrap();
+    let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
+    assert!(provider_url.starts_with(&w.provider), "{provider_url}");
+    let back = w.browser.get(&provider_url).send().await.unwrap();
+    let done = w
+        .browser
+        .get(back.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.headers()["location"], "/done");
+    assert_eq!(
+        routes(w.browser.clone()).await["servers"][0]["connected"],
+        json!(true)
+    );
+
+    // The app behind the client route receives a TE for the user...
+    let te = w
+        .browser
+        .get(format!("{base}/app/page"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(te.starts_with("Bearer pst_at_"), "{te}");
+    let te = te.trim_start_matches("Bearer ").to_owned();
+    // ...which works on the MCP server route (the TI is injected there).
+    let call_notion = |te: String| {
+        let url = format!("{base}/notion");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(te)
+                .header("accept", "application/json, text/event-stream")
+                .json(&call(1, "search", json!({"query": "road"})))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call_notion(te.clone()).await.status(), 200);
+    // ...and lists the user's servers.
+    let listed: Value = client()
+        .get(format!("{base}/.pomerium/mcp/routes"))
+        .bearer_auth(&te)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["servers"][0]["connected"], json!(true));
+
+    let after: Value = w
+        .browser
+        .post(format!("{base}/.pomerium/mcp/routes/disconnect"))
+        .json(&json!({"routes": [format!("{base}/notion")]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["servers"][0]["connected"], json!(false));
+    let refused = call_notion(te).await;
+    assert_eq!(
+        refused.status(),
+        401,
+        "no TI any more: the client must authorize again"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], json!("upstream_not_connected"));
+    let _ = (&w.provider_log, &w.notion);
+    w.stop.cancel();
 }

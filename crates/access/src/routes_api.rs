@@ -1,0 +1,284 @@
+//! The app-facing MCP endpoints of the seed (sections 3 to 5): the list of MCP servers a user
+//! may use with their connection state, connecting an upstream account, disconnecting, and the
+//! TE handed to MCP client apps.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::{Kind, Route};
+use postern_oauth::registration::is_loopback;
+use postern_policy::{Input, McpRequest};
+use postern_store::{Session, now_ms};
+use serde_json::{Value, json};
+
+use crate::hooks::{Access, cors, encode, html, json_error, json_response, redirect_to};
+use crate::oauth_server::{self, APP_AUDIENCE_PREFIX, APP_TOKEN_TTL_MS, AccessClaims};
+use crate::{pages, session, upstream};
+
+impl Access {
+    /// `/.pomerium/mcp/routes`, `/.pomerium/mcp/routes/disconnect`, `/.pomerium/mcp/connect`.
+    pub(crate) async fn routes_api(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Request<Body>> {
+        let path = request.uri().path().to_owned();
+        if !matches!(
+            path.as_str(),
+            "/.pomerium/mcp/routes" | "/.pomerium/mcp/routes/disconnect" | "/.pomerium/mcp/connect"
+        ) {
+            return Err(request);
+        }
+        let session = self.caller(&request).await;
+        let Some(session) = session else {
+            if path == "/.pomerium/mcp/connect" {
+                let back = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned();
+                return Ok(redirect_to(&format!(
+                    "/.pomerium/sign_in?redirect_uri={}",
+                    encode(&back)
+                )));
+            }
+            let mut response = json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "sign in, or send the TE as a bearer token",
+                &ctx.request_id,
+            );
+            cors(response.headers_mut());
+            return Ok(response);
+        };
+        let mut response = match (path.as_str(), request.method()) {
+            ("/.pomerium/mcp/routes", &Method::GET) => {
+                json_response(StatusCode::OK, &self.server_list(ctx, &session).await)
+            }
+            ("/.pomerium/mcp/routes/disconnect", &Method::POST) => {
+                self.disconnect(ctx, &session, request).await
+            }
+            ("/.pomerium/mcp/connect", &Method::GET) => self.connect(ctx, &session, &request).await,
+            _ => json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "wrong method for this endpoint",
+                &ctx.request_id,
+            ),
+        };
+        cors(response.headers_mut());
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+
+    /// Who calls: the session cookie, or a TE (any resource: this only needs the identity).
+    async fn caller(&self, request: &Request<Body>) -> Option<Session> {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_owned());
+        match bearer {
+            Some(token) => {
+                oauth_server::check_identity_token(self.store.keyring(), &self.revocations, &token)
+                    .ok()
+                    .map(|c| c.session())
+            }
+            None => session::current(request.headers(), &self.settings.cookie, &self.store).await,
+        }
+    }
+
+    /// The URL a route is known by, as seen from this request.
+    fn route_url(ctx: &RequestContext, route: &Route) -> String {
+        let from = &route.config.from;
+        let origin = if from.host == ctx.host {
+            ctx.origin()
+        } else {
+            from.origin()
+        };
+        oauth_server::route_resource(route, &origin)
+    }
+
+    /// The MCP servers `session`'s user may use, with their connection state.
+    pub(crate) async fn server_list(&self, ctx: &RequestContext, session: &Session) -> Value {
+        let user = Self::user_of(session);
+        let mut servers = Vec::new();
+        let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
+        routes.sort_by_key(|r| r.index);
+        for route in routes.iter().filter(|r| r.is_mcp_server()) {
+            let allowed = route
+                .policy
+                .evaluate(&Input {
+                    user: Some(&user),
+                    method: "POST",
+                    path: "/",
+                    mcp: None::<&McpRequest>,
+                })
+                .allowed;
+            if !allowed {
+                continue;
+            }
+            let needs_oauth = upstream::settings(route).is_some();
+            let connected = !needs_oauth
+                || matches!(
+                    self.store
+                        .get_upstream_token(&session.user_id, &upstream::route_key(route))
+                        .await,
+                    Ok(Some(_))
+                );
+            servers.push(json!({
+                "name": route.config.name.clone().unwrap_or_else(|| route.id.clone()),
+                "description": route.config.description,
+                "logo_url": route.config.logo_url,
+                "url": Self::route_url(ctx, route),
+                "connected": connected,
+                "needs_oauth": needs_oauth,
+            }));
+        }
+        json!({ "servers": servers })
+    }
+
+    async fn disconnect(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let body = match request.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "unreadable body",
+                    &ctx.request_id,
+                );
+            }
+        };
+        let Some(urls) = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("routes").and_then(Value::as_array).cloned())
+        else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "send {\"routes\": [server URL, ...]}",
+                &ctx.request_id,
+            );
+        };
+        for url in urls.iter().filter_map(Value::as_str) {
+            if let Some(route) = ctx.runtime.routes.all().iter().find(|r| {
+                r.is_mcp_server()
+                    && postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url)
+            }) {
+                let _ = self
+                    .store
+                    .delete_upstream_token(&session.user_id, &upstream::route_key(route))
+                    .await;
+                tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
+            }
+        }
+        json_response(StatusCode::OK, &self.server_list(ctx, session).await)
+    }
+
+    async fn connect(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        request: &Request<Body>,
+    ) -> Response<Body> {
+        let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
+        let redirect = query
+            .get("redirect_url")
+            .cloned()
+            .unwrap_or_else(|| "/".into());
+        if !self.allowed_return(ctx, &redirect) {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Cannot connect",
+                    "redirect_url must be this host or an MCP client route's host (http only for localhost).",
+                ),
+            );
+        }
+        // The server: named by `resource`, or the only MCP server of this host.
+        let route = match query.get("resource") {
+            Some(resource) => oauth_server::route_for_resource(ctx, resource),
+            None => oauth_server::only_mcp_route(ctx),
+        };
+        let Some(route) = route else {
+            return html(
+                StatusCode::NOT_FOUND,
+                pages::message(
+                    "Cannot connect",
+                    "No MCP server here; pass its URL as resource.",
+                ),
+            );
+        };
+        if upstream::settings(&route).is_none()
+            || matches!(
+                self.store
+                    .get_upstream_token(&session.user_id, &upstream::route_key(&route))
+                    .await,
+                Ok(Some(_))
+            )
+        {
+            return redirect_to(&redirect);
+        }
+        self.start_upstream(
+            ctx,
+            &route,
+            session,
+            json!({"kind": "connect", "redirect": redirect, "origin": ctx.origin()}),
+        )
+        .await
+    }
+
+    /// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
+    /// client route; plain http only on loopback hosts.
+    fn allowed_return(&self, ctx: &RequestContext, target: &str) -> bool {
+        if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
+            return true;
+        }
+        let Ok(url) = url::Url::parse(target) else {
+            return false;
+        };
+        let host = url
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&host));
+        let known = host == ctx.host
+            || ctx
+                .runtime
+                .routes
+                .all()
+                .iter()
+                .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
+        scheme_ok && known
+    }
+
+    /// The TE an MCP client app route passes to its upstream (the app) for the signed-in user.
+    pub(crate) fn app_token(&self, ctx: &RequestContext, session: &Session) -> String {
+        let claims = AccessClaims {
+            sub: session.user_id.clone(),
+            email: session.email.clone(),
+            name: session.name.clone(),
+            groups: session.groups.clone(),
+            sid: session.id.clone(),
+            fam: format!("app:{}", session.id),
+            cid: "mcp-client-route".into(),
+            aud: format!("{APP_AUDIENCE_PREFIX}{}", ctx.origin()),
+            exp: (now_ms() + APP_TOKEN_TTL_MS).min(session.expires_at),
+        };
+        oauth_server::mint_access_token(self.store.keyring(), &claims)
+    }
+}
