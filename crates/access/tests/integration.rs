@@ -1745,3 +1745,28 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
     let _ = (&w.provider_log, &w.notion);
     w.stop.cancel();
 }
+
+#[tokio::test]
+async fn signing_out_stops_the_users_mcp_tokens() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let id = register(&w, "none").await["client_id"].as_str().unwrap().to_owned();
+    let code = code_for(&w, &jar, &id).await;
+    let (_, tokens) = exchange(&w, &id, &code).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(bearer_call(&w, "/sqlite", &access).await.status(), 200);
+    client().get(format!("{}/.pomerium/sign_out", w.base)).header("cookie", &jar).send().await.unwrap();
+    // Revocations reach every replica's cache within the poll interval.
+    let deadline = std::time::Instant::now() + postern_access::oauth_server::REVOCATION_POLL * 3;
+    while bearer_call(&w, "/sqlite", &access).await.status() == 200 {
+        assert!(std::time::Instant::now() < deadline, "the TE still works after sign-out");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, body, _) = token(
+        &w,
+        &[("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap()), ("client_id", &id)],
+        None,
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "the refresh token died with the session");
+}
