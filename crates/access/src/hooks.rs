@@ -51,6 +51,8 @@ pub struct AccessSettings {
     /// A refresh token presented again within this time after its rotation is refused without
     /// revoking its family (two requests of one client racing); later it is reuse.
     pub refresh_reuse_grace: Duration,
+    /// Hosts whose client ID metadata documents are accepted (`mcp_allowed_client_id_domains`).
+    pub allowed_client_id_domains: Vec<String>,
 }
 
 impl AccessSettings {
@@ -79,6 +81,7 @@ impl AccessSettings {
             dynamic_registration: config.mcp_dynamic_client_registration.unwrap_or(true),
             access_token_ttl: Duration::from_secs(3600),
             refresh_reuse_grace: Duration::from_secs(5),
+            allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
         }
     }
 }
@@ -94,6 +97,7 @@ pub struct Access {
     oidc: Option<Oidc>,
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) http: reqwest::Client,
+    pub(crate) cimd: crate::cimd::Cimd,
 }
 
 /// How long an OIDC sign-in may take.
@@ -114,6 +118,7 @@ impl Access {
     pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
         let audit = Audit::new(settings.audit_file.clone());
         let store_for_sync = store.clone();
+        let cimd = crate::cimd::Cimd::new(settings.allowed_client_id_domains.clone());
         Self {
             store,
             users,
@@ -122,6 +127,7 @@ impl Access {
             limiter: RateLimiter::default(),
             audit,
             oidc: None,
+            cimd,
             http: {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()

@@ -11,6 +11,7 @@ pub mod session;
 pub mod users;
 
 pub use hooks::{Access, AccessSettings};
+pub mod cimd;
 mod oauth_endpoints;
 pub mod oauth_server;
 pub mod oidc;

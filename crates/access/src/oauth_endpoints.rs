@@ -230,19 +230,26 @@ impl Access {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
             Err(_) => return page_error("invalid request"),
         };
-        let client = match self.store.get_client(&client_id).await {
-            Ok(Some(client)) => client,
-            Ok(None) if client_id.starts_with("https://") => {
-                return page_error(
-                    "This MCP client identifies itself with a client ID metadata document, which this gateway does not accept yet. Use a client that registers dynamically.",
-                );
+        let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+            match self.cimd.client(&client_id).await {
+                Ok(client) => client,
+                Err(error) => {
+                    return page_error(&format!(
+                        "This MCP client can't be accepted: {}.",
+                        error.description
+                    ));
+                }
             }
-            Ok(None) => {
-                return page_error(
-                    "Unknown client: the MCP client is not registered here (it may have been registered with another gateway or expired). Remove the server in the client and add it again.",
-                );
+        } else {
+            match self.store.get_client(&client_id).await {
+                Ok(Some(client)) => client,
+                Ok(None) => {
+                    return page_error(
+                        "Unknown client: the MCP client is not registered here (it may have been registered with another gateway or expired). Remove the server in the client and add it again.",
+                    );
+                }
+                Err(_) => return page_error("The gateway's store is unavailable; try again."),
             }
-            Err(_) => return page_error("The gateway's store is unavailable; try again."),
         };
         let registered: Vec<&str> = client
             .metadata
@@ -471,17 +478,20 @@ impl Access {
         form: &HashMap<String, String>,
     ) -> Result<OAuthClient, OAuthError> {
         let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
-        let client = self
-            .store
-            .get_client(&client_id)
-            .await
-            .map_err(|_| {
-                OAuthError::new(
-                    "temporarily_unavailable",
-                    "the gateway's store is unavailable",
-                )
-            })?
-            .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?;
+        let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+            self.cimd.client(&client_id).await?
+        } else {
+            self.store
+                .get_client(&client_id)
+                .await
+                .map_err(|_| {
+                    OAuthError::new(
+                        "temporarily_unavailable",
+                        "the gateway's store is unavailable",
+                    )
+                })?
+                .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?
+        };
         match (&client.secret, secret) {
             (Some(expected), Some(given)) if oauth_server::secrets_match(expected, &given) => {
                 Ok(client)

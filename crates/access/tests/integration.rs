@@ -128,6 +128,7 @@ routes:
         dynamic_registration: true,
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
+        allowed_client_id_domains: vec!["127.0.0.1".into()],
     };
     let access = Access::new(
         store,
@@ -648,6 +649,7 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
         dynamic_registration: true,
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
+        allowed_client_id_domains: vec!["127.0.0.1".into()],
     };
     let oidc = Oidc::new(OidcSettings {
         issuer: op.issuer.clone(),
@@ -1418,6 +1420,7 @@ routes:
         dynamic_registration: true,
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
+        allowed_client_id_domains: vec!["127.0.0.1".into()],
     };
     let access = Access::new(
         store,
@@ -1750,23 +1753,109 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
 async fn signing_out_stops_the_users_mcp_tokens() {
     let w = world().await;
     let jar = cookie(&w).await;
-    let id = register(&w, "none").await["client_id"].as_str().unwrap().to_owned();
+    let id = register(&w, "none").await["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let code = code_for(&w, &jar, &id).await;
     let (_, tokens) = exchange(&w, &id, &code).await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
     assert_eq!(bearer_call(&w, "/sqlite", &access).await.status(), 200);
-    client().get(format!("{}/.pomerium/sign_out", w.base)).header("cookie", &jar).send().await.unwrap();
+    client()
+        .get(format!("{}/.pomerium/sign_out", w.base))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
     // Revocations reach every replica's cache within the poll interval.
     let deadline = std::time::Instant::now() + postern_access::oauth_server::REVOCATION_POLL * 3;
     while bearer_call(&w, "/sqlite", &access).await.status() == 200 {
-        assert!(std::time::Instant::now() < deadline, "the TE still works after sign-out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TE still works after sign-out"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (status, body, _) = token(
         &w,
-        &[("grant_type", "refresh_token"), ("refresh_token", tokens["refresh_token"].as_str().unwrap()), ("client_id", &id)],
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &id),
+        ],
         None,
     )
     .await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_grant")), "the refresh token died with the session");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "the refresh token died with the session"
+    );
+}
+
+#[tokio::test]
+async fn clients_can_identify_with_a_metadata_document_but_not_with_a_lying_one() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let docs = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (good_id, bad_id) = (format!("{docs}/client.json"), format!("{docs}/lying.json"));
+    let (good, bad) = (
+        json!({"client_id": good_id, "client_name": "Doc client", "redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
+        json!({"client_id": "https://claude.ai/someone-else.json", "redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
+    );
+    let app = axum::Router::new()
+        .route(
+            "/client.json",
+            axum::routing::get(move || {
+                let d = good.clone();
+                async move { axum::Json(d) }
+            }),
+        )
+        .route(
+            "/lying.json",
+            axum::routing::get(move || {
+                let d = bad.clone();
+                async move { axum::Json(d) }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let code = code_for(&w, &jar, &urlencode(&good_id)).await;
+    let (status, tokens) = exchange(&w, &good_id, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(
+        bearer_call(&w, "/sqlite", tokens["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+
+    let response = client()
+        .get(authorize_url(&w, &urlencode(&bad_id), CALLBACK, ""))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("differs from its URL")
+    );
+    // A host outside mcp_allowed_client_id_domains.
+    let response = client()
+        .get(authorize_url(
+            &w,
+            &urlencode("https://unlisted.example/client.json"),
+            CALLBACK,
+            "",
+        ))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
 }
