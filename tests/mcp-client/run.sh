@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Drives Postern with the official MCP TypeScript SDK as a real client: the reference servers
+# behind the gateway, local sign-in, and for each server the full OAuth flow (discovery,
+# registration, sign-in, consent, PKCE, token) then tools/list and tools/call.
+# Usage: tests/mcp-client/run.sh [target dir with postern]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${1:-$root/target/debug}"
+source "$root/.ci/tools.sh"
+work="$(mktemp -d)"
+servers_port=$((20000 + RANDOM % 10000)); gateway_port=$((30000 + RANDOM % 10000))
+hash=$(echo -n acceptance-password | "$bin/postern" hash-password)
+cat >"$work/users.yaml" <<YAML
+- {email: ada@example.com, name: Ada Lovelace, groups: [staff], password_hash: "$hash"}
+YAML
+cat >"$work/postern.yaml" <<YAML
+insecure_server: true
+address: 127.0.0.1:$gateway_port
+data_dir: $work/data
+users_file: $work/users.yaml
+pass_identity_headers: true
+routes:
+  - {from: http://localhost, prefix: /whoami, to: "http://127.0.0.1:$servers_port/whoami", allow_any_authenticated_user: true, mcp: {}}
+  - {from: http://localhost, prefix: /sqlite, to: "http://127.0.0.1:$servers_port/sqlite", allow_any_authenticated_user: true, mcp: {}}
+YAML
+PORT=$servers_port SQLITE_DB_FILE="$root/examples/demo.db" ASSERTION_JWKS_URL="http://localhost:$gateway_port/.well-known/pomerium/jwks.json" \
+  ASSERTION_ISSUER=localhost ASSERTION_AUDIENCE=localhost RUST_LOG=warn "$bin/postern" servers >"$work/servers.log" 2>&1 &
+servers=$!
+RUST_LOG=warn "$bin/postern" serve --config "$work/postern.yaml" >"$work/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill $servers $gateway 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$gateway_port/.pomerium/ping" >/dev/null 2>&1 && break; sleep 0.1; done
+cd "$root/tests/mcp-client"
+base="http://localhost:$gateway_port"
+node client.mjs "$base" ada@example.com acceptance-password /whoami whoami '{}' '"email":"ada@example.com"' || { tail -20 "$work/gateway.log"; exit 1; }
+node client.mjs "$base" ada@example.com acceptance-password /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || { tail -20 "$work/gateway.log"; exit 1; }
