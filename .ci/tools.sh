@@ -24,3 +24,9 @@ fi
 if [ ! -d "$root/tests/mcp-client/node_modules/@modelcontextprotocol/sdk" ]; then
   (cd "$root/tests/mcp-client" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+# The conformance suite's alpha, for its authorization-server mode.
+if [ ! -x "$tools/conformance-alpha/node_modules/.bin/conformance" ]; then
+  mkdir -p "$tools/conformance-alpha"
+  (cd "$tools/conformance-alpha" && npm install --no-save --no-audit --no-fund --loglevel=error @modelcontextprotocol/conformance@0.2.0-alpha.12 >/dev/null)
+fi
+export CONFORMANCE_ALPHA="$tools/conformance-alpha/node_modules/.bin/conformance"

@@ -30,64 +30,7 @@ const provider = {
   codeVerifier() { return state.verifier; },
 };
 
-// The user's browser: a cookie jar and redirects followed by hand.
-const jar = new Map();
-async function browse(url, init = {}) {
-  const headers = { ...(init.headers || {}) };
-  if (jar.size) headers.cookie = [...jar].map(([k, v]) => `${k}=${v}`).join('; ');
-  const response = await fetch(url, { ...init, headers, redirect: 'manual' });
-  for (const cookie of response.headers.getSetCookie()) {
-    const [pair] = cookie.split(';');
-    const at = pair.indexOf('=');
-    jar.set(pair.slice(0, at), pair.slice(at + 1));
-  }
-  return response;
-}
-
-function hiddenFields(html) {
-  const fields = new URLSearchParams();
-  for (const match of html.matchAll(/<input type="hidden" name="([^"]*)" value="([^"]*)">/g)) {
-    fields.append(match[1], match[2].replaceAll('&amp;', '&').replaceAll('&quot;', '"').replaceAll('&#39;', "'"));
-  }
-  return fields;
-}
-
-async function userAgent(start) {
-  let next = start.toString();
-  for (let step = 0; step < 20; step++) {
-    const response = await browse(next);
-    if (response.status >= 300 && response.status < 400) {
-      const location = new URL(response.headers.get('location'), next);
-      if (location.href.startsWith(redirectUrl)) {
-        if (location.searchParams.get('error')) throw new Error(`authorization failed: ${location.search}`);
-        if (location.searchParams.get('iss') !== new URL(gateway).origin) throw new Error('missing or wrong iss');
-        return location.searchParams.get('code');
-      }
-      next = location.href;
-      continue;
-    }
-    const html = await response.text();
-    if (html.includes('name="password"')) {
-      const form = hiddenFields(html);
-      form.set('email', email);
-      form.set('password', password);
-      const signedIn = await browse(new URL('/.pomerium/sign_in', gateway), { method: 'POST', body: form });
-      if (signedIn.status !== 303) throw new Error(`sign-in failed: ${signedIn.status}`);
-      next = new URL(signedIn.headers.get('location'), gateway).href;
-      continue;
-    }
-    if (html.includes('name="decision" value="allow"')) {
-      const form = hiddenFields(html);
-      form.set('decision', 'allow');
-      const approved = await browse(new URL('/.pomerium/mcp/authorize', gateway), { method: 'POST', body: form });
-      next = new URL(approved.headers.get('location'), gateway).href;
-      if (next.startsWith(redirectUrl)) return new URL(next).searchParams.get('code');
-      continue;
-    }
-    throw new Error(`unexpected page (${response.status}): ${html.slice(0, 300)}`);
-  }
-  throw new Error('too many steps');
-}
+import { userAgent } from './browser.mjs';
 
 const url = new URL(serverPath, gateway);
 const client = new Client({ name: 'postern-acceptance', version: '1.0.0' });
@@ -97,7 +40,9 @@ try {
 } catch (error) {
   if (!(error instanceof UnauthorizedError)) throw error;
 }
-const code = await userAgent(state.authorizationUrl);
+const landing = await userAgent(state.authorizationUrl, { gateway, email, password, redirectPrefix: redirectUrl });
+if (landing.searchParams.get('iss') !== new URL(gateway).origin) throw new Error('missing or wrong iss');
+const code = landing.searchParams.get('code');
 const transport = new StreamableHTTPClientTransport(url, { authProvider: provider });
 await transport.finishAuth(code);
 if (!state.tokens?.access_token?.startsWith('pst_at_')) throw new Error('no TE from the token endpoint');

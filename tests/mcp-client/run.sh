@@ -34,3 +34,20 @@ cd "$root/tests/mcp-client"
 base="http://localhost:$gateway_port"
 node client.mjs "$base" ada@example.com acceptance-password /whoami whoami '{}' '"email":"ada@example.com"' || { tail -20 "$work/gateway.log"; exit 1; }
 node client.mjs "$base" ada@example.com acceptance-password /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || { tail -20 "$work/gateway.log"; exit 1; }
+
+# The conformance suite's authorization mode (alpha) against Postern's authorization server: it
+# checks the metadata, runs an authorization-code grant with PKCE and `resource` (this script
+# plays the browser), and checks the callback and the token response.
+callback_port=$((40000 + RANDOM % 10000))
+client_id=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: application/json' \
+  -d "{\"redirect_uris\":[\"http://127.0.0.1:$callback_port/callback\"],\"token_endpoint_auth_method\":\"none\",\"client_name\":\"conformance\"}" \
+  | sed -E 's/.*"client_id":"([^"]+)".*/\1/')
+"$CONFORMANCE_ALPHA" authorization --url "$base" --client-id "$client_id" --resource "$base/whoami" --port "$callback_port" >"$work/authz.out" 2>&1 &
+authz=$!
+for _ in $(seq 1 100); do grep -q "^$base/.pomerium/mcp/authorize" "$work/authz.out" && break; sleep 0.1; done
+authorization_url=$(grep -m1 "^$base/.pomerium/mcp/authorize" "$work/authz.out")
+node browser.mjs "$authorization_url" "$base" ada@example.com acceptance-password "http://127.0.0.1:$callback_port/callback" >/dev/null
+if ! wait $authz; then cat "$work/authz.out"; exit 1; fi
+grep -E "SUCCESS|WARNING|FAILURE|passed|failed" "$work/authz.out" | grep -v '^Total:' || true
+if grep -qE "WARNING|FAILURE" "$work/authz.out"; then echo "authorization mode reported warnings or failures"; cat "$work/authz.out"; exit 1; fi
+echo "conformance authorization mode: no failures, no warnings"
