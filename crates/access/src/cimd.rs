@@ -30,10 +30,11 @@ const MAX_BYTES: usize = 64 * 1024;
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Fetches and caches client ID metadata documents.
+/// Fetches and caches client ID metadata documents (and clients' JWKS).
 pub struct Cimd {
     allowed: Vec<String>,
     cache: Mutex<HashMap<String, (OAuthClient, Instant)>>,
+    keys: Mutex<HashMap<String, (jsonwebtoken::jwk::JwkSet, Instant)>>,
 }
 
 fn refuse(message: impl Into<String>) -> OAuthError {
@@ -49,6 +50,7 @@ impl Cimd {
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
             cache: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,7 +81,28 @@ impl Cimd {
         {
             return Ok(client.clone());
         }
-        let (client, ttl) = self.fetch(client_id).await?;
+        let (document, ttl) = self.fetch_json(client_id, true).await?;
+        if document.get("client_id").and_then(Value::as_str) != Some(client_id) {
+            return Err(refuse("the document's client_id differs from its URL"));
+        }
+        let metadata = validate_metadata(&document)?;
+        let method = metadata
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+            .unwrap_or("none");
+        if method.starts_with("client_secret") {
+            return Err(refuse(
+                "a client ID metadata document can't use a client secret; use none or private_key_jwt",
+            ));
+        }
+        let now = now_ms();
+        let client = OAuthClient {
+            client_id: client_id.to_owned(),
+            metadata: Value::Object(metadata),
+            secret: None,
+            created_at: now,
+            expires_at: now + 3_600_000,
+        };
         if let Some(ttl) = ttl {
             self.cache
                 .lock()
@@ -89,30 +112,60 @@ impl Cimd {
         Ok(client)
     }
 
-    async fn fetch(&self, client_id: &str) -> Result<(OAuthClient, Option<Duration>), OAuthError> {
-        let url =
-            url::Url::parse(client_id).map_err(|_| refuse("the client_id URL is not valid"))?;
+    /// The keys at a client's `jwks_uri`, fetched under the same rules as its document.
+    pub async fn jwks(&self, jwks_uri: &str) -> Result<jsonwebtoken::jwk::JwkSet, OAuthError> {
+        if let Some((keys, until)) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(jwks_uri)
+            && *until > Instant::now()
+        {
+            return Ok(keys.clone());
+        }
+        let (document, ttl) = self.fetch_json(jwks_uri, false).await?;
+        let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(document)
+            .map_err(|e| refuse(format!("the client's jwks_uri is not a JWKS: {e}")))?;
+        if let Some(ttl) = ttl {
+            self.keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(jwks_uri.to_owned(), (keys.clone(), Instant::now() + ttl));
+        }
+        Ok(keys)
+    }
+
+    /// Fetches JSON from a client-chosen URL under the rules at the top of this module.
+    async fn fetch_json(
+        &self,
+        address: &str,
+        needs_path: bool,
+    ) -> Result<(Value, Option<Duration>), OAuthError> {
+        let url = url::Url::parse(address).map_err(|_| refuse("the client's URL is not valid"))?;
         let host = url
             .host_str()
             .unwrap_or("")
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        if url.fragment().is_some() || url.path() == "/" || !url.username().is_empty() {
+        if url.fragment().is_some()
+            || (needs_path && url.path() == "/")
+            || !url.username().is_empty()
+        {
             return Err(refuse(
                 "a client ID metadata document URL needs a path and no fragment or credentials",
             ));
         }
         if !self.host_allowed(&host) {
             return Err(refuse(format!(
-                "client ID metadata documents from {host} are not accepted: an administrator can add the domain to mcp_allowed_client_id_domains"
+                "client documents from {host} are not accepted: an administrator can add the domain to mcp_allowed_client_id_domains"
             )));
         }
         let listed = self.exactly_listed(&host);
         match url.scheme() {
             "https" => {}
             "http" if listed && is_loopback(&host) => {}
-            _ => return Err(refuse("the client_id URL must use https")),
+            _ => return Err(refuse("the client's URL must use https")),
         }
         let port = url.port_or_known_default().unwrap_or(443);
         let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -135,25 +188,20 @@ impl Cimd {
             .resolve(&host, address)
             .build()
             .map_err(|e| refuse(e.to_string()))?;
-        let response = http
+        let mut response = http
             .get(url.clone())
             .header("accept", "application/json")
             .send()
             .await
-            .map_err(|e| refuse(format!("cannot fetch the client ID metadata document: {e}")))?;
+            .map_err(|e| refuse(format!("cannot fetch {url}: {e}")))?;
         if !response.status().is_success() {
-            return Err(refuse(format!(
-                "the client ID metadata document answered HTTP {}",
-                response.status()
-            )));
+            return Err(refuse(format!("{url} answered HTTP {}", response.status())));
         }
         if response
             .content_length()
             .is_some_and(|l| l > MAX_BYTES as u64)
         {
-            return Err(refuse(
-                "the client ID metadata document is larger than 64 KiB",
-            ));
+            return Err(refuse(format!("{url} is larger than 64 KiB")));
         }
         let ttl = cache_ttl(
             response
@@ -161,47 +209,16 @@ impl Cimd {
                 .get("cache-control")
                 .and_then(|v| v.to_str().ok()),
         );
-        let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|e| refuse(e.to_string()))? {
             if body.len() + chunk.len() > MAX_BYTES {
-                return Err(refuse(
-                    "the client ID metadata document is larger than 64 KiB",
-                ));
+                return Err(refuse(format!("{url} is larger than 64 KiB")));
             }
             body.extend_from_slice(&chunk);
         }
         let document: Value = serde_json::from_slice(&body)
-            .map_err(|e| refuse(format!("the client ID metadata document is not JSON: {e}")))?;
-        if document.get("client_id").and_then(Value::as_str) != Some(client_id) {
-            return Err(refuse("the document's client_id differs from its URL"));
-        }
-        let metadata = validate_metadata(&document)?;
-        let method = metadata
-            .get("token_endpoint_auth_method")
-            .and_then(Value::as_str)
-            .unwrap_or("none");
-        if method.starts_with("client_secret") {
-            return Err(refuse(
-                "a client ID metadata document can't use a client secret; use none or private_key_jwt",
-            ));
-        }
-        if method == "private_key_jwt" {
-            return Err(refuse(
-                "private_key_jwt clients are not supported yet; use token_endpoint_auth_method none",
-            ));
-        }
-        let now = now_ms();
-        Ok((
-            OAuthClient {
-                client_id: client_id.to_owned(),
-                metadata: Value::Object(metadata),
-                secret: None,
-                created_at: now,
-                expires_at: now + 3_600_000,
-            },
-            ttl,
-        ))
+            .map_err(|e| refuse(format!("the document at {url} is not JSON: {e}")))?;
+        Ok((document, ttl))
     }
 }
 

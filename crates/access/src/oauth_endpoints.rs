@@ -474,9 +474,13 @@ impl Access {
     /// Authenticates the client (RFC 6749 §2.3): a registered secret must be presented and match.
     async fn client(
         &self,
+        ctx: &RequestContext,
         headers: &http::HeaderMap,
         form: &HashMap<String, String>,
     ) -> Result<OAuthClient, OAuthError> {
+        if form.get("client_assertion_type").map(String::as_str) == Some(JWT_BEARER) {
+            return self.client_by_assertion(ctx, form).await;
+        }
         let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
             self.cimd.client(&client_id).await?
@@ -492,6 +496,17 @@ impl Access {
                 })?
                 .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?
         };
+        if client
+            .metadata
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+            == Some("private_key_jwt")
+        {
+            return Err(OAuthError::new(
+                "invalid_client",
+                "this client authenticates with private_key_jwt: send client_assertion",
+            ));
+        }
         match (&client.secret, secret) {
             (Some(expected), Some(given)) if oauth_server::secrets_match(expected, &given) => {
                 Ok(client)
@@ -510,7 +525,7 @@ impl Access {
         headers: &http::HeaderMap,
         form: &HashMap<String, String>,
     ) -> Result<Value, OAuthError> {
-        let client = self.client(headers, form).await?;
+        let client = self.client(ctx, headers, form).await?;
         let keys = self.store.keyring();
         let unavailable = |_| {
             OAuthError::new(
@@ -797,6 +812,120 @@ fn encode_query(query: &HashMap<String, String>) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
+}
+
+/// RFC 7523 client assertions.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+impl Access {
+    /// `private_key_jwt` (RFC 7523 §2.2): a JWT signed with a key from the client's JWKS, `iss`
+    /// and `sub` the client id, `aud` this token endpoint (or the issuer), short-lived, its `jti`
+    /// never seen before.
+    async fn client_by_assertion(
+        &self,
+        ctx: &RequestContext,
+        form: &HashMap<String, String>,
+    ) -> Result<OAuthClient, OAuthError> {
+        let bad = |m: String| OAuthError::new("invalid_client", m);
+        let assertion = form
+            .get("client_assertion")
+            .ok_or_else(|| bad("client_assertion is missing".into()))?;
+        let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(assertion)
+            .map_err(|e| bad(format!("client_assertion is not a JWT: {e}")))?;
+        let client_id = form
+            .get("client_id")
+            .cloned()
+            .or_else(|| {
+                unverified
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .ok_or_else(|| bad("client_assertion has no iss".into()))?;
+        let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+            self.cimd.client(&client_id).await?
+        } else {
+            self.store
+                .get_client(&client_id)
+                .await
+                .map_err(|_| {
+                    OAuthError::new(
+                        "temporarily_unavailable",
+                        "the gateway's store is unavailable",
+                    )
+                })?
+                .ok_or_else(|| bad("unknown client_id".into()))?
+        };
+        if client
+            .metadata
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+            != Some("private_key_jwt")
+        {
+            return Err(bad(
+                "this client is not registered for private_key_jwt".into()
+            ));
+        }
+        let keys: jsonwebtoken::jwk::JwkSet = match (
+            client.metadata.get("jwks"),
+            client.metadata.get("jwks_uri").and_then(Value::as_str),
+        ) {
+            (Some(inline), _) => serde_json::from_value(inline.clone())
+                .map_err(|e| bad(format!("the client's jwks is not a JWKS: {e}")))?,
+            (None, Some(uri)) => self.cimd.jwks(uri).await?,
+            (None, None) => return Err(bad("the client has no jwks or jwks_uri".into())),
+        };
+        let header = jsonwebtoken::decode_header(assertion)
+            .map_err(|e| bad(format!("client_assertion: {e}")))?;
+        use jsonwebtoken::Algorithm::*;
+        if !matches!(
+            header.alg,
+            RS256 | RS384 | RS512 | PS256 | ES256 | ES384 | EdDSA
+        ) {
+            return Err(bad(format!(
+                "client_assertion algorithm {:?} is not accepted",
+                header.alg
+            )));
+        }
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            bad("client_assertion is signed with a key not in the client's JWKS".into())
+        })?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+            .map_err(|e| bad(format!("unusable client key: {e}")))?;
+        let token_endpoint = format!("{}/.pomerium/mcp/token", ctx.origin());
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&client_id]);
+        validation.sub = Some(client_id.clone());
+        validation.set_audience(&[
+            token_endpoint.as_str(),
+            ctx.origin().as_str(),
+            format!("{}/", ctx.origin()).as_str(),
+        ]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+            .map_err(|e| bad(format!("client_assertion refused: {e}")))?
+            .claims;
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if exp * 1000 > now_ms() + 10 * 60 * 1000 {
+            return Err(bad(
+                "client_assertion lives too long (at most 10 minutes)".into()
+            ));
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("client_assertion has no jti".into()))?;
+        if !self.remember_assertion(&format!("{client_id}|{jti}"), exp * 1000) {
+            return Err(bad("client_assertion was already used (jti replay)".into()));
+        }
+        Ok(client)
+    }
 }
 
 /// The cookie that binds an upstream authorization to the browser that started it.

@@ -1859,3 +1859,114 @@ async fn clients_can_identify_with_a_metadata_document_but_not_with_a_lying_one(
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn private_key_jwt_clients_prove_their_key_once_per_assertion() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet, ThumbprintHash};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let new_key = || {
+        let encoding = EncodingKey::from_ec_pem(Signer::generate_pem().as_bytes()).unwrap();
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+        jwk.common.key_id = Some(jwk.thumbprint(ThumbprintHash::SHA256).unwrap());
+        (encoding, jwk)
+    };
+    let (key, jwk) = new_key();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let docs = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let client_id = format!("{docs}/chatgpt.json");
+    let document = json!({"client_id": client_id, "client_name": "Confidential doc client", "redirect_uris": [CALLBACK],
+        "token_endpoint_auth_method": "private_key_jwt", "jwks_uri": format!("{docs}/jwks.json")});
+    let jwks = serde_json::to_value(JwkSet {
+        keys: vec![jwk.clone()],
+    })
+    .unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/chatgpt.json",
+            axum::routing::get(move || {
+                let d = document.clone();
+                async move { axum::Json(d) }
+            }),
+        )
+        .route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let d = jwks.clone();
+                async move { axum::Json(d) }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let assertion = |key: &EncodingKey, kid: &str, jti: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        let claims = json!({"iss": client_id, "sub": client_id, "aud": format!("{}/.pomerium/mcp/token", w.base), "jti": jti, "iat": now, "exp": now + 60});
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    };
+    let exchange_with = |code: String, assertion: Option<String>| {
+        let (base, client_id) = (w.base.clone(), client_id.clone());
+        async move {
+            let mut form = vec![
+                ("grant_type", "authorization_code".to_owned()),
+                ("code", code),
+                ("redirect_uri", CALLBACK.to_owned()),
+                ("code_verifier", VERIFIER.to_owned()),
+                ("client_id", client_id),
+            ];
+            if let Some(a) = assertion {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", a));
+            }
+            let response = client()
+                .post(format!("{base}/.pomerium/mcp/token"))
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let kid = jwk.common.key_id.clone().unwrap();
+    let code = code_for(&w, &jar, &urlencode(&client_id)).await;
+    let (status, body) = exchange_with(code.clone(), None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "no assertion, no tokens"
+    );
+    let (stranger, stranger_jwk) = new_key();
+    let (status, _) = exchange_with(
+        code.clone(),
+        Some(assertion(
+            &stranger,
+            stranger_jwk.common.key_id.as_deref().unwrap(),
+            "j0",
+        )),
+    )
+    .await;
+    assert_eq!(status, 401, "signed with a key the client doesn't publish");
+    let (status, _) = exchange_with(code.clone(), Some(assertion(&stranger, &kid, "j0"))).await;
+    assert_eq!(status, 401, "the client's kid, another key's signature");
+    let good = assertion(&key, &kid, "j1");
+    let (status, body) = exchange_with(code, Some(good.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    let code = code_for(&w, &jar, &urlencode(&client_id)).await;
+    let (status, body) = exchange_with(code, Some(good)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client")),
+        "an assertion works once"
+    );
+}
