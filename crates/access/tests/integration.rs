@@ -1265,7 +1265,12 @@ async fn the_authorization_server_refuses_each_attack() {
 
 /// A fake upstream authorization server (the provider, e.g. Notion's OAuth): approves at once,
 /// checks HTTP Basic client authentication and PKCE, issues `ti-N` / `rt-N`.
-async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+/// What a fake provider answers to refresh requests (200 by default).
+type RefreshStatus = Arc<std::sync::atomic::AtomicU16>;
+
+async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>, RefreshStatus) {
+    let refresh_status: RefreshStatus = Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let status_handle = refresh_status.clone();
     use axum::extract::Query;
     use axum::http::HeaderMap;
     let challenges: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
@@ -1284,7 +1289,7 @@ async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         .route(
             "/token",
             axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-                let (c2, l) = (c2.clone(), l.clone());
+                let (c2, l, refresh_status) = (c2.clone(), l.clone(), refresh_status.clone());
                 let f: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
                 async move {
                     use base64::Engine as _;
@@ -1305,6 +1310,10 @@ async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
                             // Expires within the gateway's refresh skew: the first use refreshes it.
                             (axum::http::StatusCode::OK, axum::Json(json!({"access_token": "ti-1", "refresh_token": "rt-1", "expires_in": 30, "token_type": "bearer"})))
                         }
+                        Some("refresh_token") if refresh_status.load(std::sync::atomic::Ordering::SeqCst) != 200 => {
+                            let status = axum::http::StatusCode::from_u16(refresh_status.load(std::sync::atomic::Ordering::SeqCst)).unwrap();
+                            (status, axum::Json(json!({"error": "invalid_grant"})))
+                        }
                         Some("refresh_token") if f.get("refresh_token").map(String::as_str) == Some("rt-1") => {
                             // No new refresh token: the gateway must keep rt-1.
                             (axum::http::StatusCode::OK, axum::Json(json!({"access_token": "ti-2", "expires_in": 3600, "token_type": "bearer"})))
@@ -1317,7 +1326,7 @@ async fn fake_provider() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, log)
+    (url, log, status_handle)
 }
 
 mod sha2_check {
@@ -1331,6 +1340,7 @@ struct NotionWorld {
     browser: reqwest::Client,
     provider: String,
     provider_log: Arc<std::sync::Mutex<Vec<String>>>,
+    refresh_status: RefreshStatus,
     notion: postern_notion_fake::RunningNotion,
     stop: CancellationToken,
 }
@@ -1339,7 +1349,7 @@ struct NotionWorld {
 /// app route (`/app`, echoing what it receives), and Ada signed in in `browser`.
 async fn notion_world() -> NotionWorld {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (provider, provider_log) = fake_provider().await;
+    let (provider, provider_log, refresh_status) = fake_provider().await;
     let notion = postern_notion_fake::FakeNotion::new()
         .token("ti-1")
         .token("ti-2")
@@ -1457,6 +1467,7 @@ routes:
         browser,
         provider,
         provider_log,
+        refresh_status,
         notion,
         stop,
     }
@@ -1471,6 +1482,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         provider_log,
         notion,
         stop,
+        ..
     } = notion_world().await;
     let registered: Value = client()
         .post(format!("{base}/.pomerium/mcp/register"))
@@ -1969,4 +1981,105 @@ async fn private_key_jwt_clients_prove_their_key_once_per_assertion() {
         (401, Some("invalid_client")),
         "an assertion works once"
     );
+}
+
+#[tokio::test]
+async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() {
+    let w = notion_world().await;
+    let base = &w.base;
+    // Connect, so a TI that needs a refresh exists.
+    let start = w
+        .browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=/&resource={}",
+            urlencode(&format!("{base}/notion"))
+        ))
+        .send()
+        .await
+        .unwrap();
+    let back = w
+        .browser
+        .get(start.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    w.browser
+        .get(back.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let te = w
+        .browser
+        .get(format!("{base}/app/x"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned();
+    let call_notion = || {
+        let (url, te) = (format!("{base}/notion"), te.clone());
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(te)
+                .header("accept", "application/json, text/event-stream")
+                .json(&call(1, "search", json!({"query": "r"})))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    w.refresh_status
+        .store(503, std::sync::atomic::Ordering::SeqCst);
+    let outage = call_notion().await;
+    assert_eq!(outage.status(), 502);
+    let body: Value = outage.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        json!("upstream_token_refresh_failed"),
+        "{body}"
+    );
+    let routes: Value = w
+        .browser
+        .get(format!("{base}/.pomerium/mcp/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        routes["servers"][0]["connected"],
+        json!(true),
+        "an outage keeps the TI"
+    );
+
+    w.refresh_status
+        .store(400, std::sync::atomic::Ordering::SeqCst);
+    let revoked = call_notion().await;
+    assert_eq!(
+        revoked.status(),
+        401,
+        "the provider refused the refresh token: the client must authorize again"
+    );
+    let routes: Value = w
+        .browser
+        .get(format!("{base}/.pomerium/mcp/routes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        routes["servers"][0]["connected"],
+        json!(false),
+        "the dead TI was forgotten"
+    );
+    w.refresh_status
+        .store(200, std::sync::atomic::Ordering::SeqCst);
+    w.stop.cancel();
 }
