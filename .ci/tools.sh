@@ -21,7 +21,7 @@ if [ ! -d "$root/tests/oidc-provider/node_modules/oidc-provider" ]; then
   (cd "$root/tests/oidc-provider" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 # The official MCP TypeScript SDK, as a real client in the acceptance test.
-if [ ! -d "$root/tests/mcp-client/node_modules/@modelcontextprotocol/sdk" ]; then
+if [ ! -d "$root/tests/mcp-client/node_modules/@modelcontextprotocol/sdk" ] || [ ! -d "$root/tests/mcp-client/node_modules/playwright-core" ]; then
   (cd "$root/tests/mcp-client" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 # The conformance suite's alpha, for its authorization-server mode.

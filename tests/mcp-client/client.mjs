@@ -52,5 +52,6 @@ if (!tools.tools.some((t) => t.name === tool)) throw new Error(`${tool} not list
 const result = await client.callTool({ name: tool, arguments: JSON.parse(argsJson) });
 const text = JSON.stringify(result);
 if (result.isError || !text.includes(expected)) throw new Error(`unexpected result: ${text}`);
+if (process.env.TOKEN_OUT) (await import('node:fs')).writeFileSync(process.env.TOKEN_OUT, state.tokens.access_token);
 console.log(`ok: ${serverPath} ${tool} -> ${text.slice(0, 160)}`);
 await client.close();

@@ -1,59 +1,66 @@
 #!/usr/bin/env bash
-# Drives Postern with the official MCP TypeScript SDK as a real client: the reference servers
-# behind the gateway, local sign-in, and for each server the full OAuth flow (discovery,
-# registration, sign-in, consent, PKCE, token) then tools/list and tools/call.
+# Acceptance, as a new user would do it: `postern up` in a fresh data directory, then the official
+# MCP TypeScript SDK as a real client of each server (discovery, registration, sign-in, consent,
+# PKCE, token, tools/list, tools/call), the portal in headless Chromium, a restart that keeps the
+# user, keys and tokens, Ctrl-C, and the conformance suite's authorization mode.
+# Notion's OAuth and API are the faithful fakes from crates/testkit (`fakes`).
 # Usage: tests/mcp-client/run.sh [target dir with postern]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${1:-$root/target/debug}"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-servers_port=$((20000 + RANDOM % 10000)); gateway_port=$((30000 + RANDOM % 10000))
+port=$((30000 + RANDOM % 10000))
 notion_port=$((15000 + RANDOM % 4000)); provider_port=$((11000 + RANDOM % 4000))
-hash=$(echo -n acceptance-password | "$bin/postern" hash-password)
-cat >"$work/users.yaml" <<YAML
-- {email: ada@example.com, name: Ada Lovelace, groups: [staff], password_hash: "$hash"}
-YAML
-cat >"$work/postern.yaml" <<YAML
-insecure_server: true
-address: 127.0.0.1:$gateway_port
-data_dir: $work/data
-users_file: $work/users.yaml
-pass_identity_headers: true
-routes:
-  - from: http://localhost
-    prefix: /notion
-    to: "http://127.0.0.1:$servers_port/notion"
-    allow_any_authenticated_user: true
-    mcp:
-      upstream_oauth2:
-        client_id: notion-client
-        client_secret: notion-secret
-        endpoint: {auth_url: "http://127.0.0.1:$provider_port/authorize", token_url: "http://127.0.0.1:$provider_port/token", auth_style: header}
-  - {from: http://localhost, prefix: /whoami, to: "http://127.0.0.1:$servers_port/whoami", allow_any_authenticated_user: true, mcp: {}}
-  - {from: http://localhost, prefix: /sqlite, to: "http://127.0.0.1:$servers_port/sqlite", allow_any_authenticated_user: true, mcp: {}}
-YAML
 "$bin/fakes" notion $notion_port "$work/notion.log" 2>/dev/null &
 fake_notion=$!
 "$bin/fakes" provider $provider_port 2>/dev/null &
 fake_provider=$!
-PORT=$servers_port NOTION_API_BASE_URL="http://127.0.0.1:$notion_port" SQLITE_DB_FILE="$root/examples/demo.db" ASSERTION_JWKS_URL="http://localhost:$gateway_port/.well-known/pomerium/jwks.json" \
-  ASSERTION_ISSUER=localhost ASSERTION_AUDIENCE=localhost RUST_LOG=warn "$bin/postern" servers >"$work/servers.log" 2>&1 &
-servers=$!
-RUST_LOG=warn "$bin/postern" serve --config "$work/postern.yaml" >"$work/gateway.log" 2>&1 &
-gateway=$!
-trap 'kill $servers $gateway $fake_notion $fake_provider 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$gateway_port/.pomerium/ping" >/dev/null 2>&1 && break; sleep 0.1; done
+up=""
+trap 'kill $up $fake_notion $fake_provider 2>/dev/null || true; rm -rf "$work"' EXIT
+start_up() {
+  NOTION_CLIENT_ID=notion-client NOTION_CLIENT_SECRET=notion-secret \
+    NOTION_AUTH_URL="http://127.0.0.1:$provider_port/authorize" NOTION_TOKEN_URL="http://127.0.0.1:$provider_port/token" \
+    NOTION_API_BASE_URL="http://127.0.0.1:$notion_port" RUST_LOG=warn \
+    "$bin/postern" up --data-dir "$work/data" --port "$port" >"$work/up.out" 2>"$work/up.err" &
+  up=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/.pomerium/ping" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "postern up did not start"; cat "$work/up.out" "$work/up.err"; exit 1
+}
+fail() { echo "$1"; tail -20 "$work/up.err"; exit 1; }
+start_up
+base="http://localhost:$port"
+grep -q "claude mcp add --transport http whoami $base/whoami" "$work/up.out" || fail "no client commands printed"
+[ "$(stat -c %a "$work/data/credentials.txt")" = 600 ] || fail "credentials.txt is not mode 0600"
+email=$(sed -n 's/^email: //p' "$work/data/credentials.txt")
+password=$(sed -n 's/^password: //p' "$work/data/credentials.txt")
+grep -q "password: $password (shown once" "$work/up.out" || fail "the new password was not printed"
 cd "$root/tests/mcp-client"
-base="http://localhost:$gateway_port"
-node client.mjs "$base" ada@example.com acceptance-password /whoami whoami '{}' '"email":"ada@example.com"' || { tail -20 "$work/gateway.log"; exit 1; }
-node client.mjs "$base" ada@example.com acceptance-password /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || { tail -20 "$work/gateway.log"; exit 1; }
+TOKEN_OUT="$work/te" node client.mjs "$base" "$email" "$password" /whoami whoami '{}' "\"email\":\"$email\"" || fail "whoami"
+node client.mjs "$base" "$email" "$password" /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || fail "sqlite"
 # Notion: the authorization takes the user through the upstream provider; the server gets the
 # TI, the client only ever holds the TE.
-node client.mjs "$base" ada@example.com acceptance-password /notion search '{"query":"road"}' 'Roadmap' || { tail -20 "$work/gateway.log"; exit 1; }
+node client.mjs "$base" "$email" "$password" /notion search '{"query":"road"}' 'Roadmap' || fail "notion"
 grep -q "POST /v1/search Bearer ti-acceptance" "$work/notion.log" || { echo "the Notion API never saw the TI"; cat "$work/notion.log"; exit 1; }
 if grep -q "pst_" "$work/notion.log"; then echo "a TE reached the Notion API"; exit 1; fi
 echo "the Notion API saw only the TI: $(grep -c 'Bearer ti-acceptance' "$work/notion.log") requests"
+
+# The portal in headless Chromium.
+mkdir -p "$root/target"
+node portal.mjs "$base" "$email" "$password" "$root/target/portal.png" || fail "portal"
+
+# Ctrl-C stops cleanly; a re-run keeps the user, the keys and the tokens.
+kill -INT $up
+for _ in $(seq 1 100); do kill -0 $up 2>/dev/null || break; sleep 0.1; done
+if kill -0 $up 2>/dev/null; then fail "postern up still running 10 s after Ctrl-C"; fi
+wait $up && echo "ok: Ctrl-C stopped postern up with status 0" || fail "postern up exited with status $? after Ctrl-C"
+start_up
+grep -q "password: in $work/data/credentials.txt" "$work/up.out" || fail "the re-run did not reuse the user"
+status=$(curl -sS -o "$work/reuse.json" -w '%{http_code}' -X POST "$base/whoami" -H "authorization: Bearer $(cat "$work/te")" \
+  -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+  -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}')
+[ "$status" = 200 ] || { cat "$work/reuse.json"; fail "the TE issued before the restart answered $status"; }
+echo "ok: after a restart the same user signs in and the earlier TE still works"
 
 # The conformance suite's authorization mode (alpha) against Postern's authorization server: it
 # checks the metadata, runs an authorization-code grant with PKCE and `resource` (this script
@@ -66,7 +73,7 @@ client_id=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: a
 authz=$!
 for _ in $(seq 1 100); do grep -q "^$base/.pomerium/mcp/authorize" "$work/authz.out" && break; sleep 0.1; done
 authorization_url=$(grep -m1 "^$base/.pomerium/mcp/authorize" "$work/authz.out")
-node browser.mjs "$authorization_url" "$base" ada@example.com acceptance-password "http://127.0.0.1:$callback_port/callback" >/dev/null
+node browser.mjs "$authorization_url" "$base" "$email" "$password" "http://127.0.0.1:$callback_port/callback" >/dev/null
 if ! wait $authz; then cat "$work/authz.out"; exit 1; fi
 grep -E "SUCCESS|WARNING|FAILURE|passed|failed" "$work/authz.out" | grep -v '^Total:' || true
 if grep -qE "WARNING|FAILURE" "$work/authz.out"; then echo "authorization mode reported warnings or failures"; cat "$work/authz.out"; exit 1; fi

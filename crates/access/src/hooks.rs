@@ -356,7 +356,7 @@ impl Access {
 
     async fn sign_in_form(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
         let query = request.uri().query().unwrap_or("").to_owned();
-        let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/".into());
+        let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
         if request.method() != Method::POST {
             if let Some(oidc) = &self.oidc {
                 return self.start_oidc(oidc, ctx, &redirect).await;
@@ -965,14 +965,14 @@ fn set_cookie(response: &mut Response<Body>, cookie: &str) {
 }
 
 /// A redirect target on this gateway: a path, or an absolute URL to this very host. Anything
-/// else (another host, `//evil`, `javascript:`) becomes `/`.
+/// else (another host, `//evil`, `javascript:`) becomes the portal.
 fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
     if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
         return target.to_owned();
     }
     match url::Url::parse(target) {
         Ok(url) if url.origin().ascii_serialization() == ctx.origin() => url.to_string(),
-        _ => "/".into(),
+        _ => "/.pomerium/".into(),
     }
 }
 

@@ -88,3 +88,75 @@ pub fn consent(
         user = escape(user),
     )
 }
+
+/// One MCP server on the portal.
+pub struct PortalServer<'a> {
+    /// Display name.
+    pub name: &'a str,
+    /// Optional description.
+    pub description: Option<&'a str>,
+    /// The URL to paste into an MCP client.
+    pub url: &'a str,
+    /// Whether the server needs an upstream account (an `upstream_oauth2` route).
+    pub needs_oauth: bool,
+    /// Whether the user's upstream account is connected (always true without `upstream_oauth2`).
+    pub connected: bool,
+}
+
+/// The portal at `/.pomerium/`: the signed-in user and their MCP servers, with Connect and
+/// Disconnect for servers behind an upstream account. The only script copies a URL to the
+/// clipboard; everything else is links and forms.
+pub fn portal(user: &str, email: &str, servers: &[PortalServer<'_>]) -> String {
+    let mut rows = String::new();
+    for server in servers {
+        let state = match (server.needs_oauth, server.connected) {
+            (false, _) => "<span class=\"state ready\">Ready</span>".to_owned(),
+            (true, true) => "<span class=\"state ready\">Connected</span>".to_owned(),
+            (true, false) => "<span class=\"state off\">Not connected</span>".to_owned(),
+        };
+        let action = match (server.needs_oauth, server.connected) {
+            (false, _) => String::new(),
+            (true, true) => format!(
+                "<form method=\"post\" action=\"/.pomerium/disconnect\"><input type=\"hidden\" name=\"resource\" value=\"{url}\">\
+<button type=\"submit\" class=\"secondary\">Disconnect</button></form>",
+                url = escape(server.url)
+            ),
+            (true, false) => format!(
+                "<a class=\"button\" href=\"/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
+                resource = escape(&crate::hooks::encode(server.url))
+            ),
+        };
+        let description = server
+            .description
+            .map(|d| format!("<p class=\"muted\">{}</p>", escape(d)))
+            .unwrap_or_default();
+        rows.push_str(&format!(
+            "<li class=\"server\"><div class=\"head\"><h2>{name}</h2>{state}</div>{description}\
+<div class=\"url\"><code>{url}</code><button type=\"button\" class=\"copy secondary\" data-url=\"{url}\">Copy</button></div>{action}</li>",
+            name = escape(server.name),
+            url = escape(server.url),
+        ));
+    }
+    if servers.is_empty() {
+        rows.push_str("<li class=\"muted\">No MCP servers are available to you.</li>");
+    }
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Your MCP servers · Postern</title><style>{STYLE}\
+body{{max-width:44rem;margin:3rem auto}}ul{{list-style:none;padding:0}}\
+.server{{border:1px solid #ddd;border-radius:10px;padding:1rem 1.2rem;margin:1rem 0}}\
+.head{{display:flex;justify-content:space-between;align-items:center}}h2{{font-size:1.1rem;margin:0}}\
+.state{{font-size:.85rem;padding:.15rem .6rem;border-radius:99px}}.ready{{background:#dcfce7;color:#166534}}.off{{background:#fef3c7;color:#92400e}}\
+.url{{display:flex;gap:.5rem;align-items:center;margin:.6rem 0}}code{{flex:1;background:#f3f4f6;padding:.4rem .6rem;border-radius:6px;overflow-wrap:anywhere}}\
+button,.button{{width:auto;margin:0;padding:.45rem .9rem;display:inline-block;text-decoration:none;border-radius:6px;background:#1d4ed8;color:#fff}}\
+.secondary{{background:#e5e7eb;color:#111}}.muted{{color:#6b7280;margin:.3rem 0}}\
+header{{display:flex;justify-content:space-between;align-items:baseline}}</style></head><body>\
+<header><h1>Your MCP servers</h1><p>Signed in as <strong id=\"user\">{user}</strong> ({email}) · <a href=\"/.pomerium/sign_out\">Sign out</a></p></header>\
+<p class=\"muted\">Paste a server's URL into your MCP client (Claude, ChatGPT, VS Code, MCP Inspector); it signs in here.</p>\
+<ul>{rows}</ul>\
+<script>for(const b of document.querySelectorAll('.copy'))b.onclick=()=>navigator.clipboard.writeText(b.dataset.url).then(()=>{{b.textContent='Copied'}});</script>\
+</body></html>",
+        user = escape(user),
+        email = escape(email),
+    )
+}

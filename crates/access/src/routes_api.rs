@@ -25,6 +25,9 @@ impl Access {
         request: Request<Body>,
     ) -> Result<Response<Body>, Request<Body>> {
         let path = request.uri().path().to_owned();
+        if matches!(path.as_str(), "/.pomerium/" | "/.pomerium/disconnect") {
+            return Ok(self.portal(ctx, request).await);
+        }
         if !matches!(
             path.as_str(),
             "/.pomerium/mcp/routes" | "/.pomerium/mcp/routes/disconnect" | "/.pomerium/mcp/connect"
@@ -73,6 +76,110 @@ impl Access {
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(response)
+    }
+
+    /// The portal (`GET /.pomerium/`) and its Disconnect form (`POST /.pomerium/disconnect`),
+    /// for a browser session only.
+    async fn portal(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+        let Some(session) =
+            session::current(request.headers(), &self.settings.cookie, &self.store).await
+        else {
+            return redirect_to("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2F");
+        };
+        let mut response = match (request.uri().path(), request.method()) {
+            ("/.pomerium/", &Method::GET | &Method::HEAD) => {
+                let list = self.server_list(ctx, &session).await;
+                let servers = list["servers"].as_array().cloned().unwrap_or_default();
+                let text = |s: &Value, k: &str| s.get(k).and_then(Value::as_str).map(str::to_owned);
+                let owned: Vec<_> = servers
+                    .iter()
+                    .map(|s| {
+                        (
+                            text(s, "name").unwrap_or_default(),
+                            text(s, "description"),
+                            text(s, "url").unwrap_or_default(),
+                            s["needs_oauth"].as_bool().unwrap_or(false),
+                            s["connected"].as_bool().unwrap_or(false),
+                        )
+                    })
+                    .collect();
+                let entries: Vec<_> = owned
+                    .iter()
+                    .map(
+                        |(name, description, url, needs_oauth, connected)| pages::PortalServer {
+                            name,
+                            description: description.as_deref(),
+                            url,
+                            needs_oauth: *needs_oauth,
+                            connected: *connected,
+                        },
+                    )
+                    .collect();
+                let name = if session.name.is_empty() {
+                    &session.email
+                } else {
+                    &session.name
+                };
+                html(
+                    StatusCode::OK,
+                    pages::portal(name, &session.email, &entries),
+                )
+            }
+            ("/.pomerium/disconnect", &Method::POST) => {
+                // A cross-site form must not disconnect anyone: the browser names the page that
+                // sent the form, and it has to be this origin (the cookie is SameSite=Lax too).
+                let origin = request
+                    .headers()
+                    .get(header::ORIGIN)
+                    .and_then(|v| v.to_str().ok());
+                if origin != Some(ctx.origin().as_str()) {
+                    return html(
+                        StatusCode::FORBIDDEN,
+                        pages::message(
+                            "Cannot disconnect",
+                            "This form only works from the portal page of this site. Open /.pomerium/ and try again.",
+                        ),
+                    );
+                }
+                let body = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let form = oauth_server::form(&body);
+                let Some(resource) = form.get("resource") else {
+                    return html(
+                        StatusCode::BAD_REQUEST,
+                        pages::message("Cannot disconnect", "The form names no server."),
+                    );
+                };
+                self.forget_upstream(ctx, &session, resource).await;
+                redirect_to("/.pomerium/")
+            }
+            _ => html(
+                StatusCode::METHOD_NOT_ALLOWED,
+                pages::message("Wrong method", "Open /.pomerium/ in a browser."),
+            ),
+        };
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+
+    /// Deletes `session`'s user's TI for the MCP server known by `url`, if any.
+    async fn forget_upstream(&self, ctx: &RequestContext, session: &Session, url: &str) {
+        if let Some(route) = ctx.runtime.routes.all().iter().find(|r| {
+            r.is_mcp_server()
+                && postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url)
+        }) {
+            let _ = self
+                .store
+                .delete_upstream_token(&session.user_id, &upstream::route_key(route))
+                .await;
+            tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
+        }
     }
 
     /// Who calls: the session cookie, or a TE (any resource: this only needs the identity).
@@ -173,16 +280,7 @@ impl Access {
             );
         };
         for url in urls.iter().filter_map(Value::as_str) {
-            if let Some(route) = ctx.runtime.routes.all().iter().find(|r| {
-                r.is_mcp_server()
-                    && postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url)
-            }) {
-                let _ = self
-                    .store
-                    .delete_upstream_token(&session.user_id, &upstream::route_key(route))
-                    .await;
-                tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
-            }
+            self.forget_upstream(ctx, session, url).await;
         }
         json_response(StatusCode::OK, &self.server_list(ctx, session).await)
     }

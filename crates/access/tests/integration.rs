@@ -268,7 +268,7 @@ async fn sign_in_accepts_the_right_password_and_rate_limits_guessing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["location"], "/");
+    assert_eq!(response.headers()["location"], "/.pomerium/");
 }
 
 #[tokio::test]

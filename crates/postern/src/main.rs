@@ -1,5 +1,6 @@
 //! `postern`: one binary for Postern's parts.
 //!
+//! - `postern up`: the gateway and the reference servers on localhost, ready to use;
 //! - `postern serve --config FILE`: the gateway;
 //! - `postern check-config FILE`: validate a gateway configuration;
 //! - `postern servers`: the reference MCP servers (`whoami`, `sqlite`, `notion`) on one listener,
@@ -7,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod serve;
+mod up;
 
 use std::net::{Ipv6Addr, SocketAddr};
 
@@ -24,6 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start everything on localhost: the gateway on http://localhost:PORT with the reference
+    /// servers behind it (/whoami, /sqlite over a demo database, /notion when NOTION_CLIENT_ID and
+    /// NOTION_CLIENT_SECRET are set), a generated user, and state kept in the data directory.
+    Up {
+        /// Where users, keys, tokens and the demo database are kept.
+        #[arg(long, default_value = "postern-data")]
+        data_dir: std::path::PathBuf,
+        /// The gateway's port on localhost.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Serve the reference MCP servers (whoami, sqlite, notion), configured from environment
     /// variables: PORT, SQLITE_DB_FILE, SQLITE_READ_WRITE, NOTION_API_BASE_URL, NOTION_VERSION,
     /// ASSERTION_JWKS_URL, ASSERTION_ISSUER, ASSERTION_AUDIENCE, ALLOWED_HOSTS, ALLOWED_ORIGINS.
@@ -84,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Servers => runtime.block_on(servers()),
+        Command::Up { data_dir, port } => runtime.block_on(up::up(data_dir, port)),
         Command::Serve { config: path } => {
             let config = serve_config.expect("loaded above");
             runtime.block_on(serve::serve(path, config))

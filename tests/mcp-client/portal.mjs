@@ -1,0 +1,70 @@
+// The portal in a real browser (headless Chromium, driven by playwright-core): sign in, see the
+// MCP servers, disconnect Notion and connect it again through the upstream OAuth flow; a
+// cross-site Disconnect form is refused. Saves a screenshot of the connected portal.
+//
+// node portal.mjs GATEWAY_URL EMAIL PASSWORD SCREENSHOT_FILE
+import { chromium } from 'playwright-core';
+
+const [gateway, email, password, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox'],
+});
+function check(condition, what) {
+  if (!condition) throw new Error(what);
+}
+try {
+  const page = await browser.newPage();
+  await page.goto(`${gateway}/.pomerium/`);
+  check(page.url().includes('/.pomerium/sign_in'), `not sent to sign in: ${page.url()}`);
+  await page.fill('#email', email);
+  await page.fill('#password', 'wrong password');
+  await page.click('button[type=submit]');
+  check((await page.textContent('[role=alert]'))?.includes('Wrong email or password') ?? false, 'no error for a wrong password');
+  await page.fill('#email', email);
+  await page.fill('#password', password);
+  await page.click('button[type=submit]');
+  await page.waitForURL(`${gateway}/.pomerium/`);
+  check((await page.textContent('#user')) !== null, 'no signed-in identity');
+  check((await page.textContent('header')).includes(email), 'the portal does not show the email');
+
+  const server = (name) => page.locator('li.server', { has: page.locator('h2', { hasText: name }) });
+  for (const name of ['Who am I', 'Demo database', 'Notion']) {
+    check(await server(name).count() === 1, `${name} is not listed`);
+  }
+  check((await server('Demo database').locator('code').textContent()) === `${gateway}/sqlite`, 'wrong sqlite URL');
+  // The MCP client's authorization connected Notion already (run.sh runs it first).
+  check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected by the client flow');
+
+  // A form on another site posting to Disconnect with the user's cookie is refused.
+  const cookies = await page.context().cookies();
+  const forged = await fetch(`${gateway}/.pomerium/disconnect`, {
+    method: 'POST',
+    redirect: 'manual',
+    headers: {
+      cookie: cookies.map((c) => `${c.name}=${c.value}`).join('; '),
+      origin: 'https://evil.example',
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: new URLSearchParams({ resource: `${gateway}/notion` }),
+  });
+  check(forged.status === 403, `cross-site disconnect answered ${forged.status}`);
+  await page.reload();
+  check((await server('Notion').locator('.state').textContent()) === 'Connected', 'a cross-site form disconnected Notion');
+
+  await server('Notion').getByText('Disconnect').click();
+  await page.waitForURL(`${gateway}/.pomerium/`);
+  check((await server('Notion').locator('.state').textContent()) === 'Not connected', 'Notion still connected after Disconnect');
+
+  await server('Notion').getByText('Connect', { exact: true }).click();
+  await page.waitForURL(`${gateway}/.pomerium/`);
+  check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected after Connect');
+  await page.screenshot({ path: screenshot, fullPage: true });
+
+  await page.click('text=Sign out');
+  await page.goto(`${gateway}/.pomerium/`);
+  check(page.url().includes('/.pomerium/sign_in'), 'the portal is still open after signing out');
+  console.log(`ok: portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);
+} finally {
+  await browser.close();
+}
