@@ -90,3 +90,59 @@ fn the_seed_readme_route_examples_load() {
         assert!(config.routes.iter().any(|r| r.mcp.is_some()), "{file}");
     }
 }
+
+#[test]
+fn the_compose_file_mounts_an_example_that_loads_where_the_image_reads_it() {
+    let compose = std::fs::read_to_string(root().join("docker-compose.yaml")).unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let mounts: Vec<_> = compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- ./examples/"))
+        .collect();
+    assert_eq!(mounts.len(), 1, "one configuration mounted: {mounts:?}");
+    let (file, target) = mounts[0].split_once(':').unwrap();
+    let target = target.trim_end_matches(":ro");
+    postern_config::load(&root().join("examples").join(file), &env())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        dockerfile.contains(&format!("\"--config\", \"{target}\"")),
+        "the image reads its configuration from {target}"
+    );
+    for secret in [
+        "SHARED_SECRET",
+        "IDP_CLIENT_SECRET",
+        "NOTION_CLIENT_SECRET",
+        "DATABROKER_STORAGE_CONNECTION_STRING",
+    ] {
+        assert!(
+            compose.contains(&format!("{secret}:")),
+            "compose passes {secret}"
+        );
+    }
+}
+
+#[test]
+fn the_configurations_in_the_docs_load() {
+    let mut loaded = 0;
+    for doc in ["README.md", "docs/guides.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+        for block in route_blocks(&text) {
+            // Blocks inside list items are indented: dedent, and give them a listener.
+            let indent = block
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.len() - l.trim_start().len())
+                .min()
+                .unwrap_or(0);
+            let body: String = block
+                .lines()
+                .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+                .collect();
+            let block = format!("insecure_server: true\n{body}");
+            postern_config::parse(&block, &root(), &env())
+                .unwrap_or_else(|e| panic!("{doc}: {e}\n{block}"));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 2, "the docs show configurations, found {loaded}");
+}
