@@ -35,8 +35,7 @@ const LEVELS: [(&str, &str); 7] = [
 fn accepted_keys(yaml: &str) -> BTreeSet<String> {
     let env: HashMap<String, String> = HashMap::new();
     let error = postern_config::parse(yaml, Path::new("."), &env)
-        .err()
-        .expect("an unknown key is an error")
+        .expect_err("an unknown key is an error")
         .to_string();
     let expected = error
         .split_once("expected ")
