@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The official MCP conformance suite against the fixture server (crates/testkit), directly and
-# through the gateway, and the two results compared scenario by scenario: the gateway must be
-# transparent. The direct run must pass every scenario (our MCP stack passes the whole suite).
+# through the gateway with a TE, and the two results compared scenario by scenario: the gateway
+# must be transparent. The direct run must pass every scenario (our MCP stack passes the whole
+# suite). The TE comes from the real OAuth flow (the TypeScript SDK client in tests/mcp-client);
+# the suite has no option to send it, so add-bearer.mjs adds it inside the suite's process.
 # Usage: conformance/run-gateway.sh [target dir with postern and mcp-fixture]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,14 +12,18 @@ source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
 fixture_port=$((20000 + RANDOM % 10000))
 gateway_port=$((30000 + RANDOM % 10000))
+hash=$(echo -n conformance-password | "$bin/postern" hash-password)
+echo "- {email: conformance@example.com, name: Conformance, password_hash: \"$hash\"}" >"$work/users.yaml"
 cat >"$work/postern.yaml" <<YAML
 insecure_server: true
 address: 127.0.0.1:$gateway_port
+data_dir: $work/data
+users_file: $work/users.yaml
 routes:
   - from: http://localhost
     prefix: /mcp
     to: http://127.0.0.1:$fixture_port/mcp
-    allow_public_unauthenticated_access: true
+    allow_any_authenticated_user: true
     mcp: {}
 YAML
 "$bin/mcp-fixture" "$fixture_port" >"$work/fixture.log" 2>&1 &
@@ -36,8 +42,14 @@ echo "=== conformance: fixture server, direct"
 "$CONFORMANCE" server --suite all --url "http://localhost:$fixture_port/mcp" >"$work/direct.out" 2>&1 || {
   echo "the fixture server does not pass the whole suite:"; status=1; }
 summary "$work/direct.out" | tee "$work/direct.sum"
-echo "=== conformance: fixture server through the gateway"
-"$CONFORMANCE" server --suite all --url "http://localhost:$gateway_port/mcp" >"$work/gateway.out" 2>&1 || true
+echo "=== conformance: fixture server through the gateway, with a TE"
+status_without=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://localhost:$gateway_port/mcp" \
+  -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' -d '{"jsonrpc":"2.0","id":1,"method":"ping"}')
+[ "$status_without" = 401 ] || { echo "the gateway answered $status_without without a TE"; exit 1; }
+(cd "$root/tests/mcp-client" && TOKEN_OUT="$work/te" node client.mjs "http://localhost:$gateway_port" conformance@example.com conformance-password /mcp test_simple_text '{}' 'simple text response') >/dev/null
+MCP_BEARER_TOKEN="$(cat "$work/te")" MCP_BEARER_ORIGIN="http://localhost:$gateway_port" \
+  MCP_UNDICI_FROM="$(readlink -f "$CONFORMANCE")" NODE_OPTIONS="--import $root/conformance/add-bearer.mjs" \
+  "$CONFORMANCE" server --suite all --url "http://localhost:$gateway_port/mcp" >"$work/gateway.out" 2>&1 || true
 summary "$work/gateway.out" >"$work/gateway.sum"
 if diff -u "$work/direct.sum" "$work/gateway.sum"; then
   echo "through the gateway: identical to direct ($(wc -l <"$work/direct.sum") scenarios)"
