@@ -26,10 +26,11 @@ function hiddenFields(html) {
   return fields;
 }
 
-export async function userAgent(start, { gateway, email, password, redirectPrefix }) {
+export async function userAgent(start, { gateway, email, password, redirectPrefix, visits = [] }) {
   let next = start.toString();
   for (let step = 0; step < 20; step++) {
     if (next.startsWith(redirectPrefix)) return new URL(next);
+    visits.push(next);
     const response = await browse(next);
     if (response.status >= 300 && response.status < 400) {
       next = new URL(response.headers.get('location'), next).href;

@@ -17,16 +17,14 @@
 //! day).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postern_oauth::OAuthError;
-use postern_oauth::registration::{is_loopback, validate_metadata};
+use postern_oauth::registration::validate_metadata;
 use postern_store::{OAuthClient, now_ms};
 use serde_json::Value;
 
-const MAX_BYTES: usize = 64 * 1024;
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -161,63 +159,15 @@ impl Cimd {
                 "client documents from {host} are not accepted: an administrator can add the domain to mcp_allowed_client_id_domains"
             )));
         }
-        let listed = self.exactly_listed(&host);
-        match url.scheme() {
-            "https" => {}
-            "http" if listed && is_loopback(&host) => {}
-            _ => return Err(refuse("the client's URL must use https")),
-        }
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        // Exactly listed hosts are trusted: they may be private (internal clients, tests).
+        let answer = crate::safe_http::fetch_json(&url, None, self.exactly_listed(&host))
             .await
-            .map_err(|e| refuse(format!("cannot resolve {host}: {e}")))?
-            .collect();
-        let address = addresses
-            .iter()
-            .find(|a| listed || is_public(a.ip()))
-            .copied()
-            .ok_or_else(|| {
-                refuse(format!(
-                    "{host} resolves to a private or local address; only exactly listed hosts may"
-                ))
-            })?;
-        // Connect to the checked address, not to whatever a second lookup would say.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .resolve(&host, address)
-            .build()
-            .map_err(|e| refuse(e.to_string()))?;
-        let mut response = http
-            .get(url.clone())
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| refuse(format!("cannot fetch {url}: {e}")))?;
-        if !response.status().is_success() {
-            return Err(refuse(format!("{url} answered HTTP {}", response.status())));
+            .map_err(refuse)?;
+        if !answer.status.is_success() {
+            return Err(refuse(format!("{url} answered HTTP {}", answer.status)));
         }
-        if response
-            .content_length()
-            .is_some_and(|l| l > MAX_BYTES as u64)
-        {
-            return Err(refuse(format!("{url} is larger than 64 KiB")));
-        }
-        let ttl = cache_ttl(
-            response
-                .headers()
-                .get("cache-control")
-                .and_then(|v| v.to_str().ok()),
-        );
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| refuse(e.to_string()))? {
-            if body.len() + chunk.len() > MAX_BYTES {
-                return Err(refuse(format!("{url} is larger than 64 KiB")));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let document: Value = serde_json::from_slice(&body)
-            .map_err(|e| refuse(format!("the document at {url} is not JSON: {e}")))?;
+        let ttl = cache_ttl(answer.cache_control.as_deref());
+        let document = answer.body;
         Ok((document, ttl))
     }
 }
@@ -243,39 +193,10 @@ fn cache_ttl(header: Option<&str>) -> Option<Duration> {
     Some(ttl)
 }
 
-/// Whether an address is publicly routable (not loopback, private, link-local, shared, ...).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 192 && b == 0)
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || v6.is_multicast())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::safe_http::is_public;
 
     #[test]
     fn private_and_metadata_addresses_are_not_public() {

@@ -54,6 +54,9 @@ pub struct AccessSettings {
     pub refresh_reuse_grace: Duration,
     /// Hosts whose client ID metadata documents are accepted (`mcp_allowed_client_id_domains`).
     pub allowed_client_id_domains: Vec<String>,
+    /// Hosts upstream OAuth discovery may contact besides the routes' upstream hosts
+    /// (`mcp_allowed_as_metadata_domains`).
+    pub allowed_as_metadata_domains: Vec<String>,
 }
 
 impl AccessSettings {
@@ -83,6 +86,7 @@ impl AccessSettings {
             access_token_ttl: Duration::from_secs(3600),
             refresh_reuse_grace: Duration::from_secs(5),
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
+            allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct Access {
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) http: reqwest::Client,
     pub(crate) cimd: crate::cimd::Cimd,
+    pub(crate) discovery: crate::discovery::Discovery,
     /// Client assertion ids seen (until their expiry), against replay.
     seen_assertions: std::sync::Mutex<HashMap<String, i64>>,
 }
@@ -122,7 +127,12 @@ impl Access {
         let audit = Audit::new(settings.audit_file.clone());
         let store_for_sync = store.clone();
         let cimd = crate::cimd::Cimd::new(settings.allowed_client_id_domains.clone());
+        let discovery = crate::discovery::Discovery::new(
+            store.clone(),
+            settings.allowed_as_metadata_domains.clone(),
+        );
         Self {
+            discovery,
             store,
             users,
             signer,
@@ -702,7 +712,11 @@ impl Hooks for Access {
             .extensions
             .get::<Allowed>()
             .and_then(|a| a.session.as_ref());
-        if let (Some(oauth), Some(session)) = (crate::upstream::settings(route), session) {
+        let oauth = match session {
+            Some(_) => self.upstream_oauth(route, &ctx.origin()).await,
+            None => None,
+        };
+        if let (Some(oauth), Some(session)) = (oauth.as_deref(), session) {
             let key = crate::upstream::route_key(route);
             let result = self
                 .store
@@ -722,27 +736,7 @@ impl Hooks for Access {
                         headers.insert(header::AUTHORIZATION, value);
                     }
                 }
-                Ok(None) => {
-                    // No TI (never connected, or the provider revoked it): the client's next
-                    // authorization takes the user through the provider again.
-                    let resource = oauth_server::route_resource(route, &ctx.origin());
-                    let mut response = json_error(
-                        StatusCode::UNAUTHORIZED,
-                        "upstream_not_connected",
-                        "your account at this MCP server's provider is not connected: authorize again",
-                        &ctx.request_id,
-                    );
-                    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
-                        &resource,
-                        Some(&TokenError::Revoked),
-                    )) {
-                        response
-                            .headers_mut()
-                            .insert(header::WWW_AUTHENTICATE, value);
-                    }
-                    cors(response.headers_mut());
-                    return Err(response);
-                }
+                Ok(None) => return Err(not_connected(ctx, route)),
                 Err(error) => {
                     tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
                     return Err(json_error(
@@ -788,6 +782,13 @@ impl Hooks for Access {
     ) -> Response<Body> {
         let Some(allowed) = grant.extensions.get::<Allowed>().cloned() else {
             return response;
+        };
+        let response = match self
+            .upstream_challenge(ctx, route, allowed.session.as_ref(), response)
+            .await
+        {
+            Ok(response) => response,
+            Err(replaced) => return replaced,
         };
         let response = if allowed.filter_tools {
             filter_tool_lists(route, &allowed, response).await
@@ -962,6 +963,28 @@ fn set_cookie(response: &mut Response<Body>, cookie: &str) {
     if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
+}
+
+/// 401 for a user whose upstream account (TI) for `route` is not connected (never, or the
+/// provider revoked it): the client's next authorization takes the user through the provider.
+pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Body> {
+    let resource = oauth_server::route_resource(route, &ctx.origin());
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        "upstream_not_connected",
+        "your account at this MCP server's provider is not connected: authorize again",
+        &ctx.request_id,
+    );
+    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
+        &resource,
+        Some(&TokenError::Revoked),
+    )) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    cors(response.headers_mut());
+    response
 }
 
 /// A redirect target on this gateway: a path, or an absolute URL to this very host. Anything

@@ -12,8 +12,10 @@ pub mod users;
 
 pub use hooks::{Access, AccessSettings};
 pub mod cimd;
+pub mod discovery;
 mod oauth_endpoints;
 pub mod oauth_server;
 pub mod oidc;
 mod routes_api;
+pub mod safe_http;
 pub mod upstream;

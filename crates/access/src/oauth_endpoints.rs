@@ -394,7 +394,7 @@ impl Access {
         }
 
         // A route that needs the user's upstream account (TI): get it first, then come back here.
-        if crate::upstream::settings(&route).is_some() {
+        if self.upstream_oauth(&route, &ctx.origin()).await.is_some() {
             let key = crate::upstream::route_key(&route);
             if !matches!(
                 self.store.get_upstream_token(&session.user_id, &key).await,
@@ -632,12 +632,33 @@ impl Access {
                     .find_refresh_token(old)
                     .await
                     .map_err(unavailable)?
-                    && family.client_id != client.client_id
                 {
-                    return Err(OAuthError::new(
-                        "invalid_grant",
-                        "the refresh token belongs to another client",
-                    ));
+                    if family.client_id != client.client_id {
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "the refresh token belongs to another client",
+                        ));
+                    }
+                    // A server that needs the user's upstream account (TI) they no longer (or
+                    // not yet) have: a new TE would only get 401 again. The client must run
+                    // the authorization, which takes the user through the provider.
+                    if let Some(route) = oauth_server::route_for_resource(ctx, &family.resource)
+                        && self.upstream_oauth(&route, &ctx.origin()).await.is_some()
+                        && !matches!(
+                            self.store
+                                .get_upstream_token(
+                                    &family.user_id,
+                                    &crate::upstream::route_key(&route)
+                                )
+                                .await,
+                            Ok(Some(_))
+                        )
+                    {
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "your account at this MCP server's provider is not connected: authorize again",
+                        ));
+                    }
                 }
                 let new = format!(
                     "{REFRESH_PREFIX}{}",
@@ -940,7 +961,7 @@ impl Access {
         session: &postern_store::Session,
         resume: Value,
     ) -> Response<Body> {
-        let Some(oauth) = crate::upstream::settings(route) else {
+        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
             return html(
                 StatusCode::BAD_REQUEST,
                 pages::message(
@@ -975,7 +996,7 @@ impl Access {
         }
         let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
         match crate::upstream::authorization_url(
-            oauth,
+            &oauth,
             &callback,
             &state,
             &pkce::challenge_of(&verifier),
@@ -1082,7 +1103,7 @@ impl Access {
                 "The MCP server this authorization was for is no longer configured.",
             );
         };
-        let Some(oauth) = crate::upstream::settings(&route) else {
+        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
             return failed(
                 StatusCode::NOT_FOUND,
                 "The MCP server no longer needs an upstream account.",
@@ -1102,10 +1123,19 @@ impl Access {
             ("redirect_uri", callback),
             ("code_verifier", pending.pkce_verifier.clone()),
         ]);
-        let token = match crate::upstream::token_request(&self.http, oauth, &params).await {
+        let token = match crate::upstream::token_request(&self.http, &oauth, &params).await {
             Ok(token) => token,
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
+                // A discovered upstream that no longer knows Postern's client: register again
+                // on the next attempt.
+                if matches!(&error, crate::upstream::UpstreamError::Refused(r) if r.contains("invalid_client"))
+                    && crate::upstream::settings(&route).is_none()
+                {
+                    self.discovery
+                        .forget(&pending.route_id, &ctx.origin())
+                        .await;
+                }
                 return failed(StatusCode::BAD_GATEWAY, &error.to_string());
             }
         };

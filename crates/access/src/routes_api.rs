@@ -231,7 +231,7 @@ impl Access {
             if !allowed {
                 continue;
             }
-            let needs_oauth = upstream::settings(route).is_some();
+            let needs_oauth = self.upstream_oauth(route, &ctx.origin()).await.is_some();
             let connected = !needs_oauth
                 || matches!(
                     self.store
@@ -319,7 +319,7 @@ impl Access {
                 ),
             );
         };
-        if upstream::settings(&route).is_none()
+        if self.upstream_oauth(&route, &ctx.origin()).await.is_none()
             || matches!(
                 self.store
                     .get_upstream_token(&session.user_id, &upstream::route_key(&route))

@@ -93,6 +93,9 @@ pub fn authorization_url(
         if !oauth.scopes.is_empty() {
             pairs.append_pair("scope", &oauth.scopes.join(" "));
         }
+        if let Some(resource) = &oauth.resource {
+            pairs.append_pair("resource", resource);
+        }
         for (key, value) in &oauth.authorization_url_params {
             if RESERVED.contains(&key.as_str()) {
                 tracing::warn!(%key, "ignoring a reserved authorization_url_params entry");
@@ -122,6 +125,9 @@ pub async fn token_request(
         .map(|s| s.expose().to_owned())
         .unwrap_or_default();
     let mut form: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.clone())).collect();
+    if let Some(resource) = &oauth.resource {
+        form.push(("resource", resource.clone()));
+    }
     let mut request = http.post(&url).header("accept", "application/json");
     match endpoint.auth_style.unwrap_or(AuthStyle::Header) {
         AuthStyle::Header => {

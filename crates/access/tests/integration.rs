@@ -129,6 +129,7 @@ routes:
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
         allowed_client_id_domains: vec!["127.0.0.1".into()],
+        allowed_as_metadata_domains: vec![],
     };
     let access = Access::new(
         store,
@@ -650,6 +651,7 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
         allowed_client_id_domains: vec!["127.0.0.1".into()],
+        allowed_as_metadata_domains: vec![],
     };
     let oidc = Oidc::new(OidcSettings {
         issuer: op.issuer.clone(),
@@ -1431,6 +1433,7 @@ routes:
         access_token_ttl: std::time::Duration::from_secs(3600),
         refresh_reuse_grace: std::time::Duration::ZERO,
         allowed_client_id_domains: vec!["127.0.0.1".into()],
+        allowed_as_metadata_domains: vec![],
     };
     let access = Access::new(
         store,

@@ -311,6 +311,10 @@ pub struct UpstreamOAuth2 {
     /// Extra authorize-URL parameters (e.g. `prompt: consent`, `owner: user`).
     #[serde(default)]
     pub authorization_url_params: BTreeMap<String, String>,
+    /// The upstream resource (RFC 8707) to request the TI for; set for discovered upstreams,
+    /// never read from the file.
+    #[serde(skip)]
+    pub resource: Option<String>,
 }
 
 /// The provider's endpoints.

@@ -557,6 +557,46 @@ impl Store {
         String::from_utf8(plain).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
+    /// The value stored under `name` (sealed at rest), if any.
+    pub async fn get_key(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let context = format!("key|{name}");
+        let mut conn = self.db().conn().await?;
+        let rows = conn
+            .query("SELECT data FROM keys WHERE name = ?1", params![name])
+            .await?;
+        match rows.first() {
+            None => Ok(None),
+            Some(row) => {
+                let plain = self.inner.keys.open(&context, &row.text(0)?)?;
+                String::from_utf8(plain)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            }
+        }
+    }
+
+    /// Stores `value` under `name`, replacing what was there.
+    pub async fn put_key(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let context = format!("key|{name}");
+        let sealed = self.inner.keys.seal(&context, value.as_bytes())?;
+        let mut conn = self.db().conn().await?;
+        conn.execute(
+            "INSERT INTO keys (name, data, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO UPDATE SET data = excluded.data, created_at = excluded.created_at",
+            params![name, sealed, now_ms()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes what is stored under `name`; whether there was something.
+    pub async fn delete_key(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.db().conn().await?;
+        let n = conn
+            .execute("DELETE FROM keys WHERE name = ?1", params![name])
+            .await?;
+        Ok(n > 0)
+    }
+
     // ---- expiry ----------------------------------------------------------------------------
 
     /// Deletes every expired row; returns how many.

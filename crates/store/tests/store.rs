@@ -542,6 +542,18 @@ async fn consents_and_keys(t: TestStore) {
             .unwrap(),
         other.get_or_insert_key("signing", "x").await.unwrap()
     );
+
+    // Replaceable values (discovered upstream clients): one replica's write, the other's read.
+    assert_eq!(s.get_key("discovery|a").await.unwrap(), None);
+    s.put_key("discovery|a", "{\"v\":1}").await.unwrap();
+    s.put_key("discovery|a", "{\"v\":2}").await.unwrap();
+    assert_eq!(
+        other.get_key("discovery|a").await.unwrap().as_deref(),
+        Some("{\"v\":2}")
+    );
+    assert!(other.delete_key("discovery|a").await.unwrap());
+    assert!(!s.delete_key("discovery|a").await.unwrap());
+    assert_eq!(s.get_key("discovery|a").await.unwrap(), None);
 }
 
 async fn secrets_are_not_stored_in_clear(t: TestStore) {

@@ -1,0 +1,659 @@
+//! Upstream OAuth auto-discovery: an MCP server route without `upstream_oauth2` whose upstream
+//! runs MCP authorization itself (answers 401 with protected resource metadata). The gateway
+//! finds out what to do and becomes that server's OAuth client for each user, so the user's MCP
+//! client still only holds a TE:
+//!
+//! 1. protected resource metadata (RFC 9728): the `resource_metadata` hint of the upstream's
+//!    `WWW-Authenticate`, then the path-suffixed and the root well-known URLs; its `resource`
+//!    must be the upstream URL the route proxies to;
+//! 2. authorization server metadata (RFC 8414 and OpenID Connect discovery forms); its `issuer`
+//!    must be exactly the URL it was looked up under (RFC 8414 §3.3); PKCE S256 is required;
+//! 3. scopes: the challenge's `scope`, else the resource's `scopes_supported`;
+//! 4. a client id: dynamic registration (RFC 7591) as a public client with Postern's callback,
+//!    kept in the store per upstream issuer and Postern origin (every replica uses the same one).
+//!
+//! The result is an ordinary [`UpstreamOAuth2`] (with `resource` set) kept in the store per route
+//! and origin: the TI flow, storage, refresh and injection are those of static routes.
+//! Every request goes through [`crate::safe_http`], trusting only the route's upstream hosts and
+//! `mcp_allowed_as_metadata_domains`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Response, StatusCode, header};
+use postern_config::{AuthStyle, OAuthEndpoint, Secret, UpstreamOAuth2};
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::Route;
+use postern_oauth::metadata::same_resource;
+use postern_store::{Session, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::safe_http::{fetch_json, host_of};
+
+/// How long a route's discovery state is cached in memory before the store is read again.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// Which step of discovery failed, and why: shown to the user and logged.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream OAuth discovery failed at {step}: {reason}")]
+pub struct DiscoveryError {
+    /// `protected resource metadata`, `authorization server metadata`, `registration`, ...
+    pub step: &'static str,
+    /// What was wrong.
+    pub reason: String,
+}
+
+fn fail(step: &'static str, reason: impl Into<String>) -> DiscoveryError {
+    DiscoveryError {
+        step,
+        reason: reason.into(),
+    }
+}
+
+/// What discovery found for a route, as kept in the store.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Discovered {
+    /// The upstream resource (the MCP server's URL).
+    pub resource: String,
+    /// The upstream authorization server.
+    pub issuer: String,
+    /// Its authorization endpoint.
+    pub authorization_endpoint: String,
+    /// Its token endpoint.
+    pub token_endpoint: String,
+    /// Scopes to request.
+    pub scopes: Vec<String>,
+    /// Postern's client at that server.
+    pub client_id: String,
+    /// Its secret, when the server issued one.
+    pub client_secret: Option<String>,
+    /// `client_secret_basic` (header) or anything else (body).
+    pub token_endpoint_auth_method: String,
+}
+
+impl Discovered {
+    /// The settings the TI flow uses.
+    pub fn oauth(&self) -> Option<UpstreamOAuth2> {
+        Some(UpstreamOAuth2 {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone().map(Secret::new),
+            client_secret_file: None,
+            scopes: self.scopes.clone(),
+            endpoint: Some(OAuthEndpoint {
+                auth_url: url::Url::parse(&self.authorization_endpoint).ok()?,
+                token_url: url::Url::parse(&self.token_endpoint).ok()?,
+                auth_style: Some(
+                    if self.token_endpoint_auth_method == "client_secret_basic" {
+                        AuthStyle::Header
+                    } else {
+                        AuthStyle::Params
+                    },
+                ),
+            }),
+            authorization_url_params: Default::default(),
+            resource: Some(self.resource.clone()),
+        })
+    }
+}
+
+/// The parameters of a `Bearer` challenge (`WWW-Authenticate`).
+pub fn challenge_params(header: &str) -> Option<HashMap<String, String>> {
+    let rest = header.trim();
+    let rest = rest
+        .get(..6)
+        .filter(|s| s.eq_ignore_ascii_case("bearer"))
+        .map(|_| &rest[6..])?;
+    let mut params = HashMap::new();
+    let mut chars = rest.trim_start().chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let name: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if name.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value = value.trim().to_owned();
+        }
+        params.insert(name, value);
+    }
+    Some(params)
+}
+
+/// A route's discovery state (or its absence) and when it was read.
+type CacheEntry = (Option<Arc<Discovered>>, Instant);
+
+/// Discovery for the routes of one gateway.
+pub struct Discovery {
+    store: Store,
+    extra_trusted: Vec<String>,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+}
+
+impl Discovery {
+    /// `extra_trusted`: `mcp_allowed_as_metadata_domains`.
+    pub fn new(store: Store, extra_trusted: Vec<String>) -> Self {
+        Self {
+            store,
+            extra_trusted: extra_trusted
+                .into_iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn key(route_key: &str, origin: &str) -> String {
+        format!("discovery|{route_key}|{origin}")
+    }
+
+    /// What discovery found for this route and origin, if it ran.
+    pub async fn get(&self, route_key: &str, origin: &str) -> Option<Arc<Discovered>> {
+        let key = Self::key(route_key, origin);
+        if let Some((found, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return found.clone();
+        }
+        let found = match self.store.get_key(&key).await {
+            Ok(Some(text)) => serde_json::from_str::<Discovered>(&text).ok().map(Arc::new),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read discovered upstream settings");
+                return None;
+            }
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (found.clone(), Instant::now()));
+        found
+    }
+
+    pub(crate) async fn put(&self, route_key: &str, origin: &str, found: &Discovered) {
+        let key = Self::key(route_key, origin);
+        if let Ok(text) = serde_json::to_string(found)
+            && let Err(error) = self.store.put_key(&key, &text).await
+        {
+            tracing::warn!(%error, "cannot store discovered upstream settings");
+        }
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Some(Arc::new(found.clone())), Instant::now()));
+    }
+
+    /// Forgets what was discovered for this route and origin, and Postern's registration at its
+    /// authorization server (which no longer knows the client): the next upstream 401 runs
+    /// discovery and registration again.
+    pub async fn forget(&self, route_key: &str, origin: &str) {
+        if let Some(found) = self.get(route_key, origin).await {
+            let _ = self
+                .store
+                .delete_key(&format!("upstream-client|{}|{origin}", found.issuer))
+                .await;
+        }
+        let key = Self::key(route_key, origin);
+        let _ = self.store.delete_key(&key).await;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+
+    /// Whether requests to `host` are trusted for `route` (its upstream, or listed).
+    fn trusted(&self, route: &Route, host: &str) -> bool {
+        route
+            .config
+            .to
+            .to_vec()
+            .iter()
+            .any(|to| host_of(&to.0) == host)
+            || self.extra_trusted.iter().any(|d| d == host)
+    }
+
+    async fn get_json(
+        &self,
+        route: &Route,
+        url: &url::Url,
+        step: &'static str,
+    ) -> Result<Value, DiscoveryError> {
+        let answer = fetch_json(url, None, self.trusted(route, &host_of(url)))
+            .await
+            .map_err(|e| fail(step, e))?;
+        if !answer.status.is_success() {
+            return Err(fail(step, format!("{url} answered HTTP {}", answer.status)));
+        }
+        Ok(answer.body)
+    }
+
+    /// Runs discovery for `route` after its upstream answered `challenge` (the value of its
+    /// `WWW-Authenticate`), registers Postern if needed, and stores the result. `Ok(None)`: the
+    /// upstream gave no MCP authorization metadata (its 401 is passed on as it is).
+    pub async fn discover(
+        &self,
+        route: &Route,
+        route_key: &str,
+        origin: &str,
+        challenge: &str,
+    ) -> Result<Option<Arc<Discovered>>, DiscoveryError> {
+        let Some(params) = challenge_params(challenge) else {
+            return Ok(None);
+        };
+        let upstream = route.config.to.to_vec();
+        let Some(first) = upstream.first() else {
+            return Ok(None);
+        };
+        let upstream_url = &first.0;
+
+        // 1. Protected resource metadata.
+        let mut candidates = Vec::new();
+        if let Some(hint) = params.get("resource_metadata") {
+            match upstream_url.join(hint) {
+                Ok(url) => candidates.push(url),
+                Err(_) => {
+                    return Err(fail(
+                        "protected resource metadata",
+                        "the resource_metadata hint is not a URL",
+                    ));
+                }
+            }
+        }
+        let path = upstream_url.path().trim_end_matches('/');
+        let root = upstream_url
+            .join("/.well-known/oauth-protected-resource")
+            .ok();
+        if !path.is_empty()
+            && let Ok(url) =
+                upstream_url.join(&format!("/.well-known/oauth-protected-resource{path}"))
+        {
+            candidates.push(url);
+        }
+        candidates.extend(root);
+        let mut metadata = None;
+        let mut last_error = None;
+        for url in &candidates {
+            match self
+                .get_json(route, url, "protected resource metadata")
+                .await
+            {
+                Ok(document) if document.get("resource").is_some() => {
+                    metadata = Some(document);
+                    break;
+                }
+                Ok(_) => {
+                    last_error = Some(fail(
+                        "protected resource metadata",
+                        format!("{url} has no resource"),
+                    ))
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let Some(metadata) = metadata else {
+            if params.contains_key("resource_metadata") {
+                return Err(
+                    last_error.unwrap_or_else(|| fail("protected resource metadata", "not found"))
+                );
+            }
+            // A plain 401 without MCP authorization metadata: not ours to handle.
+            tracing::debug!(route = %route.id, error = ?last_error, "upstream 401 without protected resource metadata");
+            return Ok(None);
+        };
+        let resource = metadata["resource"].as_str().unwrap_or_default().to_owned();
+        if !upstream
+            .iter()
+            .any(|to| same_resource(&resource, to.0.as_str()))
+        {
+            return Err(fail(
+                "protected resource metadata",
+                format!(
+                    "its resource {resource} is not the upstream {upstream_url} this route proxies to"
+                ),
+            ));
+        }
+
+        // 2. Authorization server metadata.
+        let issuer = metadata
+            .get("authorization_servers")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| match &route.kind {
+                postern_gateway::routes::Kind::McpServer(server) => {
+                    server.authorization_server_url.clone()
+                }
+                _ => None,
+            })
+            .ok_or_else(|| {
+                fail(
+                    "protected resource metadata",
+                    "it names no authorization server",
+                )
+            })?;
+        let issuer_url = url::Url::parse(&issuer).map_err(|_| {
+            fail(
+                "authorization server metadata",
+                format!("{issuer} is not a URL"),
+            )
+        })?;
+        let as_path = issuer_url.path().trim_end_matches('/');
+        let mut as_candidates = vec![
+            format!("/.well-known/oauth-authorization-server{as_path}"),
+            format!("/.well-known/openid-configuration{as_path}"),
+        ];
+        if !as_path.is_empty() {
+            as_candidates.push(format!("{as_path}/.well-known/openid-configuration"));
+        }
+        let mut as_metadata = None;
+        let mut last_error = None;
+        for path in as_candidates {
+            let Ok(url) = issuer_url.join(&path) else {
+                continue;
+            };
+            match self
+                .get_json(route, &url, "authorization server metadata")
+                .await
+            {
+                Ok(document) => {
+                    as_metadata = Some(document);
+                    break;
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let as_metadata = as_metadata.ok_or_else(|| {
+            last_error.unwrap_or_else(|| fail("authorization server metadata", "not found"))
+        })?;
+        if as_metadata.get("issuer").and_then(Value::as_str) != Some(issuer.as_str()) {
+            return Err(fail(
+                "authorization server metadata",
+                format!(
+                    "its issuer {} is not {issuer}, the URL it was found under (RFC 8414 §3.3)",
+                    as_metadata.get("issuer").unwrap_or(&Value::Null)
+                ),
+            ));
+        }
+        let supports_s256 = as_metadata
+            .get("code_challenge_methods_supported")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|v| v == "S256"));
+        if !supports_s256 {
+            return Err(fail(
+                "authorization server metadata",
+                "the authorization server does not support PKCE S256",
+            ));
+        }
+        let endpoint = |name: &'static str| {
+            as_metadata
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| fail("authorization server metadata", format!("no {name}")))
+        };
+        let authorization_endpoint = endpoint("authorization_endpoint")?;
+        let token_endpoint = endpoint("token_endpoint")?;
+
+        // 3. Scopes.
+        let scopes: Vec<String> = match params.get("scope") {
+            Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
+            None => metadata
+                .get("scopes_supported")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+
+        // 4. A client id.
+        let client = self.client(route, &issuer, origin, &as_metadata).await?;
+        let found = Discovered {
+            resource,
+            issuer,
+            authorization_endpoint,
+            token_endpoint,
+            scopes,
+            client_id: client["client_id"].as_str().unwrap_or_default().to_owned(),
+            client_secret: client
+                .get("client_secret")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            token_endpoint_auth_method: client
+                .get("token_endpoint_auth_method")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+        };
+        self.put(route_key, origin, &found).await;
+        tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %found.issuer, client_id = %found.client_id, "upstream OAuth discovered");
+        Ok(Some(Arc::new(found)))
+    }
+
+    /// Postern's registration at `issuer` for `origin`: from the store, or registered now.
+    async fn client(
+        &self,
+        route: &Route,
+        issuer: &str,
+        origin: &str,
+        as_metadata: &Value,
+    ) -> Result<Value, DiscoveryError> {
+        let key = format!("upstream-client|{issuer}|{origin}");
+        if let Ok(Some(text)) = self.store.get_key(&key).await
+            && let Ok(client) = serde_json::from_str::<Value>(&text)
+        {
+            return Ok(client);
+        }
+        let registration = as_metadata
+            .get("registration_endpoint")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                fail(
+                    "registration",
+                    "the authorization server offers no dynamic registration; configure upstream_oauth2 with a client_id for this route",
+                )
+            })?;
+        let url = url::Url::parse(registration)
+            .map_err(|_| fail("registration", "registration_endpoint is not a URL"))?;
+        let request = json!({
+            "client_name": "Postern",
+            "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+        });
+        let answer = fetch_json(&url, Some(&request), self.trusted(route, &host_of(&url)))
+            .await
+            .map_err(|e| fail("registration", e))?;
+        if !answer.status.is_success()
+            || answer
+                .body
+                .get("client_id")
+                .and_then(Value::as_str)
+                .is_none()
+        {
+            return Err(fail(
+                "registration",
+                format!("{url} answered HTTP {}: {}", answer.status, answer.body),
+            ));
+        }
+        let mut client = answer.body;
+        if client.get("token_endpoint_auth_method").is_none() {
+            client["token_endpoint_auth_method"] = json!("none");
+        }
+        // Replicas registering at once all keep the first registration stored.
+        let stored = self
+            .store
+            .get_or_insert_key(&key, &client.to_string())
+            .await
+            .map_err(|e| fail("registration", e.to_string()))?;
+        serde_json::from_str(&stored).map_err(|e| fail("registration", e.to_string()))
+    }
+}
+
+impl crate::Access {
+    /// The upstream OAuth settings of `route`: configured (`upstream_oauth2`), or discovered for
+    /// this origin.
+    pub(crate) async fn upstream_oauth(
+        &self,
+        route: &Route,
+        origin: &str,
+    ) -> Option<Arc<UpstreamOAuth2>> {
+        if let Some(oauth) = crate::upstream::settings(route) {
+            return Some(Arc::new(oauth.clone()));
+        }
+        if !route.is_mcp_server() {
+            return None;
+        }
+        let found = self
+            .discovery
+            .get(&crate::upstream::route_key(route), origin)
+            .await?;
+        found.oauth().map(Arc::new)
+    }
+}
+
+impl crate::Access {
+    /// Looks at an upstream's 401/403 on an MCP server route without `upstream_oauth2`: an
+    /// upstream that runs MCP authorization is discovered (and the client told to authorize
+    /// again, which takes the user through the upstream's consent); a TI it rejects is
+    /// forgotten; `insufficient_scope` adds the scopes it asks for. `Err` replaces the response.
+    pub(crate) async fn upstream_challenge(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        session: Option<&Session>,
+        response: Response<Body>,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let status = response.status();
+        let (Some(session), true, None) = (
+            session,
+            route.is_mcp_server(),
+            crate::upstream::settings(route),
+        ) else {
+            return Ok(response);
+        };
+        if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+            return Ok(response);
+        }
+        let Some(challenge) = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        else {
+            return Ok(response);
+        };
+        let Some(params) = challenge_params(&challenge) else {
+            return Ok(response);
+        };
+        if status == StatusCode::FORBIDDEN
+            && params.get("error").map(String::as_str) != Some("insufficient_scope")
+        {
+            return Ok(response);
+        }
+        let origin = ctx.origin();
+        let key = crate::upstream::route_key(route);
+        if let Some(found) = self.discovery.get(&key, &origin).await {
+            // The upstream refused the TI it was given: forget it (and widen the scopes when it
+            // asked for more), so the next authorization gets a new one.
+            if status == StatusCode::FORBIDDEN
+                && let Some(scope) = params.get("scope")
+            {
+                let mut wider = (*found).clone();
+                for s in scope.split_whitespace() {
+                    if !wider.scopes.iter().any(|have| have == s) {
+                        wider.scopes.push(s.to_owned());
+                    }
+                }
+                self.discovery.put(&key, &origin, &wider).await;
+            }
+            let _ = self
+                .store
+                .delete_upstream_token(&session.user_id, &key)
+                .await;
+            tracing::info!(target: "postern::audit", event = "upstream_token_rejected", user = %session.email, route = %route.id, %status, "the upstream refused the TI; the user must authorize again");
+            return Err(crate::hooks::not_connected(ctx, route));
+        }
+        if status != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        match self
+            .discovery
+            .discover(route, &key, &origin, &challenge)
+            .await
+        {
+            Ok(Some(_)) => Err(crate::hooks::not_connected(ctx, route)),
+            Ok(None) => Ok(response),
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, route = %route.id, %error, "upstream OAuth discovery failed");
+                Err(crate::hooks::json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_discovery_failed",
+                    &format!(
+                        "{error}; an administrator can configure upstream_oauth2 for this route instead"
+                    ),
+                    &ctx.request_id,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse() {
+        let p = challenge_params(
+            r#"Bearer error="insufficient_scope", scope="files:read files:write", resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp""#,
+        )
+        .unwrap();
+        assert_eq!(p["error"], "insufficient_scope");
+        assert_eq!(p["scope"], "files:read files:write");
+        assert_eq!(
+            p["resource_metadata"],
+            "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+        );
+        let p = challenge_params("bearer realm=x, error=invalid_token").unwrap();
+        assert_eq!(p["realm"], "x");
+        assert_eq!(p["error"], "invalid_token");
+        assert!(challenge_params("Basic realm=\"x\"").is_none());
+        assert!(challenge_params("Bearer").unwrap().is_empty());
+    }
+}

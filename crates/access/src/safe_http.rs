@@ -1,0 +1,146 @@
+//! HTTP requests to URLs the gateway did not choose itself (client ID metadata documents, a
+//! client's `jwks_uri`, an upstream MCP server's OAuth metadata): an SSRF risk, so every request
+//! goes through [`fetch_json`]:
+//!
+//! - the caller says whether the host is *trusted* (listed exactly by an administrator, or the
+//!   route's own upstream): only trusted hosts may resolve to private, loopback or link-local
+//!   addresses (such as the cloud metadata address 169.254.169.254);
+//! - `https` only, except `http` for a trusted host on loopback (development and tests);
+//! - the connection goes to the address that was checked (no second DNS lookup);
+//! - no redirects, a 5 s time limit, at most 64 KiB of JSON.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use postern_oauth::registration::is_loopback;
+use serde_json::Value;
+
+const MAX_BYTES: usize = 64 * 1024;
+const TIME_LIMIT: Duration = Duration::from_secs(5);
+
+/// A JSON answer.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// The body, parsed.
+    pub body: Value,
+    /// `Cache-Control`, if any.
+    pub cache_control: Option<String>,
+}
+
+/// The host of `url`, lower-case, without IPv6 brackets.
+pub fn host_of(url: &url::Url) -> String {
+    url.host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+/// GETs `url` (or POSTs `body` as JSON) under the rules above. Errors say what was refused or
+/// what failed, naming the URL.
+pub async fn fetch_json(
+    url: &url::Url,
+    body: Option<&Value>,
+    trusted: bool,
+) -> Result<Answer, String> {
+    let host = host_of(url);
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{url}: URLs with credentials are refused"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if trusted && is_loopback(&host) => {}
+        _ => return Err(format!("{url}: only https is allowed here")),
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let address = addresses
+        .iter()
+        .find(|a| trusted || is_public(a.ip()))
+        .copied()
+        .ok_or_else(|| {
+            format!("{host} resolves to a private or local address; only trusted hosts may")
+        })?;
+    // Connect to the checked address, not to whatever a second lookup would say.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(TIME_LIMIT)
+        .resolve(&host, address)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let request = match body {
+        Some(body) => http.post(url.clone()).json(body),
+        None => http.get(url.clone()),
+    };
+    let mut response = request
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    if response
+        .content_length()
+        .is_some_and(|l| l > MAX_BYTES as u64)
+    {
+        return Err(format!("{url} is larger than 64 KiB"));
+    }
+    let status = response.status();
+    let cache_control = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if bytes.len() + chunk.len() > MAX_BYTES {
+            return Err(format!("{url} is larger than 64 KiB"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body = if status.is_success() {
+        serde_json::from_slice(&bytes).map_err(|e| format!("{url} did not answer JSON: {e}"))?
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer {
+        status: http::StatusCode::from_u16(status.as_u16())
+            .unwrap_or(http::StatusCode::BAD_GATEWAY),
+        body,
+        cache_control,
+    })
+}
+
+/// Whether `ip` is a public unicast address (not loopback, private, link-local, shared, ...).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! Upstream OAuth auto-discovery against a fake upstream MCP server that runs its own OAuth
+//! (protected resource metadata, authorization server metadata, registration, authorize, token),
+//! through a running gateway: the happy path (hint, DCR, `resource` sent, TI injected, expiry and
+//! refresh), the root well-known fallback, scope step-up on 403, the refusals (issuer mismatch,
+//! resource mismatch), a revoked refresh token, and a plain 401 passed through.
+//! The end-to-end run with real parts (the TypeScript SDK's example server with its own
+//! authorization server, and the SDK as the client) is `tests/mcp-client/discovery.sh`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use postern_access::assertion::Signer;
+use postern_access::session::CookieSettings;
+use postern_access::users::{LocalUser, LocalUsers, hash_password};
+use postern_access::{Access, AccessSettings};
+use postern_config::IssuerFormat;
+use postern_store::{Backend, Store};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// What the fake upstream saw and how it behaves.
+#[derive(Default)]
+struct Upstream {
+    base: String,
+    /// Serve protected resource metadata at the root well-known URL (for the `root` server).
+    serve_root: bool,
+    /// Token requests received (form fields).
+    token_requests: Vec<HashMap<String, String>>,
+    /// Registrations received.
+    registrations: u32,
+    /// Refresh grants are refused (the user revoked the app).
+    refuse_refresh: bool,
+    /// Bearer tokens the MCP endpoint saw.
+    bearers: Vec<String>,
+    /// `expires_in` of the tokens from the code exchange (default 3600).
+    code_token_ttl: Option<i64>,
+    /// The token endpoint no longer knows any client (the upstream lost its registrations).
+    forgot_clients: bool,
+}
+
+type Shared = Arc<Mutex<Upstream>>;
+
+fn challenge(base: &str, server: &str, hint: bool) -> String {
+    if hint {
+        format!(
+            "Bearer error=\"invalid_token\", resource_metadata=\"{base}/.well-known/oauth-protected-resource/{server}/mcp\""
+        )
+    } else {
+        "Bearer realm=\"upstream\"".into()
+    }
+}
+
+/// The MCP endpoint: its tokens work, except that `stepup` wants `files:write` (`narrow-*`
+/// tokens lack it).
+async fn mcp(
+    State(up): State<Shared>,
+    UrlPath(server): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let mut up = up.lock().unwrap();
+    let base = up.base.clone();
+    match bearer {
+        Some(token)
+            if token.starts_with("good-")
+                || (token.starts_with("narrow-") && server != "stepup") =>
+        {
+            up.bearers.push(token);
+            axum::Json(json!({"jsonrpc": "2.0", "id": 1, "result": {}})).into_response()
+        }
+        Some(token) if token.starts_with("narrow-") => {
+            up.bearers.push(token);
+            (
+                StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    "Bearer error=\"insufficient_scope\", scope=\"files:read files:write\"",
+                )],
+                "",
+            )
+                .into_response()
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(
+                "www-authenticate",
+                challenge(&base, &server, server != "root" && server != "plain"),
+            )],
+            "",
+        )
+            .into_response(),
+    }
+}
+
+async fn resource_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>) -> Response {
+    let base = up.lock().unwrap().base.clone();
+    if server == "plain" || server == "root" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let resource = if server == "badresource" {
+        "https://elsewhere.example/mcp".to_owned()
+    } else {
+        format!("{base}/{server}/mcp")
+    };
+    axum::Json(json!({
+        "resource": resource,
+        "authorization_servers": [format!("{base}/{server}")],
+        "scopes_supported": ["files:read"],
+    }))
+    .into_response()
+}
+
+async fn root_metadata(State(up): State<Shared>) -> Response {
+    let up = up.lock().unwrap();
+    if !up.serve_root {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    axum::Json(json!({
+        "resource": format!("{}/root/mcp", up.base),
+        "authorization_servers": [format!("{}/root", up.base)],
+    }))
+    .into_response()
+}
+
+async fn as_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>) -> Response {
+    let base = up.lock().unwrap().base.clone();
+    let issuer = if server == "badissuer" {
+        "https://impostor.example".to_owned()
+    } else {
+        format!("{base}/{server}")
+    };
+    axum::Json(json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{base}/{server}/authorize"),
+        "token_endpoint": format!("{base}/{server}/token"),
+        "registration_endpoint": format!("{base}/{server}/register"),
+        "code_challenge_methods_supported": ["S256"],
+        "response_types_supported": ["code"],
+    }))
+    .into_response()
+}
+
+async fn register(State(up): State<Shared>, axum::Json(body): axum::Json<Value>) -> Response {
+    up.lock().unwrap().registrations += 1;
+    assert_eq!(body["token_endpoint_auth_method"], "none");
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"client_id": "postern-at-upstream", "redirect_uris": body["redirect_uris"], "token_endpoint_auth_method": "none"})),
+    )
+        .into_response()
+}
+
+/// Approves at once: the code carries the requested scope.
+async fn authorize(Query(q): Query<HashMap<String, String>>) -> Response {
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], "postern-at-upstream");
+    let scope = q.get("scope").cloned().unwrap_or_default();
+    let code = if scope.contains("files:write") {
+        "code-wide"
+    } else {
+        "code-narrow"
+    };
+    Redirect::to(&format!(
+        "{}?code={code}&state={}",
+        q["redirect_uri"], q["state"]
+    ))
+    .into_response()
+}
+
+async fn token(State(up): State<Shared>, body: String) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let mut up = up.lock().unwrap();
+    up.token_requests.push(form.clone());
+    if up.forgot_clients {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client", "error_description": "unknown client"})),
+        )
+            .into_response();
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let prefix = if form["code"] == "code-wide" {
+                "good"
+            } else {
+                "narrow"
+            };
+            let ttl = up.code_token_ttl.unwrap_or(3600);
+            axum::Json(json!({"access_token": format!("{prefix}-1"), "token_type": "Bearer", "expires_in": ttl, "refresh_token": "rt-1"})).into_response()
+        }
+        Some("refresh_token") if up.refuse_refresh => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response(),
+        Some("refresh_token") => axum::Json(
+            json!({"access_token": "good-refreshed", "token_type": "Bearer", "expires_in": 3600}),
+        )
+        .into_response(),
+        _ => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+async fn fake_upstream(serve_root: bool) -> (String, Shared) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let shared: Shared = Arc::new(Mutex::new(Upstream {
+        base: base.clone(),
+        serve_root,
+        ..Default::default()
+    }));
+    let app = axum::Router::new()
+        .route("/{server}/mcp", post(mcp))
+        .route(
+            "/.well-known/oauth-protected-resource/{server}/mcp",
+            get(resource_metadata),
+        )
+        .route("/.well-known/oauth-protected-resource", get(root_metadata))
+        .route(
+            "/.well-known/oauth-authorization-server/{server}",
+            get(as_metadata),
+        )
+        .route("/{server}/register", post(register))
+        .route("/{server}/authorize", get(authorize))
+        .route("/{server}/token", post(token))
+        .with_state(shared.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, shared)
+}
+
+struct World {
+    base: String,
+    browser: reqwest::Client,
+    upstream: Shared,
+    plain: Shared,
+    _stop: CancellationToken,
+}
+
+async fn world() -> World {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (up, upstream) = fake_upstream(true).await;
+    let (plain_base, plain) = fake_upstream(false).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut yaml = String::from("insecure_server: true\nroutes:\n");
+    for server in ["hint", "stepup", "root", "badissuer", "badresource"] {
+        yaml.push_str(&format!(
+            "  - {{from: http://localhost, prefix: /{server}, to: {up}/{server}/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "  - {{from: http://localhost, prefix: /plain, to: {plain_base}/plain/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
+    ));
+    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
+    let store = Store::open(
+        &Backend::Memory,
+        b"discovery-test-shared-secret-0123456789",
+        &[],
+    )
+    .await
+    .unwrap();
+    let users = LocalUsers::new(vec![LocalUser {
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+        groups: vec![],
+        password_hash: hash_password("pw").unwrap(),
+    }]);
+    let settings = AccessSettings {
+        cookie: CookieSettings {
+            name: "_postern".into(),
+            expire: std::time::Duration::from_secs(3600),
+            secure: false,
+        },
+        pass_identity_headers: false,
+        issuer_format: IssuerFormat::HostOnly,
+        audit_file: None,
+        dynamic_registration: true,
+        access_token_ttl: std::time::Duration::from_secs(3600),
+        refresh_reuse_grace: std::time::Duration::ZERO,
+        allowed_client_id_domains: vec![],
+        allowed_as_metadata_domains: vec![],
+    };
+    let access = Access::new(
+        store,
+        users,
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        settings,
+    );
+    let stop = CancellationToken::new();
+    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
+    tokio::spawn(postern_gateway::server::serve(
+        listener,
+        None,
+        gateway,
+        stop.clone(),
+    ));
+    let base = format!("http://localhost:{port}");
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = browser
+        .post(format!("{base}/.pomerium/sign_in"))
+        .form(&[("email", "ada@example.com"), ("password", "pw")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    World {
+        base,
+        browser,
+        upstream,
+        plain,
+        _stop: stop,
+    }
+}
+
+impl World {
+    async fn call(&self, server: &str) -> (u16, Value) {
+        let response = self
+            .browser
+            .post(format!("{}/{server}", self.base))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Connects the upstream account from the browser: `/connect`, the upstream's authorize
+    /// (which approves at once), Postern's callback. Returns the authorize URL.
+    async fn connect(&self, server: &str) -> url::Url {
+        let start = self
+            .browser
+            .get(format!(
+                "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+                self.base,
+                url::form_urlencoded::byte_serialize(format!("{}/{server}", self.base).as_bytes())
+                    .collect::<String>()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(start.status(), 303, "{}", start.text().await.unwrap());
+        let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
+        let back = self.browser.get(authorize.clone()).send().await.unwrap();
+        let done = self
+            .browser
+            .get(back.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let location = done
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            location.as_deref(),
+            Some("/done"),
+            "{}",
+            done.text().await.unwrap()
+        );
+        authorize
+    }
+
+    async fn server_state(&self, server: &str) -> (bool, bool) {
+        let list: Value = self
+            .browser
+            .get(format!("{}/.pomerium/mcp/routes", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entry = list["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["url"] == format!("{}/{server}", self.base))
+            .unwrap_or_else(|| panic!("{server} not listed: {list}"))
+            .clone();
+        (
+            entry["needs_oauth"].as_bool().unwrap(),
+            entry["connected"].as_bool().unwrap(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_with_its_own_oauth_is_discovered_connected_and_refreshed() {
+    let w = world().await;
+    assert_eq!(
+        w.server_state("hint").await,
+        (false, true),
+        "before discovery the server needs nothing, so it counts as connected"
+    );
+
+    // The upstream's 401 makes the gateway discover its OAuth; the client is told to authorize.
+    let (status, body) = w.call("hint").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("upstream_not_connected")),
+        "{body}"
+    );
+    assert_eq!(w.server_state("hint").await, (true, false));
+    assert_eq!(
+        w.upstream.lock().unwrap().registrations,
+        1,
+        "registered once"
+    );
+
+    // Connecting: PKCE, the discovered client id, `resource`, the scopes the resource lists.
+    w.upstream.lock().unwrap().code_token_ttl = Some(1);
+    let authorize = w.connect("hint").await;
+    let query: HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    let upstream_base = w.upstream.lock().unwrap().base.clone();
+    assert_eq!(query["resource"], format!("{upstream_base}/hint/mcp"));
+    assert_eq!(query["scope"], "files:read");
+    let exchange = w.upstream.lock().unwrap().token_requests[0].clone();
+    assert_eq!(exchange["grant_type"], "authorization_code");
+    assert_eq!(exchange["resource"], format!("{upstream_base}/hint/mcp"));
+    assert_eq!(exchange["client_id"], "postern-at-upstream");
+    assert!(exchange.contains_key("code_verifier"));
+    assert_eq!(w.server_state("hint").await, (true, true));
+
+    // The TI expires at once: it is refreshed at the stored token endpoint (with `resource`)
+    // and the new one is sent.
+    let (status, body) = w.call("hint").await;
+    assert_eq!(status, 200, "{body}");
+    let refresh = w.upstream.lock().unwrap().token_requests[1].clone();
+    assert_eq!(refresh["grant_type"], "refresh_token");
+    assert_eq!(refresh["resource"], format!("{upstream_base}/hint/mcp"));
+    assert_eq!(
+        w.upstream
+            .lock()
+            .unwrap()
+            .bearers
+            .last()
+            .map(String::as_str),
+        Some("good-refreshed")
+    );
+
+    // The user revokes Postern at the upstream: the refresh is refused, the TI forgotten, and
+    // the client told to authorize again (which reconnects the account).
+    let response = w
+        .browser
+        .post(format!("{}/.pomerium/mcp/routes/disconnect", w.base))
+        .json(&json!({"routes": [format!("{}/hint", w.base)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    w.connect("hint").await;
+    w.upstream.lock().unwrap().refuse_refresh = true;
+    let (status, body) = w.call("hint").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("upstream_not_connected")),
+        "{body}"
+    );
+    assert_eq!(w.server_state("hint").await, (true, false));
+    assert_eq!(
+        w.upstream.lock().unwrap().registrations,
+        1,
+        "the registration is kept and reused"
+    );
+}
+
+#[tokio::test]
+async fn insufficient_scope_widens_the_scopes_of_the_next_authorization() {
+    let w = world().await;
+    assert_eq!(w.call("stepup").await.0, 401);
+    let authorize = w.connect("stepup").await;
+    assert_eq!(
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == "scope")
+            .unwrap()
+            .1,
+        "files:read"
+    );
+    // The upstream answers 403 insufficient_scope: the TI is forgotten, the client told to
+    // authorize again, and that authorization asks for the wider scope.
+    let (status, body) = w.call("stepup").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("upstream_not_connected")),
+        "{body}"
+    );
+    assert_eq!(w.server_state("stepup").await, (true, false));
+    let authorize = w.connect("stepup").await;
+    assert_eq!(
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == "scope")
+            .unwrap()
+            .1,
+        "files:read files:write"
+    );
+    let (status, body) = w.call("stepup").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        w.upstream
+            .lock()
+            .unwrap()
+            .bearers
+            .last()
+            .map(String::as_str),
+        Some("good-1")
+    );
+}
+
+#[tokio::test]
+async fn discovery_uses_the_root_well_known_when_there_is_no_hint() {
+    let w = world().await;
+    let (status, body) = w.call("root").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("upstream_not_connected")),
+        "{body}"
+    );
+    assert_eq!(w.server_state("root").await, (true, false));
+}
+
+#[tokio::test]
+async fn discovery_refuses_a_mismatched_issuer_or_resource_and_passes_plain_401s_through() {
+    let w = world().await;
+    let (status, body) = w.call("badissuer").await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("authorization server metadata") && message.contains("impostor.example"),
+        "{message}"
+    );
+    assert_eq!(
+        w.server_state("badissuer").await,
+        (false, true),
+        "nothing stored"
+    );
+
+    let (status, body) = w.call("badresource").await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("protected resource metadata") && message.contains("elsewhere.example"),
+        "{message}"
+    );
+
+    // No metadata anywhere: the upstream's own 401 reaches the client unchanged.
+    let response = w
+        .browser
+        .post(format!("{}/plain", w.base))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"upstream\""
+    );
+    assert_eq!(w.plain.lock().unwrap().registrations, 0);
+}
+
+#[tokio::test]
+async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
+    let w = world().await;
+    assert_eq!(w.call("hint").await.0, 401);
+    assert_eq!(w.upstream.lock().unwrap().registrations, 1);
+    w.upstream.lock().unwrap().forgot_clients = true;
+    // The code exchange is refused with invalid_client: the user sees why.
+    let start = w
+        .browser
+        .get(format!(
+            "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+            w.base,
+            url::form_urlencoded::byte_serialize(format!("{}/hint", w.base).as_bytes())
+                .collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let back = w
+        .browser
+        .get(start.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let failed = w
+        .browser
+        .get(back.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    assert!(failed.text().await.unwrap().contains("invalid_client"));
+    // The next upstream 401 discovers and registers again; connecting then works.
+    w.upstream.lock().unwrap().forgot_clients = false;
+    assert_eq!(w.call("hint").await.0, 401);
+    assert_eq!(
+        w.upstream.lock().unwrap().registrations,
+        2,
+        "registered again"
+    );
+    w.connect("hint").await;
+    assert_eq!(w.call("hint").await.0, 200);
+}

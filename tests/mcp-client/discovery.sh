@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Upstream OAuth auto-discovery, end to end: the official TypeScript SDK's example MCP server
+# with its own authorization server (--oauth-strict: it only accepts tokens issued for its own
+# URL, so Postern must send `resource`), behind a Postern route with no upstream_oauth2; the
+# official TypeScript SDK as the MCP client, holding only a TE. Also: a route whose upstream
+# 401s without metadata passes the 401 through.
+# Usage: tests/mcp-client/discovery.sh [target dir with postern]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${1:-$root/target/debug}"
+source "$root/.ci/tools.sh"
+work="$(mktemp -d)"
+port=$((30000 + RANDOM % 10000)); mcp_port=$((20000 + RANDOM % 5000)); auth_port=$((25000 + RANDOM % 5000))
+cd "$root/tests/mcp-client"
+MCP_PORT=$mcp_port MCP_AUTH_PORT=$auth_port node node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js --oauth --oauth-strict >"$work/upstream.log" 2>&1 &
+upstream=$!
+hash=$(echo -n discovery-password | "$bin/postern" hash-password)
+echo "- {email: ada@example.com, name: Ada, password_hash: \"$hash\"}" >"$work/users.yaml"
+cat >"$work/postern.yaml" <<YAML
+insecure_server: true
+address: 127.0.0.1:$port
+data_dir: $work/data
+users_file: $work/users.yaml
+routes:
+  - from: http://localhost
+    prefix: /remote
+    to: http://localhost:$mcp_port/mcp
+    name: Remote MCP server with its own OAuth
+    allow_any_authenticated_user: true
+    mcp: {}
+YAML
+RUST_LOG=warn,postern::audit=info "$bin/postern" serve --config "$work/postern.yaml" >"$work/gateway.log" 2>&1 &
+gateway=$!
+trap 'kill $upstream $gateway 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/.pomerium/ping" >/dev/null 2>&1 && curl -s -o /dev/null "http://localhost:$mcp_port/mcp" && break
+  sleep 0.1
+done
+node discovery-client.mjs "http://localhost:$port" ada@example.com discovery-password /remote || { tail -30 "$work/gateway.log"; tail -20 "$work/upstream.log"; exit 1; }
+grep -q '"upstream_discovered"\|upstream_discovered' "$work/gateway.log" || { echo "no discovery in the audit log"; tail -20 "$work/gateway.log"; exit 1; }
+echo "ok: discovery logged: $(sed 's/\x1b\[[0-9;]*m//g' "$work/gateway.log" | grep -o 'client_id=[^ ]*' | head -1)"
