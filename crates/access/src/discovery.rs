@@ -9,8 +9,10 @@
 //! 2. authorization server metadata (RFC 8414 and OpenID Connect discovery forms); its `issuer`
 //!    must be exactly the URL it was looked up under (RFC 8414 §3.3); PKCE S256 is required;
 //! 3. scopes: the challenge's `scope`, else the resource's `scopes_supported`;
-//! 4. a client id: dynamic registration (RFC 7591) as a public client with Postern's callback,
-//!    kept in the store per upstream issuer and Postern origin (every replica uses the same one).
+//! 4. a client id: Postern's client ID metadata document (`/.pomerium/mcp/client/metadata.json`)
+//!    when the server supports them, else dynamic registration (RFC 7591) as a public client
+//!    with Postern's callback, kept in the store per upstream issuer and Postern origin (every
+//!    replica uses the same one) and done again when the server forgets it.
 //!
 //! The result is an ordinary [`UpstreamOAuth2`] (with `resource` set) kept in the store per route
 //! and origin: the TI flow, storage, refresh and injection are those of static routes.
@@ -97,6 +99,24 @@ impl Discovered {
             resource: Some(self.resource.clone()),
         })
     }
+}
+
+/// Where Postern's client ID metadata document lives on `origin`.
+pub fn client_metadata_url(origin: &str) -> String {
+    format!("{origin}/.pomerium/mcp/client/metadata.json")
+}
+
+/// Postern's client ID metadata document on `origin`: a public client whose only redirect URI
+/// is the upstream callback.
+pub fn client_metadata_document(origin: &str) -> Value {
+    json!({
+        "client_id": client_metadata_url(origin),
+        "client_name": "Postern",
+        "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    })
 }
 
 /// The parameters of a `Bearer` challenge (`WWW-Authenticate`).
@@ -472,6 +492,21 @@ impl Discovery {
         origin: &str,
         as_metadata: &Value,
     ) -> Result<Value, DiscoveryError> {
+        // A client ID metadata document needs no registration. Its URL must be https, except on
+        // loopback, where the upstream can reach it only in development anyway.
+        let loopback_origin = url::Url::parse(origin)
+            .is_ok_and(|u| postern_oauth::registration::is_loopback(&host_of(&u)));
+        if as_metadata
+            .get("client_id_metadata_document_supported")
+            .and_then(Value::as_bool)
+            == Some(true)
+            && (origin.starts_with("https://") || loopback_origin)
+        {
+            return Ok(json!({
+                "client_id": client_metadata_url(origin),
+                "token_endpoint_auth_method": "none",
+            }));
+        }
         let key = format!("upstream-client|{issuer}|{origin}");
         if let Ok(Some(text)) = self.store.get_key(&key).await
             && let Ok(client) = serde_json::from_str::<Value>(&text)

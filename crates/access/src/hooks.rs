@@ -537,6 +537,20 @@ impl Hooks for Access {
             "/.pomerium/sign_in" => Ok(self.sign_in_form(ctx, request).await),
             "/.pomerium/sign_out" => Ok(self.sign_out(ctx, &request).await),
             "/.pomerium/callback" => Ok(self.oidc_callback(ctx, &request).await),
+            "/.pomerium/mcp/client/metadata.json" => {
+                // Postern's own client ID metadata document, for upstream authorization
+                // servers that accept one instead of dynamic registration.
+                let origin = ctx.origin();
+                let mut response = json_response(
+                    StatusCode::OK,
+                    &crate::discovery::client_metadata_document(&origin),
+                );
+                response.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=3600"),
+                );
+                Ok(response)
+            }
             "/.well-known/pomerium/jwks.json" => {
                 let mut response = json_response(StatusCode::OK, self.signer.jwks());
                 response.headers_mut().insert(

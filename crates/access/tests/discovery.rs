@@ -111,9 +111,16 @@ async fn resource_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<St
     } else {
         format!("{base}/{server}/mcp")
     };
+    // `untrusted`: the authorization server is on a host that is neither the route's upstream
+    // host nor listed (the same machine under another name), over plain http.
+    let authorization_server = if server == "untrusted" {
+        format!("{}/{server}", base.replace("127.0.0.1", "localhost"))
+    } else {
+        format!("{base}/{server}")
+    };
     axum::Json(json!({
         "resource": resource,
-        "authorization_servers": [format!("{base}/{server}")],
+        "authorization_servers": [authorization_server],
         "scopes_supported": ["files:read"],
     }))
     .into_response()
@@ -145,6 +152,7 @@ async fn as_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>)
         "registration_endpoint": format!("{base}/{server}/register"),
         "code_challenge_methods_supported": ["S256"],
         "response_types_supported": ["code"],
+        "client_id_metadata_document_supported": server == "cimd",
     }))
     .into_response()
 }
@@ -159,10 +167,32 @@ async fn register(State(up): State<Shared>, axum::Json(body): axum::Json<Value>)
         .into_response()
 }
 
-/// Approves at once: the code carries the requested scope.
-async fn authorize(Query(q): Query<HashMap<String, String>>) -> Response {
+/// Approves at once: the code carries the requested scope. `cimd` checks the client ID
+/// metadata document the way an authorization server does: fetched from the client id URL, its
+/// `client_id` equal to that URL, the redirect URI listed.
+async fn authorize(
+    UrlPath(server): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     assert_eq!(q["code_challenge_method"], "S256");
-    assert_eq!(q["client_id"], "postern-at-upstream");
+    if server == "cimd" {
+        let document: Value = reqwest::get(&q["client_id"])
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let listed = document["redirect_uris"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == &q["redirect_uri"]);
+        if document["client_id"] != q["client_id"] || !listed {
+            return (StatusCode::BAD_REQUEST, "invalid client metadata document").into_response();
+        }
+    } else {
+        assert_eq!(q["client_id"], "postern-at-upstream");
+    }
     let scope = q.get("scope").cloned().unwrap_or_default();
     let code = if scope.contains("files:write") {
         "code-wide"
@@ -254,7 +284,15 @@ async fn world() -> World {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut yaml = String::from("insecure_server: true\nroutes:\n");
-    for server in ["hint", "stepup", "root", "badissuer", "badresource"] {
+    for server in [
+        "hint",
+        "stepup",
+        "cimd",
+        "root",
+        "badissuer",
+        "badresource",
+        "untrusted",
+    ] {
         yaml.push_str(&format!(
             "  - {{from: http://localhost, prefix: /{server}, to: {up}/{server}/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
         ));
@@ -620,4 +658,35 @@ async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
     );
     w.connect("hint").await;
     assert_eq!(w.call("hint").await.0, 200);
+}
+
+#[tokio::test]
+async fn an_upstream_that_accepts_client_metadata_documents_needs_no_registration() {
+    let w = world().await;
+    assert_eq!(w.call("cimd").await.0, 401);
+    let authorize = w.connect("cimd").await;
+    let client_id = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "client_id")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(
+        client_id,
+        format!("{}/.pomerium/mcp/client/metadata.json", w.base)
+    );
+    assert_eq!(w.upstream.lock().unwrap().registrations, 0);
+    assert_eq!(w.call("cimd").await.0, 200);
+}
+
+#[tokio::test]
+async fn discovery_only_talks_to_the_upstream_host_and_listed_hosts() {
+    let w = world().await;
+    let (status, body) = w.call("untrusted").await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("authorization server metadata") && message.contains("https"),
+        "an unlisted host over plain http is refused: {message}"
+    );
 }
