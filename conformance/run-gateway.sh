@@ -7,7 +7,7 @@
 # Usage: conformance/run-gateway.sh [target dir with postern and mcp-fixture]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bin="${1:-$root/target/debug}"
+bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
 fixture_port=$((20000 + RANDOM % 10000))

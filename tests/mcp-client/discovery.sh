@@ -7,7 +7,7 @@
 # Usage: tests/mcp-client/discovery.sh [target dir with postern]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-bin="${1:-$root/target/debug}"
+bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
 port=$((30000 + RANDOM % 10000)); mcp_port=$((20000 + RANDOM % 5000)); auth_port=$((25000 + RANDOM % 5000))

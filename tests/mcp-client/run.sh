@@ -7,7 +7,7 @@
 # Usage: tests/mcp-client/run.sh [target dir with postern]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-bin="${1:-$root/target/debug}"
+bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
 port=$((30000 + RANDOM % 10000))
