@@ -9,7 +9,8 @@
 //! 2. authorization server metadata (RFC 8414 and OpenID Connect discovery forms); its `issuer`
 //!    must be exactly the URL it was looked up under (RFC 8414 §3.3); PKCE S256 is required;
 //! 3. scopes: the challenge's `scope`, else the resource's `scopes_supported`;
-//! 4. a client id: Postern's client ID metadata document (`/.pomerium/mcp/client/metadata.json`)
+//! 4. a client id: the one configured (`upstream_oauth2` with a client but no `endpoint`), else
+//!    Postern's client ID metadata document (`/.pomerium/mcp/client/metadata.json`)
 //!    when the server supports them, else dynamic registration (RFC 7591) as a public client
 //!    with Postern's callback, kept in the store per upstream issuer and Postern origin (every
 //!    replica uses the same one) and done again when the server forgets it.
@@ -445,10 +446,16 @@ impl Discovery {
         let authorization_endpoint = endpoint("authorization_endpoint")?;
         let token_endpoint = endpoint("token_endpoint")?;
 
-        // 3. Scopes.
-        let scopes: Vec<String> = match params.get("scope") {
-            Some(scope) => scope.split_whitespace().map(str::to_owned).collect(),
-            None => metadata
+        // 3. Scopes: configured, else the challenge's, else what the resource lists.
+        let configured_scopes = crate::upstream::settings(route)
+            .map(|c| c.scopes.clone())
+            .filter(|s| !s.is_empty());
+        let scopes: Vec<String> = if let Some(configured) = configured_scopes {
+            configured
+        } else if let Some(scope) = params.get("scope") {
+            scope.split_whitespace().map(str::to_owned).collect()
+        } else {
+            metadata
                 .get("scopes_supported")
                 .and_then(Value::as_array)
                 .map(|a| {
@@ -457,7 +464,7 @@ impl Discovery {
                         .map(str::to_owned)
                         .collect()
                 })
-                .unwrap_or_default(),
+                .unwrap_or_default()
         };
 
         // 4. A client id.
@@ -492,6 +499,18 @@ impl Discovery {
         origin: &str,
         as_metadata: &Value,
     ) -> Result<Value, DiscoveryError> {
+        // A client the administrator configured (`upstream_oauth2` without `endpoint`).
+        if let Some(configured) = crate::upstream::settings(route) {
+            let secret = configured
+                .client_secret
+                .as_ref()
+                .map(|s| s.expose().to_owned());
+            return Ok(json!({
+                "client_id": configured.client_id,
+                "client_secret": secret,
+                "token_endpoint_auth_method": if secret.is_some() { "client_secret_basic" } else { "none" },
+            }));
+        }
         // A client ID metadata document needs no registration. Its URL must be https, except on
         // loopback, where the upstream can reach it only in development anyway.
         let loopback_origin = url::Url::parse(origin)
@@ -568,7 +587,7 @@ impl crate::Access {
         route: &Route,
         origin: &str,
     ) -> Option<Arc<UpstreamOAuth2>> {
-        if let Some(oauth) = crate::upstream::settings(route) {
+        if let Some(oauth) = crate::upstream::static_settings(route) {
             return Some(Arc::new(oauth.clone()));
         }
         if !route.is_mcp_server() {
@@ -598,7 +617,7 @@ impl crate::Access {
         let (Some(session), true, None) = (
             session,
             route.is_mcp_server(),
-            crate::upstream::settings(route),
+            crate::upstream::static_settings(route),
         ) else {
             return Ok(response);
         };

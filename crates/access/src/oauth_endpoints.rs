@@ -1130,7 +1130,7 @@ impl Access {
                 // A discovered upstream that no longer knows Postern's client: register again
                 // on the next attempt.
                 if matches!(&error, crate::upstream::UpstreamError::Refused(r) if r.contains("invalid_client"))
-                    && crate::upstream::settings(&route).is_none()
+                    && crate::upstream::static_settings(&route).is_none()
                 {
                     self.discovery
                         .forget(&pending.route_id, &ctx.origin())

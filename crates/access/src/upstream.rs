@@ -36,6 +36,13 @@ pub fn settings(route: &Route) -> Option<&UpstreamOAuth2> {
     }
 }
 
+/// The upstream OAuth settings of a route that names its provider's endpoints. An
+/// `upstream_oauth2` block without `endpoint` only supplies a client (id, secret, scopes) for
+/// discovery.
+pub fn static_settings(route: &Route) -> Option<&UpstreamOAuth2> {
+    settings(route).filter(|oauth| oauth.endpoint.is_some())
+}
+
 /// The key TIs are stored under: stable across reloads and replicas.
 pub fn route_key(route: &Route) -> String {
     format!(

@@ -190,6 +190,8 @@ async fn authorize(
         if document["client_id"] != q["client_id"] || !listed {
             return (StatusCode::BAD_REQUEST, "invalid client metadata document").into_response();
         }
+    } else if server == "configured" {
+        assert_eq!(q["client_id"], "my-client");
     } else {
         assert_eq!(q["client_id"], "postern-at-upstream");
     }
@@ -206,10 +208,13 @@ async fn authorize(
     .into_response()
 }
 
-async fn token(State(up): State<Shared>, body: String) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+async fn token(State(up): State<Shared>, headers: HeaderMap, body: String) -> Response {
+    let mut form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
+    if let Some(basic) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        form.insert("(authorization header)".into(), basic.to_owned());
+    }
     let mut up = up.lock().unwrap();
     up.token_requests.push(form.clone());
     if up.forgot_clients {
@@ -297,6 +302,10 @@ async fn world() -> World {
             "  - {{from: http://localhost, prefix: /{server}, to: {up}/{server}/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
         ));
     }
+    // A client the administrator registered by hand: discovery finds the endpoints only.
+    yaml.push_str(&format!(
+        "  - {{from: http://localhost, prefix: /configured, to: {up}/configured/mcp, allow_any_authenticated_user: true, mcp: {{server: {{upstream_oauth2: {{client_id: my-client, client_secret: s3cret, scopes: [files:read, files:write]}}}}}}}}\n"
+    ));
     yaml.push_str(&format!(
         "  - {{from: http://localhost, prefix: /plain, to: {plain_base}/plain/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
     ));
@@ -689,4 +698,34 @@ async fn discovery_only_talks_to_the_upstream_host_and_listed_hosts() {
         message.contains("authorization server metadata") && message.contains("https"),
         "an unlisted host over plain http is refused: {message}"
     );
+}
+
+#[tokio::test]
+async fn a_configured_client_is_used_with_discovered_endpoints() {
+    let w = world().await;
+    assert_eq!(w.call("configured").await.0, 401);
+    let authorize = w.connect("configured").await;
+    assert_eq!(
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == "scope")
+            .unwrap()
+            .1,
+        "files:read files:write",
+        "the configured scopes"
+    );
+    assert_eq!(w.upstream.lock().unwrap().registrations, 0);
+    let exchange = w.upstream.lock().unwrap().token_requests[0].clone();
+    assert_eq!(
+        exchange["(authorization header)"],
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "my-client:s3cret"
+            )
+        ),
+        "the configured secret, by HTTP Basic"
+    );
+    assert_eq!(w.call("configured").await.0, 200);
 }
