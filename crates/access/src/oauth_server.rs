@@ -360,9 +360,12 @@ mod tests {
             check_access_token(&keys, &cache, &expired, "https://mcp.test/notion"),
             Err(TokenError::Expired)
         );
-        let mut forged = token.clone();
-        forged.pop();
-        forged.push('A');
+        // One character of the sealed part changed (in the middle: the last one may only carry
+        // base64 padding bits, and must differ from the original).
+        let at = token.len() / 2 + 4;
+        let replacement = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{replacement}{}", &token[..at], &token[at + 1..]);
+        assert_ne!(forged, token);
         assert_eq!(
             check_access_token(&keys, &cache, &forged, "https://mcp.test/notion"),
             Err(TokenError::Invalid)
