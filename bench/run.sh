@@ -84,6 +84,14 @@ body='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"test_simpl
 for port in $up $ngx $pst; do "$bin/loadgen" post "http://127.0.0.1:$port/mcp" 4 1 "$body" >/dev/null; done
 "$bin/loadgen" post "http://127.0.0.1:$pst/auth" 4 1 "$body" "cookie: $cookie" >/dev/null
 idle_rss=$(rss $postern)
+# Sign-ins (argon2id, 19 MiB of working memory each, 8 at once): memory must come back.
+signins=()
+for _ in $(seq 1 8); do
+  curl -s -o /dev/null -d 'email=bench@example.com&password=bench-password' "http://127.0.0.1:$pst/.pomerium/sign_in" &
+  signins+=($!)
+done
+wait "${signins[@]}"
+signin_rss=$(rss $postern)
 
 declare -A result
 for c in 1 16 64; do
@@ -123,5 +131,5 @@ sleep 1
 streams_rss=$(rss $postern)
 open=$(sed -E 's/.*"streams_open":([0-9]+).*/\1/' "$work/streams.out")
 wait $streams
-printf '\nPostern memory (RSS): idle %s MiB, under 64-way load %s MiB, with %s open SSE streams %s MiB\n' \
-  "$idle_rss" "$load_rss" "$open" "$streams_rss"
+printf '\nPostern memory (RSS): idle %s MiB, after 8 concurrent sign-ins %s MiB, under 64-way load %s MiB, with %s open SSE streams %s MiB\n' \
+  "$idle_rss" "$signin_rss" "$load_rss" "$open" "$streams_rss"
