@@ -75,9 +75,18 @@ pub struct Discovered {
     pub client_secret: Option<String>,
     /// `client_secret_basic` (header) or anything else (body).
     pub token_endpoint_auth_method: String,
+    /// [`Discovered::oauth`], built once when the record is read or written (requests use it).
+    #[serde(skip)]
+    settings: Option<UpstreamOAuth2>,
 }
 
 impl Discovered {
+    /// With the TI flow's settings built; `None` when the stored endpoints are not URLs.
+    fn ready(mut self) -> Option<Self> {
+        self.settings = Some(self.oauth()?);
+        Some(self)
+    }
+
     /// The settings the TI flow uses.
     pub fn oauth(&self) -> Option<UpstreamOAuth2> {
         Some(UpstreamOAuth2 {
@@ -207,7 +216,10 @@ impl Discovery {
             return found.clone();
         }
         let found = match self.store.get_key(&key).await {
-            Ok(Some(text)) => serde_json::from_str::<Discovered>(&text).ok().map(Arc::new),
+            Ok(Some(text)) => serde_json::from_str::<Discovered>(&text)
+                .ok()
+                .and_then(Discovered::ready)
+                .map(Arc::new),
             Ok(None) => None,
             Err(error) => {
                 tracing::warn!(%error, "cannot read discovered upstream settings");
@@ -231,7 +243,7 @@ impl Discovery {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (Some(Arc::new(found.clone())), Instant::now()));
+            .insert(key, (found.clone().ready().map(Arc::new), Instant::now()));
     }
 
     /// Forgets what was discovered for this route and origin, and Postern's registration at its
@@ -485,6 +497,7 @@ impl Discovery {
                 .and_then(Value::as_str)
                 .unwrap_or("none")
                 .to_owned(),
+            settings: None,
         };
         self.put(route_key, origin, &found).await;
         tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %found.issuer, client_id = %found.client_id, "upstream OAuth discovered");
@@ -579,25 +592,47 @@ impl Discovery {
     }
 }
 
+/// A route's upstream OAuth settings, borrowed from the configuration or shared with the
+/// discovery cache: nothing is copied per request.
+pub(crate) enum UpstreamSettings<'r> {
+    /// `upstream_oauth2` with endpoints.
+    Configured(&'r UpstreamOAuth2),
+    /// Found by discovery ([`Discovery::get`] only returns records with settings built).
+    Discovered(Arc<Discovered>),
+}
+
+impl std::ops::Deref for UpstreamSettings<'_> {
+    type Target = UpstreamOAuth2;
+
+    fn deref(&self) -> &UpstreamOAuth2 {
+        match self {
+            UpstreamSettings::Configured(oauth) => oauth,
+            UpstreamSettings::Discovered(found) => found
+                .settings
+                .as_ref()
+                .expect("Discovery::get returns ready records only"),
+        }
+    }
+}
+
 impl crate::Access {
     /// The upstream OAuth settings of `route`: configured (`upstream_oauth2`), or discovered for
     /// this origin.
-    pub(crate) async fn upstream_oauth(
+    pub(crate) async fn upstream_oauth<'r>(
         &self,
-        route: &Route,
+        route: &'r Route,
         origin: &str,
-    ) -> Option<Arc<UpstreamOAuth2>> {
+    ) -> Option<UpstreamSettings<'r>> {
         if let Some(oauth) = crate::upstream::static_settings(route) {
-            return Some(Arc::new(oauth.clone()));
+            return Some(UpstreamSettings::Configured(oauth));
         }
         if !route.is_mcp_server() {
             return None;
         }
-        let found = self
-            .discovery
+        self.discovery
             .get(&crate::upstream::route_key(route), origin)
-            .await?;
-        found.oauth().map(Arc::new)
+            .await
+            .map(UpstreamSettings::Discovered)
     }
 }
 

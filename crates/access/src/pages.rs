@@ -89,24 +89,27 @@ pub fn consent(
     )
 }
 
-/// One MCP server on the portal.
-pub struct PortalServer<'a> {
+/// One MCP server a user may use, as `/.pomerium/mcp/routes` lists it and the portal shows it.
+#[derive(serde::Serialize)]
+pub struct ServerEntry {
     /// Display name.
-    pub name: &'a str,
+    pub name: String,
     /// Optional description.
-    pub description: Option<&'a str>,
+    pub description: Option<String>,
+    /// Optional logo.
+    pub logo_url: Option<String>,
     /// The URL to paste into an MCP client.
-    pub url: &'a str,
-    /// Whether the server needs an upstream account (an `upstream_oauth2` route).
-    pub needs_oauth: bool,
-    /// Whether the user's upstream account is connected (always true without `upstream_oauth2`).
+    pub url: String,
+    /// Whether the user's upstream account is connected (always true without upstream OAuth).
     pub connected: bool,
+    /// Whether the server needs an upstream account (`upstream_oauth2` or discovered).
+    pub needs_oauth: bool,
 }
 
 /// The portal at `/.pomerium/`: the signed-in user and their MCP servers, with Connect and
 /// Disconnect for servers behind an upstream account. The only script copies a URL to the
 /// clipboard; everything else is links and forms.
-pub fn portal(user: &str, email: &str, servers: &[PortalServer<'_>]) -> String {
+pub fn portal(user: &str, email: &str, servers: &[ServerEntry]) -> String {
     let mut rows = String::new();
     for server in servers {
         let state = match (server.needs_oauth, server.connected) {
@@ -119,22 +122,23 @@ pub fn portal(user: &str, email: &str, servers: &[PortalServer<'_>]) -> String {
             (true, true) => format!(
                 "<form method=\"post\" action=\"/.pomerium/disconnect\"><input type=\"hidden\" name=\"resource\" value=\"{url}\">\
 <button type=\"submit\" class=\"secondary\">Disconnect</button></form>",
-                url = escape(server.url)
+                url = escape(&server.url)
             ),
             (true, false) => format!(
                 "<a class=\"button\" href=\"/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
-                resource = escape(&crate::hooks::encode(server.url))
+                resource = escape(&crate::hooks::encode(&server.url))
             ),
         };
         let description = server
             .description
+            .as_deref()
             .map(|d| format!("<p class=\"muted\">{}</p>", escape(d)))
             .unwrap_or_default();
         rows.push_str(&format!(
             "<li class=\"server\"><div class=\"head\"><h2>{name}</h2>{state}</div>{description}\
 <div class=\"url\"><code>{url}</code><button type=\"button\" class=\"copy secondary\" data-url=\"{url}\">Copy</button></div>{action}</li>",
-            name = escape(server.name),
-            url = escape(server.url),
+            name = escape(&server.name),
+            url = escape(&server.url),
         ));
     }
     if servers.is_empty() {

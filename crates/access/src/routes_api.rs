@@ -88,33 +88,7 @@ impl Access {
         };
         let mut response = match (request.uri().path(), request.method()) {
             ("/.pomerium/", &Method::GET | &Method::HEAD) => {
-                let list = self.server_list(ctx, &session).await;
-                let servers = list["servers"].as_array().cloned().unwrap_or_default();
-                let text = |s: &Value, k: &str| s.get(k).and_then(Value::as_str).map(str::to_owned);
-                let owned: Vec<_> = servers
-                    .iter()
-                    .map(|s| {
-                        (
-                            text(s, "name").unwrap_or_default(),
-                            text(s, "description"),
-                            text(s, "url").unwrap_or_default(),
-                            s["needs_oauth"].as_bool().unwrap_or(false),
-                            s["connected"].as_bool().unwrap_or(false),
-                        )
-                    })
-                    .collect();
-                let entries: Vec<_> = owned
-                    .iter()
-                    .map(
-                        |(name, description, url, needs_oauth, connected)| pages::PortalServer {
-                            name,
-                            description: description.as_deref(),
-                            url,
-                            needs_oauth: *needs_oauth,
-                            connected: *connected,
-                        },
-                    )
-                    .collect();
+                let entries = self.servers(ctx, &session).await;
                 let name = if session.name.is_empty() {
                     &session.email
                 } else {
@@ -213,7 +187,11 @@ impl Access {
     }
 
     /// The MCP servers `session`'s user may use, with their connection state.
-    pub(crate) async fn server_list(&self, ctx: &RequestContext, session: &Session) -> Value {
+    pub(crate) async fn servers(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+    ) -> Vec<pages::ServerEntry> {
         let user = Self::user_of(session);
         let mut servers = Vec::new();
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
@@ -239,16 +217,25 @@ impl Access {
                         .await,
                     Ok(Some(_))
                 );
-            servers.push(json!({
-                "name": route.config.name.clone().unwrap_or_else(|| route.id.clone()),
-                "description": route.config.description,
-                "logo_url": route.config.logo_url,
-                "url": Self::route_url(ctx, route),
-                "connected": connected,
-                "needs_oauth": needs_oauth,
-            }));
+            servers.push(pages::ServerEntry {
+                name: route
+                    .config
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| route.id.clone()),
+                description: route.config.description.clone(),
+                logo_url: route.config.logo_url.clone(),
+                url: Self::route_url(ctx, route),
+                connected,
+                needs_oauth,
+            });
         }
-        json!({ "servers": servers })
+        servers
+    }
+
+    /// `/.pomerium/mcp/routes`'s answer.
+    pub(crate) async fn server_list(&self, ctx: &RequestContext, session: &Session) -> Value {
+        json!({ "servers": self.servers(ctx, session).await })
     }
 
     async fn disconnect(
