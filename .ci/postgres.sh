@@ -2,6 +2,9 @@
 # Starts the machine's PostgreSQL 15 cluster (installed, not running) and makes sure the test
 # role and database exist. Prints the connection URL for POSTERN_TEST_POSTGRES_URL.
 set -euo pipefail
+# Only the URL goes to stdout: pg_ctlcluster and psql chatter (e.g. "Removed stale pid file." when
+# the machine was snapshotted with the server running) would otherwise end up in the URL.
+exec 3>&1 1>&2
 if ! command -v pg_ctlcluster >/dev/null; then
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
@@ -17,4 +20,4 @@ su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='postern'\"" |
   su postgres -c "psql -qc \"CREATE ROLE postern LOGIN PASSWORD 'postern' CREATEDB\""
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='postern_test'\"" | grep -q 1 ||
   su postgres -c "createdb -O postern postern_test"
-echo "postgres://postern:postern@127.0.0.1:5432/postern_test"
+echo "postgres://postern:postern@127.0.0.1:5432/postern_test" >&3

@@ -24,7 +24,9 @@ async fn main() {
             let schema = format!("bench_{}", std::process::id());
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| {
+                    panic!("POSTERN_TEST_POSTGRES_URL must be a reachable postgres:// URL: {e}")
+                });
             tokio::spawn(conn);
             client
                 .batch_execute(&format!("CREATE SCHEMA {schema}"))
