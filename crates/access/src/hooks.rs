@@ -83,7 +83,9 @@ impl AccessSettings {
             issuer_format: config.jwt_issuer_format.unwrap_or(IssuerFormat::HostOnly),
             audit_file: Some(config.data_dir().join("audit.jsonl")),
             dynamic_registration: config.mcp_dynamic_client_registration.unwrap_or(true),
-            access_token_ttl: Duration::from_secs(3600),
+            access_token_ttl: config
+                .mcp_access_token_ttl
+                .map_or(Duration::from_secs(3600), |d| d.0),
             refresh_reuse_grace: Duration::from_secs(5),
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
             allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
@@ -1021,4 +1023,26 @@ pub(crate) fn form_value(form: &str, key: &str) -> Option<String> {
 
 pub(crate) fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::AccessSettings;
+
+    fn settings(yaml: &str) -> AccessSettings {
+        let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
+        AccessSettings::from_config(&config)
+    }
+
+    #[test]
+    fn access_token_lifetime_comes_from_the_config() {
+        let default = settings("insecure_server: true\n");
+        assert_eq!(default.access_token_ttl, Duration::from_secs(3600));
+        let short = settings("insecure_server: true\nmcp_access_token_ttl: 5m\n");
+        assert_eq!(short.access_token_ttl, Duration::from_secs(300));
+    }
 }

@@ -13,6 +13,7 @@ mod values;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub use secret::Secret;
 pub use types::*;
@@ -306,6 +307,17 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::at(
             "log_level",
             format!("{level:?}: use error, warn, info, debug or trace"),
+        ));
+    }
+    if let Some(ttl) = config.mcp_access_token_ttl
+        && !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600)).contains(&ttl.0)
+    {
+        return Err(ConfigError::at(
+            "mcp_access_token_ttl",
+            format!(
+                "{}s is out of range: use 1m to 24h (clients refresh with their refresh token; short is safer)",
+                ttl.0.as_secs()
+            ),
         ));
     }
     for (i, route) in config.routes.iter().enumerate() {

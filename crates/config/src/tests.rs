@@ -172,6 +172,18 @@ fn bad_values_say_what_is_expected() {
     assert!(err.message.contains("insecure_server"), "{err}");
     let err = parse_err("insecure_server: true\ndatabroker_storage_type: postgres\n");
     assert_eq!(err.path, "databroker_storage_connection_string");
+    for ttl in ["30s", "25h"] {
+        let err = parse_err(&format!(
+            "insecure_server: true\nmcp_access_token_ttl: {ttl}\n"
+        ));
+        assert_eq!(err.path, "mcp_access_token_ttl");
+        assert!(err.message.contains("1m to 24h"), "{err}");
+    }
+    let config = parse_ok("insecure_server: true\nmcp_access_token_ttl: 15m\n");
+    assert_eq!(
+        config.mcp_access_token_ttl.map(|d| d.0),
+        Some(std::time::Duration::from_secs(900))
+    );
 }
 
 #[test]

@@ -137,6 +137,9 @@ pub struct Config {
     /// Extra hosts upstream OAuth discovery may contact besides the routes' upstream hosts.
     #[serde(default)]
     pub mcp_allowed_as_metadata_domains: Vec<String>,
+    /// Lifetime of the access tokens (TE) issued to MCP clients (default `1h`, 1 minute to 24 hours).
+    #[serde(default)]
+    pub mcp_access_token_ttl: Option<GoDuration>,
     /// Accept RFC 7591 dynamic client registration (default on).
     #[serde(default)]
     pub mcp_dynamic_client_registration: Option<bool>,
