@@ -620,6 +620,17 @@ impl Hooks for Access {
             let calls = match mcp::inspect(content_type, &bytes) {
                 Ok(calls) => calls,
                 Err(error) => {
+                    // Nobody signed in on a route that needs a user: the client learns to sign
+                    // in first (401), not what is wrong with a body nobody may send yet.
+                    let anonymous = route.policy.evaluate(&Input {
+                        user: None,
+                        method: &method,
+                        path: &path,
+                        mcp: None,
+                    });
+                    if user.is_none() && anonymous.needs_sign_in {
+                        return Err(self.unauthenticated(ctx, route, &original));
+                    }
                     let status = match error {
                         mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                         mcp::InspectError::Malformed(_) => StatusCode::BAD_REQUEST,

@@ -449,6 +449,25 @@ async fn denied_tool_calls_are_refused_however_they_are_dressed_up() {
         .unwrap();
     assert_eq!(response.status(), 400);
 
+    // Without a token, a body the gateway cannot read still gets the sign-in challenge first.
+    for (content_type, body) in [("text/plain", "hello"), ("application/json", "{not json")] {
+        let response = client()
+            .post(format!("{}/sqlite", w.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{content_type}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("resource_metadata="),
+            "{content_type}"
+        );
+    }
+
     assert_eq!(people(&w), 1, "no attempt reached the database");
     let (_, body) = rpc(
         &w,
