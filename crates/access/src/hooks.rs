@@ -1,7 +1,6 @@
 //! [`Access`]: the gateway hooks for sign-in (local users), sessions, policy, MCP tool checks,
 //! `tools/list` filtering, the identity assertion and the audit log.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,8 +105,6 @@ pub struct Access {
     pub(crate) http: reqwest::Client,
     pub(crate) cimd: crate::cimd::Cimd,
     pub(crate) discovery: crate::discovery::Discovery,
-    /// Client assertion ids seen (until their expiry), against replay.
-    seen_assertions: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 /// How long an OIDC sign-in may take.
@@ -143,7 +140,6 @@ impl Access {
             audit,
             oidc: None,
             cimd,
-            seen_assertions: std::sync::Mutex::new(HashMap::new()),
             http: {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()
@@ -158,17 +154,6 @@ impl Access {
                 cache
             },
         }
-    }
-
-    /// Records a client assertion id; false if it was seen before.
-    pub(crate) fn remember_assertion(&self, key: &str, expires_ms: i64) -> bool {
-        let mut seen = self
-            .seen_assertions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let now = now_ms();
-        seen.retain(|_, exp| *exp > now);
-        seen.insert(key.to_owned(), expires_ms).is_none()
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).

@@ -942,7 +942,19 @@ impl Access {
             .get("jti")
             .and_then(Value::as_str)
             .ok_or_else(|| bad("client_assertion has no jti".into()))?;
-        if !self.remember_assertion(&format!("{client_id}|{jti}"), exp * 1000) {
+        // Recorded in the store, so a replay is caught by whichever replica it reaches.
+        let first_use = self
+            .store
+            .use_once(&format!("client_assertion|{client_id}|{jti}"), exp * 1000)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "store: recording a client assertion id failed");
+                OAuthError::new(
+                    "temporarily_unavailable",
+                    "the gateway's store is unavailable",
+                )
+            })?;
+        if !first_use {
             return Err(bad("client_assertion was already used (jti replay)".into()));
         }
         Ok(client)

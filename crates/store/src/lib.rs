@@ -597,6 +597,22 @@ impl Store {
         Ok(n > 0)
     }
 
+    // ---- single-use ids ----------------------------------------------------------------------
+
+    /// Marks `id` used until `expires_at` (ms); true for exactly one caller across all replicas
+    /// while it is unexpired. The id is stored hashed.
+    pub async fn use_once(&self, id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let mut conn = self.db().conn().await?;
+        // An expired row left for the collector may be taken over; a live one may not.
+        let n = conn
+            .execute(
+                "INSERT INTO used_ids (id, expires_at) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at WHERE used_ids.expires_at <= ?3",
+                params![hash_secret(id), expires_at, now_ms()],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     // ---- expiry ----------------------------------------------------------------------------
 
     /// Deletes every expired row; returns how many.
@@ -614,6 +630,7 @@ impl Store {
             "upstream_tokens",
             "pending_authorizations",
             "consents",
+            "used_ids",
         ] {
             total += tx
                 .execute(

@@ -3,7 +3,7 @@
 //! records that end has `expires_at`, which the collector uses.
 
 /// `(version, statements separated by ';')`.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -85,5 +85,13 @@ CREATE TABLE keys (
     name TEXT PRIMARY KEY,
     data TEXT NOT NULL,
     created_at BIGINT NOT NULL
+)
+";
+
+/// Single-use identifiers (e.g. `private_key_jwt` assertion ids), shared by every replica.
+const V2: &str = "
+CREATE TABLE used_ids (
+    id TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
 )
 ";

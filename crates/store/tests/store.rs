@@ -29,11 +29,11 @@ macro_rules! suite {
 suite!(sqlite: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
-    expired_rows_are_collected, two_instances_share_state);
+    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
 suite!(postgres: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
-    expired_rows_are_collected, two_instances_share_state);
+    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
 suite!(memory: sessions, clients, codes_redeem_once, refresh_rotation_and_reuse, upstream_tokens);
 
 const HOUR: i64 = 3600 * 1000;
@@ -220,6 +220,32 @@ async fn code_redemption_race(t: TestStore) {
         .filter(|r| matches!(r.as_ref().unwrap(), Redemption::Redeemed(_)))
         .count();
     assert_eq!(wins, 1, "exactly one redemption wins: {results:?}");
+}
+
+async fn ids_are_used_once_across_instances(t: TestStore) {
+    let other = t.another().await;
+    let until = now_ms() + HOUR;
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                t.store.clone()
+            } else {
+                other.clone()
+            };
+            tokio::spawn(async move { s.use_once("client|jti-1", until).await.unwrap() })
+        })
+        .collect();
+    let wins = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|won| *won.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1, "exactly one use of an id wins");
+    assert!(other.use_once("client|jti-2", until).await.unwrap());
+    // Once its time is over, an id may be recorded again (the assertion carrying it has expired).
+    assert!(t.store.use_once("client|old", now_ms() - 1).await.unwrap());
+    assert!(other.use_once("client|old", until).await.unwrap());
+    assert!(!t.store.use_once("client|old", until).await.unwrap());
 }
 
 async fn refresh_rotation_and_reuse(t: TestStore) {
@@ -607,7 +633,9 @@ async fn expired_rows_are_collected(t: TestStore) {
     let mut code = grant();
     code.expires_at = now_ms() - 1;
     s.put_code("old-code", &code).await.unwrap();
-    assert_eq!(s.collect_expired().await.unwrap(), 3);
+    assert!(s.use_once("old-id", now_ms() - 1).await.unwrap());
+    assert!(s.use_once("live-id", now_ms() + HOUR).await.unwrap());
+    assert_eq!(s.collect_expired().await.unwrap(), 4);
     assert!(s.get_session("new").await.unwrap().is_some());
     assert_eq!(s.collect_expired().await.unwrap(), 0);
 }
