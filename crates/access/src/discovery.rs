@@ -21,7 +21,7 @@
 //! `mcp_allowed_as_metadata_domains`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode, header};
@@ -183,7 +183,8 @@ type CacheEntry = (Option<Arc<Discovered>>, Instant);
 pub struct Discovery {
     store: Store,
     extra_trusted: Vec<String>,
-    cache: Mutex<HashMap<String, CacheEntry>>,
+    /// Route key, then origin: the hot path looks up without allocating and takes a read lock.
+    cache: RwLock<HashMap<String, HashMap<String, CacheEntry>>>,
 }
 
 impl Discovery {
@@ -195,7 +196,7 @@ impl Discovery {
                 .into_iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
         }
     }
 
@@ -205,16 +206,17 @@ impl Discovery {
 
     /// What discovery found for this route and origin, if it ran.
     pub async fn get(&self, route_key: &str, origin: &str) -> Option<Arc<Discovered>> {
-        let key = Self::key(route_key, origin);
         if let Some((found, at)) = self
             .cache
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(route_key)
+            .and_then(|origins| origins.get(origin))
             && at.elapsed() < CACHE_TTL
         {
             return found.clone();
         }
+        let key = Self::key(route_key, origin);
         let found = match self.store.get_key(&key).await {
             Ok(Some(text)) => serde_json::from_str::<Discovered>(&text)
                 .ok()
@@ -226,11 +228,17 @@ impl Discovery {
                 return None;
             }
         };
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (found.clone(), Instant::now()));
+        self.remember(route_key, origin, found.clone());
         found
+    }
+
+    fn remember(&self, route_key: &str, origin: &str, found: Option<Arc<Discovered>>) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route_key.to_owned())
+            .or_default()
+            .insert(origin.to_owned(), (found, Instant::now()));
     }
 
     pub(crate) async fn put(&self, route_key: &str, origin: &str, found: &Discovered) {
@@ -240,10 +248,7 @@ impl Discovery {
         {
             tracing::warn!(%error, "cannot store discovered upstream settings");
         }
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (found.clone().ready().map(Arc::new), Instant::now()));
+        self.remember(route_key, origin, found.clone().ready().map(Arc::new));
     }
 
     /// Forgets what was discovered for this route and origin, and Postern's registration at its
@@ -258,10 +263,14 @@ impl Discovery {
         }
         let key = Self::key(route_key, origin);
         let _ = self.store.delete_key(&key).await;
-        self.cache
-            .lock()
+        if let Some(origins) = self
+            .cache
+            .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+            .get_mut(route_key)
+        {
+            origins.remove(origin);
+        }
     }
 
     /// Whether requests to `host` are trusted for `route` (its upstream, or listed).
