@@ -1651,6 +1651,76 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         .await
         .unwrap();
     assert_eq!(provider_log.lock().unwrap().len(), 2);
+
+    // Disconnected from Notion: refreshing would mint a TE that only gets 401, so the refresh
+    // grant is refused (the client runs the authorization again), and the token is not spent.
+    let refresh = |token: String| {
+        let base = base.clone();
+        async move {
+            let response = client()
+                .post(format!("{base}/.pomerium/mcp/token"))
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", token.as_str()),
+                    ("client_id", id),
+                ])
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let after: Value = browser
+        .post(format!("{base}/.pomerium/mcp/routes/disconnect"))
+        .json(&json!({"routes": [format!("{base}/notion")]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["servers"][0]["connected"], json!(false), "{after}");
+    let (status, body) = refresh(refresh_token.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not connected"),
+        "{body}"
+    );
+    // Connected again through the provider, the same refresh token works.
+    let start = browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+            urlencode(&format!("{base}/notion"))
+        ))
+        .send()
+        .await
+        .unwrap();
+    let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
+    let back = browser.get(&provider_url).send().await.unwrap();
+    let done = browser
+        .get(back.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.headers()["location"], "/done");
+    let (status, body) = refresh(refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("pst_at_")
+    );
     stop.cancel();
 }
 
