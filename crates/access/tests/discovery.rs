@@ -7,21 +7,19 @@
 //! authorization server, and the SDK as the client) is `tests/mcp-client/discovery.sh`.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use postern_access::Access;
 use postern_access::assertion::Signer;
-use postern_access::session::CookieSettings;
-use postern_access::users::{LocalUser, LocalUsers, hash_password};
-use postern_access::{Access, AccessSettings};
-use postern_config::IssuerFormat;
-use postern_store::{Backend, Store};
+use postern_access::users::LocalUsers;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 /// What the fake upstream saw and how it behaves.
 #[derive(Default)]
@@ -309,62 +307,17 @@ async fn world() -> World {
     yaml.push_str(&format!(
         "  - {{from: http://localhost, prefix: /plain, to: {plain_base}/plain/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
     ));
-    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
-    let store = Store::open(
-        &Backend::Memory,
-        b"discovery-test-shared-secret-0123456789",
-        &[],
-    )
-    .await
-    .unwrap();
-    let users = LocalUsers::new(vec![LocalUser {
-        email: "ada@example.com".into(),
-        name: "Ada".into(),
-        groups: vec![],
-        password_hash: hash_password("pw").unwrap(),
-    }]);
-    let settings = AccessSettings {
-        cookie: CookieSettings {
-            name: "_postern".into(),
-            expire: std::time::Duration::from_secs(3600),
-            secure: false,
-        },
-        pass_identity_headers: false,
-        issuer_format: IssuerFormat::HostOnly,
-        audit_file: None,
-        dynamic_registration: true,
-        access_token_ttl: std::time::Duration::from_secs(3600),
-        refresh_reuse_grace: std::time::Duration::ZERO,
-        allowed_client_id_domains: vec![],
-        allowed_as_metadata_domains: vec![],
-    };
     let access = Access::new(
-        store,
-        users,
+        support::memory_store().await,
+        LocalUsers::new(vec![support::user("ada@example.com", "Ada", &[], "pw")]),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        settings,
+        support::settings(),
     );
     let stop = CancellationToken::new();
-    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
-    tokio::spawn(postern_gateway::server::serve(
-        listener,
-        None,
-        gateway,
-        stop.clone(),
-    ));
+    support::serve(listener, &yaml, access, &stop);
     let base = format!("http://localhost:{port}");
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed_in = browser
-        .post(format!("{base}/.pomerium/sign_in"))
-        .form(&[("email", "ada@example.com"), ("password", "pw")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303);
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
     World {
         base,
         browser,

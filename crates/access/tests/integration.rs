@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use postern_access::assertion::Signer;
-use postern_access::session::CookieSettings;
-use postern_access::users::{LocalUser, LocalUsers, hash_password};
+use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
-use postern_config::IssuerFormat;
-use postern_store::{Backend, Store};
 use serde_json::{Value, json};
+use support::client;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 struct World {
     base: String,
@@ -93,57 +93,28 @@ routes:
     allowed_domains: [example.com]
 "
     );
-    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
-    let store = Store::open(
-        &Backend::Memory,
-        b"integration-test-shared-secret-0123456789",
-        &[],
-    )
-    .await
-    .unwrap();
     let users = LocalUsers::new(vec![
-        LocalUser {
-            email: "ada@example.com".into(),
-            name: "Ada Lovelace".into(),
-            groups: vec!["staff".into()],
-            password_hash: hash_password("correct horse").unwrap(),
-        },
-        LocalUser {
-            email: "mallory@other.test".into(),
-            name: "Mallory".into(),
-            groups: vec![],
-            password_hash: hash_password("mallory pw").unwrap(),
-        },
+        support::user(
+            "ada@example.com",
+            "Ada Lovelace",
+            &["staff"],
+            "correct horse",
+        ),
+        support::user("mallory@other.test", "Mallory", &[], "mallory pw"),
     ]);
     let audit = dir.path().join("audit.jsonl");
     let settings = AccessSettings {
-        cookie: CookieSettings {
-            name: "_postern".into(),
-            expire: std::time::Duration::from_secs(3600),
-            secure: false,
-        },
         pass_identity_headers: true,
-        issuer_format: IssuerFormat::HostOnly,
         audit_file: Some(audit.clone()),
-        dynamic_registration: true,
-        access_token_ttl: std::time::Duration::from_secs(3600),
-        refresh_reuse_grace: std::time::Duration::ZERO,
-        allowed_client_id_domains: vec!["127.0.0.1".into()],
-        allowed_as_metadata_domains: vec![],
+        ..support::settings()
     };
     let access = Access::new(
-        store,
+        support::memory_store().await,
         users,
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
         settings,
     );
-    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
-    tokio::spawn(postern_gateway::server::serve(
-        gateway_listener,
-        None,
-        gateway,
-        stop.clone(),
-    ));
+    support::serve(gateway_listener, &yaml, access, &stop);
     World {
         base: format!("http://localhost:{port}"),
         db,
@@ -151,13 +122,6 @@ routes:
         _dir: dir,
         stop,
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
 }
 
 /// Signs in through the form; returns the cookie header value.
@@ -649,29 +613,7 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
     let yaml = format!(
         "insecure_server: true\nroutes:\n  - {{from: http://localhost, to: http://{up}, allowed_domains: [example.com]}}\n"
     );
-    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
-    let store = Store::open(
-        &Backend::Memory,
-        b"integration-test-shared-secret-0123456789",
-        &[],
-    )
-    .await
-    .unwrap();
-    let settings = AccessSettings {
-        cookie: CookieSettings {
-            name: "_postern".into(),
-            expire: std::time::Duration::from_secs(3600),
-            secure: false,
-        },
-        pass_identity_headers: false,
-        issuer_format: IssuerFormat::HostOnly,
-        audit_file: None,
-        dynamic_registration: true,
-        access_token_ttl: std::time::Duration::from_secs(3600),
-        refresh_reuse_grace: std::time::Duration::ZERO,
-        allowed_client_id_domains: vec!["127.0.0.1".into()],
-        allowed_as_metadata_domains: vec![],
-    };
+    let store = support::memory_store().await;
     let oidc = Oidc::new(OidcSettings {
         issuer: op.issuer.clone(),
         client_id: "postern".into(),
@@ -688,25 +630,13 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
         store.clone(),
         LocalUsers::default(),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        settings,
+        support::settings(),
     )
     .with_oidc(oidc);
-    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
-    tokio::spawn(postern_gateway::server::serve(
-        listener,
-        None,
-        gateway,
-        stop.clone(),
-    ));
+    support::serve(listener, &yaml, access, &stop);
 
     // A browser keeping cookies; redirects are followed by hand (GET), up to the gateway's callback.
-    let browser = || {
-        reqwest::Client::builder()
-            .cookie_store(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
-    };
+    let browser = support::browser;
     async fn follow(
         client: &reqwest::Client,
         mut response: reqwest::Response,
@@ -1425,65 +1355,17 @@ routes:
     mcp: {{client: {{}}}}
 "
     );
-    let config = postern_config::parse(&yaml, Path::new("."), &HashMap::new()).unwrap();
-    let store = Store::open(
-        &Backend::Memory,
-        b"integration-test-shared-secret-0123456789",
-        &[],
-    )
-    .await
-    .unwrap();
-    let users = LocalUsers::new(vec![LocalUser {
-        email: "ada@example.com".into(),
-        name: "Ada".into(),
-        groups: vec![],
-        password_hash: hash_password("pw").unwrap(),
-    }]);
-    let settings = AccessSettings {
-        cookie: CookieSettings {
-            name: "_postern".into(),
-            expire: std::time::Duration::from_secs(3600),
-            secure: false,
-        },
-        pass_identity_headers: false,
-        issuer_format: IssuerFormat::HostOnly,
-        audit_file: None,
-        dynamic_registration: true,
-        access_token_ttl: std::time::Duration::from_secs(3600),
-        refresh_reuse_grace: std::time::Duration::ZERO,
-        allowed_client_id_domains: vec!["127.0.0.1".into()],
-        allowed_as_metadata_domains: vec![],
-    };
     let access = Access::new(
-        store,
-        users,
+        support::memory_store().await,
+        LocalUsers::new(vec![support::user("ada@example.com", "Ada", &[], "pw")]),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        settings,
+        support::settings(),
     );
-    tokio::spawn(postern_gateway::server::serve(
-        listener,
-        None,
-        postern_gateway::Gateway::new(config, Arc::new(access)),
-        stop.clone(),
-    ));
+    support::serve(listener, &yaml, access, &stop);
 
     // The user's browser (cookies kept, redirects followed by hand).
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let signed_in = browser
-        .post(format!("{base}/.pomerium/sign_in"))
-        .form(&[
-            ("email", "ada@example.com"),
-            ("password", "pw"),
-            ("redirect_uri", "/"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303);
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
     NotionWorld {
         base,
         browser,

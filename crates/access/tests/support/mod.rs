@@ -1,0 +1,101 @@
+//! What every gateway test sets up the same way: an in-memory store, test settings, local users,
+//! a gateway serving a YAML config, and HTTP clients that do not follow redirects.
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_access::session::CookieSettings;
+use postern_access::users::{LocalUser, hash_password};
+use postern_access::{Access, AccessSettings};
+use postern_config::IssuerFormat;
+use postern_store::{Backend, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The shared secret of the test stores.
+pub const SECRET: &[u8] = b"integration-test-shared-secret-0123456789";
+
+/// Settings for a plain-HTTP localhost gateway: cookies without `Secure`, no identity headers,
+/// no audit file, registration on, 1 h access tokens, no refresh grace, client metadata documents
+/// accepted from 127.0.0.1 (where the tests serve them).
+pub fn settings() -> AccessSettings {
+    AccessSettings {
+        cookie: CookieSettings {
+            name: "_postern".into(),
+            expire: Duration::from_secs(3600),
+            secure: false,
+        },
+        pass_identity_headers: false,
+        issuer_format: IssuerFormat::HostOnly,
+        audit_file: None,
+        dynamic_registration: true,
+        access_token_ttl: Duration::from_secs(3600),
+        refresh_reuse_grace: Duration::ZERO,
+        allowed_client_id_domains: vec!["127.0.0.1".into()],
+        allowed_as_metadata_domains: vec![],
+    }
+}
+
+/// A local user with an argon2id hash of `password`.
+pub fn user(email: &str, name: &str, groups: &[&str], password: &str) -> LocalUser {
+    LocalUser {
+        email: email.into(),
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        password_hash: hash_password(password).unwrap(),
+    }
+}
+
+pub async fn memory_store() -> Store {
+    Store::open(&Backend::Memory, SECRET, &[]).await.unwrap()
+}
+
+/// Serves the routes of `yaml` on `listener` through `access` until `stop` is cancelled.
+pub fn serve(listener: TcpListener, yaml: &str, access: Access, stop: &CancellationToken) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = postern_config::parse(yaml, Path::new("."), &HashMap::new())
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+    let gateway = postern_gateway::Gateway::new(config, Arc::new(access));
+    tokio::spawn(postern_gateway::server::serve(
+        listener,
+        None,
+        gateway,
+        stop.clone(),
+    ));
+}
+
+/// An API client: no cookies, redirects not followed.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A browser: cookies kept, redirects followed by hand.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs `browser` in through the form at `base`.
+pub async fn sign_in(browser: &reqwest::Client, base: &str, email: &str, password: &str) {
+    let signed_in = browser
+        .post(format!("{base}/.pomerium/sign_in"))
+        .form(&[
+            ("email", email),
+            ("password", password),
+            ("redirect_uri", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "sign-in as {email}");
+}
