@@ -1296,6 +1296,58 @@ struct NotionWorld {
     stop: CancellationToken,
 }
 
+impl NotionWorld {
+    /// Connects Ada's Notion account from the browser: `/connect`, the provider (which approves
+    /// at once), Postern's callback, back to `/done`.
+    async fn connect(&self) {
+        let base = &self.base;
+        let start = self
+            .browser
+            .get(format!(
+                "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+                urlencode(&format!("{base}/notion"))
+            ))
+            .send()
+            .await
+            .unwrap();
+        let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
+        assert!(provider_url.starts_with(&self.provider), "{provider_url}");
+        let back = self.browser.get(&provider_url).send().await.unwrap();
+        let done = self
+            .browser
+            .get(back.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.headers()["location"], "/done");
+    }
+
+    /// The user's server list from `/.pomerium/mcp/routes`.
+    async fn routes(&self) -> Value {
+        self.browser
+            .get(format!("{}/.pomerium/mcp/routes", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Forgets the user's Notion TI; the new server list.
+    async fn disconnect(&self) -> Value {
+        self.browser
+            .post(format!("{}/.pomerium/mcp/routes/disconnect", self.base))
+            .json(&json!({"routes": [format!("{}/notion", self.base)]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
 /// The gateway in front of the notion server with Notion-style upstream OAuth, an MCP client
 /// app route (`/app`, echoing what it receives), and Ada signed in in `browser`.
 async fn notion_world() -> NotionWorld {
@@ -1379,6 +1431,7 @@ routes:
 
 #[tokio::test]
 async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the_te() {
+    let w = notion_world().await;
     let NotionWorld {
         base,
         browser,
@@ -1387,7 +1440,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         notion,
         stop,
         ..
-    } = notion_world().await;
+    } = &w;
     let registered: Value = client()
         .post(format!("{base}/.pomerium/mcp/register"))
         .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "Claude"}))
@@ -1556,15 +1609,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         }
     };
     let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
-    let after: Value = browser
-        .post(format!("{base}/.pomerium/mcp/routes/disconnect"))
-        .json(&json!({"routes": [format!("{base}/notion")]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = w.disconnect().await;
     assert_eq!(after["servers"][0]["connected"], json!(false), "{after}");
     let (status, body) = refresh(refresh_token.clone()).await;
     assert_eq!(
@@ -1579,22 +1624,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         "{body}"
     );
     // Connected again through the provider, the same refresh token works.
-    let start = browser
-        .get(format!(
-            "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-            urlencode(&format!("{base}/notion"))
-        ))
-        .send()
-        .await
-        .unwrap();
-    let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
-    let back = browser.get(&provider_url).send().await.unwrap();
-    let done = browser
-        .get(back.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.headers()["location"], "/done");
+    w.connect().await;
     let (status, body) = refresh(refresh_token).await;
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -1610,20 +1640,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
 async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes() {
     let w = notion_world().await;
     let base = &w.base;
-    let routes = |browser: reqwest::Client| {
-        let url = format!("{base}/.pomerium/mcp/routes");
-        async move {
-            browser
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let list = routes(w.browser.clone()).await;
+    let list = w.routes().await;
     assert_eq!(list["servers"].as_array().unwrap().len(), 1, "{list}");
     let server = &list["servers"][0];
     assert_eq!(
@@ -1649,29 +1666,8 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
         .unwrap();
     assert_eq!(foreign.status(), 400);
 
-    let start = w
-        .browser
-        .get(format!(
-            "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-            urlencode(&format!("{base}/notion"))
-        ))
-        .send()
-        .await
-        .unwrap();
-    let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
-    assert!(provider_url.starts_with(&w.provider), "{provider_url}");
-    let back = w.browser.get(&provider_url).send().await.unwrap();
-    let done = w
-        .browser
-        .get(back.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.headers()["location"], "/done");
-    assert_eq!(
-        routes(w.browser.clone()).await["servers"][0]["connected"],
-        json!(true)
-    );
+    w.connect().await;
+    assert_eq!(w.routes().await["servers"][0]["connected"], json!(true));
 
     // The app behind the client route receives a TE for the user...
     let te = w
@@ -1712,17 +1708,10 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
         .unwrap();
     assert_eq!(listed["servers"][0]["connected"], json!(true));
 
-    let after: Value = w
-        .browser
-        .post(format!("{base}/.pomerium/mcp/routes/disconnect"))
-        .json(&json!({"routes": [format!("{base}/notion")]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(after["servers"][0]["connected"], json!(false));
+    assert_eq!(
+        w.disconnect().await["servers"][0]["connected"],
+        json!(false)
+    );
     let refused = call_notion(te).await;
     assert_eq!(
         refused.status(),
@@ -1962,26 +1951,7 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
     let w = notion_world().await;
     let base = &w.base;
     // Connect, so a TI that needs a refresh exists.
-    let start = w
-        .browser
-        .get(format!(
-            "{base}/.pomerium/mcp/connect?redirect_url=/&resource={}",
-            urlencode(&format!("{base}/notion"))
-        ))
-        .send()
-        .await
-        .unwrap();
-    let back = w
-        .browser
-        .get(start.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    w.browser
-        .get(back.headers()["location"].to_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    w.connect().await;
     let te = w
         .browser
         .get(format!("{base}/app/x"))
@@ -2016,17 +1986,8 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         json!("upstream_token_refresh_failed"),
         "{body}"
     );
-    let routes: Value = w
-        .browser
-        .get(format!("{base}/.pomerium/mcp/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        routes["servers"][0]["connected"],
+        w.routes().await["servers"][0]["connected"],
         json!(true),
         "an outage keeps the TI"
     );
@@ -2039,17 +2000,8 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         401,
         "the provider refused the refresh token: the client must authorize again"
     );
-    let routes: Value = w
-        .browser
-        .get(format!("{base}/.pomerium/mcp/routes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        routes["servers"][0]["connected"],
+        w.routes().await["servers"][0]["connected"],
         json!(false),
         "the dead TI was forgotten"
     );
