@@ -421,14 +421,8 @@ impl Access {
             session_id: session.id.clone(),
             expires_at: now_ms() + CODE_TTL_MS,
         };
-        if self.store.put_code(&code, &grant).await.is_err() {
-            return back(
-                OAuthError::new(
-                    "temporarily_unavailable",
-                    "the gateway's store is unavailable",
-                ),
-                state,
-            );
+        if let Err(error) = self.store.put_code(&code, &grant).await {
+            return back(store_unavailable(error), state);
         }
         tracing::info!(target: "postern::audit", event = "authorized", client = %client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
         redirect_to(&authorize::code_redirect(
@@ -488,12 +482,7 @@ impl Access {
             self.store
                 .get_client(&client_id)
                 .await
-                .map_err(|_| {
-                    OAuthError::new(
-                        "temporarily_unavailable",
-                        "the gateway's store is unavailable",
-                    )
-                })?
+                .map_err(store_unavailable)?
                 .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?
         };
         if client
@@ -527,12 +516,6 @@ impl Access {
     ) -> Result<Value, OAuthError> {
         let client = self.client(ctx, headers, form).await?;
         let keys = self.store.keyring();
-        let unavailable = |_| {
-            OAuthError::new(
-                "temporarily_unavailable",
-                "the gateway's store is unavailable",
-            )
-        };
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
                 let code = form
@@ -543,7 +526,7 @@ impl Access {
                     .store
                     .redeem_code(code, &family_id)
                     .await
-                    .map_err(unavailable)?
+                    .map_err(store_unavailable)?
                 {
                     Redemption::Redeemed(grant) => grant,
                     Redemption::Replayed { family_id } => {
@@ -593,16 +576,11 @@ impl Access {
                     ));
                 }
                 let session = self
-                    .store
-                    .get_session(&grant.session_id)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or_else(|| {
-                        OAuthError::new(
-                            "invalid_grant",
-                            "the sign-in this code came from has ended",
-                        )
-                    })?;
+                    .grant_session(
+                        &grant.session_id,
+                        "the sign-in this code came from has ended",
+                    )
+                    .await?;
                 let family = TokenFamily {
                     family_id: family_id.clone(),
                     client_id: client.client_id.clone(),
@@ -620,7 +598,7 @@ impl Access {
                 self.store
                     .create_family(&family, &refresh, family.expires_at)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(store_unavailable)?;
                 Ok(self.tokens(&session, &family, &refresh))
             }
             Some("refresh_token") => {
@@ -631,7 +609,7 @@ impl Access {
                     .store
                     .find_refresh_token(old)
                     .await
-                    .map_err(unavailable)?
+                    .map_err(store_unavailable)?
                 {
                     if family.client_id != client.client_id {
                         return Err(OAuthError::new(
@@ -673,7 +651,7 @@ impl Access {
                         self.settings.refresh_reuse_grace,
                     )
                     .await
-                    .map_err(unavailable)?
+                    .map_err(store_unavailable)?
                 {
                     Rotation::Rotated(family) => family,
                     Rotation::Concurrent => {
@@ -704,16 +682,11 @@ impl Access {
                     ));
                 }
                 let session = self
-                    .store
-                    .get_session(&family.session_id)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or_else(|| {
-                        OAuthError::new(
-                            "invalid_grant",
-                            "the sign-in behind this token has ended; authorize again",
-                        )
-                    })?;
+                    .grant_session(
+                        &family.session_id,
+                        "the sign-in behind this token has ended; authorize again",
+                    )
+                    .await?;
                 Ok(self.tokens(&session, &family, &new))
             }
             Some(other) => Err(OAuthError::new(
@@ -722,6 +695,19 @@ impl Access {
             )),
             None => Err(OAuthError::new("invalid_request", "grant_type is required")),
         }
+    }
+
+    /// The session a grant rests on; `invalid_grant` saying `ended` when it is gone.
+    async fn grant_session(
+        &self,
+        session_id: &str,
+        ended: &str,
+    ) -> Result<postern_store::Session, OAuthError> {
+        self.store
+            .get_session(session_id)
+            .await
+            .map_err(store_unavailable)?
+            .ok_or_else(|| OAuthError::new("invalid_grant", ended))
     }
 
     fn tokens(
@@ -869,12 +855,7 @@ impl Access {
             self.store
                 .get_client(&client_id)
                 .await
-                .map_err(|_| {
-                    OAuthError::new(
-                        "temporarily_unavailable",
-                        "the gateway's store is unavailable",
-                    )
-                })?
+                .map_err(store_unavailable)?
                 .ok_or_else(|| bad("unknown client_id".into()))?
         };
         if client
@@ -947,18 +928,22 @@ impl Access {
             .store
             .use_once(&format!("client_assertion|{client_id}|{jti}"), exp * 1000)
             .await
-            .map_err(|error| {
-                tracing::error!(%error, "store: recording a client assertion id failed");
-                OAuthError::new(
-                    "temporarily_unavailable",
-                    "the gateway's store is unavailable",
-                )
-            })?;
+            .map_err(store_unavailable)?;
         if !first_use {
             return Err(bad("client_assertion was already used (jti replay)".into()));
         }
         Ok(client)
     }
+}
+
+/// A store failure at the token or authorization endpoint: logged for the operator, and a
+/// retryable OAuth error for the client.
+fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
+    tracing::error!(%error, "store unavailable at the authorization server");
+    OAuthError::new(
+        "temporarily_unavailable",
+        "the gateway's store is unavailable",
+    )
 }
 
 /// The cookie that binds an upstream authorization to the browser that started it.
