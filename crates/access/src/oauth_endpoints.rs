@@ -9,7 +9,6 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
 use postern_oauth::{OAuthError, metadata, pkce, registration};
-use postern_policy::{Input, McpRequest};
 use postern_store::{
     CodeGrant, OAuthClient, Redemption, Revocation, Rotation, TokenFamily, now_ms,
 };
@@ -326,16 +325,7 @@ impl Access {
             }
         }
         let user = Self::user_of(&session);
-        let allowed = route
-            .policy
-            .evaluate(&Input {
-                user: Some(&user),
-                method: "POST",
-                path: "/",
-                mcp: None::<&McpRequest>,
-            })
-            .allowed;
-        if !allowed {
+        if !crate::routes_api::may_use(&route, &user) {
             return back(
                 OAuthError::new(
                     "access_denied",

@@ -34,13 +34,8 @@ pub const APP_AUDIENCE_PREFIX: &str = "app:";
 /// Lifetime of a client-route TE (minted again on every request of the app).
 pub const APP_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 
-/// Checks a TE without regard to its resource (for `/.pomerium/mcp/routes`, which only needs
-/// to know who asks).
-pub fn check_identity_token(
-    keys: &Keyring,
-    revoked: &RevocationCache,
-    token: &str,
-) -> Result<AccessClaims, TokenError> {
+/// Opens a TE sealed by this gateway (or a replica sharing its secret) and checks its expiry.
+fn open_access_token(keys: &Keyring, token: &str) -> Result<AccessClaims, TokenError> {
     let sealed = token
         .strip_prefix(ACCESS_PREFIX)
         .ok_or(TokenError::Invalid)?;
@@ -51,6 +46,17 @@ pub fn check_identity_token(
     if claims.exp <= now_ms() {
         return Err(TokenError::Expired);
     }
+    Ok(claims)
+}
+
+/// Checks a TE without regard to its resource (for `/.pomerium/mcp/routes`, which only needs
+/// to know who asks).
+pub fn check_identity_token(
+    keys: &Keyring,
+    revoked: &RevocationCache,
+    token: &str,
+) -> Result<AccessClaims, TokenError> {
+    let claims = open_access_token(keys, token)?;
     if revoked.contains(&claims.sid, &claims.fam) {
         return Err(TokenError::Revoked);
     }
@@ -130,16 +136,7 @@ pub fn check_access_token(
     token: &str,
     resource: &str,
 ) -> Result<AccessClaims, TokenError> {
-    let sealed = token
-        .strip_prefix(ACCESS_PREFIX)
-        .ok_or(TokenError::Invalid)?;
-    let json = keys
-        .open("access-token", sealed)
-        .map_err(|_| TokenError::Invalid)?;
-    let claims: AccessClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Invalid)?;
-    if claims.exp <= now_ms() {
-        return Err(TokenError::Expired);
-    }
+    let claims = open_access_token(keys, token)?;
     // Tokens handed to MCP client apps (client routes) work on every MCP server route, as the
     // seed's section 3 describes; they live minutes, not hours.
     if !claims.aud.starts_with(APP_AUDIENCE_PREFIX) && !same_resource(&claims.aud, resource) {

@@ -197,16 +197,7 @@ impl Access {
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
         routes.sort_by_key(|r| r.index);
         for route in routes.iter().filter(|r| r.is_mcp_server()) {
-            let allowed = route
-                .policy
-                .evaluate(&Input {
-                    user: Some(&user),
-                    method: "POST",
-                    path: "/",
-                    mcp: None::<&McpRequest>,
-                })
-                .allowed;
-            if !allowed {
+            if !may_use(route, &user) {
                 continue;
             }
             let needs_oauth = self.upstream_oauth(route, &ctx.origin()).await.is_some();
@@ -366,4 +357,18 @@ impl Access {
         };
         oauth_server::mint_access_token(self.store.keyring(), &claims)
     }
+}
+
+/// Whether `user` may use the MCP server behind `route` at all (its policy for a request without
+/// a tool call): servers a user may not use are neither listed nor authorized.
+pub(crate) fn may_use(route: &Route, user: &postern_policy::User) -> bool {
+    route
+        .policy
+        .evaluate(&Input {
+            user: Some(user),
+            method: "POST",
+            path: "/",
+            mcp: None::<&McpRequest>,
+        })
+        .allowed
 }
