@@ -165,7 +165,12 @@ impl Store {
                 return Ok(Some(current.token));
             }
             let owner = self.keyring().random_token(12)?;
-            if self.try_lease(user_id, route_id, &owner).await? {
+            // The lease is taken only on the version just read: if another replica refreshed
+            // in between (and released its lease), this read is stale and the loop reads again.
+            if self
+                .try_lease(user_id, route_id, current.version, &owner)
+                .await?
+            {
                 let refresh = refresh.take().expect("refresh runs at most once");
                 return match refresh(current.token).await {
                     Ok(RefreshOutcome::Refreshed(token)) => {
@@ -200,6 +205,7 @@ impl Store {
         &self,
         user_id: &str,
         route_id: &str,
+        version: i64,
         owner: &str,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
@@ -209,8 +215,16 @@ impl Store {
             .await?
             .execute(
                 "UPDATE upstream_tokens SET lease_owner = ?3, lease_until = ?4
-                 WHERE user_id = ?1 AND route_id = ?2 AND (lease_until IS NULL OR lease_until < ?5)",
-                params![user_id, route_id, owner, now + LEASE.as_millis() as i64, now],
+                 WHERE user_id = ?1 AND route_id = ?2 AND version = ?6
+                    AND (lease_until IS NULL OR lease_until < ?5)",
+                params![
+                    user_id,
+                    route_id,
+                    owner,
+                    now + LEASE.as_millis() as i64,
+                    now,
+                    version
+                ],
             )
             .await?;
         Ok(n == 1)

@@ -28,11 +28,11 @@ macro_rules! suite {
 
 suite!(sqlite: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
-    upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
 suite!(postgres: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
-    upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
 suite!(memory: sessions, clients, codes_redeem_once, refresh_rotation_and_reuse, upstream_tokens);
 
@@ -455,6 +455,80 @@ async fn upstream_refresh_coalesces(t: TestStore) {
         calls.load(Ordering::SeqCst),
         1,
         "one provider call for 20 concurrent requests on two instances"
+    );
+}
+
+/// The interleaving behind a lost race: replica B reads the stale token, replica A refreshes
+/// it and releases its lease, then B tries to lease. B must see that its read is stale and use
+/// A's token, not call the provider with a refresh token A already spent.
+async fn upstream_refresh_never_uses_a_stale_read(t: TestStore) {
+    let other = t.another().await;
+    let mut stale = ti("at-old");
+    stale.expires_at = Some(now_ms() - 1);
+    t.store
+        .put_upstream_token("ada", "notion", &stale, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let expiring = |tok: &UpstreamToken| tok.expires_at.is_some_and(|e| e < now_ms() + 60_000);
+    let (b_read, b_has_read) = std::sync::mpsc::channel::<()>();
+    let b_read = std::sync::Mutex::new(b_read);
+    let (a_finished, a_done) = std::sync::mpsc::channel::<()>();
+    let a_done = std::sync::Mutex::new(a_done);
+    let b_calls = Arc::new(AtomicUsize::new(0));
+    let b = tokio::spawn({
+        let b_calls = b_calls.clone();
+        async move {
+            let first = std::sync::atomic::AtomicBool::new(true);
+            other
+                .refresh_upstream_token(
+                    "ada",
+                    "notion",
+                    |tok| {
+                        // Between B's read and B's lease attempt, A does its whole refresh.
+                        if first.swap(false, Ordering::SeqCst) {
+                            b_read.lock().unwrap().send(()).unwrap();
+                            a_done
+                                .lock()
+                                .unwrap()
+                                .recv_timeout(Duration::from_secs(10))
+                                .expect("A finished its refresh");
+                        }
+                        expiring(tok)
+                    },
+                    Duration::from_secs(3600),
+                    |_old| async move {
+                        b_calls.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(RefreshOutcome::Refreshed(ti("at-from-b")))
+                    },
+                )
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    });
+    tokio::task::spawn_blocking(move || b_has_read.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("B read the token");
+    let from_a = t
+        .store
+        .refresh_upstream_token(
+            "ada",
+            "notion",
+            expiring,
+            Duration::from_secs(3600),
+            |_| async { Ok::<_, String>(RefreshOutcome::Refreshed(ti("at-from-a"))) },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from_a.access_token, "at-from-a");
+    a_finished.send(()).unwrap();
+    assert_eq!(b.await.unwrap().access_token, "at-from-a");
+    assert_eq!(
+        b_calls.load(Ordering::SeqCst),
+        0,
+        "B never called the provider"
     );
 }
 
