@@ -487,12 +487,20 @@ async fn tool_lists_show_only_callable_tools_and_calls_are_audited() {
         &call(3, "read_query", json!({"query": "SELECT 1"})),
     )
     .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let lines: Vec<Value> = std::fs::read_to_string(&w.audit)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The allowed call is recorded when its response ends, by the log's writer thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let lines: Vec<Value> = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&w.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let has = |tool: &str| lines.iter().any(|l| l["tool"] == json!(tool));
+        if (has("write_query") && has("read_query")) || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let denied = lines
         .iter()
         .find(|l| l["tool"] == json!("write_query"))
