@@ -564,17 +564,19 @@ impl Hooks for Access {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim().to_owned());
-        let resource = oauth_server::route_resource(route, &ctx.origin());
         let session = match (&bearer, route.is_mcp_server()) {
-            (Some(token), true) => match oauth_server::check_access_token(
-                self.store.keyring(),
-                &self.revocations,
-                token,
-                &resource,
-            ) {
-                Ok(claims) => Some(claims.session()),
-                Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
-            },
+            (Some(token), true) => {
+                let resource = oauth_server::route_resource(route, &ctx.origin());
+                match oauth_server::check_access_token(
+                    self.store.keyring(),
+                    &self.revocations,
+                    token,
+                    &resource,
+                ) {
+                    Ok(claims) => Some(claims.session()),
+                    Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
+                }
+            }
             _ => session::current(request.headers(), &self.settings.cookie, &self.store).await,
         };
         let user = session.as_ref().map(Self::user_of);

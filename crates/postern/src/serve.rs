@@ -95,7 +95,9 @@ fn generated_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         .open(path)
         .and_then(|mut f| f.write_all(engine.encode(bytes).as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    tracing::warn!(file = %path.display(), "no shared_secret configured: generated one (set shared_secret to run several replicas)");
+    // Only SQLite and memory storage get here (PostgreSQL requires a shared secret): one
+    // replica, for which a generated secret is right, so this is news, not a warning.
+    tracing::info!(file = %path.display(), "no shared_secret configured: generated one");
     Ok(bytes.to_vec())
 }
 
