@@ -26,7 +26,7 @@ use crate::oauth_server::{self, RevocationCache, TokenError};
 use crate::oidc::Oidc;
 use crate::pages;
 use crate::session::{self, CookieSettings, RateLimiter};
-use crate::users::LocalUsers;
+use crate::users::{LocalUser, LocalUsers};
 
 /// Failed sign-ins allowed per account, and per client address, in [`LOGIN_WINDOW`].
 const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
@@ -95,7 +95,9 @@ impl AccessSettings {
 /// The gateway hooks.
 pub struct Access {
     pub(crate) store: Store,
-    users: LocalUsers,
+    users: Arc<LocalUsers>,
+    /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
+    password_checks: Arc<tokio::sync::Semaphore>,
     signer: Signer,
     pub(crate) settings: AccessSettings,
     limiter: RateLimiter,
@@ -133,7 +135,10 @@ impl Access {
         Self {
             discovery,
             store,
-            users,
+            users: Arc::new(users),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             signer,
             settings,
             limiter: RateLimiter::default(),
@@ -154,6 +159,19 @@ impl Access {
                 cache
             },
         }
+    }
+
+    /// The local user with this email and password. The check runs on the blocking pool, so a
+    /// sign-in never stalls the proxy's worker threads, and at most one per core runs at once,
+    /// so a burst of sign-ins cannot take 19 MiB each without bound.
+    async fn check_password(&self, email: &str, password: &str) -> Option<LocalUser> {
+        let _permit = self.password_checks.acquire().await.ok()?;
+        let users = self.users.clone();
+        let (email, password) = (email.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || users.verify(&email, &password).cloned())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
@@ -391,7 +409,7 @@ impl Access {
                 ),
             );
         }
-        let Some(user) = self.users.verify(&email, &password) else {
+        let Some(user) = self.check_password(&email, &password).await else {
             self.limiter.fail(&account_key);
             self.limiter.fail(&address_key);
             return html(
