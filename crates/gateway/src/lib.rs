@@ -247,8 +247,9 @@ impl Gateway {
             Err(response) => return self.finish(&ctx, &method, &path, Some(&route), response, "-"),
         };
         let cookie = config.cookie_name.as_deref().unwrap_or("_postern");
+        let client = proxy::UpstreamClient::for_this_thread(&self.inner.client);
         match proxy::forward(
-            &self.inner.client,
+            &client,
             &ctx,
             &route,
             request,

@@ -79,6 +79,26 @@ impl UpstreamClient {
     }
 }
 
+thread_local! {
+    /// A connection worker's own client (see `server::Workers`).
+    static THREAD_CLIENT: std::cell::OnceCell<UpstreamClient> = const { std::cell::OnceCell::new() };
+}
+
+impl UpstreamClient {
+    /// Gives this thread a client of its own, whose pooled upstream connections live on this
+    /// thread's runtime.
+    pub(crate) fn install_for_this_thread() {
+        THREAD_CLIENT.with(|client| {
+            let _ = client.set(UpstreamClient::new());
+        });
+    }
+
+    /// This thread's own client if it has one, else `shared`.
+    pub(crate) fn for_this_thread(shared: &UpstreamClient) -> UpstreamClient {
+        THREAD_CLIENT.with(|client| client.get().unwrap_or(shared).clone())
+    }
+}
+
 impl Default for UpstreamClient {
     fn default() -> Self {
         Self::new()
