@@ -174,6 +174,47 @@ impl Access {
             .flatten()
     }
 
+    /// `Authorization: Bearer <TI>` for the user on `route`, when the route brokers an upstream
+    /// account: refreshed first when it is about to expire; 401 when the user must connect it.
+    async fn upstream_token_header(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        session: &Session,
+    ) -> Result<Option<HeaderValue>, Response<Body>> {
+        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
+            return Ok(None);
+        };
+        let key = crate::upstream::route_key(route);
+        let result = self
+            .store
+            .refresh_upstream_token(
+                &session.user_id,
+                &key,
+                crate::upstream::needs_refresh,
+                crate::upstream::KEEP_WITH_REFRESH,
+                |old| crate::upstream::refresh(&self.http, &oauth, old),
+            )
+            .await;
+        match result {
+            Ok(Some(token)) => {
+                Ok(HeaderValue::from_str(&format!("Bearer {}", token.access_token)).ok())
+            }
+            Ok(None) => Err(not_connected(ctx, route)),
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
+                Err(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_token_refresh_failed",
+                    &format!(
+                        "the upstream provider could not refresh your token, try again shortly: {error}"
+                    ),
+                    &ctx.request_id,
+                ))
+            }
+        }
+    }
+
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
         self.oidc = Some(oidc);
@@ -524,6 +565,19 @@ impl Access {
 
 #[async_trait]
 impl Hooks for Access {
+    fn intercepts(
+        &self,
+        _ctx: &RequestContext,
+        route: Option<&Arc<Route>>,
+        request: &Request<Body>,
+    ) -> bool {
+        // Everything `intercept` answers: its own paths, and CORS preflights on MCP routes.
+        let path = request.uri().path();
+        path.starts_with("/.pomerium/")
+            || path.starts_with("/.well-known/")
+            || (request.method() == Method::OPTIONS && route.is_some_and(|r| r.is_mcp_server()))
+    }
+
     async fn intercept(
         &self,
         ctx: &RequestContext,
@@ -595,7 +649,15 @@ impl Hooks for Access {
                     Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
                 }
             }
-            _ => session::current(request.headers(), &self.settings.cookie, &self.store).await,
+            _ if request.headers().contains_key(header::COOKIE) => {
+                Box::pin(session::current(
+                    request.headers(),
+                    &self.settings.cookie,
+                    &self.store,
+                ))
+                .await
+            }
+            _ => None,
         };
         let user = session.as_ref().map(Self::user_of);
         let method = request.method().as_str().to_owned();
@@ -744,42 +806,11 @@ impl Hooks for Access {
             .extensions
             .get::<Allowed>()
             .and_then(|a| a.session.as_ref());
-        let oauth = match session {
-            Some(_) => self.upstream_oauth(route, &ctx.origin()).await,
-            None => None,
-        };
-        if let (Some(oauth), Some(session)) = (oauth.as_deref(), session) {
-            let key = crate::upstream::route_key(route);
-            let result = self
-                .store
-                .refresh_upstream_token(
-                    &session.user_id,
-                    &key,
-                    crate::upstream::needs_refresh,
-                    crate::upstream::KEEP_WITH_REFRESH,
-                    |old| crate::upstream::refresh(&self.http, oauth, old),
-                )
-                .await;
-            match result {
-                Ok(Some(token)) => {
-                    if let Ok(value) =
-                        HeaderValue::from_str(&format!("Bearer {}", token.access_token))
-                    {
-                        headers.insert(header::AUTHORIZATION, value);
-                    }
-                }
-                Ok(None) => return Err(not_connected(ctx, route)),
-                Err(error) => {
-                    tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
-                    return Err(json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_token_refresh_failed",
-                        &format!(
-                            "the upstream provider could not refresh your token, try again shortly: {error}"
-                        ),
-                        &ctx.request_id,
-                    ));
-                }
+        if let (Some(session), true) = (session, route.is_mcp_server()) {
+            // Boxed: the TI path (discovery, store, provider refresh) is a large future that
+            // requests without a session never need.
+            if let Some(value) = Box::pin(self.upstream_token_header(ctx, route, session)).await? {
+                headers.insert(header::AUTHORIZATION, value);
             }
         }
         if let (postern_gateway::routes::Kind::McpClient, Some(session)) = (&route.kind, session) {
@@ -815,15 +846,23 @@ impl Hooks for Access {
         let Some(allowed) = grant.extensions.get::<Allowed>().cloned() else {
             return response;
         };
-        let response = match self
-            .upstream_challenge(ctx, route, allowed.session.as_ref(), response)
-            .await
-        {
-            Ok(response) => response,
-            Err(replaced) => return replaced,
+        // The rare paths are boxed: their futures are large, and every response would pay for
+        // them otherwise.
+        let response = if matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            match Box::pin(self.upstream_challenge(ctx, route, allowed.session.as_ref(), response))
+                .await
+            {
+                Ok(response) => response,
+                Err(replaced) => return replaced,
+            }
+        } else {
+            response
         };
         let response = if allowed.filter_tools {
-            filter_tool_lists(route, &allowed, response).await
+            Box::pin(filter_tool_lists(route, &allowed, response)).await
         } else {
             response
         };

@@ -73,6 +73,17 @@ pub struct Grant {
 /// The extension points of the data path.
 #[async_trait]
 pub trait Hooks: Send + Sync + 'static {
+    /// Whether [`Hooks::intercept`] may answer this request: a cheap check that spares the
+    /// proxied requests the call (an `async_trait` call allocates its whole future).
+    fn intercepts(
+        &self,
+        _ctx: &RequestContext,
+        _route: Option<&Arc<Route>>,
+        _request: &Request<Body>,
+    ) -> bool {
+        true
+    }
+
     /// Answers a request the gateway serves itself; `Err(request)` passes it on.
     async fn intercept(
         &self,
@@ -118,6 +129,15 @@ pub struct PublicOnly;
 
 #[async_trait]
 impl Hooks for PublicOnly {
+    fn intercepts(
+        &self,
+        _ctx: &RequestContext,
+        _route: Option<&Arc<Route>>,
+        _request: &Request<Body>,
+    ) -> bool {
+        false
+    }
+
     async fn authorize(
         &self,
         ctx: &RequestContext,

@@ -186,16 +186,20 @@ impl Gateway {
                 "-",
             );
         }
-        let request = match self
-            .inner
-            .hooks
-            .intercept(&ctx, route.as_ref(), request)
-            .await
-        {
-            Ok(response) => {
-                return self.finish(&ctx, &method, &path, route.as_ref(), response, "gateway");
+        let request = if self.inner.hooks.intercepts(&ctx, route.as_ref(), &request) {
+            match self
+                .inner
+                .hooks
+                .intercept(&ctx, route.as_ref(), request)
+                .await
+            {
+                Ok(response) => {
+                    return self.finish(&ctx, &method, &path, route.as_ref(), response, "gateway");
+                }
+                Err(request) => request,
             }
-            Err(request) => request,
+        } else {
+            request
         };
         let Some(route) = route else {
             let error = GatewayError::NoRoute {
