@@ -53,7 +53,8 @@ export async function userAgent(start, { gateway, email, password, redirectPrefi
       next = new URL(approved.headers.get('location'), gateway).href;
       continue;
     }
-    throw new Error(`unexpected page (${response.status}) at ${next}: ${html.slice(0, 300)}`);
+    const text = html.replace(/<style[\s\S]*?<\/style>/g, '').replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim();
+    throw new Error(`unexpected page (${response.status}) at ${next}: ${text.slice(0, 400)}`);
   }
   throw new Error('too many steps');
 }

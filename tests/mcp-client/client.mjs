@@ -3,6 +3,8 @@
 // browser: it signs in and approves consent), token, then tools/list and tools/call.
 //
 // node client.mjs GATEWAY_URL EMAIL PASSWORD SERVER_PATH TOOL ARGS_JSON EXPECTED_SUBSTRING
+// With CLIENT_METADATA_URL set, the client identifies itself with that client ID metadata
+// document (an https URL) instead of registering.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
@@ -10,7 +12,9 @@ import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
 const [gateway, email, password, serverPath, tool, argsJson, expected] = process.argv.slice(2);
 const redirectUrl = 'http://127.0.0.1:33418/callback';
 const state = {};
+const clientMetadataUrl = process.env.CLIENT_METADATA_URL;
 const provider = {
+  clientMetadataUrl,
   get redirectUrl() { return redirectUrl; },
   get clientMetadata() {
     return {
@@ -39,6 +43,10 @@ try {
   throw new Error('the gateway let an unauthenticated client in');
 } catch (error) {
   if (!(error instanceof UnauthorizedError)) throw error;
+}
+if (clientMetadataUrl) {
+  const clientId = new URL(state.authorizationUrl).searchParams.get('client_id');
+  if (clientId !== clientMetadataUrl) throw new Error(`client_id ${clientId}, not the metadata document URL`);
 }
 const landing = await userAgent(state.authorizationUrl, { gateway, email, password, redirectPrefix: redirectUrl });
 if (landing.searchParams.get('iss') !== new URL(gateway).origin) throw new Error('missing or wrong iss');

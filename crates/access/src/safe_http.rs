@@ -80,7 +80,7 @@ pub async fn fetch_json(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+        .map_err(|e| format!("cannot fetch {url}: {}", with_causes(&e)))?;
     if response
         .content_length()
         .is_some_and(|l| l > MAX_BYTES as u64)
@@ -94,7 +94,7 @@ pub async fn fetch_json(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| with_causes(&e))? {
         if bytes.len() + chunk.len() > MAX_BYTES {
             return Err(format!("{url} is larger than 64 KiB"));
         }
@@ -143,4 +143,20 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || first == 0x2001 && v6.segments()[1] == 0x0db8)
         }
     }
+}
+
+/// An error and its causes, `outer: inner: ...` (reqwest's own message leaves out why a request
+/// failed, such as an untrusted certificate).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
