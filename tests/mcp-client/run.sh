@@ -38,6 +38,11 @@ grep -q "password: $password (shown once" "$work/up.out" || fail "the new passwo
 cd "$root/tests/mcp-client"
 TOKEN_OUT="$work/te" node client.mjs "$base" "$email" "$password" /whoami whoami '{}' "\"email\":\"$email\"" || fail "whoami"
 node client.mjs "$base" "$email" "$password" /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || fail "sqlite"
+# Confidential clients: registered with a secret, sent in the form or as HTTP Basic.
+for auth in client_secret_post client_secret_basic; do
+  CLIENT_AUTH=$auth node client.mjs "$base" "$email" "$password" /whoami whoami '{}' "\"email\":\"$email\"" >/dev/null || fail "whoami with $auth"
+  echo "ok: a confidential client authenticated with $auth"
+done
 # Notion: the authorization takes the user through the upstream provider; the server gets the
 # TI, the client only ever holds the TE.
 node client.mjs "$base" "$email" "$password" /notion search '{"query":"road"}' 'Roadmap' || fail "notion"
