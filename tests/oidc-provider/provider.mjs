@@ -1,9 +1,10 @@
-// A real OpenID Provider for tests: `node provider.mjs PORT REDIRECT_URI`. Prints READY when
-// listening. The built-in development interactions accept any login name; the account's claims
+// A real OpenID Provider for tests: `node provider.mjs PORT REDIRECT_URI [conform]`. Prints READY
+// when listening. With `conform`, claims asked for by scope (email, profile, groups) come only from
+// the UserInfo endpoint, as OpenID Connect Core §5.4 has it; without, they are in the ID token too. The built-in development interactions accept any login name; the account's claims
 // are derived from it (email = <login>@example.com, groups = [staff, oidc-users]).
 import Provider from 'oidc-provider';
 
-const [port, redirectUri] = [Number(process.argv[2]), process.argv[3]];
+const [port, redirectUri, mode] = [Number(process.argv[2]), process.argv[3], process.argv[4]];
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients: [{
     client_id: 'postern',
@@ -15,7 +16,7 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
   }],
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
   scopes: ['openid', 'email', 'profile', 'groups'],
-  conformIdTokenClaims: false,
+  conformIdTokenClaims: mode === 'conform',
   findAccount: async (ctx, id) => ({
     accountId: id,
     claims: async () => ({ sub: id, email: `${id}@example.com`, email_verified: true, name: `User ${id}`, groups: ['staff', 'oidc-users'] }),

@@ -49,6 +49,8 @@ struct Discovery {
     authorization_endpoint: String,
     token_endpoint: String,
     jwks_uri: String,
+    #[serde(default)]
+    userinfo_endpoint: Option<String>,
 }
 
 /// The identity an ID token establishes.
@@ -198,7 +200,7 @@ impl Oidc {
             .and_then(Value::as_str)
             .ok_or_else(|| fail("no id_token in the token response".into()))?;
         let keys = self.keys(false).await?;
-        match validate_id_token(
+        let identity = match validate_id_token(
             id_token,
             &keys,
             &discovery.issuer,
@@ -219,7 +221,71 @@ impl Oidc {
                 )
             }
             other => other,
+        }?;
+        // Providers that follow OpenID Connect Core §5.4 return the claims asked for by scope
+        // (email, profile, groups) from the UserInfo endpoint, not in the ID token.
+        let missing =
+            identity.email.is_empty() || !identity.claims.contains_key(&self.settings.groups_claim);
+        match (
+            missing,
+            &discovery.userinfo_endpoint,
+            body.get("access_token").and_then(Value::as_str),
+        ) {
+            (true, Some(endpoint), Some(access_token)) => {
+                self.with_userinfo(identity, endpoint, access_token).await
+            }
+            _ => Ok(identity),
         }
+    }
+
+    /// Fills in what the ID token left out from the UserInfo response, which must be about the
+    /// same subject (§5.3.2); the ID token's own claims win.
+    async fn with_userinfo(
+        &self,
+        mut identity: OidcIdentity,
+        endpoint: &str,
+        access_token: &str,
+    ) -> Result<OidcIdentity, OidcError> {
+        let fail = |reason: String| OidcError::Provider {
+            url: endpoint.to_owned(),
+            reason,
+        };
+        let response = self
+            .http
+            .get(endpoint)
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}")));
+        }
+        let info: Map<String, Value> = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("not a JSON UserInfo response: {e}")))?;
+        if info.get("sub").and_then(Value::as_str) != Some(identity.subject.as_str()) {
+            return Err(fail(
+                "the UserInfo response is about another subject than the ID token".into(),
+            ));
+        }
+        for (name, value) in info {
+            identity.claims.entry(name).or_insert(value);
+        }
+        let text = |name: &str| {
+            identity
+                .claims
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        identity.email = text("email").to_ascii_lowercase();
+        identity.name = text("name");
+        identity.groups = groups_of(&identity.claims, &self.settings.groups_claim);
+        Ok(identity)
     }
 
     async fn keys(&self, refresh: bool) -> Result<JwkSet, OidcError> {
@@ -326,15 +392,7 @@ pub fn validate_id_token(
             .unwrap_or_default()
             .to_owned()
     };
-    let groups = match claims.get(groups_claim) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(one)) => vec![one.clone()],
-        _ => Vec::new(),
-    };
+    let groups = groups_of(&claims, groups_claim);
     Ok(OidcIdentity {
         subject: text("sub"),
         email: text("email").to_ascii_lowercase(),
@@ -342,6 +400,19 @@ pub fn validate_id_token(
         groups,
         claims,
     })
+}
+
+/// The groups in `claim`: a list of strings, or one string.
+fn groups_of(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
+    match claims.get(claim) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

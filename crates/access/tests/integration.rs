@@ -534,7 +534,8 @@ impl Drop for Provider {
 }
 
 /// Starts tests/oidc-provider; `None` (loudly) when it is not installed outside CI.
-async fn provider(callback: &str) -> Option<Provider> {
+/// `conform`: claims requested by scope only from UserInfo (OpenID Connect Core §5.4).
+async fn provider(callback: &str, conform: bool) -> Option<Provider> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider");
     if !dir.join("node_modules/oidc-provider").exists() {
         if std::env::var_os("CI").is_some() {
@@ -555,6 +556,7 @@ async fn provider(callback: &str) -> Option<Provider> {
     let mut child = std::process::Command::new("node")
         .arg(dir.join("provider.mjs"))
         .args([port.to_string(), callback.to_owned()])
+        .args(conform.then_some("conform"))
         .stdout(std::process::Stdio::piped())
         .stderr(
             std::fs::File::create(std::env::temp_dir().join(format!("oidc-provider-{port}.log")))
@@ -604,12 +606,22 @@ fn form_action(issuer: &str, page: &str) -> String {
 
 #[tokio::test]
 async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
+    oidc_sign_in(false).await;
+}
+
+#[tokio::test]
+async fn oidc_claims_that_only_userinfo_returns_are_fetched_from_it() {
+    oidc_sign_in(true).await;
+}
+
+/// Signs in through a real provider, then uses a route that needs the email's domain and a group.
+async fn oidc_sign_in(conform: bool) {
     use postern_access::oidc::{Oidc, OidcSettings};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let base = format!("http://localhost:{port}");
-    let Some(op) = provider(&format!("{base}/.pomerium/callback")).await else {
+    let Some(op) = provider(&format!("{base}/.pomerium/callback"), conform).await else {
         return;
     };
 
@@ -619,7 +631,7 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
     let app = axum::Router::new().route("/", axum::routing::get(|| async { "app" }));
     tokio::spawn(async move { axum::serve(upstream, app).await });
     let yaml = format!(
-        "insecure_server: true\nroutes:\n  - {{from: http://localhost, to: http://{up}, allowed_domains: [example.com]}}\n"
+        "insecure_server: true\nroutes:\n  - {{from: http://localhost, to: http://{up}, policy: {{allow: {{and: [{{domain: {{is: example.com}}}}, {{groups: {{has: oidc-users}}}}]}}}}}}\n"
     );
     let store = support::memory_store().await;
     let oidc = Oidc::new(OidcSettings {
@@ -737,7 +749,7 @@ async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
     assert_eq!(
         app.text().await.unwrap(),
         "app",
-        "signed in through the provider, allowed by domain"
+        "signed in through the provider, allowed by domain and group"
     );
 
     // The code is single use.
