@@ -837,13 +837,14 @@ async fn authorize(w: &World, jar: &str, url: &str) -> String {
     response.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// A token endpoint request at `base`: status, body, `Cache-Control`.
 async fn token(
-    w: &World,
+    base: &str,
     form: &[(&str, &str)],
     basic: Option<(&str, &str)>,
 ) -> (u16, Value, String) {
     let mut request = client()
-        .post(format!("{}/.pomerium/mcp/token", w.base))
+        .post(format!("{base}/.pomerium/mcp/token"))
         .form(form);
     if let Some((id, secret)) = basic {
         request = request.basic_auth(id, Some(secret));
@@ -868,7 +869,7 @@ async fn code_for(w: &World, jar: &str, client_id: &str) -> String {
 
 async fn exchange(w: &World, client_id: &str, code: &str) -> (u16, Value) {
     let (status, body, _) = token(
-        w,
+        &w.base,
         &[
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -965,7 +966,7 @@ async fn an_mcp_client_authorizes_refreshes_and_revokes() {
 
     let code = code_for(&w, &jar, &id).await;
     let (status, body, cache) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -1002,7 +1003,7 @@ async fn an_mcp_client_authorizes_refreshes_and_revokes() {
 
     // Refresh rotates; presenting the old refresh token again revokes everything.
     let (status, rotated, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "refresh_token"),
             ("refresh_token", &refresh),
@@ -1018,7 +1019,7 @@ async fn an_mcp_client_authorizes_refreshes_and_revokes() {
     assert_eq!(bearer_call(&w, "/sqlite", &new_access).await.status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     let (status, replay, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "refresh_token"),
             ("refresh_token", &refresh),
@@ -1032,7 +1033,7 @@ async fn an_mcp_client_authorizes_refreshes_and_revokes() {
         (400, Some("invalid_grant"))
     );
     let (status, _, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "refresh_token"),
             ("refresh_token", &newest),
@@ -1124,7 +1125,7 @@ async fn the_authorization_server_refuses_each_attack() {
     // Wrong verifier; the code is then spent.
     let code = code_for(&w, &jar, &a).await;
     let (status, body, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -1142,7 +1143,7 @@ async fn the_authorization_server_refuses_each_attack() {
     // The plain challenge as verifier.
     let code = code_for(&w, &jar, &a).await;
     let (status, _, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -1221,13 +1222,13 @@ async fn the_authorization_server_refuses_each_attack() {
         ("redirect_uri", CALLBACK),
         ("code_verifier", VERIFIER),
     ];
-    let (status, body, _) = token(&w, &form, Some((&cid, "wrong-secret"))).await;
+    let (status, body, _) = token(&w.base, &form, Some((&cid, "wrong-secret"))).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (401, Some("invalid_client"))
     );
     // A failed client authentication doesn't spend the code: the real client can still use it.
-    let (status, body, _) = token(&w, &form, Some((&cid, &secret))).await;
+    let (status, body, _) = token(&w.base, &form, Some((&cid, &secret))).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -1534,25 +1535,18 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         "then back to the MCP client: {location}"
     );
     let code = query_of(&location)["code"].clone();
-    let (status, tokens, _) = {
-        let response = client()
-            .post(format!("{base}/.pomerium/mcp/token"))
-            .form(&[
-                ("grant_type", "authorization_code"),
-                ("code", code.as_str()),
-                ("redirect_uri", CALLBACK),
-                ("client_id", id),
-                ("code_verifier", VERIFIER),
-            ])
-            .send()
-            .await
-            .unwrap();
-        (
-            response.status().as_u16(),
-            response.json::<Value>().await.unwrap(),
-            (),
-        )
-    };
+    let (status, tokens, _) = token(
+        base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", CALLBACK),
+            ("client_id", id),
+            ("code_verifier", VERIFIER),
+        ],
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{tokens}");
     let te = tokens["access_token"].as_str().unwrap().to_owned();
     assert!(
@@ -1609,24 +1603,14 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
 
     // Disconnected from Notion: refreshing would mint a TE that only gets 401, so the refresh
     // grant is refused (the client runs the authorization again), and the token is not spent.
-    let refresh = |token: String| {
-        let base = base.clone();
-        async move {
-            let response = client()
-                .post(format!("{base}/.pomerium/mcp/token"))
-                .form(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", token.as_str()),
-                    ("client_id", id),
-                ])
-                .send()
-                .await
-                .unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        }
+    let refresh = |refresh_token: String| async move {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+            ("client_id", id),
+        ];
+        let (status, body, _) = token(base, &form, None).await;
+        (status, body)
     };
     let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
     let after = w.disconnect().await;
@@ -1772,7 +1756,7 @@ async fn signing_out_stops_the_users_mcp_tokens() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let (status, body, _) = token(
-        &w,
+        &w.base,
         &[
             ("grant_type", "refresh_token"),
             ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
