@@ -446,6 +446,77 @@ mod tests {
                "groups": ["staff"], "nonce": "n-1", "iat": now, "exp": now + 300})
     }
 
+    /// A provider that keeps email and groups out of the ID token (OIDC Core §5.4): UserInfo
+    /// fills them in, but only when it speaks for the ID token's subject.
+    #[tokio::test]
+    async fn userinfo_fills_in_claims_only_for_the_same_subject() {
+        use axum::routing::{get, post};
+        let (key, keys) = new_key();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        let mut id_claims = claims();
+        id_claims["iss"] = json!(issuer);
+        for name in ["email", "name", "groups"] {
+            id_claims.as_object_mut().unwrap().remove(name);
+        }
+        let id_token = token(&key, &keys, id_claims);
+        let userinfo_sub = std::sync::Arc::new(std::sync::Mutex::new("u1".to_owned()));
+        let discovery = json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/auth"),
+            "token_endpoint": format!("{issuer}/token"), "jwks_uri": format!("{issuer}/jwks"),
+            "userinfo_endpoint": format!("{issuer}/userinfo")});
+        let sub = userinfo_sub.clone();
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || async move { axum::Json(discovery) }),
+            )
+            .route(
+                "/token",
+                post(move || async move {
+                    axum::Json(json!({"access_token": "at-1", "token_type": "Bearer", "id_token": id_token}))
+                }),
+            )
+            .route("/jwks", get(move || async move { axum::Json(keys) }))
+            .route(
+                "/userinfo",
+                get(move |headers: axum::http::HeaderMap| async move {
+                    assert_eq!(headers["authorization"], "Bearer at-1");
+                    let sub = sub.lock().unwrap().clone();
+                    axum::Json(json!({"sub": sub, "email": "Ada@Example.com", "name": "Ada", "groups": ["staff"]}))
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let oidc = Oidc::new(OidcSettings {
+            issuer: issuer.clone(),
+            client_id: "postern".into(),
+            client_secret: "s".into(),
+            scopes: vec!["openid".into(), "email".into()],
+            groups_claim: "groups".into(),
+        });
+
+        let identity = oidc
+            .finish("code", "https://gw/cb", "v", "n-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                identity.subject.as_str(),
+                identity.email.as_str(),
+                identity.name.as_str()
+            ),
+            ("u1", "ada@example.com", "Ada")
+        );
+        assert_eq!(identity.groups, ["staff"]);
+
+        *userinfo_sub.lock().unwrap() = "someone-else".into();
+        let error = oidc
+            .finish("code", "https://gw/cb", "v", "n-1")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("another subject"), "{error}");
+    }
+
     #[test]
     fn accepts_a_good_token_and_refuses_each_bad_one() {
         let (key, keys) = new_key();
