@@ -19,6 +19,11 @@ pub fn resource_url(origin: &str, path: &str) -> String {
 
 /// Whether two resource URLs name the same resource (after normalisation).
 pub fn same_resource(a: &str, b: &str) -> bool {
+    // Tokens carry the canonical form they were issued for: equal strings need no parsing (this
+    // runs on every MCP request with a token).
+    if a == b {
+        return true;
+    }
     let norm = |s: &str| match url::Url::parse(s) {
         Ok(url) => resource_url(&url.origin().ascii_serialization(), url.path()),
         Err(_) => s.to_owned(),
