@@ -314,14 +314,8 @@ impl Access {
                 ),
             );
         };
-        let bound = request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|p| p.trim().split_once('='))
-            .any(|(name, value)| name == OIDC_STATE_COOKIE && value == hash_secret(&state));
+        let expected = hash_secret(&state);
+        let bound = session::cookies(request.headers(), OIDC_STATE_COOKIE).any(|v| v == expected);
         // Checked before the sign-in is consumed, so a foreign browser can't burn it.
         if !bound {
             tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
@@ -367,31 +361,28 @@ impl Access {
                 );
             }
         };
-        let now = now_ms();
-        let session = Session {
-            id: self.store.keyring().random_token(24).unwrap_or_default(),
-            user_id: identity.subject.clone(),
-            email: identity.email.clone(),
-            name: identity.name.clone(),
-            groups: identity.groups.clone(),
-            claims: identity.claims.clone(),
-            idp: "oidc".into(),
-            created_at: now,
-            expires_at: now + self.settings.cookie.expire.as_millis() as i64,
-        };
-        if let Err(error) = self.store.put_session(&session).await {
-            tracing::error!(%error, "cannot save the session");
+        let Some(cookie) = self
+            .start_session(Session {
+                user_id: identity.subject,
+                email: identity.email,
+                name: identity.name,
+                groups: identity.groups,
+                claims: identity.claims,
+                idp: "oidc".into(),
+                ..Session::default()
+            })
+            .await
+        else {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pages::message("Sign-in failed", "Sign-in is unavailable right now."),
+                pages::message(
+                    "Sign-in failed",
+                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
+                ),
             );
-        }
-        tracing::info!(target: "postern::audit", event = "sign_in", idp = "oidc", user = %session.email, session = %session.id, "signed in");
+        };
         let mut response = redirect_to(&text("redirect"));
-        set_cookie(
-            &mut response,
-            &session::cookie_for(&session.id, &self.settings.cookie, self.store.keyring()),
-        );
+        set_cookie(&mut response, &cookie);
         set_cookie(
             &mut response,
             &format!(
@@ -459,33 +450,58 @@ impl Access {
             );
         };
         self.limiter.clear(&account_key);
-        let now = now_ms();
-        let session = Session {
-            id: self.store.keyring().random_token(24).unwrap_or_default(),
-            user_id: user.email.to_ascii_lowercase(),
-            email: user.email.to_ascii_lowercase(),
-            name: user.name.clone(),
-            groups: user.groups.clone(),
-            claims: Default::default(),
-            idp: "local".into(),
-            created_at: now,
-            expires_at: now + self.settings.cookie.expire.as_millis() as i64,
-        };
-        if let Err(error) = self.store.put_session(&session).await {
-            tracing::error!(%error, "cannot save the session");
+        let email = user.email.to_ascii_lowercase();
+        let Some(cookie) = self
+            .start_session(Session {
+                user_id: email.clone(),
+                email,
+                name: user.name,
+                groups: user.groups,
+                idp: "local".into(),
+                ..Session::default()
+            })
+            .await
+        else {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pages::sign_in(&redirect, Some("Sign-in is unavailable right now.")),
+                pages::sign_in(
+                    &redirect,
+                    Some(
+                        "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
+                    ),
+                ),
             );
-        }
-        tracing::info!(target: "postern::audit", event = "sign_in", user = %session.email, session = %session.id, "signed in");
+        };
         let target = safe_redirect(&redirect, ctx);
         let mut response = redirect_to(&target);
-        set_cookie(
-            &mut response,
-            &session::cookie_for(&session.id, &self.settings.cookie, self.store.keyring()),
-        );
+        set_cookie(&mut response, &cookie);
         response
+    }
+
+    /// Stores a new session for the user described by `session` (its id and times are set
+    /// here) and records the sign-in; the `Set-Cookie` value that carries it, or `None` when
+    /// the store (or the random source) failed.
+    async fn start_session(&self, mut session: Session) -> Option<String> {
+        let now = now_ms();
+        session.id = match self.store.keyring().random_token(24) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, "cannot make a session id");
+                return None;
+            }
+        };
+        session.created_at = now;
+        session.expires_at = now + self.settings.cookie.expire.as_millis() as i64;
+        if let Err(error) = self.store.put_session(&session).await {
+            tracing::error!(%error, "cannot save the session");
+            return None;
+        }
+        tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
+        Some(session::cookie_for(
+            &session.id,
+            &self.settings.cookie,
+            self.store.keyring(),
+        ))
     }
 
     async fn sign_out(&self, ctx: &RequestContext, request: &Request<Body>) -> Response<Body> {
@@ -581,10 +597,10 @@ impl Hooks for Access {
     async fn intercept(
         &self,
         ctx: &RequestContext,
-        _route: Option<&Arc<Route>>,
+        route: Option<&Arc<Route>>,
         request: Request<Body>,
     ) -> Result<Response<Body>, Request<Body>> {
-        let request = match self.oauth_endpoint(ctx, request).await {
+        let request = match self.oauth_endpoint(ctx, route, request).await {
             Ok(response) => return Ok(response),
             Err(request) => request,
         };

@@ -32,18 +32,15 @@ impl Access {
     pub(crate) async fn oauth_endpoint(
         &self,
         ctx: &RequestContext,
+        route: Option<&std::sync::Arc<postern_gateway::routes::Route>>,
         request: Request<Body>,
     ) -> Result<Response<Body>, Request<Body>> {
         let path = request.uri().path().to_owned();
         let oauth_path = path.starts_with("/.well-known/oauth-")
             || path == "/.well-known/openid-configuration"
             || path.starts_with("/.pomerium/mcp/");
-        let mcp_route = ctx
-            .runtime
-            .routes
-            .find(&ctx.host, ctx.port, &path)
-            .filter(|r| r.is_mcp_server());
-        if request.method() == Method::OPTIONS && (oauth_path || mcp_route.is_some()) {
+        let mcp_route = route.is_some_and(|r| r.is_mcp_server());
+        if request.method() == Method::OPTIONS && (oauth_path || mcp_route) {
             return Ok(preflight());
         }
         let mut response =
@@ -1036,16 +1033,9 @@ impl Access {
                 "The provider's answer lacks code or state.",
             );
         };
-        let bound = request
-            .headers()
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|p| p.trim().split_once('='))
-            .any(|(name, value)| {
-                name == UPSTREAM_STATE_COOKIE && value == postern_store::hash_secret(state)
-            });
+        let expected = postern_store::hash_secret(state);
+        let bound = crate::session::cookies(request.headers(), UPSTREAM_STATE_COOKIE)
+            .any(|v| v == expected);
         let Some(session) =
             session::current(request.headers(), &self.settings.cookie, &self.store).await
         else {

@@ -21,21 +21,27 @@ pub struct CookieSettings {
     pub secure: bool,
 }
 
+/// The values of the cookies named `name` in a request's `Cookie` headers (a browser may send
+/// several, set for different paths or domains).
+pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
+}
+
 /// The session id inside a request's cookie, if the cookie is present and authentic.
 pub fn session_id(
     headers: &HeaderMap,
     settings: &CookieSettings,
     keys: &Keyring,
 ) -> Option<String> {
-    let sealed = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == settings.name)
-        .map(|(_, value)| value.to_owned())?;
-    let id = keys.open("session-cookie", &sealed).ok()?;
+    let sealed = cookies(headers, &settings.name).next()?;
+    let id = keys.open("session-cookie", sealed).ok()?;
     String::from_utf8(id).ok()
 }
 
