@@ -140,12 +140,7 @@ impl Cimd {
         needs_path: bool,
     ) -> Result<(Value, Option<Duration>), OAuthError> {
         let url = url::Url::parse(address).map_err(|_| refuse("the client's URL is not valid"))?;
-        let host = url
-            .host_str()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = crate::safe_http::host_of(&url);
         if url.fragment().is_some()
             || (needs_path && url.path() == "/")
             || !url.username().is_empty()

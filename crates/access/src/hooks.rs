@@ -678,11 +678,9 @@ impl Hooks for Access {
         let user = session.as_ref().map(Self::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        let original = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // Where to return after sign-in (only needed when the request is refused for it).
+        let original =
+            |uri: &http::Uri| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
 
         // MCP POSTs are read whole and checked call by call; nothing unreadable goes through.
         let (request, calls) = if route.is_mcp_server() && request.method() == Method::POST {
@@ -712,7 +710,7 @@ impl Hooks for Access {
                         mcp: None,
                     });
                     if user.is_none() && anonymous.needs_sign_in {
-                        return Err(self.unauthenticated(ctx, route, &original));
+                        return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
                     }
                     let status = match error {
                         mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -750,7 +748,7 @@ impl Hooks for Access {
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
         if let Some((_, first)) = denied.first() {
             if first.needs_sign_in {
-                return Err(self.unauthenticated(ctx, route, &original));
+                return Err(self.unauthenticated(ctx, route, &original(request.uri())));
             }
             for (call, decision) in &denied {
                 self.audit.record(AuditEvent::decision(

@@ -213,11 +213,7 @@ pub fn route_resource(route: &Route, origin: &str) -> String {
 /// The MCP server route a resource URL names on this gateway.
 pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Route>> {
     let url = url::Url::parse(resource).ok()?;
-    let host = url
-        .host_str()?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = crate::safe_http::host_of(&url);
     let port = url.port_or_known_default()?;
     let route = ctx.runtime.routes.find(&host, port, url.path())?;
     (route.is_mcp_server()

@@ -325,12 +325,7 @@ impl Access {
         let Ok(url) = url::Url::parse(target) else {
             return false;
         };
-        let host = url
-            .host_str()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = crate::safe_http::host_of(&url);
         let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&host));
         let known = host == ctx.host
             || ctx
