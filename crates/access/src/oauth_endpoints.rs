@@ -529,7 +529,10 @@ impl Access {
                         ));
                     }
                     Redemption::Invalid => {
-                        return Err(OAuthError::new("invalid_grant", "unknown or expired code"));
+                        return Err(OAuthError::new(
+                            "invalid_grant",
+                            "unknown or expired code (codes work once, for 60 s): start the authorization again",
+                        ));
                     }
                 };
                 if grant.client_id != client.client_id {
@@ -644,7 +647,7 @@ impl Access {
                     Rotation::Concurrent => {
                         return Err(OAuthError::new(
                             "invalid_grant",
-                            "this refresh token was just used by a concurrent request",
+                            "this refresh token was just used by a concurrent request: use the tokens that request got",
                         ));
                     }
                     Rotation::Reused { family_id } => {
@@ -658,7 +661,7 @@ impl Access {
                     Rotation::Invalid => {
                         return Err(OAuthError::new(
                             "invalid_grant",
-                            "unknown, expired or revoked refresh token",
+                            "unknown, expired or revoked refresh token: authorize again",
                         ));
                     }
                 };
