@@ -16,6 +16,7 @@ pub mod body;
 pub mod errors;
 pub mod hooks;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use postern_config::Config;
 
@@ -173,6 +174,15 @@ impl Gateway {
             runtime: runtime.clone(),
         };
 
+        // One canonical path for routing, the hooks (policy, the gateway's own endpoints) and
+        // the upstream.
+        let (request, path) = match canonical_request(request) {
+            Ok(canonical) => canonical,
+            Err((error, raw_path)) => {
+                let response = error.into_response(&ctx.request_id, browser);
+                return self.finish(&ctx, &method, &raw_path, None, response, "-");
+            }
+        };
         let request = request.map(|b| b.map_err(body::BoxError::from).boxed());
         let route = runtime.routes.find(&ctx.host, ctx.port, &path);
 
@@ -408,6 +418,45 @@ impl Gateway {
             })
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// The request with its path in canonical form ([`path::canonical`]) and that path; the query
+/// is kept as sent.
+fn canonical_request<B>(
+    mut request: Request<B>,
+) -> Result<(Request<B>, String), (GatewayError, String)> {
+    let (path, changed) = match path::canonical(request.uri().path()) {
+        Ok(path) => {
+            let changed = matches!(path, std::borrow::Cow::Owned(_));
+            (path.into_owned(), changed)
+        }
+        Err(error) => {
+            let raw = request.uri().path().to_owned();
+            return Err((GatewayError::BadRequest(error.to_string()), raw));
+        }
+    };
+    if changed {
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone(),
+        };
+        let mut parts = request.uri().clone().into_parts();
+        let uri = path_and_query
+            .parse()
+            .ok()
+            .and_then(|pq| {
+                parts.path_and_query = Some(pq);
+                Uri::from_parts(parts).ok()
+            })
+            .ok_or_else(|| {
+                (
+                    GatewayError::BadRequest("the request target is not a valid URI".into()),
+                    path.clone(),
+                )
+            })?;
+        *request.uri_mut() = uri;
+    }
+    Ok((request, path))
 }
 
 /// One line per request: method, host, path, status, bytes, duration, upstream.

@@ -619,6 +619,9 @@ async fn a_changed_config_file_is_applied_without_dropping_open_streams() {
 #[path = "support/pebble.rs"]
 mod pebble;
 
+#[path = "cases/hardening.rs"]
+mod hardening;
+
 #[tokio::test]
 async fn autocert_obtains_caches_and_renews_certificates_from_a_real_acme_server() {
     use postern_gateway::acme::{Autocert, AutocertConfig};

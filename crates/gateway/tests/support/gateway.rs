@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use postern_gateway::hooks::PublicOnly;
+use postern_gateway::hooks::{Hooks, PublicOnly};
 use postern_gateway::{Gateway, server};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,20 @@ impl Running {
     }
 
     pub async fn start_with_tls(yaml: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        let gateway = Gateway::new(config(yaml), Arc::new(PublicOnly));
+        Self::start_with(yaml, tls, Arc::new(PublicOnly)).await
+    }
+
+    /// Plain HTTP with other hooks than [`PublicOnly`].
+    pub async fn start_with_hooks(yaml: &str, hooks: Arc<dyn Hooks>) -> Self {
+        Self::start_with(yaml, None, hooks).await
+    }
+
+    pub async fn start_with(
+        yaml: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        hooks: Arc<dyn Hooks>,
+    ) -> Self {
+        let gateway = Gateway::new(config(yaml), hooks);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();

@@ -3,7 +3,8 @@
 //! - `/sse`: three SSE events, 300 ms apart;
 //! - `/sse-forever`: an event now, then one every 10 s, noting when the client went away;
 //! - `/slow`: answers after 3 s;
-//! - `/mcp`: a stand-in MCP endpoint answering JSON-RPC with JSON.
+//! - `/mcp`: a stand-in MCP endpoint answering JSON-RPC with JSON;
+//! - any other path: like `/echo`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +50,7 @@ impl Upstream {
                 }),
             )
             .route("/mcp", any(mcp))
+            .fallback(echo)
             .with_state(seen.clone());
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
