@@ -131,6 +131,10 @@ pub struct Config {
     /// Time limit for an upstream to answer, unless a route sets `timeout` (default `30s`).
     #[serde(default)]
     pub default_upstream_timeout: Option<GoDuration>,
+    /// Most client connections open at once on the main listener (default 10000); over it, a
+    /// new connection is closed as soon as it is accepted.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Hosts whose client ID metadata documents (https `client_id` URLs) are accepted.
     #[serde(default)]
     pub mcp_allowed_client_id_domains: Vec<String>,
@@ -403,6 +407,11 @@ impl Config {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("postern-data"))
+    }
+
+    /// The connection limit in effect (`max_connections`, default 10000).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(10_000)
     }
 
     /// The default upstream timeout in effect.

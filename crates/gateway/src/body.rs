@@ -130,3 +130,74 @@ impl<B> Drop for Observed<B> {
         }
     }
 }
+
+/// The client sent nothing of its request body for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data from the client for {0:?}")]
+pub struct BodyReadTimeout(pub Duration);
+
+/// A request body that fails with [`BodyReadTimeout`] when the client sends nothing for
+/// `timeout` while the gateway waits for it (a slowloris body otherwise holds a connection, a
+/// worker's attention and an upstream connection forever). Time the reader spends elsewhere
+/// (e.g. the upstream not reading) does not count.
+pub struct ReadDeadline<B> {
+    inner: B,
+    timeout: Duration,
+    /// Created the first time the body has to wait: most bodies arrive whole and never do.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl<B> ReadDeadline<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: None,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> HttpBody for ReadDeadline<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    sleep.as_mut().reset(deadline);
+                    this.waiting = true;
+                }
+                ready!(sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(Box::new(BodyReadTimeout(this.timeout)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

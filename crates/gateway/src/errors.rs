@@ -47,6 +47,18 @@ pub enum GatewayError {
     /// The request is malformed (no host, bad URI).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The route does not accept this method.
+    #[error("this route accepts only {allowed}")]
+    MethodNotAllowed {
+        /// The methods it accepts, as in the `Allow` header.
+        allowed: &'static str,
+    },
+    /// The client stopped sending its request body.
+    #[error("the request body stalled: no data for {seconds} s; send the body without long pauses")]
+    RequestTimeout {
+        /// How long the gateway waited.
+        seconds: u64,
+    },
 }
 
 impl GatewayError {
@@ -59,6 +71,8 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -70,6 +84,8 @@ impl GatewayError {
             GatewayError::BadGateway { .. } => "bad_gateway",
             GatewayError::GatewayTimeout { .. } => "gateway_timeout",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::RequestTimeout { .. } => "request_timeout",
         }
     }
 
@@ -77,6 +93,10 @@ impl GatewayError {
     pub fn into_response(self, request_id: &str, browser: bool) -> Response<Body> {
         let status = self.status();
         let message = self.to_string();
+        let allow = match &self {
+            GatewayError::MethodNotAllowed { allowed } => Some(*allowed),
+            _ => None,
+        };
         let (content_type, body) = if browser {
             (
                 "text/html; charset=utf-8",
@@ -95,6 +115,9 @@ impl GatewayError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", id);
+        }
+        if let Some(allow) = allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }

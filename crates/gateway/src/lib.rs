@@ -25,18 +25,21 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use postern_config::Config;
 
-use crate::body::{Body, Observed, full};
+use crate::body::{Body, Observed, ReadDeadline, full};
 use crate::errors::{GatewayError, is_browser};
 use crate::hooks::{Hooks, RequestContext};
 use crate::metrics::{Metrics, RequestLabels, RouteLabel, UpstreamErrorLabels};
-use crate::routes::{RouteTable, split_host};
+use crate::routes::{Kind, RouteTable, split_host};
+
+/// What MCP server routes accept (Streamable HTTP, and CORS preflights).
+const MCP_METHODS: &str = "POST, GET, DELETE, OPTIONS";
 
 /// The configuration in force, compiled. Replaced whole on reload; requests in flight keep the
 /// one they started with.
@@ -80,6 +83,8 @@ pub struct Connection {
     pub tls: bool,
     /// The listener's port.
     pub local_port: u16,
+    /// How long the gateway waits for more of a request body before answering 408.
+    pub body_read_timeout: Duration,
 }
 
 impl Gateway {
@@ -123,46 +128,29 @@ impl Gateway {
         let (client_addr, forwarded_for, scheme) =
             client_identity(&request, conn, config.xff_num_trusted_hops);
         let default_port = if conn.tls { 443 } else { 80 };
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            });
         let browser = is_browser(&request);
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let Some(authority) = authority else {
-            let response = GatewayError::BadRequest("no Host header".into())
-                .into_response(&request_id, browser);
-            access_log(
-                &request_id,
-                &method,
-                "-",
-                &path,
-                response.status(),
-                0,
-                started,
-                "-",
-                None,
-                "",
-            );
-            return response;
+        let (host, port) = match request_authority(&request, default_port) {
+            Ok((host, port)) => (host, if port == 0 { conn.local_port } else { port }),
+            Err(problem) => {
+                let path = request.uri().path().to_owned();
+                let response =
+                    GatewayError::BadRequest(problem.into()).into_response(&request_id, browser);
+                access_log(
+                    &request_id,
+                    &method,
+                    "-",
+                    &path,
+                    response.status(),
+                    0,
+                    started,
+                    "-",
+                    None,
+                    "",
+                );
+                return response;
+            }
         };
-        let (host, port) = split_host(
-            &authority,
-            if authority.contains(':') {
-                0
-            } else {
-                default_port
-            },
-        );
-        let port = if port == 0 { conn.local_port } else { port };
         let ctx = RequestContext {
             request_id,
             client_addr,
@@ -183,7 +171,9 @@ impl Gateway {
                 return self.finish(&ctx, &method, &raw_path, None, response, "-");
             }
         };
-        let request = request.map(|b| b.map_err(body::BoxError::from).boxed());
+        // Time spent waiting for the client's body is bounded, for the gateway's own endpoints
+        // and proxied requests alike.
+        let request = request.map(|b| ReadDeadline::new(b, conn.body_read_timeout).boxed());
         let route = runtime.routes.find(&ctx.host, ctx.port, &path);
 
         if path == "/.pomerium/ping" {
@@ -225,6 +215,16 @@ impl Gateway {
                 "-",
             );
         };
+        if let Err(error) = check_method(&route, &request) {
+            return self.finish(
+                &ctx,
+                &method,
+                &path,
+                Some(&route),
+                error.into_response(&ctx.request_id, browser),
+                "-",
+            );
+        }
 
         // A declared length over the limit is refused before anything is read or sent.
         let declared = request
@@ -420,6 +420,44 @@ impl Gateway {
     }
 }
 
+/// The host and port the request is for: the request target's authority (absolute form, or
+/// HTTP/2's `:authority`), else the one `Host` header. Port 0: none given.
+fn request_authority<B>(
+    request: &Request<B>,
+    default_port: u16,
+) -> Result<(String, u16), &'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        // RFC 9112 §3.2: the gateway and the upstream might each pick a different one.
+        return Err("more than one Host header; send exactly one");
+    }
+    let host = match host {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| "the Host header is not a valid host name")?,
+        ),
+        None => None,
+    };
+    let split = |authority: &str| {
+        let port = if authority.contains(':') {
+            0
+        } else {
+            default_port
+        };
+        split_host(authority, port)
+    };
+    match (request.uri().authority(), host) {
+        (Some(target), Some(host)) if split(target.as_str()) != split(host) => {
+            Err("the Host header names another host than the request target; send one host")
+        }
+        (Some(target), _) => Ok(split(target.as_str())),
+        (None, Some(host)) => Ok(split(host)),
+        (None, None) => Err("no Host header"),
+    }
+}
+
 /// The request with its path in canonical form ([`path::canonical`]) and that path; the query
 /// is kept as sent.
 fn canonical_request<B>(
@@ -457,6 +495,38 @@ fn canonical_request<B>(
         *request.uri_mut() = uri;
     }
     Ok((request, path))
+}
+
+/// MCP server routes speak Streamable HTTP: POST, GET and DELETE (and CORS preflights), the
+/// GET (a stream) and DELETE (end the session) without a body.
+fn check_method<B: http_body::Body>(
+    route: &routes::Route,
+    request: &Request<B>,
+) -> Result<(), GatewayError> {
+    if !matches!(route.kind, Kind::McpServer(_)) {
+        return Ok(());
+    }
+    let method = request.method();
+    if !matches!(
+        *method,
+        Method::POST | Method::GET | Method::DELETE | Method::OPTIONS
+    ) {
+        return Err(GatewayError::MethodNotAllowed {
+            allowed: MCP_METHODS,
+        });
+    }
+    let has_body = request.headers().contains_key(header::TRANSFER_ENCODING)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+        || !request.body().is_end_stream();
+    if matches!(*method, Method::GET | Method::DELETE) && has_body {
+        return Err(GatewayError::BadRequest(format!(
+            "a {method} request to an MCP server has no body; send it without one"
+        )));
+    }
+    Ok(())
 }
 
 /// One line per request: method, host, path, status, bytes, duration, upstream.

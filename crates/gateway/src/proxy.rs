@@ -148,15 +148,7 @@ pub async fn forward(
     let original_host = request.headers().get(header::HOST).cloned();
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    // Identity headers only ever come from the gateway itself.
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-pomerium-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+    strip_forged(headers, &extra_headers);
     if route.is_mcp_server() {
         // The client's token (TE) is for the gateway only; the upstream gets the TI, if any.
         headers.remove(header::AUTHORIZATION);
@@ -197,6 +189,15 @@ pub async fn forward(
             "timeout",
         )),
         Ok(Err(error)) => {
+            if let Some(timeout) = find_cause::<crate::body::BodyReadTimeout>(&error) {
+                return Err((
+                    GatewayError::RequestTimeout {
+                        seconds: timeout.0.as_secs(),
+                    },
+                    outcome,
+                    "request_timeout",
+                ));
+            }
             if find_cause::<http_body_util::LengthLimitError>(&error).is_some() {
                 return Err((
                     GatewayError::PayloadTooLarge {
@@ -239,6 +240,36 @@ pub fn limit_body(body: Body, limit: u64) -> Body {
     http_body_util::Limited::new(body, limit as usize)
         .map_err(BoxError::from)
         .boxed()
+}
+
+/// Headers the gateway sets on every upstream request (besides `Host` and the hooks' own).
+const GATEWAY_SET: [&str; 4] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+/// Removes client headers that pose as the gateway's: `x-pomerium-*` (identity comes only
+/// from the gateway), and any header that is one the gateway sets once `_` reads as `-`
+/// (`X_Pomerium_Jwt_Assertion`, `X_Forwarded_For`): CGI, WSGI, PHP and others turn both
+/// spellings into the same variable, and may pick the client's.
+fn strip_forged(headers: &mut HeaderMap, gateway_set: &HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            let normal = name.replace('_', "-");
+            normal.starts_with("x-pomerium-")
+                || (normal != name
+                    && (GATEWAY_SET.contains(&normal.as_str())
+                        || gateway_set.contains_key(normal.as_str())))
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
 }
 
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {

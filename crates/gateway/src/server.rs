@@ -5,15 +5,16 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, full};
@@ -22,6 +23,38 @@ use crate::{Connection, Gateway};
 /// How long shutdown waits for requests in flight (open streams are cut after this).
 pub const DRAIN: Duration = Duration::from_secs(15);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings on a connection with streams open: a peer that stops answering is dropped
+/// (an SSE stream through a dead NAT otherwise stays open forever).
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// When the gateway closes client connections that do nothing. HTTP/1.1 also has hyper's own
+/// 30 s limit on reading a request head; these cover HTTP/2, where a connection that sent only
+/// its preface, or half a header block, was otherwise kept forever.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionTimeouts {
+    /// A new connection must have sent a whole request head by then (default 30 s).
+    pub first_request: Duration,
+    /// A connection with no request in flight is closed after this (default 75 s).
+    pub idle: Duration,
+    /// After an idle connection is asked to close (HTTP/2: GOAWAY), how long it gets to do so
+    /// before it is cut (default 5 s).
+    pub close_grace: Duration,
+    /// A request whose body stalls this long gets 408 (default 30 s; time the upstream takes
+    /// to read does not count).
+    pub body_read: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        Self {
+            first_request: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
+            close_grace: Duration::from_secs(5),
+            body_read: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Parses `:443`, `0.0.0.0:443`, `[::]:8080`, `localhost:8080` into socket addresses.
 pub async fn resolve_address(address: &str) -> std::io::Result<Vec<SocketAddr>> {
@@ -41,16 +74,37 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: CancellationToken,
 ) {
+    serve_with(
+        listener,
+        tls,
+        gateway,
+        shutdown,
+        ConnectionTimeouts::default(),
+    )
+    .await
+}
+
+/// [`serve`] with other connection timeouts (tests).
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+    timeouts: ConnectionTimeouts,
+) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let open = Arc::new(OpenConnections::default());
     let mut workers = Workers::start();
     let builder = {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
-        b.http2().timer(hyper_util::rt::TokioTimer::new());
+        b.http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
         Arc::new(b)
     };
     loop {
@@ -65,6 +119,12 @@ pub async fn serve(
                 }
             },
         };
+        // Over the cap, the connection is closed at once: the client fails fast, and the
+        // kernel's queue does not fill with connections that would wait anyway.
+        let Some(slot) = open.enter(gateway.runtime().config.max_connections()) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         // Handed to a worker as a plain socket, registered with the worker's own reactor.
         let stream = match stream.into_std() {
@@ -77,8 +137,9 @@ pub async fn serve(
         let gateway = gateway.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         workers.run(Box::pin(async move {
+            let _slot = slot;
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
@@ -86,42 +147,204 @@ pub async fn serve(
                 remote,
                 tls: acceptor.is_some(),
                 local_port,
+                body_read_timeout: timeouts.body_read,
             };
-            let service = service_fn(move |request| {
-                let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(gateway.handle(request, conn).await) }
-            });
-            match acceptor {
+            let stream = match acceptor {
                 Some(acceptor) => {
-                    let stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%remote, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => return,
-                        };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => Either::Left(stream),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%remote, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
                 }
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                None => Either::Right(stream),
+            };
+            let activity = Arc::new(Activity::new());
+            let service = service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let gateway = gateway.clone();
+                    let in_flight = activity.request_started();
+                    async move {
+                        let response = gateway.handle(request, conn).await;
+                        Ok::<_, Infallible>(response.map(|body| Tracked {
+                            body,
+                            _in_flight: in_flight,
+                        }))
+                    }
+                }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            let mut closing = false;
+            let cut = tokio::time::sleep(Duration::MAX);
+            let mut cut = std::pin::pin!(cut);
+            loop {
+                tokio::select! {
+                    _ = connection.as_mut() => break,
+                    _ = shutdown.cancelled(), if !closing => {
+                        // Draining: requests in flight finish; `serve` cuts what is left.
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = activity.idle(&timeouts), if !closing => {
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                        cut.as_mut().reset(tokio::time::Instant::now() + timeouts.close_grace);
+                    }
+                    _ = cut.as_mut(), if closing => break,
                 }
             }
         }));
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = open.all_closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("drain timed out; closing the remaining connections"),
     }
     workers.stop().await;
+}
+
+/// The client connections open now, against `max_connections`.
+#[derive(Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    /// Whether the last connection was refused (the log says so once per episode).
+    full: AtomicBool,
+    closed: tokio::sync::Notify,
+}
+
+/// One open connection; counted until dropped.
+struct Slot(Arc<OpenConnections>);
+
+impl OpenConnections {
+    /// A slot for a new connection, or `None` when `max` are open.
+    fn enter(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        if self.count.load(Ordering::Relaxed) >= max {
+            if !self.full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    max_connections = max,
+                    "connection limit reached: closing new connections until some end"
+                );
+            }
+            return None;
+        }
+        if self.full.swap(false, Ordering::Relaxed) {
+            tracing::info!("below the connection limit again");
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Some(Slot(self.clone()))
+    }
+
+    async fn all_closed(&self) {
+        loop {
+            let closed = self.closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            closed.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// What a connection is doing, for its idle timeouts.
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Whether a request arrived yet.
+    used: AtomicBool,
+    /// When the last request ended, in ms after `opened`.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            used: AtomicBool::new(false),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.used.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for its timeout.
+    async fn idle(&self, timeouts: &ConnectionTimeouts) {
+        loop {
+            let now = Instant::now();
+            let deadline = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: look again later (a request's end moves the deadline on).
+                now + timeouts.idle
+            } else if !self.used.load(Ordering::Relaxed) {
+                self.opened + timeouts.first_request
+            } else {
+                self.opened
+                    + Duration::from_millis(self.last_end_ms.load(Ordering::Relaxed))
+                    + timeouts.idle
+            };
+            if deadline <= now {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A request in flight on a connection, until its response body is dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let ms = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        activity.last_end_ms.store(ms, Ordering::Relaxed);
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,10 +14,12 @@ use http_body_util::{BodyExt, Empty};
 use postern_gateway::body::{Body, full};
 use postern_gateway::hooks::{Grant, Hooks, RequestContext};
 use postern_gateway::routes::Route;
+use postern_gateway::server::ConnectionTimeouts;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::client;
 use super::gateway::Running;
 use super::upstream::Upstream;
 
@@ -309,4 +311,301 @@ async fn routing_policy_and_upstream_all_see_one_canonical_path() {
         "{authorized:?}"
     );
     assert_eq!(up.seen.requests.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11, lows: Host, forged headers, MCP methods, slow bodies, the connection cap
+
+#[tokio::test]
+async fn two_hosts_in_one_request_are_refused() {
+    let up = Upstream::start().await;
+    let gw = Running::start(&super::public_routes(&up)).await;
+    let port = gw.addr.port();
+    let response = http1(
+        gw.addr,
+        &format!("GET /web HTTP/1.1\r\nHost: localhost:{port}\r\nHost: evil.example"),
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert!(
+        response.text().contains("more than one Host header"),
+        "{}",
+        response.text()
+    );
+    // The absolute form names one host, the Host header another.
+    let response = http1(
+        gw.addr,
+        &format!("GET http://localhost:{port}/web HTTP/1.1\r\nHost: evil.example"),
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert!(response.text().contains("Host header names another host"));
+    assert_eq!(up.seen.requests.load(Ordering::SeqCst), 0);
+    // Agreeing absolute form and Host: fine.
+    let response = http1(
+        gw.addr,
+        &format!("GET http://localhost:{port}/web HTTP/1.1\r\nHost: LOCALHOST:{port}"),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+}
+
+#[tokio::test]
+async fn headers_that_read_as_the_gateways_with_underscores_are_removed() {
+    let up = Upstream::start().await;
+    let gw = Running::start(&super::public_routes(&up)).await;
+    let seen: Value = client()
+        .get(gw.url("/web"))
+        .header("X_Pomerium_Jwt_Assertion", "forged-identity")
+        .header("x-pomerium_claim_email", "admin@example.com")
+        .header("X_Forwarded_For", "10.0.0.1")
+        .header("x_request_id", "forged")
+        .header("x_app_header", "kept")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let headers = seen["headers"].as_object().unwrap();
+    for forged in [
+        "x_pomerium_jwt_assertion",
+        "x-pomerium_claim_email",
+        "x_forwarded_for",
+        "x_request_id",
+    ] {
+        assert!(
+            !headers.contains_key(forged),
+            "{forged} reached the upstream"
+        );
+    }
+    assert_eq!(
+        headers["x_app_header"],
+        json!("kept"),
+        "other underscores pass"
+    );
+    assert_eq!(headers["x-forwarded-for"], json!("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn mcp_routes_take_only_streamable_http_methods_and_no_body_on_get_or_delete() {
+    let up = Upstream::start().await;
+    let gw = Running::start(&super::public_routes(&up)).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for client in [client(), h2] {
+        for method in ["PUT", "PATCH", "TRACE", "PROPFIND"] {
+            let response = client
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    gw.url("/mcp"),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 405, "{method}");
+            assert_eq!(response.headers()["allow"], "POST, GET, DELETE, OPTIONS");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"], json!("method_not_allowed"));
+        }
+        for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+            let response = client
+                .request(method.clone(), gw.url("/mcp"))
+                .body("{\"smuggled\": true}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{method} with a body");
+            let body: Value = response.json().await.unwrap();
+            assert!(
+                body["message"].as_str().unwrap().contains("has no body"),
+                "{body}"
+            );
+            let response = client
+                .request(method.clone(), gw.url("/mcp"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{method} without a body");
+        }
+        // Web routes are not restricted.
+        let response = client
+            .request(reqwest::Method::PUT, gw.url("/web"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // A chunked body on GET, over HTTP/1.1.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /mcp HTTP/1.1\r\nHost: localhost:{}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+                gw.addr.port()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut stream).await.status, 400);
+}
+
+fn short_timeouts() -> ConnectionTimeouts {
+    ConnectionTimeouts {
+        first_request: Duration::from_millis(800),
+        idle: Duration::from_millis(800),
+        close_grace: Duration::from_millis(300),
+        body_read: Duration::from_millis(800),
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408() {
+    let up = Upstream::start().await;
+    let gw = Running::start_with_timeouts(&super::public_routes(&up), short_timeouts()).await;
+    for path in ["/web", "/mcp"] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream
+            .write_all(
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: localhost:{}\r\nContent-Length: 100\r\n\r\n{{\"js",
+                    gw.addr.port()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let response = read_response(&mut stream).await;
+        assert_eq!(response.status, 408, "{path}: {}", response.text());
+        assert!(
+            response.text().contains("request body stalled"),
+            "{}",
+            response.text()
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_once() {
+    let up = Upstream::start().await;
+    let yaml = format!("max_connections: 2\n{}", super::public_routes(&up));
+    let gw = Running::start(&yaml).await;
+    let first = TcpStream::connect(gw.addr).await.unwrap();
+    let _second = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("the third connection is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // HTTP/2 counts the same: a request on a new connection fails while both are open.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    assert!(h2.get(gw.url("/web")).send().await.is_err());
+    // A slot frees when a connection ends.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(response) = h2.get(gw.url("/web")).send().await {
+            assert_eq!(response.status(), 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18 item 2: HTTP/2 connections time out
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame.
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Reads until the gateway closes the connection; how long that took.
+async fn time_to_close(stream: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(
+            limit.saturating_sub(started.elapsed()),
+            stream.read(&mut buf),
+        )
+        .await
+        {
+            Err(_) => panic!("the connection is still open after {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_connections_that_never_finish_a_request_are_closed() {
+    let up = Upstream::start().await;
+    let gw = Running::start_with_timeouts(&super::public_routes(&up), short_timeouts()).await;
+    // Only the preface.
+    let mut preface_only = TcpStream::connect(gw.addr).await.unwrap();
+    preface_only.write_all(H2_PREFACE).await.unwrap();
+    preface_only.write_all(H2_SETTINGS).await.unwrap();
+    // A header block that never ends: HEADERS without END_HEADERS, no CONTINUATION.
+    let mut unfinished = TcpStream::connect(gw.addr).await.unwrap();
+    unfinished.write_all(H2_PREFACE).await.unwrap();
+    unfinished.write_all(H2_SETTINGS).await.unwrap();
+    // HEADERS, 1 byte (`:method: GET`, HPACK static index 2), no flags, stream 1.
+    unfinished
+        .write_all(&[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82])
+        .await
+        .unwrap();
+    // Nothing at all.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    for stream in [&mut preface_only, &mut unfinished, &mut silent] {
+        let took = time_to_close(stream, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
+    let up = Upstream::start().await;
+    let gw = Running::start_with_timeouts(&super::public_routes(&up), short_timeouts()).await;
+    // One request (GET /.pomerium/ping, END_STREAM | END_HEADERS), then nothing.
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(H2_PREFACE).await.unwrap();
+    idle.write_all(H2_SETTINGS).await.unwrap();
+    let mut block = vec![0x82, 0x86, 0x41, 9]; // GET, http, :authority "localhost"
+    block.extend_from_slice(b"localhost");
+    block.extend_from_slice(&[0x44, 15]); // :path
+    block.extend_from_slice(b"/.pomerium/ping");
+    let mut frame = vec![0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1];
+    frame.extend_from_slice(&block);
+    idle.write_all(&frame).await.unwrap();
+    let took = time_to_close(&mut idle, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+
+    // A stream in progress keeps its connection past the idle timeout.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2.get(gw.url("/forever")).send().await.unwrap();
+    let mut stream = futures::StreamExt::boxed(response.bytes_stream());
+    assert!(futures::StreamExt::next(&mut stream).await.is_some());
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(2500),
+            futures::StreamExt::next(&mut stream)
+        )
+        .await
+        .is_err(),
+        "the stream is still open, waiting for the next event"
+    );
 }

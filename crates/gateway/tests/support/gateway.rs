@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use postern_gateway::hooks::{Hooks, PublicOnly};
+use postern_gateway::server::ConnectionTimeouts;
 use postern_gateway::{Gateway, server};
 use tokio_util::sync::CancellationToken;
 
@@ -34,28 +35,41 @@ impl Running {
     }
 
     pub async fn start_with_tls(yaml: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
-        Self::start_with(yaml, tls, Arc::new(PublicOnly)).await
+        Self::start_with(
+            yaml,
+            tls,
+            Arc::new(PublicOnly),
+            ConnectionTimeouts::default(),
+        )
+        .await
     }
 
     /// Plain HTTP with other hooks than [`PublicOnly`].
     pub async fn start_with_hooks(yaml: &str, hooks: Arc<dyn Hooks>) -> Self {
-        Self::start_with(yaml, None, hooks).await
+        Self::start_with(yaml, None, hooks, ConnectionTimeouts::default()).await
+    }
+
+    /// Plain HTTP with short connection timeouts.
+    pub async fn start_with_timeouts(yaml: &str, timeouts: ConnectionTimeouts) -> Self {
+        Self::start_with(yaml, None, Arc::new(PublicOnly), timeouts).await
     }
 
     pub async fn start_with(
         yaml: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
         hooks: Arc<dyn Hooks>,
+        timeouts: ConnectionTimeouts,
     ) -> Self {
         let gateway = Gateway::new(config(yaml), hooks);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let done = tokio::spawn(server::serve(
+        let done = tokio::spawn(server::serve_with(
             listener,
             tls,
             gateway.clone(),
             shutdown.clone(),
+            timeouts,
         ));
         Self {
             addr,
