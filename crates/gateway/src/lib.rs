@@ -407,7 +407,7 @@ impl Gateway {
             .requests
             .get_or_create(&RequestLabels {
                 route: route.to_owned(),
-                method: method.to_string(),
+                method: metrics::method_label(method),
                 status: status.as_u16(),
             })
             .inc();

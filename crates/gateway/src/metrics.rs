@@ -1,4 +1,7 @@
 //! Prometheus metrics: requests, durations, upstream errors, open streams, reloads.
+//!
+//! Every label value comes from a closed set (standard methods, status codes, configured route
+//! ids, fixed kinds): a series is never evicted, so no client-chosen string may become one.
 
 use std::sync::atomic::AtomicI64;
 
@@ -14,8 +17,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// The route id.
     pub route: String,
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method: a standard one or `other` ([`method_label`]).
+    pub method: &'static str,
     /// Status code.
     pub status: u16,
 }
@@ -107,6 +110,25 @@ impl Default for Metrics {
             open_streams,
             reloads,
         }
+    }
+}
+
+/// The method as a label: one of the standard methods, else `other`. A client chooses the
+/// method, and every label value is a series kept forever: a made-up 30 KB method per request
+/// grew the process by 60 MB over 2,000 requests.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "other",
     }
 }
 

@@ -609,3 +609,31 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         "the stream is still open, waiting for the next event"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18 item 1: metric labels from a closed set
+
+#[tokio::test]
+async fn made_up_methods_do_not_become_metric_labels() {
+    let up = Upstream::start().await;
+    let gw = Running::start(&super::public_routes(&up)).await;
+    for i in 0..20 {
+        let method = format!("M{i:06}{}", "A".repeat(30_000));
+        let response = http1(
+            gw.addr,
+            &format!(
+                "{method} /nope HTTP/1.1\r\nHost: localhost:{}",
+                gw.addr.port()
+            ),
+        )
+        .await;
+        assert_eq!(response.status, 404);
+    }
+    let text = gw.gateway.metrics().render();
+    assert!(!text.contains("AAAA"), "a client's method became a label");
+    assert!(
+        text.contains("method=\"other\",status=\"404\"} 20"),
+        "{text}"
+    );
+    assert!(text.len() < 10_000, "metrics grew to {} bytes", text.len());
+}
