@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -226,7 +226,28 @@ pub async fn forward(
         }
         Ok(Ok(mut response)) => {
             upstream.mark_up();
-            strip_hop_by_hop(response.headers_mut());
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // The gateway never forwards `Upgrade`, so no client asked for this; passing it
+                // on would hand the client's connection to whatever the upstream speaks next.
+                return Err((
+                    GatewayError::BadGateway {
+                        upstream: outcome.upstream.clone(),
+                        reason: "it switched protocols (101) though no upgrade was asked for"
+                            .into(),
+                    },
+                    outcome,
+                    "upstream",
+                ));
+            }
+            let headers = response.headers_mut();
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                // RFC 9112 §6.3: the body was framed by Transfer-Encoding (and is re-framed for
+                // the client); a Content-Length next to it is wrong, and passing it on would
+                // make the client cut or wait for the body.
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            strip_hop_by_hop(headers);
+            strip_owned_response_headers(headers, gateway_cookie, &ctx.request_id);
             Ok((response, outcome))
         }
     }
@@ -272,6 +293,37 @@ fn strip_forged(headers: &mut HeaderMap, gateway_set: &HeaderMap) {
     }
 }
 
+/// Removes what an upstream may not decide for the gateway's origin, which every route on the
+/// host shares: cookies named like the gateway's own (its session, and every `<cookie_name>*`
+/// it uses), and `Strict-Transport-Security` (one upstream could turn HSTS off for all).
+fn strip_owned_response_headers(headers: &mut HeaderMap, gateway_cookie: &str, request_id: &str) {
+    headers.remove(header::STRICT_TRANSPORT_SECURITY);
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let cookies: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for cookie in cookies {
+        let name = cookie
+            .to_str()
+            .ok()
+            .and_then(|c| c.split([';', '=']).next())
+            .map(str::trim);
+        match name {
+            Some(name) if !name.starts_with(gateway_cookie) => {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+            _ => {
+                tracing::debug!(request_id, cookie = ?name, "dropped an upstream Set-Cookie for the gateway's own cookie");
+            }
+        }
+    }
+}
+
 fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(name, value);
@@ -292,7 +344,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the gateway's own cookie from `Cookie`, keeping the application's.
+/// Removes the gateway's own cookies (its name, and names starting with it) from `Cookie`,
+/// keeping the application's.
 fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     let values: Vec<String> = headers
         .get_all(header::COOKIE)
@@ -300,7 +353,13 @@ fn strip_cookie(headers: &mut HeaderMap, name: &str) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name))
+        .filter(|pair| {
+            !pair.is_empty()
+                && !pair
+                    .split('=')
+                    .next()
+                    .is_some_and(|cookie| cookie.trim().starts_with(name))
+        })
         .map(str::to_owned)
         .collect();
     headers.remove(header::COOKIE);
@@ -426,5 +485,12 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("_postern=secret"));
         strip_cookie(&mut h, "_postern");
         assert!(!h.contains_key(header::COOKIE));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("_postern_csrf=token; postern=app"),
+        );
+        strip_cookie(&mut h, "_postern");
+        assert_eq!(h.get(header::COOKIE).unwrap(), "postern=app");
     }
 }

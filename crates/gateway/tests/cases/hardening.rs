@@ -637,3 +637,79 @@ async fn made_up_methods_do_not_become_metric_labels() {
     );
     assert!(text.len() < 10_000, "metrics grew to {} bytes", text.len());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream response hygiene (issue 11 item 6, issue 18 item 6)
+
+#[tokio::test]
+async fn upstreams_cannot_set_the_gateways_cookies_or_turn_off_hsts() {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "insecure_server: true\ncookie_name: _postern\nroutes:\n  - {{from: http://localhost, to: {}, allow_public_unauthenticated_access: true}}\n",
+        up.url("")
+    );
+    let gw = Running::start(&yaml).await;
+    let response = client().get(gw.url("/cookies")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cookies: Vec<_> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cookies, ["app=1; Path=/"]);
+    assert!(
+        response
+            .headers()
+            .get("strict-transport-security")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn upstream_framing_is_normalised_and_unasked_upgrades_refused() {
+    let both = super::upstream::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    let switching = super::upstream::raw(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nSSH-2.0-evil\r\n",
+    )
+    .await;
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /both, to: http://{both}, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /switch, to: http://{switching}, allow_public_unauthenticated_access: true}}
+"
+    );
+    let gw = Running::start(&yaml).await;
+    for version in [Version::Http1, Version::H2c] {
+        let response = get(version, gw.addr, "/both").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.text(), "hello world", "{version:?}");
+        assert!(
+            !response.head.contains("content-length: 3"),
+            "{}",
+            response.head
+        );
+
+        let response = get(version, gw.addr, "/switch").await;
+        assert_eq!(response.status, 502, "{version:?}");
+        assert!(
+            response.text().contains("switched protocols"),
+            "{}",
+            response.text()
+        );
+    }
+    // Even when the client asks: no route accepts an upgrade.
+    let response = http1(
+        gw.addr,
+        &format!(
+            "GET /switch HTTP/1.1\r\nHost: localhost:{}\r\nConnection: upgrade\r\nUpgrade: websocket",
+            gw.addr.port()
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 502);
+}

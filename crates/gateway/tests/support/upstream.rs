@@ -4,7 +4,10 @@
 //! - `/sse-forever`: an event now, then one every 10 s, noting when the client went away;
 //! - `/slow`: answers after 3 s;
 //! - `/mcp`: a stand-in MCP endpoint answering JSON-RPC with JSON;
+//! - `/cookies`: a response setting cookies (the gateway's names among them) and HSTS;
 //! - any other path: like `/echo`.
+//!
+//! `raw(bytes)` is an upstream that answers every request with exactly these bytes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,6 +53,7 @@ impl Upstream {
                 }),
             )
             .route("/mcp", any(mcp))
+            .route("/cookies", get(cookies))
             .fallback(echo)
             .with_state(seen.clone());
         let addr = listener.local_addr().unwrap();
@@ -140,4 +144,42 @@ async fn mcp(body: Bytes) -> Response {
         return (StatusCode::BAD_REQUEST, "not JSON").into_response();
     }
     axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "ok"}]}})).into_response()
+}
+
+async fn cookies() -> Response {
+    Response::builder()
+        .header("set-cookie", "_postern=forged; Path=/; HttpOnly")
+        .header("set-cookie", "_postern_csrf=forged; Path=/")
+        .header("set-cookie", "app=1; Path=/")
+        .header("strict-transport-security", "max-age=0")
+        .body(Body::from("cookies"))
+        .unwrap()
+}
+
+/// An upstream that answers each request (read up to its blank line; no body) with `response`,
+/// as is.
+pub async fn raw(response: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if stream.write_all(response).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
