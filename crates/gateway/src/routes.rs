@@ -261,6 +261,11 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Whether some route is for `host` (lower-case, no port).
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.routes.iter().any(|r| r.config.from.host == host)
+    }
+
     /// The distinct host names of all routes (for certificates).
     pub fn hosts(&self) -> Vec<String> {
         let mut hosts: Vec<String> = self

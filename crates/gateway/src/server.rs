@@ -491,11 +491,12 @@ impl Challenges {
 }
 
 /// The plain-HTTP listener next to a TLS one: ACME HTTP-01 answers, everything else a permanent
-/// redirect to HTTPS on `https_port`.
+/// redirect to HTTPS on `https_port`, for the hosts `gateway` has routes for.
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
     challenges: Arc<Challenges>,
+    gateway: Gateway,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -504,11 +505,18 @@ pub async fn serve_redirect(
             accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
         };
         let challenges = challenges.clone();
+        let gateway = gateway.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                 let challenges = challenges.clone();
+                let runtime = gateway.runtime();
                 async move {
-                    Ok::<_, Infallible>(redirect_or_challenge(&request, https_port, &challenges))
+                    Ok::<_, Infallible>(redirect_or_challenge(
+                        &request,
+                        https_port,
+                        &challenges,
+                        &runtime.routes,
+                    ))
                 }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
@@ -522,6 +530,7 @@ fn redirect_or_challenge<B>(
     request: &Request<B>,
     https_port: u16,
     challenges: &Challenges,
+    routes: &crate::routes::RouteTable,
 ) -> Response<Body> {
     let path = request.uri().path();
     if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/") {
@@ -538,6 +547,13 @@ fn redirect_or_challenge<B>(
         .unwrap_or_default();
     if host.is_empty() {
         return text(StatusCode::BAD_REQUEST, "no Host header\n".into());
+    }
+    if !routes.serves_host(&host) {
+        // Reflecting any Host would make this listener an open redirect to any https site.
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server has no route for that host\n".into(),
+        );
     }
     let host = if host.contains(':') {
         format!("[{host}]")

@@ -505,7 +505,19 @@ async fn plain_http_is_redirected_to_https_except_acme_challenges() {
     let challenges = std::sync::Arc::new(Challenges::default());
     challenges.insert("token-123", "token-123.thumbprint");
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(serve_redirect(listener, 8443, challenges, stop.clone()));
+    let gateway = postern_gateway::Gateway::new(
+        gateway::config(
+            "insecure_server: true\nroutes:\n  - {from: http://mcp.example.com, to: http://127.0.0.1:1}\n",
+        ),
+        std::sync::Arc::new(postern_gateway::hooks::PublicOnly),
+    );
+    tokio::spawn(serve_redirect(
+        listener,
+        8443,
+        challenges,
+        gateway,
+        stop.clone(),
+    ));
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -649,6 +661,7 @@ async fn autocert_obtains_caches_and_renews_certificates_from_a_real_acme_server
         redirect,
         gw.addr.port(),
         challenges.clone(),
+        gw.gateway.clone(),
         gw.shutdown.clone(),
     ));
 

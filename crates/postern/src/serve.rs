@@ -238,7 +238,8 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
                     tasks.spawn(server::serve_redirect(
                         l,
                         local.port(),
-                        Arc::default(),
+                        challenges.clone(),
+                        gateway.clone(),
                         shutdown.clone(),
                     ));
                 }

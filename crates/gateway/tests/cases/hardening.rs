@@ -713,3 +713,37 @@ routes:
     .await;
     assert_eq!(response.status, 502);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 18 item 7: the redirect listener
+
+#[tokio::test]
+async fn the_https_redirect_is_only_for_hosts_with_a_route() {
+    use postern_gateway::server::{Challenges, serve_redirect};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = Running::start(
+        "insecure_server: true\nroutes:\n  - {from: http://mcp.example.com, to: http://127.0.0.1:1}\n",
+    )
+    .await;
+    tokio::spawn(serve_redirect(
+        listener,
+        443,
+        Arc::new(Challenges::default()),
+        gw.gateway.clone(),
+        gw.shutdown.clone(),
+    ));
+    let response = http1(addr, "GET /x HTTP/1.1\r\nHost: evil.example").await;
+    assert_eq!(response.status, 421);
+    assert!(!response.head.contains("location"), "{}", response.head);
+    assert!(response.text().contains("no route for that host"));
+    let response = http1(addr, "GET /x?y=1 HTTP/1.1\r\nHost: MCP.example.com").await;
+    assert_eq!(response.status, 308);
+    assert!(
+        response
+            .head
+            .contains("location: https://mcp.example.com/x?y=1"),
+        "{}",
+        response.head
+    );
+}
