@@ -17,6 +17,7 @@ USER postern
 WORKDIR /var/lib/postern
 # Binding :443 and :80 as non-root: the compose file grants CAP_NET_BIND_SERVICE, or set
 # `address: :8443` and map the port.
+# 8080: `postern servers`, which binds 127.0.0.1 unless BIND says otherwise (compose: 0.0.0.0).
 EXPOSE 443 80 8080
 ENTRYPOINT ["postern"]
 CMD ["serve", "--config", "/etc/postern/postern.yaml"]

@@ -20,13 +20,13 @@ PORT=$port SQLITE_DB_FILE="$work/demo.db" \
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 50); do
-  curl -fsS "http://localhost:$port/healthz" >/dev/null 2>&1 && break
+  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
 status=0
 for server in whoami sqlite notion; do
   echo "=== conformance: /$server"
-  if ! "$CONFORMANCE" server --url "http://localhost:$port/$server" \
+  if ! "$CONFORMANCE" server --url "http://127.0.0.1:$port/$server" \
       --expected-failures "$root/conformance/reference-servers.expected-failures.yml" >"$work/$server.out" 2>&1; then
     status=1
     cat "$work/$server.out"

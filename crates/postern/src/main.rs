@@ -11,8 +11,6 @@
 mod serve;
 mod up;
 
-use std::net::{Ipv6Addr, SocketAddr};
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +37,7 @@ enum Command {
         port: u16,
     },
     /// Serve the reference MCP servers (whoami, sqlite, notion), configured from environment
-    /// variables: PORT, SQLITE_DB_FILE, SQLITE_READ_WRITE, NOTION_API_BASE_URL, NOTION_VERSION,
+    /// variables: PORT, BIND (default 127.0.0.1), SQLITE_DB_FILE, SQLITE_READ_WRITE, NOTION_API_BASE_URL, NOTION_VERSION,
     /// ASSERTION_JWKS_URL, ASSERTION_ISSUER, ASSERTION_AUDIENCE, ALLOWED_HOSTS, ALLOWED_ORIGINS.
     Servers,
     /// Run the gateway.
@@ -121,19 +119,12 @@ async fn servers() -> anyhow::Result<()> {
             Err(why) => tracing::warn!(server = name, "not mounted: {why}"),
         }
     }
-    // Dual-stack where the system allows it, else IPv4.
-    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, config.port));
-    let listener = match tokio::net::TcpListener::bind(v6).await {
-        Ok(listener) => listener,
-        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", config.port))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on port {} (set PORT to a free port)",
-                    config.port
-                )
-            })?,
-    };
+    let listener = postern_servers::listen(&config).await.with_context(|| {
+        format!(
+            "cannot listen on {}:{} (set PORT to a free port, BIND to an address of this host)",
+            config.bind, config.port
+        )
+    })?;
     tracing::info!(address = %listener.local_addr()?, "postern servers listening");
     tokio::spawn(stop_on_signal(shutdown.clone()));
     postern_servers::serve(listener, servers.router, shutdown).await?;

@@ -54,6 +54,10 @@ pub struct ConfigError {
 pub struct ServersConfig {
     /// TCP port of the listener (`PORT`, default 8080).
     pub port: u16,
+    /// Address the listener binds (`BIND`, default `127.0.0.1`): the servers trust whatever
+    /// reaches them to have passed the gateway, so they listen on loopback unless told
+    /// otherwise (`BIND=0.0.0.0` in a container the gateway reaches over a private network).
+    pub bind: std::net::IpAddr,
     /// `Host` values accepted besides loopback (`ALLOWED_HOSTS`).
     pub allowed_hosts: Vec<String>,
     /// Browser origins accepted besides loopback and the allowed hosts (`ALLOWED_ORIGINS`);
@@ -123,6 +127,15 @@ impl ServersConfig {
     /// Reads the configuration from `env`.
     pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
         let port = number(env, "PORT", 8080u16)?;
+        let bind = match env.var("BIND") {
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+            Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                variable: "BIND",
+                problem: format!(
+                    "{v:?} is not an IP address; e.g. 127.0.0.1 (the default), or 0.0.0.0 in a container reached over a private network"
+                ),
+            })?,
+        };
         let whoami = match env.var("ASSERTION_JWKS_URL") {
             None => None,
             Some(url) => {
@@ -173,6 +186,7 @@ impl ServersConfig {
         };
         Ok(Self {
             port,
+            bind,
             allowed_hosts: list(env.var("ALLOWED_HOSTS")),
             allowed_origins: list(env.var("ALLOWED_ORIGINS")),
             whoami,
@@ -226,6 +240,7 @@ mod tests {
     fn defaults_mount_only_notion() {
         let config = ServersConfig::from_env(&[("UNRELATED", "x")]).unwrap();
         assert_eq!(config.port, 8080);
+        assert_eq!(config.bind.to_string(), "127.0.0.1", "loopback unless told");
         assert!(config.whoami.is_none() && config.sqlite.is_none());
         assert_eq!(config.notion.api_base_url, "https://api.notion.com");
         assert_eq!(config.notion.version, "2026-03-11");
@@ -235,6 +250,7 @@ mod tests {
     fn reads_every_server() {
         let config = ServersConfig::from_env(&[
             ("PORT", "9000"),
+            ("BIND", "0.0.0.0"),
             ("SQLITE_DB_FILE", "/data/db.sqlite"),
             ("SQLITE_READ_WRITE", "true"),
             (
@@ -251,6 +267,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.port, 9000);
+        assert_eq!(config.bind.to_string(), "0.0.0.0");
         let sqlite = config.sqlite.unwrap();
         assert!(sqlite.read_write);
         let whoami = config.whoami.unwrap();
@@ -278,6 +295,10 @@ mod tests {
             err.to_string(),
             "PORT: \"eighty\" is not a valid non-negative number"
         );
+
+        let err = ServersConfig::from_env(&[("BIND", "all")]).unwrap_err();
+        assert_eq!(err.variable, "BIND");
+        assert!(err.to_string().contains("0.0.0.0"), "{err}");
 
         let err =
             ServersConfig::from_env(&[("SQLITE_DB_FILE", "x"), ("SQLITE_READ_WRITE", "maybe")])

@@ -171,6 +171,11 @@ fn mcp_transport_config(
         .enforce_origin_validation()
 }
 
+/// The listener on `BIND:PORT` (loopback by default).
+pub async fn listen(config: &ServersConfig) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind((config.bind, config.port)).await
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -117,6 +117,20 @@ async fn sqlite_write_mode_offers_a_destructive_write_query() {
 }
 
 #[tokio::test]
+async fn the_servers_listen_on_loopback_unless_bind_says_otherwise() {
+    // The servers trust their callers to have passed the gateway: by default nothing off this
+    // host can reach them.
+    let config = postern_servers::ServersConfig::from_env(&[("PORT", "0")]).unwrap();
+    let listener = postern_servers::listen(&config).await.unwrap();
+    let local = listener.local_addr().unwrap();
+    assert!(local.ip().is_loopback(), "listening on {local}");
+    let config =
+        postern_servers::ServersConfig::from_env(&[("PORT", "0"), ("BIND", "0.0.0.0")]).unwrap();
+    let listener = postern_servers::listen(&config).await.unwrap();
+    assert!(listener.local_addr().unwrap().ip().is_unspecified());
+}
+
+#[tokio::test]
 async fn a_missing_database_stops_start_up_with_the_file_name() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let config =
