@@ -18,4 +18,5 @@ pub mod oauth_server;
 pub mod oidc;
 mod routes_api;
 pub mod safe_http;
+pub mod untrusted;
 pub mod upstream;
