@@ -1109,8 +1109,13 @@ impl Access {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
                 // A discovered upstream that no longer knows Postern's client: register again
                 // on the next attempt.
-                if matches!(&error, crate::upstream::UpstreamError::Refused(r) if r.contains("invalid_client"))
-                    && crate::upstream::static_settings(&route).is_none()
+                if matches!(
+                    &error,
+                    crate::upstream::UpstreamError::Refused {
+                        error: Some("invalid_client"),
+                        ..
+                    }
+                ) && crate::upstream::static_settings(&route).is_none()
                 {
                     self.discovery
                         .forget(&pending.route_id, &ctx.origin())
