@@ -56,6 +56,8 @@ pub struct AccessSettings {
     /// Hosts upstream OAuth discovery may contact besides the routes' upstream hosts
     /// (`mcp_allowed_as_metadata_domains`).
     pub allowed_as_metadata_domains: Vec<String>,
+    /// Limits on dynamic client registration.
+    pub registration: crate::registration::RegistrationLimits,
 }
 
 impl AccessSettings {
@@ -88,6 +90,7 @@ impl AccessSettings {
             refresh_reuse_grace: Duration::from_secs(5),
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
             allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
+            registration: Default::default(),
         }
     }
 }
@@ -107,6 +110,7 @@ pub struct Access {
     pub(crate) http: reqwest::Client,
     pub(crate) cimd: crate::cimd::Cimd,
     pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) registration_limiter: crate::registration::RegistrationLimiter,
 }
 
 /// How long an OIDC sign-in may take.
@@ -145,6 +149,7 @@ impl Access {
             audit,
             oidc: None,
             cimd,
+            registration_limiter: Default::default(),
             http: {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()

@@ -16,6 +16,7 @@ pub mod discovery;
 mod oauth_endpoints;
 pub mod oauth_server;
 pub mod oidc;
+pub mod registration;
 mod routes_api;
 pub mod safe_http;
 pub mod untrusted;

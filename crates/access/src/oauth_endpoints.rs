@@ -16,12 +16,11 @@ use serde_json::{Value, json};
 
 use crate::hooks::{Access, cors, encode, html, json_response, redirect_to};
 use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX};
+use crate::untrusted::Untrusted;
 use crate::{pages, session};
 
 /// How long a code is valid.
 const CODE_TTL_MS: i64 = 60_000;
-/// How long a dynamic registration is kept.
-const CLIENT_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
 /// How long a consent is remembered.
 const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
 /// Largest registration, token or revocation request body.
@@ -121,10 +120,16 @@ impl Access {
                 ),
             );
         }
+        if let Some(response) = self.registration_limited(ctx) {
+            return response;
+        }
         let Some(body) = read_body(request).await else {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
+                &OAuthError::new(
+                    "invalid_request",
+                    "the request is too large (at most 64 KiB)",
+                ),
             );
         };
         let requested: Value = match serde_json::from_slice(&body) {
@@ -154,7 +159,7 @@ impl Access {
             metadata: Value::Object(metadata.clone()),
             secret: secret.clone(),
             created_at: now,
-            expires_at: now + CLIENT_TTL_MS,
+            expires_at: self.unused_registration_expiry(now),
         };
         if let Err(error) = self.store.put_client(&client).await {
             tracing::error!(%error, "cannot store a client registration");
@@ -168,7 +173,7 @@ impl Access {
             .and_then(|n| n.as_str())
             .unwrap_or("-")
             .to_owned();
-        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, %name, "client registered");
+        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, name = %Untrusted(&name), "client registered");
         metadata.insert("client_id_issued_at".into(), json!(now / 1000));
         if let Some(secret) = secret {
             metadata.insert("client_secret".into(), json!(secret));
@@ -301,13 +306,7 @@ impl Access {
         // Who is asking: a browser session (sign in first if needed).
         let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
         else {
-            let mut query = query.clone();
-            query.remove("session_binding");
-            let back_here = format!("/.pomerium/mcp/authorize?{}", encode_query(&query));
-            return redirect_to(&format!(
-                "/.pomerium/sign_in?redirect_uri={}",
-                encode(&back_here)
-            ));
+            return sign_in_first(&query);
         };
         // The consent form carries a token bound to the session that was shown it.
         if decision.is_some() {
@@ -411,6 +410,7 @@ impl Access {
         if let Err(error) = self.store.put_code(&code, &grant).await {
             return back(store_unavailable(error), state);
         }
+        self.renew_registration(&client).await;
         tracing::info!(target: "postern::audit", event = "authorized", client = %client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
         redirect_to(&authorize::code_redirect(
             &redirect_uri,
@@ -502,6 +502,11 @@ impl Access {
         form: &HashMap<String, String>,
     ) -> Result<Value, OAuthError> {
         let client = self.client(ctx, headers, form).await?;
+        if let Some(grant @ ("authorization_code" | "refresh_token")) =
+            form.get("grant_type").map(String::as_str)
+        {
+            crate::registration::check_grant_type(&client, grant)?;
+        }
         let keys = self.store.keyring();
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
@@ -801,6 +806,17 @@ fn preflight() -> Response<Body> {
     );
     h.insert("access-control-max-age", HeaderValue::from_static("600"));
     response
+}
+
+/// Sends the browser to sign in, then back to this authorization request.
+fn sign_in_first(query: &HashMap<String, String>) -> Response<Body> {
+    let mut query = query.clone();
+    query.remove("session_binding");
+    let back_here = format!("/.pomerium/mcp/authorize?{}", encode_query(&query));
+    redirect_to(&format!(
+        "/.pomerium/sign_in?redirect_uri={}",
+        encode(&back_here)
+    ))
 }
 
 fn encode_query(query: &HashMap<String, String>) -> String {

@@ -37,6 +37,7 @@ pub fn settings() -> AccessSettings {
         refresh_reuse_grace: Duration::ZERO,
         allowed_client_id_domains: vec!["127.0.0.1".into()],
         allowed_as_metadata_domains: vec![],
+        registration: Default::default(),
     }
 }
 
