@@ -231,7 +231,17 @@ impl Access {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
             Err(_) => return page_error("invalid request"),
         };
-        let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+        let document_client = client_id.starts_with("https://") || client_id.starts_with("http://");
+        // A client ID metadata document is fetched for signed-in users only: an anonymous
+        // request must not make the gateway fetch URLs or fill its cache.
+        if document_client
+            && session::current(headers, &self.settings.cookie, &self.store)
+                .await
+                .is_none()
+        {
+            return sign_in_first(&query);
+        }
+        let client = if document_client {
             match self.cimd.client(&client_id).await {
                 Ok(client) => client,
                 Err(error) => {
@@ -464,7 +474,7 @@ impl Access {
         }
         let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            self.cimd.client(&client_id).await?
+            self.document_client_at_token(&client_id, form).await?
         } else {
             self.store
                 .get_client(&client_id)
@@ -856,7 +866,7 @@ impl Access {
             })
             .ok_or_else(|| bad("client_assertion has no iss".into()))?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            self.cimd.client(&client_id).await?
+            self.document_client_at_token(&client_id, form).await?
         } else {
             self.store
                 .get_client(&client_id)

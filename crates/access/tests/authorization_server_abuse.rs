@@ -1,7 +1,10 @@
 //! Attacks on the authorization server's open doors, through a running gateway: a registration
-//! flood, junk in registrations, registrations nobody uses, and a client using a grant type it
-//! did not register (issue 11).
+//! flood, junk in registrations, registrations nobody uses, a client using a grant type it did
+//! not register, and anonymous requests that would make the gateway fetch client metadata
+//! documents (issue 11).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use postern_access::assertion::Signer;
@@ -293,4 +296,61 @@ async fn a_client_can_use_only_the_grant_types_it_registered() {
     .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"], "unauthorized_client", "{body}");
+}
+
+/// Issue 11 (low): an anonymous request naming a client ID metadata document made the gateway
+/// fetch it. Now /authorize sends the browser to sign in first, and /token fetches a document
+/// only for a code or refresh token issued to that client.
+#[tokio::test]
+async fn client_metadata_documents_are_fetched_only_for_signed_in_users() {
+    let w = world(support::settings()).await;
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let document_url = format!(
+        "http://127.0.0.1:{}/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let document = json!({"client_id": document_url, "client_name": "Document client",
+        "redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"});
+    let counter = fetches.clone();
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let document = document.clone();
+            async move { axum::Json(document) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let anonymous = client()
+        .get(authorize_url(&w, &document_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 303);
+    assert!(
+        anonymous.headers()["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("/.pomerium/sign_in"),
+        "sent to sign in"
+    );
+    let (status, body) = exchange(&w, &document_url, "made-up-code").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        0,
+        "nothing fetched for strangers"
+    );
+
+    // The signed-in user's authorization fetches it; the client's own code exchange works.
+    let code = code_for(&w, &document_url).await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    let (status, body) = exchange(&w, &document_url, &code).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -298,6 +298,23 @@ impl Store {
         Ok(())
     }
 
+    /// The client an unredeemed, unexpired code was issued to (the code stays unredeemed).
+    pub async fn code_client(&self, code: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM authorization_codes
+                 WHERE code_hash = ?1 AND redeemed_at IS NULL AND expires_at > ?2",
+                params![hash_secret(code), now_ms()],
+            )
+            .await?;
+        rows.first()
+            .map(|r| from_json::<CodeGrant>(&r.text(0)?).map(|g| g.client_id))
+            .transpose()
+    }
+
     /// Redeems a code exactly once. The first redemption records `family_id` (the token family
     /// it is about to create), so a replay can name what to revoke (RFC 6749 §4.1.2).
     pub async fn redeem_code(&self, code: &str, family_id: &str) -> Result<Redemption, StoreError> {

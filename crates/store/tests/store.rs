@@ -174,6 +174,11 @@ async fn codes_redeem_once(t: TestStore) {
     let g = grant();
     s.put_code("code-1", &g).await.unwrap();
     assert_eq!(
+        s.code_client("code-1").await.unwrap(),
+        Some(g.client_id.clone()),
+        "looking at a code does not redeem it"
+    );
+    assert_eq!(
         s.redeem_code("code-1", "f1").await.unwrap(),
         Redemption::Redeemed(g)
     );
@@ -188,6 +193,7 @@ async fn codes_redeem_once(t: TestStore) {
         s.redeem_code("unknown", "f3").await.unwrap(),
         Redemption::Invalid
     );
+    assert_eq!(s.code_client("code-1").await.unwrap(), None, "redeemed");
     let mut expired = grant();
     expired.expires_at = now_ms() - 1;
     s.put_code("code-2", &expired).await.unwrap();
