@@ -1,10 +1,10 @@
 //! Attacks on the authorization server's open doors, through a running gateway: a registration
 //! flood, junk in registrations, registrations nobody uses, a client using a grant type it did
-//! not register, and anonymous requests that would make the gateway fetch client metadata
-//! documents (issue 11).
+//! not register, anonymous requests that would make the gateway fetch client metadata documents,
+//! and a client name that forges log lines (issues 11 and 18).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use postern_access::assertion::Signer;
@@ -353,4 +353,64 @@ async fn client_metadata_documents_are_fetched_only_for_signed_in_users() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     let (status, body) = exchange(&w, &document_url, &code).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Everything the gateway logs in this test binary, as text without colours.
+fn captured_log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        log
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 18 item 3: a `client_name` with a newline forged an audit line in the text log, and its
+/// ESC and BEL bytes reached the terminal. Now the name is logged escaped, on its own line.
+#[tokio::test]
+async fn a_client_name_cannot_forge_log_lines_or_drive_the_terminal() {
+    let log = captured_log();
+    let w = world(support::settings()).await;
+    let mut request = public_client();
+    request["client_name"] = json!(
+        "Innocent\nFORGED  INFO postern::audit: event=\"sign_in\" user=admin@corp.example\u{1b}[2K\u{7}"
+    );
+    let (status, body) = register(&w, &request).await;
+    assert_eq!(status, 201, "{body}");
+    let client_id = body["client_id"].as_str().unwrap();
+    let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("client registered") && l.contains(client_id))
+        .unwrap_or_else(|| panic!("no registration line in {text}"));
+    assert!(
+        line.contains(r#"Innocent\nFORGED  INFO postern::audit: event=\"sign_in\""#),
+        "{line}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("FORGED")),
+        "a forged line: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "terminal control bytes in the log"
+    );
 }

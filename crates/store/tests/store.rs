@@ -819,6 +819,24 @@ async fn kill_9(spec: String, backend: Backend) {
     assert_eq!(ti.token.access_token, "kept-through-kill");
 }
 
+/// The database and its WAL files hold sessions and sealed secrets: only the gateway's user may
+/// read them (issue 11: they were created world-readable, 0644 under the usual umask).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_files_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = backends::sqlite().await.unwrap();
+    t.store.put_session(&session("s1", "u1")).await.unwrap();
+    let Backend::Sqlite(path) = &t.backend else {
+        unreachable!()
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+}
+
 #[tokio::test]
 async fn sqlite_committed_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
