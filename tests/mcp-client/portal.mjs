@@ -57,6 +57,10 @@ try {
   check((await server('Notion').locator('.state').textContent()) === 'Not connected', 'Notion still connected after Disconnect');
 
   await server('Notion').getByText('Connect', { exact: true }).click();
+  // Connecting asks first (a link from another site must not start it).
+  await page.waitForURL((url) => url.pathname === '/.pomerium/mcp/connect');
+  check((await page.textContent('h1')).includes('Connect your'), 'no confirmation before connecting');
+  await page.click('button[value=connect]');
   await page.waitForURL(`${gateway}/.pomerium/`);
   check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected after Connect');
   await page.screenshot({ path: screenshot, fullPage: true });
