@@ -1080,7 +1080,8 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
             "frame-ancestors 'none'; default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src * data:; base-uri 'none'",
         ),
     );
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the pages' own form posts.
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     response
 }
 
