@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
@@ -23,8 +22,6 @@ use crate::{pages, session};
 const CODE_TTL_MS: i64 = 60_000;
 /// How long a consent is remembered.
 const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
-/// Largest registration, token or revocation request body.
-const MAX_FORM_BYTES: usize = 64 * 1024;
 
 impl Access {
     /// Answers the OAuth endpoints and discovery documents; `Err(request)` for anything else.
@@ -312,14 +309,37 @@ impl Access {
             );
         };
         let resource = oauth_server::route_resource(&route, &ctx.origin());
+        // A resource named on another origin would be served by this origin's route of the same
+        // path: the token's audience must be what the client asked for, or nothing.
+        if let Some(asked) = &request.resource
+            && !postern_oauth::metadata::same_resource(asked, &resource)
+        {
+            return back(
+                OAuthError::new(
+                    "invalid_target",
+                    format!(
+                        "resource {asked} is not on this authorization server's origin ({issuer}); use {resource}"
+                    ),
+                ),
+                state,
+            );
+        }
 
         // Who is asking: a browser session (sign in first if needed).
         let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
         else {
             return sign_in_first(&query);
         };
-        // The consent form carries a token bound to the session that was shown it.
+        // The consent form carries a token bound to the session that was shown it, and must be
+        // a person's click on it: a script on this origin (any path-routed app shares it) could
+        // read the form and submit it, but not with user activation.
         if decision.is_some() {
+            if let Err(why) = crate::forms::user_activated_post(headers, &ctx.origin()) {
+                tracing::warn!(request_id = %ctx.request_id, user = %session.email, why, "consent not given by a click refused");
+                return page_error(&format!(
+                    "The consent was refused because {why}. Approve it by clicking Allow on the consent page."
+                ));
+            }
             let bound = query
                 .get("session_binding")
                 .and_then(|b| self.store.keyring().open("consent", b).ok())
@@ -341,9 +361,11 @@ impl Access {
             );
         }
 
-        // Consent, once per user and client.
+        // Consent, once per user, client and server.
         let consented = matches!(
-            self.store.get_consent(&session.user_id, &client_id).await,
+            self.store
+                .get_consent(&session.user_id, &client_id, &resource)
+                .await,
             Ok(Some(_))
         );
         match decision.as_deref() {
@@ -353,6 +375,7 @@ impl Access {
                     .put_consent(
                         &session.user_id,
                         &client_id,
+                        &resource,
                         "mcp",
                         now_ms() + CONSENT_TTL_MS,
                     )
@@ -381,9 +404,32 @@ impl Access {
                     .name
                     .clone()
                     .unwrap_or_else(|| resource.clone());
+                // Who the client really is: the host its codes go to, and whether anyone
+                // vouches for its name (a metadata document on an allowed domain) or it chose
+                // the name itself (dynamic registration).
+                let verified = client_id.starts_with("https://");
+                let destination = url::Url::parse(&redirect_uri)
+                    .ok()
+                    .map(|u| crate::safe_http::host_of(&u))
+                    .unwrap_or_default();
+                let identity = pages::ClientIdentity {
+                    name: &client_name,
+                    redirect_host: &destination,
+                    verified_by: verified
+                        .then(|| url::Url::parse(&client_id).ok())
+                        .flatten()
+                        .map(|u| crate::safe_http::host_of(&u)),
+                };
                 return html(
                     StatusCode::OK,
-                    pages::consent(&client_name, &server, &session.email, &query, &binding),
+                    pages::consent(
+                        &identity,
+                        &server,
+                        &resource,
+                        &session.email,
+                        &query,
+                        &binding,
+                    ),
                 );
             }
             None => {}
@@ -732,6 +778,7 @@ impl Access {
             cid: family.client_id.clone(),
             aud: family.resource.clone(),
             exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
+            clm: session.claims.clone(),
         };
         let access = oauth_server::mint_access_token(self.store.keyring(), &claims);
         oauth_server::token_response(&access, ttl, refresh, family.scope.as_deref())
@@ -774,18 +821,9 @@ impl Access {
     }
 }
 
+/// The body of a registration, token, revocation or consent request (64 KiB, 10 s).
 async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
-    let mut body = request.into_body();
-    let mut buffer = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame.ok()?.data_ref() {
-            if buffer.len() + data.len() > MAX_FORM_BYTES {
-                return None;
-            }
-            buffer.extend_from_slice(data);
-        }
-    }
-    Some(bytes::Bytes::from(buffer))
+    crate::forms::read_form(request).await.ok()
 }
 
 fn oauth_error(status: StatusCode, error: &OAuthError) -> Response<Body> {

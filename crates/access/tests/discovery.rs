@@ -384,17 +384,16 @@ impl World {
     /// Connects the upstream account from the browser: `/connect`, the upstream's authorize
     /// (which approves at once), Postern's callback. Returns the authorize URL.
     async fn connect(&self, server: &str) -> url::Url {
-        let start = self
-            .browser
-            .get(format!(
-                "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-                self.base,
+        let start = support::connect(
+            &self.browser,
+            &self.base,
+            &format!(
+                "redirect_url=/done&resource={}",
                 url::form_urlencoded::byte_serialize(format!("{}/{server}", self.base).as_bytes())
                     .collect::<String>()
-            ))
-            .send()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         assert_eq!(start.status(), 303, "{}", start.text().await.unwrap());
         let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
         let back = self.browser.get(authorize.clone()).send().await.unwrap();
@@ -625,17 +624,16 @@ async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
     assert_eq!(w.upstream.lock().unwrap().registrations, 1);
     w.upstream.lock().unwrap().forgot_clients = true;
     // The code exchange is refused with invalid_client: the user sees why.
-    let start = w
-        .browser
-        .get(format!(
-            "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-            w.base,
+    let start = support::connect(
+        &w.browser,
+        &w.base,
+        &format!(
+            "redirect_url=/done&resource={}",
             url::form_urlencoded::byte_serialize(format!("{}/hint", w.base).as_bytes())
                 .collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let back = w
         .browser
         .get(start.headers()["location"].to_str().unwrap())

@@ -622,15 +622,20 @@ async fn pending_authorizations(t: TestStore) {
 
 async fn consents_and_keys(t: TestStore) {
     let s = &t.store;
-    assert!(s.get_consent("ada", "c1").await.unwrap().is_none());
-    s.put_consent("ada", "c1", "mcp", now_ms() + HOUR)
+    let (db, notes) = ("https://gw/db", "https://gw/notes");
+    assert!(s.get_consent("ada", "c1", db).await.unwrap().is_none());
+    s.put_consent("ada", "c1", db, "mcp", now_ms() + HOUR)
         .await
         .unwrap();
     assert_eq!(
-        s.get_consent("ada", "c1").await.unwrap().as_deref(),
+        s.get_consent("ada", "c1", db).await.unwrap().as_deref(),
         Some("mcp")
     );
-    assert!(s.get_consent("grace", "c1").await.unwrap().is_none());
+    assert!(
+        s.get_consent("ada", "c1", notes).await.unwrap().is_none(),
+        "a consent for one server is no consent for another"
+    );
+    assert!(s.get_consent("grace", "c1", db).await.unwrap().is_none());
 
     let other = t.another().await;
     let (a, b) = tokio::join!(
