@@ -75,7 +75,11 @@ RUST_LOG=warn "$bin/postern" serve --config "$work/postern.yaml" 2>"$work/poster
 for port in $up $ngx $pst; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
 done
-cookie=$(curl -s -D - -o /dev/null -d 'email=bench@example.com&password=bench-password' "http://127.0.0.1:$pst/.pomerium/sign_in" | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p')
+# The sign-in form's anti-forgery pair (its cookie and field), fetched once and reused.
+csrf_jar="$work/csrf.jar"
+csrf=$(curl -s -c "$csrf_jar" "http://127.0.0.1:$pst/.pomerium/sign_in" | sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p')
+sign_in_form="email=bench@example.com&password=bench-password&csrf_token=$csrf"
+cookie=$(curl -s -b "$csrf_jar" -D - -o /dev/null -d "$sign_in_form" "http://127.0.0.1:$pst/.pomerium/sign_in" | sed -n 's/^[Ss]et-[Cc]ookie: \(_postern=[^;]*\).*/\1/p')
 [ -n "$cookie" ] || { echo "bench: sign-in failed"; exit 1; }
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
@@ -87,7 +91,7 @@ idle_rss=$(rss $postern)
 # Sign-ins (argon2id, 19 MiB of working memory each, 8 at once): memory must come back.
 signins=()
 for _ in $(seq 1 8); do
-  curl -s -o /dev/null -d 'email=bench@example.com&password=bench-password' "http://127.0.0.1:$pst/.pomerium/sign_in" &
+  curl -s -o /dev/null -b "$csrf_jar" -d "$sign_in_form" "http://127.0.0.1:$pst/.pomerium/sign_in" &
   signins+=($!)
 done
 wait "${signins[@]}"
@@ -97,7 +101,7 @@ signin_rss=$(rss $postern)
 signing=()
 for _ in 1 2 3 4; do
   ( end=$((SECONDS + 3)); while [ $SECONDS -lt $end ]; do
-      curl -s -o /dev/null -d 'email=bench@example.com&password=bench-password' "http://127.0.0.1:$pst/.pomerium/sign_in"
+      curl -s -o /dev/null -b "$csrf_jar" -d "$sign_in_form" "http://127.0.0.1:$pst/.pomerium/sign_in"
     done ) & signing+=($!)
 done
 during_signins=$("$bin/loadgen" post "http://127.0.0.1:$pst/mcp" 4 2 "$body")

@@ -1,6 +1,6 @@
 // The portal in a real browser (headless Chromium, driven by playwright-core): sign in, see the
 // MCP servers, disconnect Notion and connect it again through the upstream OAuth flow; a
-// cross-site Disconnect form is refused. Saves a screenshot of the connected portal.
+// cross-site sign-in form and a cross-site Disconnect form are refused. Saves a screenshot of the connected portal.
 //
 // node portal.mjs GATEWAY_URL EMAIL PASSWORD SCREENSHOT_FILE
 import { chromium } from 'playwright-core';
@@ -14,7 +14,18 @@ function check(condition, what) {
   if (!condition) throw new Error(what);
 }
 try {
-  const page = await browser.newPage();
+  const context = await browser.newContext();
+  // Login CSRF: a page of another site auto-submits the sign-in form; the browser says where the
+  // form came from, and the gateway refuses it, signing nobody in.
+  const attacker = await context.newPage();
+  await attacker.setContent(`<form id="f" method="post" action="${gateway}/.pomerium/sign_in">
+    <input name="email" value="${email}"><input name="password" value="${password}">
+    <input name="redirect_uri" value="/.pomerium/"></form>`);
+  await Promise.all([attacker.waitForNavigation(), attacker.evaluate(() => document.getElementById('f').submit())]);
+  check((await attacker.textContent('[role=alert]'))?.includes('another site') ?? false, 'a cross-site sign-in form was not refused');
+  await attacker.close();
+
+  const page = await context.newPage();
   await page.goto(`${gateway}/.pomerium/`);
   check(page.url().includes('/.pomerium/sign_in'), `not sent to sign in: ${page.url()}`);
   await page.fill('#email', email);
@@ -57,6 +68,10 @@ try {
   check((await server('Notion').locator('.state').textContent()) === 'Not connected', 'Notion still connected after Disconnect');
 
   await server('Notion').getByText('Connect', { exact: true }).click();
+  // Connecting asks first (a link from another site must not start it).
+  await page.waitForURL((url) => url.pathname === '/.pomerium/mcp/connect');
+  check((await page.textContent('h1')).includes('Connect your'), 'no confirmation before connecting');
+  await page.click('button[value=connect]');
   await page.waitForURL(`${gateway}/.pomerium/`);
   check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected after Connect');
   await page.screenshot({ path: screenshot, fullPage: true });
@@ -64,7 +79,7 @@ try {
   await page.click('text=Sign out');
   await page.goto(`${gateway}/.pomerium/`);
   check(page.url().includes('/.pomerium/sign_in'), 'the portal is still open after signing out');
-  console.log(`ok: portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);
+  console.log(`ok: cross-site sign-in refused, portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);
 } finally {
   await browser.close();
 }

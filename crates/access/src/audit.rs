@@ -16,6 +16,8 @@ use postern_policy::McpRequest;
 use postern_store::{Session, now_ms};
 use serde::Serialize;
 
+use crate::untrusted::{Untrusted, truncate};
+
 /// One audit record.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditEvent {
@@ -122,17 +124,59 @@ impl Audit {
         Self { writer }
     }
 
-    /// Records `event`.
-    pub fn record(&self, event: AuditEvent) {
-        tracing::info!(target: "postern::audit", user = event.user.as_deref().unwrap_or("-"), route = %event.route,
-            tool = event.tool.as_deref().unwrap_or("-"), decision = event.decision, rule = %event.rule,
+    /// Records `event`, its client-chosen fields cut to [`FIELD_CAP`] bytes (see
+    /// [`AuditEvent::cap_fields`]).
+    pub fn record(&self, mut event: AuditEvent) {
+        let truncated = event.cap_fields();
+        tracing::info!(target: "postern::audit", user = %Untrusted(event.user.as_deref().unwrap_or("-")), route = %event.route,
+            tool = %Untrusted(event.tool.as_deref().unwrap_or("-")), decision = event.decision, rule = %event.rule,
             status = event.status.unwrap_or(0), latency_ms = event.latency_ms.unwrap_or(0.0), request_id = %event.request_id, "mcp");
         if let Some(sender) = self.writer.as_ref().and_then(|w| w.sender.as_ref()) {
-            let line = serde_json::to_string(&event).unwrap_or_default();
+            let mut line = serde_json::to_string(&event).unwrap_or_default();
+            if !truncated.is_empty() && line.ends_with('}') {
+                // `"truncated":["tool"]` names the fields that were cut.
+                line.pop();
+                line.push_str(",\"truncated\":");
+                line.push_str(&serde_json::to_string(&truncated).unwrap_or_default());
+                line.push('}');
+            }
             if sender.send(line).is_err() {
                 tracing::error!("the audit log writer has stopped; a record was not written");
             }
         }
+    }
+}
+
+/// Largest client-chosen audit field, in bytes: a record stays small whatever a client sends
+/// (a 900 KB tool name would otherwise write 900 KB to the file and the log per call).
+pub const FIELD_CAP: usize = 256;
+
+impl AuditEvent {
+    /// Cuts the fields a client or user chooses (user, method, tool, rule, which may quote a
+    /// tool) to [`FIELD_CAP`] bytes, ending each cut one with `…`; returns their names.
+    pub fn cap_fields(&mut self) -> Vec<&'static str> {
+        fn cap(value: &mut String) -> bool {
+            let (kept, cut) = truncate(value, FIELD_CAP);
+            if cut == 0 {
+                return false;
+            }
+            let kept = kept.len();
+            value.truncate(kept);
+            value.push('…');
+            true
+        }
+        let mut truncated = Vec::new();
+        for (name, value) in [
+            ("user", self.user.as_mut()),
+            ("method", self.method.as_mut()),
+            ("tool", self.tool.as_mut()),
+            ("rule", Some(&mut self.rule)),
+        ] {
+            if value.is_some_and(cap) {
+                truncated.push(name);
+            }
+        }
+        truncated
     }
 }
 
@@ -191,11 +235,12 @@ fn open(path: &Path) -> Option<BufWriter<File>> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    // Only the gateway's user may read who called which tool.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
         Ok(f) => Some(BufWriter::with_capacity(64 * 1024, f)),
         Err(error) => {
             tracing::error!(file = %path.display(), %error, "cannot open the audit log");
@@ -223,6 +268,34 @@ mod tests {
             latency_ms: Some(1.0),
             complete: Some(true),
         }
+    }
+
+    #[test]
+    fn client_chosen_fields_are_capped_and_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::new(Some(path.clone()));
+        let mut huge = event(1);
+        huge.tool = Some(format!("abc{}", "x".repeat(900 * 1024)));
+        huge.method = Some("tools/call\u{1b}[2J".into());
+        audit.record(huge);
+        audit.record(event(2));
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 2048, "{} bytes", text.len());
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let tool = lines[0]["tool"].as_str().unwrap();
+        assert!(tool.starts_with("abcxxx") && tool.ends_with('…'), "{tool}");
+        assert_eq!(tool.len(), FIELD_CAP + '…'.len_utf8());
+        assert_eq!(lines[0]["truncated"], serde_json::json!(["tool"]));
+        assert_eq!(
+            lines[0]["method"], "tools/call\u{1b}[2J",
+            "short fields are kept as sent"
+        );
+        assert!(lines[1].get("truncated").is_none(), "{}", lines[1]);
     }
 
     #[test]
@@ -254,5 +327,11 @@ mod tests {
             .collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..20_000).collect::<Vec<_>>());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
     }
 }

@@ -14,7 +14,9 @@
 //!   registration, and it may not claim a client secret.
 //!
 //! Documents are cached as their `Cache-Control: max-age` allows (5 minutes by default, at most a
-//! day).
+//! day), in a bounded cache (least recently used entries go first). The authorization endpoint
+//! fetches a document only for a signed-in user, so anonymous requests can't make the gateway
+//! fetch.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,11 +30,107 @@ use serde_json::Value;
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Most documents (and, separately, key sets) cached.
+const CACHE_ENTRIES: usize = 1000;
+/// Most bytes of documents (and, separately, key sets) cached, as JSON.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Fetches and caches client ID metadata documents (and clients' JWKS).
 pub struct Cimd {
     allowed: Vec<String>,
-    cache: Mutex<HashMap<String, (OAuthClient, Instant)>>,
-    keys: Mutex<HashMap<String, (jsonwebtoken::jwk::JwkSet, Instant)>>,
+    cache: Mutex<Lru<OAuthClient>>,
+    keys: Mutex<Lru<jsonwebtoken::jwk::JwkSet>>,
+}
+
+/// A cache bounded in entries and bytes that drops the least recently used entry first
+/// (expired entries are dropped when met). Eviction scans the entries: fine at this size, and
+/// only on insertion into a full cache.
+pub struct Lru<V> {
+    entries: HashMap<String, LruEntry<V>>,
+    bytes: usize,
+    tick: u64,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+struct LruEntry<V> {
+    value: V,
+    until: Instant,
+    size: usize,
+    used: u64,
+}
+
+impl<V: Clone> Lru<V> {
+    /// An empty cache of at most `max_entries` entries and `max_bytes` bytes.
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            bytes: 0,
+            tick: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    /// The unexpired value under `key`.
+    pub fn get(&mut self, key: &str) -> Option<V> {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(key) {
+            Some(entry) if entry.until > Instant::now() => {
+                entry.used = tick;
+                Some(entry.value.clone())
+            }
+            Some(_) => {
+                self.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps `value` (of `size` bytes) under `key` until `until`; a value larger than the whole
+    /// cache is not kept.
+    pub fn insert(&mut self, key: &str, value: V, size: usize, until: Instant) {
+        let size = size + key.len();
+        self.remove(key);
+        if size > self.max_bytes {
+            return;
+        }
+        while self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+        self.tick += 1;
+        self.bytes += size;
+        self.entries.insert(
+            key.to_owned(),
+            LruEntry {
+                value,
+                until,
+                size,
+                used: self.tick,
+            },
+        );
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= entry.size;
+        }
+    }
+
+    /// How many entries and bytes are kept.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.entries.len(), self.bytes)
+    }
 }
 
 fn refuse(message: impl Into<String>) -> OAuthError {
@@ -47,8 +145,8 @@ impl Cimd {
                 .into_iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
-            cache: Mutex::new(HashMap::new()),
-            keys: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Lru::new(CACHE_ENTRIES, CACHE_BYTES)),
+            keys: Mutex::new(Lru::new(CACHE_ENTRIES, CACHE_BYTES)),
         }
     }
 
@@ -70,14 +168,13 @@ impl Cimd {
 
     /// The client described at `client_id`.
     pub async fn client(&self, client_id: &str) -> Result<OAuthClient, OAuthError> {
-        if let Some((client, until)) = self
+        if let Some(client) = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(client_id)
-            && *until > Instant::now()
         {
-            return Ok(client.clone());
+            return Ok(client);
         }
         let (document, ttl) = self.fetch_json(client_id, true).await?;
         if document.get("client_id").and_then(Value::as_str) != Some(client_id) {
@@ -102,33 +199,38 @@ impl Cimd {
             expires_at: now + 3_600_000,
         };
         if let Some(ttl) = ttl {
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(client_id.to_owned(), (client.clone(), Instant::now() + ttl));
+            let size = client.metadata.to_string().len();
+            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                client_id,
+                client.clone(),
+                size,
+                Instant::now() + ttl,
+            );
         }
         Ok(client)
     }
 
     /// The keys at a client's `jwks_uri`, fetched under the same rules as its document.
     pub async fn jwks(&self, jwks_uri: &str) -> Result<jsonwebtoken::jwk::JwkSet, OAuthError> {
-        if let Some((keys, until)) = self
+        if let Some(keys) = self
             .keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(jwks_uri)
-            && *until > Instant::now()
         {
-            return Ok(keys.clone());
+            return Ok(keys);
         }
         let (document, ttl) = self.fetch_json(jwks_uri, false).await?;
+        let size = document.to_string().len();
         let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_value(document)
             .map_err(|e| refuse(format!("the client's jwks_uri is not a JWKS: {e}")))?;
         if let Some(ttl) = ttl {
-            self.keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(jwks_uri.to_owned(), (keys.clone(), Instant::now() + ttl));
+            self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                jwks_uri,
+                keys.clone(),
+                size,
+                Instant::now() + ttl,
+            );
         }
         Ok(keys)
     }
@@ -164,6 +266,47 @@ impl Cimd {
         let ttl = cache_ttl(answer.cache_control.as_deref());
         let document = answer.body;
         Ok((document, ttl))
+    }
+}
+
+impl crate::Access {
+    /// The client described at `client_id`, for the token endpoint, which anyone may call: the
+    /// document is fetched only when the code or refresh token presented was issued to that
+    /// client (so a signed-in user authorized it), never for a stranger's made-up request.
+    pub(crate) async fn document_client_at_token(
+        &self,
+        client_id: &str,
+        form: &std::collections::HashMap<String, String>,
+    ) -> Result<OAuthClient, OAuthError> {
+        let unavailable = |_| {
+            OAuthError::new(
+                "temporarily_unavailable",
+                "the gateway's store is unavailable",
+            )
+        };
+        let issued_to = match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => match form.get("code") {
+                Some(code) => self.store.code_client(code).await.map_err(unavailable)?,
+                None => None,
+            },
+            Some("refresh_token") => match form.get("refresh_token") {
+                Some(token) => self
+                    .store
+                    .find_refresh_token(token)
+                    .await
+                    .map_err(unavailable)?
+                    .map(|family| family.client_id),
+                None => None,
+            },
+            _ => None,
+        };
+        if issued_to.as_deref() != Some(client_id) {
+            return Err(OAuthError::new(
+                "invalid_grant",
+                "no current code or refresh token of this client was presented: authorize again",
+            ));
+        }
+        self.cimd.client(client_id).await
     }
 }
 
@@ -232,6 +375,46 @@ mod tests {
         );
         assert_eq!(cache_ttl(Some("no-store")), None);
         assert_eq!(cache_ttl(None), Some(DEFAULT_TTL));
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_entries_within_its_bounds() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut cache = Lru::new(3, 1000);
+        for key in ["a", "b", "c"] {
+            cache.insert(key, key.to_owned(), 99, later);
+        }
+        assert_eq!(cache.usage(), (3, 300));
+        assert_eq!(cache.get("a").as_deref(), Some("a"));
+        cache.insert("d", "d".into(), 99, later); // drops b, the least recently used
+        assert_eq!(cache.get("b"), None);
+        assert!(cache.get("a").is_some() && cache.get("c").is_some() && cache.get("d").is_some());
+        // Full: e pushes out a, now the least recently used. Bytes: a large entry pushes out as
+        // many as it needs (f: c and d).
+        cache.insert("e", "e".into(), 599, later);
+        assert_eq!(cache.usage(), (3, 800));
+        assert_eq!(cache.get("a"), None);
+        assert!(cache.get("e").is_some());
+        cache.insert("f", "f".into(), 399, later);
+        assert_eq!(cache.usage(), (2, 1000));
+        assert!(cache.get("c").is_none() && cache.get("d").is_none());
+        // Larger than the whole cache: not kept. Expired: not returned.
+        cache.insert("huge", "h".into(), 5000, later);
+        assert_eq!(cache.get("huge"), None);
+        cache.insert("old", "o".into(), 1, Instant::now());
+        assert_eq!(cache.get("old"), None);
+        let (entries, bytes) = cache.usage();
+        assert!(entries <= 3 && bytes <= 1000);
+        // Many distinct documents: the cache stays bounded.
+        let mut cache = Lru::new(CACHE_ENTRIES, CACHE_BYTES);
+        for n in 0..5000 {
+            cache.insert(&format!("https://c.test/{n}"), n, 60_000, later);
+        }
+        let (entries, bytes) = cache.usage();
+        assert!(
+            entries <= CACHE_ENTRIES && bytes <= CACHE_BYTES,
+            "{entries} {bytes}"
+        );
     }
 
     #[tokio::test]

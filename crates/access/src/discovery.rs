@@ -30,11 +30,13 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
 use postern_oauth::metadata::same_resource;
+use postern_oauth::registration::is_loopback;
 use postern_store::{Session, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::safe_http::{fetch_json, host_of};
+use crate::untrusted::Untrusted;
 
 /// How long a route's discovery state is cached in memory before the store is read again.
 const CACHE_TTL: Duration = Duration::from_secs(10);
@@ -273,8 +275,46 @@ impl Discovery {
         }
     }
 
+    /// Checks an endpoint that an authorization server's metadata names, as strictly as the
+    /// metadata itself: no credentials; `https`, or `http` to a trusted loopback host; and on the
+    /// issuer's own origin unless its host is listed in `mcp_allowed_as_metadata_domains`.
+    /// Otherwise a hostile or compromised server could have the gateway send codes, PKCE
+    /// verifiers and refresh tokens to any host it can reach (an internal admin API on another
+    /// port of the same machine, the cloud metadata address). Whether the address is public is
+    /// checked when the endpoint is called ([`crate::safe_http`]).
+    pub(crate) fn check_endpoint(
+        &self,
+        route: &Route,
+        issuer: &str,
+        name: &str,
+        endpoint: &str,
+    ) -> Result<url::Url, String> {
+        let shown = Untrusted(endpoint);
+        let url =
+            url::Url::parse(endpoint).map_err(|_| format!("its {name} {shown} is not a URL"))?;
+        let issuer =
+            url::Url::parse(issuer).map_err(|_| format!("{} is not a URL", Untrusted(issuer)))?;
+        let host = host_of(&url);
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("its {name} {shown} carries credentials"));
+        }
+        match url.scheme() {
+            "https" => {}
+            "http" if self.trusted(route, &host) && is_loopback(&host) => {}
+            _ => return Err(format!("its {name} {shown} is not https")),
+        }
+        let listed = self.extra_trusted.contains(&host);
+        if url.origin() != issuer.origin() && !listed {
+            return Err(format!(
+                "its {name} {shown} is not on the issuer's origin {}; an administrator can list {host} in mcp_allowed_as_metadata_domains",
+                issuer.origin().ascii_serialization()
+            ));
+        }
+        Ok(url)
+    }
+
     /// Whether requests to `host` are trusted for `route` (its upstream, or listed).
-    fn trusted(&self, route: &Route, host: &str) -> bool {
+    pub(crate) fn trusted(&self, route: &Route, host: &str) -> bool {
         route
             .config
             .to
@@ -443,7 +483,12 @@ impl Discovery {
                 "authorization server metadata",
                 format!(
                     "its issuer {} is not {issuer}, the URL it was found under (RFC 8414 §3.3)",
-                    as_metadata.get("issuer").unwrap_or(&Value::Null)
+                    Untrusted(
+                        &as_metadata
+                            .get("issuer")
+                            .unwrap_or(&Value::Null)
+                            .to_string()
+                    )
                 ),
             ));
         }
@@ -466,6 +511,13 @@ impl Discovery {
         };
         let authorization_endpoint = endpoint("authorization_endpoint")?;
         let token_endpoint = endpoint("token_endpoint")?;
+        for (name, value) in [
+            ("authorization_endpoint", &authorization_endpoint),
+            ("token_endpoint", &token_endpoint),
+        ] {
+            self.check_endpoint(route, &issuer, name, value)
+                .map_err(|e| fail("authorization server metadata", e))?;
+        }
 
         // 3. Scopes: configured, else the challenge's, else what the resource lists.
         let configured_scopes = crate::upstream::settings(route)
@@ -509,7 +561,7 @@ impl Discovery {
             settings: None,
         };
         self.put(route_key, origin, &found).await;
-        tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %found.issuer, client_id = %found.client_id, "upstream OAuth discovered");
+        tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %Untrusted(&found.issuer), client_id = %Untrusted(&found.client_id), "upstream OAuth discovered");
         Ok(Some(Arc::new(found)))
     }
 
@@ -563,8 +615,9 @@ impl Discovery {
                     "the authorization server offers no dynamic registration; configure upstream_oauth2 with a client_id for this route",
                 )
             })?;
-        let url = url::Url::parse(registration)
-            .map_err(|_| fail("registration", "registration_endpoint is not a URL"))?;
+        let url = self
+            .check_endpoint(route, issuer, "registration_endpoint", registration)
+            .map_err(|e| fail("registration", e))?;
         let request = json!({
             "client_name": "Postern",
             "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
@@ -582,9 +635,15 @@ impl Discovery {
                 .and_then(Value::as_str)
                 .is_none()
         {
+            // The answer is logged, not shown: it is the (possibly hostile) server's text.
+            tracing::warn!(route = %route.id, %url, status = %answer.status, body = %Untrusted(&answer.body.to_string()), "upstream registration refused");
             return Err(fail(
                 "registration",
-                format!("{url} answered HTTP {}: {}", answer.status, answer.body),
+                format!(
+                    "the authorization server at {} answered HTTP {} (details in the gateway's log)",
+                    host_of(&url),
+                    answer.status
+                ),
             ));
         }
         let mut client = answer.body;
@@ -606,8 +665,15 @@ impl Discovery {
 pub(crate) enum UpstreamSettings<'r> {
     /// `upstream_oauth2` with endpoints.
     Configured(&'r UpstreamOAuth2),
-    /// Found by discovery ([`Discovery::get`] only returns records with settings built).
-    Discovered(Arc<Discovered>),
+    /// Found by discovery ([`Discovery::get`] only returns records with settings built). Its
+    /// endpoints were named by a stranger's metadata: they are called through
+    /// [`crate::safe_http`] only.
+    Discovered {
+        /// The record.
+        found: Arc<Discovered>,
+        /// Whether the token endpoint's host may be private (the route's upstream, or listed).
+        token_trusted: bool,
+    },
 }
 
 impl std::ops::Deref for UpstreamSettings<'_> {
@@ -616,7 +682,7 @@ impl std::ops::Deref for UpstreamSettings<'_> {
     fn deref(&self) -> &UpstreamOAuth2 {
         match self {
             UpstreamSettings::Configured(oauth) => oauth,
-            UpstreamSettings::Discovered(found) => found
+            UpstreamSettings::Discovered { found, .. } => found
                 .settings
                 .as_ref()
                 .expect("Discovery::get returns ready records only"),
@@ -626,7 +692,8 @@ impl std::ops::Deref for UpstreamSettings<'_> {
 
 impl crate::Access {
     /// The upstream OAuth settings of `route`: configured (`upstream_oauth2`), or discovered for
-    /// this origin.
+    /// this origin. A discovered record whose endpoints fail today's checks (stored by an older
+    /// version) is forgotten, so the next upstream 401 runs discovery again.
     pub(crate) async fn upstream_oauth<'r>(
         &self,
         route: &'r Route,
@@ -638,10 +705,32 @@ impl crate::Access {
         if !route.is_mcp_server() {
             return None;
         }
-        self.discovery
-            .get(&crate::upstream::route_key(route), origin)
-            .await
-            .map(UpstreamSettings::Discovered)
+        let key = crate::upstream::route_key(route);
+        let found = self.discovery.get(&key, origin).await?;
+        let checked = [
+            ("authorization_endpoint", &found.authorization_endpoint),
+            ("token_endpoint", &found.token_endpoint),
+        ]
+        .into_iter()
+        .try_for_each(|(name, endpoint)| {
+            self.discovery
+                .check_endpoint(route, &found.issuer, name, endpoint)
+                .map(drop)
+        });
+        if let Err(error) = checked {
+            tracing::warn!(route = %route.id, %error, "forgetting discovered upstream settings that are no longer accepted");
+            self.discovery.forget(&key, origin).await;
+            return None;
+        }
+        let token_trusted = found.settings.as_ref().is_some_and(|oauth| {
+            oauth.endpoint.as_ref().is_some_and(|endpoint| {
+                self.discovery.trusted(route, &host_of(&endpoint.token_url))
+            })
+        });
+        Some(UpstreamSettings::Discovered {
+            found,
+            token_trusted,
+        })
     }
 }
 

@@ -21,17 +21,13 @@ use serde_json::{Value, json};
 
 use crate::assertion::Signer;
 use crate::audit::{Audit, AuditEvent};
+use crate::limiter::SignInLimiter;
 use crate::mcp::{self, Call};
 use crate::oauth_server::{self, RevocationCache, TokenError};
 use crate::oidc::Oidc;
 use crate::pages;
-use crate::session::{self, CookieSettings, RateLimiter};
+use crate::session::{self, CookieSettings};
 use crate::users::{LocalUser, LocalUsers};
-
-/// Failed sign-ins allowed per account, and per client address, in [`LOGIN_WINDOW`].
-const LOGIN_FAILURES_PER_ACCOUNT: usize = 5;
-const LOGIN_FAILURES_PER_ADDRESS: usize = 20;
-const LOGIN_WINDOW: Duration = Duration::from_secs(300);
 
 /// What the hooks need from the configuration.
 #[derive(Clone, Debug)]
@@ -56,6 +52,8 @@ pub struct AccessSettings {
     /// Hosts upstream OAuth discovery may contact besides the routes' upstream hosts
     /// (`mcp_allowed_as_metadata_domains`).
     pub allowed_as_metadata_domains: Vec<String>,
+    /// Limits on dynamic client registration.
+    pub registration: crate::registration::RegistrationLimits,
 }
 
 impl AccessSettings {
@@ -88,6 +86,7 @@ impl AccessSettings {
             refresh_reuse_grace: Duration::from_secs(5),
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
             allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
+            registration: Default::default(),
         }
     }
 }
@@ -100,13 +99,14 @@ pub struct Access {
     password_checks: Arc<tokio::sync::Semaphore>,
     signer: Signer,
     pub(crate) settings: AccessSettings,
-    limiter: RateLimiter,
+    limiter: SignInLimiter,
     audit: Audit,
     oidc: Option<Oidc>,
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) http: reqwest::Client,
     pub(crate) cimd: crate::cimd::Cimd,
     pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) registration_limiter: crate::registration::RegistrationLimiter,
 }
 
 /// How long an OIDC sign-in may take.
@@ -141,10 +141,11 @@ impl Access {
             )),
             signer,
             settings,
-            limiter: RateLimiter::default(),
+            limiter: SignInLimiter::default(),
             audit,
             oidc: None,
             cimd,
+            registration_limiter: Default::default(),
             http: {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()
@@ -361,6 +362,16 @@ impl Access {
                 );
             }
         };
+        if let Some(current) =
+            session::current(request.headers(), &self.settings.cookie, &self.store)
+                .await
+                .filter(|c| c.user_id != identity.subject)
+        {
+            return html(
+                StatusCode::CONFLICT,
+                pages::signed_in_as_other(&current.email),
+            );
+        }
         let Some(cookie) = self
             .start_session(Session {
                 user_id: identity.subject,
@@ -392,15 +403,57 @@ impl Access {
         response
     }
 
+    /// The user as the policy sees them. `claim/email`, `claim/name` and `claim/groups` match
+    /// the session's own fields when the identity source sent no such claim (local users, and
+    /// providers that keep them out of the ID token).
     pub(crate) fn user_of(session: &Session) -> User {
+        let mut claims = session.claims.clone();
+        claims
+            .entry("email")
+            .or_insert_with(|| Value::String(session.email.clone()));
+        if !session.name.is_empty() {
+            claims
+                .entry("name")
+                .or_insert_with(|| Value::String(session.name.clone()));
+        }
+        claims
+            .entry("groups")
+            .or_insert_with(|| json!(session.groups));
         User {
             id: session.user_id.clone(),
             email: session.email.clone(),
             groups: session.groups.clone(),
-            claims: session.claims.clone(),
+            claims,
         }
     }
 
+    /// The sign-in page with a fresh anti-forgery pair (the field in the form, the cookie
+    /// beside it), with `status` and an optional error.
+    fn sign_in_page(
+        &self,
+        status: StatusCode,
+        redirect: &str,
+        error: Option<&str>,
+    ) -> Response<Body> {
+        let Some((cookie, field)) = crate::forms::csrf_pair(self.store.keyring()) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "No randomness available."),
+            );
+        };
+        let mut response = html(status, pages::sign_in(redirect, &field, error));
+        set_cookie(
+            &mut response,
+            &crate::forms::csrf_cookie(&cookie, self.settings.cookie.secure),
+        );
+        response
+    }
+
+    /// `GET /.pomerium/sign_in` shows the form (or goes to the identity provider); `POST` signs
+    /// a local user in. The post must come from this site's own form: no cross-site `Origin` or
+    /// `Sec-Fetch-Site`, and the anti-forgery field that goes with this browser's cookie (a
+    /// forged sign-in would put the victim's browser in the attacker's account, and what the
+    /// victim connects next, e.g. an upstream account, would be stored under the attacker).
     async fn sign_in_form(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
         let query = request.uri().query().unwrap_or("").to_owned();
         let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
@@ -408,48 +461,97 @@ impl Access {
             if let Some(oidc) = &self.oidc {
                 return self.start_oidc(oidc, ctx, &redirect).await;
             }
-            return html(StatusCode::OK, pages::sign_in(&redirect, None));
+            return self.sign_in_page(StatusCode::OK, &redirect, None);
         }
-        let body = match request.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return html(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    pages::sign_in(&redirect, Some("The form was too large.")),
+        if let Err(why) = crate::forms::same_origin_post(request.headers(), &ctx.origin()) {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
+            return self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in came from another site, so it was refused. Sign in here instead.",
+                ),
+            );
+        }
+        let headers = request.headers().clone();
+        let body = match crate::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
+                return self.sign_in_page(
+                    error.status(),
+                    &redirect,
+                    Some(&format!("The form could not be read: {error}.")),
                 );
             }
         };
         let form = String::from_utf8_lossy(&body).into_owned();
-        let email = form_value(&form, "email").unwrap_or_default();
-        let password = form_value(&form, "password").unwrap_or_default();
         let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
-        let account_key = format!("account:{}", email.to_ascii_lowercase());
-        let address_key = format!("address:{}", ctx.client_addr.ip());
-        if !self
-            .limiter
-            .allows(&account_key, LOGIN_FAILURES_PER_ACCOUNT, LOGIN_WINDOW)
-            || !self
-                .limiter
-                .allows(&address_key, LOGIN_FAILURES_PER_ADDRESS, LOGIN_WINDOW)
-        {
-            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "sign-in rate limited");
-            return html(
-                StatusCode::TOO_MANY_REQUESTS,
-                pages::sign_in(
-                    &redirect,
-                    Some("Too many failed attempts. Wait a few minutes, then try again."),
+        if !crate::forms::csrf_matches(
+            &headers,
+            form_value(&form, "csrf_token").as_deref(),
+            self.store.keyring(),
+        ) {
+            return self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in form has expired or was not sent from this site. Sign in again.",
                 ),
             );
         }
-        let Some(user) = self.check_password(&email, &password).await else {
-            self.limiter.fail(&account_key);
-            self.limiter.fail(&address_key);
+        let email = form_value(&form, "email").unwrap_or_default();
+        let password = form_value(&form, "password").unwrap_or_default();
+        if email.len() > crate::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
+            return self.sign_in_page(
+                StatusCode::BAD_REQUEST,
+                &redirect,
+                Some("Wrong email or password."),
+            );
+        }
+        // Signing in over another user's session would silently switch accounts under the
+        // pages and clients of the first one.
+        let current = session::current(&headers, &self.settings.cookie, &self.store).await;
+        if let Some(current) = current
+            .as_ref()
+            .filter(|c| !c.email.eq_ignore_ascii_case(&email))
+        {
             return html(
+                StatusCode::CONFLICT,
+                pages::signed_in_as_other(&current.email),
+            );
+        }
+        let address = ctx.client_addr.ip().to_string();
+        let attempt = match self.limiter.reserve(&email, &address) {
+            Ok(attempt) => attempt,
+            Err(refused) => {
+                tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
+                let mut response = self.sign_in_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &redirect,
+                    Some(&format!(
+                        "Too many failed attempts from your address. Wait {} seconds, then try again.",
+                        refused.retry_after.as_secs()
+                    )),
+                );
+                if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return response;
+            }
+        };
+        if !attempt.delay.is_zero() {
+            tokio::time::sleep(attempt.delay).await;
+        }
+        let Some(user) = self.check_password(&email, &password).await else {
+            attempt.failed();
+            return self.sign_in_page(
                 StatusCode::UNAUTHORIZED,
-                pages::sign_in(&redirect, Some("Wrong email or password.")),
+                &redirect,
+                Some("Wrong email or password."),
             );
         };
-        self.limiter.clear(&account_key);
+        attempt.succeeded();
         let email = user.email.to_ascii_lowercase();
         let Some(cookie) = self
             .start_session(Session {
@@ -457,18 +559,17 @@ impl Access {
                 email,
                 name: user.name,
                 groups: user.groups,
+                claims: user.claims,
                 idp: "local".into(),
                 ..Session::default()
             })
             .await
         else {
-            return html(
+            return self.sign_in_page(
                 StatusCode::SERVICE_UNAVAILABLE,
-                pages::sign_in(
-                    &redirect,
-                    Some(
-                        "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
-                    ),
+                &redirect,
+                Some(
+                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
                 ),
             );
         };
@@ -794,8 +895,9 @@ impl Hooks for Access {
             .first()
             .map(|(_, d)| d.reason.clone())
             .unwrap_or_default();
-        let filter_tools =
-            route.policy.uses_mcp_tool() && calls.iter().any(|c| c.request.method == "tools/list");
+        // Every response of a route with tool rules: a tool list can come on a GET stream, in
+        // a batch, or replayed after a reconnect, not only as the answer to `tools/list`.
+        let filter_tools = route.is_mcp_server() && route.policy.uses_mcp_tool();
         let mut grant = Grant {
             principal: session.as_ref().map(|s| s.email.clone()),
             extensions: http::Extensions::new(),
@@ -820,6 +922,13 @@ impl Hooks for Access {
             .extensions
             .get::<Allowed>()
             .and_then(|a| a.session.as_ref());
+        if route.is_mcp_server() {
+            // Bodies the gateway can read (tool lists are filtered): no compression.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         if let (Some(session), true) = (session, route.is_mcp_server()) {
             // Boxed: the TI path (discovery, store, provider refresh) is a large future that
             // requests without a session never need.
@@ -876,7 +985,7 @@ impl Hooks for Access {
             response
         };
         let response = if allowed.filter_tools {
-            Box::pin(filter_tool_lists(route, &allowed, response)).await
+            Box::pin(filter_tool_lists(ctx, route, &allowed, response)).await
         } else {
             response
         };
@@ -921,8 +1030,9 @@ impl Hooks for Access {
     }
 }
 
-/// Removes the tools the user may not call from `tools/list` results (JSON or SSE).
+/// Removes the tools the user may not call from every tool list in the response.
 async fn filter_tool_lists(
+    ctx: &RequestContext,
     route: &Route,
     allowed: &Allowed,
     response: Response<Body>,
@@ -943,50 +1053,7 @@ async fn filter_tool_lists(
             })
             .allowed
     };
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let (mut parts, body) = response.into_parts();
-    // tools/list results are small and end the response: read them whole.
-    let Ok(collected) = body.collect().await else {
-        return Response::from_parts(parts, full(Bytes::new()));
-    };
-    let bytes = collected.to_bytes();
-    let filtered = if content_type.starts_with("text/event-stream") {
-        let text = String::from_utf8_lossy(&bytes);
-        let events: Vec<String> = text
-            .split("\n\n")
-            .map(|event| mcp::filter_sse_event(event, &may_call))
-            .collect();
-        Bytes::from(events.join("\n\n"))
-    } else {
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(mut message) => {
-                let changed = match &mut message {
-                    Value::Array(batch) => {
-                        // Every message of the batch is filtered (no short-circuit).
-                        let mut changed = false;
-                        for m in batch.iter_mut() {
-                            changed |= mcp::filter_tools(m, &may_call);
-                        }
-                        changed
-                    }
-                    single => mcp::filter_tools(single, &may_call),
-                };
-                if changed {
-                    Bytes::from(message.to_string())
-                } else {
-                    bytes
-                }
-            }
-            Err(_) => bytes,
-        }
-    };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, full(filtered))
+    crate::tool_filter::filter_response(Arc::new(may_call), response, &ctx.request_id).await
 }
 
 /// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
@@ -1010,6 +1077,16 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    // The pages are never framed (clickjacking a consent), and run no script but the portal's
+    // one inline copy button.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "frame-ancestors 'none'; default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src * data:; base-uri 'none'",
+        ),
+    );
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the pages' own form posts.
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     response
 }
 
@@ -1072,16 +1149,30 @@ pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Bod
     response
 }
 
-/// A redirect target on this gateway: a path, or an absolute URL to this very host. Anything
-/// else (another host, `//evil`, `javascript:`) becomes the portal.
+/// A redirect target on this gateway, or the portal.
 fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
-    if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
-        return target.to_owned();
+    same_origin_target(target, &ctx.origin()).unwrap_or_else(|| "/.pomerium/".into())
+}
+
+/// `target` as a path on `origin`, if a browser told to go there would stay on `origin`. The
+/// target is resolved as a browser resolves a `Location` (against the origin) and the result's
+/// origin compared, so `//evil`, `/\evil` and `https:evil` are caught by what they mean, not by
+/// their spelling; anything with whitespace, control characters or backslashes is refused
+/// outright (browsers drop tabs and newlines, `/<TAB>/evil.example/` becomes `//evil.example/`).
+pub(crate) fn same_origin_target(target: &str, origin: &str) -> Option<String> {
+    if target.is_empty()
+        || target
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return None;
     }
-    match url::Url::parse(target) {
-        Ok(url) if url.origin().ascii_serialization() == ctx.origin() => url.to_string(),
-        _ => "/.pomerium/".into(),
+    let base = url::Url::parse(origin).ok()?;
+    let resolved = base.join(target).ok()?;
+    if resolved.origin() != base.origin() {
+        return None;
     }
+    Some(resolved[url::Position::BeforePath..].to_owned())
 }
 
 pub(crate) fn form_value(form: &str, key: &str) -> Option<String> {
@@ -1105,6 +1196,44 @@ mod tests {
     fn settings(yaml: &str) -> AccessSettings {
         let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
         AccessSettings::from_config(&config)
+    }
+
+    #[test]
+    fn redirect_targets_resolve_as_a_browser_resolves_them() {
+        let origin = "https://gw.example";
+        for evil in [
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "//evil.example/",
+            "/\\evil.example/",
+            "\\\\evil.example",
+            " //evil.example",
+            "http:evil.example",
+            "https://evil.example/",
+            "https://gw.example.evil.example/",
+            "http://gw.example/",
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "/a\u{2028}/b",
+            "",
+        ] {
+            assert_eq!(super::same_origin_target(evil, origin), None, "{evil:?}");
+        }
+        for (fine, path) in [
+            ("/tools", "/tools"),
+            ("/tools/a?b=1#c", "/tools/a?b=1#c"),
+            ("https://gw.example/x", "/x"),
+            ("/a/../b", "/b"),
+            ("/%09/x", "/%09/x"),
+            // A browser reads a same-scheme URL without `//` as a relative path.
+            ("https:evil.example", "/evil.example"),
+        ] {
+            assert_eq!(
+                super::same_origin_target(fine, origin).as_deref(),
+                Some(path),
+                "{fine:?}"
+            );
+        }
     }
 
     #[test]

@@ -204,33 +204,6 @@ pub fn filter_tools(message: &mut Value, allowed: &dyn Fn(&str) -> bool) -> bool
     tools.len() != before
 }
 
-/// Filters `tools/list` results inside an SSE body (complete events only; `data:` lines joined).
-pub fn filter_sse_event(event: &str, allowed: &dyn Fn(&str) -> bool) -> String {
-    let data: Vec<&str> = event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    if data.is_empty() {
-        return event.to_owned();
-    }
-    let Ok(mut message) = serde_json::from_str::<Value>(&data.join("\n")) else {
-        return event.to_owned();
-    };
-    if !filter_tools(&mut message, allowed) {
-        return event.to_owned();
-    }
-    let mut out = String::new();
-    for line in event.lines().filter(|l| !l.starts_with("data:")) {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("data: ");
-    out.push_str(&message.to_string());
-    out.push('\n');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -292,27 +265,10 @@ mod tests {
     }
 
     #[test]
-    fn filters_tool_lists_in_json_and_sse() {
+    fn filters_tool_lists() {
         let allowed = |name: &str| name != "write_query";
         let mut message = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "read_query"}, {"name": "write_query"}]}});
         assert!(filter_tools(&mut message, &allowed));
         assert_eq!(message["result"]["tools"], json!([{"name": "read_query"}]));
-        let event = format!(
-            "id: 7\nevent: message\ndata: {}\n",
-            json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "write_query"}, {"name": "list_tables"}]}})
-        );
-        let filtered = filter_sse_event(&event, &allowed);
-        assert!(
-            filtered.starts_with("id: 7\nevent: message\ndata: "),
-            "{filtered}"
-        );
-        assert!(
-            !filtered.contains("write_query") && filtered.contains("list_tables"),
-            "{filtered}"
-        );
-        assert_eq!(
-            filter_sse_event(": keep-alive\n", &allowed),
-            ": keep-alive\n"
-        );
     }
 }

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
@@ -16,16 +15,13 @@ use serde_json::{Value, json};
 
 use crate::hooks::{Access, cors, encode, html, json_response, redirect_to};
 use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX};
+use crate::untrusted::Untrusted;
 use crate::{pages, session};
 
 /// How long a code is valid.
 const CODE_TTL_MS: i64 = 60_000;
-/// How long a dynamic registration is kept.
-const CLIENT_TTL_MS: i64 = 180 * 24 * 3600 * 1000;
 /// How long a consent is remembered.
 const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
-/// Largest registration, token or revocation request body.
-const MAX_FORM_BYTES: usize = 64 * 1024;
 
 impl Access {
     /// Answers the OAuth endpoints and discovery documents; `Err(request)` for anything else.
@@ -121,10 +117,16 @@ impl Access {
                 ),
             );
         }
+        if let Some(response) = self.registration_limited(ctx) {
+            return response;
+        }
         let Some(body) = read_body(request).await else {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
+                &OAuthError::new(
+                    "invalid_request",
+                    "the request is too large (at most 64 KiB)",
+                ),
             );
         };
         let requested: Value = match serde_json::from_slice(&body) {
@@ -154,7 +156,7 @@ impl Access {
             metadata: Value::Object(metadata.clone()),
             secret: secret.clone(),
             created_at: now,
-            expires_at: now + CLIENT_TTL_MS,
+            expires_at: self.unused_registration_expiry(now),
         };
         if let Err(error) = self.store.put_client(&client).await {
             tracing::error!(%error, "cannot store a client registration");
@@ -168,7 +170,7 @@ impl Access {
             .and_then(|n| n.as_str())
             .unwrap_or("-")
             .to_owned();
-        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, %name, "client registered");
+        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, name = %Untrusted(&name), "client registered");
         metadata.insert("client_id_issued_at".into(), json!(now / 1000));
         if let Some(secret) = secret {
             metadata.insert("client_secret".into(), json!(secret));
@@ -226,7 +228,17 @@ impl Access {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
             Err(_) => return page_error("invalid request"),
         };
-        let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
+        let document_client = client_id.starts_with("https://") || client_id.starts_with("http://");
+        // A client ID metadata document is fetched for signed-in users only: an anonymous
+        // request must not make the gateway fetch URLs or fill its cache.
+        if document_client
+            && session::current(headers, &self.settings.cookie, &self.store)
+                .await
+                .is_none()
+        {
+            return sign_in_first(&query);
+        }
+        let client = if document_client {
             match self.cimd.client(&client_id).await {
                 Ok(client) => client,
                 Err(error) => {
@@ -297,20 +309,37 @@ impl Access {
             );
         };
         let resource = oauth_server::route_resource(&route, &ctx.origin());
+        // A resource named on another origin would be served by this origin's route of the same
+        // path: the token's audience must be what the client asked for, or nothing.
+        if let Some(asked) = &request.resource
+            && !postern_oauth::metadata::same_resource(asked, &resource)
+        {
+            return back(
+                OAuthError::new(
+                    "invalid_target",
+                    format!(
+                        "resource {asked} is not on this authorization server's origin ({issuer}); use {resource}"
+                    ),
+                ),
+                state,
+            );
+        }
 
         // Who is asking: a browser session (sign in first if needed).
         let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
         else {
-            let mut query = query.clone();
-            query.remove("session_binding");
-            let back_here = format!("/.pomerium/mcp/authorize?{}", encode_query(&query));
-            return redirect_to(&format!(
-                "/.pomerium/sign_in?redirect_uri={}",
-                encode(&back_here)
-            ));
+            return sign_in_first(&query);
         };
-        // The consent form carries a token bound to the session that was shown it.
+        // The consent form carries a token bound to the session that was shown it, and must be
+        // a person's click on it: a script on this origin (any path-routed app shares it) could
+        // read the form and submit it, but not with user activation.
         if decision.is_some() {
+            if let Err(why) = crate::forms::user_activated_post(headers, &ctx.origin()) {
+                tracing::warn!(request_id = %ctx.request_id, user = %session.email, why, "consent not given by a click refused");
+                return page_error(&format!(
+                    "The consent was refused because {why}. Approve it by clicking Allow on the consent page."
+                ));
+            }
             let bound = query
                 .get("session_binding")
                 .and_then(|b| self.store.keyring().open("consent", b).ok())
@@ -332,9 +361,11 @@ impl Access {
             );
         }
 
-        // Consent, once per user and client.
+        // Consent, once per user, client and server.
         let consented = matches!(
-            self.store.get_consent(&session.user_id, &client_id).await,
+            self.store
+                .get_consent(&session.user_id, &client_id, &resource)
+                .await,
             Ok(Some(_))
         );
         match decision.as_deref() {
@@ -344,6 +375,7 @@ impl Access {
                     .put_consent(
                         &session.user_id,
                         &client_id,
+                        &resource,
                         "mcp",
                         now_ms() + CONSENT_TTL_MS,
                     )
@@ -372,9 +404,32 @@ impl Access {
                     .name
                     .clone()
                     .unwrap_or_else(|| resource.clone());
+                // Who the client really is: the host its codes go to, and whether anyone
+                // vouches for its name (a metadata document on an allowed domain) or it chose
+                // the name itself (dynamic registration).
+                let verified = client_id.starts_with("https://");
+                let destination = url::Url::parse(&redirect_uri)
+                    .ok()
+                    .map(|u| crate::safe_http::host_of(&u))
+                    .unwrap_or_default();
+                let identity = pages::ClientIdentity {
+                    name: &client_name,
+                    redirect_host: &destination,
+                    verified_by: verified
+                        .then(|| url::Url::parse(&client_id).ok())
+                        .flatten()
+                        .map(|u| crate::safe_http::host_of(&u)),
+                };
                 return html(
                     StatusCode::OK,
-                    pages::consent(&client_name, &server, &session.email, &query, &binding),
+                    pages::consent(
+                        &identity,
+                        &server,
+                        &resource,
+                        &session.email,
+                        &query,
+                        &binding,
+                    ),
                 );
             }
             None => {}
@@ -411,6 +466,7 @@ impl Access {
         if let Err(error) = self.store.put_code(&code, &grant).await {
             return back(store_unavailable(error), state);
         }
+        self.renew_registration(&client).await;
         tracing::info!(target: "postern::audit", event = "authorized", client = %client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
         redirect_to(&authorize::code_redirect(
             &redirect_uri,
@@ -464,7 +520,7 @@ impl Access {
         }
         let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            self.cimd.client(&client_id).await?
+            self.document_client_at_token(&client_id, form).await?
         } else {
             self.store
                 .get_client(&client_id)
@@ -502,6 +558,11 @@ impl Access {
         form: &HashMap<String, String>,
     ) -> Result<Value, OAuthError> {
         let client = self.client(ctx, headers, form).await?;
+        if let Some(grant @ ("authorization_code" | "refresh_token")) =
+            form.get("grant_type").map(String::as_str)
+        {
+            crate::registration::check_grant_type(&client, grant)?;
+        }
         let keys = self.store.keyring();
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
@@ -717,6 +778,7 @@ impl Access {
             cid: family.client_id.clone(),
             aud: family.resource.clone(),
             exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
+            clm: session.claims.clone(),
         };
         let access = oauth_server::mint_access_token(self.store.keyring(), &claims);
         oauth_server::token_response(&access, ttl, refresh, family.scope.as_deref())
@@ -759,18 +821,9 @@ impl Access {
     }
 }
 
+/// The body of a registration, token, revocation or consent request (64 KiB, 10 s).
 async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
-    let mut body = request.into_body();
-    let mut buffer = Vec::new();
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame.ok()?.data_ref() {
-            if buffer.len() + data.len() > MAX_FORM_BYTES {
-                return None;
-            }
-            buffer.extend_from_slice(data);
-        }
-    }
-    Some(bytes::Bytes::from(buffer))
+    crate::forms::read_form(request).await.ok()
 }
 
 fn oauth_error(status: StatusCode, error: &OAuthError) -> Response<Body> {
@@ -801,6 +854,17 @@ fn preflight() -> Response<Body> {
     );
     h.insert("access-control-max-age", HeaderValue::from_static("600"));
     response
+}
+
+/// Sends the browser to sign in, then back to this authorization request.
+fn sign_in_first(query: &HashMap<String, String>) -> Response<Body> {
+    let mut query = query.clone();
+    query.remove("session_binding");
+    let back_here = format!("/.pomerium/mcp/authorize?{}", encode_query(&query));
+    redirect_to(&format!(
+        "/.pomerium/sign_in?redirect_uri={}",
+        encode(&back_here)
+    ))
 }
 
 fn encode_query(query: &HashMap<String, String>) -> String {
@@ -840,7 +904,7 @@ impl Access {
             })
             .ok_or_else(|| bad("client_assertion has no iss".into()))?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
-            self.cimd.client(&client_id).await?
+            self.document_client_at_token(&client_id, form).await?
         } else {
             self.store
                 .get_client(&client_id)
@@ -1109,8 +1173,13 @@ impl Access {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
                 // A discovered upstream that no longer knows Postern's client: register again
                 // on the next attempt.
-                if matches!(&error, crate::upstream::UpstreamError::Refused(r) if r.contains("invalid_client"))
-                    && crate::upstream::static_settings(&route).is_none()
+                if matches!(
+                    &error,
+                    crate::upstream::UpstreamError::Refused {
+                        error: Some("invalid_client"),
+                        ..
+                    }
+                ) && crate::upstream::static_settings(&route).is_none()
                 {
                     self.discovery
                         .forget(&pending.route_id, &ctx.origin())

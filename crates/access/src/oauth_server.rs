@@ -84,6 +84,10 @@ pub struct AccessClaims {
     pub aud: String,
     /// Expiry, ms since the epoch.
     pub exp: i64,
+    /// The session's other identity claims (the IdP's, or a local user's `claims`), so the
+    /// policy sees the same identity with a TE as with the session cookie.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub clm: serde_json::Map<String, Value>,
 }
 
 impl AccessClaims {
@@ -95,7 +99,7 @@ impl AccessClaims {
             email: self.email.clone(),
             name: self.name.clone(),
             groups: self.groups.clone(),
-            claims: Default::default(),
+            claims: self.clm.clone(),
             idp: "te".into(),
             created_at: 0,
             expires_at: self.exp,
@@ -334,6 +338,7 @@ mod tests {
             cid: "c1".into(),
             aud: aud.into(),
             exp,
+            clm: Default::default(),
         }
     }
 

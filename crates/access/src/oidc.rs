@@ -12,6 +12,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::untrusted::Untrusted;
+
 /// The provider settings.
 #[derive(Clone, Debug)]
 pub struct OidcSettings {
@@ -41,7 +43,24 @@ pub enum OidcError {
     /// The ID token failed a check.
     #[error("the ID token was refused: {0}")]
     IdToken(String),
+    /// The provider says the user's email address is not verified (`email_verified: false`):
+    /// whoever typed it in at the provider may not own it.
+    #[error(
+        "the identity provider has not verified the email address {}; verify it there, then sign in again",
+        Untrusted(.0)
+    )]
+    EmailNotVerified(String),
+    /// The provider sent an email address that can't be one (control characters, spaces, too
+    /// long).
+    #[error("the identity provider sent an email address that is not valid: {}", Untrusted(.0))]
+    InvalidEmail(String),
 }
+
+/// Largest answer read from the provider's token endpoint (ID tokens with many groups are
+/// large, but not this large).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Longest email address accepted (RFC 5321 §4.5.3.1: 64 + 1 + 255).
+const MAX_EMAIL_BYTES: usize = 320;
 
 #[derive(Clone, Debug, Deserialize)]
 struct Discovery {
@@ -120,7 +139,7 @@ impl Oidc {
                 {
                     return Err(fail(format!(
                         "it names another issuer ({})",
-                        discovery.issuer
+                        Untrusted(&discovery.issuer)
                     )));
                 }
                 Ok(discovery)
@@ -188,13 +207,20 @@ impl Oidc {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let status = response.status();
-        let body: Value = response
-            .json()
+        let token_url = url::Url::parse(&discovery.token_endpoint)
+            .map_err(|e| fail(format!("not a URL: {e}")))?;
+        let bytes = crate::safe_http::read_capped(&token_url, response, MAX_TOKEN_RESPONSE_BYTES)
             .await
-            .map_err(|e| fail(format!("unreadable token response: {e}")))?;
+            .map_err(fail)?;
         if !status.is_success() {
-            return Err(fail(format!("HTTP {status}: {body}")));
+            // The provider's text goes to the log only (escaped and capped), not to the page.
+            tracing::warn!(%status, body = %Untrusted(&String::from_utf8_lossy(&bytes)), "the identity provider refused the code");
+            return Err(fail(format!(
+                "HTTP {status} (details in the gateway's log)"
+            )));
         }
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| fail(format!("unreadable token response: {e}")))?;
         let id_token = body
             .get("id_token")
             .and_then(Value::as_str)
@@ -226,16 +252,18 @@ impl Oidc {
         // (email, profile, groups) from the UserInfo endpoint, not in the ID token.
         let missing =
             identity.email.is_empty() || !identity.claims.contains_key(&self.settings.groups_claim);
-        match (
+        let identity = match (
             missing,
             &discovery.userinfo_endpoint,
             body.get("access_token").and_then(Value::as_str),
         ) {
             (true, Some(endpoint), Some(access_token)) => {
-                self.with_userinfo(identity, endpoint, access_token).await
+                self.with_userinfo(identity, endpoint, access_token).await?
             }
-            _ => Ok(identity),
-        }
+            _ => identity,
+        };
+        check_email(&identity)?;
+        Ok(identity)
     }
 
     /// Fills in what the ID token left out from the UserInfo response, which must be about the
@@ -402,6 +430,25 @@ pub fn validate_id_token(
     })
 }
 
+/// Refuses an email address the provider marks unverified (`email_verified: false`, also as
+/// the string `"false"` some providers send), and one that can't be an address. A provider
+/// that doesn't send `email_verified` is trusted for its addresses, as before.
+pub fn check_email(identity: &OidcIdentity) -> Result<(), OidcError> {
+    let email = &identity.email;
+    if email.len() > MAX_EMAIL_BYTES || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(OidcError::InvalidEmail(email.clone()));
+    }
+    let unverified = match identity.claims.get("email_verified") {
+        Some(Value::Bool(verified)) => !verified,
+        Some(Value::String(verified)) => verified.eq_ignore_ascii_case("false"),
+        _ => false,
+    };
+    if unverified && !email.is_empty() {
+        return Err(OidcError::EmailNotVerified(email.clone()));
+    }
+    Ok(())
+}
+
 /// The groups in `claim`: a list of strings, or one string.
 fn groups_of(claims: &Map<String, Value>, claim: &str) -> Vec<String> {
     match claims.get(claim) {
@@ -464,6 +511,8 @@ mod tests {
         let discovery = json!({"issuer": issuer, "authorization_endpoint": format!("{issuer}/auth"),
             "token_endpoint": format!("{issuer}/token"), "jwks_uri": format!("{issuer}/jwks"),
             "userinfo_endpoint": format!("{issuer}/userinfo")});
+        let email_verified = std::sync::Arc::new(std::sync::Mutex::new(json!(true)));
+        let verified = email_verified.clone();
         let sub = userinfo_sub.clone();
         let app = axum::Router::new()
             .route(
@@ -482,7 +531,8 @@ mod tests {
                 get(move |headers: axum::http::HeaderMap| async move {
                     assert_eq!(headers["authorization"], "Bearer at-1");
                     let sub = sub.lock().unwrap().clone();
-                    axum::Json(json!({"sub": sub, "email": "Ada@Example.com", "name": "Ada", "groups": ["staff"]}))
+                    let verified = verified.lock().unwrap().clone();
+                    axum::Json(json!({"sub": sub, "email": "Ada@Example.com", "name": "Ada", "groups": ["staff"], "email_verified": verified}))
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -515,6 +565,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("another subject"), "{error}");
+
+        // The provider says the address is unverified: no sign-in with it.
+        *userinfo_sub.lock().unwrap() = "u1".into();
+        *email_verified.lock().unwrap() = json!(false);
+        let error = oidc
+            .finish("code", "https://gw/cb", "v", "n-1")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not verified"), "{error}");
+    }
+
+    #[test]
+    fn unverified_or_malformed_email_addresses_are_refused() {
+        let identity = |email: &str, verified: Option<Value>| {
+            let mut claims = Map::new();
+            if let Some(v) = verified {
+                claims.insert("email_verified".into(), v);
+            }
+            OidcIdentity {
+                subject: "u1".into(),
+                email: email.into(),
+                name: String::new(),
+                groups: vec![],
+                claims,
+            }
+        };
+        for verified in [None, Some(json!(true)), Some(json!("true"))] {
+            assert!(check_email(&identity("ada@example.com", verified)).is_ok());
+        }
+        for unverified in [json!(false), json!("false"), json!("FALSE")] {
+            let error = check_email(&identity("admin@corp.example", Some(unverified)))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("not verified the email address \"admin@corp.example\""),
+                "{error}"
+            );
+        }
+        for bad in [
+            "ada@example.com\n2026 INFO postern::audit: event=\"sign_in\"".to_owned(),
+            "a\u{1b}[31m@example.com".to_owned(),
+            format!("{}@example.com", "a".repeat(320)),
+        ] {
+            let error = check_email(&identity(&bad, None)).unwrap_err().to_string();
+            assert!(error.contains("not valid"), "{error}");
+            assert!(!error.chars().any(char::is_control), "{error:?}");
+        }
     }
 
     #[test]

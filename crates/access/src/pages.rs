@@ -15,8 +15,9 @@ pub fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The sign-in form (fields `email`, `password`, `redirect_uri`).
-pub fn sign_in(redirect: &str, error: Option<&str>) -> String {
+/// The sign-in form (fields `email`, `password`, `redirect_uri`, and the anti-forgery
+/// `csrf_token` that goes with the browser's `_postern_csrf` cookie).
+pub fn sign_in(redirect: &str, csrf: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
@@ -24,10 +25,48 @@ pub fn sign_in(redirect: &str, error: Option<&str>) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
 <title>Sign in · Postern</title><style>{STYLE}</style></head><body><h1>Sign in</h1>{error}\
 <form method=\"post\" action=\"/.pomerium/sign_in\"><input type=\"hidden\" name=\"redirect_uri\" value=\"{redirect}\">\
+<input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
 <label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus>\
 <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
 <button type=\"submit\">Sign in</button></form></body></html>",
         redirect = escape(redirect),
+        csrf = escape(csrf),
+    )
+}
+
+/// A sign-in was posted while another user is signed in in this browser.
+pub fn signed_in_as_other(current: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Already signed in · Postern</title><style>{STYLE}</style></head>\
+<body><h1>Already signed in</h1><p>This browser is signed in as <strong>{current}</strong>. To use another account, \
+<a href=\"/.pomerium/sign_out\">sign out</a> first, then sign in again.</p><p><a href=\"/.pomerium/\">Back to your servers</a></p></body></html>",
+        current = escape(current),
+    )
+}
+
+/// `/.pomerium/mcp/connect` asks before it sends the browser to the provider, so that no other
+/// site can start connecting an upstream account in a signed-in browser.
+pub fn connect(server: &str, user: &str, fields: &[(&str, &str)]) -> String {
+    let hidden: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Connect {server} · Postern</title><style>{STYLE} .deny{{background:#e5e7eb;color:#111}}</style></head><body>\
+<h1>Connect your {server} account?</h1><p>Signed in as <strong>{user}</strong>. You will be sent to the provider of \
+<strong>{server}</strong> to allow access; Postern then uses that account for <strong>{server}</strong> when <strong>{user}</strong> uses it.</p>\
+<form method=\"post\" action=\"/.pomerium/mcp/connect\">{hidden}\
+<button type=\"submit\" name=\"decision\" value=\"connect\">Connect</button></form>\
+<p><a href=\"/.pomerium/\">Cancel</a></p></body></html>",
+        server = escape(server),
+        user = escape(user),
     )
 }
 
@@ -49,11 +88,22 @@ pub fn message(title: &str, text: &str) -> String {
     )
 }
 
+/// What the consent page says about the client.
+pub struct ClientIdentity<'a> {
+    /// The name it gave (chosen by the client itself unless `verified_by`).
+    pub name: &'a str,
+    /// The host the authorization code is sent to.
+    pub redirect_host: &'a str,
+    /// The host of its client ID metadata document, when it has one on an allowed domain.
+    pub verified_by: Option<String>,
+}
+
 /// The consent page: approve (`decision=allow`) or deny (`decision=deny`) an MCP client's access
 /// to a server; the original authorization parameters travel as hidden fields.
 pub fn consent(
-    client: &str,
+    client: &ClientIdentity<'_>,
     server: &str,
+    resource: &str,
     user: &str,
     params: &std::collections::HashMap<String, String>,
     binding: &str,
@@ -75,16 +125,31 @@ pub fn consent(
         "<input type=\"hidden\" name=\"session_binding\" value=\"{}\">",
         escape(binding)
     ));
+    let who = match &client.verified_by {
+        Some(host) => format!(
+            "<p class=\"client\">Client published by <strong>{}</strong>; access is sent to <strong>{}</strong>.</p>",
+            escape(host),
+            escape(client.redirect_host)
+        ),
+        None => format!(
+            "<p class=\"client\"><span class=\"unverified\">Unverified</span> The name \u{201c}{}\u{201d} was chosen by the client itself. \
+Access is sent to <strong>{}</strong>: allow only if you just started connecting an app that runs there.</p>",
+            escape(client.name),
+            escape(client.redirect_host)
+        ),
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>Allow access · Postern</title><style>{STYLE} .deny{{background:#e5e7eb;color:#111}}</style></head><body>\
-<h1>Allow {client} to use {server}?</h1><p>Signed in as <strong>{user}</strong>. {client} will be able to call the tools of \
-<strong>{server}</strong> as you, until you sign out or revoke it.</p>\
+<title>Allow access · Postern</title><style>{STYLE} .deny{{background:#e5e7eb;color:#111}} \
+.unverified{{background:#fef3c7;color:#92400e;border-radius:4px;padding:0 .3rem;font-weight:600}}</style></head><body>\
+<h1>Allow {client} to use {server}?</h1>{who}<p>Signed in as <strong>{user}</strong>. {client} will be able to call the tools of \
+<strong>{server}</strong> (<code>{resource}</code>) as you, until you sign out or revoke it. It gets no other server.</p>\
 <form method=\"post\" action=\"/.pomerium/mcp/authorize\">{hidden}\
 <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
 <button type=\"submit\" name=\"decision\" value=\"deny\" class=\"deny\">Deny</button></form></body></html>",
-        client = escape(client),
+        client = escape(client.name),
         server = escape(server),
+        resource = escape(resource),
         user = escape(user),
     )
 }

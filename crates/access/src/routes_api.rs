@@ -4,7 +4,6 @@
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
@@ -16,6 +15,9 @@ use serde_json::{Value, json};
 use crate::hooks::{Access, cors, encode, html, json_error, json_response, redirect_to};
 use crate::oauth_server::{self, APP_AUDIENCE_PREFIX, APP_TOKEN_TTL_MS, AccessClaims};
 use crate::{pages, session, upstream};
+
+/// The sealing context of the connect confirmation's session binding.
+const CONNECT_BINDING: &str = "connect";
 
 impl Access {
     /// `/.pomerium/mcp/routes`, `/.pomerium/mcp/routes/disconnect`, `/.pomerium/mcp/connect`.
@@ -64,6 +66,9 @@ impl Access {
                 self.disconnect(ctx, &session, request).await
             }
             ("/.pomerium/mcp/connect", &Method::GET) => self.connect(ctx, &session, &request).await,
+            ("/.pomerium/mcp/connect", &Method::POST) => {
+                self.connect_confirmed(ctx, &session, request).await
+            }
             _ => json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -115,12 +120,15 @@ impl Access {
                         ),
                     );
                 }
-                let body = request
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
+                let body = match crate::forms::read_form(request).await {
+                    Ok(body) => body,
+                    Err(error) => {
+                        return html(
+                            error.status(),
+                            pages::message("Cannot disconnect", &format!("{error}.")),
+                        );
+                    }
+                };
                 let form = oauth_server::form(&body);
                 let Some(resource) = form.get("resource") else {
                     return html(
@@ -156,7 +164,7 @@ impl Access {
         }
     }
 
-    /// Who calls: the session cookie, or a TE (any resource: this only needs the identity).
+    /// Who calls: the session cookie, or the TE of an MCP client app route.
     async fn caller(&self, request: &Request<Body>) -> Option<Session> {
         let bearer = request
             .headers()
@@ -166,9 +174,12 @@ impl Access {
             .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim().to_owned());
         match bearer {
+            // Only a client-route (app) TE: a TE a client got for one MCP server must not list
+            // or disconnect the user's other servers.
             Some(token) => {
                 oauth_server::check_identity_token(self.store.keyring(), &self.revocations, &token)
                     .ok()
+                    .filter(|c| c.aud.starts_with(APP_AUDIENCE_PREFIX))
                     .map(|c| c.session())
             }
             None => session::current(request.headers(), &self.settings.cookie, &self.store).await,
@@ -235,13 +246,13 @@ impl Access {
         session: &Session,
         request: Request<Body>,
     ) -> Response<Body> {
-        let body = match request.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let body = match crate::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
                 return json_error(
-                    StatusCode::BAD_REQUEST,
+                    error.status(),
                     "invalid_request",
-                    "unreadable body",
+                    &error.to_string(),
                     &ctx.request_id,
                 );
             }
@@ -307,6 +318,99 @@ impl Access {
         {
             return redirect_to(&redirect);
         }
+        // Ask first: a link from anywhere must not start connecting an account.
+        let Ok(binding) = self
+            .store
+            .keyring()
+            .seal(CONNECT_BINDING, session.id.as_bytes())
+        else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message(
+                    "Cannot connect",
+                    "The gateway cannot seal the form; try again.",
+                ),
+            );
+        };
+        let resource = oauth_server::route_resource(&route, &ctx.origin());
+        let server = route
+            .config
+            .name
+            .clone()
+            .unwrap_or_else(|| resource.clone());
+        html(
+            StatusCode::OK,
+            pages::connect(
+                &server,
+                &session.email,
+                &[
+                    ("resource", &resource),
+                    ("redirect_url", &redirect),
+                    ("session_binding", &binding),
+                ],
+            ),
+        )
+    }
+
+    /// `POST /.pomerium/mcp/connect`: the user clicked Connect on the confirmation page.
+    async fn connect_confirmed(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let refused = |message: &str| {
+            html(
+                StatusCode::FORBIDDEN,
+                pages::message("Cannot connect", message),
+            )
+        };
+        if let Err(why) = crate::forms::user_activated_post(request.headers(), &ctx.origin()) {
+            return refused(&format!(
+                "The request was refused because {why}. Click Connect on the confirmation page."
+            ));
+        }
+        if session.idp == "te" {
+            return refused("Connecting an account needs a browser session, not a token.");
+        }
+        let body = match crate::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
+                return html(
+                    error.status(),
+                    pages::message("Cannot connect", &format!("{error}.")),
+                );
+            }
+        };
+        let form = oauth_server::form(&body);
+        let bound = form
+            .get("session_binding")
+            .and_then(|b| self.store.keyring().open(CONNECT_BINDING, b).ok())
+            .is_some_and(|id| id == session.id.as_bytes());
+        if !bound {
+            return refused(
+                "This confirmation is not valid for your session; open the Connect link again.",
+            );
+        }
+        let redirect = form
+            .get("redirect_url")
+            .cloned()
+            .unwrap_or_else(|| "/".into());
+        if !self.allowed_return(ctx, &redirect) {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message("Cannot connect", "redirect_url is not allowed."),
+            );
+        }
+        let Some(route) = form
+            .get("resource")
+            .and_then(|r| oauth_server::route_for_resource(ctx, r))
+        else {
+            return html(
+                StatusCode::NOT_FOUND,
+                pages::message("Cannot connect", "No MCP server here by that URL."),
+            );
+        };
         self.start_upstream(
             ctx,
             &route,
@@ -319,8 +423,16 @@ impl Access {
     /// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
     /// client route; plain http only on loopback hosts.
     fn allowed_return(&self, ctx: &RequestContext, target: &str) -> bool {
-        if target.starts_with('/') && !target.starts_with("//") && !target.starts_with("/\\") {
+        if crate::hooks::same_origin_target(target, &ctx.origin()).is_some() {
             return true;
+        }
+        // Resolved as a browser would, whitespace and backslashes refused first (see
+        // `same_origin_target`); only absolute URLs may name another host.
+        if target
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+        {
+            return false;
         }
         let Ok(url) = url::Url::parse(target) else {
             return false;
@@ -349,6 +461,7 @@ impl Access {
             cid: "mcp-client-route".into(),
             aud: format!("{APP_AUDIENCE_PREFIX}{}", ctx.origin()),
             exp: (now_ms() + APP_TOKEN_TTL_MS).min(session.expires_at),
+            clm: session.claims.clone(),
         };
         oauth_server::mint_access_token(self.store.keyring(), &claims)
     }

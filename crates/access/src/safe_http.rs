@@ -44,6 +44,41 @@ pub async fn fetch_json(
     body: Option<&Value>,
     trusted: bool,
 ) -> Result<Answer, String> {
+    let http = pinned_client(url, trusted).await?;
+    let request = match body {
+        Some(body) => http.post(url.clone()).json(body),
+        None => http.get(url.clone()),
+    };
+    let response = request
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch {url}: {}", with_causes(&e)))?;
+    let status = response.status();
+    let cache_control = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = read_capped(url, response, MAX_BYTES).await?;
+    let body = if status.is_success() {
+        serde_json::from_slice(&bytes).map_err(|e| format!("{url} did not answer JSON: {e}"))?
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer {
+        status: http::StatusCode::from_u16(status.as_u16())
+            .unwrap_or(http::StatusCode::BAD_GATEWAY),
+        body,
+        cache_control,
+    })
+}
+
+/// A client for requests to `url` alone, after the checks above: no credentials in the URL,
+/// `https` (or `http` to a trusted loopback host), an address that is public unless the host is
+/// trusted, and that address pinned (no second DNS lookup), no redirects, a 5 s time limit.
+/// Read its answers with [`read_capped`].
+pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Client, String> {
     let host = host_of(url);
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{url}: URLs with credentials are refused"));
@@ -66,51 +101,33 @@ pub async fn fetch_json(
             format!("{host} resolves to a private or local address; only trusted hosts may")
         })?;
     // Connect to the checked address, not to whatever a second lookup would say.
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIME_LIMIT)
         .resolve(&host, address)
         .build()
-        .map_err(|e| e.to_string())?;
-    let request = match body {
-        Some(body) => http.post(url.clone()).json(body),
-        None => http.get(url.clone()),
-    };
-    let mut response = request
-        .header("accept", "application/json")
-        .send()
-        .await
-        .map_err(|e| format!("cannot fetch {url}: {}", with_causes(&e)))?;
-    if response
-        .content_length()
-        .is_some_and(|l| l > MAX_BYTES as u64)
-    {
-        return Err(format!("{url} is larger than 64 KiB"));
+        .map_err(|e| e.to_string())
+}
+
+/// The body of `response` to `url`, refused when it is larger than `max` bytes (announced or
+/// actual), so a hostile server can't make the gateway buffer without bound.
+pub async fn read_capped(
+    url: &url::Url,
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<bytes::Bytes, String> {
+    let too_large = || format!("{url} answered more than {} KiB", max / 1024);
+    if response.content_length().is_some_and(|l| l > max as u64) {
+        return Err(too_large());
     }
-    let status = response.status();
-    let cache_control = response
-        .headers()
-        .get("cache-control")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| with_causes(&e))? {
-        if bytes.len() + chunk.len() > MAX_BYTES {
-            return Err(format!("{url} is larger than 64 KiB"));
+        if bytes.len() + chunk.len() > max {
+            return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);
     }
-    let body = if status.is_success() {
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url} did not answer JSON: {e}"))?
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    };
-    Ok(Answer {
-        status: http::StatusCode::from_u16(status.as_u16())
-            .unwrap_or(http::StatusCode::BAD_GATEWAY),
-        body,
-        cache_control,
-    })
+    Ok(bytes.into())
 }
 
 /// Whether `ip` is a public unicast address (not loopback, private, link-local, shared, ...).
@@ -134,13 +151,28 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                is_public(IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(hi) << 16) | u32::from(lo),
+                )))
+            };
+            // Addresses that carry an IPv4 address reach that address: judge it as IPv4.
+            // IPv4-compatible `::a.b.c.d` (::/96, which also holds :: and ::1), NAT64
+            // `64:ff9b::a.b.c.d` (RFC 6052), 6to4 `2002:aabb:ccdd::` (RFC 3056).
+            if s[..6] == [0; 6] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return !v6.is_loopback() && !v6.is_unspecified() && embedded(s[6], s[7]);
+            }
+            if s[0] == 0x2002 {
+                return embedded(s[1], s[2]);
+            }
+            !(v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed inside)
+                || (s[0] == 0x64 && s[1] == 0xff9b) // local-use NAT64 64:ff9b:1::/48 (RFC 8215)
+                || (s[0] == 0x2001 && s[1] == 0) // Teredo: an IPv4 address in disguise
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -159,4 +191,38 @@ fn with_causes(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_that_carry_a_private_ipv4_address_are_not_public() {
+        for private in [
+            "::127.0.0.1", // IPv4-compatible (::/96)
+            "::a9fe:a9fe", // ::169.254.169.254
+            "::10.0.0.1",
+            "::",
+            "::1",
+            "64:ff9b::127.0.0.1", // NAT64 (RFC 6052)
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::10.1.2.3",
+            "64:ff9b:1::1",                         // local-use NAT64 (RFC 8215)
+            "2002:7f00:1::",                        // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",                    // 6to4 of 169.254.169.254
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "fec0::1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "64:ff9b::93.184.216.34",
+            "::93.184.216.34",
+            "2002:5db8:d822::1",
+            "2606:4700::1111",
+        ] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
 }

@@ -1,11 +1,8 @@
 //! Browser sessions: kept server-side in the store; the cookie carries only the session id,
 //! sealed (encrypted and authenticated), `HttpOnly; SameSite=Lax`, and `Secure` unless the
-//! gateway serves plain HTTP on localhost. Sign-in attempts are rate-limited per account and per
-//! client address.
+//! gateway serves plain HTTP on localhost. (Sign-in guessing limits: `limiter`.)
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::HeaderMap;
 use postern_store::{Keyring, Session, Store};
@@ -75,40 +72,4 @@ pub fn clear_cookie(settings: &CookieSettings) -> String {
         settings.name,
         if settings.secure { "; Secure" } else { "" }
     )
-}
-
-/// Counts failed sign-ins per key in a sliding window.
-#[derive(Default)]
-pub struct RateLimiter {
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
-}
-
-impl RateLimiter {
-    /// Whether `key` has fewer than `max` failures in `window`.
-    pub fn allows(&self, key: &str, max: usize, window: Duration) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let list = failures.entry(key.to_owned()).or_default();
-        list.retain(|t| t.elapsed() < window);
-        list.len() < max
-    }
-
-    /// Records a failure for `key`.
-    pub fn fail(&self, key: &str) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        failures
-            .entry(key.to_owned())
-            .or_default()
-            .push(Instant::now());
-        if failures.len() > 100_000 {
-            failures.retain(|_, list| !list.is_empty());
-        }
-    }
-
-    /// Forgets `key` (after a successful sign-in).
-    pub fn clear(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-    }
 }

@@ -12,6 +12,9 @@ use postern_gateway::routes::{Kind, Route};
 use postern_store::{RefreshOutcome, UpstreamToken, now_ms};
 use serde_json::Value;
 
+use crate::discovery::UpstreamSettings;
+use crate::untrusted::Untrusted;
+
 /// Refresh this long before the TI expires.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
 /// How long a TI with a refresh token is kept (the provider decides when it really ends).
@@ -57,12 +60,20 @@ pub fn route_key(route: &Route) -> String {
     )
 }
 
-/// Why an upstream token request failed.
+/// Why an upstream token request failed. The provider's answer itself is only logged (escaped
+/// and capped): it is a stranger's text, and a discovered provider may be hostile.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// The provider refused (4xx): the grant is gone.
-    #[error("the provider refused: {0}")]
-    Refused(String),
+    #[error("the provider at {host} refused: HTTP {status}{}", .error.map(|e| format!(" ({e})")).unwrap_or_default())]
+    Refused {
+        /// The token endpoint's host.
+        host: String,
+        /// The HTTP status.
+        status: u16,
+        /// The OAuth error code of the answer (RFC 6749 §5.2), when it is one of the registered ones.
+        error: Option<&'static str>,
+    },
     /// The provider failed or could not be reached.
     #[error("the provider at {url} failed: {reason}")]
     Unavailable {
@@ -75,6 +86,21 @@ pub enum UpstreamError {
     #[error("upstream_oauth2 has no endpoint (auth_url and token_url are required)")]
     NotConfigured,
 }
+
+/// Largest token endpoint answer read (a token response is a few KiB at most).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The OAuth error codes (RFC 6749 §5.2, RFC 8707) an answer may name to the user.
+const OAUTH_ERRORS: [&str; 8] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_target",
+    "access_denied",
+];
 
 /// The provider's authorization URL for the user's browser.
 pub fn authorization_url(
@@ -115,17 +141,32 @@ pub fn authorization_url(
 }
 
 /// Calls the provider's token endpoint with `params`, authenticating as `auth_style` says
-/// (default `header`: HTTP Basic, RFC 6749 §2.3.1; Notion requires it).
-pub async fn token_request(
+/// (default `header`: HTTP Basic, RFC 6749 §2.3.1; Notion requires it). A configured provider
+/// is called with `http`; a discovered one (a URL a stranger's metadata named) only through
+/// [`crate::safe_http`]: its address checked and pinned, no redirects, the answer capped.
+pub(crate) async fn token_request(
     http: &reqwest::Client,
-    oauth: &UpstreamOAuth2,
+    oauth: &UpstreamSettings<'_>,
     params: &BTreeMap<&str, String>,
 ) -> Result<UpstreamToken, UpstreamError> {
     let endpoint = oauth
         .endpoint
         .as_ref()
         .ok_or(UpstreamError::NotConfigured)?;
-    let url = endpoint.token_url.to_string();
+    let token_url = &endpoint.token_url;
+    let url = token_url.to_string();
+    let unavailable = |reason: String| UpstreamError::Unavailable {
+        url: url.clone(),
+        reason,
+    };
+    let http = match oauth {
+        UpstreamSettings::Configured(_) => http.clone(),
+        UpstreamSettings::Discovered { token_trusted, .. } => {
+            crate::safe_http::pinned_client(token_url, *token_trusted)
+                .await
+                .map_err(unavailable)?
+        }
+    };
     let secret = oauth
         .client_secret
         .as_ref()
@@ -150,28 +191,31 @@ pub async fn token_request(
             }
         }
     }
-    let unavailable = |reason: String| UpstreamError::Unavailable {
-        url: url.clone(),
-        reason,
-    };
     let response = request
         .form(&form)
         .send()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let status = response.status();
-    let text = response
-        .text()
+    let bytes = crate::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    if status.is_client_error() {
-        return Err(UpstreamError::Refused(format!(
-            "HTTP {status}: {}",
-            text.chars().take(300).collect::<String>()
-        )));
-    }
+        .map_err(unavailable)?;
+    let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
-        return Err(unavailable(format!("HTTP {status}")));
+        let host = crate::safe_http::host_of(token_url);
+        tracing::warn!(provider = %host, %status, body = %Untrusted(&text), "the upstream token endpoint refused");
+        if !status.is_client_error() {
+            return Err(unavailable(format!("HTTP {status}")));
+        }
+        let error = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|b| b.get("error").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|e| OAUTH_ERRORS.into_iter().find(|known| *known == e));
+        return Err(UpstreamError::Refused {
+            host,
+            status: status.as_u16(),
+            error,
+        });
     }
     let body: Value = serde_json::from_str(&text)
         .or_else(|_| {
@@ -224,9 +268,9 @@ pub fn needs_refresh(token: &UpstreamToken) -> bool {
 }
 
 /// Refreshes `old`; a provider that returns no new refresh token keeps the old one.
-pub async fn refresh(
+pub(crate) async fn refresh(
     http: &reqwest::Client,
-    oauth: &UpstreamOAuth2,
+    oauth: &UpstreamSettings<'_>,
     old: UpstreamToken,
 ) -> Result<RefreshOutcome, UpstreamError> {
     let Some(refresh_token) = old.refresh_token.clone() else {
@@ -241,8 +285,8 @@ pub async fn refresh(
             token.refresh_token.get_or_insert(refresh_token);
             Ok(RefreshOutcome::Refreshed(token))
         }
-        Err(UpstreamError::Refused(reason)) => {
-            tracing::info!(%reason, "upstream refresh refused: the user must reconnect");
+        Err(refused @ UpstreamError::Refused { .. }) => {
+            tracing::info!(reason = %refused, "upstream refresh refused: the user must reconnect");
             Ok(RefreshOutcome::Revoked)
         }
         Err(other) => Err(other),

@@ -22,6 +22,10 @@ pub struct LocalUser {
     pub groups: Vec<String>,
     /// argon2id PHC string.
     pub password_hash: String,
+    /// Other claims the policy can match with `claim/<name>` (`email`, `name` and `groups`
+    /// are there already).
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The local users.
@@ -89,6 +93,7 @@ mod tests {
             name: "Ada".into(),
             groups: vec!["staff".into()],
             password_hash: hash_password("correct horse").unwrap(),
+            claims: Default::default(),
         }]);
         assert!(users.verify("ADA@example.com", "correct horse").is_some());
         assert!(users.verify("ada@example.com", "wrong").is_none());

@@ -39,6 +39,11 @@ struct Upstream {
     code_token_ttl: Option<i64>,
     /// The token endpoint no longer knows any client (the upstream lost its registrations).
     forgot_clients: bool,
+    /// An "internal admin" service on another port of the same machine, which the `ssrf*`
+    /// servers' metadata names as an endpoint.
+    admin_base: String,
+    /// Requests the internal admin service received (path and body).
+    admin_requests: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Upstream>>;
@@ -143,11 +148,24 @@ async fn as_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>)
     } else {
         format!("{base}/{server}")
     };
+    // `ssrf`: the token endpoint is an internal service on another port of the same host;
+    // `ssrfreg`: the registration endpoint is.
+    let admin = up.lock().unwrap().admin_base.clone();
+    let token_endpoint = if server == "ssrf" {
+        format!("{admin}/internal-admin/token")
+    } else {
+        format!("{base}/{server}/token")
+    };
+    let registration_endpoint = if server == "ssrfreg" {
+        format!("{admin}/internal-admin/register")
+    } else {
+        format!("{base}/{server}/register")
+    };
     axum::Json(json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{base}/{server}/authorize"),
-        "token_endpoint": format!("{base}/{server}/token"),
-        "registration_endpoint": format!("{base}/{server}/register"),
+        "token_endpoint": token_endpoint,
+        "registration_endpoint": registration_endpoint,
         "code_challenge_methods_supported": ["S256"],
         "response_types_supported": ["code"],
         "client_id_metadata_document_supported": server == "cimd",
@@ -218,7 +236,9 @@ async fn token(State(up): State<Shared>, headers: HeaderMap, body: String) -> Re
     if up.forgot_clients {
         return (
             StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "invalid_client", "error_description": "unknown client"})),
+            axum::Json(
+                json!({"error": "invalid_client", "error_description": "unknown client <b>call +1 555 0100</b>"}),
+            ),
         )
             .into_response();
     }
@@ -269,6 +289,24 @@ async fn fake_upstream(serve_root: bool) -> (String, Shared) {
         .route("/{server}/token", post(token))
         .with_state(shared.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // The internal admin service records whatever reaches it.
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    shared.lock().unwrap().admin_base = format!(
+        "http://127.0.0.1:{}",
+        admin_listener.local_addr().unwrap().port()
+    );
+    let seen = shared.clone();
+    let admin = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .admin_requests
+                .push(format!("{uri} {body}"));
+            axum::Json(json!({"access_token": "stolen", "client_id": "stolen"}))
+        }
+    });
+    tokio::spawn(async move { axum::serve(admin_listener, admin).await.unwrap() });
     (base, shared)
 }
 
@@ -295,6 +333,8 @@ async fn world() -> World {
         "badissuer",
         "badresource",
         "untrusted",
+        "ssrf",
+        "ssrfreg",
     ] {
         yaml.push_str(&format!(
             "  - {{from: http://localhost, prefix: /{server}, to: {up}/{server}/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
@@ -344,17 +384,16 @@ impl World {
     /// Connects the upstream account from the browser: `/connect`, the upstream's authorize
     /// (which approves at once), Postern's callback. Returns the authorize URL.
     async fn connect(&self, server: &str) -> url::Url {
-        let start = self
-            .browser
-            .get(format!(
-                "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-                self.base,
+        let start = support::connect(
+            &self.browser,
+            &self.base,
+            &format!(
+                "redirect_url=/done&resource={}",
                 url::form_urlencoded::byte_serialize(format!("{}/{server}", self.base).as_bytes())
                     .collect::<String>()
-            ))
-            .send()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         assert_eq!(start.status(), 303, "{}", start.text().await.unwrap());
         let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
         let back = self.browser.get(authorize.clone()).send().await.unwrap();
@@ -585,17 +624,16 @@ async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
     assert_eq!(w.upstream.lock().unwrap().registrations, 1);
     w.upstream.lock().unwrap().forgot_clients = true;
     // The code exchange is refused with invalid_client: the user sees why.
-    let start = w
-        .browser
-        .get(format!(
-            "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
-            w.base,
+    let start = support::connect(
+        &w.browser,
+        &w.base,
+        &format!(
+            "redirect_url=/done&resource={}",
             url::form_urlencoded::byte_serialize(format!("{}/hint", w.base).as_bytes())
                 .collect::<String>()
-        ))
-        .send()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let back = w
         .browser
         .get(start.headers()["location"].to_str().unwrap())
@@ -609,7 +647,20 @@ async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
         .await
         .unwrap();
     assert_eq!(failed.status(), 502);
-    assert!(failed.text().await.unwrap().contains("invalid_client"));
+    // The user learns the provider, the status and the OAuth error; the provider's own text
+    // (here with markup and a phone number) stays in the log.
+    let page = failed.text().await.unwrap();
+    let upstream_host = "127.0.0.1";
+    assert!(
+        page.contains("invalid_client")
+            && page.contains("HTTP 401")
+            && page.contains(upstream_host),
+        "{page}"
+    );
+    assert!(
+        !page.contains("unknown client") && !page.contains("555"),
+        "{page}"
+    );
     // The next upstream 401 discovers and registers again; connecting then works.
     w.upstream.lock().unwrap().forgot_clients = false;
     assert_eq!(w.call("hint").await.0, 401);
@@ -681,4 +732,53 @@ async fn a_configured_client_is_used_with_discovered_endpoints() {
         "the configured secret, by HTTP Basic"
     );
     assert_eq!(w.call("configured").await.0, 200);
+}
+
+/// Issue 11 item 4: the metadata of a discovered authorization server names an internal service
+/// (another port of the same machine) as its token or registration endpoint. The gateway must
+/// refuse the metadata before it sends that service anything: no code, no PKCE verifier, no
+/// registration. (Before the fix, the code and verifier were POSTed there.)
+#[tokio::test]
+async fn discovered_endpoints_off_the_issuer_s_origin_get_nothing() {
+    let w = world().await;
+    for (server, endpoint) in [
+        ("ssrf", "token_endpoint"),
+        ("ssrfreg", "registration_endpoint"),
+    ] {
+        let (status, body) = w.call(server).await;
+        // Try to connect the account anyway, following the redirects as a browser would.
+        let mut next = format!(
+            "{}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+            w.base,
+            url::form_urlencoded::byte_serialize(format!("{}/{server}", w.base).as_bytes())
+                .collect::<String>()
+        );
+        for _ in 0..4 {
+            let response = w.browser.get(&next).send().await.unwrap();
+            match response.headers().get("location") {
+                Some(location) if location.to_str().unwrap().starts_with("http") => {
+                    next = location.to_str().unwrap().to_owned();
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(
+            w.upstream.lock().unwrap().admin_requests,
+            Vec::<String>::new(),
+            "{server}: the internal service received requests"
+        );
+        assert_eq!(status, 502, "{server}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(endpoint)
+                && message.contains("issuer's origin")
+                && message.contains("mcp_allowed_as_metadata_domains"),
+            "{server}: {message}"
+        );
+        assert_eq!(
+            w.server_state(server).await,
+            (false, true),
+            "{server}: nothing stored"
+        );
+    }
 }

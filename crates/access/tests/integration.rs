@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 mod support;
 
+#[path = "integration/attacks.rs"]
+mod attacks;
+
 struct World {
     base: String,
     db: std::path::PathBuf,
@@ -124,14 +127,39 @@ routes:
     }
 }
 
-/// Signs in through the form; returns the cookie header value.
+/// A fresh sign-in form: the anti-forgery cookie (`name=value`) and the form's field.
+async fn sign_in_form(w: &World) -> (String, String) {
+    let page = client()
+        .get(format!("{}/.pomerium/sign_in", w.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("_postern_csrf="))
+        .expect("the sign-in page sets the anti-forgery cookie");
+    (cookie, support::csrf_field(&page.text().await.unwrap()))
+}
+
+/// Signs in through the form, as a browser would post it.
 async fn sign_in(w: &World, email: &str, password: &str) -> reqwest::Response {
+    sign_in_to(w, email, password, "/web").await
+}
+
+/// Signs in through the form, asking to be sent to `redirect` after.
+async fn sign_in_to(w: &World, email: &str, password: &str, redirect: &str) -> reqwest::Response {
+    let (csrf_cookie, csrf) = sign_in_form(w).await;
     client()
         .post(format!("{}/.pomerium/sign_in", w.base))
+        .header("cookie", csrf_cookie)
         .form(&[
             ("email", email),
             ("password", password),
-            ("redirect_uri", "/web"),
+            ("redirect_uri", redirect),
+            ("csrf_token", &csrf),
         ])
         .send()
         .await
@@ -203,8 +231,11 @@ async fn sign_in_accepts_the_right_password_and_rate_limits_guessing() {
         .await
         .unwrap();
     assert!(wrong_page.contains("Wrong email or password."));
+    // Each page carries a fresh anti-forgery value; everything else is the same.
+    let without_csrf = |page: &str| page.replace(&support::csrf_field(page), "");
     assert_eq!(
-        wrong_page, unknown_page,
+        without_csrf(&wrong_page),
+        without_csrf(&unknown_page),
         "a wrong password and an unknown user look the same"
     );
 
@@ -219,20 +250,18 @@ async fn sign_in_accepts_the_right_password_and_rate_limits_guessing() {
     assert_eq!(
         limited.status(),
         429,
-        "the account is locked out for a while, even with the right password"
+        "this address may not try this account for a while, even with the right password"
     );
+    assert!(limited.headers().contains_key("retry-after"));
 
     // Sign-in never redirects off this gateway.
-    let response = client()
-        .post(format!("{}/.pomerium/sign_in", w.base))
-        .form(&[
-            ("email", "ada@example.com"),
-            ("password", "correct horse"),
-            ("redirect_uri", "https://evil.test/steal"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let response = sign_in_to(
+        &w,
+        "ada@example.com",
+        "correct horse",
+        "https://evil.test/steal",
+    )
+    .await;
     assert_eq!(response.headers()["location"], "/.pomerium/");
 }
 
@@ -1322,15 +1351,15 @@ impl NotionWorld {
     /// at once), Postern's callback, back to `/done`.
     async fn connect(&self) {
         let base = &self.base;
-        let start = self
-            .browser
-            .get(format!(
-                "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+        let start = support::connect(
+            &self.browser,
+            base,
+            &format!(
+                "redirect_url=/done&resource={}",
                 urlencode(&format!("{base}/notion"))
-            ))
-            .send()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
         assert!(provider_url.starts_with(&self.provider), "{provider_url}");
         let back = self.browser.get(&provider_url).send().await.unwrap();

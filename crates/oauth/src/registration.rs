@@ -64,9 +64,33 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
         && a.query() == b.query()
 }
 
-/// Validates RFC 7591 client metadata and returns the metadata to store (with defaults filled
-/// in: `token_endpoint_auth_method` `client_secret_basic`, grants `authorization_code` and
-/// `refresh_token`, response type `code`).
+/// The client metadata fields kept (RFC 7591 §2), each string with its largest size in bytes.
+/// Anything else a client sends is dropped, not stored: a registration is anonymous, so what it
+/// may make the gateway keep is small and known.
+pub const KEPT_STRINGS: [(&str, usize); 9] = [
+    ("client_name", 200),
+    ("client_uri", MAX_URI_BYTES),
+    ("logo_uri", MAX_URI_BYTES),
+    ("scope", 1024),
+    ("software_id", 200),
+    ("software_version", 200),
+    ("token_endpoint_auth_method", 64),
+    ("jwks_uri", MAX_URI_BYTES),
+    // A client ID metadata document's own URL (registrations get theirs from the gateway).
+    ("client_id", MAX_URI_BYTES),
+];
+/// Largest redirect URI (and other URI), in bytes.
+pub const MAX_URI_BYTES: usize = 2048;
+/// Most redirect URIs a client may register.
+pub const MAX_REDIRECT_URIS: usize = 10;
+/// Largest inline `jwks`, serialized, in bytes (a few public keys).
+pub const MAX_JWKS_BYTES: usize = 8 * 1024;
+
+/// Validates RFC 7591 client metadata and returns the metadata to store: only the fields in
+/// [`KEPT_STRINGS`] plus `redirect_uris`, `grant_types`, `response_types` and `jwks`, each within
+/// its size limit (`invalid_client_metadata` naming the field and the limit otherwise), with
+/// defaults filled in: `token_endpoint_auth_method` `client_secret_basic`, grants
+/// `authorization_code` and `refresh_token`, response type `code`.
 pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthError> {
     let invalid = |m: String| OAuthError::new("invalid_client_metadata", m);
     let Value::Object(request) = request else {
@@ -84,10 +108,43 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
                 "redirect_uris is required: a non-empty list",
             )
         })?;
+    if redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(invalid(format!(
+            "redirect_uris has {} entries; at most {MAX_REDIRECT_URIS} are accepted",
+            redirect_uris.len()
+        )));
+    }
     for uri in redirect_uris {
-        check_redirect_uri(uri.as_str().ok_or_else(|| {
+        let uri = uri.as_str().ok_or_else(|| {
             OAuthError::new("invalid_redirect_uri", "redirect_uris must be strings")
-        })?)?;
+        })?;
+        if uri.len() > MAX_URI_BYTES {
+            return Err(invalid(format!(
+                "a redirect_uris entry is {} bytes; at most {MAX_URI_BYTES} are accepted",
+                uri.len()
+            )));
+        }
+        check_redirect_uri(uri)?;
+    }
+    for (key, max) in KEPT_STRINGS {
+        match request.get(key) {
+            Some(Value::String(value)) if value.len() > max => {
+                return Err(invalid(format!(
+                    "{key} is {} bytes; at most {max} are accepted",
+                    value.len()
+                )));
+            }
+            Some(Value::String(_)) | None => {}
+            Some(_) => return Err(invalid(format!("{key} must be a string"))),
+        }
+    }
+    if let Some(jwks) = request.get("jwks") {
+        let size = jwks.to_string().len();
+        if !jwks.is_object() || size > MAX_JWKS_BYTES {
+            return Err(invalid(format!(
+                "jwks must be a JWK set of at most {MAX_JWKS_BYTES} bytes (it is {size})"
+            )));
+        }
     }
     let method = request
         .get("token_endpoint_auth_method")
@@ -106,12 +163,16 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
     }
     let grants: Vec<String> = match request.get("grant_types") {
         None => vec!["authorization_code".into(), "refresh_token".into()],
-        Some(Value::Array(items)) => items
+        Some(Value::Array(items)) if items.len() <= 4 => items
             .iter()
             .filter_map(Value::as_str)
             .map(str::to_owned)
             .collect(),
-        Some(_) => return Err(invalid("grant_types must be a list".into())),
+        Some(_) => {
+            return Err(invalid(
+                "grant_types must be a list of at most 4 entries".into(),
+            ));
+        }
     };
     if let Some(bad) = grants
         .iter()
@@ -131,21 +192,12 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
     {
         return Err(invalid("response_types may only contain code".into()));
     }
-    for key in [
-        "client_name",
-        "client_uri",
-        "logo_uri",
-        "scope",
-        "software_id",
-        "software_version",
-    ] {
-        if let Some(value) = request.get(key)
-            && !value.is_string()
-        {
-            return Err(invalid(format!("{key} must be a string")));
-        }
-    }
-    let mut metadata = request.clone();
+    let mut metadata: Map<String, Value> = KEPT_STRINGS
+        .iter()
+        .map(|(key, _)| *key)
+        .chain(["redirect_uris", "jwks"])
+        .filter_map(|key| Some((key.to_owned(), request.get(key)?.clone())))
+        .collect();
     metadata.insert("token_endpoint_auth_method".into(), json!(method));
     metadata.insert("grant_types".into(), json!(grants));
     metadata.insert("response_types".into(), json!(["code"]));
@@ -213,6 +265,74 @@ mod tests {
             "http://127.0.0.1/callback",
             "http://localhost:51234/callback"
         ));
+    }
+
+    #[test]
+    fn only_known_fields_within_their_limits_are_kept() {
+        let junk = "x".repeat(60_000);
+        let kept = validate_metadata(&json!({
+            "redirect_uris": ["https://a.test/cb"],
+            "client_name": "Test",
+            "token_endpoint_auth_method": "none",
+            "junk": junk,
+            "contacts": ["a@a.test"],
+        }))
+        .unwrap();
+        let mut keys: Vec<&str> = kept.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "client_name",
+                "grant_types",
+                "redirect_uris",
+                "response_types",
+                "token_endpoint_auth_method"
+            ]
+        );
+
+        let refused = |request: Value, field: &str, limit: &str| {
+            let error = validate_metadata(&request).unwrap_err();
+            assert_eq!(error.code, "invalid_client_metadata", "{request}");
+            assert!(
+                error.description.contains(field) && error.description.contains(limit),
+                "{}",
+                error.description
+            );
+        };
+        let uri = |n: usize| format!("https://a.test/{}", "p".repeat(n));
+        refused(
+            json!({"redirect_uris": ["https://a.test/cb"], "client_name": "n".repeat(201)}),
+            "client_name",
+            "200",
+        );
+        refused(
+            json!({"redirect_uris": (0..11).map(|i| format!("https://a.test/{i}")).collect::<Vec<_>>()}),
+            "redirect_uris",
+            "10",
+        );
+        refused(
+            json!({"redirect_uris": [uri(2048)]}),
+            "redirect_uris",
+            "2048",
+        );
+        refused(
+            json!({"redirect_uris": ["https://a.test/cb"], "logo_uri": uri(2048)}),
+            "logo_uri",
+            "2048",
+        );
+        refused(
+            json!({"redirect_uris": ["https://a.test/cb"], "token_endpoint_auth_method": "private_key_jwt",
+                   "jwks": {"keys": [{"kty": "x".repeat(9000)}]}}),
+            "jwks",
+            "8192",
+        );
+        assert!(
+            validate_metadata(
+                &json!({"redirect_uris": ["https://a.test/cb"], "client_name": "n".repeat(200)})
+            )
+            .is_ok()
+        );
     }
 
     #[test]

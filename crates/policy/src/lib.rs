@@ -108,7 +108,8 @@ enum Test {
     Domain(StringMatcher),
     User(StringMatcher),
     Groups(Vec<String>),
-    Claim(String, Value),
+    /// A claim's values (one, or each element of a list) against a matcher.
+    Claim(String, StringMatcher),
     HttpMethod(StringMatcher),
     HttpPath(StringMatcher),
     McpTool(StringMatcher),
@@ -393,7 +394,7 @@ fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
         "mcp_tool" => Test::McpTool(string_matcher(arg, &at)?),
         "groups" => Test::Groups(list_matcher(arg, &at)?),
         claim if claim.starts_with("claim/") && claim.len() > 6 => {
-            Test::Claim(claim[6..].to_owned(), arg.clone())
+            Test::Claim(claim[6..].to_owned(), claim_matcher(arg, &at)?)
         }
         other => {
             return Err(error(
@@ -472,6 +473,34 @@ fn string_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyErro
     Ok(StringMatcher(out))
 }
 
+/// A claim takes what a string criterion takes (a value, a list meaning `in`, or a matcher
+/// object), and `has` as groups do (a list claim has the value).
+fn claim_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyError> {
+    match value {
+        Value::Object(ops) if ops.contains_key("has") => {
+            let mut rest = ops.clone();
+            let has = rest.remove("has").expect("checked above");
+            let has = match has {
+                Value::String(_) => has,
+                Value::Number(_) | Value::Bool(_) => Value::String(has.to_string()),
+                _ => return Err(error(&format!("{path}.has"), "expected a string")),
+            };
+            let mut matcher = if rest.is_empty() {
+                StringMatcher(Vec::new())
+            } else {
+                string_matcher(&Value::Object(rest), path)?
+            };
+            matcher.0.push((Op::Is, has));
+            Ok(matcher)
+        }
+        Value::Null => Err(error(
+            path,
+            "expected a value, a list of values or a matcher object (is, not, in, not_in, starts_with, ends_with, contains, has)",
+        )),
+        other => string_matcher(other, path),
+    }
+}
+
 fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
@@ -504,6 +533,29 @@ fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
             .map(|s| vec![s])
             .ok_or_else(|| error(path, "expected a group or `has: group`")),
     }
+}
+
+/// Whether a claim (absent, one value, or a list) satisfies every operator: a positive operator
+/// (`is`, `in`, `starts_with`, ...) needs one value that matches, a negative one (`not`,
+/// `not_in`) needs every value to (an absent claim has no values).
+fn claim_matches(claim: Option<&Value>, matcher: &StringMatcher) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    };
+    let values: Vec<String> = match claim {
+        Some(Value::Array(items)) => items.iter().filter_map(text).collect(),
+        Some(value) => text(value).into_iter().collect(),
+        None => Vec::new(),
+    };
+    matcher.0.iter().all(|(op, arg)| {
+        let one = StringMatcher(vec![(*op, arg.clone())]);
+        match op {
+            Op::Not | Op::NotIn => values.iter().all(|v| one.matches(v)),
+            _ => values.iter().any(|v| one.matches(v)),
+        }
+    })
 }
 
 impl StringMatcher {
@@ -574,13 +626,9 @@ fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
             .is_some_and(|(_, domain)| m.matches(&domain.to_ascii_lowercase())),
         Test::User(m) => user.is_some_and(|u| m.matches(&u.id)),
         Test::Groups(wanted) => user.is_some_and(|u| wanted.iter().all(|g| u.groups.contains(g))),
-        Test::Claim(name, expected) => user.is_some_and(|u| match u.claims.get(name) {
-            Some(Value::Array(values)) => values
-                .iter()
-                .any(|v| v == expected || v.as_str() == expected.as_str()),
-            Some(value) => value == expected,
-            None => false,
-        }),
+        Test::Claim(name, matcher) => {
+            user.is_some_and(|u| claim_matches(u.claims.get(name), matcher))
+        }
         Test::HttpMethod(m) => {
             m.matches(&input.method.to_ascii_uppercase()) || m.matches(input.method)
         }

@@ -545,3 +545,56 @@ fn errors_name_the_path() {
         "policy.allow.and[0]"
     );
 }
+
+/// `claim/<name>` in matcher-object form used to never match, so inside `deny` it failed open.
+#[test]
+fn claims_take_every_matcher_form_and_deny_on_them_holds() {
+    let ada = user("u-ada", "ada@example.com", &["staff"]);
+    let allows = |rule: Value| {
+        policy(json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [rule]}}))
+            .evaluate(&Input {
+                user: Some(&ada),
+                method: "GET",
+                path: "/",
+                mcp: None,
+            })
+            .allowed
+    };
+    // Each of these matches Ada, so the deny fires.
+    for rule in [
+        json!({"claim/roles": {"has": "writer"}}),
+        json!({"claim/roles": {"is": "writer"}}),
+        json!({"claim/roles": ["owner", "writer"]}),
+        json!({"claim/roles": {"in": ["owner", "writer"]}}),
+        json!({"claim/roles": {"starts_with": "wri"}}),
+        json!({"claim/department": {"is": "engineering"}}),
+        json!({"claim/department": {"ends_with": "ing"}}),
+        json!({"claim/department": {"not": "sales"}}),
+        json!({"claim/roles": {"not_in": ["owner"]}}),
+        json!({"claim/missing": {"not": "x"}}),
+    ] {
+        assert!(!allows(rule.clone()), "deny on {rule} must fire");
+    }
+    // These do not match Ada.
+    for rule in [
+        json!({"claim/roles": {"has": "owner"}}),
+        json!({"claim/roles": {"not": "writer"}}),
+        json!({"claim/department": {"in": ["sales"]}}),
+        json!({"claim/missing": {"is": "x"}}),
+    ] {
+        assert!(allows(rule.clone()), "deny on {rule} must not fire");
+    }
+    // A form the engine cannot evaluate is refused when the policy is read.
+    for bad in [
+        json!({"claim/roles": {"begins_with": "w"}}),
+        json!({"claim/roles": {"has": ["a"]}}),
+        json!({"claim/roles": null}),
+        json!({"claim/roles": {}}),
+    ] {
+        let doc = json!({"allow": {"and": [{"accept": true}]}, "deny": {"or": [bad]}});
+        assert!(
+            Policy::compile(Some(&doc), &Shorthands::default()).is_err(),
+            "{doc} must be a configuration error"
+        );
+    }
+}

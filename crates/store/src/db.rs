@@ -136,6 +136,10 @@ impl Db {
                 reason: format!("cannot create the directory {}: {e}", dir.display()),
             })?;
         }
+        create_private(path).map_err(|e| StoreError::Open {
+            target: format!("SQLite database {}", path.display()),
+            reason: format!("cannot create the file: {e}"),
+        })?;
         let conn = rusqlite::Connection::open(path).map_err(fail)?;
         Self::configure_sqlite(&conn, true).map_err(fail)?;
         Ok(Db::Sqlite(tokio::sync::Mutex::new(conn)))
@@ -517,6 +521,21 @@ pub(crate) fn redact_url(url: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(" "),
+    }
+}
+
+/// Creates the database file, if it does not exist yet, readable by the gateway's user only
+/// (0600): it holds sessions and sealed secrets. SQLite gives its `-wal` and `-shm` files the
+/// database file's permissions. An existing file keeps the permissions an administrator gave it.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

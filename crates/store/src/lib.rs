@@ -38,6 +38,13 @@ pub use upstream::{RefreshError, RefreshOutcome};
 
 use db::{Db, params};
 
+/// The `consents.client_id` value of a consent: the client and the resource, separated by a
+/// space (which neither a client id nor a URL contains). Consents stored before they were per
+/// resource (a bare client id) match nothing, so those users are asked again.
+fn consent_key(client_id: &str, resource: &str) -> String {
+    format!("{client_id} {resource}")
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -298,6 +305,23 @@ impl Store {
         Ok(())
     }
 
+    /// The client an unredeemed, unexpired code was issued to (the code stays unredeemed).
+    pub async fn code_client(&self, code: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM authorization_codes
+                 WHERE code_hash = ?1 AND redeemed_at IS NULL AND expires_at > ?2",
+                params![hash_secret(code), now_ms()],
+            )
+            .await?;
+        rows.first()
+            .map(|r| from_json::<CodeGrant>(&r.text(0)?).map(|g| g.client_id))
+            .transpose()
+    }
+
     /// Redeems a code exactly once. The first redemption records `family_id` (the token family
     /// it is about to create), so a replay can name what to revoke (RFC 6749 §4.1.2).
     pub async fn redeem_code(&self, code: &str, family_id: &str) -> Result<Redemption, StoreError> {
@@ -492,11 +516,13 @@ impl Store {
 
     // ---- consents --------------------------------------------------------------------------
 
-    /// Remembers that `user_id` approved `client_id` (for `scope`).
+    /// Remembers that `user_id` approved `client_id` for the MCP server `resource` (with
+    /// `scope`). A consent is per server: allowing a client one server allows it no other.
     pub async fn put_consent(
         &self,
         user_id: &str,
         client_id: &str,
+        resource: &str,
         scope: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
@@ -506,17 +532,18 @@ impl Store {
             .execute(
                 "INSERT INTO consents (user_id, client_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (user_id, client_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
-                params![user_id, client_id, scope, expires_at],
+                params![user_id, consent_key(client_id, resource), scope, expires_at],
             )
             .await?;
         Ok(())
     }
 
-    /// The scope `user_id` approved for `client_id`, if they did.
+    /// The scope `user_id` approved for `client_id` on `resource`, if they did.
     pub async fn get_consent(
         &self,
         user_id: &str,
         client_id: &str,
+        resource: &str,
     ) -> Result<Option<String>, StoreError> {
         let rows = self
             .db()
@@ -524,7 +551,7 @@ impl Store {
             .await?
             .query(
                 "SELECT data FROM consents WHERE user_id = ?1 AND client_id = ?2 AND expires_at > ?3",
-                params![user_id, client_id, now_ms()],
+                params![user_id, consent_key(client_id, resource), now_ms()],
             )
             .await?;
         rows.first().map(|r| r.text(0)).transpose()

@@ -174,6 +174,11 @@ async fn codes_redeem_once(t: TestStore) {
     let g = grant();
     s.put_code("code-1", &g).await.unwrap();
     assert_eq!(
+        s.code_client("code-1").await.unwrap(),
+        Some(g.client_id.clone()),
+        "looking at a code does not redeem it"
+    );
+    assert_eq!(
         s.redeem_code("code-1", "f1").await.unwrap(),
         Redemption::Redeemed(g)
     );
@@ -188,6 +193,7 @@ async fn codes_redeem_once(t: TestStore) {
         s.redeem_code("unknown", "f3").await.unwrap(),
         Redemption::Invalid
     );
+    assert_eq!(s.code_client("code-1").await.unwrap(), None, "redeemed");
     let mut expired = grant();
     expired.expires_at = now_ms() - 1;
     s.put_code("code-2", &expired).await.unwrap();
@@ -616,15 +622,20 @@ async fn pending_authorizations(t: TestStore) {
 
 async fn consents_and_keys(t: TestStore) {
     let s = &t.store;
-    assert!(s.get_consent("ada", "c1").await.unwrap().is_none());
-    s.put_consent("ada", "c1", "mcp", now_ms() + HOUR)
+    let (db, notes) = ("https://gw/db", "https://gw/notes");
+    assert!(s.get_consent("ada", "c1", db).await.unwrap().is_none());
+    s.put_consent("ada", "c1", db, "mcp", now_ms() + HOUR)
         .await
         .unwrap();
     assert_eq!(
-        s.get_consent("ada", "c1").await.unwrap().as_deref(),
+        s.get_consent("ada", "c1", db).await.unwrap().as_deref(),
         Some("mcp")
     );
-    assert!(s.get_consent("grace", "c1").await.unwrap().is_none());
+    assert!(
+        s.get_consent("ada", "c1", notes).await.unwrap().is_none(),
+        "a consent for one server is no consent for another"
+    );
+    assert!(s.get_consent("grace", "c1", db).await.unwrap().is_none());
 
     let other = t.another().await;
     let (a, b) = tokio::join!(
@@ -811,6 +822,24 @@ async fn kill_9(spec: String, backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(ti.token.access_token, "kept-through-kill");
+}
+
+/// The database and its WAL files hold sessions and sealed secrets: only the gateway's user may
+/// read them (issue 11: they were created world-readable, 0644 under the usual umask).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_files_are_readable_by_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = backends::sqlite().await.unwrap();
+    t.store.put_session(&session("s1", "u1")).await.unwrap();
+    let Backend::Sqlite(path) = &t.backend else {
+        unreachable!()
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
 }
 
 #[tokio::test]

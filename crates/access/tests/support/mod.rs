@@ -37,6 +37,7 @@ pub fn settings() -> AccessSettings {
         refresh_reuse_grace: Duration::ZERO,
         allowed_client_id_domains: vec!["127.0.0.1".into()],
         allowed_as_metadata_domains: vec![],
+        registration: Default::default(),
     }
 }
 
@@ -47,6 +48,7 @@ pub fn user(email: &str, name: &str, groups: &[&str], password: &str) -> LocalUs
         name: name.into(),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         password_hash: hash_password(password).unwrap(),
+        claims: Default::default(),
     }
 }
 
@@ -85,17 +87,82 @@ pub fn browser() -> reqwest::Client {
         .unwrap()
 }
 
+/// The hidden fields of a page's forms, unescaped.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    let unescape = |v: &str| {
+        v.replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    html.split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let value = rest.strip_prefix(" value=\"")?.split_once('"')?.0;
+            Some((unescape(name), unescape(value)))
+        })
+        .collect()
+}
+
+/// The anti-forgery field of a page's form.
+pub fn csrf_field(html: &str) -> String {
+    hidden_fields(html)
+        .into_iter()
+        .find(|(name, _)| name == "csrf_token")
+        .map(|(_, value)| value)
+        .unwrap_or_else(|| panic!("no csrf_token field in {html}"))
+}
+
+/// What a browser adds to a form post made by a click on a page of `base`.
+pub fn clicked(request: reqwest::RequestBuilder, base: &str) -> reqwest::RequestBuilder {
+    request
+        .header("origin", base)
+        .header("sec-fetch-site", "same-origin")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-user", "?1")
+}
+
 /// Signs `browser` in through the form at `base`.
 pub async fn sign_in(browser: &reqwest::Client, base: &str, email: &str, password: &str) {
-    let signed_in = browser
-        .post(format!("{base}/.pomerium/sign_in"))
+    let page = browser
+        .get(format!("{base}/.pomerium/sign_in"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let signed_in = clicked(browser.post(format!("{base}/.pomerium/sign_in")), base)
         .form(&[
             ("email", email),
             ("password", password),
             ("redirect_uri", "/"),
+            ("csrf_token", &csrf_field(&page)),
         ])
         .send()
         .await
         .unwrap();
     assert_eq!(signed_in.status(), 303, "sign-in as {email}");
+}
+
+/// Opens `/.pomerium/mcp/connect?{query}` in `browser` and clicks Connect on the confirmation
+/// page (when the server needs connecting); the response to that (a redirect to the provider).
+pub async fn connect(browser: &reqwest::Client, base: &str, query: &str) -> reqwest::Response {
+    let page = browser
+        .get(format!("{base}/.pomerium/mcp/connect?{query}"))
+        .send()
+        .await
+        .unwrap();
+    if page.status() != 200 {
+        return page;
+    }
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Connect your"), "{html}");
+    clicked(browser.post(format!("{base}/.pomerium/mcp/connect")), base)
+        .form(&hidden_fields(&html))
+        .send()
+        .await
+        .unwrap()
 }

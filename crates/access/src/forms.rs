@@ -1,0 +1,251 @@
+//! What every form and JSON body the gateway reads itself goes through: a size cap and a read
+//! deadline (the gateway's own endpoints run before any route's body limit, and most of them
+//! answer anonymous callers), and the cross-site checks for forms that change state.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, header};
+use http_body_util::BodyExt;
+use postern_gateway::body::Body;
+use postern_store::Keyring;
+
+/// Largest form or JSON body the gateway reads on its own endpoints.
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+/// How long a client may take to send such a body.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest email accepted (RFC 5321 allows 64 + 1 + 255 octets).
+pub const MAX_EMAIL_BYTES: usize = 320;
+
+/// Why a body was not read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over the cap (declared or sent).
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Not sent in time.
+    #[error("the request body was not sent within {0:?}")]
+    TooSlow(Duration),
+    /// The connection failed while reading.
+    #[error("the request body could not be read")]
+    Unreadable,
+}
+
+impl BodyError {
+    /// The HTTP status that says so.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            BodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
+            BodyError::Unreadable => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes within `deadline`. A declared `Content-Length`
+/// over the limit is refused before anything is read.
+pub async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let read = async move {
+        let mut body = body;
+        let mut buffer = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Unreadable)?;
+            if let Some(data) = frame.data_ref() {
+                if buffer.len() + data.len() > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+                buffer.extend_from_slice(data);
+            }
+        }
+        Ok(buffer.freeze())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(BodyError::TooSlow(deadline)))
+}
+
+/// Reads a form body of the gateway's own pages (64 KiB, 10 s).
+pub async fn read_form(request: http::Request<Body>) -> Result<Bytes, BodyError> {
+    let (parts, body) = request.into_parts();
+    read_limited(&parts.headers, body, MAX_FORM_BYTES, BODY_DEADLINE).await
+}
+
+/// Whether a state-changing form post comes from a page of this very origin, as far as the
+/// browser tells: `Sec-Fetch-Site` (when sent) is `same-origin` (or `none`: typed or bookmarked),
+/// and `Origin` (when sent) is this origin. Clients that send neither (scripts, old browsers)
+/// pass this check; what a cross-site page can make a browser send does not.
+pub fn same_origin_post(headers: &HeaderMap, origin: &str) -> Result<(), &'static str> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Err("the form was sent from another site");
+    }
+    if let Some(sent) = headers.get(header::ORIGIN)
+        && sent.as_bytes() != origin.as_bytes()
+    {
+        return Err("the form was sent from another origin");
+    }
+    Ok(())
+}
+
+/// Whether a form post was a person's click on a page of this origin: browsers that send
+/// `Sec-Fetch-*` headers must say `same-origin`, `navigate` and `?1` (user activation). A script
+/// on a page of this origin (a proxied app shares the origin) can submit a form, but not with
+/// user activation, and its `fetch` is not a navigation.
+pub fn user_activated_post(headers: &HeaderMap, origin: &str) -> Result<(), &'static str> {
+    same_origin_post(headers, origin)?;
+    if headers.contains_key("sec-fetch-site") {
+        let is =
+            |name: &str, value: &[u8]| headers.get(name).is_some_and(|v| v.as_bytes() == value);
+        if !is("sec-fetch-site", b"same-origin") {
+            return Err("the form was not sent from a page of this site");
+        }
+        if !is("sec-fetch-mode", b"navigate") || !is("sec-fetch-user", b"?1") {
+            return Err("the form was not sent by a click");
+        }
+    }
+    Ok(())
+}
+
+/// The cookie that carries a form's anti-forgery value.
+pub const CSRF_COOKIE: &str = "_postern_csrf";
+const CSRF_CONTEXT: &str = "form-csrf";
+
+/// A fresh anti-forgery pair: the cookie value, and the form field that goes with it (the
+/// cookie value sealed with the gateway's key, so a cookie planted by a sibling site cannot come
+/// with a field that matches it unless the attacker fetched both from the gateway).
+pub fn csrf_pair(keys: &Keyring) -> Option<(String, String)> {
+    let value = keys.random_token(24).ok()?;
+    let field = keys.seal(CSRF_CONTEXT, value.as_bytes()).ok()?;
+    Some((value, field))
+}
+
+/// `Set-Cookie` for the anti-forgery cookie (the sign-in and connect pages).
+pub fn csrf_cookie(value: &str, secure: bool) -> String {
+    format!(
+        "{CSRF_COOKIE}={value}; Path=/.pomerium/; Max-Age=3600; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// Whether the form's `field` goes with the request's anti-forgery cookie.
+pub fn csrf_matches(headers: &HeaderMap, field: Option<&str>, keys: &Keyring) -> bool {
+    let Some(expected) = field.and_then(|f| keys.open(CSRF_CONTEXT, f).ok()) else {
+        return false;
+    };
+    crate::session::cookies(headers, CSRF_COOKIE)
+        .any(|value| crate::oauth_server::secrets_match(value, &String::from_utf8_lossy(&expected)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    const HERE: &str = "https://gw.example";
+
+    #[test]
+    fn cross_site_posts_are_refused() {
+        assert!(same_origin_post(&headers(&[]), HERE).is_ok());
+        assert!(same_origin_post(&headers(&[("sec-fetch-site", "same-origin")]), HERE).is_ok());
+        assert!(same_origin_post(&headers(&[("origin", "https://gw.example")]), HERE).is_ok());
+        for refused in [
+            headers(&[("sec-fetch-site", "cross-site")]),
+            headers(&[("sec-fetch-site", "same-site")]),
+            headers(&[("origin", "https://evil.example")]),
+            headers(&[("origin", "null")]),
+            headers(&[("origin", "https://gw.example.evil")]),
+        ] {
+            assert!(same_origin_post(&refused, HERE).is_err(), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn consent_needs_a_click_when_the_browser_can_say_so() {
+        let click = [
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-user", "?1"),
+            ("origin", "https://gw.example"),
+        ];
+        assert!(user_activated_post(&headers(&click), HERE).is_ok());
+        assert!(
+            user_activated_post(&headers(&[]), HERE).is_ok(),
+            "no browser"
+        );
+        let scripted_submit = [
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "navigate"),
+        ];
+        let scripted_fetch = [
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-mode", "cors"),
+        ];
+        let typed = [
+            ("sec-fetch-site", "none"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-user", "?1"),
+        ];
+        for refused in [&scripted_submit[..], &scripted_fetch[..], &typed[..]] {
+            assert!(
+                user_activated_post(&headers(refused), HERE).is_err(),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_capped_and_must_arrive_in_time() {
+        let big = postern_gateway::body::full(vec![b'a'; MAX_FORM_BYTES + 1]);
+        assert_eq!(
+            read_limited(&HeaderMap::new(), big, MAX_FORM_BYTES, BODY_DEADLINE).await,
+            Err(BodyError::TooLarge(MAX_FORM_BYTES))
+        );
+        let declared = headers(&[("content-length", "300000000")]);
+        let small = postern_gateway::body::full("a=b");
+        assert_eq!(
+            read_limited(&declared, small, MAX_FORM_BYTES, BODY_DEADLINE).await,
+            Err(BodyError::TooLarge(MAX_FORM_BYTES))
+        );
+        let never = Never.boxed();
+        assert_eq!(
+            read_limited(&HeaderMap::new(), never, 10, Duration::from_millis(50)).await,
+            Err(BodyError::TooSlow(Duration::from_millis(50)))
+        );
+    }
+
+    /// A client that never sends its body.
+    struct Never;
+
+    impl http_body::Body for Never {
+        type Data = Bytes;
+        type Error = postern_gateway::body::BoxError;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Limits on dynamic client registration (RFC 7591), which anyone may call: registrations per
+//! client address in a window (429 with `Retry-After` beyond), a short life for registrations
+//! that are never used (made the normal life on first use), and the grant types a client
+//! registered, enforced at the token endpoint. What a registration may contain, and how large,
+//! is checked by [`postern_oauth::registration::validate_metadata`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_oauth::OAuthError;
+use postern_store::{OAuthClient, now_ms};
+use serde_json::Value;
+
+use crate::hooks::{Access, json_response};
+
+/// How long a registration lives once it has been used (each authorization renews it when less
+/// than half of this is left).
+pub const USED_TTL: Duration = Duration::from_secs(180 * 24 * 3600);
+
+/// Registration limits (the defaults suit any deployment; tests shorten them).
+#[derive(Clone, Debug)]
+pub struct RegistrationLimits {
+    /// Registrations accepted per client address (IPv6: per /64) in `window`.
+    pub per_address: u32,
+    /// The rate limit's window.
+    pub window: Duration,
+    /// How long a registration that no authorization has used yet is kept.
+    pub unused_ttl: Duration,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self {
+            per_address: 20,
+            window: Duration::from_secs(60),
+            unused_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Most client addresses tracked at once; beyond, the oldest window is dropped.
+const MAX_ADDRESSES: usize = 10_000;
+
+/// Registrations per client address in fixed windows. Keys are addresses (fixed size), the map
+/// is bounded, so an attacker can't grow it without bound.
+#[derive(Default)]
+pub struct RegistrationLimiter {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl RegistrationLimiter {
+    /// Counts a registration from `ip`; `Err(retry_after)` when the address is over the limit.
+    pub fn admit(&self, ip: IpAddr, limits: &RegistrationLimits) -> Result<(), Duration> {
+        let key = address_key(ip);
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= MAX_ADDRESSES && !windows.contains_key(&key) {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < limits.window);
+            if windows.len() >= MAX_ADDRESSES
+                && let Some(oldest) = windows
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| *k)
+            {
+                windows.remove(&oldest);
+            }
+        }
+        let (start, count) = windows.entry(key).or_insert((now, 0));
+        if now.duration_since(*start) >= limits.window {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= limits.per_address {
+            return Err(limits.window.saturating_sub(now.duration_since(*start)));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// The rate-limit key of an address: IPv6 addresses by their /64 (one host usually holds a
+/// whole /64), IPv4 (also IPv4-mapped) as they are.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl Access {
+    /// Counts a registration from the request's address; the 429 to answer when it is over the
+    /// limit.
+    pub(crate) fn registration_limited(&self, ctx: &RequestContext) -> Option<Response<Body>> {
+        let limits = &self.settings.registration;
+        let Err(retry_after) = self
+            .registration_limiter
+            .admit(ctx.client_addr.ip(), limits)
+        else {
+            return None;
+        };
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "client registrations rate limited");
+        let error = OAuthError::new(
+            "too_many_requests",
+            format!(
+                "too many client registrations from your address (at most {} per {} s); try again in {seconds} s",
+                limits.per_address,
+                limits.window.as_secs()
+            ),
+        );
+        let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &error.body());
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+        Some(response)
+    }
+
+    /// When a registration expires that nobody has used yet.
+    pub(crate) fn unused_registration_expiry(&self, now: i64) -> i64 {
+        now + self.settings.registration.unused_ttl.as_millis() as i64
+    }
+
+    /// Gives a registered client the normal lifetime when it is used (an authorization issued
+    /// a code) and less than half of it is left: a never-used registration goes within a day,
+    /// a used one stays. Client ID metadata documents are not stored, so not renewed.
+    pub(crate) async fn renew_registration(&self, client: &OAuthClient) {
+        let full = USED_TTL.as_millis() as i64;
+        let now = now_ms();
+        if client.client_id.contains("://") || client.expires_at - now >= full / 2 {
+            return;
+        }
+        let renewed = OAuthClient {
+            expires_at: now + full,
+            ..client.clone()
+        };
+        if let Err(error) = self.store.put_client(&renewed).await {
+            tracing::warn!(%error, client = %client.client_id, "cannot renew a client registration");
+        }
+    }
+}
+
+/// RFC 7591 §2: a client may use only the grant types it registered (`unauthorized_client`,
+/// RFC 6749 §5.2, otherwise). Clients stored without `grant_types` have the default
+/// (`authorization_code` and `refresh_token`).
+pub(crate) fn check_grant_type(client: &OAuthClient, grant_type: &str) -> Result<(), OAuthError> {
+    let registered = match client.metadata.get("grant_types").and_then(Value::as_array) {
+        Some(grants) => grants.iter().any(|g| g == grant_type),
+        None => matches!(grant_type, "authorization_code" | "refresh_token"),
+    };
+    if registered {
+        return Ok(());
+    }
+    Err(OAuthError::new(
+        "unauthorized_client",
+        format!("this client did not register the {grant_type} grant (grant_types)"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_gets_its_limit_per_window_and_ipv6_counts_per_64() {
+        let limiter = RegistrationLimiter::default();
+        let limits = RegistrationLimits {
+            per_address: 3,
+            ..Default::default()
+        };
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limiter.admit(a, &limits).is_ok());
+        }
+        let retry = limiter.admit(a, &limits).unwrap_err();
+        assert!(retry > Duration::from_secs(50) && retry <= Duration::from_secs(60));
+        assert!(
+            limiter
+                .admit("203.0.113.8".parse().unwrap(), &limits)
+                .is_ok()
+        );
+        for n in 1..=3 {
+            let ip: IpAddr = format!("2001:db8:1:2::{n}").parse().unwrap();
+            assert!(limiter.admit(ip, &limits).is_ok());
+        }
+        assert!(
+            limiter
+                .admit("2001:db8:1:2:ffff::9".parse().unwrap(), &limits)
+                .is_err(),
+            "same /64"
+        );
+        assert!(
+            limiter
+                .admit("2001:db8:1:3::1".parse().unwrap(), &limits)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_address_table_stays_bounded() {
+        let limiter = RegistrationLimiter::default();
+        let limits = RegistrationLimits::default();
+        for n in 0..(MAX_ADDRESSES as u32 + 500) {
+            let _ = limiter.admit(IpAddr::V4(n.into()), &limits);
+        }
+        assert!(limiter.windows.lock().unwrap().len() <= MAX_ADDRESSES);
+    }
+
+    #[test]
+    fn grant_types_are_those_registered() {
+        let client = |grants: Value| OAuthClient {
+            client_id: "c".into(),
+            metadata: serde_json::json!({ "grant_types": grants }),
+            secret: None,
+            created_at: 0,
+            expires_at: 0,
+        };
+        let code_only = client(serde_json::json!(["authorization_code"]));
+        assert!(check_grant_type(&code_only, "authorization_code").is_ok());
+        assert_eq!(
+            check_grant_type(&code_only, "refresh_token")
+                .unwrap_err()
+                .code,
+            "unauthorized_client"
+        );
+        let refresh_only = client(serde_json::json!(["refresh_token"]));
+        assert_eq!(
+            check_grant_type(&refresh_only, "authorization_code")
+                .unwrap_err()
+                .code,
+            "unauthorized_client"
+        );
+        let legacy = OAuthClient {
+            metadata: serde_json::json!({}),
+            ..code_only
+        };
+        assert!(check_grant_type(&legacy, "refresh_token").is_ok());
+    }
+}

@@ -1,0 +1,430 @@
+//! `tools/list` filtering: on a route with `mcp_tool` rules, every response the MCP server sends
+//! (POST answers and GET streams, JSON and SSE) shows only the tools the user may call.
+//!
+//! It fails closed: a body it cannot read is not passed on. Postern asks the server for
+//! uncompressed bodies (`Accept-Encoding: identity`), so a compressed one is refused rather than
+//! decoded; SSE is parsed as the spec says (lines end in CRLF, LF or CR; an event ends at a blank
+//! line) and streamed event by event, so long-lived GET streams are filtered too; an event whose
+//! data is not JSON is dropped.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use postern_gateway::body::{Body, BoxError, full};
+use serde_json::{Value, json};
+
+use crate::mcp;
+
+/// Largest JSON body, or SSE event, the filter holds at once.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Whether the user may call a tool.
+pub type MayCall = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Filters the tool lists in `response`.
+pub async fn filter_response(
+    may_call: MayCall,
+    response: Response<Body>,
+    request_id: &str,
+) -> Response<Body> {
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let media = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let mcp_body = media == "application/json" || media == "text/event-stream";
+    if encoded && mcp_body {
+        return unfilterable(
+            "the MCP server compressed its response although Postern asked for none (Accept-Encoding: identity), so its tool list cannot be filtered",
+            request_id,
+        );
+    }
+    let (mut parts, body) = response.into_parts();
+    match media.as_str() {
+        "text/event-stream" => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, SseFilter::new(body, may_call).boxed())
+        }
+        "application/json" => {
+            let Some(bytes) = read_whole(body).await else {
+                return unfilterable(
+                    "the MCP server's response could not be read whole (too large or cut off), so its tool list cannot be filtered",
+                    request_id,
+                );
+            };
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Response::from_parts(parts, full(bytes));
+            }
+            if !might_list_tools(&bytes) {
+                return Response::from_parts(parts, full(bytes));
+            }
+            let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+                return unfilterable(
+                    "the MCP server's response is not JSON, so its tool list cannot be filtered",
+                    request_id,
+                );
+            };
+            let bytes = if filter_message(&mut message, &*may_call) {
+                Bytes::from(message.to_string())
+            } else {
+                bytes
+            };
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, full(bytes))
+        }
+        // Not an MCP message body (an error page, 202 with nothing): no client reads tools there.
+        _ => Response::from_parts(parts, body),
+    }
+}
+
+/// The whole body, if it ends and holds at most [`MAX_MESSAGE_BYTES`].
+async fn read_whole(mut body: Body) -> Option<Bytes> {
+    let mut buffer = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            if buffer.len() + data.len() > MAX_MESSAGE_BYTES {
+                return None;
+            }
+            buffer.extend_from_slice(data);
+        }
+    }
+    Some(buffer.freeze())
+}
+
+/// Whether JSON text can hold a `tools` key: it names it, or escapes characters (`\u0074ools`).
+/// Most responses (tool results) hold neither and need no parsing.
+fn might_list_tools(json: &[u8]) -> bool {
+    json.windows(5).any(|w| w == b"tools") || json.windows(2).any(|w| w == b"\\u")
+}
+
+/// Filters one JSON-RPC message or batch; whether anything changed.
+fn filter_message(message: &mut Value, may_call: &dyn Fn(&str) -> bool) -> bool {
+    match message {
+        Value::Array(batch) => batch
+            .iter_mut()
+            .fold(false, |changed, m| mcp::filter_tools(m, may_call) | changed),
+        single => mcp::filter_tools(single, may_call),
+    }
+}
+
+fn unfilterable(why: &str, request_id: &str) -> Response<Body> {
+    tracing::warn!(request_id, why, "response dropped");
+    let mut response = Response::new(full(
+        json!({"error": "unfilterable_response", "message": why, "status": 502, "request_id": request_id})
+            .to_string(),
+    ));
+    *response.status_mut() = StatusCode::BAD_GATEWAY;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Filters one SSE event (its lines, without the blank line that ends it); `None` drops it.
+pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<String> {
+    let mut data: Option<String> = None;
+    for line in event.split('\n') {
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            }
+        }
+    }
+    let Some(data) = data.filter(|d| !d.is_empty()) else {
+        // Comments, `retry:`, an id with empty data (a resumption point): nothing to filter.
+        return Some(event.to_owned());
+    };
+    let mut message = serde_json::from_str::<Value>(&data).ok()?;
+    if !might_list_tools(data.as_bytes()) || !filter_message(&mut message, may_call) {
+        return Some(event.to_owned());
+    }
+    let mut out = String::new();
+    for line in event
+        .split('\n')
+        .filter(|l| l.split_once(':').map_or(*l, |(f, _)| f) != "data")
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&message.to_string());
+    Some(out)
+}
+
+/// Splits an SSE byte stream into events, whatever its line endings.
+#[derive(Default)]
+pub struct EventSplitter {
+    /// The current event's lines, line endings made `\n`.
+    pending: Vec<u8>,
+    /// The last byte seen was a CR (a following LF belongs to it).
+    after_cr: bool,
+}
+
+impl EventSplitter {
+    /// Feeds `chunk`; returns the events it completed (without their blank line). `Err` when an
+    /// event grows over [`MAX_MESSAGE_BYTES`].
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<String>, &'static str> {
+        let mut events = Vec::new();
+        for &byte in chunk {
+            let newline = match byte {
+                b'\n' if self.after_cr => {
+                    self.after_cr = false;
+                    continue;
+                }
+                b'\r' => {
+                    self.after_cr = true;
+                    true
+                }
+                b'\n' => true,
+                other => {
+                    self.after_cr = false;
+                    self.pending.push(other);
+                    false
+                }
+            };
+            if newline {
+                if self.pending.last() == Some(&b'\n') || self.pending.is_empty() {
+                    // A blank line: the event ends (an empty one is nothing).
+                    if let Some(event) = self.take_event() {
+                        events.push(event);
+                    }
+                } else {
+                    self.pending.push(b'\n');
+                }
+            }
+            if self.pending.len() > MAX_MESSAGE_BYTES {
+                return Err("an SSE event is larger than the filter holds");
+            }
+        }
+        Ok(events)
+    }
+
+    fn take_event(&mut self) -> Option<String> {
+        let mut bytes = std::mem::take(&mut self.pending);
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            return None;
+        }
+        // Not UTF-8: not an MCP message; it is dropped as unparseable by `filter_event`.
+        Some(String::from_utf8(bytes).unwrap_or_else(|_| "data: \u{fffd}".into()))
+    }
+}
+
+/// A body that passes SSE events through [`filter_event`] as they complete. An event left
+/// unfinished when the stream ends is dropped, as SSE clients drop it.
+struct SseFilter {
+    inner: Body,
+    splitter: EventSplitter,
+    ready: VecDeque<Bytes>,
+    may_call: MayCall,
+}
+
+impl SseFilter {
+    fn new(inner: Body, may_call: MayCall) -> Self {
+        Self {
+            inner,
+            splitter: EventSplitter::default(),
+            ready: VecDeque::new(),
+            may_call,
+        }
+    }
+}
+
+impl HttpBody for SseFilter {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    let events = match this.splitter.push(&frame) {
+                        Ok(events) => events,
+                        Err(why) => return Poll::Ready(Some(Err(why.into()))),
+                    };
+                    let mut out = String::new();
+                    for event in events {
+                        match filter_event(&event, &*this.may_call) {
+                            Some(kept) => {
+                                out.push_str(&kept);
+                                out.push_str("\n\n");
+                            }
+                            None => tracing::warn!(
+                                "dropped an SSE event whose data is not a JSON message (tool lists are filtered on this route)"
+                            ),
+                        }
+                    }
+                    if !out.is_empty() {
+                        this.ready.push_back(Bytes::from(out));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn may_call() -> MayCall {
+        Arc::new(|name: &str| name != "write_query")
+    }
+
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"read_query"},{"name":"write_query"}]}}"#;
+
+    async fn filtered(
+        content_type: &str,
+        encoding: Option<&str>,
+        chunks: &[&[u8]],
+    ) -> (u16, String) {
+        let body = Chunks(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect()).boxed();
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap(),
+        );
+        if let Some(encoding) = encoding {
+            response.headers_mut().insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_str(encoding).unwrap(),
+            );
+        }
+        let response = filter_response(may_call(), response, "r1").await;
+        let status = response.status().as_u16();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// An upstream body sent in these chunks.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl HttpBody for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn json_and_every_sse_framing_are_filtered() {
+        let (status, json) =
+            filtered("application/json; charset=utf-8", None, &[LIST.as_bytes()]).await;
+        assert_eq!(status, 200);
+        assert!(
+            json.contains("read_query") && !json.contains("write_query"),
+            "{json}"
+        );
+        for ending in ["\n", "\r\n", "\r"] {
+            let event = format!("id: 1{ending}event: message{ending}data: {LIST}{ending}{ending}");
+            // Split anywhere, even between a CR and its LF.
+            let bytes = event.as_bytes();
+            for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+                let (status, sse) =
+                    filtered("text/event-stream", None, &[&bytes[..cut], &bytes[cut..]]).await;
+                assert_eq!(status, 200);
+                assert!(
+                    sse.contains("read_query") && !sse.contains("write_query"),
+                    "line ending {ending:?}, cut at {cut}: {sse:?}"
+                );
+                assert!(sse.starts_with("id: 1\nevent: message\ndata: "), "{sse:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_filtered_is_not_passed_on() {
+        let (status, body) = filtered("application/json", Some("gzip"), &[b"\x1f\x8b..."]).await;
+        assert_eq!(status, 502, "{body}");
+        let (status, _) = filtered("text/event-stream", Some("br"), &[b"..."]).await;
+        assert_eq!(status, 502);
+        let (status, _) = filtered("application/json", None, &[b"{\"tools\": [oops"]).await;
+        assert_eq!(status, 502);
+        let (_, sse) = filtered(
+            "text/event-stream",
+            None,
+            &[
+                b"data: {\"result\":{\"tools\":[{\"name\":\"write_query\"}]\n\ndata: ",
+                LIST.as_bytes(),
+                b"\n\n: ping\n\n",
+            ],
+        )
+        .await;
+        assert!(!sse.contains("write_query"), "{sse}");
+        assert!(
+            sse.contains("read_query") && sse.contains(": ping"),
+            "{sse}"
+        );
+        // A batch inside one event.
+        let (_, sse) = filtered(
+            "text/event-stream",
+            None,
+            &[format!("data: [{LIST}]\n\n").as_bytes()],
+        )
+        .await;
+        assert!(
+            !sse.contains("write_query") && sse.contains("read_query"),
+            "{sse}"
+        );
+    }
+
+    #[test]
+    fn empty_data_and_comments_pass() {
+        let allow_all = |_: &str| true;
+        assert_eq!(
+            filter_event("id: 5\ndata:", &allow_all).as_deref(),
+            Some("id: 5\ndata:")
+        );
+        assert_eq!(
+            filter_event(": keep-alive", &allow_all).as_deref(),
+            Some(": keep-alive")
+        );
+        assert_eq!(filter_event("data: not json", &allow_all), None);
+    }
+}

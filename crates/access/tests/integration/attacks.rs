@@ -1,0 +1,862 @@
+//! The attack review's findings, each performed against a running gateway: login CSRF, unbounded
+//! bodies, parallel password guesses, redirects a browser resolves elsewhere, scripted consent,
+//! fail-open tool-list filtering, claims the policy could not see, and tokens used beyond their
+//! server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postern_access::Access;
+use postern_access::assertion::Signer;
+use postern_access::users::LocalUsers;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::support::{self, clicked, client, csrf_field, hidden_fields};
+
+/// What the fake MCP server saw.
+#[derive(Default)]
+struct Seen {
+    accept_encoding: Vec<String>,
+    calls: usize,
+}
+
+/// A gateway with Ada (staff), Eve (staff, `team: red`) and Mallory, in front of a fake MCP
+/// server that misbehaves on request: `/gz` answers gzip whatever it was asked, `/crlf` frames
+/// SSE with CRLF, `GET` opens a stream that carries a tool list.
+struct Target {
+    base: String,
+    seen: Arc<Mutex<Seen>>,
+    stop: CancellationToken,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+const TOOLS: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"read_query","inputSchema":{"type":"object"}},{"name":"write_query","inputSchema":{"type":"object"}}]}}"#;
+
+async fn fake_mcp_server(seen: Arc<Mutex<Seen>>, stop: &CancellationToken) -> String {
+    use axum::body::Body;
+    use axum::http::{Request, Response};
+    let app = axum::Router::new().fallback(move |request: Request<Body>| {
+        let seen = seen.clone();
+        async move {
+            {
+                let mut seen = seen.lock().unwrap();
+                seen.calls += 1;
+                seen.accept_encoding.push(
+                    request
+                        .headers()
+                        .get("accept-encoding")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default(),
+                );
+            }
+            let path = request.uri().path().to_owned();
+            let builder = Response::builder().status(200);
+            if request.method() == "GET" {
+                return builder
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from(format!("id: 1\r\ndata: {TOOLS}\r\n\r\n")))
+                    .unwrap();
+            }
+            if path.ends_with("/gz") {
+                // A tool list, gzip-compressed (a stored deflate block: valid gzip).
+                let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 1];
+                let len = TOOLS.len() as u16;
+                gz.extend_from_slice(&len.to_le_bytes());
+                gz.extend_from_slice(&(!len).to_le_bytes());
+                gz.extend_from_slice(TOOLS.as_bytes());
+                gz.extend_from_slice(&[0; 8]);
+                return builder
+                    .header("content-type", "application/json")
+                    .header("content-encoding", "gzip")
+                    .body(Body::from(gz))
+                    .unwrap();
+            }
+            if path.ends_with("/crlf") {
+                return builder
+                    .header("content-type", "text/event-stream")
+                    .body(Body::from(format!(
+                        "event: message\r\ndata: {TOOLS}\r\n\r\n"
+                    )))
+                    .unwrap();
+            }
+            builder
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}).to_string(),
+                ))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+async fn target() -> Target {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let stop = CancellationToken::new();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let up = fake_mcp_server(seen.clone(), &stop).await;
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - from: http://localhost
+    prefix: /tools
+    to: {up}
+    policy:
+      allow:
+        and:
+          - authenticated_user: true
+      deny:
+        or:
+          - mcp_tool: {{is: write_query}}
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /staff
+    to: {up}
+    policy:
+      allow:
+        and:
+          - claim/groups: {{has: staff}}
+      deny:
+        or:
+          - claim/team: {{is: red}}
+          - claim/email: {{is: mallory@other.test}}
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /other
+    to: {up}
+    allow_any_authenticated_user: true
+    mcp: {{}}
+"
+    );
+    let mut eve = support::user("eve@example.com", "Eve", &["staff"], "eve pw");
+    eve.claims.insert("team".into(), json!("red"));
+    let users = LocalUsers::new(vec![
+        support::user("ada@example.com", "Ada", &["staff"], "correct horse"),
+        support::user("mallory@other.test", "Mallory", &["staff"], "mallory pw"),
+        eve,
+    ]);
+    let access = Access::new(
+        support::memory_store().await,
+        users,
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        support::settings(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    support::serve(listener, &yaml, access, &stop);
+    Target {
+        base: format!("http://localhost:{port}"),
+        seen,
+        stop,
+    }
+}
+
+/// A signed-in browser.
+async fn browser_as(t: &Target, email: &str, password: &str) -> reqwest::Client {
+    let browser = support::browser();
+    support::sign_in(&browser, &t.base, email, password).await;
+    browser
+}
+
+/// The session cookie a response sets, if any.
+fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("_postern=") && !c.starts_with("_postern=;"))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+}
+
+async fn sign_in_page(t: &Target) -> (String, String) {
+    let page = client()
+        .get(format!("{}/.pomerium/sign_in", t.base))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("_postern_csrf="))
+        .unwrap();
+    (cookie, csrf_field(&page.text().await.unwrap()))
+}
+
+/// Item 1: a page on another site auto-submits the sign-in form with the attacker's
+/// credentials. Refused whichever way the forgery is dressed; no session is started.
+#[tokio::test]
+async fn a_forged_sign_in_signs_nobody_in() {
+    let t = target().await;
+    let url = format!("{}/.pomerium/sign_in", t.base);
+    let creds = [
+        ("email", "mallory@other.test"),
+        ("password", "mallory pw"),
+        ("redirect_uri", "/.pomerium/mcp/connect?resource=x"),
+    ];
+    // A cross-site form post, as a browser sends it (no anti-forgery pair: the attacker's page
+    // cannot read the gateway's form or set its cookie).
+    let forged = client()
+        .post(&url)
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(session_cookie(&forged).is_none());
+    // Even with a valid pair fetched by the attacker, the browser names the other site.
+    let (cookie, field) = sign_in_page(&t).await;
+    let mut with_pair = creds.to_vec();
+    with_pair.push(("csrf_token", &field));
+    for (origin, site) in [
+        ("https://evil.example", "cross-site"),
+        ("https://evil.localhost", "same-site"),
+        ("null", "cross-site"),
+    ] {
+        let forged = client()
+            .post(&url)
+            .header("cookie", &cookie)
+            .header("origin", origin)
+            .header("sec-fetch-site", site)
+            .form(&with_pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forged.status(), 403, "{origin} {site}");
+        assert!(session_cookie(&forged).is_none());
+    }
+    // A browser that sends no Origin (old, or a privacy setting): the pair decides.
+    for form in [creds.to_vec(), with_pair.clone()] {
+        let no_cookie = client().post(&url).form(&form).send().await.unwrap();
+        assert_eq!(no_cookie.status(), 403, "the field without its cookie");
+        assert!(session_cookie(&no_cookie).is_none());
+    }
+    let (other_cookie, _) = sign_in_page(&t).await;
+    let mismatched = client()
+        .post(&url)
+        .header("cookie", &other_cookie)
+        .form(&with_pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mismatched.status(), 403, "a cookie of another form");
+    let page = mismatched.text().await.unwrap();
+    assert!(page.contains("Sign in again"), "{page}");
+    // The real form, from the gateway's own page, works.
+    let ok = client()
+        .post(&url)
+        .header("cookie", &cookie)
+        .header("origin", &t.base)
+        .header("sec-fetch-site", "same-origin")
+        .form(&with_pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 303);
+    assert!(session_cookie(&ok).is_some());
+}
+
+/// Item 1: a sign-in over another user's session is refused until they sign out; the first
+/// user stays signed in.
+#[tokio::test]
+async fn a_sign_in_over_another_users_session_is_refused() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let page = ada
+        .get(format!("{}/.pomerium/sign_in", t.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let response = clicked(ada.post(format!("{}/.pomerium/sign_in", t.base)), &t.base)
+        .form(&[
+            ("email", "mallory@other.test"),
+            ("password", "mallory pw"),
+            ("redirect_uri", "/"),
+            ("csrf_token", &csrf_field(&page)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    assert!(session_cookie(&response).is_none());
+    assert!(response.text().await.unwrap().contains("ada@example.com"));
+    let me: Value = ada
+        .get(format!("{}/.pomerium/mcp/routes", t.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(me["servers"].is_array(), "Ada is still signed in: {me}");
+}
+
+/// Item 2: bodies the gateway reads itself are capped before they are read, and reading them
+/// has a deadline; a 300 MB sign-in post is refused at once.
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_they_are_read() {
+    let t = target().await;
+    let port = t.base.rsplit(':').next().unwrap().to_owned();
+    for path in [
+        "/.pomerium/sign_in",
+        "/.pomerium/mcp/register",
+        "/.pomerium/mcp/token",
+        "/.pomerium/mcp/authorize",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 300000000\r\n\r\nemail=a"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer while the 300 MB body was pending"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{path}: {answer}");
+    }
+    // Sent in chunks without a length: cut off at the cap, answered without reading the rest.
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /.pomerium/sign_in HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("4000\r\n{}\r\n", "a".repeat(0x4000));
+    for _ in 0..64 {
+        // The gateway may stop reading (and close) once it has refused.
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = vec![0; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "chunked: {answer}");
+    // Signed-in forms too.
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    for path in ["/.pomerium/disconnect", "/.pomerium/mcp/routes/disconnect"] {
+        let response = ada
+            .post(format!("{}{path}", t.base))
+            .header("origin", &t.base)
+            // Not reused: the gateway closes a connection whose body it did not read.
+            .header("connection", "close")
+            // Just over the cap, so the whole body fits in the socket buffers and the early
+            // answer is read rather than cut by the closing connection.
+            .body("a".repeat(70_000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 413, "{path}");
+    }
+    // An email no one has: refused before it is hashed or stored.
+    let (cookie, field) = sign_in_page(&t).await;
+    let long = format!("{}@example.com", "a".repeat(400));
+    let response = client()
+        .post(format!("{}/.pomerium/sign_in", t.base))
+        .header("cookie", cookie)
+        .form(&[
+            ("email", long.as_str()),
+            ("password", "x"),
+            ("csrf_token", &field),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+/// Item 7: parallel guesses each reserve an attempt before the password is checked, so 16 at
+/// once get at most 5 answers.
+#[tokio::test]
+async fn parallel_guesses_do_not_bypass_the_limit() {
+    let t = target().await;
+    let mut guesses = Vec::new();
+    for i in 0..16 {
+        let base = t.base.clone();
+        let (cookie, field) = sign_in_page(&t).await;
+        guesses.push(tokio::spawn(async move {
+            client()
+                .post(format!("{base}/.pomerium/sign_in"))
+                .header("cookie", cookie)
+                .form(&[
+                    ("email", "ada@example.com"),
+                    ("password", format!("guess {i}").as_str()),
+                    ("csrf_token", &field),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(checked <= 5, "{checked} passwords checked: {statuses:?}");
+    assert_eq!(checked + limited, 16, "{statuses:?}");
+}
+
+/// Item 5: redirect targets are resolved as a browser resolves them; tabs, newlines and
+/// backslashes never lead off the gateway.
+#[tokio::test]
+async fn redirects_never_leave_the_gateway() {
+    let t = target().await;
+    for evil in [
+        "/\t/evil.example/",
+        "/\n/evil.example/",
+        "/\r\n/evil.example/",
+        "//evil.example/",
+        "/\\evil.example/",
+        "\\\\evil.example",
+        " //evil.example",
+        "https:evil.example",
+        "https://evil.example/",
+        "/%09/evil.example/",
+        "javascript:alert(1)",
+    ] {
+        let response = client()
+            .get(format!("{}/.pomerium/sign_out", t.base))
+            .query(&[("redirect_uri", evil)])
+            .send()
+            .await
+            .unwrap();
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let resolved = url::Url::parse(&t.base).unwrap().join(&location).unwrap();
+        assert_eq!(
+            resolved.origin(),
+            url::Url::parse(&t.base).unwrap().origin(),
+            "sign_out?redirect_uri={evil:?} sent the browser to {location:?}"
+        );
+        assert!(
+            !location.contains('\t') && !location.contains('\\'),
+            "{location:?}"
+        );
+
+        let response = {
+            let (cookie, field) = sign_in_page(&t).await;
+            client()
+                .post(format!("{}/.pomerium/sign_in", t.base))
+                .header("cookie", cookie)
+                .form(&[
+                    ("email", "ada@example.com"),
+                    ("password", "correct horse"),
+                    ("redirect_uri", evil),
+                    ("csrf_token", &field),
+                ])
+                .send()
+                .await
+                .unwrap()
+        };
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        let resolved = url::Url::parse(&t.base).unwrap().join(&location).unwrap();
+        assert_eq!(
+            resolved.origin(),
+            url::Url::parse(&t.base).unwrap().origin(),
+            "sign-in to {evil:?} sent the browser to {location:?}"
+        );
+    }
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let response = ada
+        .get(format!("{}/.pomerium/mcp/connect", t.base))
+        .query(&[
+            ("redirect_url", "/\t/evil.example/"),
+            ("resource", &format!("{}/tools", t.base)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let plain = ada
+        .get(format!(
+            "{}/.pomerium/sign_out?redirect_uri=/tools/a?b=1",
+            t.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.headers()["location"], "/tools/a?b=1");
+}
+
+async fn register(t: &Target) -> String {
+    let registered: Value = client()
+        .post(format!("{}/.pomerium/mcp/register", t.base))
+        .json(&json!({"redirect_uris": [super::CALLBACK], "client_name": "Totally Claude", "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    registered["client_id"].as_str().unwrap().to_owned()
+}
+
+fn authorize_url(t: &Target, client_id: &str, resource: &str) -> String {
+    format!(
+        "{}/.pomerium/mcp/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=st4te&code_challenge={}&code_challenge_method=S256&resource={}",
+        t.base,
+        super::urlencode(super::CALLBACK),
+        super::CHALLENGE,
+        super::urlencode(resource),
+    )
+}
+
+/// Item 6: the consent form is refused unless a person clicked it: a script on a page of the
+/// same origin can read the form and submit it, but not with user activation.
+#[tokio::test]
+async fn consent_needs_a_click() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let client_id = register(&t).await;
+    let page = ada
+        .get(authorize_url(&t, &client_id, &format!("{}/tools", t.base)))
+        .send()
+        .await
+        .unwrap();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    let html = page.text().await.unwrap();
+    // The page says who the client really is.
+    assert!(
+        html.contains("Unverified") && html.contains("127.0.0.1"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("{}/tools", t.base)),
+        "the page names the server"
+    );
+    let mut fields = hidden_fields(&html);
+    fields.push(("decision".into(), "allow".into()));
+    let post = |extra: &[(&'static str, &'static str)]| {
+        let mut request = ada
+            .post(format!("{}/.pomerium/mcp/authorize", t.base))
+            .header("origin", &t.base);
+        for (k, v) in extra {
+            request = request.header(*k, *v);
+        }
+        request.form(&fields).send()
+    };
+    // `form.submit()` from a script: a navigation, without user activation.
+    let scripted = post(&[
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "navigate"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(scripted.status(), 400);
+    assert!(scripted.headers().get("location").is_none(), "no code");
+    // `fetch()` from a script.
+    let fetched = post(&[
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "cors"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(fetched.status(), 400);
+    // From another site, even "clicked".
+    let cross = post(&[
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-user", "?1"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(cross.status(), 400);
+    // A click.
+    let clicked = post(&[
+        ("sec-fetch-site", "same-origin"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-user", "?1"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(clicked.status(), 303);
+    let location = clicked.headers()["location"].to_str().unwrap();
+    assert!(location.contains("code="), "{location}");
+
+    // Consent is per server: the same client on another server asks again.
+    let other = ada
+        .get(authorize_url(&t, &client_id, &format!("{}/other", t.base)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        200,
+        "consent for /tools is not consent for /other"
+    );
+    assert!(
+        other
+            .text()
+            .await
+            .unwrap()
+            .contains("name=\"decision\" value=\"allow\"")
+    );
+    let again = ada
+        .get(authorize_url(&t, &client_id, &format!("{}/tools", t.base)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 303, "the consent for /tools is remembered");
+}
+
+/// Low: a resource on another origin is refused, not served by this origin's route of the
+/// same path.
+#[tokio::test]
+async fn a_resource_on_another_origin_is_refused() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let client_id = register(&t).await;
+    let response = ada
+        .get(authorize_url(&t, &client_id, "https://evil.example/tools"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(location.contains("error=invalid_target"), "{location}");
+}
+
+/// A TE for `resource`, through the whole OAuth flow as `browser`'s user.
+async fn te_for(t: &Target, browser: &reqwest::Client, resource: &str) -> String {
+    let client_id = register(t).await;
+    let page = browser
+        .get(authorize_url(t, &client_id, resource))
+        .send()
+        .await
+        .unwrap();
+    let location = if page.status() == 303 {
+        page.headers()["location"].to_str().unwrap().to_owned()
+    } else {
+        let html = page.text().await.unwrap();
+        let mut fields = hidden_fields(&html);
+        fields.push(("decision".into(), "allow".into()));
+        let approved = clicked(
+            browser.post(format!("{}/.pomerium/mcp/authorize", t.base)),
+            &t.base,
+        )
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+        approved.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let code = super::query_of(&location)["code"].clone();
+    let (_, body, _) = super::token(
+        &t.base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", super::CALLBACK),
+            ("client_id", &client_id),
+            ("code_verifier", super::VERIFIER),
+        ],
+        None,
+    )
+    .await;
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned()
+}
+
+async fn mcp_post(t: &Target, path: &str, auth: Auth<'_>, body: &Value) -> reqwest::Response {
+    let request = client()
+        .post(format!("{}{path}", t.base))
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    let request = match auth {
+        Auth::Bearer(te) => request.bearer_auth(te),
+        Auth::Browser(browser) => {
+            return browser
+                .post(format!("{}{path}", t.base))
+                .header("accept", "application/json, text/event-stream")
+                .json(body)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    request.send().await.unwrap()
+}
+
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    Bearer(&'a str),
+    Browser(&'a reqwest::Client),
+}
+
+/// Item 10: `claim/<name>` rules in matcher form, for local users' own fields and `claims`,
+/// decide the same with the session cookie and with a TE (every MCP client).
+#[tokio::test]
+async fn claim_rules_see_the_same_identity_with_a_cookie_and_a_te() {
+    let t = target().await;
+    let staff = format!("{}/staff", t.base);
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    for (email, password, allowed) in [
+        ("ada@example.com", "correct horse", true),
+        // `claim/team: {is: red}` under deny.
+        ("eve@example.com", "eve pw", false),
+        // `claim/email: {is: ...}` under deny.
+        ("mallory@other.test", "mallory pw", false),
+    ] {
+        let browser = browser_as(&t, email, password).await;
+        let te = te_for(&t, &browser, &format!("{}/other", t.base)).await;
+        let staff_te = if allowed {
+            Some(te_for(&t, &browser, &staff).await)
+        } else {
+            None
+        };
+        // A denied MCP request gets a JSON-RPC error (HTTP 200); an allowed one the server's
+        // result.
+        let answer = |response: reqwest::Response| async move {
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, body)
+        };
+        let (status, body) =
+            answer(mcp_post(&t, "/staff", Auth::Browser(&browser), &list).await).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body.get("result").is_some(),
+            allowed,
+            "{email} with a cookie: {body}"
+        );
+        if let Some(staff_te) = staff_te {
+            let (status, body) =
+                answer(mcp_post(&t, "/staff", Auth::Bearer(&staff_te), &list).await).await;
+            assert_eq!(status, 200);
+            assert!(body.get("result").is_some(), "{email} with a TE: {body}");
+        } else {
+            // The authorization server refuses a TE for a server the user may not use.
+            let client_id = register(&t).await;
+            let refused = browser
+                .get(authorize_url(&t, &client_id, &staff))
+                .send()
+                .await
+                .unwrap();
+            let location = refused.headers()["location"].to_str().unwrap().to_owned();
+            assert!(
+                location.contains("error=access_denied"),
+                "{email}: {location}"
+            );
+        }
+        let _ = te;
+    }
+}
+
+/// Item 9: tool lists are filtered on every stream of a route with tool rules, however the
+/// server frames or encodes them; what cannot be read is not passed on.
+#[tokio::test]
+async fn tool_lists_are_filtered_however_they_arrive() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    // SSE framed with CRLF.
+    let crlf = mcp_post(&t, "/tools/crlf", Auth::Browser(&ada), &list).await;
+    assert_eq!(crlf.status(), 200);
+    let text = crlf.text().await.unwrap();
+    assert!(
+        text.contains("read_query") && !text.contains("write_query"),
+        "{text}"
+    );
+    // A server that compresses although asked not to.
+    let gz = ada
+        .post(format!("{}/tools/gz", t.base))
+        .header("accept", "application/json, text/event-stream")
+        .header("accept-encoding", "gzip")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.status(), 502);
+    let body = gz.text().await.unwrap();
+    assert!(
+        !body.contains("write_query") && body.contains("compressed"),
+        "{body}"
+    );
+    assert!(
+        t.seen
+            .lock()
+            .unwrap()
+            .accept_encoding
+            .iter()
+            .all(|e| e == "identity"),
+        "the client's Accept-Encoding reached the server: {:?}",
+        t.seen.lock().unwrap().accept_encoding
+    );
+    // A GET stream.
+    let stream = ada
+        .get(format!("{}/tools", t.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let text = stream.text().await.unwrap();
+    assert!(
+        text.contains("read_query") && !text.contains("write_query"),
+        "{text}"
+    );
+}
+
+/// Low: a TE a client got for one MCP server does not list or disconnect the user's servers.
+#[tokio::test]
+async fn a_server_te_cannot_use_the_app_endpoints() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let te = te_for(&t, &ada, &format!("{}/other", t.base)).await;
+    let listed = client()
+        .get(format!("{}/.pomerium/mcp/routes", t.base))
+        .bearer_auth(&te)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 401);
+    let disconnect = client()
+        .post(format!("{}/.pomerium/mcp/routes/disconnect", t.base))
+        .bearer_auth(&te)
+        .json(&json!({"routes": [format!("{}/tools", t.base)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disconnect.status(), 401);
+    assert_eq!(t.seen.lock().unwrap().calls, 0);
+}
