@@ -543,12 +543,14 @@ fn access_log(
     user: Option<&str>,
     note: &str,
 ) {
+    // What the client chose is capped (a 30 KB method or path would otherwise be written on
+    // every request); string fields are written escaped by the log formatter.
     tracing::info!(
         target: "postern::access",
         request_id,
-        method = %method,
-        host,
-        path,
+        method = &*capped(method.as_str(), 24),
+        host = &*capped(host, 256),
+        path = &*capped(path, 2048),
         status = status.as_u16(),
         bytes,
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -557,6 +559,18 @@ fn access_log(
         note,
         "request"
     );
+}
+
+/// At most `max` bytes of `text` (cut on a character boundary, `…` marking the cut).
+fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
 }
 
 fn set_request_id(response: &mut Response<Body>, id: &str) {
@@ -621,4 +635,20 @@ fn client_identity<B>(
         _ => own_scheme,
     };
     (client, chain.join(", "), scheme)
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn client_chosen_log_fields_are_capped() {
+        assert_eq!(super::capped("GET", 24), "GET");
+        let method = "M".repeat(30_000);
+        let logged = super::capped(&method, 24);
+        assert_eq!(logged, format!("{}…(+29976 bytes)", "M".repeat(24)));
+        assert_eq!(
+            super::capped("ééé", 3),
+            "é…(+4 bytes)",
+            "cut on a character boundary"
+        );
+    }
 }

@@ -499,10 +499,14 @@ pub async fn serve_redirect(
     gateway: Gateway,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(SIDE_LISTENER_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let challenges = challenges.clone();
         let gateway = gateway.clone();
@@ -519,11 +523,39 @@ pub async fn serve_redirect(
                     ))
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_side_connection(stream, service).await;
+            drop(slot);
         });
     }
+}
+
+/// Most connections open at once on the redirect and metrics listeners (over it, new ones are
+/// closed at once).
+const SIDE_LISTENER_CONNECTIONS: usize = 1024;
+/// How long a connection to the redirect or metrics listener may stay open: their answers are
+/// tiny, so a connection that takes longer is trickling bytes to hold it.
+const SIDE_CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Serves one connection of the redirect or metrics listener: HTTP/1.1 or HTTP/2, request
+/// heads within 10 s, the whole connection within [`SIDE_CONNECTION_LIFETIME`].
+async fn serve_side_connection<S>(stream: tokio::net::TcpStream, service: S)
+where
+    S: hyper::service::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10));
+    builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(SIDE_CONNECTION_LIFETIME, connection).await;
 }
 
 fn redirect_or_challenge<B>(
@@ -581,10 +613,14 @@ fn redirect_or_challenge<B>(
 
 /// Prometheus metrics at `/metrics` and a health check at `/healthz`.
 pub async fn serve_metrics(listener: TcpListener, gateway: Gateway, shutdown: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(SIDE_LISTENER_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
         };
         let gateway = gateway.clone();
         tokio::spawn(async move {
@@ -607,9 +643,8 @@ pub async fn serve_metrics(listener: TcpListener, gateway: Gateway, shutdown: Ca
                     })
                 }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            serve_side_connection(stream, service).await;
+            drop(slot);
         });
     }
 }

@@ -747,3 +747,43 @@ async fn the_https_redirect_is_only_for_hosts_with_a_route() {
         response.head
     );
 }
+
+/// The redirect listener faces the internet too: a connection that trickles a request head is
+/// closed (it held its socket forever before).
+#[tokio::test]
+async fn the_redirect_listener_closes_connections_that_never_finish_a_request() {
+    use postern_gateway::server::{Challenges, serve_redirect};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = Running::start(
+        "insecure_server: true\nroutes:\n  - {from: http://mcp.example.com, to: http://127.0.0.1:1}\n",
+    )
+    .await;
+    tokio::spawn(serve_redirect(
+        listener,
+        443,
+        Arc::new(Challenges::default()),
+        gw.gateway.clone(),
+        gw.shutdown.clone(),
+    ));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: mcp.example.com\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the unfinished request still holds its connection after 20 s"
+    );
+}
