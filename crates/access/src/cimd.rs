@@ -269,7 +269,7 @@ impl Cimd {
     }
 }
 
-impl crate::Access {
+impl crate::authorization_server::AuthorizationServer {
     /// The client described at `client_id`, for the token endpoint, which anyone may call: the
     /// document is fetched only when the code or refresh token presented was issued to that
     /// client (so a signed-in user authorized it), never for a stranger's made-up request.

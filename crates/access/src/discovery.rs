@@ -690,7 +690,7 @@ impl std::ops::Deref for UpstreamSettings<'_> {
     }
 }
 
-impl crate::Access {
+impl crate::broker::UpstreamBroker {
     /// The upstream OAuth settings of `route`: configured (`upstream_oauth2`), or discovered for
     /// this origin. A discovered record whose endpoints fail today's checks (stored by an older
     /// version) is forgotten, so the next upstream 401 runs discovery again.
@@ -734,7 +734,7 @@ impl crate::Access {
     }
 }
 
-impl crate::Access {
+impl crate::broker::UpstreamBroker {
     /// Looks at an upstream's 401/403 on an MCP server route without `upstream_oauth2`: an
     /// upstream that runs MCP authorization is discovered (and the client told to authorize
     /// again, which takes the user through the upstream's consent); a TI it rejects is
@@ -794,7 +794,7 @@ impl crate::Access {
                 .delete_upstream_token(&session.user_id, &key)
                 .await;
             tracing::info!(target: "postern::audit", event = "upstream_token_rejected", user = %session.email, route = %route.id, %status, "the upstream refused the TI; the user must authorize again");
-            return Err(crate::hooks::not_connected(ctx, route));
+            return Err(crate::reply::not_connected(ctx, route));
         }
         if status != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -804,11 +804,11 @@ impl crate::Access {
             .discover(route, &key, &origin, &challenge)
             .await
         {
-            Ok(Some(_)) => Err(crate::hooks::not_connected(ctx, route)),
+            Ok(Some(_)) => Err(crate::reply::not_connected(ctx, route)),
             Ok(None) => Ok(response),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, route = %route.id, %error, "upstream OAuth discovery failed");
-                Err(crate::hooks::json_error(
+                Err(crate::reply::json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_discovery_failed",
                     &format!(

@@ -323,6 +323,23 @@ pub fn token_response(
     body
 }
 
+/// The TE an MCP client app route passes to its upstream (the app) for the signed-in user.
+pub fn app_token(keys: &Keyring, ctx: &RequestContext, session: &Session) -> String {
+    let claims = AccessClaims {
+        sub: session.user_id.clone(),
+        email: session.email.clone(),
+        name: session.name.clone(),
+        groups: session.groups.clone(),
+        sid: session.id.clone(),
+        fam: format!("app:{}", session.id),
+        cid: "mcp-client-route".into(),
+        aud: format!("{APP_AUDIENCE_PREFIX}{}", ctx.origin()),
+        exp: (now_ms() + APP_TOKEN_TTL_MS).min(session.expires_at),
+        clm: session.claims.clone(),
+    };
+    mint_access_token(keys, &claims)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

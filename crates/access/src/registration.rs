@@ -17,7 +17,7 @@ use postern_oauth::OAuthError;
 use postern_store::{OAuthClient, now_ms};
 use serde_json::Value;
 
-use crate::hooks::{Access, json_response};
+use crate::reply::json_response;
 
 /// How long a registration lives once it has been used (each authorization renews it when less
 /// than half of this is left).
@@ -98,7 +98,7 @@ fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl Access {
+impl crate::authorization_server::AuthorizationServer {
     /// Counts a registration from the request's address; the 429 to answer when it is over the
     /// limit.
     pub(crate) fn registration_limited(&self, ctx: &RequestContext) -> Option<Response<Body>> {

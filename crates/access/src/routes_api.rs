@@ -9,64 +9,56 @@ use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
 use postern_oauth::registration::is_loopback;
 use postern_policy::{Input, McpRequest};
-use postern_store::{Session, now_ms};
+use postern_store::Session;
 use serde_json::{Value, json};
 
-use crate::hooks::{Access, cors, encode, html, json_error, json_response, redirect_to};
-use crate::oauth_server::{self, APP_AUDIENCE_PREFIX, APP_TOKEN_TTL_MS, AccessClaims};
+use crate::broker::UpstreamBroker;
+use crate::dispatch::Endpoint;
+use crate::oauth_server::{self, APP_AUDIENCE_PREFIX};
+use crate::reply::{encode, html, json_error, json_response, redirect_to};
 use crate::{pages, session, upstream};
 
 /// The sealing context of the connect confirmation's session binding.
 const CONNECT_BINDING: &str = "connect";
 
-impl Access {
+impl UpstreamBroker {
     /// `/.pomerium/mcp/routes`, `/.pomerium/mcp/routes/disconnect`, `/.pomerium/mcp/connect`.
     pub(crate) async fn routes_api(
         &self,
         ctx: &RequestContext,
+        endpoint: Endpoint,
         request: Request<Body>,
-    ) -> Result<Response<Body>, Request<Body>> {
-        let path = request.uri().path().to_owned();
-        if matches!(path.as_str(), "/.pomerium/" | "/.pomerium/disconnect") {
-            return Ok(self.portal(ctx, request).await);
-        }
-        if !matches!(
-            path.as_str(),
-            "/.pomerium/mcp/routes" | "/.pomerium/mcp/routes/disconnect" | "/.pomerium/mcp/connect"
-        ) {
-            return Err(request);
-        }
+    ) -> Response<Body> {
         let session = self.caller(&request).await;
         let Some(session) = session else {
-            if path == "/.pomerium/mcp/connect" {
+            if endpoint == Endpoint::Connect {
                 let back = request
                     .uri()
                     .path_and_query()
                     .map_or("/", |p| p.as_str())
                     .to_owned();
-                return Ok(redirect_to(&format!(
+                return redirect_to(&format!(
                     "/.pomerium/sign_in?redirect_uri={}",
                     encode(&back)
-                )));
+                ));
             }
-            let mut response = json_error(
+            let response = json_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "sign in, or send the TE as a bearer token",
                 &ctx.request_id,
             );
-            cors(response.headers_mut());
-            return Ok(response);
+            return response;
         };
-        let mut response = match (path.as_str(), request.method()) {
-            ("/.pomerium/mcp/routes", &Method::GET) => {
+        let mut response = match (endpoint, request.method()) {
+            (Endpoint::Routes, &Method::GET) => {
                 json_response(StatusCode::OK, &self.server_list(ctx, &session).await)
             }
-            ("/.pomerium/mcp/routes/disconnect", &Method::POST) => {
+            (Endpoint::RoutesDisconnect, &Method::POST) => {
                 self.disconnect(ctx, &session, request).await
             }
-            ("/.pomerium/mcp/connect", &Method::GET) => self.connect(ctx, &session, &request).await,
-            ("/.pomerium/mcp/connect", &Method::POST) => {
+            (Endpoint::Connect, &Method::GET) => self.connect(ctx, &session, &request).await,
+            (Endpoint::Connect, &Method::POST) => {
                 self.connect_confirmed(ctx, &session, request).await
             }
             _ => json_error(
@@ -76,16 +68,19 @@ impl Access {
                 &ctx.request_id,
             ),
         };
-        cors(response.headers_mut());
         response
             .headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Ok(response)
+        response
     }
 
     /// The portal (`GET /.pomerium/`) and its Disconnect form (`POST /.pomerium/disconnect`),
     /// for a browser session only.
-    async fn portal(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn portal(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
         let Some(session) =
             session::current(request.headers(), &self.settings.cookie, &self.store).await
         else {
@@ -203,7 +198,7 @@ impl Access {
         ctx: &RequestContext,
         session: &Session,
     ) -> Vec<pages::ServerEntry> {
-        let user = Self::user_of(session);
+        let user = crate::session::user_of(session);
         let mut servers = Vec::new();
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
         routes.sort_by_key(|r| r.index);
@@ -423,7 +418,7 @@ impl Access {
     /// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
     /// client route; plain http only on loopback hosts.
     fn allowed_return(&self, ctx: &RequestContext, target: &str) -> bool {
-        if crate::hooks::same_origin_target(target, &ctx.origin()).is_some() {
+        if crate::reply::same_origin_target(target, &ctx.origin()).is_some() {
             return true;
         }
         // Resolved as a browser would, whitespace and backslashes refused first (see
@@ -447,23 +442,6 @@ impl Access {
                 .iter()
                 .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
         scheme_ok && known
-    }
-
-    /// The TE an MCP client app route passes to its upstream (the app) for the signed-in user.
-    pub(crate) fn app_token(&self, ctx: &RequestContext, session: &Session) -> String {
-        let claims = AccessClaims {
-            sub: session.user_id.clone(),
-            email: session.email.clone(),
-            name: session.name.clone(),
-            groups: session.groups.clone(),
-            sid: session.id.clone(),
-            fam: format!("app:{}", session.id),
-            cid: "mcp-client-route".into(),
-            aud: format!("{APP_AUDIENCE_PREFIX}{}", ctx.origin()),
-            exp: (now_ms() + APP_TOKEN_TTL_MS).min(session.expires_at),
-            clm: session.claims.clone(),
-        };
-        oauth_server::mint_access_token(self.store.keyring(), &claims)
     }
 }
 

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use http::HeaderMap;
+use postern_policy::User;
 use postern_store::{Keyring, Session, Store};
+use serde_json::{Value, json};
 
 /// Cookie settings.
 #[derive(Clone, Debug)]
@@ -72,4 +74,28 @@ pub fn clear_cookie(settings: &CookieSettings) -> String {
         settings.name,
         if settings.secure { "; Secure" } else { "" }
     )
+}
+
+/// The user as the policy sees them. `claim/email`, `claim/name` and `claim/groups` match
+/// the session's own fields when the identity source sent no such claim (local users, and
+/// providers that keep them out of the ID token).
+pub fn user_of(session: &Session) -> User {
+    let mut claims = session.claims.clone();
+    claims
+        .entry("email")
+        .or_insert_with(|| Value::String(session.email.clone()));
+    if !session.name.is_empty() {
+        claims
+            .entry("name")
+            .or_insert_with(|| Value::String(session.name.clone()));
+    }
+    claims
+        .entry("groups")
+        .or_insert_with(|| json!(session.groups));
+    User {
+        id: session.user_id.clone(),
+        email: session.email.clone(),
+        groups: session.groups.clone(),
+        claims,
+    }
 }

@@ -1,6 +1,10 @@
-//! The authorization server's HTTP endpoints (see `oauth_server` for the token model).
+//! The OAuth 2.1 authorization server for MCP clients: metadata, dynamic registration
+//! (`registration`), `/authorize` with sign-in and consent, `/token` (codes, refresh tokens,
+//! client authentication incl. `private_key_jwt`), `/revoke`; client ID metadata documents in
+//! `cimd`, the TE format in `oauth_server`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -9,12 +13,14 @@ use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
 use postern_oauth::{OAuthError, metadata, pkce, registration};
 use postern_store::{
-    CodeGrant, OAuthClient, Redemption, Revocation, Rotation, TokenFamily, now_ms,
+    CodeGrant, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
 use serde_json::{Value, json};
 
-use crate::hooks::{Access, cors, encode, html, json_response, redirect_to};
-use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX};
+use crate::broker::UpstreamBroker;
+use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX, RevocationCache};
+use crate::reply::{encode, html, json_response, redirect_to};
+use crate::settings::AccessSettings;
 use crate::untrusted::Untrusted;
 use crate::{pages, session};
 
@@ -23,55 +29,48 @@ const CODE_TTL_MS: i64 = 60_000;
 /// How long a consent is remembered.
 const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
 
-impl Access {
-    /// Answers the OAuth endpoints and discovery documents; `Err(request)` for anything else.
-    pub(crate) async fn oauth_endpoint(
-        &self,
-        ctx: &RequestContext,
-        route: Option<&std::sync::Arc<postern_gateway::routes::Route>>,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, Request<Body>> {
-        let path = request.uri().path().to_owned();
-        let oauth_path = path.starts_with("/.well-known/oauth-")
-            || path == "/.well-known/openid-configuration"
-            || path.starts_with("/.pomerium/mcp/");
-        let mcp_route = route.is_some_and(|r| r.is_mcp_server());
-        if request.method() == Method::OPTIONS && (oauth_path || mcp_route) {
-            return Ok(preflight());
+/// The authorization server. Owns the client registrations' limits and the client metadata
+/// document cache; asks the broker whether a route needs the user's upstream account.
+pub struct AuthorizationServer {
+    pub(crate) store: Store,
+    pub(crate) settings: AccessSettings,
+    pub(crate) revocations: Arc<RevocationCache>,
+    pub(crate) cimd: crate::cimd::Cimd,
+    pub(crate) registration_limiter: crate::registration::RegistrationLimiter,
+    pub(crate) broker: Arc<UpstreamBroker>,
+}
+
+impl AuthorizationServer {
+    /// The authorization server over `store`.
+    pub fn new(
+        store: Store,
+        settings: AccessSettings,
+        revocations: Arc<RevocationCache>,
+        broker: Arc<UpstreamBroker>,
+    ) -> Self {
+        Self {
+            cimd: crate::cimd::Cimd::new(settings.allowed_client_id_domains.clone()),
+            registration_limiter: Default::default(),
+            store,
+            settings,
+            revocations,
+            broker,
         }
-        let mut response =
-            if let Some(rest) = path.strip_prefix("/.well-known/oauth-protected-resource") {
-                self.protected_resource(ctx, rest)
-            } else if path.starts_with("/.well-known/oauth-authorization-server")
-                || path == "/.well-known/openid-configuration"
-            {
-                json_response(
-                    StatusCode::OK,
-                    &metadata::authorization_server(
-                        &ctx.origin(),
-                        self.settings.dynamic_registration,
-                        &["mcp"],
-                    ),
-                )
-            } else {
-                match path.as_str() {
-                    "/.pomerium/mcp/register" => self.register(ctx, request).await,
-                    "/.pomerium/mcp/authorize" => self.authorize_endpoint(ctx, request).await,
-                    "/.pomerium/mcp/token" => self.token(ctx, request).await,
-                    "/.pomerium/mcp/revoke" => self.revoke(request).await,
-                    "/.pomerium/mcp/client/oauth/callback" | "/.pomerium/mcp/oauth/callback" => {
-                        self.upstream_callback(ctx, &request).await
-                    }
-                    _ => return Err(request),
-                }
-            };
-        if path != "/.pomerium/mcp/authorize" && !path.ends_with("/oauth/callback") {
-            cors(response.headers_mut());
-        }
-        Ok(response)
     }
 
-    fn protected_resource(&self, ctx: &RequestContext, suffix: &str) -> Response<Body> {
+    /// RFC 8414 authorization server metadata (also served as OpenID configuration).
+    pub(crate) fn metadata(&self, ctx: &RequestContext) -> Response<Body> {
+        json_response(
+            StatusCode::OK,
+            &metadata::authorization_server(
+                &ctx.origin(),
+                self.settings.dynamic_registration,
+                &["mcp"],
+            ),
+        )
+    }
+
+    pub(crate) fn protected_resource(&self, ctx: &RequestContext, suffix: &str) -> Response<Body> {
         let path = if suffix.is_empty() { "/" } else { suffix };
         let route = ctx
             .runtime
@@ -101,7 +100,11 @@ impl Access {
         response
     }
 
-    async fn register(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn register(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
         if request.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -181,7 +184,7 @@ impl Access {
         response
     }
 
-    async fn authorize_endpoint(
+    pub(crate) async fn authorize_endpoint(
         &self,
         ctx: &RequestContext,
         request: Request<Body>,
@@ -209,7 +212,7 @@ impl Access {
             .await
     }
 
-    async fn authorize_with(
+    pub(crate) async fn authorize_with(
         &self,
         ctx: &RequestContext,
         issuer: &str,
@@ -350,7 +353,7 @@ impl Access {
                 );
             }
         }
-        let user = Self::user_of(&session);
+        let user = crate::session::user_of(&session);
         if !crate::routes_api::may_use(&route, &user) {
             return back(
                 OAuthError::new(
@@ -436,7 +439,12 @@ impl Access {
         }
 
         // A route that needs the user's upstream account (TI): get it first, then come back here.
-        if self.upstream_oauth(&route, &ctx.origin()).await.is_some() {
+        if self
+            .broker
+            .upstream_oauth(&route, &ctx.origin())
+            .await
+            .is_some()
+        {
             let key = crate::upstream::route_key(&route);
             if !matches!(
                 self.store.get_upstream_token(&session.user_id, &key).await,
@@ -446,7 +454,10 @@ impl Access {
                 resume_query.remove("session_binding");
                 let resume =
                     json!({"kind": "authorize", "query": resume_query, "origin": ctx.origin()});
-                return self.start_upstream(ctx, &route, &session, resume).await;
+                return self
+                    .broker
+                    .start_upstream(ctx, &route, &session, resume)
+                    .await;
             }
         }
         let code = format!(
@@ -476,7 +487,11 @@ impl Access {
         ))
     }
 
-    async fn token(&self, ctx: &RequestContext, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn token(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
         if request.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -672,7 +687,11 @@ impl Access {
                     // not yet) have: a new TE would only get 401 again. The client must run
                     // the authorization, which takes the user through the provider.
                     if let Some(route) = oauth_server::route_for_resource(ctx, &family.resource)
-                        && self.upstream_oauth(&route, &ctx.origin()).await.is_some()
+                        && self
+                            .broker
+                            .upstream_oauth(&route, &ctx.origin())
+                            .await
+                            .is_some()
                         && !matches!(
                             self.store
                                 .get_upstream_token(
@@ -785,7 +804,7 @@ impl Access {
     }
 
     /// RFC 7009: revoking either token of a family revokes the family. Always 200.
-    async fn revoke(&self, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
         let Some(body) = read_body(request).await else {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -839,23 +858,6 @@ fn no_store(response: &mut Response<Body>) {
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
 }
 
-fn preflight() -> Response<Body> {
-    let mut response = Response::new(postern_gateway::body::empty());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let h = response.headers_mut();
-    cors(h);
-    h.insert(
-        "access-control-allow-methods",
-        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
-    );
-    h.insert(
-        "access-control-allow-headers",
-        HeaderValue::from_static("authorization, content-type, mcp-session-id, mcp-protocol-version, last-event-id, accept"),
-    );
-    h.insert("access-control-max-age", HeaderValue::from_static("600"));
-    response
-}
-
 /// Sends the browser to sign in, then back to this authorization request.
 fn sign_in_first(query: &HashMap<String, String>) -> Response<Body> {
     let mut query = query.clone();
@@ -878,7 +880,7 @@ fn encode_query(query: &HashMap<String, String>) -> String {
 /// RFC 7523 client assertions.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-impl Access {
+impl AuthorizationServer {
     /// `private_key_jwt` (RFC 7523 §2.2): a JWT signed with a key from the client's JWKS, `iss`
     /// and `sub` the client id, `aud` this token endpoint (or the issuer), short-lived, its `jti`
     /// never seen before.
@@ -998,230 +1000,4 @@ fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
         "temporarily_unavailable",
         "the gateway's store is unavailable",
     )
-}
-
-/// The cookie that binds an upstream authorization to the browser that started it.
-const UPSTREAM_STATE_COOKIE: &str = "_postern_upstream";
-
-impl Access {
-    /// Sends the browser to the upstream provider for the user's TI, then back to `resume`.
-    pub(crate) async fn start_upstream(
-        &self,
-        ctx: &RequestContext,
-        route: &postern_gateway::routes::Route,
-        session: &postern_store::Session,
-        resume: Value,
-    ) -> Response<Body> {
-        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::message(
-                    "Not connectable",
-                    "This MCP server needs no upstream account.",
-                ),
-            );
-        };
-        let keys = self.store.keyring();
-        let (Ok(state), Ok(verifier)) = (keys.random_token(24), keys.random_token(32)) else {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                pages::message("Unavailable", "No randomness available."),
-            );
-        };
-        let pending = postern_store::PendingAuthorization {
-            user_id: session.user_id.clone(),
-            session_id: session.id.clone(),
-            route_id: crate::upstream::route_key(route),
-            pkce_verifier: verifier.clone(),
-            resume,
-            expires_at: now_ms() + 10 * 60 * 1000,
-        };
-        if self.store.put_pending(&state, &pending).await.is_err() {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                pages::message(
-                    "Unavailable",
-                    "The gateway's store is unavailable; try again.",
-                ),
-            );
-        }
-        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
-        match crate::upstream::authorization_url(
-            &oauth,
-            &callback,
-            &state,
-            &pkce::challenge_of(&verifier),
-        ) {
-            Ok(url) => {
-                let mut response = redirect_to(&url);
-                let secure = if self.settings.cookie.secure {
-                    "; Secure"
-                } else {
-                    ""
-                };
-                if let Ok(value) = HeaderValue::from_str(&format!(
-                    "{UPSTREAM_STATE_COOKIE}={}; Path=/.pomerium/; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
-                    postern_store::hash_secret(&state)
-                )) {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
-                response
-            }
-            Err(error) => html(
-                StatusCode::BAD_GATEWAY,
-                pages::message("Cannot connect", &error.to_string()),
-            ),
-        }
-    }
-
-    /// The upstream provider redirects here with the code for the TI.
-    pub(crate) async fn upstream_callback(
-        &self,
-        ctx: &RequestContext,
-        request: &Request<Body>,
-    ) -> Response<Body> {
-        let failed = |status: StatusCode, message: &str| {
-            html(
-                status,
-                pages::message("Connecting the account failed", message),
-            )
-        };
-        let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
-        if let Some(error) = query.get("error") {
-            let detail = query.get("error_description").cloned().unwrap_or_default();
-            return failed(
-                StatusCode::UNAUTHORIZED,
-                &format!("The provider answered {error}: {detail}"),
-            );
-        }
-        let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
-            return failed(
-                StatusCode::BAD_REQUEST,
-                "The provider's answer lacks code or state.",
-            );
-        };
-        let expected = postern_store::hash_secret(state);
-        let bound = crate::session::cookies(request.headers(), UPSTREAM_STATE_COOKIE)
-            .any(|v| v == expected);
-        let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
-        else {
-            return failed(
-                StatusCode::UNAUTHORIZED,
-                "You are not signed in here; start again from your MCP client.",
-            );
-        };
-        if !bound {
-            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with a state from another browser");
-            return failed(
-                StatusCode::BAD_REQUEST,
-                "This authorization was started in another browser; start again here.",
-            );
-        }
-        let pending = match self.store.take_pending(state).await {
-            Ok(Some(p)) => p,
-            _ => {
-                return failed(
-                    StatusCode::BAD_REQUEST,
-                    "This authorization is unknown or expired; start again.",
-                );
-            }
-        };
-        if pending.user_id != session.user_id {
-            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with another user's state");
-            return failed(
-                StatusCode::FORBIDDEN,
-                "This authorization belongs to another user.",
-            );
-        }
-        let Some(route) = ctx
-            .runtime
-            .routes
-            .all()
-            .iter()
-            .find(|r| crate::upstream::route_key(r) == pending.route_id)
-            .cloned()
-        else {
-            return failed(
-                StatusCode::NOT_FOUND,
-                "The MCP server this authorization was for is no longer configured.",
-            );
-        };
-        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
-            return failed(
-                StatusCode::NOT_FOUND,
-                "The MCP server no longer needs an upstream account.",
-            );
-        };
-        let callback = format!(
-            "{}/.pomerium/mcp/client/oauth/callback",
-            pending
-                .resume
-                .get("origin")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        );
-        let params = std::collections::BTreeMap::from([
-            ("grant_type", "authorization_code".to_owned()),
-            ("code", code.clone()),
-            ("redirect_uri", callback),
-            ("code_verifier", pending.pkce_verifier.clone()),
-        ]);
-        let token = match crate::upstream::token_request(&self.http, &oauth, &params).await {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
-                // A discovered upstream that no longer knows Postern's client: register again
-                // on the next attempt.
-                if matches!(
-                    &error,
-                    crate::upstream::UpstreamError::Refused {
-                        error: Some("invalid_client"),
-                        ..
-                    }
-                ) && crate::upstream::static_settings(&route).is_none()
-                {
-                    self.discovery
-                        .forget(&pending.route_id, &ctx.origin())
-                        .await;
-                }
-                return failed(StatusCode::BAD_GATEWAY, &error.to_string());
-            }
-        };
-        let keep = crate::upstream::keep_for(&token);
-        if self
-            .store
-            .put_upstream_token(
-                &session.user_id,
-                &pending.route_id,
-                &token,
-                now_ms() + keep.as_millis() as i64,
-            )
-            .await
-            .is_err()
-        {
-            return failed(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The gateway's store is unavailable; try again.",
-            );
-        }
-        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
-        match pending.resume.get("kind").and_then(Value::as_str) {
-            Some("authorize") => {
-                let query: HashMap<String, String> = serde_json::from_value(
-                    pending.resume.get("query").cloned().unwrap_or_default(),
-                )
-                .unwrap_or_default();
-                self.authorize_with(ctx, &ctx.origin(), query, None, request.headers())
-                    .await
-            }
-            _ => redirect_to(
-                pending
-                    .resume
-                    .get("redirect")
-                    .and_then(Value::as_str)
-                    .unwrap_or("/"),
-            ),
-        }
-    }
 }

@@ -1,0 +1,211 @@
+//! [`Access`]: the gateway's [`Hooks`], composed of the four services that own their state —
+//! [`SignIn`] (local users, OIDC, sessions), [`AuthorizationServer`] (OAuth for MCP clients),
+//! [`UpstreamBroker`] (users' upstream tokens) and [`Enforcement`] (policy on every request) —
+//! and the one table of the gateway's own endpoints ([`dispatch`](crate::dispatch)).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use postern_gateway::body::Body;
+use postern_gateway::hooks::{Grant, Hooks, RequestContext};
+use postern_gateway::routes::Route;
+use postern_store::Store;
+
+use crate::assertion::Signer;
+use crate::audit::Audit;
+use crate::authorization_server::AuthorizationServer;
+use crate::broker::{Callback, UpstreamBroker};
+use crate::dispatch::{self, Endpoint};
+use crate::enforcement::Enforcement;
+use crate::oauth_server::RevocationCache;
+use crate::oidc::Oidc;
+use crate::reply::{cors, json_response, preflight};
+use crate::settings::AccessSettings;
+use crate::sign_in::SignIn;
+use crate::users::LocalUsers;
+
+/// The gateway hooks.
+pub struct Access {
+    sign_in: SignIn,
+    server: AuthorizationServer,
+    broker: Arc<UpstreamBroker>,
+    enforcement: Enforcement,
+}
+
+impl Access {
+    /// Hooks over `store` with `users` signing in and `signer` making assertions.
+    pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
+        let revocations = Arc::new(RevocationCache::default());
+        RevocationCache::spawn_sync(&revocations, store.clone());
+        let http = {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default()
+        };
+        let broker = Arc::new(UpstreamBroker::new(
+            store.clone(),
+            settings.clone(),
+            http,
+            revocations.clone(),
+        ));
+        Self {
+            sign_in: SignIn::new(store.clone(), users, settings.cookie.clone()),
+            server: AuthorizationServer::new(
+                store.clone(),
+                settings.clone(),
+                revocations.clone(),
+                broker.clone(),
+            ),
+            enforcement: Enforcement {
+                audit: Audit::new(settings.audit_file.clone()),
+                store,
+                settings,
+                signer,
+                revocations,
+                broker: broker.clone(),
+            },
+            broker,
+        }
+    }
+
+    /// Signs users in with an OpenID Connect provider (local users may still post the form).
+    pub fn with_oidc(mut self, oidc: Oidc) -> Self {
+        self.sign_in = self.sign_in.with_oidc(oidc);
+        self
+    }
+
+    /// Answers one of the gateway's own endpoints.
+    async fn answer(
+        &self,
+        ctx: &RequestContext,
+        endpoint: Endpoint,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        match endpoint {
+            Endpoint::ProtectedResource => {
+                let suffix = request
+                    .uri()
+                    .path()
+                    .strip_prefix("/.well-known/oauth-protected-resource")
+                    .unwrap_or("");
+                self.server.protected_resource(ctx, suffix)
+            }
+            Endpoint::AuthorizationServerMetadata => self.server.metadata(ctx),
+            Endpoint::Jwks => cached(
+                json_response(StatusCode::OK, self.enforcement.signer.jwks()),
+                "public, max-age=300",
+            ),
+            // Postern's own client ID metadata document, for upstream authorization servers
+            // that accept one instead of dynamic registration.
+            Endpoint::ClientMetadata => cached(
+                json_response(
+                    StatusCode::OK,
+                    &crate::discovery::client_metadata_document(&ctx.origin()),
+                ),
+                "public, max-age=3600",
+            ),
+            Endpoint::Register => self.server.register(ctx, request).await,
+            Endpoint::Authorize => self.server.authorize_endpoint(ctx, request).await,
+            Endpoint::Token => self.server.token(ctx, request).await,
+            Endpoint::Revoke => self.server.revoke(request).await,
+            Endpoint::UpstreamCallback => {
+                match self.broker.upstream_callback(ctx, &request).await {
+                    Callback::Done(response) => response,
+                    Callback::ResumeAuthorization(query) => {
+                        self.server
+                            .authorize_with(ctx, &ctx.origin(), query, None, request.headers())
+                            .await
+                    }
+                }
+            }
+            Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
+            Endpoint::SignOut => self.sign_in.sign_out(ctx, &request).await,
+            Endpoint::OidcCallback => self.sign_in.oidc_callback(ctx, &request).await,
+            Endpoint::Portal | Endpoint::PortalDisconnect => self.broker.portal(ctx, request).await,
+            Endpoint::Routes | Endpoint::RoutesDisconnect | Endpoint::Connect => {
+                self.broker.routes_api(ctx, endpoint, request).await
+            }
+        }
+    }
+}
+
+fn cached(mut response: Response<Body>, policy: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    response
+}
+
+#[async_trait]
+impl Hooks for Access {
+    fn intercepts(
+        &self,
+        _ctx: &RequestContext,
+        route: Option<&Arc<Route>>,
+        request: &Request<Body>,
+    ) -> bool {
+        // Everything `intercept` answers: its own paths, and CORS preflights on MCP routes.
+        let path = request.uri().path();
+        path.starts_with("/.pomerium/")
+            || path.starts_with("/.well-known/")
+            || (request.method() == Method::OPTIONS && route.is_some_and(|r| r.is_mcp_server()))
+    }
+
+    async fn intercept(
+        &self,
+        ctx: &RequestContext,
+        route: Option<&Arc<Route>>,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, Request<Body>> {
+        let path = request.uri().path();
+        if request.method() == Method::OPTIONS
+            && (dispatch::preflights(path) || route.is_some_and(|r| r.is_mcp_server()))
+        {
+            return Ok(preflight());
+        }
+        let Some(endpoint) = dispatch::endpoint(path) else {
+            return Err(request);
+        };
+        let mut response = self.answer(ctx, endpoint, request).await;
+        if endpoint.is_api() {
+            cors(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        self.enforcement.authorize(ctx, route, request).await
+    }
+
+    async fn upstream_headers(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+    ) -> Result<HeaderMap, Response<Body>> {
+        self.enforcement.upstream_headers(ctx, route, grant).await
+    }
+
+    async fn filter_response(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        self.enforcement
+            .filter_response(ctx, route, grant, response)
+            .await
+    }
+}

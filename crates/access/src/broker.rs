@@ -1,0 +1,329 @@
+//! The upstream-token broker: each user's tokens (TI) at the upstream providers of MCP server
+//! routes (configured `upstream_oauth2`, or discovered from the server's own authorization
+//! server): getting them (the provider's authorization flow and its callback), refreshing them
+//! before they are passed upstream, and the app-facing endpoints to list, connect and
+//! disconnect them. Its other parts: `discovery` (finding a server's authorization server),
+//! `upstream` (the provider protocol), `routes_api` (the endpoints), `safe_http` (outbound
+//! requests to hosts a stranger may have named).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::Route;
+use postern_oauth::pkce;
+use postern_store::{Session, Store, now_ms};
+use serde_json::Value;
+
+use crate::oauth_server::{self, RevocationCache};
+use crate::reply::{html, json_error, not_connected, redirect_to};
+use crate::settings::AccessSettings;
+use crate::{pages, session};
+
+/// The broker. Shared (`Arc`) by the authorization server, enforcement and the endpoints.
+pub struct UpstreamBroker {
+    pub(crate) store: Store,
+    pub(crate) settings: AccessSettings,
+    pub(crate) http: reqwest::Client,
+    pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) revocations: Arc<RevocationCache>,
+}
+
+/// What the provider's callback leads to.
+pub(crate) enum Callback {
+    /// A page or redirect for the browser.
+    Done(Response<Body>),
+    /// The TI was for an authorization in progress: resume it with these parameters.
+    ResumeAuthorization(HashMap<String, String>),
+}
+
+impl UpstreamBroker {
+    /// A broker over `store`, calling providers with `http`.
+    pub fn new(
+        store: Store,
+        settings: AccessSettings,
+        http: reqwest::Client,
+        revocations: Arc<RevocationCache>,
+    ) -> Self {
+        let discovery = crate::discovery::Discovery::new(
+            store.clone(),
+            settings.allowed_as_metadata_domains.clone(),
+        );
+        Self {
+            store,
+            settings,
+            http,
+            discovery,
+            revocations,
+        }
+    }
+
+    /// `Authorization: Bearer <TI>` for the user on `route`, when the route brokers an upstream
+    /// account: refreshed first when it is about to expire; 401 when the user must connect it.
+    pub(crate) async fn upstream_token_header(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        session: &Session,
+    ) -> Result<Option<HeaderValue>, Response<Body>> {
+        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
+            return Ok(None);
+        };
+        let key = crate::upstream::route_key(route);
+        let result = self
+            .store
+            .refresh_upstream_token(
+                &session.user_id,
+                &key,
+                crate::upstream::needs_refresh,
+                crate::upstream::KEEP_WITH_REFRESH,
+                |old| crate::upstream::refresh(&self.http, &oauth, old),
+            )
+            .await;
+        match result {
+            Ok(Some(token)) => {
+                Ok(HeaderValue::from_str(&format!("Bearer {}", token.access_token)).ok())
+            }
+            Ok(None) => Err(not_connected(ctx, route)),
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
+                Err(json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_token_refresh_failed",
+                    &format!(
+                        "the upstream provider could not refresh your token, try again shortly: {error}"
+                    ),
+                    &ctx.request_id,
+                ))
+            }
+        }
+    }
+}
+
+/// The cookie that binds an upstream authorization to the browser that started it.
+const UPSTREAM_STATE_COOKIE: &str = "_postern_upstream";
+
+impl UpstreamBroker {
+    /// Sends the browser to the upstream provider for the user's TI, then back to `resume`.
+    pub(crate) async fn start_upstream(
+        &self,
+        ctx: &RequestContext,
+        route: &postern_gateway::routes::Route,
+        session: &postern_store::Session,
+        resume: Value,
+    ) -> Response<Body> {
+        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Not connectable",
+                    "This MCP server needs no upstream account.",
+                ),
+            );
+        };
+        let keys = self.store.keyring();
+        let (Ok(state), Ok(verifier)) = (keys.random_token(24), keys.random_token(32)) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Unavailable", "No randomness available."),
+            );
+        };
+        let pending = postern_store::PendingAuthorization {
+            user_id: session.user_id.clone(),
+            session_id: session.id.clone(),
+            route_id: crate::upstream::route_key(route),
+            pkce_verifier: verifier.clone(),
+            resume,
+            expires_at: now_ms() + 10 * 60 * 1000,
+        };
+        if self.store.put_pending(&state, &pending).await.is_err() {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message(
+                    "Unavailable",
+                    "The gateway's store is unavailable; try again.",
+                ),
+            );
+        }
+        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
+        match crate::upstream::authorization_url(
+            &oauth,
+            &callback,
+            &state,
+            &pkce::challenge_of(&verifier),
+        ) {
+            Ok(url) => {
+                let mut response = redirect_to(&url);
+                let secure = if self.settings.cookie.secure {
+                    "; Secure"
+                } else {
+                    ""
+                };
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    "{UPSTREAM_STATE_COOKIE}={}; Path=/.pomerium/; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+                    postern_store::hash_secret(&state)
+                )) {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+                response
+            }
+            Err(error) => html(
+                StatusCode::BAD_GATEWAY,
+                pages::message("Cannot connect", &error.to_string()),
+            ),
+        }
+    }
+
+    /// The upstream provider redirects here with the code for the TI.
+    pub(crate) async fn upstream_callback(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Callback {
+        let failed = |status: StatusCode, message: &str| {
+            Callback::Done(html(
+                status,
+                pages::message("Connecting the account failed", message),
+            ))
+        };
+        let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
+        if let Some(error) = query.get("error") {
+            let detail = query.get("error_description").cloned().unwrap_or_default();
+            return failed(
+                StatusCode::UNAUTHORIZED,
+                &format!("The provider answered {error}: {detail}"),
+            );
+        }
+        let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "The provider's answer lacks code or state.",
+            );
+        };
+        let expected = postern_store::hash_secret(state);
+        let bound = crate::session::cookies(request.headers(), UPSTREAM_STATE_COOKIE)
+            .any(|v| v == expected);
+        let Some(session) =
+            session::current(request.headers(), &self.settings.cookie, &self.store).await
+        else {
+            return failed(
+                StatusCode::UNAUTHORIZED,
+                "You are not signed in here; start again from your MCP client.",
+            );
+        };
+        if !bound {
+            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with a state from another browser");
+            return failed(
+                StatusCode::BAD_REQUEST,
+                "This authorization was started in another browser; start again here.",
+            );
+        }
+        let pending = match self.store.take_pending(state).await {
+            Ok(Some(p)) => p,
+            _ => {
+                return failed(
+                    StatusCode::BAD_REQUEST,
+                    "This authorization is unknown or expired; start again.",
+                );
+            }
+        };
+        if pending.user_id != session.user_id {
+            tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with another user's state");
+            return failed(
+                StatusCode::FORBIDDEN,
+                "This authorization belongs to another user.",
+            );
+        }
+        let Some(route) = ctx
+            .runtime
+            .routes
+            .all()
+            .iter()
+            .find(|r| crate::upstream::route_key(r) == pending.route_id)
+            .cloned()
+        else {
+            return failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server this authorization was for is no longer configured.",
+            );
+        };
+        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
+            return failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server no longer needs an upstream account.",
+            );
+        };
+        let callback = format!(
+            "{}/.pomerium/mcp/client/oauth/callback",
+            pending
+                .resume
+                .get("origin")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        let params = std::collections::BTreeMap::from([
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", callback),
+            ("code_verifier", pending.pkce_verifier.clone()),
+        ]);
+        let token = match crate::upstream::token_request(&self.http, &oauth, &params).await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
+                // A discovered upstream that no longer knows Postern's client: register again
+                // on the next attempt.
+                if matches!(
+                    &error,
+                    crate::upstream::UpstreamError::Refused {
+                        error: Some("invalid_client"),
+                        ..
+                    }
+                ) && crate::upstream::static_settings(&route).is_none()
+                {
+                    self.discovery
+                        .forget(&pending.route_id, &ctx.origin())
+                        .await;
+                }
+                return failed(StatusCode::BAD_GATEWAY, &error.to_string());
+            }
+        };
+        let keep = crate::upstream::keep_for(&token);
+        if self
+            .store
+            .put_upstream_token(
+                &session.user_id,
+                &pending.route_id,
+                &token,
+                now_ms() + keep.as_millis() as i64,
+            )
+            .await
+            .is_err()
+        {
+            return failed(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway's store is unavailable; try again.",
+            );
+        }
+        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
+        match pending.resume.get("kind").and_then(Value::as_str) {
+            Some("authorize") => {
+                let query: HashMap<String, String> = serde_json::from_value(
+                    pending.resume.get("query").cloned().unwrap_or_default(),
+                )
+                .unwrap_or_default();
+                Callback::ResumeAuthorization(query)
+            }
+            _ => Callback::Done(redirect_to(
+                pending
+                    .resume
+                    .get("redirect")
+                    .and_then(Value::as_str)
+                    .unwrap_or("/"),
+            )),
+        }
+    }
+}

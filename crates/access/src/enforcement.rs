@@ -1,0 +1,418 @@
+//! Enforcement: for every proxied request, who the user is (a TE on MCP server routes, else the
+//! session cookie), whether the route's policy lets them (each MCP call checked on its own),
+//! what the upstream gets (the identity assertion, the TI, a client route's TE), and what comes
+//! back (tool lists filtered, tool calls audited).
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use postern_config::IssuerFormat;
+use postern_gateway::body::{Body, Observed, full};
+use postern_gateway::errors::GatewayError;
+use postern_gateway::hooks::{Grant, RequestContext};
+use postern_gateway::routes::Route;
+use postern_policy::{Input, McpRequest};
+use postern_store::{Session, Store};
+use serde_json::Value;
+
+use crate::assertion::Signer;
+use crate::audit::{Audit, AuditEvent};
+use crate::broker::UpstreamBroker;
+use crate::mcp::{self, Call};
+use crate::oauth_server::{self, RevocationCache, TokenError};
+use crate::reply::{cors, encode, json_error, json_response, redirect_to};
+use crate::session;
+use crate::settings::AccessSettings;
+
+/// The enforcement service: owns the assertion signer and the audit log.
+pub struct Enforcement {
+    pub(crate) store: Store,
+    pub(crate) settings: AccessSettings,
+    pub(crate) signer: Signer,
+    pub(crate) audit: Audit,
+    pub(crate) revocations: Arc<RevocationCache>,
+    pub(crate) broker: Arc<UpstreamBroker>,
+}
+
+/// Facts about an allowed request that later hooks use.
+#[derive(Clone)]
+struct Allowed {
+    session: Option<Session>,
+    calls: Vec<Call>,
+    decision: String,
+    filter_tools: bool,
+}
+
+impl Enforcement {
+    fn unauthenticated(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        original: &str,
+    ) -> Response<Body> {
+        if ctx.browser && !route.is_mcp_server() {
+            let target = format!("/.pomerium/sign_in?redirect_uri={}", encode(original));
+            return redirect_to(&target);
+        }
+        let mut response = GatewayError::Unauthenticated.into_response(&ctx.request_id, false);
+        let challenge = if route.is_mcp_server() {
+            oauth_server::challenge(&oauth_server::route_resource(route, &ctx.origin()), None)
+        } else {
+            "Bearer".to_owned()
+        };
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        cors(response.headers_mut());
+        response
+    }
+
+    /// 401 for a bad TE: the client should run its authorization again.
+    fn invalid_token(
+        &self,
+        ctx: &RequestContext,
+        resource: &str,
+        error: &TokenError,
+    ) -> Response<Body> {
+        tracing::info!(request_id = %ctx.request_id, %error, "access token refused");
+        let mut response = json_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            &error.to_string(),
+            &ctx.request_id,
+        );
+        if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(resource, Some(error))) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        cors(response.headers_mut());
+        response
+    }
+
+    pub(crate) async fn authorize(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        // MCP clients present a TE; browsers (and apps signed in through them) a session cookie.
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned());
+        let session = match (&bearer, route.is_mcp_server()) {
+            (Some(token), true) => {
+                let resource = oauth_server::route_resource(route, &ctx.origin());
+                match oauth_server::check_access_token(
+                    self.store.keyring(),
+                    &self.revocations,
+                    token,
+                    &resource,
+                ) {
+                    Ok(claims) => Some(claims.session()),
+                    Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
+                }
+            }
+            _ if request.headers().contains_key(header::COOKIE) => {
+                Box::pin(session::current(
+                    request.headers(),
+                    &self.settings.cookie,
+                    &self.store,
+                ))
+                .await
+            }
+            _ => None,
+        };
+        let user = session.as_ref().map(session::user_of);
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        // Where to return after sign-in (only needed when the request is refused for it).
+        let original =
+            |uri: &http::Uri| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+
+        // MCP POSTs are read whole and checked call by call; nothing unreadable goes through.
+        let (request, calls) = if route.is_mcp_server() && request.method() == Method::POST {
+            let (parts, body) = request.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    let error = GatewayError::PayloadTooLarge {
+                        limit: route.max_request_bytes,
+                    };
+                    return Err(error.into_response(&ctx.request_id, false));
+                }
+            };
+            let content_type = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            let calls = match mcp::inspect(content_type, &bytes) {
+                Ok(calls) => calls,
+                Err(error) => {
+                    // Nobody signed in on a route that needs a user: the client learns to sign
+                    // in first (401), not what is wrong with a body nobody may send yet.
+                    let anonymous = route.policy.evaluate(&Input {
+                        user: None,
+                        method: &method,
+                        path: &path,
+                        mcp: None,
+                    });
+                    if user.is_none() && anonymous.needs_sign_in {
+                        return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
+                    }
+                    let status = match error {
+                        mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        mcp::InspectError::Malformed(_) => StatusCode::BAD_REQUEST,
+                    };
+                    return Err(json_error(
+                        status,
+                        "invalid_mcp_request",
+                        &error.to_string(),
+                        &ctx.request_id,
+                    ));
+                }
+            };
+            (Request::from_parts(parts, full(bytes)), calls)
+        } else {
+            (request, Vec::new())
+        };
+
+        let evaluate = |mcp: Option<&McpRequest>| {
+            route.policy.evaluate(&Input {
+                user: user.as_ref(),
+                method: &method,
+                path: &path,
+                mcp,
+            })
+        };
+        let decisions: Vec<_> = if calls.is_empty() {
+            vec![(None, evaluate(None))]
+        } else {
+            calls
+                .iter()
+                .map(|c| (Some(c), evaluate(Some(&c.request))))
+                .collect()
+        };
+        let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
+        if let Some((_, first)) = denied.first() {
+            if first.needs_sign_in {
+                return Err(self.unauthenticated(ctx, route, &original(request.uri())));
+            }
+            for (call, decision) in &denied {
+                self.audit.record(AuditEvent::decision(
+                    ctx,
+                    route,
+                    session.as_ref(),
+                    call.map(|c| &c.request),
+                    &decision.reason,
+                    false,
+                ));
+            }
+            if !calls.is_empty() {
+                // MCP clients get a JSON-RPC error per denied request (a batch gets a batch).
+                let errors: Vec<Value> = denied
+                    .iter()
+                    .map(|(call, _)| {
+                        let call = call.expect("MCP decisions carry their call");
+                        mcp::denial(
+                            call.id.as_ref(),
+                            call.request.tool.as_deref(),
+                            &ctx.request_id,
+                        )
+                    })
+                    .collect();
+                let body = if calls.len() == 1 {
+                    errors[0].clone()
+                } else {
+                    Value::Array(errors)
+                };
+                return Err(json_response(StatusCode::OK, &body));
+            }
+            return Err(json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!(
+                    "the route's policy does not allow this request ({})",
+                    first.reason
+                ),
+                &ctx.request_id,
+            ));
+        }
+        let decision = decisions
+            .first()
+            .map(|(_, d)| d.reason.clone())
+            .unwrap_or_default();
+        // Every response of a route with tool rules: a tool list can come on a GET stream, in
+        // a batch, or replayed after a reconnect, not only as the answer to `tools/list`.
+        let filter_tools = route.is_mcp_server() && route.policy.uses_mcp_tool();
+        let mut grant = Grant {
+            principal: session.as_ref().map(|s| s.email.clone()),
+            extensions: http::Extensions::new(),
+        };
+        grant.extensions.insert(Allowed {
+            session,
+            calls,
+            decision,
+            filter_tools,
+        });
+        Ok((request, grant))
+    }
+
+    pub(crate) async fn upstream_headers(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+    ) -> Result<HeaderMap, Response<Body>> {
+        let mut headers = HeaderMap::new();
+        let session = grant
+            .extensions
+            .get::<Allowed>()
+            .and_then(|a| a.session.as_ref());
+        if route.is_mcp_server() {
+            // Bodies the gateway can read (tool lists are filtered): no compression.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        if let (Some(session), true) = (session, route.is_mcp_server()) {
+            // Boxed: the TI path (discovery, store, provider refresh) is a large future that
+            // requests without a session never need.
+            if let Some(value) =
+                Box::pin(self.broker.upstream_token_header(ctx, route, session)).await?
+            {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+        if let (postern_gateway::routes::Kind::McpClient, Some(session)) = (&route.kind, session) {
+            let token = oauth_server::app_token(self.store.keyring(), ctx, session);
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
+        let pass = route
+            .config
+            .pass_identity_headers
+            .unwrap_or(self.settings.pass_identity_headers);
+        if let (true, Some(session)) = (pass, session) {
+            let issuer = match self.settings.issuer_format {
+                IssuerFormat::HostOnly => ctx.host.clone(),
+                IssuerFormat::Uri => format!("https://{}/", ctx.host),
+            };
+            let token = self.signer.assertion(session, &ctx.host, &issuer);
+            if let Ok(value) = HeaderValue::from_str(&token) {
+                headers.insert("x-pomerium-jwt-assertion", value);
+            }
+        }
+        Ok(headers)
+    }
+
+    pub(crate) async fn filter_response(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let Some(allowed) = grant.extensions.get::<Allowed>().cloned() else {
+            return response;
+        };
+        // The rare paths are boxed: their futures are large, and every response would pay for
+        // them otherwise.
+        let response = if matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        ) {
+            match Box::pin(self.broker.upstream_challenge(
+                ctx,
+                route,
+                allowed.session.as_ref(),
+                response,
+            ))
+            .await
+            {
+                Ok(response) => response,
+                Err(replaced) => return replaced,
+            }
+        } else {
+            response
+        };
+        let response = if allowed.filter_tools {
+            Box::pin(filter_tool_lists(ctx, route, &allowed, response)).await
+        } else {
+            response
+        };
+        let tool_calls: Vec<McpRequest> = allowed
+            .calls
+            .iter()
+            .filter(|c| c.request.method == "tools/call")
+            .map(|c| c.request.clone())
+            .collect();
+        if tool_calls.is_empty() {
+            return response;
+        }
+        // The audit line is written when the response has been sent.
+        let (audit, ctx, route_id, status) = (
+            self.audit.clone(),
+            ctx.clone(),
+            route.id.clone(),
+            response.status(),
+        );
+        let session = allowed.session.clone();
+        let decision = allowed.decision.clone();
+        let started = ctx.started;
+        response.map(move |body| {
+            let on_end = move |_bytes: u64, complete: bool| {
+                for call in &tool_calls {
+                    let mut event = AuditEvent::decision_for(
+                        &ctx,
+                        &route_id,
+                        session.as_ref(),
+                        Some(call),
+                        &decision,
+                        true,
+                    );
+                    event.status = Some(status.as_u16());
+                    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    event.complete = Some(complete);
+                    audit.record(event);
+                }
+            };
+            Observed::new(body, None, Box::new(on_end)).boxed()
+        })
+    }
+}
+/// Removes the tools the user may not call from every tool list in the response.
+async fn filter_tool_lists(
+    ctx: &RequestContext,
+    route: &Route,
+    allowed: &Allowed,
+    response: Response<Body>,
+) -> Response<Body> {
+    let user = allowed.session.as_ref().map(session::user_of);
+    let policy = route.policy.clone();
+    let may_call = move |tool: &str| {
+        let request = McpRequest {
+            method: "tools/call".into(),
+            tool: Some(tool.to_owned()),
+        };
+        policy
+            .evaluate(&Input {
+                user: user.as_ref(),
+                method: "POST",
+                path: "",
+                mcp: Some(&request),
+            })
+            .allowed
+    };
+    crate::tool_filter::filter_response(Arc::new(may_call), response, &ctx.request_id).await
+}

@@ -1,0 +1,200 @@
+//! Building the gateway's own responses: pages, JSON, redirects, cookies and CORS, and the
+//! checks every redirect target goes through.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use postern_gateway::body::{Body, full};
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::Route;
+use serde_json::{Value, json};
+
+use crate::oauth_server::{self, TokenError};
+
+/// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
+pub(crate) fn cors(headers: &mut HeaderMap) {
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(
+            "mcp-session-id, mcp-protocol-version, www-authenticate, x-request-id",
+        ),
+    );
+}
+
+pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
+    let mut response = Response::new(full(page));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    // The pages are never framed (clickjacking a consent), and run no script but the portal's
+    // one inline copy button.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "frame-ancestors 'none'; default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src * data:; base-uri 'none'",
+        ),
+    );
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the pages' own form posts.
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    response
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(crate) fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": code, "message": message, "status": status.as_u16(), "request_id": request_id}),
+    )
+}
+
+pub(crate) fn redirect_to(target: &str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(location) = HeaderValue::from_str(target) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+pub(crate) fn set_cookie(response: &mut Response<Body>, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// 401 for a user whose upstream account (TI) for `route` is not connected (never, or the
+/// provider revoked it): the client's next authorization takes the user through the provider.
+pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Body> {
+    let resource = oauth_server::route_resource(route, &ctx.origin());
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        "upstream_not_connected",
+        "your account at this MCP server's provider is not connected: authorize again",
+        &ctx.request_id,
+    );
+    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
+        &resource,
+        Some(&TokenError::Revoked),
+    )) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    cors(response.headers_mut());
+    response
+}
+
+/// A redirect target on this gateway, or the portal.
+pub(crate) fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
+    same_origin_target(target, &ctx.origin()).unwrap_or_else(|| "/.pomerium/".into())
+}
+
+/// `target` as a path on `origin`, if a browser told to go there would stay on `origin`. The
+/// target is resolved as a browser resolves a `Location` (against the origin) and the result's
+/// origin compared, so `//evil`, `/\evil` and `https:evil` are caught by what they mean, not by
+/// their spelling; anything with whitespace, control characters or backslashes is refused
+/// outright (browsers drop tabs and newlines, `/<TAB>/evil.example/` becomes `//evil.example/`).
+pub(crate) fn same_origin_target(target: &str, origin: &str) -> Option<String> {
+    if target.is_empty()
+        || target
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return None;
+    }
+    let base = url::Url::parse(origin).ok()?;
+    let resolved = base.join(target).ok()?;
+    if resolved.origin() != base.origin() {
+        return None;
+    }
+    Some(resolved[url::Position::BeforePath..].to_owned())
+}
+
+pub(crate) fn form_value(form: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(form.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+pub(crate) fn encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// The answer to a CORS preflight on the OAuth endpoints and MCP routes.
+pub(crate) fn preflight() -> Response<Body> {
+    let mut response = Response::new(postern_gateway::body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    cors(h);
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, content-type, mcp-session-id, mcp-protocol-version, last-event-id, accept"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redirect_targets_resolve_as_a_browser_resolves_them() {
+        let origin = "https://gw.example";
+        for evil in [
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "//evil.example/",
+            "/\\evil.example/",
+            "\\\\evil.example",
+            " //evil.example",
+            "http:evil.example",
+            "https://evil.example/",
+            "https://gw.example.evil.example/",
+            "http://gw.example/",
+            "javascript:alert(1)",
+            "data:text/html,x",
+            "/a\u{2028}/b",
+            "",
+        ] {
+            assert_eq!(super::same_origin_target(evil, origin), None, "{evil:?}");
+        }
+        for (fine, path) in [
+            ("/tools", "/tools"),
+            ("/tools/a?b=1#c", "/tools/a?b=1#c"),
+            ("https://gw.example/x", "/x"),
+            ("/a/../b", "/b"),
+            ("/%09/x", "/%09/x"),
+            // A browser reads a same-scheme URL without `//` as a relative path.
+            ("https:evil.example", "/evil.example"),
+        ] {
+            assert_eq!(
+                super::same_origin_target(fine, origin).as_deref(),
+                Some(path),
+                "{fine:?}"
+            );
+        }
+    }
+}

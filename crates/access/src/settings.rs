@@ -1,0 +1,92 @@
+//! What the access services take from the configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use postern_config::{Config, IssuerFormat};
+
+use crate::session::CookieSettings;
+
+/// What the hooks need from the configuration.
+#[derive(Clone, Debug)]
+pub struct AccessSettings {
+    /// Cookie settings.
+    pub cookie: CookieSettings,
+    /// Send the assertion on every route unless the route says otherwise.
+    pub pass_identity_headers: bool,
+    /// `iss` format.
+    pub issuer_format: IssuerFormat,
+    /// Where the audit log is appended (JSON lines).
+    pub audit_file: Option<PathBuf>,
+    /// Accept RFC 7591 dynamic client registration.
+    pub dynamic_registration: bool,
+    /// Lifetime of access tokens (TE).
+    pub access_token_ttl: Duration,
+    /// A refresh token presented again within this time after its rotation is refused without
+    /// revoking its family (two requests of one client racing); later it is reuse.
+    pub refresh_reuse_grace: Duration,
+    /// Hosts whose client ID metadata documents are accepted (`mcp_allowed_client_id_domains`).
+    pub allowed_client_id_domains: Vec<String>,
+    /// Hosts upstream OAuth discovery may contact besides the routes' upstream hosts
+    /// (`mcp_allowed_as_metadata_domains`).
+    pub allowed_as_metadata_domains: Vec<String>,
+    /// Limits on dynamic client registration.
+    pub registration: crate::registration::RegistrationLimits,
+}
+
+impl AccessSettings {
+    /// From the configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let localhost_only = config
+            .routes
+            .iter()
+            .all(|r| matches!(r.from.host.as_str(), "localhost" | "127.0.0.1" | "::1"));
+        Self {
+            cookie: CookieSettings {
+                name: config
+                    .cookie_name
+                    .clone()
+                    .unwrap_or_else(|| "_postern".into()),
+                expire: config
+                    .cookie_expire
+                    .map_or(Duration::from_secs(14 * 3600), |d| d.0),
+                // Browsers keep `Secure` cookies from plain-HTTP localhost, but not from other
+                // plain-HTTP hosts: only there is the flag left out.
+                secure: !(config.insecure_server && localhost_only),
+            },
+            pass_identity_headers: config.pass_identity_headers.unwrap_or(false),
+            issuer_format: config.jwt_issuer_format.unwrap_or(IssuerFormat::HostOnly),
+            audit_file: Some(config.data_dir().join("audit.jsonl")),
+            dynamic_registration: config.mcp_dynamic_client_registration.unwrap_or(true),
+            access_token_ttl: config
+                .mcp_access_token_ttl
+                .map_or(Duration::from_secs(3600), |d| d.0),
+            refresh_reuse_grace: Duration::from_secs(5),
+            allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
+            allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
+            registration: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::AccessSettings;
+
+    fn settings(yaml: &str) -> AccessSettings {
+        let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
+        AccessSettings::from_config(&config)
+    }
+
+    #[test]
+    fn access_token_lifetime_comes_from_the_config() {
+        let default = settings("insecure_server: true\n");
+        assert_eq!(default.access_token_ttl, Duration::from_secs(3600));
+        let short = settings("insecure_server: true\nmcp_access_token_ttl: 5m\n");
+        assert_eq!(short.access_token_ttl, Duration::from_secs(300));
+    }
+}

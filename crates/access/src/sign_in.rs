@@ -1,0 +1,458 @@
+//! Signing users in and out: the local users' form (with its anti-forgery pair and guessing
+//! limits), OpenID Connect, and the browser sessions they start.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use postern_gateway::body::Body;
+use postern_gateway::hooks::RequestContext;
+use postern_store::{PendingAuthorization, Session, Store, hash_secret, now_ms};
+use serde_json::{Value, json};
+
+use crate::limiter::SignInLimiter;
+use crate::oidc::Oidc;
+use crate::pages;
+use crate::reply::{form_value, html, redirect_to, safe_redirect, set_cookie};
+use crate::session::{self, CookieSettings};
+use crate::users::{LocalUser, LocalUsers};
+
+/// How long an OIDC sign-in may take.
+const OIDC_SIGN_IN_TTL_MS: i64 = 10 * 60 * 1000;
+const OIDC_STATE_COOKIE: &str = "_postern_oidc";
+
+/// The sign-in service: owns the local users, the password-check slots, the guessing limits and
+/// the identity provider.
+pub struct SignIn {
+    store: Store,
+    cookie: CookieSettings,
+    users: Arc<LocalUsers>,
+    /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
+    password_checks: Arc<tokio::sync::Semaphore>,
+    limiter: SignInLimiter,
+    oidc: Option<Oidc>,
+}
+
+impl SignIn {
+    /// Signs `users` in, sessions kept in `store`.
+    pub fn new(store: Store, users: LocalUsers, cookie: CookieSettings) -> Self {
+        Self {
+            store,
+            cookie,
+            users: Arc::new(users),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            limiter: SignInLimiter::default(),
+            oidc: None,
+        }
+    }
+
+    /// Signs users in with an OpenID Connect provider (local users may still post the form).
+    pub fn with_oidc(mut self, oidc: Oidc) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    /// The local user with this email and password. The check runs on the blocking pool, so a
+    /// sign-in never stalls the proxy's worker threads, and at most one per core runs at once,
+    /// so a burst of sign-ins cannot take 19 MiB each without bound.
+    async fn check_password(&self, email: &str, password: &str) -> Option<LocalUser> {
+        let _permit = self.password_checks.acquire().await.ok()?;
+        let users = self.users.clone();
+        let (email, password) = (email.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || users.verify(&email, &password).cloned())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Sends the browser to the provider; the sign-in is bound to this browser by a cookie.
+    async fn start_oidc(
+        &self,
+        oidc: &Oidc,
+        ctx: &RequestContext,
+        redirect: &str,
+    ) -> Response<Body> {
+        let keys = self.store.keyring();
+        let (Ok(state), Ok(nonce), Ok(verifier)) = (
+            keys.random_token(24),
+            keys.random_token(24),
+            keys.random_token(32),
+        ) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "No randomness available."),
+            );
+        };
+        let pending = PendingAuthorization {
+            user_id: String::new(),
+            session_id: String::new(),
+            route_id: "oidc-sign-in".into(),
+            pkce_verifier: verifier.clone(),
+            resume: json!({"nonce": nonce, "redirect": safe_redirect(redirect, ctx), "origin": ctx.origin()}),
+            expires_at: now_ms() + OIDC_SIGN_IN_TTL_MS,
+        };
+        if let Err(error) = self.store.put_pending(&state, &pending).await {
+            tracing::error!(%error, "cannot save the sign-in");
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "Try again in a moment."),
+            );
+        }
+        let callback = format!("{}/.pomerium/callback", ctx.origin());
+        match oidc
+            .authorization_url(&callback, &state, &nonce, &verifier)
+            .await
+        {
+            Ok(url) => {
+                let mut response = redirect_to(&url);
+                let secure = if self.cookie.secure { "; Secure" } else { "" };
+                set_cookie(
+                    &mut response,
+                    &format!(
+                        "{OIDC_STATE_COOKIE}={}; Path=/.pomerium/callback; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+                        hash_secret(&state)
+                    ),
+                );
+                response
+            }
+            Err(error) => {
+                tracing::error!(%error, "OIDC sign-in could not start");
+                html(
+                    StatusCode::BAD_GATEWAY,
+                    pages::message("Sign-in is unavailable", &error.to_string()),
+                )
+            }
+        }
+    }
+
+    /// The provider sends the browser back here with the code.
+    pub(crate) async fn oidc_callback(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Response<Body> {
+        let Some(oidc) = &self.oidc else {
+            return html(
+                StatusCode::NOT_FOUND,
+                pages::message("Not found", "No identity provider is configured."),
+            );
+        };
+        let query = request.uri().query().unwrap_or("");
+        if let Some(error) = form_value(query, "error") {
+            let detail = form_value(query, "error_description").unwrap_or_default();
+            return html(
+                StatusCode::UNAUTHORIZED,
+                pages::message(
+                    "Sign-in failed",
+                    &format!("The identity provider answered {error}: {detail}"),
+                ),
+            );
+        }
+        let (Some(code), Some(state)) = (form_value(query, "code"), form_value(query, "state"))
+        else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Sign-in failed",
+                    "The provider's answer lacks code or state.",
+                ),
+            );
+        };
+        let expected = hash_secret(&state);
+        let bound = session::cookies(request.headers(), OIDC_STATE_COOKIE).any(|v| v == expected);
+        // Checked before the sign-in is consumed, so a foreign browser can't burn it.
+        if !bound {
+            tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Sign-in failed",
+                    "This sign-in was started in another browser. Start again here.",
+                ),
+            );
+        }
+        let pending = match self.store.take_pending(&state).await {
+            Ok(Some(p)) if p.route_id == "oidc-sign-in" => p,
+            _ => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::message(
+                        "Sign-in failed",
+                        "This sign-in is unknown or expired. Start again.",
+                    ),
+                );
+            }
+        };
+        let resume = &pending.resume;
+        let text = |k: &str| {
+            resume
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let callback = format!("{}/.pomerium/callback", text("origin"));
+        let identity = match oidc
+            .finish(&code, &callback, &pending.pkce_verifier, &text("nonce"))
+            .await
+        {
+            Ok(identity) => identity,
+            Err(error) => {
+                tracing::warn!(request_id = %ctx.request_id, %error, "OIDC sign-in refused");
+                return html(
+                    StatusCode::UNAUTHORIZED,
+                    pages::message("Sign-in failed", &error.to_string()),
+                );
+            }
+        };
+        if let Some(current) = session::current(request.headers(), &self.cookie, &self.store)
+            .await
+            .filter(|c| c.user_id != identity.subject)
+        {
+            return html(
+                StatusCode::CONFLICT,
+                pages::signed_in_as_other(&current.email),
+            );
+        }
+        let Some(cookie) = self
+            .start_session(Session {
+                user_id: identity.subject,
+                email: identity.email,
+                name: identity.name,
+                groups: identity.groups,
+                claims: identity.claims,
+                idp: "oidc".into(),
+                ..Session::default()
+            })
+            .await
+        else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message(
+                    "Sign-in failed",
+                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
+                ),
+            );
+        };
+        let mut response = redirect_to(&text("redirect"));
+        set_cookie(&mut response, &cookie);
+        set_cookie(
+            &mut response,
+            &format!(
+                "{OIDC_STATE_COOKIE}=; Path=/.pomerium/callback; Max-Age=0; HttpOnly; SameSite=Lax"
+            ),
+        );
+        response
+    }
+
+    /// The sign-in page with a fresh anti-forgery pair (the field in the form, the cookie
+    /// beside it), with `status` and an optional error.
+    fn sign_in_page(
+        &self,
+        status: StatusCode,
+        redirect: &str,
+        error: Option<&str>,
+    ) -> Response<Body> {
+        let Some((cookie, field)) = crate::forms::csrf_pair(self.store.keyring()) else {
+            return html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::message("Sign-in is unavailable", "No randomness available."),
+            );
+        };
+        let mut response = html(status, pages::sign_in(redirect, &field, error));
+        set_cookie(
+            &mut response,
+            &crate::forms::csrf_cookie(&cookie, self.cookie.secure),
+        );
+        response
+    }
+
+    /// `GET /.pomerium/sign_in` shows the form (or goes to the identity provider); `POST` signs
+    /// a local user in. The post must come from this site's own form: no cross-site `Origin` or
+    /// `Sec-Fetch-Site`, and the anti-forgery field that goes with this browser's cookie (a
+    /// forged sign-in would put the victim's browser in the attacker's account, and what the
+    /// victim connects next, e.g. an upstream account, would be stored under the attacker).
+    pub(crate) async fn sign_in_form(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let query = request.uri().query().unwrap_or("").to_owned();
+        let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
+        if request.method() != Method::POST {
+            if let Some(oidc) = &self.oidc {
+                return self.start_oidc(oidc, ctx, &redirect).await;
+            }
+            return self.sign_in_page(StatusCode::OK, &redirect, None);
+        }
+        if let Err(why) = crate::forms::same_origin_post(request.headers(), &ctx.origin()) {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
+            return self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in came from another site, so it was refused. Sign in here instead.",
+                ),
+            );
+        }
+        let headers = request.headers().clone();
+        let body = match crate::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
+                return self.sign_in_page(
+                    error.status(),
+                    &redirect,
+                    Some(&format!("The form could not be read: {error}.")),
+                );
+            }
+        };
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
+        if !crate::forms::csrf_matches(
+            &headers,
+            form_value(&form, "csrf_token").as_deref(),
+            self.store.keyring(),
+        ) {
+            return self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in form has expired or was not sent from this site. Sign in again.",
+                ),
+            );
+        }
+        let email = form_value(&form, "email").unwrap_or_default();
+        let password = form_value(&form, "password").unwrap_or_default();
+        if email.len() > crate::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
+            return self.sign_in_page(
+                StatusCode::BAD_REQUEST,
+                &redirect,
+                Some("Wrong email or password."),
+            );
+        }
+        // Signing in over another user's session would silently switch accounts under the
+        // pages and clients of the first one.
+        let current = session::current(&headers, &self.cookie, &self.store).await;
+        if let Some(current) = current
+            .as_ref()
+            .filter(|c| !c.email.eq_ignore_ascii_case(&email))
+        {
+            return html(
+                StatusCode::CONFLICT,
+                pages::signed_in_as_other(&current.email),
+            );
+        }
+        let address = ctx.client_addr.ip().to_string();
+        let attempt = match self.limiter.reserve(&email, &address) {
+            Ok(attempt) => attempt,
+            Err(refused) => {
+                tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
+                let mut response = self.sign_in_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &redirect,
+                    Some(&format!(
+                        "Too many failed attempts from your address. Wait {} seconds, then try again.",
+                        refused.retry_after.as_secs()
+                    )),
+                );
+                if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return response;
+            }
+        };
+        if !attempt.delay.is_zero() {
+            tokio::time::sleep(attempt.delay).await;
+        }
+        let Some(user) = self.check_password(&email, &password).await else {
+            attempt.failed();
+            return self.sign_in_page(
+                StatusCode::UNAUTHORIZED,
+                &redirect,
+                Some("Wrong email or password."),
+            );
+        };
+        attempt.succeeded();
+        let email = user.email.to_ascii_lowercase();
+        let Some(cookie) = self
+            .start_session(Session {
+                user_id: email.clone(),
+                email,
+                name: user.name,
+                groups: user.groups,
+                claims: user.claims,
+                idp: "local".into(),
+                ..Session::default()
+            })
+            .await
+        else {
+            return self.sign_in_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &redirect,
+                Some(
+                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
+                ),
+            );
+        };
+        let target = safe_redirect(&redirect, ctx);
+        let mut response = redirect_to(&target);
+        set_cookie(&mut response, &cookie);
+        response
+    }
+
+    /// Stores a new session for the user described by `session` (its id and times are set
+    /// here) and records the sign-in; the `Set-Cookie` value that carries it, or `None` when
+    /// the store (or the random source) failed.
+    async fn start_session(&self, mut session: Session) -> Option<String> {
+        let now = now_ms();
+        session.id = match self.store.keyring().random_token(24) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(%error, "cannot make a session id");
+                return None;
+            }
+        };
+        session.created_at = now;
+        session.expires_at = now + self.cookie.expire.as_millis() as i64;
+        if let Err(error) = self.store.put_session(&session).await {
+            tracing::error!(%error, "cannot save the session");
+            return None;
+        }
+        tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
+        Some(session::cookie_for(
+            &session.id,
+            &self.cookie,
+            self.store.keyring(),
+        ))
+    }
+
+    pub(crate) async fn sign_out(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Response<Body> {
+        if let Some(id) = session::session_id(request.headers(), &self.cookie, self.store.keyring())
+        {
+            match self.store.end_session(&id).await {
+                Ok(_) => {
+                    tracing::info!(target: "postern::audit", event = "sign_out", session = %id, "signed out")
+                }
+                Err(error) => tracing::error!(%error, "cannot end the session"),
+            }
+        }
+        let target = request
+            .uri()
+            .query()
+            .and_then(|q| form_value(q, "redirect_uri"))
+            .map(|r| safe_redirect(&r, ctx));
+        let mut response = match target {
+            Some(target) => redirect_to(&target),
+            None => html(StatusCode::OK, pages::signed_out()),
+        };
+        set_cookie(&mut response, &session::clear_cookie(&self.cookie));
+        response
+    }
+}
