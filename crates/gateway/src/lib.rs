@@ -240,12 +240,7 @@ impl Gateway {
             .hooks
             .upstream_headers(ctx, route, &grant)
             .await?;
-        let cookie = ctx
-            .runtime
-            .config
-            .cookie_name
-            .as_deref()
-            .unwrap_or("_postern");
+        let cookie = ctx.runtime.config.cookie_name();
         let client = proxy::UpstreamClient::for_this_thread(&self.inner.client);
         match proxy::forward(&client, ctx, route, request, extra, cookie, forwarded_for).await {
             Ok((response, outcome)) => {
