@@ -111,11 +111,6 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
             LocalUsers::default()
         }
     };
-    if config.idp_provider.is_some() {
-        tracing::warn!(
-            "idp_provider: OIDC sign-in is not available yet; local users (users_file) sign in"
-        );
-    }
     let pem = match &config.signing_key {
         Some(key) => key.expose().to_owned(),
         None => {
