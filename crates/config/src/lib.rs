@@ -7,13 +7,13 @@
 //! (`SHARED_SECRET`); they print as `[redacted]`.
 #![forbid(unsafe_code)]
 
+pub mod defaults;
 mod secret;
 mod types;
 mod values;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub use secret::Secret;
 pub use types::*;
@@ -310,7 +310,8 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     if let Some(ttl) = config.mcp_access_token_ttl
-        && !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600)).contains(&ttl.0)
+        && !(defaults::MCP_ACCESS_TOKEN_TTL_MIN..=defaults::MCP_ACCESS_TOKEN_TTL_MAX)
+            .contains(&ttl.0)
     {
         return Err(ConfigError::at(
             "mcp_access_token_ttl",

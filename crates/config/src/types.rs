@@ -1,9 +1,9 @@
 //! The configuration file's shape. Every struct rejects unknown keys; field docs are the
 //! configuration reference. Keys follow the seed's and Pomerium's names.
+//! The values in effect when a key is left out are in [`crate::defaults`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -387,36 +387,5 @@ impl TryFrom<RawMcp> for Mcp {
                 Ok(Mcp::Server(server))
             }
         }
-    }
-}
-
-impl Config {
-    /// The listen address in effect.
-    pub fn listen_address(&self) -> String {
-        self.address.clone().unwrap_or_else(|| {
-            if self.insecure_server {
-                ":8080".into()
-            } else {
-                ":443".into()
-            }
-        })
-    }
-
-    /// The data directory in effect.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("postern-data"))
-    }
-
-    /// The connection limit in effect (`max_connections`, default 10000).
-    pub fn max_connections(&self) -> usize {
-        self.max_connections.unwrap_or(10_000)
-    }
-
-    /// The default upstream timeout in effect.
-    pub fn upstream_timeout(&self) -> Duration {
-        self.default_upstream_timeout
-            .map_or(Duration::from_secs(30), |d| d.0)
     }
 }

@@ -19,7 +19,7 @@ use crate::server::Challenges;
 use crate::tls::{CertResolver, certified};
 
 /// Let's Encrypt's production directory.
-pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT: &str = postern_config::defaults::AUTOCERT_CA;
 
 /// What `autocert` needs.
 #[derive(Clone, Debug)]

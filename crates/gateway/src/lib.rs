@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod reload;
+mod request_log;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -32,10 +33,11 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use postern_config::Config;
 
-use crate::body::{Body, Observed, ReadDeadline, full};
+use crate::body::{Body, ReadDeadline, full};
 use crate::errors::{GatewayError, is_browser};
-use crate::hooks::{Hooks, RequestContext};
-use crate::metrics::{Metrics, RequestLabels, RouteLabel, UpstreamErrorLabels};
+use crate::hooks::{Grant, Hooks, RequestContext};
+use crate::metrics::{Metrics, UpstreamErrorLabels};
+use crate::request_log::{Answer, RequestLog};
 use crate::routes::{Kind, RouteTable, split_host};
 
 /// What MCP server routes accept (Streamable HTTP, and CORS preflights).
@@ -115,180 +117,144 @@ impl Gateway {
         &self.inner.metrics
     }
 
-    /// Serves one request.
+    /// Serves one request. Every response leaves through one [`RequestLog`], which counts and
+    /// logs it.
     pub async fn handle(
         &self,
         request: Request<hyper::body::Incoming>,
         conn: Connection,
     ) -> Response<Body> {
-        let runtime = self.runtime();
-        let started = Instant::now();
+        let mut log = RequestLog::new(request.method().clone(), Instant::now());
         let request_id = new_request_id();
-        let config = &runtime.config;
-        let (client_addr, forwarded_for, scheme) =
-            client_identity(&request, conn, config.xff_num_trusted_hops);
-        let default_port = if conn.tls { 443 } else { 80 };
         let browser = is_browser(&request);
-        let method = request.method().clone();
+        let default_port = if conn.tls { 443 } else { 80 };
         let (host, port) = match request_authority(&request, default_port) {
-            Ok((host, port)) => (host, if port == 0 { conn.local_port } else { port }),
+            Ok((host, 0)) => (host, conn.local_port),
+            Ok(authority) => authority,
             Err(problem) => {
                 let path = request.uri().path().to_owned();
                 let response =
                     GatewayError::BadRequest(problem.into()).into_response(&request_id, browser);
-                access_log(
-                    &request_id,
-                    &method,
-                    "-",
-                    &path,
-                    response.status(),
-                    0,
-                    started,
-                    "-",
-                    None,
-                    "",
-                );
-                return response;
+                return log.finish(self.metrics(), request_id, "-".into(), path, response);
             }
         };
+        let runtime = self.runtime();
+        let (client_addr, forwarded_for, scheme) =
+            client_identity(&request, conn, runtime.config.xff_num_trusted_hops);
         let ctx = RequestContext {
             request_id,
             client_addr,
             scheme,
             host,
             port,
-            started,
+            started: log.started(),
             browser,
-            runtime: runtime.clone(),
+            runtime,
         };
-
         // One canonical path for routing, the hooks (policy, the gateway's own endpoints) and
         // the upstream.
         let (request, path) = match canonical_request(request) {
             Ok(canonical) => canonical,
             Err((error, raw_path)) => {
                 let response = error.into_response(&ctx.request_id, browser);
-                return self.finish(&ctx, &method, &raw_path, None, response, "-");
+                return log.finish(self.metrics(), ctx.request_id, ctx.host, raw_path, response);
             }
         };
         // Time spent waiting for the client's body is bounded, for the gateway's own endpoints
         // and proxied requests alike.
         let request = request.map(|b| ReadDeadline::new(b, conn.body_read_timeout).boxed());
-        let route = runtime.routes.find(&ctx.host, ctx.port, &path);
-
-        if path == "/.pomerium/ping" {
-            return self.finish(
-                &ctx,
-                &method,
-                &path,
-                None,
-                text_response(StatusCode::OK, "OK\n"),
-                "-",
-            );
-        }
-        let request = if self.inner.hooks.intercepts(&ctx, route.as_ref(), &request) {
-            match self
-                .inner
-                .hooks
-                .intercept(&ctx, route.as_ref(), request)
-                .await
-            {
-                Ok(response) => {
-                    return self.finish(&ctx, &method, &path, route.as_ref(), response, "gateway");
-                }
-                Err(request) => request,
-            }
-        } else {
-            request
+        let response = match self
+            .respond(&ctx, &mut log, request, &path, &forwarded_for)
+            .await
+        {
+            Ok(response) | Err(response) => response,
         };
+        log.finish(self.metrics(), ctx.request_id, ctx.host, path, response)
+    }
+
+    /// The answer to a request for a known host and canonical path: the gateway's own
+    /// endpoint, a refusal, or the upstream's response. `Err` is an answer given before the
+    /// request reached the upstream.
+    async fn respond(
+        &self,
+        ctx: &RequestContext,
+        log: &mut RequestLog,
+        request: Request<Body>,
+        path: &str,
+        forwarded_for: &str,
+    ) -> Result<Response<Body>, Response<Body>> {
+        if path == "/.pomerium/ping" {
+            return Ok(text_response(StatusCode::OK, "OK\n"));
+        }
+        let route = ctx.runtime.routes.find(&ctx.host, ctx.port, path);
+        log.set_route(route.clone());
+        let request = self.intercept(ctx, log, route.as_ref(), request).await?;
         let Some(route) = route else {
             let error = GatewayError::NoRoute {
                 host: ctx.host.clone(),
-                path: path.clone(),
+                path: path.to_owned(),
             };
-            return self.finish(
-                &ctx,
-                &method,
-                &path,
-                None,
-                error.into_response(&ctx.request_id, browser),
-                "-",
-            );
+            return Err(error.into_response(&ctx.request_id, ctx.browser));
         };
-        if let Err(error) = check_method(&route, &request) {
-            return self.finish(
-                &ctx,
-                &method,
-                &path,
-                Some(&route),
-                error.into_response(&ctx.request_id, browser),
-                "-",
-            );
-        }
+        let request =
+            admit(&route, request).map_err(|e| e.into_response(&ctx.request_id, ctx.browser))?;
+        let (request, grant) = self.inner.hooks.authorize(ctx, &route, request).await?;
+        self.proxy(ctx, log, &route, request, grant, forwarded_for)
+            .await
+    }
 
-        // A declared length over the limit is refused before anything is read or sent.
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > route.max_request_bytes) {
-            let error = GatewayError::PayloadTooLarge {
-                limit: route.max_request_bytes,
-            };
-            return self.finish(
-                &ctx,
-                &method,
-                &path,
-                Some(&route),
-                error.into_response(&ctx.request_id, browser),
-                "-",
-            );
+    /// Lets the hooks answer a request for one of the gateway's own endpoints (`Err`: the
+    /// answer); `Ok` passes the request on.
+    async fn intercept(
+        &self,
+        ctx: &RequestContext,
+        log: &mut RequestLog,
+        route: Option<&Arc<routes::Route>>,
+        request: Request<Body>,
+    ) -> Result<Request<Body>, Response<Body>> {
+        if !self.inner.hooks.intercepts(ctx, route, &request) {
+            return Ok(request);
         }
-        let request = request.map(|b| proxy::limit_body(b, route.max_request_bytes));
+        match self.inner.hooks.intercept(ctx, route, request).await {
+            Ok(response) => {
+                log.answered_by(Answer::Endpoint);
+                Err(response)
+            }
+            Err(request) => Ok(request),
+        }
+    }
 
-        let (request, grant) = match self.inner.hooks.authorize(&ctx, &route, request).await {
-            Ok(allowed) => allowed,
-            Err(response) => return self.finish(&ctx, &method, &path, Some(&route), response, "-"),
-        };
-        let extra = match self
+    /// Sends an allowed request upstream (with the hooks' headers) and returns the upstream's
+    /// response, filtered by the hooks, or the gateway's error when the upstream failed.
+    async fn proxy(
+        &self,
+        ctx: &RequestContext,
+        log: &mut RequestLog,
+        route: &Arc<routes::Route>,
+        request: Request<Body>,
+        mut grant: Grant,
+        forwarded_for: &str,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let extra = self
             .inner
             .hooks
-            .upstream_headers(&ctx, &route, &grant)
-            .await
-        {
-            Ok(headers) => headers,
-            Err(response) => return self.finish(&ctx, &method, &path, Some(&route), response, "-"),
-        };
-        let cookie = config.cookie_name.as_deref().unwrap_or("_postern");
+            .upstream_headers(ctx, route, &grant)
+            .await?;
+        let cookie = ctx.runtime.config.cookie_name();
         let client = proxy::UpstreamClient::for_this_thread(&self.inner.client);
-        match proxy::forward(
-            &client,
-            &ctx,
-            &route,
-            request,
-            extra,
-            cookie,
-            &forwarded_for,
-        )
-        .await
-        {
+        match proxy::forward(&client, ctx, route, request, extra, cookie, forwarded_for).await {
             Ok((response, outcome)) => {
                 let response = response.map(|b| b.map_err(body::BoxError::from).boxed());
                 let response = self
                     .inner
                     .hooks
-                    .filter_response(&ctx, &route, &grant, response)
+                    .filter_response(ctx, route, &grant, response)
                     .await;
-                self.finish_streaming(
-                    &ctx,
-                    &method,
-                    &path,
-                    &route,
-                    response,
-                    &outcome.upstream,
-                    grant.principal.clone(),
-                )
+                log.answered_by(Answer::Upstream {
+                    url: outcome.upstream,
+                    user: grant.principal.take(),
+                });
+                Ok(response)
             }
             Err((error, outcome, kind)) => {
                 self.inner
@@ -300,123 +266,11 @@ impl Gateway {
                     })
                     .inc();
                 tracing::warn!(request_id = %ctx.request_id, route = %route.id, upstream = %outcome.upstream, %error, "upstream request failed");
-                let response = error.into_response(&ctx.request_id, browser);
-                self.finish(
-                    &ctx,
-                    &method,
-                    &path,
-                    Some(&route),
-                    response,
-                    &outcome.upstream,
-                )
+                let response = error.into_response(&ctx.request_id, ctx.browser);
+                log.answered_by(Answer::UpstreamFailed(outcome.upstream));
+                Ok(response)
             }
         }
-    }
-
-    /// Logs and counts a response the gateway produced itself (complete body).
-    fn finish(
-        &self,
-        ctx: &RequestContext,
-        method: &http::Method,
-        path: &str,
-        route: Option<&Arc<routes::Route>>,
-        mut response: Response<Body>,
-        upstream: &str,
-    ) -> Response<Body> {
-        set_request_id(&mut response, &ctx.request_id);
-        let route_id = route.map_or("-", |r| r.id.as_str());
-        self.count(route_id, method, response.status(), ctx.started);
-        let bytes = http_body::Body::size_hint(response.body())
-            .exact()
-            .unwrap_or(0);
-        access_log(
-            &ctx.request_id,
-            method,
-            &ctx.host,
-            path,
-            response.status(),
-            bytes,
-            ctx.started,
-            upstream,
-            None,
-            "",
-        );
-        response
-    }
-
-    /// Streams an upstream response; logs when it ends.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_streaming(
-        &self,
-        ctx: &RequestContext,
-        method: &http::Method,
-        path: &str,
-        route: &Arc<routes::Route>,
-        mut response: Response<Body>,
-        upstream: &str,
-        principal: Option<String>,
-    ) -> Response<Body> {
-        set_request_id(&mut response, &ctx.request_id);
-        let status = response.status();
-        self.count(&route.id, method, status, ctx.started);
-        let streaming = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        let metrics = self.inner.metrics.clone();
-        if streaming {
-            metrics.open_streams.inc();
-        }
-        let (request_id, method, host, path, upstream, started) = (
-            ctx.request_id.clone(),
-            method.clone(),
-            ctx.host.clone(),
-            path.to_owned(),
-            upstream.to_owned(),
-            ctx.started,
-        );
-        let on_end = move |bytes: u64, complete: bool| {
-            if streaming {
-                metrics.open_streams.dec();
-            }
-            let note = if complete {
-                ""
-            } else {
-                "response ended early (client gone or upstream failed)"
-            };
-            access_log(
-                &request_id,
-                &method,
-                &host,
-                &path,
-                status,
-                bytes,
-                started,
-                &upstream,
-                principal.as_deref(),
-                note,
-            );
-        };
-        response.map(|b| Observed::new(b, route.idle_timeout, Box::new(on_end)).boxed())
-    }
-
-    fn count(&self, route: &str, method: &http::Method, status: StatusCode, started: Instant) {
-        let metrics = &self.inner.metrics;
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: route.to_owned(),
-                method: metrics::method_label(method),
-                status: status.as_u16(),
-            })
-            .inc();
-        metrics
-            .durations
-            .get_or_create(&RouteLabel {
-                route: route.to_owned(),
-            })
-            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -497,6 +351,23 @@ fn canonical_request<B>(
     Ok((request, path))
 }
 
+/// What the route accepts, checked before anything is read or sent: the method and, from a
+/// declared length, the body's size. The body is then capped at the route's limit.
+fn admit(route: &routes::Route, request: Request<Body>) -> Result<Request<Body>, GatewayError> {
+    check_method(route, &request)?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > route.max_request_bytes) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: route.max_request_bytes,
+        });
+    }
+    Ok(request.map(|b| proxy::limit_body(b, route.max_request_bytes)))
+}
+
 /// MCP server routes speak Streamable HTTP: POST, GET and DELETE (and CORS preflights), the
 /// GET (a stream) and DELETE (end the session) without a body.
 fn check_method<B: http_body::Body>(
@@ -527,56 +398,6 @@ fn check_method<B: http_body::Body>(
         )));
     }
     Ok(())
-}
-
-/// One line per request: method, host, path, status, bytes, duration, upstream.
-#[allow(clippy::too_many_arguments)]
-fn access_log(
-    request_id: &str,
-    method: &http::Method,
-    host: &str,
-    path: &str,
-    status: StatusCode,
-    bytes: u64,
-    started: Instant,
-    upstream: &str,
-    user: Option<&str>,
-    note: &str,
-) {
-    // What the client chose is capped (a 30 KB method or path would otherwise be written on
-    // every request); string fields are written escaped by the log formatter.
-    tracing::info!(
-        target: "postern::access",
-        request_id,
-        method = &*capped(method.as_str(), 24),
-        host = &*capped(host, 256),
-        path = &*capped(path, 2048),
-        status = status.as_u16(),
-        bytes,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        upstream,
-        user = user.unwrap_or("-"),
-        note,
-        "request"
-    );
-}
-
-/// At most `max` bytes of `text` (cut on a character boundary, `…` marking the cut).
-fn capped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!("{}…(+{} bytes)", &text[..end], text.len() - end))
-}
-
-fn set_request_id(response: &mut Response<Body>, id: &str) {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        response.headers_mut().insert("x-request-id", value);
-    }
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -635,20 +456,4 @@ fn client_identity<B>(
         _ => own_scheme,
     };
     (client, chain.join(", "), scheme)
-}
-
-#[cfg(test)]
-mod log_tests {
-    #[test]
-    fn client_chosen_log_fields_are_capped() {
-        assert_eq!(super::capped("GET", 24), "GET");
-        let method = "M".repeat(30_000);
-        let logged = super::capped(&method, 24);
-        assert_eq!(logged, format!("{}…(+29976 bytes)", "M".repeat(24)));
-        assert_eq!(
-            super::capped("ééé", 3),
-            "é…(+4 bytes)",
-            "cut on a character boundary"
-        );
-    }
 }

@@ -126,50 +126,16 @@ pub async fn forward(
     let outcome = Outcome {
         upstream: upstream.url.to_string(),
     };
-    let path = route.upstream_path(&upstream.url, request.uri().path());
-    let path_and_query = match request.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+    let (uri, authority) = match upstream_target(route, &upstream.url, request.uri()) {
+        Ok(target) => target,
+        Err(error) => return Err((error, outcome, "request")),
     };
-    let authority = upstream.url[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
-    let uri = Uri::builder()
-        .scheme(upstream.url.scheme())
-        .authority(authority.as_str())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| {
-            (
-                GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")),
-                outcome.clone(),
-                "request",
-            )
-        })?;
-
-    let original_host = request.headers().get(header::HOST).cloned();
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    strip_forged(headers, &extra_headers);
-    if route.is_mcp_server() {
-        // The client's token (TE) is for the gateway only; the upstream gets the TI, if any.
-        headers.remove(header::AUTHORIZATION);
-    }
-    strip_cookie(headers, gateway_cookie);
-    set(headers, "x-forwarded-for", forwarded_for);
-    set(headers, "x-forwarded-proto", ctx.scheme);
-    if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
-        set(headers, "x-forwarded-host", host);
-    }
-    set(headers, "x-request-id", &ctx.request_id);
-    if route.config.preserve_host_header {
-        if let Some(host) = original_host {
-            headers.insert(header::HOST, host);
-        }
-    } else if let Ok(value) = HeaderValue::from_str(&authority) {
-        headers.insert(header::HOST, value);
-    }
-    for (name, value) in extra_headers.iter() {
-        headers.insert(name.clone(), value.clone());
-    }
+    let client_headers = ClientHeaders {
+        gateway_cookie,
+        forwarded_for,
+        authority: &authority,
+    };
+    client_headers.rewrite(request.headers_mut(), ctx, route, &extra_headers);
     *request.uri_mut() = uri;
     // HTTP/2 from the client, HTTP/1.1 or 2 to the upstream: let the connector decide.
     *request.version_mut() = http::Version::HTTP_11;
@@ -189,68 +155,148 @@ pub async fn forward(
             "timeout",
         )),
         Ok(Err(error)) => {
-            if let Some(timeout) = find_cause::<crate::body::BodyReadTimeout>(&error) {
-                return Err((
-                    GatewayError::RequestTimeout {
-                        seconds: timeout.0.as_secs(),
-                    },
-                    outcome,
-                    "request_timeout",
-                ));
-            }
-            if find_cause::<http_body_util::LengthLimitError>(&error).is_some() {
-                return Err((
-                    GatewayError::PayloadTooLarge {
-                        limit: route.max_request_bytes,
-                    },
-                    outcome,
-                    "request_too_large",
-                ));
-            }
-            let kind = if error.is_connect() {
-                "connect"
-            } else {
-                "upstream"
-            };
-            if error.is_connect() {
-                upstream.mark_down();
-            }
-            Err((
-                GatewayError::BadGateway {
-                    upstream: outcome.upstream.clone(),
-                    reason: describe(&error),
-                },
-                outcome,
-                kind,
-            ))
+            let (error, kind) = failure(&error, route, upstream, &outcome.upstream);
+            Err((error, outcome, kind))
         }
-        Ok(Ok(mut response)) => {
+        Ok(Ok(response)) => {
             upstream.mark_up();
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                // The gateway never forwards `Upgrade`, so no client asked for this; passing it
-                // on would hand the client's connection to whatever the upstream speaks next.
-                return Err((
+            match response_for_client(response, gateway_cookie, &ctx.request_id) {
+                Ok(response) => Ok((response, outcome)),
+                Err(reason) => Err((
                     GatewayError::BadGateway {
                         upstream: outcome.upstream.clone(),
-                        reason: "it switched protocols (101) though no upgrade was asked for"
-                            .into(),
+                        reason: reason.into(),
                     },
                     outcome,
                     "upstream",
-                ));
+                )),
             }
-            let headers = response.headers_mut();
-            if headers.contains_key(header::TRANSFER_ENCODING) {
-                // RFC 9112 §6.3: the body was framed by Transfer-Encoding (and is re-framed for
-                // the client); a Content-Length next to it is wrong, and passing it on would
-                // make the client cut or wait for the body.
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            strip_hop_by_hop(headers);
-            strip_owned_response_headers(headers, gateway_cookie, &ctx.request_id);
-            Ok((response, outcome))
         }
     }
+}
+
+/// The upstream request's URI, and its authority (`host[:port]`): the upstream's scheme and
+/// authority, the route's upstream path for the request's path, the request's query.
+fn upstream_target(
+    route: &Route,
+    upstream: &url::Url,
+    request: &Uri,
+) -> Result<(Uri, String), GatewayError> {
+    let path = route.upstream_path(upstream, request.path());
+    let path_and_query = match request.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let authority = upstream[url::Position::BeforeHost..url::Position::AfterPort].to_owned();
+    let uri = Uri::builder()
+        .scheme(upstream.scheme())
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| GatewayError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+    Ok((uri, authority))
+}
+
+/// What the upstream request's headers are rewritten with.
+struct ClientHeaders<'a> {
+    /// The gateway's session cookie, never forwarded.
+    gateway_cookie: &'a str,
+    /// The `X-Forwarded-For` value.
+    forwarded_for: &'a str,
+    /// The upstream's `host[:port]`.
+    authority: &'a str,
+}
+
+impl ClientHeaders<'_> {
+    /// Turns the client's request headers into the upstream's: hop-by-hop, forged and
+    /// credential headers removed, `X-Forwarded-*`, `X-Request-Id` and `Host` set, then the
+    /// hooks' `extra` headers.
+    fn rewrite(
+        &self,
+        headers: &mut HeaderMap,
+        ctx: &RequestContext,
+        route: &Route,
+        extra: &HeaderMap,
+    ) {
+        let original_host = headers.get(header::HOST).cloned();
+        strip_hop_by_hop(headers);
+        strip_forged(headers, extra);
+        if route.is_mcp_server() {
+            // The client's token (TE) is for the gateway only; the upstream gets the TI, if any.
+            headers.remove(header::AUTHORIZATION);
+        }
+        strip_cookie(headers, self.gateway_cookie);
+        set(headers, "x-forwarded-for", self.forwarded_for);
+        set(headers, "x-forwarded-proto", ctx.scheme);
+        if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
+            set(headers, "x-forwarded-host", host);
+        }
+        set(headers, "x-request-id", &ctx.request_id);
+        if route.config.preserve_host_header {
+            if let Some(host) = original_host {
+                headers.insert(header::HOST, host);
+            }
+        } else if let Ok(value) = HeaderValue::from_str(self.authority) {
+            headers.insert(header::HOST, value);
+        }
+        for (name, value) in extra.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The gateway's error, and its metric kind, for an upstream request that failed; a connection
+/// failure marks the upstream down.
+fn failure(
+    error: &hyper_util::client::legacy::Error,
+    route: &Route,
+    upstream: &crate::routes::Upstream,
+    upstream_url: &str,
+) -> (GatewayError, &'static str) {
+    if let Some(timeout) = find_cause::<crate::body::BodyReadTimeout>(error) {
+        let seconds = timeout.0.as_secs();
+        return (GatewayError::RequestTimeout { seconds }, "request_timeout");
+    }
+    if find_cause::<http_body_util::LengthLimitError>(error).is_some() {
+        let limit = route.max_request_bytes;
+        return (GatewayError::PayloadTooLarge { limit }, "request_too_large");
+    }
+    let kind = if error.is_connect() {
+        upstream.mark_down();
+        "connect"
+    } else {
+        "upstream"
+    };
+    let error = GatewayError::BadGateway {
+        upstream: upstream_url.to_owned(),
+        reason: describe(error),
+    };
+    (error, kind)
+}
+
+/// The upstream's response as the client gets it: framing normalised, hop-by-hop headers and
+/// what the upstream may not decide for the gateway's origin removed. `Err`: why it cannot be
+/// passed on.
+fn response_for_client(
+    mut response: Response<hyper::body::Incoming>,
+    gateway_cookie: &str,
+    request_id: &str,
+) -> Result<Response<hyper::body::Incoming>, &'static str> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The gateway never forwards `Upgrade`, so no client asked for this; passing it on
+        // would hand the client's connection to whatever the upstream speaks next.
+        return Err("it switched protocols (101) though no upgrade was asked for");
+    }
+    let headers = response.headers_mut();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: the body was framed by Transfer-Encoding (and is re-framed for the
+        // client); a Content-Length next to it is wrong, and passing it on would make the
+        // client cut or wait for the body.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(headers);
+    strip_owned_response_headers(headers, gateway_cookie, request_id);
+    Ok(response)
 }
 
 /// Wraps the client's body so at most `limit` bytes are forwarded.

@@ -12,8 +12,6 @@ use postern_config::{Config, Mcp, McpServer, Route as RouteConfig};
 
 /// How long an upstream that failed is skipped (passive health).
 const UNHEALTHY_FOR: Duration = Duration::from_secs(10);
-/// Default limit for MCP server request bodies.
-pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 
 /// What kind of route this is.
 #[derive(Clone, Debug)]
@@ -89,19 +87,6 @@ impl Route {
             Some(Mcp::Server(server)) => Kind::McpServer(server.clone()),
             Some(Mcp::Client) => Kind::McpClient,
         };
-        let idle_timeout = match (&config.idle_timeout, &kind) {
-            (Some(d), _) if d.0.is_zero() => None,
-            (Some(d), _) => Some(d.0),
-            // MCP streams (SSE) may be quiet for a long time.
-            (None, Kind::McpServer(_)) => None,
-            (None, _) => Some(Duration::from_secs(300)),
-        };
-        let max_request_bytes = match &kind {
-            Kind::McpServer(server) => server
-                .max_request_bytes
-                .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
-            _ => u64::MAX,
-        };
         let id = config.name.clone().unwrap_or_else(|| {
             format!(
                 "{}{}",
@@ -142,9 +127,9 @@ impl Route {
                     down_until: std::sync::Mutex::new(None),
                 })
                 .collect(),
-            timeout: config.timeout.map_or(global.upstream_timeout(), |d| d.0),
-            idle_timeout,
-            max_request_bytes,
+            timeout: config.timeout_in_effect(global),
+            idle_timeout: config.idle_timeout_in_effect(),
+            max_request_bytes: config.max_request_bytes_in_effect(),
             config: config.clone(),
             next: AtomicUsize::new(0),
         }

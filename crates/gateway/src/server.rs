@@ -92,36 +92,20 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     timeouts: ConnectionTimeouts,
 ) {
-    let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let shared = Arc::new(Shared {
+        local_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+        acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
+        builder: connection_builder(),
+        gateway,
+        shutdown,
+        timeouts,
+    });
     let open = Arc::new(OpenConnections::default());
     let mut workers = Workers::start();
-    let builder = {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        b.http2()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-        Arc::new(b)
-    };
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote)) = accept(&listener, &shared.shutdown).await {
         // Over the cap, the connection is closed at once: the client fails fast, and the
         // kernel's queue does not fill with connections that would wait anyway.
-        let Some(slot) = open.enter(gateway.runtime().config.max_connections()) else {
+        let Some(slot) = open.enter(shared.gateway.runtime().config.max_connections()) else {
             drop(stream);
             continue;
         };
@@ -134,71 +118,10 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let gateway = gateway.clone();
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        let shutdown = shutdown.clone();
+        let shared = shared.clone();
         workers.run(Box::pin(async move {
             let _slot = slot;
-            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                return;
-            };
-            let conn = Connection {
-                remote,
-                tls: acceptor.is_some(),
-                local_port,
-                body_read_timeout: timeouts.body_read,
-            };
-            let stream = match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => Either::Left(stream),
-                        Ok(Err(error)) => {
-                            tracing::debug!(%remote, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                None => Either::Right(stream),
-            };
-            let activity = Arc::new(Activity::new());
-            let service = service_fn({
-                let activity = activity.clone();
-                move |request| {
-                    let gateway = gateway.clone();
-                    let in_flight = activity.request_started();
-                    async move {
-                        let response = gateway.handle(request, conn).await;
-                        Ok::<_, Infallible>(response.map(|body| Tracked {
-                            body,
-                            _in_flight: in_flight,
-                        }))
-                    }
-                }
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            let mut closing = false;
-            let cut = tokio::time::sleep(Duration::MAX);
-            let mut cut = std::pin::pin!(cut);
-            loop {
-                tokio::select! {
-                    _ = connection.as_mut() => break,
-                    _ = shutdown.cancelled(), if !closing => {
-                        // Draining: requests in flight finish; `serve` cuts what is left.
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = activity.idle(&timeouts), if !closing => {
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        cut.as_mut().reset(tokio::time::Instant::now() + timeouts.close_grace);
-                    }
-                    _ = cut.as_mut(), if closing => break,
-                }
-            }
+            shared.serve_connection(stream, remote).await;
         }));
     }
     drop(listener);
@@ -207,6 +130,129 @@ pub async fn serve_with(
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("drain timed out; closing the remaining connections"),
     }
     workers.stop().await;
+}
+
+/// The next connection, or `None` at shutdown. A failed accept (e.g. out of file
+/// descriptors) is retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 settings of the main listener's connections.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    builder
+}
+
+/// What every connection of the main listener shares.
+struct Shared {
+    gateway: Gateway,
+    builder: auto::Builder<TokioExecutor>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+    timeouts: ConnectionTimeouts,
+    local_port: u16,
+}
+
+impl Shared {
+    /// Serves one client connection (on a worker) until it closes, is idle too long, or
+    /// shutdown has drained it.
+    async fn serve_connection(self: Arc<Self>, stream: std::net::TcpStream, remote: SocketAddr) {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            return;
+        };
+        let Some(stream) = self.handshake(stream, remote).await else {
+            return;
+        };
+        let conn = Connection {
+            remote,
+            tls: self.acceptor.is_some(),
+            local_port: self.local_port,
+            body_read_timeout: self.timeouts.body_read,
+        };
+        let activity = Arc::new(Activity::new());
+        let service = service_fn({
+            let activity = activity.clone();
+            let gateway = self.gateway.clone();
+            move |request| {
+                let gateway = gateway.clone();
+                let in_flight = activity.request_started();
+                async move {
+                    let response = gateway.handle(request, conn).await;
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
+                }
+            }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let mut closing = false;
+        let cut = tokio::time::sleep(Duration::MAX);
+        let mut cut = std::pin::pin!(cut);
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                _ = self.shutdown.cancelled(), if !closing => {
+                    // Draining: requests in flight finish; `serve` cuts what is left.
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = activity.idle(&self.timeouts), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                    cut.as_mut().reset(tokio::time::Instant::now() + self.timeouts.close_grace);
+                }
+                _ = cut.as_mut(), if closing => break,
+            }
+        }
+    }
+
+    /// The TLS handshake, when the listener has TLS (`None`: it failed or took too long).
+    async fn handshake(
+        &self,
+        stream: tokio::net::TcpStream,
+        remote: SocketAddr,
+    ) -> Option<Either<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, tokio::net::TcpStream>>
+    {
+        let Some(acceptor) = &self.acceptor else {
+            return Some(Either::Right(stream));
+        };
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Some(Either::Left(stream)),
+            Ok(Err(error)) => {
+                tracing::debug!(%remote, %error, "TLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// The client connections open now, against `max_connections`.

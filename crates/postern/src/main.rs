@@ -87,8 +87,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(
         serve_config
             .as_ref()
-            .and_then(|c| c.log_level.as_deref())
-            .unwrap_or("info"),
+            .map_or(postern_config::defaults::LOG_LEVEL, |c| c.log_level()),
     );
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -56,10 +56,7 @@ async fn open_store(config: &Config, base: &Path) -> anyhow::Result<Store> {
             postern_config::decode_base64(s.expose()).context("previous_shared_secrets: not base64")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let backend = match config
-        .databroker_storage_type
-        .unwrap_or(StorageType::Sqlite)
-    {
+    let backend = match config.storage_type() {
         StorageType::Sqlite => Backend::sqlite_in(&data_dir),
         StorageType::Memory => Backend::Memory,
         StorageType::Postgres => Backend::Postgres(
@@ -114,11 +111,6 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
             LocalUsers::default()
         }
     };
-    if config.idp_provider.is_some() {
-        tracing::warn!(
-            "idp_provider: OIDC sign-in is not available yet; local users (users_file) sign in"
-        );
-    }
     let pem = match &config.signing_key {
         Some(key) => key.expose().to_owned(),
         None => {
@@ -129,7 +121,7 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
     };
     let signer = Signer::from_pem(&pem).map_err(|e| anyhow::anyhow!("signing_key: {e}"))?;
     let mut settings = AccessSettings::from_config(config);
-    settings.audit_file = Some(base.join(config.data_dir()).join("audit.jsonl"));
+    settings.audit_file = Some(base.join(config.audit_file()));
     let mut access = Access::new(store.clone(), users, signer, settings);
     if config.idp_provider.as_deref() == Some("oidc") {
         let oidc = Oidc::new(OidcSettings {
@@ -146,11 +138,8 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
                 .as_ref()
                 .map(|s| s.expose().to_owned())
                 .unwrap_or_default(),
-            scopes: config.idp_scopes.clone(),
-            groups_claim: config
-                .idp_groups_claim
-                .clone()
-                .unwrap_or_else(|| "groups".into()),
+            scopes: config.idp_scopes(),
+            groups_claim: config.idp_groups_claim().to_owned(),
         });
         access = access.with_oidc(oidc);
     }
@@ -196,11 +185,10 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     };
     let autocert = (config.autocert && tls.is_some()).then(|| {
         let base = path.parent().unwrap_or(Path::new("."));
-        let dir = config
-            .autocert_dir
-            .clone()
-            .unwrap_or_else(|| config.data_dir().join("autocert"));
-        let mut settings = AutocertConfig::new(base.join(dir), config.autocert_ca.clone());
+        let mut settings = AutocertConfig::new(
+            base.join(config.autocert_dir()),
+            Some(config.autocert_ca().to_owned()),
+        );
         settings.email = config.autocert_email.clone();
         settings.trusted_ca = config
             .autocert_trusted_ca_file
@@ -224,31 +212,26 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     tracing::info!(address = %local, tls = tls.is_some(), routes = config.routes.len(), "postern gateway listening");
 
     let mut tasks = tokio::task::JoinSet::new();
-    if tls.is_some() {
-        let redirect = config
-            .http_redirect_address
-            .clone()
-            .unwrap_or_else(|| ":80".into());
-        if !redirect.is_empty() {
-            // ACME HTTP-01 challenges arrive here: with autocert this listener is required.
-            let explicit = config.http_redirect_address.is_some() || autocert.is_some();
-            match bind(&redirect).await {
-                Ok(l) => {
-                    tracing::info!(address = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
-                    tasks.spawn(server::serve_redirect(
-                        l,
-                        local.port(),
-                        challenges.clone(),
-                        gateway.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(e) if explicit => {
-                    return Err(e).context(format!("http_redirect_address {redirect}"));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "not redirecting plain HTTP: cannot listen on :80 (set http_redirect_address)")
-                }
+    // Off with plain HTTP (insecure_server) or an empty http_redirect_address.
+    if let Some(redirect) = config.http_redirect_address() {
+        // ACME HTTP-01 challenges arrive here: with autocert this listener is required.
+        let explicit = config.http_redirect_address.is_some() || autocert.is_some();
+        match bind(redirect).await {
+            Ok(l) => {
+                tracing::info!(address = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
+                tasks.spawn(server::serve_redirect(
+                    l,
+                    local.port(),
+                    challenges.clone(),
+                    gateway.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) if explicit => {
+                return Err(e).context(format!("http_redirect_address {redirect}"));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not redirecting plain HTTP: cannot listen on :80 (set http_redirect_address)")
             }
         }
     }
