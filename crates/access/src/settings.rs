@@ -37,30 +37,17 @@ pub struct AccessSettings {
 impl AccessSettings {
     /// From the configuration.
     pub fn from_config(config: &Config) -> Self {
-        let localhost_only = config
-            .routes
-            .iter()
-            .all(|r| matches!(r.from.host.as_str(), "localhost" | "127.0.0.1" | "::1"));
         Self {
             cookie: CookieSettings {
-                name: config
-                    .cookie_name
-                    .clone()
-                    .unwrap_or_else(|| "_postern".into()),
-                expire: config
-                    .cookie_expire
-                    .map_or(Duration::from_secs(14 * 3600), |d| d.0),
-                // Browsers keep `Secure` cookies from plain-HTTP localhost, but not from other
-                // plain-HTTP hosts: only there is the flag left out.
-                secure: !(config.insecure_server && localhost_only),
+                name: config.cookie_name().to_owned(),
+                expire: config.cookie_expire(),
+                secure: config.cookie_secure(),
             },
-            pass_identity_headers: config.pass_identity_headers.unwrap_or(false),
-            issuer_format: config.jwt_issuer_format.unwrap_or(IssuerFormat::HostOnly),
-            audit_file: Some(config.data_dir().join("audit.jsonl")),
-            dynamic_registration: config.mcp_dynamic_client_registration.unwrap_or(true),
-            access_token_ttl: config
-                .mcp_access_token_ttl
-                .map_or(Duration::from_secs(3600), |d| d.0),
+            pass_identity_headers: config.pass_identity_headers(),
+            issuer_format: config.jwt_issuer_format(),
+            audit_file: Some(config.audit_file()),
+            dynamic_registration: config.mcp_dynamic_client_registration(),
+            access_token_ttl: config.mcp_access_token_ttl(),
             refresh_reuse_grace: Duration::from_secs(5),
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
             allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),

@@ -177,7 +177,7 @@ pub(crate) async fn token_request(
         form.push(("resource", resource.clone()));
     }
     let mut request = http.post(&url).header("accept", "application/json");
-    match endpoint.auth_style.unwrap_or(AuthStyle::Header) {
+    match endpoint.auth_style() {
         AuthStyle::Header => {
             // RFC 6749 §2.3.1: the id and secret are form-encoded before Basic encoding.
             let enc =
