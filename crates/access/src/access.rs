@@ -115,14 +115,18 @@ impl Access {
             Endpoint::Token => self.server.token(ctx, request).await,
             Endpoint::Revoke => self.server.revoke(request).await,
             Endpoint::UpstreamCallback => {
-                match self.broker.upstream_callback(ctx, &request).await {
+                let mut response = match self.broker.upstream_callback(ctx, &request).await {
                     Callback::Done(response) => response,
                     Callback::ResumeAuthorization(query) => {
                         self.server
                             .authorize_with(ctx, &ctx.origin(), query, None, request.headers())
                             .await
                     }
-                }
+                };
+                // The trip is over, whichever way it ended.
+                crate::round_trip::UPSTREAM
+                    .clear(&mut response, self.broker.settings.cookie.secure);
+                response
             }
             Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
             Endpoint::SignOut => self.sign_in.sign_out(ctx, &request).await,

@@ -452,8 +452,10 @@ impl AuthorizationServer {
             ) {
                 let mut resume_query = query.clone();
                 resume_query.remove("session_binding");
-                let resume =
-                    json!({"kind": "authorize", "query": resume_query, "origin": ctx.origin()});
+                let resume = crate::round_trip::Resume::Authorize {
+                    query: resume_query,
+                    origin: ctx.origin(),
+                };
                 return self
                     .broker
                     .start_upstream(ctx, &route, &session, resume)

@@ -9,17 +9,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
 use postern_oauth::pkce;
 use postern_store::{Session, Store, now_ms};
-use serde_json::Value;
 
 use crate::oauth_server::{self, RevocationCache};
 use crate::reply::{html, json_error, not_connected, redirect_to};
+use crate::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 use crate::settings::AccessSettings;
 use crate::{pages, session};
 
@@ -103,9 +103,6 @@ impl UpstreamBroker {
     }
 }
 
-/// The cookie that binds an upstream authorization to the browser that started it.
-const UPSTREAM_STATE_COOKIE: &str = "_postern_upstream";
-
 impl UpstreamBroker {
     /// Sends the browser to the upstream provider for the user's TI, then back to `resume`.
     pub(crate) async fn start_upstream(
@@ -113,7 +110,7 @@ impl UpstreamBroker {
         ctx: &RequestContext,
         route: &postern_gateway::routes::Route,
         session: &postern_store::Session,
-        resume: Value,
+        resume: Resume,
     ) -> Response<Body> {
         let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
             return html(
@@ -136,8 +133,8 @@ impl UpstreamBroker {
             session_id: session.id.clone(),
             route_id: crate::upstream::route_key(route),
             pkce_verifier: verifier.clone(),
-            resume,
-            expires_at: now_ms() + 10 * 60 * 1000,
+            resume: resume.to_value(),
+            expires_at: now_ms() + ROUND_TRIP_TTL_MS,
         };
         if self.store.put_pending(&state, &pending).await.is_err() {
             return html(
@@ -157,17 +154,7 @@ impl UpstreamBroker {
         ) {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                let secure = if self.settings.cookie.secure {
-                    "; Secure"
-                } else {
-                    ""
-                };
-                if let Ok(value) = HeaderValue::from_str(&format!(
-                    "{UPSTREAM_STATE_COOKIE}={}; Path=/.pomerium/; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
-                    postern_store::hash_secret(&state)
-                )) {
-                    response.headers_mut().append(header::SET_COOKIE, value);
-                }
+                UPSTREAM.set(&mut response, &state, self.settings.cookie.secure);
                 response
             }
             Err(error) => html(
@@ -203,9 +190,7 @@ impl UpstreamBroker {
                 "The provider's answer lacks code or state.",
             );
         };
-        let expected = postern_store::hash_secret(state);
-        let bound = crate::session::cookies(request.headers(), UPSTREAM_STATE_COOKIE)
-            .any(|v| v == expected);
+        let bound = UPSTREAM.matches(request.headers(), state);
         let Some(session) =
             session::current(request.headers(), &self.settings.cookie, &self.store).await
         else {
@@ -221,8 +206,18 @@ impl UpstreamBroker {
                 "This authorization was started in another browser; start again here.",
             );
         }
-        let pending = match self.store.take_pending(state).await {
+        let pending = self.store.take_pending(state).await;
+        let pending = match pending {
             Ok(Some(p)) => p,
+            _ => {
+                return failed(
+                    StatusCode::BAD_REQUEST,
+                    "This authorization is unknown or expired; start again.",
+                );
+            }
+        };
+        let resume = match Resume::from_value(&pending.resume) {
+            Some(resume @ (Resume::Authorize { .. } | Resume::Connect { .. })) => resume,
             _ => {
                 return failed(
                     StatusCode::BAD_REQUEST,
@@ -256,14 +251,7 @@ impl UpstreamBroker {
                 "The MCP server no longer needs an upstream account.",
             );
         };
-        let callback = format!(
-            "{}/.pomerium/mcp/client/oauth/callback",
-            pending
-                .resume
-                .get("origin")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        );
+        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", resume.origin());
         let params = std::collections::BTreeMap::from([
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.clone()),
@@ -309,21 +297,13 @@ impl UpstreamBroker {
             );
         }
         tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
-        match pending.resume.get("kind").and_then(Value::as_str) {
-            Some("authorize") => {
-                let query: HashMap<String, String> = serde_json::from_value(
-                    pending.resume.get("query").cloned().unwrap_or_default(),
-                )
-                .unwrap_or_default();
-                Callback::ResumeAuthorization(query)
+        match resume {
+            Resume::Authorize { query, .. } => Callback::ResumeAuthorization(query),
+            Resume::Connect { redirect, .. } => Callback::Done(redirect_to(&redirect)),
+            // Refused above; a sign-in never resumes here.
+            Resume::SignIn { .. } => {
+                failed(StatusCode::BAD_REQUEST, "This authorization is unknown.")
             }
-            _ => Callback::Done(redirect_to(
-                pending
-                    .resume
-                    .get("redirect")
-                    .and_then(Value::as_str)
-                    .unwrap_or("/"),
-            )),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod oidc;
 pub mod pages;
 pub mod registration;
 mod reply;
+pub mod round_trip;
 mod routes_api;
 pub mod safe_http;
 pub mod session;

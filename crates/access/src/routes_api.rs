@@ -410,7 +410,10 @@ impl UpstreamBroker {
             ctx,
             &route,
             session,
-            json!({"kind": "connect", "redirect": redirect, "origin": ctx.origin()}),
+            crate::round_trip::Resume::Connect {
+                redirect,
+                origin: ctx.origin(),
+            },
         )
         .await
     }

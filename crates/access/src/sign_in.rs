@@ -7,19 +7,15 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
-use postern_store::{PendingAuthorization, Session, Store, hash_secret, now_ms};
-use serde_json::{Value, json};
+use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
 use crate::limiter::SignInLimiter;
 use crate::oidc::Oidc;
 use crate::pages;
 use crate::reply::{form_value, html, redirect_to, safe_redirect, set_cookie};
+use crate::round_trip::{OIDC_SIGN_IN, ROUND_TRIP_TTL_MS, Resume};
 use crate::session::{self, CookieSettings};
 use crate::users::{LocalUser, LocalUsers};
-
-/// How long an OIDC sign-in may take.
-const OIDC_SIGN_IN_TTL_MS: i64 = 10 * 60 * 1000;
-const OIDC_STATE_COOKIE: &str = "_postern_oidc";
 
 /// The sign-in service: owns the local users, the password-check slots, the guessing limits and
 /// the identity provider.
@@ -88,10 +84,15 @@ impl SignIn {
         let pending = PendingAuthorization {
             user_id: String::new(),
             session_id: String::new(),
-            route_id: "oidc-sign-in".into(),
+            route_id: String::new(),
             pkce_verifier: verifier.clone(),
-            resume: json!({"nonce": nonce, "redirect": safe_redirect(redirect, ctx), "origin": ctx.origin()}),
-            expires_at: now_ms() + OIDC_SIGN_IN_TTL_MS,
+            resume: Resume::SignIn {
+                nonce: nonce.clone(),
+                redirect: safe_redirect(redirect, ctx),
+                origin: ctx.origin(),
+            }
+            .to_value(),
+            expires_at: now_ms() + ROUND_TRIP_TTL_MS,
         };
         if let Err(error) = self.store.put_pending(&state, &pending).await {
             tracing::error!(%error, "cannot save the sign-in");
@@ -107,14 +108,7 @@ impl SignIn {
         {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                let secure = if self.cookie.secure { "; Secure" } else { "" };
-                set_cookie(
-                    &mut response,
-                    &format!(
-                        "{OIDC_STATE_COOKIE}={}; Path=/.pomerium/callback; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
-                        hash_secret(&state)
-                    ),
-                );
+                OIDC_SIGN_IN.set(&mut response, &state, self.cookie.secure);
                 response
             }
             Err(error) => {
@@ -160,10 +154,8 @@ impl SignIn {
                 ),
             );
         };
-        let expected = hash_secret(&state);
-        let bound = session::cookies(request.headers(), OIDC_STATE_COOKIE).any(|v| v == expected);
         // Checked before the sign-in is consumed, so a foreign browser can't burn it.
-        if !bound {
+        if !OIDC_SIGN_IN.matches(request.headers(), &state) {
             tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
             return html(
                 StatusCode::BAD_REQUEST,
@@ -173,9 +165,22 @@ impl SignIn {
                 ),
             );
         }
-        let pending = match self.store.take_pending(&state).await {
-            Ok(Some(p)) if p.route_id == "oidc-sign-in" => p,
-            _ => {
+        let pending = self.store.take_pending(&state).await;
+        let resumed = pending
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|p| match Resume::from_value(&p.resume) {
+                Some(Resume::SignIn {
+                    nonce,
+                    redirect,
+                    origin,
+                }) => Some((p.pkce_verifier.clone(), nonce, redirect, origin)),
+                _ => None,
+            });
+        let (verifier, nonce, redirect, origin) = match resumed {
+            Some(resumed) => resumed,
+            None => {
                 return html(
                     StatusCode::BAD_REQUEST,
                     pages::message(
@@ -185,19 +190,8 @@ impl SignIn {
                 );
             }
         };
-        let resume = &pending.resume;
-        let text = |k: &str| {
-            resume
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let callback = format!("{}/.pomerium/callback", text("origin"));
-        let identity = match oidc
-            .finish(&code, &callback, &pending.pkce_verifier, &text("nonce"))
-            .await
-        {
+        let callback = format!("{origin}/.pomerium/callback");
+        let identity = match oidc.finish(&code, &callback, &verifier, &nonce).await {
             Ok(identity) => identity,
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "OIDC sign-in refused");
@@ -236,14 +230,9 @@ impl SignIn {
                 ),
             );
         };
-        let mut response = redirect_to(&text("redirect"));
+        let mut response = redirect_to(&redirect);
         set_cookie(&mut response, &cookie);
-        set_cookie(
-            &mut response,
-            &format!(
-                "{OIDC_STATE_COOKIE}=; Path=/.pomerium/callback; Max-Age=0; HttpOnly; SameSite=Lax"
-            ),
-        );
+        OIDC_SIGN_IN.clear(&mut response, self.cookie.secure);
         response
     }
 
