@@ -94,97 +94,23 @@ impl Enforcement {
         response
     }
 
+    /// Decides whether the request may use `route`: who asks, what they ask (each MCP call on
+    /// its own), and the route's policy on each.
     pub(crate) async fn authorize(
         &self,
         ctx: &RequestContext,
         route: &Arc<Route>,
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
-        // MCP clients present a TE; browsers (and apps signed in through them) a session cookie.
-        let bearer = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim().to_owned());
-        let session = match (&bearer, route.is_mcp_server()) {
-            (Some(token), true) => {
-                let resource = oauth_server::route_resource(route, &ctx.origin());
-                match oauth_server::check_access_token(
-                    self.store.keyring(),
-                    &self.revocations,
-                    token,
-                    &resource,
-                ) {
-                    Ok(claims) => Some(claims.session()),
-                    Err(error) => return Err(self.invalid_token(ctx, &resource, &error)),
-                }
-            }
-            _ if request.headers().contains_key(header::COOKIE) => {
-                Box::pin(session::current(
-                    request.headers(),
-                    &self.settings.cookie,
-                    &self.store,
-                ))
-                .await
-            }
-            _ => None,
-        };
+        let session = self.identify(ctx, route, &request).await?;
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
-        // Where to return after sign-in (only needed when the request is refused for it).
-        let original =
-            |uri: &http::Uri| uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-
-        // MCP POSTs are read whole and checked call by call; nothing unreadable goes through.
         let (request, calls) = if route.is_mcp_server() && request.method() == Method::POST {
-            let (parts, body) = request.into_parts();
-            let bytes = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    let error = GatewayError::PayloadTooLarge {
-                        limit: route.max_request_bytes,
-                    };
-                    return Err(error.into_response(&ctx.request_id, false));
-                }
-            };
-            let content_type = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            let calls = match mcp::inspect(content_type, &bytes) {
-                Ok(calls) => calls,
-                Err(error) => {
-                    // Nobody signed in on a route that needs a user: the client learns to sign
-                    // in first (401), not what is wrong with a body nobody may send yet.
-                    let anonymous = route.policy.evaluate(&Input {
-                        user: None,
-                        method: &method,
-                        path: &path,
-                        mcp: None,
-                    });
-                    if user.is_none() && anonymous.needs_sign_in {
-                        return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
-                    }
-                    let status = match error {
-                        mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        mcp::InspectError::Malformed(_) => StatusCode::BAD_REQUEST,
-                    };
-                    return Err(json_error(
-                        status,
-                        "invalid_mcp_request",
-                        &error.to_string(),
-                        &ctx.request_id,
-                    ));
-                }
-            };
-            (Request::from_parts(parts, full(bytes)), calls)
+            self.read_calls(ctx, route, request, user.as_ref()).await?
         } else {
             (request, Vec::new())
         };
-
         let evaluate = |mcp: Option<&McpRequest>| {
             route.policy.evaluate(&Input {
                 user: user.as_ref(),
@@ -202,49 +128,8 @@ impl Enforcement {
                 .collect()
         };
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
-        if let Some((_, first)) = denied.first() {
-            if first.needs_sign_in {
-                return Err(self.unauthenticated(ctx, route, &original(request.uri())));
-            }
-            for (call, decision) in &denied {
-                self.audit.record(AuditEvent::decision(
-                    ctx,
-                    route,
-                    session.as_ref(),
-                    call.map(|c| &c.request),
-                    &decision.reason,
-                    false,
-                ));
-            }
-            if !calls.is_empty() {
-                // MCP clients get a JSON-RPC error per denied request (a batch gets a batch).
-                let errors: Vec<Value> = denied
-                    .iter()
-                    .map(|(call, _)| {
-                        let call = call.expect("MCP decisions carry their call");
-                        mcp::denial(
-                            call.id.as_ref(),
-                            call.request.tool.as_deref(),
-                            &ctx.request_id,
-                        )
-                    })
-                    .collect();
-                let body = if calls.len() == 1 {
-                    errors[0].clone()
-                } else {
-                    Value::Array(errors)
-                };
-                return Err(json_response(StatusCode::OK, &body));
-            }
-            return Err(json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                &format!(
-                    "the route's policy does not allow this request ({})",
-                    first.reason
-                ),
-                &ctx.request_id,
-            ));
+        if !denied.is_empty() {
+            return Err(self.refuse(ctx, route, session.as_ref(), &denied, &calls, request.uri()));
         }
         let decision = decisions
             .first()
@@ -264,6 +149,147 @@ impl Enforcement {
             filter_tools,
         });
         Ok((request, grant))
+    }
+
+    /// Who asks: MCP clients present a TE on MCP server routes; browsers (and apps signed in
+    /// through them) a session cookie. A TE that is not valid here is refused (401).
+    async fn identify(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        request: &Request<Body>,
+    ) -> Result<Option<Session>, Response<Body>> {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        match (bearer, route.is_mcp_server()) {
+            (Some(token), true) => {
+                let resource = oauth_server::route_resource(route, &ctx.origin());
+                match oauth_server::check_access_token(
+                    self.store.keyring(),
+                    &self.revocations,
+                    token,
+                    &resource,
+                ) {
+                    Ok(claims) => Ok(Some(claims.session())),
+                    Err(error) => Err(self.invalid_token(ctx, &resource, &error)),
+                }
+            }
+            _ if request.headers().contains_key(header::COOKIE) => Ok(Box::pin(session::current(
+                request.headers(),
+                &self.settings.cookie,
+                &self.store,
+            ))
+            .await),
+            _ => Ok(None),
+        }
+    }
+
+    /// An MCP POST, read whole (within the route's limit) and split into its calls; nothing
+    /// unreadable goes through.
+    async fn read_calls(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        request: Request<Body>,
+        user: Option<&postern_policy::User>,
+    ) -> Result<(Request<Body>, Vec<Call>), Response<Body>> {
+        let (parts, body) = request.into_parts();
+        let Ok(collected) = body.collect().await else {
+            let error = GatewayError::PayloadTooLarge {
+                limit: route.max_request_bytes,
+            };
+            return Err(error.into_response(&ctx.request_id, false));
+        };
+        let bytes = collected.to_bytes();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        match mcp::inspect(content_type, &bytes) {
+            Ok(calls) => Ok((Request::from_parts(parts, full(bytes)), calls)),
+            Err(error) => {
+                // Nobody signed in on a route that needs a user: the client learns to sign in
+                // first (401), not what is wrong with a body nobody may send yet.
+                let anonymous = route.policy.evaluate(&Input {
+                    user: None,
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    mcp: None,
+                });
+                if user.is_none() && anonymous.needs_sign_in {
+                    return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
+                }
+                let status = match error {
+                    mcp::InspectError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    mcp::InspectError::Malformed(_) => StatusCode::BAD_REQUEST,
+                };
+                Err(json_error(
+                    status,
+                    "invalid_mcp_request",
+                    &error.to_string(),
+                    &ctx.request_id,
+                ))
+            }
+        }
+    }
+
+    /// The answer to a refused request: sign in first (401 or the sign-in page), a JSON-RPC
+    /// error per refused MCP call (a batch gets a batch), or 403; every refusal audited.
+    fn refuse(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        session: Option<&Session>,
+        denied: &[&(Option<&Call>, postern_policy::Decision)],
+        calls: &[Call],
+        uri: &http::Uri,
+    ) -> Response<Body> {
+        let first = &denied[0].1;
+        if first.needs_sign_in {
+            return self.unauthenticated(ctx, route, &original(uri));
+        }
+        for (call, decision) in denied {
+            self.audit.record(AuditEvent::decision(
+                ctx,
+                route,
+                session,
+                call.map(|c| &c.request),
+                &decision.reason,
+                false,
+            ));
+        }
+        if !calls.is_empty() {
+            let errors: Vec<Value> = denied
+                .iter()
+                .filter_map(|(call, _)| *call)
+                .map(|call| {
+                    mcp::denial(
+                        call.id.as_ref(),
+                        call.request.tool.as_deref(),
+                        &ctx.request_id,
+                    )
+                })
+                .collect();
+            let body = match (calls.len(), errors.first()) {
+                (1, Some(error)) => error.clone(),
+                _ => Value::Array(errors),
+            };
+            return json_response(StatusCode::OK, &body);
+        }
+        json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!(
+                "the route's policy does not allow this request ({})",
+                first.reason
+            ),
+            &ctx.request_id,
+        )
     }
 
     pub(crate) async fn upstream_headers(
@@ -391,6 +417,11 @@ impl Enforcement {
         })
     }
 }
+/// Where to return after sign-in.
+fn original(uri: &http::Uri) -> String {
+    uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()
+}
+
 /// Removes the tools the user may not call from every tool list in the response.
 async fn filter_tool_lists(
     ctx: &RequestContext,
