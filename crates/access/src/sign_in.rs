@@ -17,6 +17,14 @@ use crate::round_trip::{OIDC_SIGN_IN, ROUND_TRIP_TTL_MS, Resume};
 use crate::session::{self, CookieSettings};
 use crate::users::{LocalUser, LocalUsers};
 
+/// A sign-in form as posted.
+struct Posted {
+    headers: http::HeaderMap,
+    email: String,
+    password: String,
+    redirect: String,
+}
+
 /// The sign-in service: owns the local users, the password-check slots, the guessing limits and
 /// the identity provider.
 pub struct SignIn {
@@ -276,51 +284,16 @@ impl SignIn {
             }
             return self.sign_in_page(StatusCode::OK, &redirect, None);
         }
-        if let Err(why) = crate::forms::same_origin_post(request.headers(), &ctx.origin()) {
-            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
-            return self.sign_in_page(
-                StatusCode::FORBIDDEN,
-                &redirect,
-                Some(
-                    "This sign-in came from another site, so it was refused. Sign in here instead.",
-                ),
-            );
-        }
-        let headers = request.headers().clone();
-        let body = match crate::forms::read_form(request).await {
-            Ok(body) => body,
-            Err(error) => {
-                return self.sign_in_page(
-                    error.status(),
-                    &redirect,
-                    Some(&format!("The form could not be read: {error}.")),
-                );
-            }
+        let posted = match self.read_posted(ctx, request, redirect).await {
+            Ok(posted) => posted,
+            Err(response) => return response,
         };
-        let form = String::from_utf8_lossy(&body).into_owned();
-        let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
-        if !crate::forms::csrf_matches(
-            &headers,
-            form_value(&form, "csrf_token").as_deref(),
-            self.store.keyring(),
-        ) {
-            return self.sign_in_page(
-                StatusCode::FORBIDDEN,
-                &redirect,
-                Some(
-                    "This sign-in form has expired or was not sent from this site. Sign in again.",
-                ),
-            );
-        }
-        let email = form_value(&form, "email").unwrap_or_default();
-        let password = form_value(&form, "password").unwrap_or_default();
-        if email.len() > crate::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
-            return self.sign_in_page(
-                StatusCode::BAD_REQUEST,
-                &redirect,
-                Some("Wrong email or password."),
-            );
-        }
+        let Posted {
+            headers,
+            email,
+            password,
+            redirect,
+        } = posted;
         // Signing in over another user's session would silently switch accounts under the
         // pages and clients of the first one.
         let current = session::current(&headers, &self.cookie, &self.store).await;
@@ -333,38 +306,13 @@ impl SignIn {
                 pages::signed_in_as_other(&current.email),
             );
         }
-        let address = ctx.client_addr.ip().to_string();
-        let attempt = match self.limiter.reserve(&email, &address) {
-            Ok(attempt) => attempt,
-            Err(refused) => {
-                tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
-                let mut response = self.sign_in_page(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &redirect,
-                    Some(&format!(
-                        "Too many failed attempts from your address. Wait {} seconds, then try again.",
-                        refused.retry_after.as_secs()
-                    )),
-                );
-                if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string())
-                {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                return response;
-            }
+        let user = match self
+            .check_credentials(ctx, &email, &password, &redirect)
+            .await
+        {
+            Ok(user) => user,
+            Err(response) => return response,
         };
-        if !attempt.delay.is_zero() {
-            tokio::time::sleep(attempt.delay).await;
-        }
-        let Some(user) = self.check_password(&email, &password).await else {
-            attempt.failed();
-            return self.sign_in_page(
-                StatusCode::UNAUTHORIZED,
-                &redirect,
-                Some("Wrong email or password."),
-            );
-        };
-        attempt.succeeded();
         let email = user.email.to_ascii_lowercase();
         let Some(cookie) = self
             .start_session(Session {
@@ -390,6 +338,112 @@ impl SignIn {
         let mut response = redirect_to(&target);
         set_cookie(&mut response, &cookie);
         response
+    }
+
+    /// The posted sign-in form, if it came from this site's own form: no cross-site `Origin` or
+    /// `Sec-Fetch-Site`, within the size and time limits, with the anti-forgery field that goes
+    /// with this browser's cookie, and an email and password of sane length.
+    async fn read_posted(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+        redirect: String,
+    ) -> Result<Posted, Response<Body>> {
+        if let Err(why) = crate::forms::same_origin_post(request.headers(), &ctx.origin()) {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
+            return Err(self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in came from another site, so it was refused. Sign in here instead.",
+                ),
+            ));
+        }
+        let headers = request.headers().clone();
+        let body = match crate::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
+                return Err(self.sign_in_page(
+                    error.status(),
+                    &redirect,
+                    Some(&format!("The form could not be read: {error}.")),
+                ));
+            }
+        };
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
+        if !crate::forms::csrf_matches(
+            &headers,
+            form_value(&form, "csrf_token").as_deref(),
+            self.store.keyring(),
+        ) {
+            return Err(self.sign_in_page(
+                StatusCode::FORBIDDEN,
+                &redirect,
+                Some(
+                    "This sign-in form has expired or was not sent from this site. Sign in again.",
+                ),
+            ));
+        }
+        let email = form_value(&form, "email").unwrap_or_default();
+        let password = form_value(&form, "password").unwrap_or_default();
+        if email.len() > crate::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
+            return Err(self.sign_in_page(
+                StatusCode::BAD_REQUEST,
+                &redirect,
+                Some("Wrong email or password."),
+            ));
+        }
+        Ok(Posted {
+            headers,
+            email,
+            password,
+            redirect,
+        })
+    }
+
+    /// The local user, if the password is right: the attempt is reserved first (guessing
+    /// limits), delayed when the account has recent failures, and recorded.
+    async fn check_credentials(
+        &self,
+        ctx: &RequestContext,
+        email: &str,
+        password: &str,
+        redirect: &str,
+    ) -> Result<LocalUser, Response<Body>> {
+        let address = ctx.client_addr.ip().to_string();
+        let attempt = match self.limiter.reserve(email, &address) {
+            Ok(attempt) => attempt,
+            Err(refused) => {
+                tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
+                let mut response = self.sign_in_page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    redirect,
+                    Some(&format!(
+                        "Too many failed attempts from your address. Wait {} seconds, then try again.",
+                        refused.retry_after.as_secs()
+                    )),
+                );
+                if let Ok(value) = HeaderValue::from_str(&refused.retry_after.as_secs().to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+                return Err(response);
+            }
+        };
+        if !attempt.delay.is_zero() {
+            tokio::time::sleep(attempt.delay).await;
+        }
+        let Some(user) = self.check_password(email, password).await else {
+            attempt.failed();
+            return Err(self.sign_in_page(
+                StatusCode::UNAUTHORIZED,
+                redirect,
+                Some("Wrong email or password."),
+            ));
+        };
+        attempt.succeeded();
+        Ok(user)
     }
 
     /// Stores a new session for the user described by `session` (its id and times are set
