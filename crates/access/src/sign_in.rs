@@ -129,6 +129,58 @@ impl SignIn {
         }
     }
 
+    /// The sign-in the provider's answer resumes: its code, and the PKCE verifier, nonce,
+    /// return target and origin kept under its `state`, if this browser started it (checked
+    /// before the sign-in is consumed, so a foreign browser cannot burn it).
+    async fn resumed_sign_in(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Result<(String, String, String, String, String), Response<Body>> {
+        let failed = |status, text: &str| html(status, pages::message("Sign-in failed", text));
+        let query = request.uri().query().unwrap_or("");
+        if let Some(error) = form_value(query, "error") {
+            let detail = form_value(query, "error_description").unwrap_or_default();
+            return Err(failed(
+                StatusCode::UNAUTHORIZED,
+                &format!("The identity provider answered {error}: {detail}"),
+            ));
+        }
+        let (Some(code), Some(state)) = (form_value(query, "code"), form_value(query, "state"))
+        else {
+            return Err(failed(
+                StatusCode::BAD_REQUEST,
+                "The provider's answer lacks code or state.",
+            ));
+        };
+        if !OIDC_SIGN_IN.matches(request.headers(), &state) {
+            tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
+            return Err(failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in was started in another browser. Start again here.",
+            ));
+        }
+        let pending = self.store.take_pending(&state).await;
+        match pending
+            .ok()
+            .flatten()
+            .map(|p| (Resume::from_value(&p.resume), p))
+        {
+            Some((
+                Some(Resume::SignIn {
+                    nonce,
+                    redirect,
+                    origin,
+                }),
+                p,
+            )) => Ok((code, p.pkce_verifier, nonce, redirect, origin)),
+            _ => Err(failed(
+                StatusCode::BAD_REQUEST,
+                "This sign-in is unknown or expired. Start again.",
+            )),
+        }
+    }
+
     /// The provider sends the browser back here with the code.
     pub(crate) async fn oidc_callback(
         &self,
@@ -141,63 +193,11 @@ impl SignIn {
                 pages::message("Not found", "No identity provider is configured."),
             );
         };
-        let query = request.uri().query().unwrap_or("");
-        if let Some(error) = form_value(query, "error") {
-            let detail = form_value(query, "error_description").unwrap_or_default();
-            return html(
-                StatusCode::UNAUTHORIZED,
-                pages::message(
-                    "Sign-in failed",
-                    &format!("The identity provider answered {error}: {detail}"),
-                ),
-            );
-        }
-        let (Some(code), Some(state)) = (form_value(query, "code"), form_value(query, "state"))
-        else {
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::message(
-                    "Sign-in failed",
-                    "The provider's answer lacks code or state.",
-                ),
-            );
-        };
-        // Checked before the sign-in is consumed, so a foreign browser can't burn it.
-        if !OIDC_SIGN_IN.matches(request.headers(), &state) {
-            tracing::warn!(request_id = %ctx.request_id, "OIDC callback from a browser that did not start the sign-in");
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::message(
-                    "Sign-in failed",
-                    "This sign-in was started in another browser. Start again here.",
-                ),
-            );
-        }
-        let pending = self.store.take_pending(&state).await;
-        let resumed = pending
-            .as_ref()
-            .ok()
-            .and_then(Option::as_ref)
-            .and_then(|p| match Resume::from_value(&p.resume) {
-                Some(Resume::SignIn {
-                    nonce,
-                    redirect,
-                    origin,
-                }) => Some((p.pkce_verifier.clone(), nonce, redirect, origin)),
-                _ => None,
-            });
-        let (verifier, nonce, redirect, origin) = match resumed {
-            Some(resumed) => resumed,
-            None => {
-                return html(
-                    StatusCode::BAD_REQUEST,
-                    pages::message(
-                        "Sign-in failed",
-                        "This sign-in is unknown or expired. Start again.",
-                    ),
-                );
-            }
-        };
+        let (code, verifier, nonce, redirect, origin) =
+            match self.resumed_sign_in(ctx, request).await {
+                Ok(resumed) => resumed,
+                Err(response) => return response,
+            };
         let callback = format!("{origin}/.pomerium/callback");
         let identity = match oidc.finish(&code, &callback, &verifier, &nonce).await {
             Ok(identity) => identity,
