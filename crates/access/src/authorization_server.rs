@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
-use postern_oauth::{OAuthError, metadata, pkce, registration};
+use postern_oauth::{ErrorCode, OAuthError, metadata, pkce, registration};
 use postern_store::{
     CodeGrant, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
@@ -108,14 +108,14 @@ impl AuthorizationServer {
         if request.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new("invalid_request", "register with POST"),
+                &OAuthError::new(ErrorCode::InvalidRequest, "register with POST"),
             );
         }
         if !self.settings.dynamic_registration {
             return oauth_error(
                 StatusCode::FORBIDDEN,
                 &OAuthError::new(
-                    "access_denied",
+                    ErrorCode::AccessDenied,
                     "dynamic client registration is turned off (mcp_dynamic_client_registration)",
                 ),
             );
@@ -127,7 +127,7 @@ impl AuthorizationServer {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &OAuthError::new(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     "the request is too large (at most 64 KiB)",
                 ),
             );
@@ -137,7 +137,7 @@ impl AuthorizationServer {
             Err(e) => {
                 return oauth_error(
                     StatusCode::BAD_REQUEST,
-                    &OAuthError::new("invalid_client_metadata", format!("not JSON: {e}")),
+                    &OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}")),
                 );
             }
         };
@@ -165,7 +165,7 @@ impl AuthorizationServer {
             tracing::error!(%error, "cannot store a client registration");
             return oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &OAuthError::new("temporarily_unavailable", "try again"),
+                &OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again"),
             );
         }
         let name = metadata
@@ -303,7 +303,7 @@ impl AuthorizationServer {
                 .unwrap_or_else(|| "(none given)".into());
             return back(
                 OAuthError::new(
-                    "invalid_target",
+                    ErrorCode::InvalidTarget,
                     format!(
                         "resource {what} is not an MCP server on this gateway; pass the server URL as resource"
                     ),
@@ -319,7 +319,7 @@ impl AuthorizationServer {
         {
             return back(
                 OAuthError::new(
-                    "invalid_target",
+                    ErrorCode::InvalidTarget,
                     format!(
                         "resource {asked} is not on this authorization server's origin ({issuer}); use {resource}"
                     ),
@@ -357,7 +357,7 @@ impl AuthorizationServer {
         if !crate::routes_api::may_use(&route, &user) {
             return back(
                 OAuthError::new(
-                    "access_denied",
+                    ErrorCode::AccessDenied,
                     "you are not allowed to use this MCP server",
                 ),
                 state,
@@ -386,7 +386,7 @@ impl AuthorizationServer {
             }
             Some(_) => {
                 return back(
-                    OAuthError::new("access_denied", "you declined the authorization"),
+                    OAuthError::new(ErrorCode::AccessDenied, "you declined the authorization"),
                     state,
                 );
             }
@@ -495,21 +495,21 @@ impl AuthorizationServer {
         if request.method() != Method::POST {
             return oauth_error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new("invalid_request", "use POST"),
+                &OAuthError::new(ErrorCode::InvalidRequest, "use POST"),
             );
         }
         let headers = request.headers().clone();
         let Some(body) = read_body(request).await else {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
+                &OAuthError::new(ErrorCode::InvalidRequest, "the request is too large"),
             );
         };
         let form = oauth_server::form(&body);
         let result = self.token_grant(ctx, &headers, &form).await;
         let mut response = match result {
             Ok(body) => json_response(StatusCode::OK, &body),
-            Err(error) if error.code == "invalid_client" => {
+            Err(error) if error.code == ErrorCode::InvalidClient => {
                 let mut r = oauth_error(StatusCode::UNAUTHORIZED, &error);
                 r.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
@@ -541,7 +541,7 @@ impl AuthorizationServer {
                 .get_client(&client_id)
                 .await
                 .map_err(store_unavailable)?
-                .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?
+                .ok_or_else(|| OAuthError::new(ErrorCode::InvalidClient, "unknown client_id"))?
         };
         if client
             .metadata
@@ -550,7 +550,7 @@ impl AuthorizationServer {
             == Some("private_key_jwt")
         {
             return Err(OAuthError::new(
-                "invalid_client",
+                ErrorCode::InvalidClient,
                 "this client authenticates with private_key_jwt: send client_assertion",
             ));
         }
@@ -559,7 +559,7 @@ impl AuthorizationServer {
                 Ok(client)
             }
             (Some(_), _) => Err(OAuthError::new(
-                "invalid_client",
+                ErrorCode::InvalidClient,
                 "wrong or missing client secret",
             )),
             (None, _) => Ok(client),
@@ -581,9 +581,9 @@ impl AuthorizationServer {
         let keys = self.store.keyring();
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
-                let code = form
-                    .get("code")
-                    .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+                let code = form.get("code").ok_or_else(|| {
+                    OAuthError::new(ErrorCode::InvalidRequest, "code is required")
+                })?;
                 let family_id = keys.random_token(16).unwrap_or_default();
                 let grant = match self
                     .store
@@ -600,13 +600,13 @@ impl AuthorizationServer {
                         }
                         tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the code was already used; the tokens it gave were revoked",
                         ));
                     }
                     Redemption::Invalid => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "unknown or expired code (codes work once, for 60 s): start the authorization again",
                         ));
                     }
@@ -614,22 +614,22 @@ impl AuthorizationServer {
                 if grant.client_id != client.client_id {
                     let _ = self.store.revoke_family(&family_id).await;
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "the code was issued to another client",
                     ));
                 }
                 if form.get("redirect_uri") != Some(&grant.redirect_uri) {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "redirect_uri differs from the authorization request's",
                     ));
                 }
                 let verifier = form.get("code_verifier").ok_or_else(|| {
-                    OAuthError::new("invalid_grant", "code_verifier is required (PKCE)")
+                    OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
                 })?;
                 if !pkce::verify(verifier, &grant.code_challenge) {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "code_verifier does not match the code_challenge",
                     ));
                 }
@@ -637,7 +637,7 @@ impl AuthorizationServer {
                     && !metadata::same_resource(resource, &grant.resource)
                 {
                     return Err(OAuthError::new(
-                        "invalid_target",
+                        ErrorCode::InvalidTarget,
                         "resource differs from the authorization request's",
                     ));
                 }
@@ -669,7 +669,7 @@ impl AuthorizationServer {
             }
             Some("refresh_token") => {
                 let old = form.get("refresh_token").ok_or_else(|| {
-                    OAuthError::new("invalid_request", "refresh_token is required")
+                    OAuthError::new(ErrorCode::InvalidRequest, "refresh_token is required")
                 })?;
                 if let Some(family) = self
                     .store
@@ -679,7 +679,7 @@ impl AuthorizationServer {
                 {
                     if family.client_id != client.client_id {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the refresh token belongs to another client",
                         ));
                     }
@@ -703,7 +703,7 @@ impl AuthorizationServer {
                         )
                     {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "your account at this MCP server's provider is not connected: authorize again",
                         ));
                     }
@@ -726,7 +726,7 @@ impl AuthorizationServer {
                     Rotation::Rotated(family) => family,
                     Rotation::Concurrent => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "this refresh token was just used by a concurrent request: use the tokens that request got",
                         ));
                     }
@@ -734,20 +734,20 @@ impl AuthorizationServer {
                         self.revocations.insert(Revocation::Family(family_id));
                         tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the refresh token was already used; all tokens from this authorization are revoked",
                         ));
                     }
                     Rotation::Invalid => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "unknown, expired or revoked refresh token: authorize again",
                         ));
                     }
                 };
                 if family.client_id != client.client_id {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "the refresh token belongs to another client",
                     ));
                 }
@@ -760,10 +760,13 @@ impl AuthorizationServer {
                 Ok(self.tokens(&session, &family, &new))
             }
             Some(other) => Err(OAuthError::new(
-                "unsupported_grant_type",
+                ErrorCode::UnsupportedGrantType,
                 format!("{other:?} is not supported (authorization_code, refresh_token)"),
             )),
-            None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+            None => Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "grant_type is required",
+            )),
         }
     }
 
@@ -777,7 +780,7 @@ impl AuthorizationServer {
             .get_session(session_id)
             .await
             .map_err(store_unavailable)?
-            .ok_or_else(|| OAuthError::new("invalid_grant", ended))
+            .ok_or_else(|| OAuthError::new(ErrorCode::InvalidGrant, ended))
     }
 
     fn tokens(
@@ -808,7 +811,7 @@ impl AuthorizationServer {
         let Some(body) = read_body(request).await else {
             return oauth_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
+                &OAuthError::new(ErrorCode::InvalidRequest, "the request is too large"),
             );
         };
         let form = oauth_server::form(&body);
@@ -889,7 +892,7 @@ impl AuthorizationServer {
         ctx: &RequestContext,
         form: &HashMap<String, String>,
     ) -> Result<OAuthClient, OAuthError> {
-        let bad = |m: String| OAuthError::new("invalid_client", m);
+        let bad = |m: String| OAuthError::new(ErrorCode::InvalidClient, m);
         let assertion = form
             .get("client_assertion")
             .ok_or_else(|| bad("client_assertion is missing".into()))?;
@@ -997,7 +1000,7 @@ impl AuthorizationServer {
 fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
     tracing::error!(%error, "store unavailable at the authorization server");
     OAuthError::new(
-        "temporarily_unavailable",
+        ErrorCode::TemporarilyUnavailable,
         "the gateway's store is unavailable",
     )
 }

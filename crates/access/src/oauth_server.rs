@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
-use postern_oauth::OAuthError;
 use postern_oauth::metadata::{protected_resource_metadata_url, resource_url, same_resource};
+use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{Keyring, Revocation, Session, Store, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -275,13 +275,13 @@ pub fn client_credentials(
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| {
                 OAuthError::new(
-                    "invalid_client",
+                    ErrorCode::InvalidClient,
                     "the Basic credentials are not valid base64",
                 )
             })?;
         let (id, secret) = decoded.split_once(':').ok_or_else(|| {
             OAuthError::new(
-                "invalid_client",
+                ErrorCode::InvalidClient,
                 "the Basic credentials need client_id:client_secret",
             )
         })?;
@@ -295,7 +295,7 @@ pub fn client_credentials(
     }
     let id = form.get("client_id").cloned().ok_or_else(|| {
         OAuthError::new(
-            "invalid_client",
+            ErrorCode::InvalidClient,
             "no client authentication: send client_id (and the secret, if registered with one)",
         )
     })?;

@@ -13,7 +13,7 @@ use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
-use postern_oauth::OAuthError;
+use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{OAuthClient, now_ms};
 use serde_json::Value;
 
@@ -112,7 +112,7 @@ impl crate::authorization_server::AuthorizationServer {
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "client registrations rate limited");
         let error = OAuthError::new(
-            "too_many_requests",
+            ErrorCode::TooManyRequests,
             format!(
                 "too many client registrations from your address (at most {} per {} s); try again in {seconds} s",
                 limits.per_address,
@@ -162,7 +162,7 @@ pub(crate) fn check_grant_type(client: &OAuthClient, grant_type: &str) -> Result
         return Ok(());
     }
     Err(OAuthError::new(
-        "unauthorized_client",
+        ErrorCode::UnauthorizedClient,
         format!("this client did not register the {grant_type} grant (grant_types)"),
     ))
 }
@@ -231,14 +231,14 @@ mod tests {
             check_grant_type(&code_only, "refresh_token")
                 .unwrap_err()
                 .code,
-            "unauthorized_client"
+            ErrorCode::UnauthorizedClient
         );
         let refresh_only = client(serde_json::json!(["refresh_token"]));
         assert_eq!(
             check_grant_type(&refresh_only, "authorization_code")
                 .unwrap_err()
                 .code,
-            "unauthorized_client"
+            ErrorCode::UnauthorizedClient
         );
         let legacy = OAuthClient {
             metadata: serde_json::json!({}),

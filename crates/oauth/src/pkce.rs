@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::OAuthError;
+use crate::{ErrorCode, OAuthError};
 
 /// Checks the `code_challenge` / `code_challenge_method` of an authorization request.
 pub fn check_challenge(
@@ -13,7 +13,7 @@ pub fn check_challenge(
 ) -> Result<String, OAuthError> {
     let challenge = challenge.filter(|c| !c.is_empty()).ok_or_else(|| {
         OAuthError::new(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "code_challenge is required: use PKCE with code_challenge_method=S256",
         )
     })?;
@@ -21,13 +21,13 @@ pub fn check_challenge(
         Some("S256") => {}
         Some("plain") | None => {
             return Err(OAuthError::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "code_challenge_method must be S256 (plain is not accepted)",
             ));
         }
         Some(other) => {
             return Err(OAuthError::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("unknown code_challenge_method {other:?}; use S256"),
             ));
         }
@@ -35,7 +35,7 @@ pub fn check_challenge(
     // base64url of a SHA-256 digest: 43 characters.
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
         return Err(OAuthError::new(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "code_challenge is not a base64url SHA-256 digest (43 characters)",
         ));
     }
@@ -96,7 +96,7 @@ mod tests {
             check_challenge(Some(CHALLENGE), Some("plain"))
                 .unwrap_err()
                 .code,
-            "invalid_request"
+            ErrorCode::InvalidRequest
         );
         assert!(
             check_challenge(Some(CHALLENGE), None).is_err(),
