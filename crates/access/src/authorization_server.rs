@@ -105,46 +105,36 @@ impl AuthorizationServer {
         ctx: &RequestContext,
         request: Request<Body>,
     ) -> Response<Body> {
+        self.register_client(ctx, request)
+            .await
+            .unwrap_or_else(EndpointError::into_response)
+    }
+
+    /// RFC 7591 §3: validates the metadata, stores the client, answers with its id (and
+    /// secret, for a confidential client).
+    async fn register_client(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, EndpointError> {
         if request.method() != Method::POST {
-            return oauth_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new(ErrorCode::InvalidRequest, "register with POST"),
-            );
+            return Err(EndpointError::NotPost("register with POST"));
         }
         if !self.settings.dynamic_registration {
-            return oauth_error(
-                StatusCode::FORBIDDEN,
-                &OAuthError::new(
-                    ErrorCode::AccessDenied,
-                    "dynamic client registration is turned off (mcp_dynamic_client_registration)",
-                ),
-            );
+            return Err(OAuthError::new(
+                ErrorCode::AccessDenied,
+                "dynamic client registration is turned off (mcp_dynamic_client_registration)",
+            )
+            .into());
         }
-        if let Some(response) = self.registration_limited(ctx) {
-            return response;
-        }
-        let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new(
-                    ErrorCode::InvalidRequest,
-                    "the request is too large (at most 64 KiB)",
-                ),
-            );
-        };
-        let requested: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    &OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}")),
-                );
-            }
-        };
-        let mut metadata = match registration::validate_metadata(&requested) {
-            Ok(m) => m,
-            Err(error) => return oauth_error(StatusCode::BAD_REQUEST, &error),
-        };
+        self.admit_registration(ctx)?;
+        let body = read_body(request).await.ok_or(EndpointError::TooLarge(
+            "the request is too large (at most 64 KiB)",
+        ))?;
+        let requested: Value = serde_json::from_slice(&body).map_err(|e| {
+            OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}"))
+        })?;
+        let mut metadata = registration::validate_metadata(&requested)?;
         let keys = self.store.keyring();
         let client_id = format!("pst_c_{}", keys.random_token(16).unwrap_or_default());
         let confidential = metadata
@@ -163,10 +153,7 @@ impl AuthorizationServer {
         };
         if let Err(error) = self.store.put_client(&client).await {
             tracing::error!(%error, "cannot store a client registration");
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again"),
-            );
+            return Err(OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again").into());
         }
         let name = metadata
             .get("client_name")
@@ -181,7 +168,7 @@ impl AuthorizationServer {
         }
         let mut response = json_response(StatusCode::CREATED, &Value::Object(metadata));
         no_store(&mut response);
-        response
+        Ok(response)
     }
 
     pub(crate) async fn authorize_endpoint(
@@ -493,34 +480,21 @@ impl AuthorizationServer {
         request: Request<Body>,
     ) -> Response<Body> {
         if request.method() != Method::POST {
-            return oauth_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new(ErrorCode::InvalidRequest, "use POST"),
-            );
+            return EndpointError::NotPost("use POST").into_response();
         }
         let headers = request.headers().clone();
         let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new(ErrorCode::InvalidRequest, "the request is too large"),
-            );
+            return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
-        let result = self.token_grant(ctx, &headers, &form).await;
-        let mut response = match result {
-            Ok(body) => json_response(StatusCode::OK, &body),
-            Err(error) if error.code == ErrorCode::InvalidClient => {
-                let mut r = oauth_error(StatusCode::UNAUTHORIZED, &error);
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"postern\""),
-                );
-                r
+        match self.token_grant(ctx, &headers, &form).await {
+            Ok(body) => {
+                let mut response = json_response(StatusCode::OK, &body);
+                no_store(&mut response);
+                response
             }
-            Err(error) => oauth_error(StatusCode::BAD_REQUEST, &error),
-        };
-        no_store(&mut response);
-        response
+            Err(error) => EndpointError::OAuth(error).into_response(),
+        }
     }
 
     /// Authenticates the client (RFC 6749 §2.3): a registered secret must be presented and match.
@@ -809,10 +783,7 @@ impl AuthorizationServer {
     /// RFC 7009: revoking either token of a family revokes the family. Always 200.
     pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
         let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new(ErrorCode::InvalidRequest, "the request is too large"),
-            );
+            return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
         let token = form.get("token").cloned().unwrap_or_default();
@@ -848,8 +819,57 @@ async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
     crate::forms::read_form(request).await.ok()
 }
 
-fn oauth_error(status: StatusCode, error: &OAuthError) -> Response<Body> {
-    json_response(status, &error.body())
+/// Why a registration, token or revocation request failed: answered in one place,
+/// [`EndpointError::into_response`].
+#[derive(Debug)]
+pub(crate) enum EndpointError {
+    /// Not a POST: 405 with `invalid_request` saying what to do.
+    NotPost(&'static str),
+    /// The body is over the limit: 413 with `invalid_request` saying so.
+    TooLarge(&'static str),
+    /// An OAuth error: the status its code has (RFC 6749 §5.2: 400, `invalid_client` 401, ...).
+    OAuth(OAuthError),
+}
+
+impl From<OAuthError> for EndpointError {
+    fn from(error: OAuthError) -> Self {
+        Self::OAuth(error)
+    }
+}
+
+impl EndpointError {
+    /// The RFC 6749 §5.2 JSON error response, never cached; `WWW-Authenticate` on a 401
+    /// (§5.2: the client authenticated, or should have, with HTTP Basic); `Retry-After` when
+    /// the error says when to try again.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let (status, error) = match self {
+            Self::NotPost(what) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                OAuthError::new(ErrorCode::InvalidRequest, what),
+            ),
+            Self::TooLarge(what) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                OAuthError::new(ErrorCode::InvalidRequest, what),
+            ),
+            Self::OAuth(error) => (
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                error,
+            ),
+        };
+        let mut response = json_response(status, &error.body());
+        no_store(&mut response);
+        let headers = response.headers_mut();
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"postern\""),
+            );
+        }
+        if let Some(after) = error.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
+        response
+    }
 }
 
 fn no_store(response: &mut Response<Body>) {
