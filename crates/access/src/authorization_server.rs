@@ -13,7 +13,7 @@ use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
 use postern_oauth::{ErrorCode, OAuthError, metadata, pkce, registration};
 use postern_store::{
-    CodeGrant, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
+    CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -136,12 +136,16 @@ impl AuthorizationServer {
         })?;
         let mut metadata = registration::validate_metadata(&requested)?;
         let keys = self.store.keyring();
-        let client_id = format!("pst_c_{}", keys.random_token(16).unwrap_or_default());
+        let client_id = format!("pst_c_{}", random_token(keys, 16)?);
         let confidential = metadata
             .get("token_endpoint_auth_method")
             .and_then(Value::as_str)
             != Some("none");
-        let secret = confidential.then(|| keys.random_token(32).unwrap_or_default());
+        let secret = if confidential {
+            Some(random_token(keys, 32)?)
+        } else {
+            None
+        };
         let now = now_ms();
         metadata.insert("client_id".into(), json!(client_id));
         let client = OAuthClient {
@@ -360,7 +364,9 @@ impl AuthorizationServer {
         );
         match decision.as_deref() {
             Some("allow") => {
-                let _ = self
+                // The user just approved: this authorization goes on. A consent not remembered
+                // only means the user is asked again next time.
+                if let Err(error) = self
                     .store
                     .put_consent(
                         &session.user_id,
@@ -369,7 +375,10 @@ impl AuthorizationServer {
                         "mcp",
                         now_ms() + CONSENT_TTL_MS,
                     )
-                    .await;
+                    .await
+                {
+                    tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, client = %client_id, "cannot remember a consent; the user will be asked again");
+                }
             }
             Some(_) => {
                 return back(
@@ -378,11 +387,19 @@ impl AuthorizationServer {
                 );
             }
             None if !consented => {
-                let binding = self
-                    .store
-                    .keyring()
-                    .seal("consent", session.id.as_bytes())
-                    .unwrap_or_default();
+                let binding = match self.store.keyring().seal("consent", session.id.as_bytes()) {
+                    Ok(binding) => binding,
+                    Err(error) => {
+                        tracing::error!(%error, request_id = %ctx.request_id, "cannot seal the consent form's session binding");
+                        return html(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            pages::message(
+                                "Authorization failed",
+                                "The gateway cannot prepare the consent form; try again.",
+                            ),
+                        );
+                    }
+                };
                 let client_name = client
                     .metadata
                     .get("client_name")
@@ -447,10 +464,10 @@ impl AuthorizationServer {
                     .await;
             }
         }
-        let code = format!(
-            "{CODE_PREFIX}{}",
-            self.store.keyring().random_token(32).unwrap_or_default()
-        );
+        let code = match random_token(self.store.keyring(), 32) {
+            Ok(random) => format!("{CODE_PREFIX}{random}"),
+            Err(error) => return back(error, state),
+        };
         let grant = CodeGrant {
             client_id: client_id.clone(),
             redirect_uri: redirect_uri.clone(),
@@ -558,7 +575,10 @@ impl AuthorizationServer {
                 let code = form.get("code").ok_or_else(|| {
                     OAuthError::new(ErrorCode::InvalidRequest, "code is required")
                 })?;
-                let family_id = keys.random_token(16).unwrap_or_default();
+                // Made before the code is spent: a failing random source must not cost the
+                // client its code.
+                let family_id = random_token(keys, 16)?;
+                let refresh = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
                 let grant = match self
                     .store
                     .redeem_code(code, &family_id)
@@ -567,10 +587,24 @@ impl AuthorizationServer {
                 {
                     Redemption::Redeemed(grant) => grant,
                     Redemption::Replayed { family_id } => {
-                        // RFC 6749 §4.1.2: revoke what the first use issued.
+                        // RFC 6749 §4.1.2: revoke what the first use issued. The answer is
+                        // invalid_grant either way (the code is spent; no retry can redeem it),
+                        // but it says the tokens were revoked only when the store recorded it:
+                        // if it did not, this replica still refuses them (the cache), other
+                        // replicas and the refresh token do not, and the operator must know.
+                        let mut revoked = true;
                         if let Some(family) = family_id {
-                            let _ = self.store.revoke_family(&family).await;
+                            if let Err(error) = self.store.revoke_family(&family).await {
+                                tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
+                                revoked = false;
+                            }
                             self.revocations.insert(Revocation::Family(family));
+                        }
+                        if !revoked {
+                            return Err(OAuthError::new(
+                                ErrorCode::InvalidGrant,
+                                "the code was already used",
+                            ));
                         }
                         tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
                         return Err(OAuthError::new(
@@ -586,7 +620,12 @@ impl AuthorizationServer {
                     }
                 };
                 if grant.client_id != client.client_id {
-                    let _ = self.store.revoke_family(&family_id).await;
+                    // The code is spent under this family id: revoked, no family can ever be
+                    // made from it. The answer says nothing about tokens, so a failure here is
+                    // only the operator's to know.
+                    if let Err(error) = self.store.revoke_family(&family_id).await {
+                        tracing::error!(%error, request_id = %ctx.request_id, family = %family_id, "cannot revoke the family of a code presented by another client");
+                    }
                     return Err(OAuthError::new(
                         ErrorCode::InvalidGrant,
                         "the code was issued to another client",
@@ -631,15 +670,13 @@ impl AuthorizationServer {
                     created_at: now_ms(),
                     expires_at: session.expires_at,
                 };
-                let refresh = format!(
-                    "{REFRESH_PREFIX}{}",
-                    keys.random_token(32).unwrap_or_default()
-                );
+                // Minted before the family is stored: a failure leaves nothing behind.
+                let tokens = self.tokens(&session, &family, &refresh)?;
                 self.store
                     .create_family(&family, &refresh, family.expires_at)
                     .await
                     .map_err(store_unavailable)?;
-                Ok(self.tokens(&session, &family, &refresh))
+                Ok(tokens)
             }
             Some("refresh_token") => {
                 let old = form.get("refresh_token").ok_or_else(|| {
@@ -682,10 +719,7 @@ impl AuthorizationServer {
                         ));
                     }
                 }
-                let new = format!(
-                    "{REFRESH_PREFIX}{}",
-                    keys.random_token(32).unwrap_or_default()
-                );
+                let new = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
                 let family = match self
                     .store
                     .rotate_refresh_token(
@@ -731,7 +765,7 @@ impl AuthorizationServer {
                         "the sign-in behind this token has ended; authorize again",
                     )
                     .await?;
-                Ok(self.tokens(&session, &family, &new))
+                self.tokens(&session, &family, &new)
             }
             Some(other) => Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
@@ -762,7 +796,7 @@ impl AuthorizationServer {
         session: &postern_store::Session,
         family: &TokenFamily,
         refresh: &str,
-    ) -> Value {
+    ) -> Result<Value, OAuthError> {
         let ttl = self.settings.access_token_ttl;
         let claims = AccessClaims {
             sub: session.user_id.clone(),
@@ -776,23 +810,48 @@ impl AuthorizationServer {
             exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
             clm: session.claims.clone(),
         };
-        let access = oauth_server::mint_access_token(self.store.keyring(), &claims);
-        oauth_server::token_response(&access, ttl, refresh, family.scope.as_deref())
+        let access =
+            oauth_server::mint_access_token(self.store.keyring(), &claims).map_err(|error| {
+                tracing::error!(%error, "cannot seal an access token");
+                OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the gateway cannot issue a token now; try again",
+                )
+            })?;
+        Ok(oauth_server::token_response(
+            &access,
+            ttl,
+            refresh,
+            family.scope.as_deref(),
+        ))
     }
 
-    /// RFC 7009: revoking either token of a family revokes the family. Always 200.
+    /// RFC 7009: revoking either token of a family revokes the family. 200 whether or not the
+    /// token was known (§2.2); 503 `temporarily_unavailable` when the store could not look it
+    /// up or record the revocation, so the client keeps the token and tries again (§2.2.1)
+    /// instead of believing it is revoked.
     pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
         let Some(body) = read_body(request).await else {
             return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
-        let token = form.get("token").cloned().unwrap_or_default();
+        let token = form.get("token").map(String::as_str).unwrap_or_default();
+        match self.revoke_token(token).await {
+            Ok(()) => {
+                let mut response = Response::new(postern_gateway::body::full(""));
+                no_store(&mut response);
+                response
+            }
+            Err(error) => EndpointError::OAuth(error).into_response(),
+        }
+    }
+
+    async fn revoke_token(&self, token: &str) -> Result<(), OAuthError> {
         let family = if token.starts_with(REFRESH_PREFIX) {
             self.store
-                .find_refresh_token(&token)
+                .find_refresh_token(token)
                 .await
-                .ok()
-                .flatten()
+                .map_err(store_unavailable)?
                 .map(|f| f.family_id)
         } else if let Some(sealed) = token.strip_prefix(oauth_server::ACCESS_PREFIX) {
             self.store
@@ -805,12 +864,14 @@ impl AuthorizationServer {
             None
         };
         if let Some(family) = family {
-            let _ = self.store.revoke_family(&family).await;
-            self.revocations.insert(Revocation::Family(family));
+            // This replica refuses the family's tokens at once, whatever the store says.
+            self.revocations.insert(Revocation::Family(family.clone()));
+            self.store
+                .revoke_family(&family)
+                .await
+                .map_err(store_unavailable)?;
         }
-        let mut response = Response::new(postern_gateway::body::full(""));
-        no_store(&mut response);
-        response
+        Ok(())
     }
 }
 
@@ -1013,6 +1074,18 @@ impl AuthorizationServer {
         }
         Ok(client)
     }
+}
+
+/// `n` random bytes as a token (client id, secret, code, family, refresh token): a failing
+/// random source is logged and answered `temporarily_unavailable`, never an empty value.
+fn random_token(keys: &Keyring, n: usize) -> Result<String, OAuthError> {
+    keys.random_token(n).map_err(|error| {
+        tracing::error!(%error, "no randomness at the authorization server");
+        OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the gateway cannot make a random value now; try again",
+        )
+    })
 }
 
 /// A store failure at the token or authorization endpoint: logged for the operator, and a

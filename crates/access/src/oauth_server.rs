@@ -108,12 +108,23 @@ impl AccessClaims {
 }
 
 /// Mints a TE.
-pub fn mint_access_token(keys: &Keyring, claims: &AccessClaims) -> String {
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    format!(
+pub fn mint_access_token(keys: &Keyring, claims: &AccessClaims) -> Result<String, MintError> {
+    let json = serde_json::to_vec(claims)?;
+    Ok(format!(
         "{ACCESS_PREFIX}{}",
-        keys.seal("access-token", &json).unwrap_or_default()
-    )
+        keys.seal("access-token", &json)?
+    ))
+}
+
+/// Why a TE could not be minted (never an empty token instead).
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The claims could not be serialised.
+    #[error("the access token's claims cannot be serialised: {0}")]
+    Claims(#[from] serde_json::Error),
+    /// Sealing failed (no randomness for the nonce).
+    #[error("the access token cannot be sealed: {0}")]
+    Seal(#[from] postern_store::StoreError),
 }
 
 /// Why a TE was refused (`error="invalid_token"`).
@@ -324,7 +335,11 @@ pub fn token_response(
 }
 
 /// The TE an MCP client app route passes to its upstream (the app) for the signed-in user.
-pub fn app_token(keys: &Keyring, ctx: &RequestContext, session: &Session) -> String {
+pub fn app_token(
+    keys: &Keyring,
+    ctx: &RequestContext,
+    session: &Session,
+) -> Result<String, MintError> {
     let claims = AccessClaims {
         sub: session.user_id.clone(),
         email: session.email.clone(),
@@ -363,14 +378,16 @@ mod tests {
     fn access_tokens_are_bound_to_their_resource_and_can_be_revoked() {
         let keys = Keyring::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
         let cache = RevocationCache::default();
-        let token = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() + 60_000));
+        let token = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() + 60_000))
+            .unwrap();
         assert!(token.starts_with("pst_at_"));
         assert!(check_access_token(&keys, &cache, &token, "https://mcp.test/notion/").is_ok());
         assert!(matches!(
             check_access_token(&keys, &cache, &token, "https://mcp.test/sqlite"),
             Err(TokenError::WrongResource(_))
         ));
-        let expired = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() - 1));
+        let expired =
+            mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() - 1)).unwrap();
         assert_eq!(
             check_access_token(&keys, &cache, &expired, "https://mcp.test/notion"),
             Err(TokenError::Expired)
@@ -389,7 +406,8 @@ mod tests {
         let theirs = mint_access_token(
             &other_gateway,
             &claims("https://mcp.test/notion", now_ms() + 60_000),
-        );
+        )
+        .unwrap();
         assert_eq!(
             check_access_token(&keys, &cache, &theirs, "https://mcp.test/notion"),
             Err(TokenError::Invalid)
