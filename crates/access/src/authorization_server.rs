@@ -11,6 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
+use postern_oauth::client_auth::{self, ClientCredentials};
+use postern_oauth::pkce::PkceVerifier;
 use postern_oauth::{ErrorCode, OAuthError, metadata, pkce, registration};
 use postern_store::{
     CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
@@ -524,7 +526,12 @@ impl AuthorizationServer {
         if form.get("client_assertion_type").map(String::as_str) == Some(JWT_BEARER) {
             return self.client_by_assertion(ctx, form).await;
         }
-        let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
+        let ClientCredentials { client_id, secret } = client_auth::client_credentials(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            form,
+        )?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
             self.document_client_at_token(&client_id, form).await?
         } else {
@@ -546,9 +553,7 @@ impl AuthorizationServer {
             ));
         }
         match (&client.secret, secret) {
-            (Some(expected), Some(given)) if oauth_server::secrets_match(expected, &given) => {
-                Ok(client)
-            }
+            (Some(expected), Some(given)) if given.matches(expected) => Ok(client),
             (Some(_), _) => Err(OAuthError::new(
                 ErrorCode::InvalidClient,
                 "wrong or missing client secret",
@@ -637,10 +642,14 @@ impl AuthorizationServer {
                         "redirect_uri differs from the authorization request's",
                     ));
                 }
-                let verifier = form.get("code_verifier").ok_or_else(|| {
-                    OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
-                })?;
-                if !pkce::verify(verifier, &grant.code_challenge) {
+                let verifier = form
+                    .get("code_verifier")
+                    .cloned()
+                    .map(PkceVerifier::new)
+                    .ok_or_else(|| {
+                        OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
+                    })?;
+                if !pkce::verify(&verifier, &grant.code_challenge) {
                     return Err(OAuthError::new(
                         ErrorCode::InvalidGrant,
                         "code_verifier does not match the code_challenge",

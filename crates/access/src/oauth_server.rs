@@ -15,7 +15,6 @@ use std::time::Duration;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
 use postern_oauth::metadata::{protected_resource_metadata_url, resource_url, same_resource};
-use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{Keyring, Revocation, Session, Store, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -266,53 +265,6 @@ pub fn form(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// The client's credentials from `Authorization: Basic` or the form (RFC 6749 §2.3.1).
-pub fn client_credentials(
-    headers: &http::HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<(String, Option<String>), OAuthError> {
-    use base64::Engine as _;
-    if let Some(basic) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-    {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(basic.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                OAuthError::new(
-                    ErrorCode::InvalidClient,
-                    "the Basic credentials are not valid base64",
-                )
-            })?;
-        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
-            OAuthError::new(
-                ErrorCode::InvalidClient,
-                "the Basic credentials need client_id:client_secret",
-            )
-        })?;
-        let unescape = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        return Ok((unescape(id), Some(unescape(secret))));
-    }
-    let id = form.get("client_id").cloned().ok_or_else(|| {
-        OAuthError::new(
-            ErrorCode::InvalidClient,
-            "no client authentication: send client_id (and the secret, if registered with one)",
-        )
-    })?;
-    Ok((id, form.get("client_secret").cloned()))
-}
-
 /// Constant-time comparison of secrets.
 pub fn secrets_match(a: &str, b: &str) -> bool {
     subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
@@ -420,22 +372,8 @@ mod tests {
     }
 
     #[test]
-    fn client_credentials_from_basic_or_form() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::AUTHORIZATION,
-            "Basic Y2xpZW50JTNBMTpzM2NyZXQ=".parse().unwrap(),
-        );
-        assert_eq!(
-            client_credentials(&headers, &HashMap::new()).unwrap(),
-            ("client:1".into(), Some("s3cret".into()))
-        );
-        let form: HashMap<String, String> = [("client_id".to_owned(), "c".to_owned())].into();
-        assert_eq!(
-            client_credentials(&http::HeaderMap::new(), &form).unwrap(),
-            ("c".into(), None)
-        );
-        assert!(client_credentials(&http::HeaderMap::new(), &HashMap::new()).is_err());
+    fn secrets_match_in_full() {
         assert!(secrets_match("abc", "abc") && !secrets_match("abc", "abd"));
+        assert!(!secrets_match("abc", "abcd"));
     }
 }

@@ -5,6 +5,8 @@
 //!   (RFC 8414), and the resource URL a route is known by;
 //! - [`registration`]: dynamic client registration checks (RFC 7591), redirect URI rules;
 //! - [`pkce`]: PKCE S256 (RFC 7636; `plain` is refused);
+//! - [`client_auth`]: the credentials a client authenticates with (RFC 6749 §2.3.1), the
+//!   secret redacted;
 //! - [`error`]: OAuth error codes (RFC 6749 §5.2, RFC 7591, RFC 8707, RFC 6750) and the HTTP
 //!   status each is answered with;
 //! - [`authorize`]: the authorization request (RFC 6749 §4.1.1 with PKCE and RFC 8707
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authorize;
+pub mod client_auth;
 pub mod error;
 pub mod metadata;
 pub mod pkce;
