@@ -1106,3 +1106,56 @@ fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
         "the gateway's store is unavailable",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_errors_take_their_status_from_the_code_and_are_never_cached() {
+        let cases = [
+            (
+                EndpointError::OAuth(OAuthError::new(ErrorCode::InvalidGrant, "g")),
+                400,
+                None,
+                None,
+            ),
+            (
+                OAuthError::new(ErrorCode::InvalidClient, "c").into(),
+                401,
+                Some("Basic realm=\"postern\""),
+                None,
+            ),
+            (
+                OAuthError::new(ErrorCode::TooManyRequests, "r")
+                    .with_retry_after(std::time::Duration::from_secs(9))
+                    .into(),
+                429,
+                None,
+                Some("9"),
+            ),
+            (
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, "t").into(),
+                503,
+                None,
+                None,
+            ),
+            (EndpointError::NotPost("use POST"), 405, None, None),
+            (EndpointError::TooLarge("too large"), 413, None, None),
+        ];
+        for (error, status, challenge, retry_after) in cases {
+            let what = format!("{error:?}");
+            let response = error.into_response();
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap())
+            };
+            assert_eq!(response.status().as_u16(), status, "{what}");
+            assert_eq!(header(header::CACHE_CONTROL), Some("no-store"), "{what}");
+            assert_eq!(header(header::WWW_AUTHENTICATE), challenge, "{what}");
+            assert_eq!(header(header::RETRY_AFTER), retry_after, "{what}");
+        }
+    }
+}
