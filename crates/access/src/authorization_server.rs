@@ -11,9 +11,11 @@ use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::authorize::{self, AuthorizeError};
-use postern_oauth::{OAuthError, metadata, pkce, registration};
+use postern_oauth::client_auth::{self, ClientCredentials};
+use postern_oauth::pkce::PkceVerifier;
+use postern_oauth::{ErrorCode, OAuthError, metadata, pkce, registration};
 use postern_store::{
-    CodeGrant, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
+    CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -105,53 +107,47 @@ impl AuthorizationServer {
         ctx: &RequestContext,
         request: Request<Body>,
     ) -> Response<Body> {
+        self.register_client(ctx, request)
+            .await
+            .unwrap_or_else(EndpointError::into_response)
+    }
+
+    /// RFC 7591 §3: validates the metadata, stores the client, answers with its id (and
+    /// secret, for a confidential client).
+    async fn register_client(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, EndpointError> {
         if request.method() != Method::POST {
-            return oauth_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new("invalid_request", "register with POST"),
-            );
+            return Err(EndpointError::NotPost("register with POST"));
         }
         if !self.settings.dynamic_registration {
-            return oauth_error(
-                StatusCode::FORBIDDEN,
-                &OAuthError::new(
-                    "access_denied",
-                    "dynamic client registration is turned off (mcp_dynamic_client_registration)",
-                ),
-            );
+            return Err(OAuthError::new(
+                ErrorCode::AccessDenied,
+                "dynamic client registration is turned off (mcp_dynamic_client_registration)",
+            )
+            .into());
         }
-        if let Some(response) = self.registration_limited(ctx) {
-            return response;
-        }
-        let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new(
-                    "invalid_request",
-                    "the request is too large (at most 64 KiB)",
-                ),
-            );
-        };
-        let requested: Value = match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    &OAuthError::new("invalid_client_metadata", format!("not JSON: {e}")),
-                );
-            }
-        };
-        let mut metadata = match registration::validate_metadata(&requested) {
-            Ok(m) => m,
-            Err(error) => return oauth_error(StatusCode::BAD_REQUEST, &error),
-        };
+        self.admit_registration(ctx)?;
+        let body = read_body(request).await.ok_or(EndpointError::TooLarge(
+            "the request is too large (at most 64 KiB)",
+        ))?;
+        let requested: Value = serde_json::from_slice(&body).map_err(|e| {
+            OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}"))
+        })?;
+        let mut metadata = registration::validate_metadata(&requested)?;
         let keys = self.store.keyring();
-        let client_id = format!("pst_c_{}", keys.random_token(16).unwrap_or_default());
+        let client_id = format!("pst_c_{}", random_token(keys, 16)?);
         let confidential = metadata
             .get("token_endpoint_auth_method")
             .and_then(Value::as_str)
             != Some("none");
-        let secret = confidential.then(|| keys.random_token(32).unwrap_or_default());
+        let secret = if confidential {
+            Some(random_token(keys, 32)?)
+        } else {
+            None
+        };
         let now = now_ms();
         metadata.insert("client_id".into(), json!(client_id));
         let client = OAuthClient {
@@ -163,10 +159,7 @@ impl AuthorizationServer {
         };
         if let Err(error) = self.store.put_client(&client).await {
             tracing::error!(%error, "cannot store a client registration");
-            return oauth_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &OAuthError::new("temporarily_unavailable", "try again"),
-            );
+            return Err(OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again").into());
         }
         let name = metadata
             .get("client_name")
@@ -181,7 +174,7 @@ impl AuthorizationServer {
         }
         let mut response = json_response(StatusCode::CREATED, &Value::Object(metadata));
         no_store(&mut response);
-        response
+        Ok(response)
     }
 
     pub(crate) async fn authorize_endpoint(
@@ -303,7 +296,7 @@ impl AuthorizationServer {
                 .unwrap_or_else(|| "(none given)".into());
             return back(
                 OAuthError::new(
-                    "invalid_target",
+                    ErrorCode::InvalidTarget,
                     format!(
                         "resource {what} is not an MCP server on this gateway; pass the server URL as resource"
                     ),
@@ -319,7 +312,7 @@ impl AuthorizationServer {
         {
             return back(
                 OAuthError::new(
-                    "invalid_target",
+                    ErrorCode::InvalidTarget,
                     format!(
                         "resource {asked} is not on this authorization server's origin ({issuer}); use {resource}"
                     ),
@@ -357,7 +350,7 @@ impl AuthorizationServer {
         if !crate::routes_api::may_use(&route, &user) {
             return back(
                 OAuthError::new(
-                    "access_denied",
+                    ErrorCode::AccessDenied,
                     "you are not allowed to use this MCP server",
                 ),
                 state,
@@ -373,7 +366,9 @@ impl AuthorizationServer {
         );
         match decision.as_deref() {
             Some("allow") => {
-                let _ = self
+                // The user just approved: this authorization goes on. A consent not remembered
+                // only means the user is asked again next time.
+                if let Err(error) = self
                     .store
                     .put_consent(
                         &session.user_id,
@@ -382,20 +377,31 @@ impl AuthorizationServer {
                         "mcp",
                         now_ms() + CONSENT_TTL_MS,
                     )
-                    .await;
+                    .await
+                {
+                    tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, client = %client_id, "cannot remember a consent; the user will be asked again");
+                }
             }
             Some(_) => {
                 return back(
-                    OAuthError::new("access_denied", "you declined the authorization"),
+                    OAuthError::new(ErrorCode::AccessDenied, "you declined the authorization"),
                     state,
                 );
             }
             None if !consented => {
-                let binding = self
-                    .store
-                    .keyring()
-                    .seal("consent", session.id.as_bytes())
-                    .unwrap_or_default();
+                let binding = match self.store.keyring().seal("consent", session.id.as_bytes()) {
+                    Ok(binding) => binding,
+                    Err(error) => {
+                        tracing::error!(%error, request_id = %ctx.request_id, "cannot seal the consent form's session binding");
+                        return html(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            pages::message(
+                                "Authorization failed",
+                                "The gateway cannot prepare the consent form; try again.",
+                            ),
+                        );
+                    }
+                };
                 let client_name = client
                     .metadata
                     .get("client_name")
@@ -462,10 +468,10 @@ impl AuthorizationServer {
                     .await;
             }
         }
-        let code = format!(
-            "{CODE_PREFIX}{}",
-            self.store.keyring().random_token(32).unwrap_or_default()
-        );
+        let code = match random_token(self.store.keyring(), 32) {
+            Ok(random) => format!("{CODE_PREFIX}{random}"),
+            Err(error) => return back(error, state),
+        };
         let grant = CodeGrant {
             client_id: client_id.clone(),
             redirect_uri: redirect_uri.clone(),
@@ -495,34 +501,21 @@ impl AuthorizationServer {
         request: Request<Body>,
     ) -> Response<Body> {
         if request.method() != Method::POST {
-            return oauth_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &OAuthError::new("invalid_request", "use POST"),
-            );
+            return EndpointError::NotPost("use POST").into_response();
         }
         let headers = request.headers().clone();
         let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
-            );
+            return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
-        let result = self.token_grant(ctx, &headers, &form).await;
-        let mut response = match result {
-            Ok(body) => json_response(StatusCode::OK, &body),
-            Err(error) if error.code == "invalid_client" => {
-                let mut r = oauth_error(StatusCode::UNAUTHORIZED, &error);
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"postern\""),
-                );
-                r
+        match self.token_grant(ctx, &headers, &form).await {
+            Ok(body) => {
+                let mut response = json_response(StatusCode::OK, &body);
+                no_store(&mut response);
+                response
             }
-            Err(error) => oauth_error(StatusCode::BAD_REQUEST, &error),
-        };
-        no_store(&mut response);
-        response
+            Err(error) => EndpointError::OAuth(error).into_response(),
+        }
     }
 
     /// Authenticates the client (RFC 6749 §2.3): a registered secret must be presented and match.
@@ -535,7 +528,12 @@ impl AuthorizationServer {
         if form.get("client_assertion_type").map(String::as_str) == Some(JWT_BEARER) {
             return self.client_by_assertion(ctx, form).await;
         }
-        let (client_id, secret) = oauth_server::client_credentials(headers, form)?;
+        let ClientCredentials { client_id, secret } = client_auth::client_credentials(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+            form,
+        )?;
         let client = if client_id.starts_with("https://") || client_id.starts_with("http://") {
             self.document_client_at_token(&client_id, form).await?
         } else {
@@ -543,7 +541,7 @@ impl AuthorizationServer {
                 .get_client(&client_id)
                 .await
                 .map_err(store_unavailable)?
-                .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?
+                .ok_or_else(|| OAuthError::new(ErrorCode::InvalidClient, "unknown client_id"))?
         };
         if client
             .metadata
@@ -552,16 +550,14 @@ impl AuthorizationServer {
             == Some("private_key_jwt")
         {
             return Err(OAuthError::new(
-                "invalid_client",
+                ErrorCode::InvalidClient,
                 "this client authenticates with private_key_jwt: send client_assertion",
             ));
         }
         match (&client.secret, secret) {
-            (Some(expected), Some(given)) if oauth_server::secrets_match(expected, &given) => {
-                Ok(client)
-            }
+            (Some(expected), Some(given)) if given.matches(expected) => Ok(client),
             (Some(_), _) => Err(OAuthError::new(
-                "invalid_client",
+                ErrorCode::InvalidClient,
                 "wrong or missing client secret",
             )),
             (None, _) => Ok(client),
@@ -583,10 +579,13 @@ impl AuthorizationServer {
         let keys = self.store.keyring();
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
-                let code = form
-                    .get("code")
-                    .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
-                let family_id = keys.random_token(16).unwrap_or_default();
+                let code = form.get("code").ok_or_else(|| {
+                    OAuthError::new(ErrorCode::InvalidRequest, "code is required")
+                })?;
+                // Made before the code is spent: a failing random source must not cost the
+                // client its code.
+                let family_id = random_token(keys, 16)?;
+                let refresh = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
                 let grant = match self
                     .store
                     .redeem_code(code, &family_id)
@@ -595,43 +594,66 @@ impl AuthorizationServer {
                 {
                     Redemption::Redeemed(grant) => grant,
                     Redemption::Replayed { family_id } => {
-                        // RFC 6749 §4.1.2: revoke what the first use issued.
+                        // RFC 6749 §4.1.2: revoke what the first use issued. The answer is
+                        // invalid_grant either way (the code is spent; no retry can redeem it),
+                        // but it says the tokens were revoked only when the store recorded it:
+                        // if it did not, this replica still refuses them (the cache), other
+                        // replicas and the refresh token do not, and the operator must know.
+                        let mut revoked = true;
                         if let Some(family) = family_id {
-                            let _ = self.store.revoke_family(&family).await;
+                            if let Err(error) = self.store.revoke_family(&family).await {
+                                tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
+                                revoked = false;
+                            }
                             self.revocations.insert(Revocation::Family(family));
+                        }
+                        if !revoked {
+                            return Err(OAuthError::new(
+                                ErrorCode::InvalidGrant,
+                                "the code was already used",
+                            ));
                         }
                         tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the code was already used; the tokens it gave were revoked",
                         ));
                     }
                     Redemption::Invalid => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "unknown or expired code (codes work once, for 60 s): start the authorization again",
                         ));
                     }
                 };
                 if grant.client_id != client.client_id {
-                    let _ = self.store.revoke_family(&family_id).await;
+                    // The code is spent under this family id: revoked, no family can ever be
+                    // made from it. The answer says nothing about tokens, so a failure here is
+                    // only the operator's to know.
+                    if let Err(error) = self.store.revoke_family(&family_id).await {
+                        tracing::error!(%error, request_id = %ctx.request_id, family = %family_id, "cannot revoke the family of a code presented by another client");
+                    }
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "the code was issued to another client",
                     ));
                 }
                 if form.get("redirect_uri") != Some(&grant.redirect_uri) {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "redirect_uri differs from the authorization request's",
                     ));
                 }
-                let verifier = form.get("code_verifier").ok_or_else(|| {
-                    OAuthError::new("invalid_grant", "code_verifier is required (PKCE)")
-                })?;
-                if !pkce::verify(verifier, &grant.code_challenge) {
+                let verifier = form
+                    .get("code_verifier")
+                    .cloned()
+                    .map(PkceVerifier::new)
+                    .ok_or_else(|| {
+                        OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
+                    })?;
+                if !pkce::verify(&verifier, &grant.code_challenge) {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "code_verifier does not match the code_challenge",
                     ));
                 }
@@ -639,7 +661,7 @@ impl AuthorizationServer {
                     && !metadata::same_resource(resource, &grant.resource)
                 {
                     return Err(OAuthError::new(
-                        "invalid_target",
+                        ErrorCode::InvalidTarget,
                         "resource differs from the authorization request's",
                     ));
                 }
@@ -659,19 +681,17 @@ impl AuthorizationServer {
                     created_at: now_ms(),
                     expires_at: session.expires_at,
                 };
-                let refresh = format!(
-                    "{REFRESH_PREFIX}{}",
-                    keys.random_token(32).unwrap_or_default()
-                );
+                // Minted before the family is stored: a failure leaves nothing behind.
+                let tokens = self.tokens(&session, &family, &refresh)?;
                 self.store
                     .create_family(&family, &refresh, family.expires_at)
                     .await
                     .map_err(store_unavailable)?;
-                Ok(self.tokens(&session, &family, &refresh))
+                Ok(tokens)
             }
             Some("refresh_token") => {
                 let old = form.get("refresh_token").ok_or_else(|| {
-                    OAuthError::new("invalid_request", "refresh_token is required")
+                    OAuthError::new(ErrorCode::InvalidRequest, "refresh_token is required")
                 })?;
                 if let Some(family) = self
                     .store
@@ -681,7 +701,7 @@ impl AuthorizationServer {
                 {
                     if family.client_id != client.client_id {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the refresh token belongs to another client",
                         ));
                     }
@@ -705,15 +725,12 @@ impl AuthorizationServer {
                         )
                     {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "your account at this MCP server's provider is not connected: authorize again",
                         ));
                     }
                 }
-                let new = format!(
-                    "{REFRESH_PREFIX}{}",
-                    keys.random_token(32).unwrap_or_default()
-                );
+                let new = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
                 let family = match self
                     .store
                     .rotate_refresh_token(
@@ -728,7 +745,7 @@ impl AuthorizationServer {
                     Rotation::Rotated(family) => family,
                     Rotation::Concurrent => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "this refresh token was just used by a concurrent request: use the tokens that request got",
                         ));
                     }
@@ -736,20 +753,20 @@ impl AuthorizationServer {
                         self.revocations.insert(Revocation::Family(family_id));
                         tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "the refresh token was already used; all tokens from this authorization are revoked",
                         ));
                     }
                     Rotation::Invalid => {
                         return Err(OAuthError::new(
-                            "invalid_grant",
+                            ErrorCode::InvalidGrant,
                             "unknown, expired or revoked refresh token: authorize again",
                         ));
                     }
                 };
                 if family.client_id != client.client_id {
                     return Err(OAuthError::new(
-                        "invalid_grant",
+                        ErrorCode::InvalidGrant,
                         "the refresh token belongs to another client",
                     ));
                 }
@@ -759,13 +776,16 @@ impl AuthorizationServer {
                         "the sign-in behind this token has ended; authorize again",
                     )
                     .await?;
-                Ok(self.tokens(&session, &family, &new))
+                self.tokens(&session, &family, &new)
             }
             Some(other) => Err(OAuthError::new(
-                "unsupported_grant_type",
+                ErrorCode::UnsupportedGrantType,
                 format!("{other:?} is not supported (authorization_code, refresh_token)"),
             )),
-            None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+            None => Err(OAuthError::new(
+                ErrorCode::InvalidRequest,
+                "grant_type is required",
+            )),
         }
     }
 
@@ -779,7 +799,7 @@ impl AuthorizationServer {
             .get_session(session_id)
             .await
             .map_err(store_unavailable)?
-            .ok_or_else(|| OAuthError::new("invalid_grant", ended))
+            .ok_or_else(|| OAuthError::new(ErrorCode::InvalidGrant, ended))
     }
 
     fn tokens(
@@ -787,7 +807,7 @@ impl AuthorizationServer {
         session: &postern_store::Session,
         family: &TokenFamily,
         refresh: &str,
-    ) -> Value {
+    ) -> Result<Value, OAuthError> {
         let ttl = self.settings.access_token_ttl;
         let claims = AccessClaims {
             sub: session.user_id.clone(),
@@ -801,26 +821,48 @@ impl AuthorizationServer {
             exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
             clm: session.claims.clone(),
         };
-        let access = oauth_server::mint_access_token(self.store.keyring(), &claims);
-        oauth_server::token_response(&access, ttl, refresh, family.scope.as_deref())
+        let access =
+            oauth_server::mint_access_token(self.store.keyring(), &claims).map_err(|error| {
+                tracing::error!(%error, "cannot seal an access token");
+                OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the gateway cannot issue a token now; try again",
+                )
+            })?;
+        Ok(oauth_server::token_response(
+            &access,
+            ttl,
+            refresh,
+            family.scope.as_deref(),
+        ))
     }
 
-    /// RFC 7009: revoking either token of a family revokes the family. Always 200.
+    /// RFC 7009: revoking either token of a family revokes the family. 200 whether or not the
+    /// token was known (§2.2); 503 `temporarily_unavailable` when the store could not look it
+    /// up or record the revocation, so the client keeps the token and tries again (§2.2.1)
+    /// instead of believing it is revoked.
     pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
         let Some(body) = read_body(request).await else {
-            return oauth_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &OAuthError::new("invalid_request", "the request is too large"),
-            );
+            return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
-        let token = form.get("token").cloned().unwrap_or_default();
+        let token = form.get("token").map(String::as_str).unwrap_or_default();
+        match self.revoke_token(token).await {
+            Ok(()) => {
+                let mut response = Response::new(postern_gateway::body::full(""));
+                no_store(&mut response);
+                response
+            }
+            Err(error) => EndpointError::OAuth(error).into_response(),
+        }
+    }
+
+    async fn revoke_token(&self, token: &str) -> Result<(), OAuthError> {
         let family = if token.starts_with(REFRESH_PREFIX) {
             self.store
-                .find_refresh_token(&token)
+                .find_refresh_token(token)
                 .await
-                .ok()
-                .flatten()
+                .map_err(store_unavailable)?
                 .map(|f| f.family_id)
         } else if let Some(sealed) = token.strip_prefix(oauth_server::ACCESS_PREFIX) {
             self.store
@@ -833,12 +875,14 @@ impl AuthorizationServer {
             None
         };
         if let Some(family) = family {
-            let _ = self.store.revoke_family(&family).await;
-            self.revocations.insert(Revocation::Family(family));
+            // This replica refuses the family's tokens at once, whatever the store says.
+            self.revocations.insert(Revocation::Family(family.clone()));
+            self.store
+                .revoke_family(&family)
+                .await
+                .map_err(store_unavailable)?;
         }
-        let mut response = Response::new(postern_gateway::body::full(""));
-        no_store(&mut response);
-        response
+        Ok(())
     }
 }
 
@@ -847,8 +891,57 @@ async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
     crate::forms::read_form(request).await.ok()
 }
 
-fn oauth_error(status: StatusCode, error: &OAuthError) -> Response<Body> {
-    json_response(status, &error.body())
+/// Why a registration, token or revocation request failed: answered in one place,
+/// [`EndpointError::into_response`].
+#[derive(Debug)]
+pub(crate) enum EndpointError {
+    /// Not a POST: 405 with `invalid_request` saying what to do.
+    NotPost(&'static str),
+    /// The body is over the limit: 413 with `invalid_request` saying so.
+    TooLarge(&'static str),
+    /// An OAuth error: the status its code has (RFC 6749 §5.2: 400, `invalid_client` 401, ...).
+    OAuth(OAuthError),
+}
+
+impl From<OAuthError> for EndpointError {
+    fn from(error: OAuthError) -> Self {
+        Self::OAuth(error)
+    }
+}
+
+impl EndpointError {
+    /// The RFC 6749 §5.2 JSON error response, never cached; `WWW-Authenticate` on a 401
+    /// (§5.2: the client authenticated, or should have, with HTTP Basic); `Retry-After` when
+    /// the error says when to try again.
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let (status, error) = match self {
+            Self::NotPost(what) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                OAuthError::new(ErrorCode::InvalidRequest, what),
+            ),
+            Self::TooLarge(what) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                OAuthError::new(ErrorCode::InvalidRequest, what),
+            ),
+            Self::OAuth(error) => (
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                error,
+            ),
+        };
+        let mut response = json_response(status, &error.body());
+        no_store(&mut response);
+        let headers = response.headers_mut();
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"postern\""),
+            );
+        }
+        if let Some(after) = error.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
+        response
+    }
 }
 
 fn no_store(response: &mut Response<Body>) {
@@ -891,7 +984,7 @@ impl AuthorizationServer {
         ctx: &RequestContext,
         form: &HashMap<String, String>,
     ) -> Result<OAuthClient, OAuthError> {
-        let bad = |m: String| OAuthError::new("invalid_client", m);
+        let bad = |m: String| OAuthError::new(ErrorCode::InvalidClient, m);
         let assertion = form
             .get("client_assertion")
             .ok_or_else(|| bad("client_assertion is missing".into()))?;
@@ -994,12 +1087,77 @@ impl AuthorizationServer {
     }
 }
 
+/// `n` random bytes as a token (client id, secret, code, family, refresh token): a failing
+/// random source is logged and answered `temporarily_unavailable`, never an empty value.
+fn random_token(keys: &Keyring, n: usize) -> Result<String, OAuthError> {
+    keys.random_token(n).map_err(|error| {
+        tracing::error!(%error, "no randomness at the authorization server");
+        OAuthError::new(
+            ErrorCode::TemporarilyUnavailable,
+            "the gateway cannot make a random value now; try again",
+        )
+    })
+}
+
 /// A store failure at the token or authorization endpoint: logged for the operator, and a
 /// retryable OAuth error for the client.
 fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
     tracing::error!(%error, "store unavailable at the authorization server");
     OAuthError::new(
-        "temporarily_unavailable",
+        ErrorCode::TemporarilyUnavailable,
         "the gateway's store is unavailable",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_errors_take_their_status_from_the_code_and_are_never_cached() {
+        let cases = [
+            (
+                EndpointError::OAuth(OAuthError::new(ErrorCode::InvalidGrant, "g")),
+                400,
+                None,
+                None,
+            ),
+            (
+                OAuthError::new(ErrorCode::InvalidClient, "c").into(),
+                401,
+                Some("Basic realm=\"postern\""),
+                None,
+            ),
+            (
+                OAuthError::new(ErrorCode::TooManyRequests, "r")
+                    .with_retry_after(std::time::Duration::from_secs(9))
+                    .into(),
+                429,
+                None,
+                Some("9"),
+            ),
+            (
+                OAuthError::new(ErrorCode::TemporarilyUnavailable, "t").into(),
+                503,
+                None,
+                None,
+            ),
+            (EndpointError::NotPost("use POST"), 405, None, None),
+            (EndpointError::TooLarge("too large"), 413, None, None),
+        ];
+        for (error, status, challenge, retry_after) in cases {
+            let what = format!("{error:?}");
+            let response = error.into_response();
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap())
+            };
+            assert_eq!(response.status().as_u16(), status, "{what}");
+            assert_eq!(header(header::CACHE_CONTROL), Some("no-store"), "{what}");
+            assert_eq!(header(header::WWW_AUTHENTICATE), challenge, "{what}");
+            assert_eq!(header(header::RETRY_AFTER), retry_after, "{what}");
+        }
+    }
 }

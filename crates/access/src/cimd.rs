@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postern_oauth::OAuthError;
 use postern_oauth::registration::validate_metadata;
+use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{OAuthClient, now_ms};
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ impl<V: Clone> Lru<V> {
 }
 
 fn refuse(message: impl Into<String>) -> OAuthError {
-    OAuthError::new("invalid_client", message)
+    OAuthError::new(ErrorCode::InvalidClient, message)
 }
 
 impl Cimd {
@@ -280,7 +280,7 @@ impl crate::authorization_server::AuthorizationServer {
     ) -> Result<OAuthClient, OAuthError> {
         let unavailable = |_| {
             OAuthError::new(
-                "temporarily_unavailable",
+                ErrorCode::TemporarilyUnavailable,
                 "the gateway's store is unavailable",
             )
         };
@@ -302,7 +302,7 @@ impl crate::authorization_server::AuthorizationServer {
         };
         if issued_to.as_deref() != Some(client_id) {
             return Err(OAuthError::new(
-                "invalid_grant",
+                ErrorCode::InvalidGrant,
                 "no current code or refresh token of this client was presented: authorize again",
             ));
         }
@@ -426,7 +426,7 @@ mod tests {
             "http://127.0.0.1:9/client.json",
         ] {
             let err = any_public.client(url).await.unwrap_err();
-            assert_eq!(err.code, "invalid_client", "{url}: {err}");
+            assert_eq!(err.code, ErrorCode::InvalidClient, "{url}: {err}");
         }
         let none = Cimd::new(vec![]);
         assert!(

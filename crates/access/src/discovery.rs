@@ -256,15 +256,19 @@ impl Discovery {
     /// Forgets what was discovered for this route and origin, and Postern's registration at its
     /// authorization server (which no longer knows the client): the next upstream 401 runs
     /// discovery and registration again.
+    ///
+    /// A store failure is logged: what is kept would be used again (and refused again by the
+    /// provider), which the operator must see.
     pub async fn forget(&self, route_key: &str, origin: &str) {
+        let mut keys = vec![Self::key(route_key, origin)];
         if let Some(found) = self.get(route_key, origin).await {
-            let _ = self
-                .store
-                .delete_key(&format!("upstream-client|{}|{origin}", found.issuer))
-                .await;
+            keys.push(format!("upstream-client|{}|{origin}", found.issuer));
         }
-        let key = Self::key(route_key, origin);
-        let _ = self.store.delete_key(&key).await;
+        for key in &keys {
+            if let Err(error) = self.store.delete_key(key).await {
+                tracing::error!(%error, key = %key, "cannot forget a stale upstream discovery or registration");
+            }
+        }
         if let Some(origins) = self
             .cache
             .write()
@@ -789,10 +793,15 @@ impl crate::broker::UpstreamBroker {
                 }
                 self.discovery.put(&key, &origin, &wider).await;
             }
-            let _ = self
+            // The answer is the same either way (the provider refused this TI; a new
+            // authorization replaces it), but a refused TI left in the store is sent again.
+            if let Err(error) = self
                 .store
                 .delete_upstream_token(&session.user_id, &key)
-                .await;
+                .await
+            {
+                tracing::error!(%error, user = %session.email, route = %route.id, "cannot delete an upstream token the provider refused");
+            }
             tracing::info!(target: "postern::audit", event = "upstream_token_rejected", user = %session.email, route = %route.id, %status, "the upstream refused the TI; the user must authorize again");
             return Err(crate::reply::not_connected(ctx, route));
         }

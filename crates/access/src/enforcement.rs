@@ -320,7 +320,8 @@ impl Enforcement {
             }
         }
         if let (postern_gateway::routes::Kind::McpClient, Some(session)) = (&route.kind, session) {
-            let token = oauth_server::app_token(self.store.keyring(), ctx, session);
+            let token = oauth_server::app_token(self.store.keyring(), ctx, session)
+                .map_err(|e| crate::reply::app_token_unavailable(ctx, &e))?;
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert(header::AUTHORIZATION, value);
             }

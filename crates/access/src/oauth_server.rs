@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
-use postern_oauth::OAuthError;
 use postern_oauth::metadata::{protected_resource_metadata_url, resource_url, same_resource};
 use postern_store::{Keyring, Revocation, Session, Store, now_ms};
 use serde::{Deserialize, Serialize};
@@ -108,12 +107,23 @@ impl AccessClaims {
 }
 
 /// Mints a TE.
-pub fn mint_access_token(keys: &Keyring, claims: &AccessClaims) -> String {
-    let json = serde_json::to_vec(claims).unwrap_or_default();
-    format!(
+pub fn mint_access_token(keys: &Keyring, claims: &AccessClaims) -> Result<String, MintError> {
+    let json = serde_json::to_vec(claims)?;
+    Ok(format!(
         "{ACCESS_PREFIX}{}",
-        keys.seal("access-token", &json).unwrap_or_default()
-    )
+        keys.seal("access-token", &json)?
+    ))
+}
+
+/// Why a TE could not be minted (never an empty token instead).
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    /// The claims could not be serialised.
+    #[error("the access token's claims cannot be serialised: {0}")]
+    Claims(#[from] serde_json::Error),
+    /// Sealing failed (no randomness for the nonce).
+    #[error("the access token cannot be sealed: {0}")]
+    Seal(#[from] postern_store::StoreError),
 }
 
 /// Why a TE was refused (`error="invalid_token"`).
@@ -255,53 +265,6 @@ pub fn form(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// The client's credentials from `Authorization: Basic` or the form (RFC 6749 §2.3.1).
-pub fn client_credentials(
-    headers: &http::HeaderMap,
-    form: &HashMap<String, String>,
-) -> Result<(String, Option<String>), OAuthError> {
-    use base64::Engine as _;
-    if let Some(basic) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-    {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(basic.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                OAuthError::new(
-                    "invalid_client",
-                    "the Basic credentials are not valid base64",
-                )
-            })?;
-        let (id, secret) = decoded.split_once(':').ok_or_else(|| {
-            OAuthError::new(
-                "invalid_client",
-                "the Basic credentials need client_id:client_secret",
-            )
-        })?;
-        let unescape = |s: &str| {
-            url::form_urlencoded::parse(format!("x={s}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default()
-        };
-        return Ok((unescape(id), Some(unescape(secret))));
-    }
-    let id = form.get("client_id").cloned().ok_or_else(|| {
-        OAuthError::new(
-            "invalid_client",
-            "no client authentication: send client_id (and the secret, if registered with one)",
-        )
-    })?;
-    Ok((id, form.get("client_secret").cloned()))
-}
-
 /// Constant-time comparison of secrets.
 pub fn secrets_match(a: &str, b: &str) -> bool {
     subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
@@ -324,7 +287,11 @@ pub fn token_response(
 }
 
 /// The TE an MCP client app route passes to its upstream (the app) for the signed-in user.
-pub fn app_token(keys: &Keyring, ctx: &RequestContext, session: &Session) -> String {
+pub fn app_token(
+    keys: &Keyring,
+    ctx: &RequestContext,
+    session: &Session,
+) -> Result<String, MintError> {
     let claims = AccessClaims {
         sub: session.user_id.clone(),
         email: session.email.clone(),
@@ -363,14 +330,16 @@ mod tests {
     fn access_tokens_are_bound_to_their_resource_and_can_be_revoked() {
         let keys = Keyring::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
         let cache = RevocationCache::default();
-        let token = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() + 60_000));
+        let token = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() + 60_000))
+            .unwrap();
         assert!(token.starts_with("pst_at_"));
         assert!(check_access_token(&keys, &cache, &token, "https://mcp.test/notion/").is_ok());
         assert!(matches!(
             check_access_token(&keys, &cache, &token, "https://mcp.test/sqlite"),
             Err(TokenError::WrongResource(_))
         ));
-        let expired = mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() - 1));
+        let expired =
+            mint_access_token(&keys, &claims("https://mcp.test/notion", now_ms() - 1)).unwrap();
         assert_eq!(
             check_access_token(&keys, &cache, &expired, "https://mcp.test/notion"),
             Err(TokenError::Expired)
@@ -389,7 +358,8 @@ mod tests {
         let theirs = mint_access_token(
             &other_gateway,
             &claims("https://mcp.test/notion", now_ms() + 60_000),
-        );
+        )
+        .unwrap();
         assert_eq!(
             check_access_token(&keys, &cache, &theirs, "https://mcp.test/notion"),
             Err(TokenError::Invalid)
@@ -402,22 +372,8 @@ mod tests {
     }
 
     #[test]
-    fn client_credentials_from_basic_or_form() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::AUTHORIZATION,
-            "Basic Y2xpZW50JTNBMTpzM2NyZXQ=".parse().unwrap(),
-        );
-        assert_eq!(
-            client_credentials(&headers, &HashMap::new()).unwrap(),
-            ("client:1".into(), Some("s3cret".into()))
-        );
-        let form: HashMap<String, String> = [("client_id".to_owned(), "c".to_owned())].into();
-        assert_eq!(
-            client_credentials(&http::HeaderMap::new(), &form).unwrap(),
-            ("c".into(), None)
-        );
-        assert!(client_credentials(&http::HeaderMap::new(), &HashMap::new()).is_err());
+    fn secrets_match_in_full() {
         assert!(secrets_match("abc", "abc") && !secrets_match("abc", "abd"));
+        assert!(!secrets_match("abc", "abcd"));
     }
 }

@@ -9,15 +9,10 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
-use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
-use postern_oauth::OAuthError;
+use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{OAuthClient, now_ms};
 use serde_json::Value;
-
-use crate::reply::json_response;
 
 /// How long a registration lives once it has been used (each authorization renews it when less
 /// than half of this is left).
@@ -99,31 +94,27 @@ fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 impl crate::authorization_server::AuthorizationServer {
-    /// Counts a registration from the request's address; the 429 to answer when it is over the
-    /// limit.
-    pub(crate) fn registration_limited(&self, ctx: &RequestContext) -> Option<Response<Body>> {
+    /// Counts a registration from the request's address; `too_many_requests` (429, with when
+    /// to try again) when it is over the limit.
+    pub(crate) fn admit_registration(&self, ctx: &RequestContext) -> Result<(), OAuthError> {
         let limits = &self.settings.registration;
         let Err(retry_after) = self
             .registration_limiter
             .admit(ctx.client_addr.ip(), limits)
         else {
-            return None;
+            return Ok(());
         };
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "client registrations rate limited");
-        let error = OAuthError::new(
-            "too_many_requests",
+        Err(OAuthError::new(
+            ErrorCode::TooManyRequests,
             format!(
                 "too many client registrations from your address (at most {} per {} s); try again in {seconds} s",
                 limits.per_address,
                 limits.window.as_secs()
             ),
-        );
-        let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &error.body());
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(seconds));
-        Some(response)
+        )
+        .with_retry_after(Duration::from_secs(seconds)))
     }
 
     /// When a registration expires that nobody has used yet.
@@ -162,7 +153,7 @@ pub(crate) fn check_grant_type(client: &OAuthClient, grant_type: &str) -> Result
         return Ok(());
     }
     Err(OAuthError::new(
-        "unauthorized_client",
+        ErrorCode::UnauthorizedClient,
         format!("this client did not register the {grant_type} grant (grant_types)"),
     ))
 }
@@ -231,14 +222,14 @@ mod tests {
             check_grant_type(&code_only, "refresh_token")
                 .unwrap_err()
                 .code,
-            "unauthorized_client"
+            ErrorCode::UnauthorizedClient
         );
         let refresh_only = client(serde_json::json!(["refresh_token"]));
         assert_eq!(
             check_grant_type(&refresh_only, "authorization_code")
                 .unwrap_err()
                 .code,
-            "unauthorized_client"
+            ErrorCode::UnauthorizedClient
         );
         let legacy = OAuthClient {
             metadata: serde_json::json!({}),

@@ -9,7 +9,7 @@ use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
 use serde_json::{Value, json};
 
-use crate::oauth_server::{self, TokenError};
+use crate::oauth_server::{self, MintError, TokenError};
 
 /// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
 pub(crate) fn cors(headers: &mut HeaderMap) {
@@ -102,6 +102,18 @@ pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Bod
     }
     cors(response.headers_mut());
     response
+}
+
+/// 503 for a request of an MCP client app route whose TE could not be minted: logged, and the
+/// app asked to try again (never passed on without its token).
+pub(crate) fn app_token_unavailable(ctx: &RequestContext, error: &MintError) -> Response<Body> {
+    tracing::error!(%error, request_id = %ctx.request_id, "cannot mint the app's access token");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the gateway cannot issue the app's access token now; try again",
+        &ctx.request_id,
+    )
 }
 
 /// A redirect target on this gateway, or the portal.

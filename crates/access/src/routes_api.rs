@@ -9,7 +9,7 @@ use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::{Kind, Route};
 use postern_oauth::registration::is_loopback;
 use postern_policy::{Input, McpRequest};
-use postern_store::Session;
+use postern_store::{Session, StoreError};
 use serde_json::{Value, json};
 
 use crate::broker::UpstreamBroker;
@@ -131,7 +131,15 @@ impl UpstreamBroker {
                         pages::message("Cannot disconnect", "The form names no server."),
                     );
                 };
-                self.forget_upstream(ctx, &session, resource).await;
+                if self.forget_upstream(ctx, &session, resource).await.is_err() {
+                    return html(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::message(
+                            "Cannot disconnect",
+                            "The gateway's store is unavailable, so the account is still connected; try again.",
+                        ),
+                    );
+                }
                 redirect_to("/.pomerium/")
             }
             _ => html(
@@ -145,18 +153,28 @@ impl UpstreamBroker {
         response
     }
 
-    /// Deletes `session`'s user's TI for the MCP server known by `url`, if any.
-    async fn forget_upstream(&self, ctx: &RequestContext, session: &Session, url: &str) {
+    /// Deletes `session`'s user's TI for the MCP server known by `url`, if any; a store
+    /// failure is logged and returned (the account is still connected: the caller must not say
+    /// otherwise).
+    async fn forget_upstream(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        url: &str,
+    ) -> Result<(), StoreError> {
         if let Some(route) = ctx.runtime.routes.all().iter().find(|r| {
             r.is_mcp_server()
                 && postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url)
         }) {
-            let _ = self
-                .store
+            self.store
                 .delete_upstream_token(&session.user_id, &upstream::route_key(route))
-                .await;
+                .await
+                .inspect_err(|error| {
+                    tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, route = %route.id, "cannot disconnect an upstream account");
+                })?;
             tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
         }
+        Ok(())
     }
 
     /// Who calls: the session cookie, or the TE of an MCP client app route.
@@ -264,7 +282,16 @@ impl UpstreamBroker {
             );
         };
         for url in urls.iter().filter_map(Value::as_str) {
-            self.forget_upstream(ctx, session, url).await;
+            if self.forget_upstream(ctx, session, url).await.is_err() {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    &format!(
+                        "the gateway's store is unavailable, so {url} is still connected; try again"
+                    ),
+                    &ctx.request_id,
+                );
+            }
         }
         json_response(StatusCode::OK, &self.server_list(ctx, session).await)
     }

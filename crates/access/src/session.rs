@@ -54,17 +54,19 @@ pub async fn current(
     store.get_session(&id).await.ok().flatten()
 }
 
-/// `Set-Cookie` for a new session.
-pub fn cookie_for(session_id: &str, settings: &CookieSettings, keys: &Keyring) -> String {
+/// `Set-Cookie` for a new session; `None` (logged) when the id cannot be sealed, never a cookie
+/// with an empty value.
+pub fn cookie_for(session_id: &str, settings: &CookieSettings, keys: &Keyring) -> Option<String> {
     let sealed = keys
         .seal("session-cookie", session_id.as_bytes())
-        .unwrap_or_default();
-    format!(
+        .inspect_err(|error| tracing::error!(%error, "cannot seal the session cookie"))
+        .ok()?;
+    Some(format!(
         "{}={sealed}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
         settings.name,
         settings.expire.as_secs(),
         if settings.secure { "; Secure" } else { "" }
-    )
+    ))
 }
 
 /// `Set-Cookie` that removes the session cookie.

@@ -465,11 +465,7 @@ impl SignIn {
             return None;
         }
         tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
-        Some(session::cookie_for(
-            &session.id,
-            &self.cookie,
-            self.store.keyring(),
-        ))
+        session::cookie_for(&session.id, &self.cookie, self.store.keyring())
     }
 
     pub(crate) async fn sign_out(

@@ -4,8 +4,8 @@
 
 use std::collections::HashMap;
 
-use crate::OAuthError;
 use crate::pkce;
+use crate::{ErrorCode, OAuthError};
 
 /// A parsed authorization request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,13 +76,13 @@ pub fn parse(
         Some("code") => {}
         Some(other) => {
             return Err(fail(OAuthError::new(
-                "unsupported_response_type",
+                ErrorCode::UnsupportedResponseType,
                 format!("response_type {other:?} is not supported; use code"),
             )));
         }
         None => {
             return Err(fail(OAuthError::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "response_type is required (code)",
             )));
         }
@@ -97,7 +97,7 @@ pub fn parse(
         && bad_resource(resource)
     {
         return Err(fail(OAuthError::new(
-            "invalid_target",
+            ErrorCode::InvalidTarget,
             "resource must be an absolute URI without a fragment",
         )));
     }
@@ -122,7 +122,7 @@ pub fn error_redirect(
     {
         let mut pairs = url.query_pairs_mut();
         pairs
-            .append_pair("error", error.code)
+            .append_pair("error", error.code.as_str())
             .append_pair("error_description", &error.description);
         if let Some(state) = state {
             pairs.append_pair("state", state);
@@ -194,14 +194,14 @@ mod tests {
         ]);
         match parse(&q, "https://a.test/cb") {
             Err(AuthorizeError::Redirect { error, state, .. }) => {
-                assert_eq!(error.code, "invalid_request");
+                assert_eq!(error.code, ErrorCode::InvalidRequest);
                 assert_eq!(state.as_deref(), Some("s"));
             }
             other => panic!("{other:?}"),
         }
         let url = error_redirect(
             "https://a.test/cb?x=1",
-            &OAuthError::new("access_denied", "no"),
+            &OAuthError::new(ErrorCode::AccessDenied, "no"),
             Some("s"),
             "https://mcp.test",
         );
@@ -215,7 +215,7 @@ mod tests {
             ("redirect_uri", "https://a.test/cb"),
         ]);
         assert!(
-            matches!(parse(&q, "https://a.test/cb"), Err(AuthorizeError::Redirect { error, .. }) if error.code == "unsupported_response_type")
+            matches!(parse(&q, "https://a.test/cb"), Err(AuthorizeError::Redirect { error, .. }) if error.code == ErrorCode::UnsupportedResponseType)
         );
     }
 }

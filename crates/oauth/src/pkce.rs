@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::OAuthError;
+use crate::{ErrorCode, OAuthError};
 
 /// Checks the `code_challenge` / `code_challenge_method` of an authorization request.
 pub fn check_challenge(
@@ -13,7 +13,7 @@ pub fn check_challenge(
 ) -> Result<String, OAuthError> {
     let challenge = challenge.filter(|c| !c.is_empty()).ok_or_else(|| {
         OAuthError::new(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "code_challenge is required: use PKCE with code_challenge_method=S256",
         )
     })?;
@@ -21,13 +21,13 @@ pub fn check_challenge(
         Some("S256") => {}
         Some("plain") | None => {
             return Err(OAuthError::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "code_challenge_method must be S256 (plain is not accepted)",
             ));
         }
         Some(other) => {
             return Err(OAuthError::new(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("unknown code_challenge_method {other:?}; use S256"),
             ));
         }
@@ -35,15 +35,43 @@ pub fn check_challenge(
     // base64url of a SHA-256 digest: 43 characters.
     if challenge.len() != 43 || URL_SAFE_NO_PAD.decode(challenge).is_err() {
         return Err(OAuthError::new(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "code_challenge is not a base64url SHA-256 digest (43 characters)",
         ));
     }
     Ok(challenge.to_owned())
 }
 
+/// A PKCE code verifier (RFC 7636 §4.1): a secret, so its `Debug` is redacted, and not `Clone`
+/// (one owner: whoever sends or checks it).
+pub struct PkceVerifier(String);
+
+impl PkceVerifier {
+    /// Wraps a verifier (checked for its form by [`verify`], not here).
+    pub fn new(verifier: String) -> Self {
+        Self(verifier)
+    }
+
+    /// The verifier itself, for the one place that sends it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Its S256 challenge.
+    pub fn challenge(&self) -> String {
+        challenge_of(&self.0)
+    }
+}
+
+impl std::fmt::Debug for PkceVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PkceVerifier([redacted])")
+    }
+}
+
 /// Whether `verifier` matches the S256 `challenge` (RFC 7636 §4.6), in constant time.
-pub fn verify(verifier: &str, challenge: &str) -> bool {
+pub fn verify(verifier: &PkceVerifier, challenge: &str) -> bool {
+    let verifier = verifier.secret();
     // RFC 7636 §4.1: 43 to 128 unreserved characters.
     let well_formed = (43..=128).contains(&verifier.len())
         && verifier
@@ -73,19 +101,28 @@ mod tests {
 
     #[test]
     fn s256_per_rfc_7636_appendix_b() {
+        let verifier = |v: &str| PkceVerifier::new(v.to_owned());
         assert_eq!(challenge_of(VERIFIER), CHALLENGE);
-        assert!(verify(VERIFIER, CHALLENGE));
+        assert_eq!(verifier(VERIFIER).challenge(), CHALLENGE);
+        assert!(verify(&verifier(VERIFIER), CHALLENGE));
         assert!(
-            !verify("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj", CHALLENGE),
+            !verify(
+                &verifier("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj"),
+                CHALLENGE
+            ),
             "wrong verifier"
         );
         assert!(
-            !verify(CHALLENGE, CHALLENGE),
+            !verify(&verifier(CHALLENGE), CHALLENGE),
             "the challenge itself is not a verifier (plain)"
         );
         assert!(
-            !verify("short", &challenge_of("short")),
+            !verify(&verifier("short"), &challenge_of("short")),
             "too short to be a verifier"
+        );
+        assert_eq!(
+            format!("{:?}", verifier(VERIFIER)),
+            "PkceVerifier([redacted])"
         );
     }
 
@@ -96,7 +133,7 @@ mod tests {
             check_challenge(Some(CHALLENGE), Some("plain"))
                 .unwrap_err()
                 .code,
-            "invalid_request"
+            ErrorCode::InvalidRequest
         );
         assert!(
             check_challenge(Some(CHALLENGE), None).is_err(),

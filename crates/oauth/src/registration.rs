@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::OAuthError;
+use crate::{ErrorCode, OAuthError};
 
 /// How a client authenticates at the token endpoint.
 pub const AUTH_METHODS: [&str; 4] = [
@@ -16,7 +16,7 @@ pub const AUTH_METHODS: [&str; 4] = [
 
 /// Checks one redirect URI.
 pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
-    let bad = |why: &str| OAuthError::new("invalid_redirect_uri", format!("{uri:?}: {why}"));
+    let bad = |why: &str| OAuthError::new(ErrorCode::InvalidRedirectUri, format!("{uri:?}: {why}"));
     let url = url::Url::parse(uri).map_err(|e| bad(&format!("not an absolute URI ({e})")))?;
     if url.fragment().is_some() {
         return Err(bad("must not contain a fragment"));
@@ -92,7 +92,7 @@ pub const MAX_JWKS_BYTES: usize = 8 * 1024;
 /// defaults filled in: `token_endpoint_auth_method` `client_secret_basic`, grants
 /// `authorization_code` and `refresh_token`, response type `code`.
 pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthError> {
-    let invalid = |m: String| OAuthError::new("invalid_client_metadata", m);
+    let invalid = |m: String| OAuthError::new(ErrorCode::InvalidClientMetadata, m);
     let Value::Object(request) = request else {
         return Err(invalid(
             "the registration request must be a JSON object".into(),
@@ -104,7 +104,7 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
         .filter(|a| !a.is_empty())
         .ok_or_else(|| {
             OAuthError::new(
-                "invalid_redirect_uri",
+                ErrorCode::InvalidRedirectUri,
                 "redirect_uris is required: a non-empty list",
             )
         })?;
@@ -116,7 +116,10 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
     }
     for uri in redirect_uris {
         let uri = uri.as_str().ok_or_else(|| {
-            OAuthError::new("invalid_redirect_uri", "redirect_uris must be strings")
+            OAuthError::new(
+                ErrorCode::InvalidRedirectUri,
+                "redirect_uris must be strings",
+            )
         })?;
         if uri.len() > MAX_URI_BYTES {
             return Err(invalid(format!(
@@ -229,7 +232,7 @@ mod tests {
         ] {
             assert_eq!(
                 check_redirect_uri(bad).unwrap_err().code,
-                "invalid_redirect_uri",
+                ErrorCode::InvalidRedirectUri,
                 "{bad}"
             );
         }
@@ -293,7 +296,7 @@ mod tests {
 
         let refused = |request: Value, field: &str, limit: &str| {
             let error = validate_metadata(&request).unwrap_err();
-            assert_eq!(error.code, "invalid_client_metadata", "{request}");
+            assert_eq!(error.code, ErrorCode::InvalidClientMetadata, "{request}");
             assert!(
                 error.description.contains(field) && error.description.contains(limit),
                 "{}",
@@ -344,17 +347,17 @@ mod tests {
         );
         assert_eq!(
             validate_metadata(&json!({})).unwrap_err().code,
-            "invalid_redirect_uri"
+            ErrorCode::InvalidRedirectUri
         );
         assert_eq!(
             validate_metadata(&json!({"redirect_uris": ["http://evil.test/cb"]}))
                 .unwrap_err()
                 .code,
-            "invalid_redirect_uri"
+            ErrorCode::InvalidRedirectUri
         );
         assert_eq!(
             validate_metadata(&json!({"redirect_uris": ["https://a.test/cb"], "grant_types": ["client_credentials"]})).unwrap_err().code,
-            "invalid_client_metadata"
+            ErrorCode::InvalidClientMetadata
         );
         assert!(validate_metadata(&json!({"redirect_uris": ["https://a.test/cb"], "token_endpoint_auth_method": "private_key_jwt"})).is_err());
         assert!(
