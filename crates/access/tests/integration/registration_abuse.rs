@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::support::client;
 use postern_access::assertion::Signer;
 use postern_access::registration::RegistrationLimits;
 use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
 use postern_store::{Store, now_ms};
 use serde_json::{Value, json};
-use support::client;
 use tokio_util::sync::CancellationToken;
 
-mod support;
+use crate::support;
 
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -355,7 +355,9 @@ async fn client_metadata_documents_are_fetched_only_for_signed_in_users() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Everything the gateway logs in this test binary, as text without colours.
+/// Everything the gateway logs in this test binary, as text without colours: the first caller
+/// installs the global subscriber, so it holds every test's lines from then on (the test below
+/// looks only for its own client's line and for bytes no gateway may log).
 fn captured_log() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOG.get_or_init(|| {

@@ -19,7 +19,7 @@ use postern_access::users::LocalUsers;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod support;
+use crate::support;
 
 /// What the fake upstream saw and how it behaves.
 #[derive(Default)]
