@@ -15,7 +15,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         base,
         browser,
         provider,
-        provider_log,
+        issuer,
         notion,
         stop,
         ..
@@ -63,7 +63,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         .unwrap()
         .to_owned();
     assert!(
-        provider_url.starts_with(&format!("{provider}/authorize?")),
+        provider_url.starts_with(&format!("{issuer}/authorize?")),
         "after consent, the provider: {provider_url}"
     );
     let q = query_of(&provider_url);
@@ -141,7 +141,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         seen.iter().all(|a| !a.contains("pst_")),
         "the TE never reaches the server"
     );
-    let log = provider_log.lock().unwrap().clone();
+    let log = provider.grants();
     assert_eq!(
         log,
         ["authorization_code ", "refresh_token rt-1"],
@@ -157,7 +157,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         .send()
         .await
         .unwrap();
-    assert_eq!(provider_log.lock().unwrap().len(), 2);
+    assert_eq!(provider.grants().len(), 2);
 
     // Disconnected from Notion: refreshing would mint a TE that only gets 401, so the refresh
     // grant is refused (the client runs the authorization again), and the token is not spent.
@@ -282,7 +282,7 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
     );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], json!("upstream_not_connected"));
-    let _ = (&w.provider_log, &w.notion);
+    let _ = (&w.provider, &w.notion);
     w.stop.cancel();
 }
 
@@ -316,8 +316,7 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
                 .unwrap()
         }
     };
-    w.refresh_status
-        .store(503, std::sync::atomic::Ordering::SeqCst);
+    w.provider.answer_refreshes_with(503);
     let outage = call_notion().await;
     assert_eq!(outage.status(), 502);
     let body: Value = outage.json().await.unwrap();
@@ -332,8 +331,7 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         "an outage keeps the TI"
     );
 
-    w.refresh_status
-        .store(400, std::sync::atomic::Ordering::SeqCst);
+    w.provider.answer_refreshes_with(400);
     let revoked = call_notion().await;
     assert_eq!(
         revoked.status(),
@@ -345,7 +343,6 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         json!(false),
         "the dead TI was forgotten"
     );
-    w.refresh_status
-        .store(200, std::sync::atomic::Ordering::SeqCst);
+    w.provider.answer_refreshes_with(200);
     w.stop.cancel();
 }

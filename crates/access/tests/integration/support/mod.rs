@@ -167,4 +167,5 @@ pub async fn connect(browser: &reqwest::Client, base: &str, query: &str) -> reqw
 
 pub mod notion_world;
 pub mod oauth_client;
+pub mod oauth_provider;
 pub mod world;
