@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{self, clicked, client, csrf_field, hidden_fields};
+use crate::support::{self, clicked, client, csrf_field, hidden_fields, oauth_client};
 
 /// What the fake MCP server saw.
 #[derive(Default)]
@@ -526,13 +526,7 @@ async fn register(t: &Target) -> String {
 }
 
 fn authorize_url(t: &Target, client_id: &str, resource: &str) -> String {
-    format!(
-        "{}/.pomerium/mcp/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=st4te&code_challenge={}&code_challenge_method=S256&resource={}",
-        t.base,
-        crate::support::oauth_client::urlencode(crate::support::oauth_client::CALLBACK),
-        crate::support::oauth_client::CHALLENGE,
-        crate::support::oauth_client::urlencode(resource),
-    )
+    oauth_client::authorize_url(&t.base, client_id, oauth_client::CALLBACK, resource)
 }
 
 /// Item 6: the consent form is refused unless a person clicked it: a script on a page of the
@@ -666,13 +660,11 @@ async fn te_for(t: &Target, browser: &reqwest::Client, resource: &str) -> String
         page.headers()["location"].to_str().unwrap().to_owned()
     } else {
         let html = page.text().await.unwrap();
-        let mut fields = hidden_fields(&html);
-        fields.push(("decision".into(), "allow".into()));
         let approved = clicked(
             browser.post(format!("{}/.pomerium/mcp/authorize", t.base)),
             &t.base,
         )
-        .form(&fields)
+        .form(&oauth_client::allow_fields(&html))
         .send()
         .await
         .unwrap();

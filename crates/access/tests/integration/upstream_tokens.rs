@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 
 use crate::support::client;
 use crate::support::notion_world::{NotionWorld, notion_world};
-use crate::support::oauth_client::{CALLBACK, CHALLENGE, VERIFIER, query_of, token, urlencode};
+use crate::support::oauth_client::{
+    CALLBACK, VERIFIER, allow_fields, authorize_url, query_of, token,
+};
 use crate::support::world::call;
 
 #[tokio::test]
@@ -30,11 +32,7 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         .await
         .unwrap();
     let id = registered["client_id"].as_str().unwrap();
-    let authorize_url = format!(
-        "{base}/.pomerium/mcp/authorize?response_type=code&client_id={id}&redirect_uri={}&state=s1&code_challenge={CHALLENGE}&code_challenge_method=S256&resource={}",
-        urlencode(CALLBACK),
-        urlencode(&format!("{base}/notion"))
-    );
+    let authorize_url = authorize_url(base, id, CALLBACK, &format!("{base}/notion"));
     let consent = browser
         .get(&authorize_url)
         .send()
@@ -43,18 +41,9 @@ async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the
         .text()
         .await
         .unwrap();
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for input in consent.split("<input type=\"hidden\" ").skip(1) {
-        let attr = |name: &str| {
-            let at = input.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-            input[at..at + input[at..].find('"').unwrap()].replace("&amp;", "&")
-        };
-        fields.push((attr("name"), attr("value")));
-    }
-    fields.push(("decision".into(), "allow".into()));
     let to_provider = browser
         .post(format!("{base}/.pomerium/mcp/authorize"))
-        .form(&fields)
+        .form(&allow_fields(&consent))
         .send()
         .await
         .unwrap();

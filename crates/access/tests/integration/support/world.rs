@@ -10,7 +10,7 @@ use postern_access::{Access, AccessSettings};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::oauth_client::{CALLBACK, CHALLENGE, VERIFIER, query_of, token, urlencode};
+use super::oauth_client::{self, CALLBACK, allow_fields, exchange_at, query_of};
 use crate::support::{self, client};
 
 pub struct World {
@@ -217,13 +217,11 @@ pub async fn register(w: &World, method: &str) -> Value {
     response.json().await.unwrap()
 }
 
+/// An authorization request by `client_id` for the sqlite server, back to `redirect`, plus
+/// `extra` query parameters.
 pub fn authorize_url(w: &World, client_id: &str, redirect: &str, extra: &str) -> String {
-    format!(
-        "{}/.pomerium/mcp/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=st4te&code_challenge={CHALLENGE}&code_challenge_method=S256&resource={}{extra}",
-        w.base,
-        urlencode(redirect),
-        urlencode(&format!("{}/sqlite", w.base)),
-    )
+    let resource = format!("{}/sqlite", w.base);
+    oauth_client::authorize_url(&w.base, client_id, redirect, &resource) + extra
 }
 
 /// Runs /authorize as the signed-in user (approving consent when asked); returns the redirect.
@@ -244,22 +242,10 @@ pub async fn authorize(w: &World, jar: &str, url: &str) -> String {
         "{page}"
     );
     assert!(page.contains("name=\"decision\" value=\"deny\""));
-    // Post the form back with its hidden fields.
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for input in page.split("<input type=\"hidden\" ").skip(1) {
-        let attr = |name: &str| {
-            let at = input.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-            input[at..at + input[at..].find('"').unwrap()]
-                .replace("&amp;", "&")
-                .replace("&quot;", "\"")
-        };
-        fields.push((attr("name"), attr("value")));
-    }
-    fields.push(("decision".into(), "allow".into()));
     let response = client()
         .post(format!("{}/.pomerium/mcp/authorize", w.base))
         .header("cookie", jar)
-        .form(&fields)
+        .form(&allow_fields(&page))
         .send()
         .await
         .unwrap();
@@ -276,19 +262,7 @@ pub async fn code_for(w: &World, jar: &str, client_id: &str) -> String {
 }
 
 pub async fn exchange(w: &World, client_id: &str, code: &str) -> (u16, Value) {
-    let (status, body, _) = token(
-        &w.base,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", CALLBACK),
-            ("client_id", client_id),
-            ("code_verifier", VERIFIER),
-        ],
-        None,
-    )
-    .await;
-    (status, body)
+    exchange_at(&w.base, client_id, code).await
 }
 
 pub async fn bearer_call(w: &World, path: &str, token: &str) -> reqwest::Response {
