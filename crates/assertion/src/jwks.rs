@@ -46,14 +46,7 @@ impl std::fmt::Debug for KeyCache {
 
 impl KeyCache {
     pub(crate) fn new(config: &VerifierConfig) -> Self {
-        // reqwest is built without a bundled TLS provider; use ring unless the process already
-        // chose one (installing twice is a harmless no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(config.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let http = postern_http::client(config.fetch_timeout);
         Self {
             url: config.jwks_url.clone(),
             ttl: config.keys_ttl,

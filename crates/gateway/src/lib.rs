@@ -15,6 +15,7 @@ pub mod acme;
 pub mod body;
 pub mod errors;
 pub mod hooks;
+pub mod html;
 pub mod metrics;
 pub mod path;
 pub mod proxy;

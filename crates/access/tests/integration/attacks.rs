@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::support::{self, clicked, client, csrf_field, hidden_fields};
+use crate::support::{self, clicked, client, csrf_field, hidden_fields, oauth_client};
 
 /// What the fake MCP server saw.
 #[derive(Default)]
@@ -515,7 +515,7 @@ async fn redirects_never_leave_the_gateway() {
 async fn register(t: &Target) -> String {
     let registered: Value = client()
         .post(format!("{}/.pomerium/mcp/register", t.base))
-        .json(&json!({"redirect_uris": [super::CALLBACK], "client_name": "Totally Claude", "token_endpoint_auth_method": "none"}))
+        .json(&json!({"redirect_uris": [crate::support::oauth_client::CALLBACK], "client_name": "Totally Claude", "token_endpoint_auth_method": "none"}))
         .send()
         .await
         .unwrap()
@@ -526,13 +526,7 @@ async fn register(t: &Target) -> String {
 }
 
 fn authorize_url(t: &Target, client_id: &str, resource: &str) -> String {
-    format!(
-        "{}/.pomerium/mcp/authorize?response_type=code&client_id={client_id}&redirect_uri={}&state=st4te&code_challenge={}&code_challenge_method=S256&resource={}",
-        t.base,
-        super::urlencode(super::CALLBACK),
-        super::CHALLENGE,
-        super::urlencode(resource),
-    )
+    oauth_client::authorize_url(&t.base, client_id, oauth_client::CALLBACK, resource)
 }
 
 /// Item 6: the consent form is refused unless a person clicked it: a script on a page of the
@@ -666,27 +660,25 @@ async fn te_for(t: &Target, browser: &reqwest::Client, resource: &str) -> String
         page.headers()["location"].to_str().unwrap().to_owned()
     } else {
         let html = page.text().await.unwrap();
-        let mut fields = hidden_fields(&html);
-        fields.push(("decision".into(), "allow".into()));
         let approved = clicked(
             browser.post(format!("{}/.pomerium/mcp/authorize", t.base)),
             &t.base,
         )
-        .form(&fields)
+        .form(&oauth_client::allow_fields(&html))
         .send()
         .await
         .unwrap();
         approved.headers()["location"].to_str().unwrap().to_owned()
     };
-    let code = super::query_of(&location)["code"].clone();
-    let (_, body, _) = super::token(
+    let code = crate::support::oauth_client::query_of(&location)["code"].clone();
+    let (_, body, _) = crate::support::oauth_client::token(
         &t.base,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
-            ("redirect_uri", super::CALLBACK),
+            ("redirect_uri", crate::support::oauth_client::CALLBACK),
             ("client_id", &client_id),
-            ("code_verifier", super::VERIFIER),
+            ("code_verifier", crate::support::oauth_client::VERIFIER),
         ],
         None,
     )

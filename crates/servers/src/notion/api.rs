@@ -80,13 +80,13 @@ pub struct Call {
 impl NotionApi {
     /// A client for `config`.
     pub fn new(config: &NotionConfig) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("postern-notion/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let http = postern_http::build(
+            postern_http::builder(Duration::from_secs(30))
+                // As before the shared client: the Notion API's redirects are followed.
+                .redirect(reqwest::redirect::Policy::default())
+                .connect_timeout(Duration::from_secs(5))
+                .user_agent(concat!("postern-notion/", env!("CARGO_PKG_VERSION"))),
+        );
         Self {
             http,
             base: config.api_base_url.clone(),

@@ -7,20 +7,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::support::client;
+use crate::support::oauth_client::{self, CALLBACK, allow_fields, exchange_at, urlencode};
 use postern_access::assertion::Signer;
 use postern_access::registration::RegistrationLimits;
 use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
 use postern_store::{Store, now_ms};
 use serde_json::{Value, json};
-use support::client;
 use tokio_util::sync::CancellationToken;
 
-mod support;
-
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-const CALLBACK: &str = "http://127.0.0.1:9999/callback";
+use crate::support;
 
 struct World {
     base: String,
@@ -82,14 +79,8 @@ fn public_client() -> Value {
 }
 
 fn authorize_url(w: &World, client_id: &str) -> String {
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    format!(
-        "{}/.pomerium/mcp/authorize?response_type=code&client_id={}&redirect_uri={}&state=s&code_challenge={CHALLENGE}&code_challenge_method=S256&resource={}",
-        w.base,
-        enc(client_id),
-        enc(CALLBACK),
-        enc(&format!("{}/mcp", w.base)),
-    )
+    let resource = format!("{}/mcp", w.base);
+    oauth_client::authorize_url(&w.base, &urlencode(client_id), CALLBACK, &resource)
 }
 
 /// Signs ada in, runs /authorize for `client_id` (allowing on the consent page) and returns the
@@ -104,20 +95,9 @@ async fn code_for(w: &World, client_id: &str) -> String {
         .unwrap();
     assert_eq!(response.status(), 200, "the consent page");
     let page = response.text().await.unwrap();
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for input in page.split("<input type=\"hidden\" ").skip(1) {
-        let attr = |name: &str| {
-            let at = input.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-            input[at..at + input[at..].find('"').unwrap()]
-                .replace("&amp;", "&")
-                .replace("&quot;", "\"")
-        };
-        fields.push((attr("name"), attr("value")));
-    }
-    fields.push(("decision".into(), "allow".into()));
     let response = browser
         .post(format!("{}/.pomerium/mcp/authorize", w.base))
-        .form(&fields)
+        .form(&allow_fields(&page))
         .send()
         .await
         .unwrap();
@@ -131,28 +111,12 @@ async fn code_for(w: &World, client_id: &str) -> String {
 }
 
 async fn token(w: &World, form: &[(&str, &str)]) -> (u16, Value) {
-    let response = client()
-        .post(format!("{}/.pomerium/mcp/token", w.base))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let (status, body, _) = oauth_client::token(&w.base, form, None).await;
+    (status, body)
 }
 
 async fn exchange(w: &World, client_id: &str, code: &str) -> (u16, Value) {
-    token(
-        w,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", CALLBACK),
-            ("client_id", client_id),
-            ("code_verifier", VERIFIER),
-        ],
-    )
-    .await
+    exchange_at(&w.base, client_id, code).await
 }
 
 /// Issue 11 item 8: 300 anonymous registrations in a second were all accepted. Now an address
@@ -355,7 +319,9 @@ async fn client_metadata_documents_are_fetched_only_for_signed_in_users() {
     assert_eq!(status, 200, "{body}");
 }
 
-/// Everything the gateway logs in this test binary, as text without colours.
+/// Everything the gateway logs in this test binary, as text without colours: the first caller
+/// installs the global subscriber, so it holds every test's lines from then on (the test below
+/// looks only for its own client's line and for bytes no gateway may log).
 fn captured_log() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOG.get_or_init(|| {

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use postern_access::Access;
 use postern_access::assertion::Signer;
@@ -19,7 +19,8 @@ use postern_access::users::LocalUsers;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod support;
+use crate::support;
+use crate::support::oauth_provider::FakeOAuthProvider;
 
 /// What the fake upstream saw and how it behaves.
 #[derive(Default)]
@@ -27,18 +28,8 @@ struct Upstream {
     base: String,
     /// Serve protected resource metadata at the root well-known URL (for the `root` server).
     serve_root: bool,
-    /// Token requests received (form fields).
-    token_requests: Vec<HashMap<String, String>>,
-    /// Registrations received.
-    registrations: u32,
-    /// Refresh grants are refused (the user revoked the app).
-    refuse_refresh: bool,
     /// Bearer tokens the MCP endpoint saw.
     bearers: Vec<String>,
-    /// `expires_in` of the tokens from the code exchange (default 3600).
-    code_token_ttl: Option<i64>,
-    /// The token endpoint no longer knows any client (the upstream lost its registrations).
-    forgot_clients: bool,
     /// An "internal admin" service on another port of the same machine, which the `ssrf*`
     /// servers' metadata names as an endpoint.
     admin_base: String,
@@ -173,99 +164,15 @@ async fn as_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>)
     .into_response()
 }
 
-async fn register(State(up): State<Shared>, axum::Json(body): axum::Json<Value>) -> Response {
-    up.lock().unwrap().registrations += 1;
-    assert_eq!(body["token_endpoint_auth_method"], "none");
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({"client_id": "postern-at-upstream", "redirect_uris": body["redirect_uris"], "token_endpoint_auth_method": "none"})),
-    )
-        .into_response()
-}
-
-/// Approves at once: the code carries the requested scope. `cimd` checks the client ID
-/// metadata document the way an authorization server does: fetched from the client id URL, its
-/// `client_id` equal to that URL, the redirect URI listed.
-async fn authorize(
-    UrlPath(server): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    assert_eq!(q["code_challenge_method"], "S256");
-    if server == "cimd" {
-        let document: Value = reqwest::get(&q["client_id"])
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let listed = document["redirect_uris"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|u| u == &q["redirect_uri"]);
-        if document["client_id"] != q["client_id"] || !listed {
-            return (StatusCode::BAD_REQUEST, "invalid client metadata document").into_response();
-        }
-    } else if server == "configured" {
-        assert_eq!(q["client_id"], "my-client");
-    } else {
-        assert_eq!(q["client_id"], "postern-at-upstream");
-    }
-    let scope = q.get("scope").cloned().unwrap_or_default();
-    let code = if scope.contains("files:write") {
-        "code-wide"
-    } else {
-        "code-narrow"
-    };
-    Redirect::to(&format!(
-        "{}?code={code}&state={}",
-        q["redirect_uri"], q["state"]
-    ))
-    .into_response()
-}
-
-async fn token(State(up): State<Shared>, headers: HeaderMap, body: String) -> Response {
-    let mut form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    if let Some(basic) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        form.insert("(authorization header)".into(), basic.to_owned());
-    }
-    let mut up = up.lock().unwrap();
-    up.token_requests.push(form.clone());
-    if up.forgot_clients {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(
-                json!({"error": "invalid_client", "error_description": "unknown client <b>call +1 555 0100</b>"}),
-            ),
-        )
-            .into_response();
-    }
-    match form.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => {
-            let prefix = if form["code"] == "code-wide" {
-                "good"
-            } else {
-                "narrow"
-            };
-            let ttl = up.code_token_ttl.unwrap_or(3600);
-            axum::Json(json!({"access_token": format!("{prefix}-1"), "token_type": "Bearer", "expires_in": ttl, "refresh_token": "rt-1"})).into_response()
-        }
-        Some("refresh_token") if up.refuse_refresh => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"error": "invalid_grant"})),
-        )
-            .into_response(),
-        Some("refresh_token") => axum::Json(
-            json!({"access_token": "good-refreshed", "token_type": "Bearer", "expires_in": 3600}),
-        )
-        .into_response(),
-        _ => StatusCode::BAD_REQUEST.into_response(),
-    }
-}
-
-async fn fake_upstream(serve_root: bool) -> (String, Shared) {
+/// An MCP server whose own authorization server is the shared fake provider, at
+/// `{base}/{server}` for each server name; approves at once, and a code for an authorization
+/// that asked for `files:write` gets `good-1` (else `narrow-1`).
+async fn fake_upstream(serve_root: bool) -> (String, Shared, FakeOAuthProvider) {
+    let provider = FakeOAuthProvider::new()
+        .confidential_client("my-client", "s3cret")
+        .issues("narrow-1")
+        .issues_for_scope("files:write", "good-1")
+        .refreshes_to("good-refreshed");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let shared: Shared = Arc::new(Mutex::new(Upstream {
@@ -284,10 +191,8 @@ async fn fake_upstream(serve_root: bool) -> (String, Shared) {
             "/.well-known/oauth-authorization-server/{server}",
             get(as_metadata),
         )
-        .route("/{server}/register", post(register))
-        .route("/{server}/authorize", get(authorize))
-        .route("/{server}/token", post(token))
-        .with_state(shared.clone());
+        .with_state(shared.clone())
+        .merge(provider.router());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     // The internal admin service records whatever reaches it.
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,21 +212,24 @@ async fn fake_upstream(serve_root: bool) -> (String, Shared) {
         }
     });
     tokio::spawn(async move { axum::serve(admin_listener, admin).await.unwrap() });
-    (base, shared)
+    (base, shared, provider)
 }
 
 struct World {
     base: String,
     browser: reqwest::Client,
     upstream: Shared,
-    plain: Shared,
+    /// The upstream's authorization server.
+    provider: FakeOAuthProvider,
+    /// The authorization server of the upstream with no OAuth metadata (never reached).
+    plain_provider: FakeOAuthProvider,
     _stop: CancellationToken,
 }
 
 async fn world() -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (up, upstream) = fake_upstream(true).await;
-    let (plain_base, plain) = fake_upstream(false).await;
+    let (up, upstream, provider) = fake_upstream(true).await;
+    let (plain_base, _, plain_provider) = fake_upstream(false).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let mut yaml = String::from("insecure_server: true\nroutes:\n");
@@ -362,7 +270,8 @@ async fn world() -> World {
         base,
         browser,
         upstream,
-        plain,
+        provider,
+        plain_provider,
         _stop: stop,
     }
 }
@@ -457,20 +366,16 @@ async fn an_upstream_with_its_own_oauth_is_discovered_connected_and_refreshed() 
         "{body}"
     );
     assert_eq!(w.server_state("hint").await, (true, false));
-    assert_eq!(
-        w.upstream.lock().unwrap().registrations,
-        1,
-        "registered once"
-    );
+    assert_eq!(w.provider.registrations(), 1, "registered once");
 
     // Connecting: PKCE, the discovered client id, `resource`, the scopes the resource lists.
-    w.upstream.lock().unwrap().code_token_ttl = Some(1);
+    w.provider.expire_code_tokens_in(1);
     let authorize = w.connect("hint").await;
     let query: HashMap<_, _> = authorize.query_pairs().into_owned().collect();
     let upstream_base = w.upstream.lock().unwrap().base.clone();
     assert_eq!(query["resource"], format!("{upstream_base}/hint/mcp"));
     assert_eq!(query["scope"], "files:read");
-    let exchange = w.upstream.lock().unwrap().token_requests[0].clone();
+    let exchange = w.provider.token_requests()[0].clone();
     assert_eq!(exchange["grant_type"], "authorization_code");
     assert_eq!(exchange["resource"], format!("{upstream_base}/hint/mcp"));
     assert_eq!(exchange["client_id"], "postern-at-upstream");
@@ -481,7 +386,7 @@ async fn an_upstream_with_its_own_oauth_is_discovered_connected_and_refreshed() 
     // and the new one is sent.
     let (status, body) = w.call("hint").await;
     assert_eq!(status, 200, "{body}");
-    let refresh = w.upstream.lock().unwrap().token_requests[1].clone();
+    let refresh = w.provider.token_requests()[1].clone();
     assert_eq!(refresh["grant_type"], "refresh_token");
     assert_eq!(refresh["resource"], format!("{upstream_base}/hint/mcp"));
     assert_eq!(
@@ -505,7 +410,7 @@ async fn an_upstream_with_its_own_oauth_is_discovered_connected_and_refreshed() 
         .unwrap();
     assert_eq!(response.status(), 200);
     w.connect("hint").await;
-    w.upstream.lock().unwrap().refuse_refresh = true;
+    w.provider.answer_refreshes_with(400);
     let (status, body) = w.call("hint").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -514,7 +419,7 @@ async fn an_upstream_with_its_own_oauth_is_discovered_connected_and_refreshed() 
     );
     assert_eq!(w.server_state("hint").await, (true, false));
     assert_eq!(
-        w.upstream.lock().unwrap().registrations,
+        w.provider.registrations(),
         1,
         "the registration is kept and reused"
     );
@@ -614,15 +519,15 @@ async fn discovery_refuses_a_mismatched_issuer_or_resource_and_passes_plain_401s
         response.headers()["www-authenticate"],
         "Bearer realm=\"upstream\""
     );
-    assert_eq!(w.plain.lock().unwrap().registrations, 0);
+    assert_eq!(w.plain_provider.registrations(), 0);
 }
 
 #[tokio::test]
 async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
     let w = world().await;
     assert_eq!(w.call("hint").await.0, 401);
-    assert_eq!(w.upstream.lock().unwrap().registrations, 1);
-    w.upstream.lock().unwrap().forgot_clients = true;
+    assert_eq!(w.provider.registrations(), 1);
+    w.provider.forget_clients(true);
     // The code exchange is refused with invalid_client: the user sees why.
     let start = support::connect(
         &w.browser,
@@ -662,13 +567,9 @@ async fn an_upstream_that_forgot_postern_s_registration_gets_a_new_one() {
         "{page}"
     );
     // The next upstream 401 discovers and registers again; connecting then works.
-    w.upstream.lock().unwrap().forgot_clients = false;
+    w.provider.forget_clients(false);
     assert_eq!(w.call("hint").await.0, 401);
-    assert_eq!(
-        w.upstream.lock().unwrap().registrations,
-        2,
-        "registered again"
-    );
+    assert_eq!(w.provider.registrations(), 2, "registered again");
     w.connect("hint").await;
     assert_eq!(w.call("hint").await.0, 200);
 }
@@ -688,7 +589,7 @@ async fn an_upstream_that_accepts_client_metadata_documents_needs_no_registratio
         client_id,
         format!("{}/.pomerium/mcp/client/metadata.json", w.base)
     );
-    assert_eq!(w.upstream.lock().unwrap().registrations, 0);
+    assert_eq!(w.provider.registrations(), 0);
     assert_eq!(w.call("cimd").await.0, 200);
 }
 
@@ -718,8 +619,8 @@ async fn a_configured_client_is_used_with_discovered_endpoints() {
         "files:read files:write",
         "the configured scopes"
     );
-    assert_eq!(w.upstream.lock().unwrap().registrations, 0);
-    let exchange = w.upstream.lock().unwrap().token_requests[0].clone();
+    assert_eq!(w.provider.registrations(), 0);
+    let exchange = w.provider.token_requests()[0].clone();
     assert_eq!(
         exchange["(authorization header)"],
         format!(

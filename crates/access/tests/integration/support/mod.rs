@@ -1,7 +1,5 @@
 //! What every gateway test sets up the same way: an in-memory store, test settings, local users,
 //! a gateway serving a YAML config, and HTTP clients that do not follow redirects.
-// Each test binary uses its own part of this module.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -166,3 +164,8 @@ pub async fn connect(browser: &reqwest::Client, base: &str, query: &str) -> reqw
         .await
         .unwrap()
 }
+
+pub mod notion_world;
+pub mod oauth_client;
+pub mod oauth_provider;
+pub mod world;

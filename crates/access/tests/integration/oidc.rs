@@ -1,0 +1,246 @@
+//! Sign-in with a real OpenID Provider (oidc-provider from npm, run with node).
+
+use std::path::Path;
+
+use postern_access::Access;
+use postern_access::assertion::Signer;
+use postern_access::users::LocalUsers;
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+struct Provider {
+    child: std::process::Child,
+    issuer: String,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts tests/oidc-provider; `None` (loudly) when it is not installed outside CI.
+/// `conform`: claims requested by scope only from UserInfo (OpenID Connect Core §5.4).
+async fn provider(callback: &str, conform: bool) -> Option<Provider> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider");
+    if !dir.join("node_modules/oidc-provider").exists() {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "tests/oidc-provider is not installed in CI: .ci/tools.sh must run npm ci there"
+            );
+        }
+        eprintln!(
+            "\n*** SKIPPED: OIDC test: run `npm ci` in tests/oidc-provider (bash .ci/run does) ***\n"
+        );
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("node")
+        .arg(dir.join("provider.mjs"))
+        .args([port.to_string(), callback.to_owned()])
+        .args(conform.then_some("conform"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(
+            std::fs::File::create(std::env::temp_dir().join(format!("oidc-provider-{port}.log")))
+                .unwrap(),
+        )
+        .spawn()
+        .expect("node runs");
+    let stdout = child.stdout.take().unwrap();
+    // Keep reading stdout after READY: node dies of EPIPE if its stdout is closed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("READY") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let ready = tokio::task::spawn_blocking(move || {
+        rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(ready, "the OIDC provider did not start");
+    Some(Provider {
+        child,
+        issuer: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// The `action` of the first form in an HTML page, as an absolute URL.
+fn form_action(issuer: &str, page: &str) -> String {
+    let at = page
+        .find("action=\"")
+        .unwrap_or_else(|| panic!("a form in {page}"))
+        + 8;
+    let action = page[at..at + page[at..].find('"').unwrap()].replace("&amp;", "&");
+    if action.starts_with("http") {
+        action
+    } else {
+        format!("{issuer}{action}")
+    }
+}
+
+#[tokio::test]
+async fn oidc_sign_in_with_a_real_provider_creates_a_session() {
+    oidc_sign_in(false).await;
+}
+
+#[tokio::test]
+async fn oidc_claims_that_only_userinfo_returns_are_fetched_from_it() {
+    oidc_sign_in(true).await;
+}
+
+/// Signs in through a real provider, then uses a route that needs the email's domain and a group.
+async fn oidc_sign_in(conform: bool) {
+    use postern_access::oidc::{Oidc, OidcSettings};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let base = format!("http://localhost:{port}");
+    let Some(op) = provider(&format!("{base}/.pomerium/callback"), conform).await else {
+        return;
+    };
+
+    let stop = CancellationToken::new();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "app" }));
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let yaml = format!(
+        "insecure_server: true\nroutes:\n  - {{from: http://localhost, to: http://{up}, policy: {{allow: {{and: [{{domain: {{is: example.com}}}}, {{groups: {{has: oidc-users}}}}]}}}}}}\n"
+    );
+    let store = support::memory_store().await;
+    let oidc = Oidc::new(OidcSettings {
+        issuer: op.issuer.clone(),
+        client_id: "postern".into(),
+        client_secret: "postern-test-secret".into(),
+        scopes: vec![
+            "openid".into(),
+            "email".into(),
+            "profile".into(),
+            "groups".into(),
+        ],
+        groups_claim: "groups".into(),
+    });
+    let access = Access::new(
+        store.clone(),
+        LocalUsers::default(),
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        support::settings(),
+    )
+    .with_oidc(oidc);
+    support::serve(listener, &yaml, access, &stop);
+
+    // A browser keeping cookies; redirects are followed by hand (GET), up to the gateway's callback.
+    let browser = support::browser;
+    async fn follow(
+        client: &reqwest::Client,
+        mut response: reqwest::Response,
+    ) -> reqwest::Response {
+        while response.status().is_redirection() {
+            let next = response
+                .url()
+                .join(response.headers()["location"].to_str().unwrap())
+                .unwrap();
+            if next.path() == "/.pomerium/callback" {
+                break;
+            }
+            response = client.get(next).send().await.unwrap();
+        }
+        response
+    }
+    let alice = browser();
+    let login = follow(
+        &alice,
+        alice
+            .get(format!("{base}/.pomerium/sign_in?redirect_uri=/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        login.url().as_str().starts_with(&op.issuer),
+        "sent to the provider: {}",
+        login.url()
+    );
+    let page = login.text().await.unwrap();
+    let posted = alice
+        .post(form_action(&op.issuer, &page))
+        .form(&[
+            ("prompt", "login"),
+            ("login", "ada"),
+            ("password", "anything"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let consent = follow(&alice, posted).await;
+    let page = consent.text().await.unwrap();
+    let posted = alice
+        .post(form_action(&op.issuer, &page))
+        .form(&[("prompt", "consent")])
+        .send()
+        .await
+        .unwrap();
+    let back = follow(&alice, posted).await;
+    assert!(
+        back.status().is_redirection(),
+        "stopped at the redirect to the gateway's callback"
+    );
+    let callback = back
+        .url()
+        .join(back.headers()["location"].to_str().unwrap())
+        .unwrap()
+        .to_string();
+    assert!(
+        callback.starts_with(&format!("{base}/.pomerium/callback?code=")),
+        "{callback}"
+    );
+
+    // Another browser presenting Alice's code is refused, and does not burn her sign-in.
+    let mallory = browser();
+    let response = mallory.get(&callback).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("another browser"));
+
+    let done = alice.get(&callback).send().await.unwrap();
+    if done.status() != 303 {
+        panic!(
+            "callback answered {}: {}",
+            done.status(),
+            done.text().await.unwrap_or_default()
+        );
+    }
+    let set = done
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(set.contains("_postern="), "{set}");
+    let app = alice.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(app.status(), 200);
+    assert_eq!(
+        app.text().await.unwrap(),
+        "app",
+        "signed in through the provider, allowed by domain and group"
+    );
+
+    // The code is single use.
+    assert_eq!(alice.get(&callback).send().await.unwrap().status(), 400);
+    stop.cancel();
+}

@@ -1,0 +1,164 @@
+//! Sign-in with local users: the form, wrong passwords, rate limits, sessions and sign-out.
+
+use serde_json::{Value, json};
+
+use crate::support::world::*;
+use crate::support::{self, client};
+
+#[tokio::test]
+async fn sign_in_accepts_the_right_password_and_rate_limits_guessing() {
+    let w = world().await;
+    let form = client()
+        .get(format!("{}/.pomerium/sign_in?redirect_uri=/web", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("name=\"email\"")
+            && form.contains("name=\"password\"")
+            && form.contains("value=\"/web\"")
+    );
+
+    let wrong = sign_in(&w, "ada@example.com", "nope").await;
+    assert_eq!(wrong.status(), 401);
+    let wrong_page = wrong.text().await.unwrap();
+    let unknown_page = sign_in(&w, "nobody@example.com", "nope")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(wrong_page.contains("Wrong email or password."));
+    // Each page carries a fresh anti-forgery value; everything else is the same.
+    let without_csrf = |page: &str| page.replace(&support::csrf_field(page), "");
+    assert_eq!(
+        without_csrf(&wrong_page),
+        without_csrf(&unknown_page),
+        "a wrong password and an unknown user look the same"
+    );
+
+    let ok = sign_in(&w, "ada@example.com", "correct horse").await;
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/web");
+
+    for _ in 0..5 {
+        sign_in(&w, "mallory@other.test", "guess").await;
+    }
+    let limited = sign_in(&w, "mallory@other.test", "mallory pw").await;
+    assert_eq!(
+        limited.status(),
+        429,
+        "this address may not try this account for a while, even with the right password"
+    );
+    assert!(limited.headers().contains_key("retry-after"));
+
+    // Sign-in never redirects off this gateway.
+    let response = sign_in_to(
+        &w,
+        "ada@example.com",
+        "correct horse",
+        "https://evil.test/steal",
+    )
+    .await;
+    assert_eq!(response.headers()["location"], "/.pomerium/");
+}
+
+#[tokio::test]
+async fn without_a_session_browsers_are_sent_to_sign_in_and_apis_get_401() {
+    let w = world().await;
+    let browser = client()
+        .get(format!("{}/web", w.base))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 303);
+    assert_eq!(
+        browser.headers()["location"],
+        "/.pomerium/sign_in?redirect_uri=%2Fweb"
+    );
+    let api = client()
+        .get(format!("{}/web", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let (status, _) = rpc(&w, "/whoami", None, &call(1, "whoami", json!({}))).await;
+    assert_eq!(status, 401);
+    // A forged cookie is just no cookie.
+    let (status, _) = rpc(
+        &w,
+        "/whoami",
+        Some("_postern=v1.forged.AAAA"),
+        &call(1, "whoami", json!({})),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Signed in, but the route's policy doesn't include the user's domain.
+    let response = sign_in(&w, "mallory@other.test", "mallory pw").await;
+    let mallory = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let forbidden = client()
+        .get(format!("{}/web", w.base))
+        .header("cookie", &mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+    let ada = cookie(&w).await;
+    assert_eq!(
+        client()
+            .get(format!("{}/web", w.base))
+            .header("cookie", &ada)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_signed_in_user_gets_their_own_identity_from_whoami_and_sign_out_ends_it() {
+    let w = world().await;
+    let jar = cookie(&w).await;
+    let jwks: Value = client()
+        .get(format!("{}/.well-known/pomerium/jwks.json", w.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], json!("ES256"));
+    let (status, body) = rpc(&w, "/whoami", Some(&jar), &call(1, "whoami", json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    let identity = &body["result"]["structuredContent"];
+    assert_eq!(identity["email"], json!("ada@example.com"), "{body}");
+    assert_eq!(identity["name"], json!("Ada Lovelace"));
+    assert_eq!(identity["groups"], json!(["staff"]));
+    assert_eq!(identity["issuer"], json!("localhost"));
+
+    let out = client()
+        .get(format!("{}/.pomerium/sign_out", w.base))
+        .header("cookie", &jar)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (status, _) = rpc(&w, "/whoami", Some(&jar), &call(2, "whoami", json!({}))).await;
+    assert_eq!(status, 401, "the old cookie no longer works anywhere");
+}

@@ -1,0 +1,337 @@
+//! Upstream tokens (TI): the gateway as the OAuth client of the MCP server's provider (Notion
+//! style), connect/disconnect/routes for apps, and refresh failures.
+
+use serde_json::{Value, json};
+
+use crate::support::client;
+use crate::support::notion_world::{NotionWorld, notion_world};
+use crate::support::oauth_client::{
+    CALLBACK, VERIFIER, allow_fields, authorize_url, query_of, token,
+};
+use crate::support::world::call;
+
+#[tokio::test]
+async fn the_notion_server_gets_the_users_upstream_token_and_the_client_only_the_te() {
+    let w = notion_world().await;
+    let NotionWorld {
+        base,
+        browser,
+        provider,
+        issuer,
+        notion,
+        stop,
+        ..
+    } = &w;
+    let registered: Value = client()
+        .post(format!("{base}/.pomerium/mcp/register"))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "Claude"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = registered["client_id"].as_str().unwrap();
+    let authorize_url = authorize_url(base, id, CALLBACK, &format!("{base}/notion"));
+    let consent = browser
+        .get(&authorize_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let to_provider = browser
+        .post(format!("{base}/.pomerium/mcp/authorize"))
+        .form(&allow_fields(&consent))
+        .send()
+        .await
+        .unwrap();
+    let provider_url = to_provider.headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        provider_url.starts_with(&format!("{issuer}/authorize?")),
+        "after consent, the provider: {provider_url}"
+    );
+    let q = query_of(&provider_url);
+    assert_eq!(
+        (
+            q["client_id"].as_str(),
+            q["owner"].as_str(),
+            q["code_challenge_method"].as_str()
+        ),
+        ("notion-client", "user", "S256")
+    );
+    assert_eq!(
+        q["redirect_uri"],
+        format!("{base}/.pomerium/mcp/client/oauth/callback")
+    );
+
+    let back = browser.get(&provider_url).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    // Someone else's browser can't land this callback.
+    let stranger = client().get(&callback).send().await.unwrap();
+    assert_ne!(stranger.status(), 303);
+    let done = browser.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 303);
+    let location = done.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{CALLBACK}?code=")),
+        "then back to the MCP client: {location}"
+    );
+    let code = query_of(&location)["code"].clone();
+    let (status, tokens, _) = token(
+        base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", CALLBACK),
+            ("client_id", id),
+            ("code_verifier", VERIFIER),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let te = tokens["access_token"].as_str().unwrap().to_owned();
+    assert!(
+        !tokens.to_string().contains("ti-"),
+        "the client never sees the upstream token"
+    );
+
+    let search = client()
+        .post(format!("{base}/notion"))
+        .bearer_auth(&te)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(1, "search", json!({"query": "road"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status(), 200);
+    let result: Value = search.json().await.unwrap();
+    assert_eq!(
+        result["result"]["structuredContent"]["results"][0]["title"],
+        json!("Roadmap"),
+        "{result}"
+    );
+    let seen: Vec<String> = notion
+        .received()
+        .iter()
+        .filter_map(|r| r.authorization.clone())
+        .collect();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|a| a == "Bearer ti-2"),
+        "the TI was refreshed before use (it expired within the skew): {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|a| !a.contains("pst_")),
+        "the TE never reaches the server"
+    );
+    let log = provider.grants();
+    assert_eq!(
+        log,
+        ["authorization_code ", "refresh_token rt-1"],
+        "one code exchange, one refresh"
+    );
+
+    // A second call: the refreshed token is used as is (the old refresh token was kept, no new refresh).
+    client()
+        .post(format!("{base}/notion"))
+        .bearer_auth(&te)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(2, "search", json!({"query": "road"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(provider.grants().len(), 2);
+
+    // Disconnected from Notion: refreshing would mint a TE that only gets 401, so the refresh
+    // grant is refused (the client runs the authorization again), and the token is not spent.
+    let refresh = |refresh_token: String| async move {
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+            ("client_id", id),
+        ];
+        let (status, body, _) = token(base, &form, None).await;
+        (status, body)
+    };
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let after = w.disconnect().await;
+    assert_eq!(after["servers"][0]["connected"], json!(false), "{after}");
+    let (status, body) = refresh(refresh_token.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not connected"),
+        "{body}"
+    );
+    // Connected again through the provider, the same refresh token works.
+    w.connect().await;
+    let (status, body) = refresh(refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("pst_at_")
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes() {
+    let w = notion_world().await;
+    let base = &w.base;
+    let list = w.routes().await;
+    assert_eq!(list["servers"].as_array().unwrap().len(), 1, "{list}");
+    let server = &list["servers"][0];
+    assert_eq!(
+        (server["name"].as_str(), server["url"].as_str()),
+        (Some("Notion"), Some(format!("{base}/notion").as_str()))
+    );
+    assert_eq!(
+        (
+            server["connected"].as_bool(),
+            server["needs_oauth"].as_bool()
+        ),
+        (Some(false), Some(true))
+    );
+
+    // Only this host (or an MCP client route's) may be returned to.
+    let foreign = w
+        .browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=https://evil.test/x"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 400);
+
+    w.connect().await;
+    assert_eq!(w.routes().await["servers"][0]["connected"], json!(true));
+
+    // The app behind the client route receives a TE for the user...
+    let te = w
+        .browser
+        .get(format!("{base}/app/page"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(te.starts_with("Bearer pst_at_"), "{te}");
+    let te = te.trim_start_matches("Bearer ").to_owned();
+    // ...which works on the MCP server route (the TI is injected there).
+    let call_notion = |te: String| {
+        let url = format!("{base}/notion");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(te)
+                .header("accept", "application/json, text/event-stream")
+                .json(&call(1, "search", json!({"query": "road"})))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call_notion(te.clone()).await.status(), 200);
+    // ...and lists the user's servers.
+    let listed: Value = client()
+        .get(format!("{base}/.pomerium/mcp/routes"))
+        .bearer_auth(&te)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["servers"][0]["connected"], json!(true));
+
+    assert_eq!(
+        w.disconnect().await["servers"][0]["connected"],
+        json!(false)
+    );
+    let refused = call_notion(te).await;
+    assert_eq!(
+        refused.status(),
+        401,
+        "no TI any more: the client must authorize again"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], json!("upstream_not_connected"));
+    let _ = (&w.provider, &w.notion);
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() {
+    let w = notion_world().await;
+    let base = &w.base;
+    // Connect, so a TI that needs a refresh exists.
+    w.connect().await;
+    let te = w
+        .browser
+        .get(format!("{base}/app/x"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned();
+    let call_notion = || {
+        let (url, te) = (format!("{base}/notion"), te.clone());
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(te)
+                .header("accept", "application/json, text/event-stream")
+                .json(&call(1, "search", json!({"query": "r"})))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    w.provider.answer_refreshes_with(503);
+    let outage = call_notion().await;
+    assert_eq!(outage.status(), 502);
+    let body: Value = outage.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        json!("upstream_token_refresh_failed"),
+        "{body}"
+    );
+    assert_eq!(
+        w.routes().await["servers"][0]["connected"],
+        json!(true),
+        "an outage keeps the TI"
+    );
+
+    w.provider.answer_refreshes_with(400);
+    let revoked = call_notion().await;
+    assert_eq!(
+        revoked.status(),
+        401,
+        "the provider refused the refresh token: the client must authorize again"
+    );
+    assert_eq!(
+        w.routes().await["servers"][0]["connected"],
+        json!(false),
+        "the dead TI was forgotten"
+    );
+    w.provider.answer_refreshes_with(200);
+    w.stop.cancel();
+}
