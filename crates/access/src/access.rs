@@ -40,14 +40,7 @@ impl Access {
     pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
         let revocations = Arc::new(RevocationCache::default());
         RevocationCache::spawn_sync(&revocations, store.clone());
-        let http = {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
-        };
+        let http = postern_http::client(Duration::from_secs(15));
         let broker = Arc::new(UpstreamBroker::new(
             store.clone(),
             settings.clone(),

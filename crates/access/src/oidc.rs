@@ -5,8 +5,6 @@
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -98,12 +96,7 @@ pub struct Oidc {
 impl Oidc {
     /// A client for `settings`; discovery happens on first use.
     pub fn new(settings: OidcSettings) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
+        let http = postern_http::client(Duration::from_secs(10));
         Self {
             settings,
             http,
@@ -156,7 +149,7 @@ impl Oidc {
         verifier: &str,
     ) -> Result<String, OidcError> {
         let discovery = self.discovery().await?;
-        let challenge = URL_SAFE_NO_PAD.encode(ring_sha256(verifier.as_bytes()));
+        let challenge = postern_oauth::pkce::challenge_of(verifier);
         let scopes = if self.settings.scopes.is_empty() {
             "openid profile email".to_owned()
         } else {
@@ -342,12 +335,6 @@ impl Oidc {
             Some((keys.clone(), Instant::now()));
         Ok(keys)
     }
-}
-
-fn ring_sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
 }
 
 /// Checks an ID token: a signature by one of `keys` with an asymmetric algorithm, `iss`, `aud`

@@ -6,14 +6,8 @@ input{width:100%;box-sizing:border-box;padding:.55rem;border:1px solid #bbb;bord
 button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:6px;background:#1d4ed8;color:#fff;font:inherit;cursor:pointer}\
 .error{background:#fde8e8;color:#9b1c1c;padding:.6rem;border-radius:6px}";
 
-/// Escapes text for HTML.
-pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+/// Escapes text for HTML (the gateway's one escape).
+pub use postern_gateway::html::escape;
 
 /// The sign-in form (fields `email`, `password`, `redirect_uri`, and the anti-forgery
 /// `csrf_token` that goes with the browser's `_postern_csrf` cookie).

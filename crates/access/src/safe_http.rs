@@ -101,9 +101,7 @@ pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Cli
             format!("{host} resolves to a private or local address; only trusted hosts may")
         })?;
     // Connect to the checked address, not to whatever a second lookup would say.
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIME_LIMIT)
+    postern_http::builder(TIME_LIMIT)
         .resolve(&host, address)
         .build()
         .map_err(|e| e.to_string())
