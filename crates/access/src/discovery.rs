@@ -518,32 +518,11 @@ impl Discovery {
         origin: &str,
         as_metadata: &Value,
     ) -> Result<Value, DiscoveryError> {
-        // A client the administrator configured (`upstream_oauth2` without `endpoint`).
-        if let Some(configured) = crate::upstream::settings(route) {
-            let secret = configured
-                .client_secret
-                .as_ref()
-                .map(|s| s.expose().to_owned());
-            return Ok(json!({
-                "client_id": configured.client_id,
-                "client_secret": secret,
-                "token_endpoint_auth_method": if secret.is_some() { "client_secret_basic" } else { "none" },
-            }));
+        if let Some(configured) = configured_client(route) {
+            return Ok(configured);
         }
-        // A client ID metadata document needs no registration. Its URL must be https, except on
-        // loopback, where the upstream can reach it only in development anyway.
-        let loopback_origin = url::Url::parse(origin)
-            .is_ok_and(|u| postern_oauth::registration::is_loopback(&host_of(&u)));
-        if as_metadata
-            .get("client_id_metadata_document_supported")
-            .and_then(Value::as_bool)
-            == Some(true)
-            && (origin.starts_with("https://") || loopback_origin)
-        {
-            return Ok(json!({
-                "client_id": client_metadata_url(origin),
-                "token_endpoint_auth_method": "none",
-            }));
+        if let Some(document) = metadata_document_client(origin, as_metadata) {
+            return Ok(document);
         }
         let key = format!("upstream-client|{issuer}|{origin}");
         if let Ok(Some(text)) = self.store.get_key(&key).await
@@ -551,6 +530,20 @@ impl Discovery {
         {
             return Ok(client);
         }
+        self.register(route, issuer, origin, as_metadata, &key)
+            .await
+    }
+
+    /// Postern's client registered now by dynamic registration (RFC 7591), as kept under `key`
+    /// (the first replica's registration when several register at once).
+    async fn register(
+        &self,
+        route: &Route,
+        issuer: &str,
+        origin: &str,
+        as_metadata: &Value,
+        key: &str,
+    ) -> Result<Value, DiscoveryError> {
         let registration = as_metadata
             .get("registration_endpoint")
             .and_then(Value::as_str)
@@ -563,13 +556,7 @@ impl Discovery {
         let url = self
             .check_endpoint(route, issuer, "registration_endpoint", registration)
             .map_err(|e| fail("registration", e))?;
-        let request = json!({
-            "client_name": "Postern",
-            "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-        });
+        let request = registration_request(origin);
         let answer = fetch_json(&url, Some(&request), self.trusted(route, &host_of(&url)))
             .await
             .map_err(|e| fail("registration", e))?;
@@ -598,11 +585,58 @@ impl Discovery {
         // Replicas registering at once all keep the first registration stored.
         let stored = self
             .store
-            .get_or_insert_key(&key, &client.to_string())
+            .get_or_insert_key(key, &client.to_string())
             .await
             .map_err(|e| fail("registration", e.to_string()))?;
         serde_json::from_str(&stored).map_err(|e| fail("registration", e.to_string()))
     }
+}
+
+/// The client the administrator configured (`upstream_oauth2` without `endpoint`), if any.
+fn configured_client(route: &Route) -> Option<Value> {
+    let configured = crate::upstream::settings(route)?;
+    let secret = configured
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
+    Some(json!({
+        "client_id": configured.client_id,
+        "client_secret": secret,
+        "token_endpoint_auth_method": if secret.is_some() { "client_secret_basic" } else { "none" },
+    }))
+}
+
+/// Postern's client ID metadata document as its client, when the authorization server supports
+/// them and `origin` may serve one.
+fn metadata_document_client(origin: &str, as_metadata: &Value) -> Option<Value> {
+    // A client ID metadata document needs no registration. Its URL must be https, except on
+    // loopback, where the upstream can reach it only in development anyway.
+    let loopback_origin = url::Url::parse(origin)
+        .is_ok_and(|u| postern_oauth::registration::is_loopback(&host_of(&u)));
+    if as_metadata
+        .get("client_id_metadata_document_supported")
+        .and_then(Value::as_bool)
+        == Some(true)
+        && (origin.starts_with("https://") || loopback_origin)
+    {
+        return Some(json!({
+            "client_id": client_metadata_url(origin),
+            "token_endpoint_auth_method": "none",
+        }));
+    }
+    None
+}
+
+/// The dynamic registration request (RFC 7591): a public client whose only redirect URI is
+/// the upstream callback on `origin`.
+fn registration_request(origin: &str) -> Value {
+    json!({
+        "client_name": "Postern",
+        "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    })
 }
 
 /// Where to look for the upstream's protected resource metadata, in order: the challenge's
