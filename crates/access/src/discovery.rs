@@ -917,11 +917,23 @@ impl crate::broker::UpstreamBroker {
         if status != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        match self
-            .discovery
-            .discover(route, &key, &origin, &challenge)
+        self.discover_on_challenge(ctx, route, &key, &origin, &challenge, response)
             .await
-        {
+    }
+
+    /// The answer to an upstream 401 on a route not yet discovered: the client told to
+    /// authorize again once discovery succeeds, the 401 as it is when the upstream gave no MCP
+    /// authorization metadata, a 502 when discovery failed.
+    async fn discover_on_challenge(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        key: &str,
+        origin: &str,
+        challenge: &str,
+        response: Response<Body>,
+    ) -> Result<Response<Body>, Response<Body>> {
+        match self.discovery.discover(route, key, origin, challenge).await {
             Ok(Some(_)) => Err(crate::reply::not_connected(ctx, route)),
             Ok(None) => Ok(response),
             Err(error) => {
