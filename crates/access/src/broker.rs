@@ -15,8 +15,9 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
 use postern_oauth::pkce;
-use postern_store::{Session, Store, now_ms};
+use postern_store::{PendingAuthorization, Session, Store, UpstreamToken, now_ms};
 
+use crate::discovery::UpstreamSettings;
 use crate::oauth_server::{self, RevocationCache};
 use crate::reply::{html, json_error, not_connected, redirect_to};
 use crate::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
@@ -170,96 +171,126 @@ impl UpstreamBroker {
         ctx: &RequestContext,
         request: &Request<Body>,
     ) -> Callback {
-        let failed = |status: StatusCode, message: &str| {
-            Callback::Done(html(
-                status,
-                pages::message("Connecting the account failed", message),
-            ))
-        };
+        self.finish_upstream(ctx, request)
+            .await
+            .unwrap_or_else(Callback::Done)
+    }
+
+    /// What the callback leads to; `Err` with the failure page at the first check that fails.
+    async fn finish_upstream(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Result<Callback, Response<Body>> {
         let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
         if let Some(error) = query.get("error") {
             let detail = query.get("error_description").cloned().unwrap_or_default();
-            return failed(
+            return Err(failed(
                 StatusCode::UNAUTHORIZED,
                 &format!("The provider answered {error}: {detail}"),
-            );
+            ));
         }
         let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
-            return failed(
+            return Err(failed(
                 StatusCode::BAD_REQUEST,
                 "The provider's answer lacks code or state.",
-            );
+            ));
         };
+        let (session, pending, resume) = self.claim_pending(ctx, request, state).await?;
+        let Some(route) = route_by_key(ctx, &pending.route_id) else {
+            return Err(failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server this authorization was for is no longer configured.",
+            ));
+        };
+        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
+            return Err(failed(
+                StatusCode::NOT_FOUND,
+                "The MCP server no longer needs an upstream account.",
+            ));
+        };
+        let token = self
+            .exchange_code(ctx, &route, &oauth, code, &pending, &resume)
+            .await?;
+        self.keep_token(&session, &pending, &token).await?;
+        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
+        Ok(resumed(resume))
+    }
+
+    /// The signed-in user's session and the pending authorization `state` names, with what it
+    /// resumes: the state-binding cookie is checked before the record is consumed, its owner
+    /// after.
+    async fn claim_pending(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+        state: &str,
+    ) -> Result<(Session, PendingAuthorization, Resume), Response<Body>> {
         let bound = UPSTREAM.matches(request.headers(), state);
         let Some(session) =
             session::current(request.headers(), &self.settings.cookie, &self.store).await
         else {
-            return failed(
+            return Err(failed(
                 StatusCode::UNAUTHORIZED,
                 "You are not signed in here; start again from your MCP client.",
-            );
+            ));
         };
         if !bound {
             tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with a state from another browser");
-            return failed(
+            return Err(failed(
                 StatusCode::BAD_REQUEST,
                 "This authorization was started in another browser; start again here.",
-            );
+            ));
         }
         let pending = self.store.take_pending(state).await;
         let pending = match pending {
             Ok(Some(p)) => p,
             _ => {
-                return failed(
+                return Err(failed(
                     StatusCode::BAD_REQUEST,
                     "This authorization is unknown or expired; start again.",
-                );
+                ));
             }
         };
         let resume = match Resume::from_value(&pending.resume) {
             Some(resume @ (Resume::Authorize { .. } | Resume::Connect { .. })) => resume,
             _ => {
-                return failed(
+                return Err(failed(
                     StatusCode::BAD_REQUEST,
                     "This authorization is unknown or expired; start again.",
-                );
+                ));
             }
         };
         if pending.user_id != session.user_id {
             tracing::warn!(request_id = %ctx.request_id, user = %session.email, "upstream callback with another user's state");
-            return failed(
+            return Err(failed(
                 StatusCode::FORBIDDEN,
                 "This authorization belongs to another user.",
-            );
+            ));
         }
-        let Some(route) = ctx
-            .runtime
-            .routes
-            .all()
-            .iter()
-            .find(|r| crate::upstream::route_key(r) == pending.route_id)
-            .cloned()
-        else {
-            return failed(
-                StatusCode::NOT_FOUND,
-                "The MCP server this authorization was for is no longer configured.",
-            );
-        };
-        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
-            return failed(
-                StatusCode::NOT_FOUND,
-                "The MCP server no longer needs an upstream account.",
-            );
-        };
+        Ok((session, pending, resume))
+    }
+
+    /// The TI the provider gives for `code`; `Err` with the failure page when the exchange
+    /// fails.
+    async fn exchange_code(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        oauth: &UpstreamSettings<'_>,
+        code: &str,
+        pending: &PendingAuthorization,
+        resume: &Resume,
+    ) -> Result<UpstreamToken, Response<Body>> {
         let callback = format!("{}/.pomerium/mcp/client/oauth/callback", resume.origin());
         let params = std::collections::BTreeMap::from([
             ("grant_type", "authorization_code".to_owned()),
-            ("code", code.clone()),
+            ("code", code.to_owned()),
             ("redirect_uri", callback),
             ("code_verifier", pending.pkce_verifier.clone()),
         ]);
-        let token = match crate::upstream::token_request(&self.http, &oauth, &params).await {
-            Ok(token) => token,
+        match crate::upstream::token_request(&self.http, oauth, &params).await {
+            Ok(token) => Ok(token),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
                 // A discovered upstream that no longer knows Postern's client: register again
@@ -270,40 +301,74 @@ impl UpstreamBroker {
                         error: Some("invalid_client"),
                         ..
                     }
-                ) && crate::upstream::static_settings(&route).is_none()
+                ) && crate::upstream::static_settings(route).is_none()
                 {
                     self.discovery
                         .forget(&pending.route_id, &ctx.origin())
                         .await;
                 }
-                return failed(StatusCode::BAD_GATEWAY, &error.to_string());
+                Err(failed(StatusCode::BAD_GATEWAY, &error.to_string()))
             }
-        };
-        let keep = crate::upstream::keep_for(&token);
+        }
+    }
+
+    /// `Ok` once the user's TI for the pending authorization's route is stored; `Err` with the
+    /// failure page when the store fails.
+    async fn keep_token(
+        &self,
+        session: &Session,
+        pending: &PendingAuthorization,
+        token: &UpstreamToken,
+    ) -> Result<(), Response<Body>> {
+        let keep = crate::upstream::keep_for(token);
         if self
             .store
             .put_upstream_token(
                 &session.user_id,
                 &pending.route_id,
-                &token,
+                token,
                 now_ms() + keep.as_millis() as i64,
             )
             .await
             .is_err()
         {
-            return failed(
+            return Err(failed(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The gateway's store is unavailable; try again.",
-            );
+            ));
         }
-        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
-        match resume {
-            Resume::Authorize { query, .. } => Callback::ResumeAuthorization(query),
-            Resume::Connect { redirect, .. } => Callback::Done(redirect_to(&redirect)),
-            // Refused above; a sign-in never resumes here.
-            Resume::SignIn { .. } => {
-                failed(StatusCode::BAD_REQUEST, "This authorization is unknown.")
-            }
-        }
+        Ok(())
+    }
+}
+
+/// The page shown when connecting the account fails.
+fn failed(status: StatusCode, message: &str) -> Response<Body> {
+    html(
+        status,
+        pages::message("Connecting the account failed", message),
+    )
+}
+
+/// The configured route whose TI key is `route_key`, if there still is one.
+fn route_by_key(ctx: &RequestContext, route_key: &str) -> Option<Arc<Route>> {
+    ctx.runtime
+        .routes
+        .all()
+        .iter()
+        .find(|r| crate::upstream::route_key(r) == route_key)
+        .cloned()
+}
+
+/// Where the browser goes once the TI is stored: back into the authorization, or to the
+/// connect flow's redirect.
+fn resumed(resume: Resume) -> Callback {
+    match resume {
+        Resume::Authorize { query, .. } => Callback::ResumeAuthorization(query),
+        Resume::Connect { redirect, .. } => Callback::Done(redirect_to(&redirect)),
+        // Refused above; a sign-in never resumes here.
+        Resume::SignIn { .. } => Callback::Done(failed(
+            StatusCode::BAD_REQUEST,
+            "This authorization is unknown.",
+        )),
     }
 }

@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode, header};
-use postern_config::{AuthStyle, OAuthEndpoint, Secret, UpstreamOAuth2};
+use postern_config::{AuthStyle, OAuthEndpoint, Secret, ToUrl, UpstreamOAuth2};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
@@ -363,40 +363,62 @@ impl Discovery {
         let upstream_url = &first.0;
 
         // 1. Protected resource metadata.
-        let mut candidates = Vec::new();
-        if let Some(hint) = params.get("resource_metadata") {
-            match upstream_url.join(hint) {
-                Ok(url) => candidates.push(url),
-                Err(_) => {
-                    return Err(fail(
-                        "protected resource metadata",
-                        "the resource_metadata hint is not a URL",
-                    ));
-                }
-            }
-        }
-        let path = upstream_url.path().trim_end_matches('/');
-        let root = upstream_url
-            .join("/.well-known/oauth-protected-resource")
-            .ok();
-        if !path.is_empty()
-            && let Ok(url) =
-                upstream_url.join(&format!("/.well-known/oauth-protected-resource{path}"))
-        {
-            candidates.push(url);
-        }
-        candidates.extend(root);
-        let mut metadata = None;
+        let Some(metadata) = self.resource_metadata(route, upstream_url, &params).await? else {
+            return Ok(None);
+        };
+        let resource = checked_resource(&metadata, &upstream, upstream_url)?;
+
+        // 2. Authorization server metadata.
+        let issuer = issuer_of(route, &metadata)?;
+        let as_metadata = self.authorization_server_metadata(route, &issuer).await?;
+        let (authorization_endpoint, token_endpoint) =
+            self.authorization_server_endpoints(route, &issuer, &as_metadata)?;
+
+        // 3. Scopes: configured, else the challenge's, else what the resource lists.
+        let scopes = scopes_to_request(route, &params, &metadata);
+
+        // 4. A client id.
+        let client = self.client(route, &issuer, origin, &as_metadata).await?;
+        let found = Discovered {
+            resource,
+            issuer,
+            authorization_endpoint,
+            token_endpoint,
+            scopes,
+            client_id: client["client_id"].as_str().unwrap_or_default().to_owned(),
+            client_secret: client
+                .get("client_secret")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            token_endpoint_auth_method: client
+                .get("token_endpoint_auth_method")
+                .and_then(Value::as_str)
+                .unwrap_or("none")
+                .to_owned(),
+            settings: None,
+        };
+        self.put(route_key, origin, &found).await;
+        tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %Untrusted(&found.issuer), client_id = %Untrusted(&found.client_id), "upstream OAuth discovered");
+        Ok(Some(Arc::new(found)))
+    }
+
+    /// The upstream's protected resource metadata (a document with a `resource`), tried at each
+    /// of [`resource_metadata_urls`]; `Ok(None)` when a challenge without a `resource_metadata`
+    /// hint leads to none (a plain 401).
+    async fn resource_metadata(
+        &self,
+        route: &Route,
+        upstream_url: &url::Url,
+        params: &HashMap<String, String>,
+    ) -> Result<Option<Value>, DiscoveryError> {
+        let candidates = resource_metadata_urls(upstream_url, params)?;
         let mut last_error = None;
         for url in &candidates {
             match self
                 .get_json(route, url, "protected resource metadata")
                 .await
             {
-                Ok(document) if document.get("resource").is_some() => {
-                    metadata = Some(document);
-                    break;
-                }
+                Ok(document) if document.get("resource").is_some() => return Ok(Some(document)),
                 Ok(_) => {
                     last_error = Some(fail(
                         "protected resource metadata",
@@ -406,49 +428,24 @@ impl Discovery {
                 Err(error) => last_error = Some(error),
             }
         }
-        let Some(metadata) = metadata else {
-            if params.contains_key("resource_metadata") {
-                return Err(
-                    last_error.unwrap_or_else(|| fail("protected resource metadata", "not found"))
-                );
-            }
-            // A plain 401 without MCP authorization metadata: not ours to handle.
-            tracing::debug!(route = %route.id, error = ?last_error, "upstream 401 without protected resource metadata");
-            return Ok(None);
-        };
-        let resource = metadata["resource"].as_str().unwrap_or_default().to_owned();
-        if !upstream
-            .iter()
-            .any(|to| same_resource(&resource, to.0.as_str()))
-        {
-            return Err(fail(
-                "protected resource metadata",
-                format!(
-                    "its resource {resource} is not the upstream {upstream_url} this route proxies to"
-                ),
-            ));
+        if params.contains_key("resource_metadata") {
+            return Err(
+                last_error.unwrap_or_else(|| fail("protected resource metadata", "not found"))
+            );
         }
+        // A plain 401 without MCP authorization metadata: not ours to handle.
+        tracing::debug!(route = %route.id, error = ?last_error, "upstream 401 without protected resource metadata");
+        Ok(None)
+    }
 
-        // 2. Authorization server metadata.
-        let issuer = metadata
-            .get("authorization_servers")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| match &route.kind {
-                postern_gateway::routes::Kind::McpServer(server) => {
-                    server.authorization_server_url.clone()
-                }
-                _ => None,
-            })
-            .ok_or_else(|| {
-                fail(
-                    "protected resource metadata",
-                    "it names no authorization server",
-                )
-            })?;
-        let issuer_url = url::Url::parse(&issuer).map_err(|_| {
+    /// The authorization server metadata of `issuer` (RFC 8414, then the OpenID Connect
+    /// discovery forms), checked to name `issuer` and to support PKCE S256.
+    async fn authorization_server_metadata(
+        &self,
+        route: &Route,
+        issuer: &str,
+    ) -> Result<Value, DiscoveryError> {
+        let issuer_url = url::Url::parse(issuer).map_err(|_| {
             fail(
                 "authorization server metadata",
                 format!("{issuer} is not a URL"),
@@ -482,30 +479,18 @@ impl Discovery {
         let as_metadata = as_metadata.ok_or_else(|| {
             last_error.unwrap_or_else(|| fail("authorization server metadata", "not found"))
         })?;
-        if as_metadata.get("issuer").and_then(Value::as_str) != Some(issuer.as_str()) {
-            return Err(fail(
-                "authorization server metadata",
-                format!(
-                    "its issuer {} is not {issuer}, the URL it was found under (RFC 8414 §3.3)",
-                    Untrusted(
-                        &as_metadata
-                            .get("issuer")
-                            .unwrap_or(&Value::Null)
-                            .to_string()
-                    )
-                ),
-            ));
-        }
-        let supports_s256 = as_metadata
-            .get("code_challenge_methods_supported")
-            .and_then(Value::as_array)
-            .is_some_and(|m| m.iter().any(|v| v == "S256"));
-        if !supports_s256 {
-            return Err(fail(
-                "authorization server metadata",
-                "the authorization server does not support PKCE S256",
-            ));
-        }
+        check_authorization_server(&as_metadata, issuer)?;
+        Ok(as_metadata)
+    }
+
+    /// The authorization and token endpoints `as_metadata` names, each present and passing
+    /// [`Discovery::check_endpoint`].
+    fn authorization_server_endpoints(
+        &self,
+        route: &Route,
+        issuer: &str,
+        as_metadata: &Value,
+    ) -> Result<(String, String), DiscoveryError> {
         let endpoint = |name: &'static str| {
             as_metadata
                 .get(name)
@@ -519,54 +504,10 @@ impl Discovery {
             ("authorization_endpoint", &authorization_endpoint),
             ("token_endpoint", &token_endpoint),
         ] {
-            self.check_endpoint(route, &issuer, name, value)
+            self.check_endpoint(route, issuer, name, value)
                 .map_err(|e| fail("authorization server metadata", e))?;
         }
-
-        // 3. Scopes: configured, else the challenge's, else what the resource lists.
-        let configured_scopes = crate::upstream::settings(route)
-            .map(|c| c.scopes.clone())
-            .filter(|s| !s.is_empty());
-        let scopes: Vec<String> = if let Some(configured) = configured_scopes {
-            configured
-        } else if let Some(scope) = params.get("scope") {
-            scope.split_whitespace().map(str::to_owned).collect()
-        } else {
-            metadata
-                .get("scopes_supported")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-
-        // 4. A client id.
-        let client = self.client(route, &issuer, origin, &as_metadata).await?;
-        let found = Discovered {
-            resource,
-            issuer,
-            authorization_endpoint,
-            token_endpoint,
-            scopes,
-            client_id: client["client_id"].as_str().unwrap_or_default().to_owned(),
-            client_secret: client
-                .get("client_secret")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            token_endpoint_auth_method: client
-                .get("token_endpoint_auth_method")
-                .and_then(Value::as_str)
-                .unwrap_or("none")
-                .to_owned(),
-            settings: None,
-        };
-        self.put(route_key, origin, &found).await;
-        tracing::info!(target: "postern::audit", event = "upstream_discovered", route = %route.id, issuer = %Untrusted(&found.issuer), client_id = %Untrusted(&found.client_id), "upstream OAuth discovered");
-        Ok(Some(Arc::new(found)))
+        Ok((authorization_endpoint, token_endpoint))
     }
 
     /// Postern's registration at `issuer` for `origin`: from the store, or registered now.
@@ -577,32 +518,11 @@ impl Discovery {
         origin: &str,
         as_metadata: &Value,
     ) -> Result<Value, DiscoveryError> {
-        // A client the administrator configured (`upstream_oauth2` without `endpoint`).
-        if let Some(configured) = crate::upstream::settings(route) {
-            let secret = configured
-                .client_secret
-                .as_ref()
-                .map(|s| s.expose().to_owned());
-            return Ok(json!({
-                "client_id": configured.client_id,
-                "client_secret": secret,
-                "token_endpoint_auth_method": if secret.is_some() { "client_secret_basic" } else { "none" },
-            }));
+        if let Some(configured) = configured_client(route) {
+            return Ok(configured);
         }
-        // A client ID metadata document needs no registration. Its URL must be https, except on
-        // loopback, where the upstream can reach it only in development anyway.
-        let loopback_origin = url::Url::parse(origin)
-            .is_ok_and(|u| postern_oauth::registration::is_loopback(&host_of(&u)));
-        if as_metadata
-            .get("client_id_metadata_document_supported")
-            .and_then(Value::as_bool)
-            == Some(true)
-            && (origin.starts_with("https://") || loopback_origin)
-        {
-            return Ok(json!({
-                "client_id": client_metadata_url(origin),
-                "token_endpoint_auth_method": "none",
-            }));
+        if let Some(document) = metadata_document_client(origin, as_metadata) {
+            return Ok(document);
         }
         let key = format!("upstream-client|{issuer}|{origin}");
         if let Ok(Some(text)) = self.store.get_key(&key).await
@@ -610,6 +530,20 @@ impl Discovery {
         {
             return Ok(client);
         }
+        self.register(route, issuer, origin, as_metadata, &key)
+            .await
+    }
+
+    /// Postern's client registered now by dynamic registration (RFC 7591), as kept under `key`
+    /// (the first replica's registration when several register at once).
+    async fn register(
+        &self,
+        route: &Route,
+        issuer: &str,
+        origin: &str,
+        as_metadata: &Value,
+        key: &str,
+    ) -> Result<Value, DiscoveryError> {
         let registration = as_metadata
             .get("registration_endpoint")
             .and_then(Value::as_str)
@@ -622,13 +556,7 @@ impl Discovery {
         let url = self
             .check_endpoint(route, issuer, "registration_endpoint", registration)
             .map_err(|e| fail("registration", e))?;
-        let request = json!({
-            "client_name": "Postern",
-            "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
-            "grant_types": ["authorization_code", "refresh_token"],
-            "response_types": ["code"],
-            "token_endpoint_auth_method": "none",
-        });
+        let request = registration_request(origin);
         let answer = fetch_json(&url, Some(&request), self.trusted(route, &host_of(&url)))
             .await
             .map_err(|e| fail("registration", e))?;
@@ -657,10 +585,191 @@ impl Discovery {
         // Replicas registering at once all keep the first registration stored.
         let stored = self
             .store
-            .get_or_insert_key(&key, &client.to_string())
+            .get_or_insert_key(key, &client.to_string())
             .await
             .map_err(|e| fail("registration", e.to_string()))?;
         serde_json::from_str(&stored).map_err(|e| fail("registration", e.to_string()))
+    }
+}
+
+/// The client the administrator configured (`upstream_oauth2` without `endpoint`), if any.
+fn configured_client(route: &Route) -> Option<Value> {
+    let configured = crate::upstream::settings(route)?;
+    let secret = configured
+        .client_secret
+        .as_ref()
+        .map(|s| s.expose().to_owned());
+    Some(json!({
+        "client_id": configured.client_id,
+        "client_secret": secret,
+        "token_endpoint_auth_method": if secret.is_some() { "client_secret_basic" } else { "none" },
+    }))
+}
+
+/// Postern's client ID metadata document as its client, when the authorization server supports
+/// them and `origin` may serve one.
+fn metadata_document_client(origin: &str, as_metadata: &Value) -> Option<Value> {
+    // A client ID metadata document needs no registration. Its URL must be https, except on
+    // loopback, where the upstream can reach it only in development anyway.
+    let loopback_origin = url::Url::parse(origin)
+        .is_ok_and(|u| postern_oauth::registration::is_loopback(&host_of(&u)));
+    if as_metadata
+        .get("client_id_metadata_document_supported")
+        .and_then(Value::as_bool)
+        == Some(true)
+        && (origin.starts_with("https://") || loopback_origin)
+    {
+        return Some(json!({
+            "client_id": client_metadata_url(origin),
+            "token_endpoint_auth_method": "none",
+        }));
+    }
+    None
+}
+
+/// The dynamic registration request (RFC 7591): a public client whose only redirect URI is
+/// the upstream callback on `origin`.
+fn registration_request(origin: &str) -> Value {
+    json!({
+        "client_name": "Postern",
+        "redirect_uris": [format!("{origin}/.pomerium/mcp/client/oauth/callback")],
+        "grant_types": ["authorization_code", "refresh_token"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "none",
+    })
+}
+
+/// Where to look for the upstream's protected resource metadata, in order: the challenge's
+/// `resource_metadata` hint, then the path-suffixed and the root well-known URLs.
+fn resource_metadata_urls(
+    upstream_url: &url::Url,
+    params: &HashMap<String, String>,
+) -> Result<Vec<url::Url>, DiscoveryError> {
+    let mut candidates = Vec::new();
+    if let Some(hint) = params.get("resource_metadata") {
+        match upstream_url.join(hint) {
+            Ok(url) => candidates.push(url),
+            Err(_) => {
+                return Err(fail(
+                    "protected resource metadata",
+                    "the resource_metadata hint is not a URL",
+                ));
+            }
+        }
+    }
+    let path = upstream_url.path().trim_end_matches('/');
+    let root = upstream_url
+        .join("/.well-known/oauth-protected-resource")
+        .ok();
+    if !path.is_empty()
+        && let Ok(url) = upstream_url.join(&format!("/.well-known/oauth-protected-resource{path}"))
+    {
+        candidates.push(url);
+    }
+    candidates.extend(root);
+    Ok(candidates)
+}
+
+/// The `resource` of the protected resource metadata, checked to be one of the upstream URLs
+/// the route proxies to.
+fn checked_resource(
+    metadata: &Value,
+    upstream: &[ToUrl],
+    upstream_url: &url::Url,
+) -> Result<String, DiscoveryError> {
+    let resource = metadata["resource"].as_str().unwrap_or_default().to_owned();
+    if !upstream
+        .iter()
+        .any(|to| same_resource(&resource, to.0.as_str()))
+    {
+        return Err(fail(
+            "protected resource metadata",
+            format!(
+                "its resource {resource} is not the upstream {upstream_url} this route proxies to"
+            ),
+        ));
+    }
+    Ok(resource)
+}
+
+/// The authorization server: the first the resource metadata names, else the route's
+/// configured `authorization_server_url`.
+fn issuer_of(route: &Route, metadata: &Value) -> Result<String, DiscoveryError> {
+    metadata
+        .get("authorization_servers")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| match &route.kind {
+            postern_gateway::routes::Kind::McpServer(server) => {
+                server.authorization_server_url.clone()
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            fail(
+                "protected resource metadata",
+                "it names no authorization server",
+            )
+        })
+}
+
+/// `Ok` when the authorization server metadata names exactly `issuer`, the URL it was looked up
+/// under (RFC 8414 §3.3), and supports PKCE S256.
+fn check_authorization_server(as_metadata: &Value, issuer: &str) -> Result<(), DiscoveryError> {
+    if as_metadata.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err(fail(
+            "authorization server metadata",
+            format!(
+                "its issuer {} is not {issuer}, the URL it was found under (RFC 8414 §3.3)",
+                Untrusted(
+                    &as_metadata
+                        .get("issuer")
+                        .unwrap_or(&Value::Null)
+                        .to_string()
+                )
+            ),
+        ));
+    }
+    let supports_s256 = as_metadata
+        .get("code_challenge_methods_supported")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.iter().any(|v| v == "S256"));
+    if !supports_s256 {
+        return Err(fail(
+            "authorization server metadata",
+            "the authorization server does not support PKCE S256",
+        ));
+    }
+    Ok(())
+}
+
+/// The scopes to request: configured, else the challenge's `scope`, else the resource's
+/// `scopes_supported`.
+fn scopes_to_request(
+    route: &Route,
+    params: &HashMap<String, String>,
+    metadata: &Value,
+) -> Vec<String> {
+    let configured_scopes = crate::upstream::settings(route)
+        .map(|c| c.scopes.clone())
+        .filter(|s| !s.is_empty());
+    if let Some(configured) = configured_scopes {
+        configured
+    } else if let Some(scope) = params.get("scope") {
+        scope.split_whitespace().map(str::to_owned).collect()
+    } else {
+        metadata
+            .get("scopes_supported")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -808,11 +917,23 @@ impl crate::broker::UpstreamBroker {
         if status != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        match self
-            .discovery
-            .discover(route, &key, &origin, &challenge)
+        self.discover_on_challenge(ctx, route, &key, &origin, &challenge, response)
             .await
-        {
+    }
+
+    /// The answer to an upstream 401 on a route not yet discovered: the client told to
+    /// authorize again once discovery succeeds, the 401 as it is when the upstream gave no MCP
+    /// authorization metadata, a 502 when discovery failed.
+    async fn discover_on_challenge(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        key: &str,
+        origin: &str,
+        challenge: &str,
+        response: Response<Body>,
+    ) -> Result<Response<Body>, Response<Body>> {
+        match self.discovery.discover(route, key, origin, challenge).await {
             Ok(Some(_)) => Err(crate::reply::not_connected(ctx, route)),
             Ok(None) => Ok(response),
             Err(error) => {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use postern_config::{AuthStyle, UpstreamOAuth2};
+use postern_config::{AuthStyle, OAuthEndpoint, UpstreamOAuth2};
 use postern_gateway::routes::{Kind, Route};
 use postern_store::{RefreshOutcome, UpstreamToken, now_ms};
 use serde_json::Value;
@@ -159,14 +159,50 @@ pub(crate) async fn token_request(
         url: url.clone(),
         reason,
     };
-    let http = match oauth {
-        UpstreamSettings::Configured(_) => http.clone(),
+    let http = token_client(http, oauth, token_url)
+        .await
+        .map_err(unavailable)?;
+    let (request, form) = authenticated_request(&http, &url, oauth, endpoint, params);
+    let response = request
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = response.status();
+    let bytes = crate::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
+        .await
+        .map_err(unavailable)?;
+    let text = String::from_utf8_lossy(&bytes);
+    if !status.is_success() {
+        return Err(refusal(token_url, status, &text, &bytes));
+    }
+    token_from_answer(&text, endpoint, &oauth.client_id).map_err(unavailable)
+}
+
+/// The client to call the token endpoint with: `http` for a configured provider, a client
+/// pinned to the checked address for a discovered one.
+async fn token_client(
+    http: &reqwest::Client,
+    oauth: &UpstreamSettings<'_>,
+    token_url: &url::Url,
+) -> Result<reqwest::Client, String> {
+    match oauth {
+        UpstreamSettings::Configured(_) => Ok(http.clone()),
         UpstreamSettings::Discovered { token_trusted, .. } => {
-            crate::safe_http::pinned_client(token_url, *token_trusted)
-                .await
-                .map_err(unavailable)?
+            crate::safe_http::pinned_client(token_url, *token_trusted).await
         }
-    };
+    }
+}
+
+/// The token request to `url` and its form: `params`, the resource, and the client's
+/// credentials in the header or the form as the endpoint's `auth_style` says.
+fn authenticated_request<'p>(
+    http: &reqwest::Client,
+    url: &str,
+    oauth: &UpstreamOAuth2,
+    endpoint: &OAuthEndpoint,
+    params: &BTreeMap<&'p str, String>,
+) -> (reqwest::RequestBuilder, Vec<(&'p str, String)>) {
     let secret = oauth
         .client_secret
         .as_ref()
@@ -176,7 +212,7 @@ pub(crate) async fn token_request(
     if let Some(resource) = &oauth.resource {
         form.push(("resource", resource.clone()));
     }
-    let mut request = http.post(&url).header("accept", "application/json");
+    let mut request = http.post(url).header("accept", "application/json");
     match endpoint.auth_style() {
         AuthStyle::Header => {
             // RFC 6749 §2.3.1: the id and secret are form-encoded before Basic encoding.
@@ -191,33 +227,44 @@ pub(crate) async fn token_request(
             }
         }
     }
-    let response = request
-        .form(&form)
-        .send()
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let status = response.status();
-    let bytes = crate::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
-        .await
-        .map_err(unavailable)?;
-    let text = String::from_utf8_lossy(&bytes);
-    if !status.is_success() {
-        let host = crate::safe_http::host_of(token_url);
-        tracing::warn!(provider = %host, %status, body = %Untrusted(&text), "the upstream token endpoint refused");
-        if !status.is_client_error() {
-            return Err(unavailable(format!("HTTP {status}")));
-        }
-        let error = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|b| b.get("error").and_then(Value::as_str).map(str::to_owned))
-            .and_then(|e| OAUTH_ERRORS.into_iter().find(|known| *known == e));
-        return Err(UpstreamError::Refused {
-            host,
-            status: status.as_u16(),
-            error,
-        });
+    (request, form)
+}
+
+/// The error for a token endpoint's non-success answer (logged here): `Refused` with a
+/// registered OAuth error code for a 4xx, `Unavailable` otherwise.
+fn refusal(
+    token_url: &url::Url,
+    status: reqwest::StatusCode,
+    text: &str,
+    bytes: &[u8],
+) -> UpstreamError {
+    let host = crate::safe_http::host_of(token_url);
+    tracing::warn!(provider = %host, %status, body = %Untrusted(text), "the upstream token endpoint refused");
+    if !status.is_client_error() {
+        return UpstreamError::Unavailable {
+            url: token_url.to_string(),
+            reason: format!("HTTP {status}"),
+        };
     }
-    let body: Value = serde_json::from_str(&text)
+    let error = serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|b| b.get("error").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|e| OAUTH_ERRORS.into_iter().find(|known| *known == e));
+    UpstreamError::Refused {
+        host,
+        status: status.as_u16(),
+        error,
+    }
+}
+
+/// The TI in a successful token endpoint answer (JSON, or form-encoded as some providers
+/// send); `Err` with the reason when it has no access token.
+fn token_from_answer(
+    text: &str,
+    endpoint: &OAuthEndpoint,
+    client_id: &str,
+) -> Result<UpstreamToken, String> {
+    let body: Value = serde_json::from_str(text)
         .or_else(|_| {
             Ok::<_, ()>(
                 url::form_urlencoded::parse(text.as_bytes())
@@ -229,7 +276,7 @@ pub(crate) async fn token_request(
     let access_token = body
         .get("access_token")
         .and_then(Value::as_str)
-        .ok_or_else(|| unavailable("no access_token in the answer".into()))?;
+        .ok_or_else(|| "no access_token in the answer".to_owned())?;
     let expires_in = body.get("expires_in").and_then(|v| {
         v.as_i64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -247,7 +294,7 @@ pub(crate) async fn token_request(
         expires_at: expires_in.map(|s| now_ms() + s * 1000),
         scope: body.get("scope").and_then(Value::as_str).map(str::to_owned),
         token_endpoint: Some(endpoint.token_url.to_string()),
-        client_id: Some(oauth.client_id.clone()),
+        client_id: Some(client_id.to_owned()),
     })
 }
 
