@@ -42,7 +42,16 @@ struct Allowed {
     session: Option<Session>,
     calls: Vec<Call>,
     decision: String,
-    filter_tools: bool,
+    filter_tools: Option<ToolLists>,
+}
+
+/// Which responses of a route with tool rules may carry a tool list a client would read.
+#[derive(Clone, Copy)]
+enum ToolLists {
+    /// Event streams only: a JSON answer is matched by id to requests that listed no tools.
+    InStreams,
+    /// JSON answers too (the request asked for `tools/list`, or is not a POST of calls).
+    Everywhere,
 }
 
 impl Enforcement {
@@ -135,9 +144,15 @@ impl Enforcement {
             .first()
             .map(|(_, d)| d.reason.clone())
             .unwrap_or_default();
-        // Every response of a route with tool rules: a tool list can come on a GET stream, in
-        // a batch, or replayed after a reconnect, not only as the answer to `tools/list`.
-        let filter_tools = route.is_mcp_server() && route.policy.uses_mcp_tool();
+        // On a route with tool rules, a tool list can come on any event stream (a GET stream, a
+        // replay after a reconnect) and in the JSON answer to a request that asked for one.
+        let filter_tools = (route.is_mcp_server() && route.policy.uses_mcp_tool()).then(|| {
+            if calls.is_empty() || calls.iter().any(|c| c.request.method == "tools/list") {
+                ToolLists::Everywhere
+            } else {
+                ToolLists::InStreams
+            }
+        });
         let mut grant = Grant {
             principal: session.as_ref().map(|s| s.email.clone()),
             extensions: http::Extensions::new(),
@@ -373,8 +388,8 @@ impl Enforcement {
         } else {
             response
         };
-        let response = if allowed.filter_tools {
-            Box::pin(filter_tool_lists(ctx, route, &allowed, response)).await
+        let response = if let Some(lists) = allowed.filter_tools {
+            Box::pin(filter_tool_lists(ctx, route, &allowed, lists, response)).await
         } else {
             response
         };
@@ -428,6 +443,7 @@ async fn filter_tool_lists(
     ctx: &RequestContext,
     route: &Route,
     allowed: &Allowed,
+    lists: ToolLists,
     response: Response<Body>,
 ) -> Response<Body> {
     let user = allowed.session.as_ref().map(session::user_of);
@@ -446,5 +462,7 @@ async fn filter_tool_lists(
             })
             .allowed
     };
-    crate::tool_filter::filter_response(Arc::new(may_call), response, &ctx.request_id).await
+    let json_too = matches!(lists, ToolLists::Everywhere);
+    crate::tool_filter::filter_response(Arc::new(may_call), response, &ctx.request_id, json_too)
+        .await
 }

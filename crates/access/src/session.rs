@@ -7,7 +7,6 @@ use std::time::Duration;
 use http::HeaderMap;
 use postern_policy::User;
 use postern_store::{Keyring, Session, Store};
-use serde_json::{Value, json};
 
 /// Cookie settings.
 #[derive(Clone, Debug)]
@@ -78,22 +77,10 @@ pub fn clear_cookie(settings: &CookieSettings) -> String {
     )
 }
 
-/// The user as the policy sees them. `claim/email`, `claim/name` and `claim/groups` match
-/// the session's own fields when the identity source sent no such claim (local users, and
-/// providers that keep them out of the ID token).
+/// The user as the policy sees them (`claim/email`, `claim/groups` and `claim/sub` fall back
+/// to these fields in the policy itself, so nothing is copied per request for them).
 pub fn user_of(session: &Session) -> User {
-    let mut claims = session.claims.clone();
-    claims
-        .entry("email")
-        .or_insert_with(|| Value::String(session.email.clone()));
-    if !session.name.is_empty() {
-        claims
-            .entry("name")
-            .or_insert_with(|| Value::String(session.name.clone()));
-    }
-    claims
-        .entry("groups")
-        .or_insert_with(|| json!(session.groups));
+    let claims = session.claims.clone();
     User {
         id: session.user_id.clone(),
         email: session.email.clone(),

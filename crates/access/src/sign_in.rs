@@ -314,13 +314,21 @@ impl SignIn {
             Err(response) => return response,
         };
         let email = user.email.to_ascii_lowercase();
+        // `claim/name` for local users: their display name, once at sign-in (the policy finds
+        // `email`, `groups` and `sub` in the session's own fields).
+        let mut claims = user.claims;
+        if !user.name.is_empty() {
+            claims
+                .entry("name")
+                .or_insert_with(|| serde_json::Value::String(user.name.clone()));
+        }
         let Some(cookie) = self
             .start_session(Session {
                 user_id: email.clone(),
                 email,
                 name: user.name,
                 groups: user.groups,
-                claims: user.claims,
+                claims,
                 idp: "local".into(),
                 ..Session::default()
             })

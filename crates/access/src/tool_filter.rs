@@ -1,5 +1,8 @@
-//! `tools/list` filtering: on a route with `mcp_tool` rules, every response the MCP server sends
-//! (POST answers and GET streams, JSON and SSE) shows only the tools the user may call.
+//! `tools/list` filtering: on a route with `mcp_tool` rules, the user sees only the tools they
+//! may call, wherever a client would read a tool list: every event stream (the answer to a POST,
+//! a GET stream, a replay after a reconnect), and a JSON answer to a request that asked for
+//! `tools/list` (a JSON answer is matched by id to its request, so one to a `tools/call` is not
+//! read as a list, and is passed through without being parsed).
 //!
 //! It fails closed: a body it cannot read is not passed on. Postern asks the server for
 //! uncompressed bodies (`Accept-Encoding: identity`), so a compressed one is refused rather than
@@ -28,11 +31,13 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Whether the user may call a tool.
 pub type MayCall = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Filters the tool lists in `response`.
+/// Filters the tool lists in `response`: in event streams always, in a JSON answer when
+/// `json_too` (it answers a request that asked for one).
 pub async fn filter_response(
     may_call: MayCall,
     response: Response<Body>,
     request_id: &str,
+    json_too: bool,
 ) -> Response<Body> {
     let encoded = response
         .headers()
@@ -50,7 +55,11 @@ pub async fn filter_response(
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let mcp_body = media == "application/json" || media == "text/event-stream";
+    let json = media == "application/json";
+    if json && !json_too {
+        return response;
+    }
+    let mcp_body = json || media == "text/event-stream";
     if encoded && mcp_body {
         return unfilterable(
             "the MCP server compressed its response although Postern asked for none (Accept-Encoding: identity), so its tool list cannot be filtered",
@@ -331,7 +340,7 @@ mod tests {
                 HeaderValue::from_str(encoding).unwrap(),
             );
         }
-        let response = filter_response(may_call(), response, "r1").await;
+        let response = filter_response(may_call(), response, "r1", true).await;
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())
@@ -413,6 +422,37 @@ mod tests {
             "{sse}"
         );
     }
+
+    #[tokio::test]
+    async fn a_json_answer_to_other_calls_is_not_parsed_but_streams_are_filtered() {
+        let body = Chunks(VecDeque::from([Bytes::from_static(
+            TOOLS_IN_A_RESULT.as_bytes(),
+        )]))
+        .boxed();
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let passed = filter_response(may_call(), response, "r1", false).await;
+        let bytes = passed.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, TOOLS_IN_A_RESULT.as_bytes(), "untouched");
+        let body = Chunks(VecDeque::from([Bytes::from(format!("data: {LIST}\n\n"))])).boxed();
+        let mut response = Response::new(body);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let filtered = filter_response(may_call(), response, "r1", false).await;
+        let bytes = filtered.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("read_query") && !text.contains("write_query"),
+            "{text}"
+        );
+    }
+
+    const TOOLS_IN_A_RESULT: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"write_query tools"}]}}"#;
 
     #[test]
     fn empty_data_and_comments_pass() {

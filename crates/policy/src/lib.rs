@@ -535,6 +535,20 @@ fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
     }
 }
 
+/// `claim/email`, `claim/groups` and `claim/sub` match the user's own fields when the identity
+/// source sent no such claim (local users, providers that keep them out of the ID token):
+/// built only when a rule asks, so requests pay nothing for it.
+fn own_field(user: &User, name: &str) -> Option<Value> {
+    match name {
+        "email" if !user.email.is_empty() => Some(Value::String(user.email.clone())),
+        "groups" => Some(Value::Array(
+            user.groups.iter().cloned().map(Value::String).collect(),
+        )),
+        "sub" => Some(Value::String(user.id.clone())),
+        _ => None,
+    }
+}
+
 /// Whether a claim (absent, one value, or a list) satisfies every operator: a positive operator
 /// (`is`, `in`, `starts_with`, ...) needs one value that matches, a negative one (`not`,
 /// `not_in`) needs every value to (an absent claim has no values).
@@ -626,9 +640,10 @@ fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
             .is_some_and(|(_, domain)| m.matches(&domain.to_ascii_lowercase())),
         Test::User(m) => user.is_some_and(|u| m.matches(&u.id)),
         Test::Groups(wanted) => user.is_some_and(|u| wanted.iter().all(|g| u.groups.contains(g))),
-        Test::Claim(name, matcher) => {
-            user.is_some_and(|u| claim_matches(u.claims.get(name), matcher))
-        }
+        Test::Claim(name, matcher) => user.is_some_and(|u| match u.claims.get(name) {
+            Some(claim) => claim_matches(Some(claim), matcher),
+            None => claim_matches(own_field(u, name).as_ref(), matcher),
+        }),
         Test::HttpMethod(m) => {
             m.matches(&input.method.to_ascii_uppercase()) || m.matches(input.method)
         }
