@@ -627,208 +627,9 @@ impl AuthorizationServer {
         {
             crate::registration::check_grant_type(&client, grant)?;
         }
-        let keys = self.store.keyring();
         match form.get("grant_type").map(String::as_str) {
-            Some("authorization_code") => {
-                let code = form.get("code").ok_or_else(|| {
-                    OAuthError::new(ErrorCode::InvalidRequest, "code is required")
-                })?;
-                // Made before the code is spent: a failing random source must not cost the
-                // client its code.
-                let family_id = random_token(keys, 16)?;
-                let refresh = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
-                let grant = match self
-                    .store
-                    .redeem_code(code, &family_id)
-                    .await
-                    .map_err(store_unavailable)?
-                {
-                    Redemption::Redeemed(grant) => grant,
-                    Redemption::Replayed { family_id } => {
-                        // RFC 6749 §4.1.2: revoke what the first use issued. The answer is
-                        // invalid_grant either way (the code is spent; no retry can redeem it),
-                        // but it says the tokens were revoked only when the store recorded it:
-                        // if it did not, this replica still refuses them (the cache), other
-                        // replicas and the refresh token do not, and the operator must know.
-                        let mut revoked = true;
-                        if let Some(family) = family_id {
-                            if let Err(error) = self.store.revoke_family(&family).await {
-                                tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
-                                revoked = false;
-                            }
-                            self.revocations.insert(Revocation::Family(family));
-                        }
-                        if !revoked {
-                            return Err(OAuthError::new(
-                                ErrorCode::InvalidGrant,
-                                "the code was already used",
-                            ));
-                        }
-                        tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "the code was already used; the tokens it gave were revoked",
-                        ));
-                    }
-                    Redemption::Invalid => {
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "unknown or expired code (codes work once, for 60 s): start the authorization again",
-                        ));
-                    }
-                };
-                if grant.client_id != client.client_id {
-                    // The code is spent under this family id: revoked, no family can ever be
-                    // made from it. The answer says nothing about tokens, so a failure here is
-                    // only the operator's to know.
-                    if let Err(error) = self.store.revoke_family(&family_id).await {
-                        tracing::error!(%error, request_id = %ctx.request_id, family = %family_id, "cannot revoke the family of a code presented by another client");
-                    }
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidGrant,
-                        "the code was issued to another client",
-                    ));
-                }
-                if form.get("redirect_uri") != Some(&grant.redirect_uri) {
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidGrant,
-                        "redirect_uri differs from the authorization request's",
-                    ));
-                }
-                let verifier = form
-                    .get("code_verifier")
-                    .cloned()
-                    .map(PkceVerifier::new)
-                    .ok_or_else(|| {
-                        OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
-                    })?;
-                if !pkce::verify(&verifier, &grant.code_challenge) {
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidGrant,
-                        "code_verifier does not match the code_challenge",
-                    ));
-                }
-                if let Some(resource) = form.get("resource")
-                    && !metadata::same_resource(resource, &grant.resource)
-                {
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidTarget,
-                        "resource differs from the authorization request's",
-                    ));
-                }
-                let session = self
-                    .grant_session(
-                        &grant.session_id,
-                        "the sign-in this code came from has ended",
-                    )
-                    .await?;
-                let family = TokenFamily {
-                    family_id: family_id.clone(),
-                    client_id: client.client_id.clone(),
-                    user_id: session.user_id.clone(),
-                    session_id: session.id.clone(),
-                    resource: grant.resource.clone(),
-                    scope: grant.scope.clone(),
-                    created_at: now_ms(),
-                    expires_at: session.expires_at,
-                };
-                // Minted before the family is stored: a failure leaves nothing behind.
-                let tokens = self.tokens(&session, &family, &refresh)?;
-                self.store
-                    .create_family(&family, &refresh, family.expires_at)
-                    .await
-                    .map_err(store_unavailable)?;
-                Ok(tokens)
-            }
-            Some("refresh_token") => {
-                let old = form.get("refresh_token").ok_or_else(|| {
-                    OAuthError::new(ErrorCode::InvalidRequest, "refresh_token is required")
-                })?;
-                if let Some(family) = self
-                    .store
-                    .find_refresh_token(old)
-                    .await
-                    .map_err(store_unavailable)?
-                {
-                    if family.client_id != client.client_id {
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "the refresh token belongs to another client",
-                        ));
-                    }
-                    // A server that needs the user's upstream account (TI) they no longer (or
-                    // not yet) have: a new TE would only get 401 again. The client must run
-                    // the authorization, which takes the user through the provider.
-                    if let Some(route) = oauth_server::route_for_resource(ctx, &family.resource)
-                        && self
-                            .broker
-                            .upstream_oauth(&route, &ctx.origin())
-                            .await
-                            .is_some()
-                        && !matches!(
-                            self.store
-                                .get_upstream_token(
-                                    &family.user_id,
-                                    &crate::upstream::route_key(&route)
-                                )
-                                .await,
-                            Ok(Some(_))
-                        )
-                    {
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "your account at this MCP server's provider is not connected: authorize again",
-                        ));
-                    }
-                }
-                let new = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
-                let family = match self
-                    .store
-                    .rotate_refresh_token(
-                        old,
-                        &new,
-                        now_ms() + 30 * 24 * 3600 * 1000,
-                        self.settings.refresh_reuse_grace,
-                    )
-                    .await
-                    .map_err(store_unavailable)?
-                {
-                    Rotation::Rotated(family) => family,
-                    Rotation::Concurrent => {
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "this refresh token was just used by a concurrent request: use the tokens that request got",
-                        ));
-                    }
-                    Rotation::Reused { family_id } => {
-                        self.revocations.insert(Revocation::Family(family_id));
-                        tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "the refresh token was already used; all tokens from this authorization are revoked",
-                        ));
-                    }
-                    Rotation::Invalid => {
-                        return Err(OAuthError::new(
-                            ErrorCode::InvalidGrant,
-                            "unknown, expired or revoked refresh token: authorize again",
-                        ));
-                    }
-                };
-                if family.client_id != client.client_id {
-                    return Err(OAuthError::new(
-                        ErrorCode::InvalidGrant,
-                        "the refresh token belongs to another client",
-                    ));
-                }
-                let session = self
-                    .grant_session(
-                        &family.session_id,
-                        "the sign-in behind this token has ended; authorize again",
-                    )
-                    .await?;
-                self.tokens(&session, &family, &new)
-            }
+            Some("authorization_code") => self.code_grant(ctx, &client, form).await,
+            Some("refresh_token") => self.refresh_grant(ctx, &client, form).await,
             Some(other) => Err(OAuthError::new(
                 ErrorCode::UnsupportedGrantType,
                 format!("{other:?} is not supported (authorization_code, refresh_token)"),
@@ -838,6 +639,233 @@ impl AuthorizationServer {
                 "grant_type is required",
             )),
         }
+    }
+
+    /// RFC 6749 §4.1.3: a code, redeemed once, for a new token family.
+    async fn code_grant(
+        &self,
+        ctx: &RequestContext,
+        client: &OAuthClient,
+        form: &HashMap<String, String>,
+    ) -> Result<Value, OAuthError> {
+        let keys = self.store.keyring();
+        let code = form
+            .get("code")
+            .ok_or_else(|| OAuthError::new(ErrorCode::InvalidRequest, "code is required"))?;
+        // Made before the code is spent: a failing random source must not cost the
+        // client its code.
+        let family_id = random_token(keys, 16)?;
+        let refresh = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
+        let grant = self.redeem(ctx, client, code, &family_id).await?;
+        if grant.client_id != client.client_id {
+            // The code is spent under this family id: revoked, no family can ever be
+            // made from it. The answer says nothing about tokens, so a failure here is
+            // only the operator's to know.
+            if let Err(error) = self.store.revoke_family(&family_id).await {
+                tracing::error!(%error, request_id = %ctx.request_id, family = %family_id, "cannot revoke the family of a code presented by another client");
+            }
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "the code was issued to another client",
+            ));
+        }
+        if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "redirect_uri differs from the authorization request's",
+            ));
+        }
+        let verifier = form
+            .get("code_verifier")
+            .cloned()
+            .map(PkceVerifier::new)
+            .ok_or_else(|| {
+                OAuthError::new(ErrorCode::InvalidGrant, "code_verifier is required (PKCE)")
+            })?;
+        if !pkce::verify(&verifier, &grant.code_challenge) {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        if let Some(resource) = form.get("resource")
+            && !metadata::same_resource(resource, &grant.resource)
+        {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "resource differs from the authorization request's",
+            ));
+        }
+        let session = self
+            .grant_session(
+                &grant.session_id,
+                "the sign-in this code came from has ended",
+            )
+            .await?;
+        let family = TokenFamily {
+            family_id: family_id.clone(),
+            client_id: client.client_id.clone(),
+            user_id: session.user_id.clone(),
+            session_id: session.id.clone(),
+            resource: grant.resource.clone(),
+            scope: grant.scope.clone(),
+            created_at: now_ms(),
+            expires_at: session.expires_at,
+        };
+        // Minted before the family is stored: a failure leaves nothing behind.
+        let tokens = self.tokens(&session, &family, &refresh)?;
+        self.store
+            .create_family(&family, &refresh, family.expires_at)
+            .await
+            .map_err(store_unavailable)?;
+        Ok(tokens)
+    }
+
+    /// The grant behind `code`, redeemed under `family_id`; a replayed code revokes what its
+    /// first use issued (RFC 6749 §4.1.2).
+    async fn redeem(
+        &self,
+        ctx: &RequestContext,
+        client: &OAuthClient,
+        code: &str,
+        family_id: &str,
+    ) -> Result<CodeGrant, OAuthError> {
+        match self
+            .store
+            .redeem_code(code, family_id)
+            .await
+            .map_err(store_unavailable)?
+        {
+            Redemption::Redeemed(grant) => Ok(grant),
+            Redemption::Replayed { family_id } => {
+                // RFC 6749 §4.1.2: revoke what the first use issued. The answer is
+                // invalid_grant either way (the code is spent; no retry can redeem it),
+                // but it says the tokens were revoked only when the store recorded it:
+                // if it did not, this replica still refuses them (the cache), other
+                // replicas and the refresh token do not, and the operator must know.
+                let mut revoked = true;
+                if let Some(family) = family_id {
+                    if let Err(error) = self.store.revoke_family(&family).await {
+                        tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
+                        revoked = false;
+                    }
+                    self.revocations.insert(Revocation::Family(family));
+                }
+                if !revoked {
+                    return Err(OAuthError::new(
+                        ErrorCode::InvalidGrant,
+                        "the code was already used",
+                    ));
+                }
+                tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
+                Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "the code was already used; the tokens it gave were revoked",
+                ))
+            }
+            Redemption::Invalid => Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "unknown or expired code (codes work once, for 60 s): start the authorization again",
+            )),
+        }
+    }
+
+    /// RFC 6749 §6: a refresh token, rotated, for new tokens of its family.
+    async fn refresh_grant(
+        &self,
+        ctx: &RequestContext,
+        client: &OAuthClient,
+        form: &HashMap<String, String>,
+    ) -> Result<Value, OAuthError> {
+        let keys = self.store.keyring();
+        let old = form.get("refresh_token").ok_or_else(|| {
+            OAuthError::new(ErrorCode::InvalidRequest, "refresh_token is required")
+        })?;
+        if let Some(family) = self
+            .store
+            .find_refresh_token(old)
+            .await
+            .map_err(store_unavailable)?
+        {
+            if family.client_id != client.client_id {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "the refresh token belongs to another client",
+                ));
+            }
+            if self.upstream_account_missing(ctx, &family).await {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "your account at this MCP server's provider is not connected: authorize again",
+                ));
+            }
+        }
+        let new = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
+        let family = match self
+            .store
+            .rotate_refresh_token(
+                old,
+                &new,
+                now_ms() + 30 * 24 * 3600 * 1000,
+                self.settings.refresh_reuse_grace,
+            )
+            .await
+            .map_err(store_unavailable)?
+        {
+            Rotation::Rotated(family) => family,
+            Rotation::Concurrent => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "this refresh token was just used by a concurrent request: use the tokens that request got",
+                ));
+            }
+            Rotation::Reused { family_id } => {
+                self.revocations.insert(Revocation::Family(family_id));
+                tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "the refresh token was already used; all tokens from this authorization are revoked",
+                ));
+            }
+            Rotation::Invalid => {
+                return Err(OAuthError::new(
+                    ErrorCode::InvalidGrant,
+                    "unknown, expired or revoked refresh token: authorize again",
+                ));
+            }
+        };
+        if family.client_id != client.client_id {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "the refresh token belongs to another client",
+            ));
+        }
+        let session = self
+            .grant_session(
+                &family.session_id,
+                "the sign-in behind this token has ended; authorize again",
+            )
+            .await?;
+        self.tokens(&session, &family, &new)
+    }
+
+    /// Whether the family's server needs the user's upstream account (TI) they no longer (or
+    /// not yet) have: a new TE would only get 401 again, so the client must run the
+    /// authorization, which takes the user through the provider.
+    async fn upstream_account_missing(&self, ctx: &RequestContext, family: &TokenFamily) -> bool {
+        let Some(route) = oauth_server::route_for_resource(ctx, &family.resource) else {
+            return false;
+        };
+        self.broker
+            .upstream_oauth(&route, &ctx.origin())
+            .await
+            .is_some()
+            && !matches!(
+                self.store
+                    .get_upstream_token(&family.user_id, &crate::upstream::route_key(&route))
+                    .await,
+                Ok(Some(_))
+            )
     }
 
     /// The session a grant rests on; `invalid_grant` saying `ended` when it is gone.
