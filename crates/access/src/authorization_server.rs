@@ -1167,6 +1167,41 @@ impl AuthorizationServer {
                 "this client is not registered for private_key_jwt".into()
             ));
         }
+        let claims = self
+            .verified_assertion(ctx, assertion, &client_id, &client)
+            .await?;
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if exp * 1000 > now_ms() + 10 * 60 * 1000 {
+            return Err(bad(
+                "client_assertion lives too long (at most 10 minutes)".into()
+            ));
+        }
+        let jti = claims
+            .get("jti")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("client_assertion has no jti".into()))?;
+        // Recorded in the store, so a replay is caught by whichever replica it reaches.
+        let first_use = self
+            .store
+            .use_once(&format!("client_assertion|{client_id}|{jti}"), exp * 1000)
+            .await
+            .map_err(store_unavailable)?;
+        if !first_use {
+            return Err(bad("client_assertion was already used (jti replay)".into()));
+        }
+        Ok(client)
+    }
+
+    /// The claims of a client assertion whose signature, issuer, subject, audience and expiry
+    /// check out against the client's keys (its inline `jwks`, or its `jwks_uri`).
+    async fn verified_assertion(
+        &self,
+        ctx: &RequestContext,
+        assertion: &str,
+        client_id: &str,
+        client: &OAuthClient,
+    ) -> Result<Value, OAuthError> {
+        let bad = |m: String| OAuthError::new(ErrorCode::InvalidClient, m);
         let keys: jsonwebtoken::jwk::JwkSet = match (
             client.metadata.get("jwks"),
             client.metadata.get("jwks_uri").and_then(Value::as_str),
@@ -1200,8 +1235,8 @@ impl AuthorizationServer {
             .map_err(|e| bad(format!("unusable client key: {e}")))?;
         let token_endpoint = format!("{}/.pomerium/mcp/token", ctx.origin());
         let mut validation = jsonwebtoken::Validation::new(header.alg);
-        validation.set_issuer(&[&client_id]);
-        validation.sub = Some(client_id.clone());
+        validation.set_issuer(&[client_id]);
+        validation.sub = Some(client_id.to_owned());
         validation.set_audience(&[
             token_endpoint.as_str(),
             ctx.origin().as_str(),
@@ -1209,29 +1244,9 @@ impl AuthorizationServer {
         ]);
         validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         validation.leeway = 30;
-        let claims = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
-            .map_err(|e| bad(format!("client_assertion refused: {e}")))?
-            .claims;
-        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-        if exp * 1000 > now_ms() + 10 * 60 * 1000 {
-            return Err(bad(
-                "client_assertion lives too long (at most 10 minutes)".into()
-            ));
-        }
-        let jti = claims
-            .get("jti")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("client_assertion has no jti".into()))?;
-        // Recorded in the store, so a replay is caught by whichever replica it reaches.
-        let first_use = self
-            .store
-            .use_once(&format!("client_assertion|{client_id}|{jti}"), exp * 1000)
-            .await
-            .map_err(store_unavailable)?;
-        if !first_use {
-            return Err(bad("client_assertion was already used (jti replay)".into()));
-        }
-        Ok(client)
+        jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| bad(format!("client_assertion refused: {e}")))
     }
 }
 
