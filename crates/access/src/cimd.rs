@@ -128,6 +128,7 @@ impl<V: Clone> Lru<V> {
     }
 
     /// How many entries and bytes are kept.
+    #[cfg(test)]
     pub fn usage(&self) -> (usize, usize) {
         (self.entries.len(), self.bytes)
     }

@@ -230,7 +230,8 @@ impl SignInLimiter {
         }
     }
 
-    /// Keys held now (for tests and metrics).
+    /// Keys held now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.state
             .lock()
@@ -240,6 +241,7 @@ impl SignInLimiter {
     }
 
     /// Whether no key is held.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
