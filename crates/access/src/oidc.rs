@@ -182,6 +182,43 @@ impl Oidc {
         nonce: &str,
     ) -> Result<OidcIdentity, OidcError> {
         let discovery = self.discovery().await?;
+        let body = self
+            .exchange_code(discovery, code, redirect_uri, verifier)
+            .await?;
+        let id_token = body
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| OidcError::Provider {
+                url: discovery.token_endpoint.clone(),
+                reason: "no id_token in the token response".into(),
+            })?;
+        let identity = self.identity_in(discovery, id_token, nonce).await?;
+        // Providers that follow OpenID Connect Core §5.4 return the claims asked for by scope
+        // (email, profile, groups) from the UserInfo endpoint, not in the ID token.
+        let missing =
+            identity.email.is_empty() || !identity.claims.contains_key(&self.settings.groups_claim);
+        let identity = match (
+            missing,
+            &discovery.userinfo_endpoint,
+            body.get("access_token").and_then(Value::as_str),
+        ) {
+            (true, Some(endpoint), Some(access_token)) => {
+                self.with_userinfo(identity, endpoint, access_token).await?
+            }
+            _ => identity,
+        };
+        check_email(&identity)?;
+        Ok(identity)
+    }
+
+    /// The provider's token response for `code` (RFC 6749 §4.1.3, with the PKCE verifier).
+    async fn exchange_code(
+        &self,
+        discovery: &Discovery,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<Value, OidcError> {
         let fail = |reason: String| OidcError::Provider {
             url: discovery.token_endpoint.clone(),
             reason,
@@ -212,14 +249,19 @@ impl Oidc {
                 "HTTP {status} (details in the gateway's log)"
             )));
         }
-        let body: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(format!("unreadable token response: {e}")))?;
-        let id_token = body
-            .get("id_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("no id_token in the token response".into()))?;
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("unreadable token response: {e}")))
+    }
+
+    /// The identity in a checked ID token; the provider's keys are fetched once more when the
+    /// token is signed with a key not seen yet (a rotation).
+    async fn identity_in(
+        &self,
+        discovery: &Discovery,
+        id_token: &str,
+        nonce: &str,
+    ) -> Result<OidcIdentity, OidcError> {
         let keys = self.keys(false).await?;
-        let identity = match validate_id_token(
+        match validate_id_token(
             id_token,
             &keys,
             &discovery.issuer,
@@ -240,23 +282,7 @@ impl Oidc {
                 )
             }
             other => other,
-        }?;
-        // Providers that follow OpenID Connect Core §5.4 return the claims asked for by scope
-        // (email, profile, groups) from the UserInfo endpoint, not in the ID token.
-        let missing =
-            identity.email.is_empty() || !identity.claims.contains_key(&self.settings.groups_claim);
-        let identity = match (
-            missing,
-            &discovery.userinfo_endpoint,
-            body.get("access_token").and_then(Value::as_str),
-        ) {
-            (true, Some(endpoint), Some(access_token)) => {
-                self.with_userinfo(identity, endpoint, access_token).await?
-            }
-            _ => identity,
-        };
-        check_email(&identity)?;
-        Ok(identity)
+        }
     }
 
     /// Fills in what the ID token left out from the UserInfo response, which must be about the
