@@ -307,7 +307,7 @@ impl UpstreamBroker {
             .get("redirect_url")
             .cloned()
             .unwrap_or_else(|| "/".into());
-        if !self.allowed_return(ctx, &redirect) {
+        if !allowed_return(ctx, &redirect) {
             return html(
                 StatusCode::BAD_REQUEST,
                 pages::message(
@@ -418,7 +418,7 @@ impl UpstreamBroker {
             .get("redirect_url")
             .cloned()
             .unwrap_or_else(|| "/".into());
-        if !self.allowed_return(ctx, &redirect) {
+        if !allowed_return(ctx, &redirect) {
             return html(
                 StatusCode::BAD_REQUEST,
                 pages::message("Cannot connect", "redirect_url is not allowed."),
@@ -444,35 +444,6 @@ impl UpstreamBroker {
         )
         .await
     }
-
-    /// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
-    /// client route; plain http only on loopback hosts.
-    fn allowed_return(&self, ctx: &RequestContext, target: &str) -> bool {
-        if crate::reply::same_origin_target(target, &ctx.origin()).is_some() {
-            return true;
-        }
-        // Resolved as a browser would, whitespace and backslashes refused first (see
-        // `same_origin_target`); only absolute URLs may name another host.
-        if target
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
-        {
-            return false;
-        }
-        let Ok(url) = url::Url::parse(target) else {
-            return false;
-        };
-        let host = crate::safe_http::host_of(&url);
-        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&host));
-        let known = host == ctx.host
-            || ctx
-                .runtime
-                .routes
-                .all()
-                .iter()
-                .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
-        scheme_ok && known
-    }
 }
 
 /// Whether `user` may use the MCP server behind `route` at all (its policy for a request without
@@ -487,4 +458,110 @@ pub(crate) fn may_use(route: &Route, user: &postern_policy::User) -> bool {
             mcp: None::<&McpRequest>,
         })
         .allowed
+}
+
+/// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
+/// client route; plain http only on loopback hosts.
+fn allowed_return(ctx: &RequestContext, target: &str) -> bool {
+    if crate::reply::same_origin_target(target, &ctx.origin()).is_some() {
+        return true;
+    }
+    // Resolved as a browser would, whitespace and backslashes refused first (see
+    // `same_origin_target`); only absolute URLs may name another host.
+    if target
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return false;
+    }
+    let Ok(url) = url::Url::parse(target) else {
+        return false;
+    };
+    let host = crate::safe_http::host_of(&url);
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&host));
+    let known = host == ctx.host
+        || ctx
+            .runtime
+            .routes
+            .all()
+            .iter()
+            .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
+    scheme_ok && known
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use postern_gateway::Runtime;
+    use postern_gateway::hooks::RequestContext;
+
+    use super::*;
+
+    fn ctx(yaml: &str) -> RequestContext {
+        let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
+        RequestContext {
+            request_id: "r".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            scheme: "https",
+            host: "gw.example".into(),
+            port: 443,
+            started: Instant::now(),
+            browser: true,
+            runtime: Arc::new(Runtime::new(config)),
+        }
+    }
+
+    const ROUTES: &str = "insecure_server: true
+routes:
+  - from: https://gw.example
+    prefix: /notes
+    to: http://127.0.0.1:9
+    allowed_domains: [example.com]
+    mcp: {}
+  - from: https://app.example
+    to: http://127.0.0.1:9
+    allow_any_authenticated_user: true
+    mcp: {client: {}}
+";
+
+    #[test]
+    fn connect_returns_only_to_this_host_or_a_client_app() {
+        let ctx = ctx(ROUTES);
+        for allowed in [
+            "/",
+            "/done?x=1",
+            "https://gw.example/done",
+            "https://app.example/callback",
+        ] {
+            assert!(allowed_return(&ctx, allowed), "{allowed}");
+        }
+        for refused in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\t/evil.example/",
+            "http://app.example/callback",
+            "https://app.example.evil.example/",
+            "javascript:alert(1)",
+            "https://app.example\\@evil.example/",
+        ] {
+            assert!(!allowed_return(&ctx, refused), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn servers_are_usable_by_whom_their_policy_allows() {
+        let ctx = ctx(ROUTES);
+        let route = ctx.runtime.routes.all()[0].clone();
+        let user = |email: &str| postern_policy::User {
+            id: email.into(),
+            email: email.into(),
+            ..Default::default()
+        };
+        assert!(may_use(&route, &user("ada@example.com")));
+        assert!(!may_use(&route, &user("mallory@other.test")));
+    }
 }
