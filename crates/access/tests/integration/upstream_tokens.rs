@@ -217,6 +217,53 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
         .unwrap();
     assert_eq!(foreign.status(), 400);
 
+    // Issue 11 item 1: a link from anywhere only shows a confirmation page; the provider flow
+    // starts on a clicked, session-bound POST from that page, never from another site's form.
+    let page = w
+        .browser
+        .get(format!(
+            "{base}/.pomerium/mcp/connect?redirect_url=/done&resource={}",
+            url::form_urlencoded::byte_serialize(format!("{base}/notion").as_bytes())
+                .collect::<String>()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "a GET does not go to the provider");
+    assert!(page.headers().get("location").is_none());
+    let fields = crate::support::hidden_fields(&page.text().await.unwrap());
+    let connect = format!("{base}/.pomerium/mcp/connect");
+    let cross_site = w
+        .browser
+        .post(&connect)
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-user", "?1")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    assert!(cross_site.headers().get("location").is_none());
+    let unbound: Vec<(String, String)> = fields
+        .iter()
+        .filter(|(name, _)| name != "session_binding")
+        .cloned()
+        .collect();
+    let forged = crate::support::clicked(w.browser.post(&connect), base)
+        .form(&unbound)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        forged.status(),
+        403,
+        "a form without this session's binding"
+    );
+    assert!(forged.headers().get("location").is_none());
+    assert_eq!(w.routes().await["servers"][0]["connected"], json!(false));
+
     w.connect().await;
     assert_eq!(w.routes().await["servers"][0]["connected"], json!(true));
 
