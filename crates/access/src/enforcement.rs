@@ -388,7 +388,12 @@ impl Enforcement {
         } else {
             response
         };
-        let response = if let Some(lists) = allowed.filter_tools {
+        // Checked here, before the filter's closure and boxed future are built: most responses
+        // (a JSON answer to a tool call) carry no list a client would read.
+        let response = if let Some(lists) = allowed.filter_tools.filter(|lists| {
+            crate::tool_filter::Media::of(response.headers())
+                .may_list_tools(matches!(lists, ToolLists::Everywhere))
+        }) {
             Box::pin(filter_tool_lists(ctx, route, &allowed, lists, response)).await
         } else {
             response

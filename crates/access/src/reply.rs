@@ -121,17 +121,21 @@ pub(crate) fn safe_redirect(target: &str, ctx: &RequestContext) -> String {
     same_origin_target(target, &ctx.origin()).unwrap_or_else(|| "/.pomerium/".into())
 }
 
+/// Whether a redirect target holds what browsers strip or read differently (whitespace, control
+/// characters, backslashes): such a target is refused, never resolved.
+pub(crate) fn has_ambiguous_chars(target: &str) -> bool {
+    target
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+}
+
 /// `target` as a path on `origin`, if a browser told to go there would stay on `origin`. The
 /// target is resolved as a browser resolves a `Location` (against the origin) and the result's
 /// origin compared, so `//evil`, `/\evil` and `https:evil` are caught by what they mean, not by
 /// their spelling; anything with whitespace, control characters or backslashes is refused
 /// outright (browsers drop tabs and newlines, `/<TAB>/evil.example/` becomes `//evil.example/`).
 pub(crate) fn same_origin_target(target: &str, origin: &str) -> Option<String> {
-    if target.is_empty()
-        || target
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
-    {
+    if target.is_empty() || has_ambiguous_chars(target) {
         return None;
     }
     let base = url::Url::parse(origin).ok()?;

@@ -468,10 +468,7 @@ fn allowed_return(ctx: &RequestContext, target: &str) -> bool {
     }
     // Resolved as a browser would, whitespace and backslashes refused first (see
     // `same_origin_target`); only absolute URLs may name another host.
-    if target
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
-    {
+    if crate::reply::has_ambiguous_chars(target) {
         return false;
     }
     let Ok(url) = url::Url::parse(target) else {

@@ -39,40 +39,27 @@ pub async fn filter_response(
     request_id: &str,
     json_too: bool,
 ) -> Response<Body> {
+    let media = Media::of(response.headers());
+    if !media.may_list_tools(json_too) {
+        return response;
+    }
     let encoded = response
         .headers()
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let media = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let json = media == "application/json";
-    if json && !json_too {
-        return response;
-    }
-    let mcp_body = json || media == "text/event-stream";
-    if encoded && mcp_body {
+    if encoded {
         return unfilterable(
             "the MCP server compressed its response although Postern asked for none (Accept-Encoding: identity), so its tool list cannot be filtered",
             request_id,
         );
     }
     let (mut parts, body) = response.into_parts();
-    match media.as_str() {
-        "text/event-stream" => {
+    match media {
+        Media::EventStream => {
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, SseFilter::new(body, may_call).boxed())
         }
-        "application/json" => {
+        Media::Json => {
             let Some(bytes) = read_whole(body).await else {
                 return unfilterable(
                     "the MCP server's response could not be read whole (too large or cut off), so its tool list cannot be filtered",
@@ -100,7 +87,47 @@ pub async fn filter_response(
             Response::from_parts(parts, full(bytes))
         }
         // Not an MCP message body (an error page, 202 with nothing): no client reads tools there.
-        _ => Response::from_parts(parts, body),
+        Media::Other => Response::from_parts(parts, body),
+    }
+}
+
+/// The kind of body a response carries, by its `Content-Type` (read without allocating: this
+/// runs for every response of a route with tool rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json`.
+    Json,
+    /// `text/event-stream`.
+    EventStream,
+    /// Anything else (no MCP message a client would read).
+    Other,
+}
+
+impl Media {
+    /// The media type of a response with these headers.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let essence = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map_or("", str::trim);
+        if essence.eq_ignore_ascii_case("application/json") {
+            Media::Json
+        } else if essence.eq_ignore_ascii_case("text/event-stream") {
+            Media::EventStream
+        } else {
+            Media::Other
+        }
+    }
+
+    /// Whether a body of this kind can carry a tool list a client would read: an event stream
+    /// always, a JSON answer when `json_too` (it answers a request that asked for one).
+    pub fn may_list_tools(self, json_too: bool) -> bool {
+        match self {
+            Media::EventStream => true,
+            Media::Json => json_too,
+            Media::Other => false,
+        }
     }
 }
 
