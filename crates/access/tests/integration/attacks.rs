@@ -185,22 +185,6 @@ fn session_cookie(response: &reqwest::Response) -> Option<String> {
         .map(|c| c.split(';').next().unwrap().to_owned())
 }
 
-async fn sign_in_page(t: &Target) -> (String, String) {
-    let page = client()
-        .get(format!("{}/.pomerium/sign_in", t.base))
-        .send()
-        .await
-        .unwrap();
-    let cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("_postern_csrf="))
-        .unwrap();
-    (cookie, csrf_field(&page.text().await.unwrap()))
-}
-
 /// Item 1: a page on another site auto-submits the sign-in form with the attacker's
 /// credentials. Refused whichever way the forgery is dressed; no session is started.
 #[tokio::test]
@@ -225,7 +209,7 @@ async fn a_forged_sign_in_signs_nobody_in() {
     assert_eq!(forged.status(), 403);
     assert!(session_cookie(&forged).is_none());
     // Even with a valid pair fetched by the attacker, the browser names the other site.
-    let (cookie, field) = sign_in_page(&t).await;
+    let (cookie, field) = support::sign_in_form(&t.base).await;
     let mut with_pair = creds.to_vec();
     with_pair.push(("csrf_token", &field));
     for (origin, site) in [
@@ -251,7 +235,7 @@ async fn a_forged_sign_in_signs_nobody_in() {
         assert_eq!(no_cookie.status(), 403, "the field without its cookie");
         assert!(session_cookie(&no_cookie).is_none());
     }
-    let (other_cookie, _) = sign_in_page(&t).await;
+    let (other_cookie, _) = support::sign_in_form(&t.base).await;
     let mismatched = client()
         .post(&url)
         .header("cookie", &other_cookie)
@@ -380,7 +364,7 @@ async fn oversized_bodies_are_refused_before_they_are_read() {
         assert_eq!(response.status(), 413, "{path}");
     }
     // An email no one has: refused before it is hashed or stored.
-    let (cookie, field) = sign_in_page(&t).await;
+    let (cookie, field) = support::sign_in_form(&t.base).await;
     let long = format!("{}@example.com", "a".repeat(400));
     let response = client()
         .post(format!("{}/.pomerium/sign_in", t.base))
@@ -404,7 +388,7 @@ async fn parallel_guesses_do_not_bypass_the_limit() {
     let mut guesses = Vec::new();
     for i in 0..16 {
         let base = t.base.clone();
-        let (cookie, field) = sign_in_page(&t).await;
+        let (cookie, field) = support::sign_in_form(&t.base).await;
         guesses.push(tokio::spawn(async move {
             client()
                 .post(format!("{base}/.pomerium/sign_in"))
@@ -468,7 +452,7 @@ async fn redirects_never_leave_the_gateway() {
         );
 
         let response = {
-            let (cookie, field) = sign_in_page(&t).await;
+            let (cookie, field) = support::sign_in_form(&t.base).await;
             client()
                 .post(format!("{}/.pomerium/sign_in", t.base))
                 .header("cookie", cookie)

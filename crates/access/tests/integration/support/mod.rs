@@ -122,6 +122,23 @@ pub fn clicked(request: reqwest::RequestBuilder, base: &str) -> reqwest::Request
         .header("sec-fetch-user", "?1")
 }
 
+/// A fresh sign-in form at `base`: its anti-forgery cookie (`name=value`) and field.
+pub async fn sign_in_form(base: &str) -> (String, String) {
+    let page = client()
+        .get(format!("{base}/.pomerium/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("_postern_csrf="))
+        .expect("the sign-in page sets the anti-forgery cookie");
+    (cookie, csrf_field(&page.text().await.unwrap()))
+}
+
 /// Signs `browser` in through the form at `base`.
 pub async fn sign_in(browser: &reqwest::Client, base: &str, email: &str, password: &str) {
     let page = browser

@@ -123,23 +123,6 @@ routes:
     }
 }
 
-/// A fresh sign-in form: the anti-forgery cookie (`name=value`) and the form's field.
-pub async fn sign_in_form(w: &World) -> (String, String) {
-    let page = client()
-        .get(format!("{}/.pomerium/sign_in", w.base))
-        .send()
-        .await
-        .unwrap();
-    let cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("_postern_csrf="))
-        .expect("the sign-in page sets the anti-forgery cookie");
-    (cookie, support::csrf_field(&page.text().await.unwrap()))
-}
-
 /// Signs in through the form, as a browser would post it.
 pub async fn sign_in(w: &World, email: &str, password: &str) -> reqwest::Response {
     sign_in_to(w, email, password, "/web").await
@@ -152,7 +135,7 @@ pub async fn sign_in_to(
     password: &str,
     redirect: &str,
 ) -> reqwest::Response {
-    let (csrf_cookie, csrf) = sign_in_form(w).await;
+    let (csrf_cookie, csrf) = support::sign_in_form(&w.base).await;
     client()
         .post(format!("{}/.pomerium/sign_in", w.base))
         .header("cookie", csrf_cookie)
