@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use cookie::SameSite;
 use http::{HeaderMap, header};
 use http_body_util::BodyExt;
 use postern_gateway::body::Body;
 use postern_store::Keyring;
+
+use crate::cookies::CookieSpec;
 
 /// Largest form or JSON body the gateway reads on its own endpoints.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -132,12 +135,18 @@ pub fn csrf_pair(keys: &Keyring) -> Option<(String, String)> {
     Some((value, field))
 }
 
-/// `Set-Cookie` for the anti-forgery cookie (the sign-in and connect pages).
-pub fn csrf_cookie(value: &str, secure: bool) -> String {
-    format!(
-        "{CSRF_COOKIE}={value}; Path=/.pomerium/; Max-Age=3600; HttpOnly; SameSite=Strict{}",
-        if secure { "; Secure" } else { "" }
-    )
+/// How long a form's anti-forgery pair stays valid (a page left open longer is shown again).
+pub const CSRF_COOKIE_TTL: Duration = Duration::from_secs(3600);
+
+/// The anti-forgery cookie (the sign-in page): `Strict`, since only this site's own pages post
+/// the form it goes with.
+pub fn csrf_cookie(secure: bool) -> CookieSpec {
+    CookieSpec {
+        name: CSRF_COOKIE.into(),
+        path: "/.pomerium/",
+        same_site: SameSite::Strict,
+        secure,
+    }
 }
 
 /// Whether the form's `field` goes with the request's anti-forgery cookie.
@@ -145,7 +154,7 @@ pub fn csrf_matches(headers: &HeaderMap, field: Option<&str>, keys: &Keyring) ->
     let Some(expected) = field.and_then(|f| keys.open(CSRF_CONTEXT, f).ok()) else {
         return false;
     };
-    crate::session::cookies(headers, CSRF_COOKIE)
+    crate::cookies::values(headers, CSRF_COOKIE)
         .any(|value| crate::oauth_server::secrets_match(value, &String::from_utf8_lossy(&expected)))
 }
 

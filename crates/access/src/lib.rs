@@ -19,6 +19,7 @@ mod audit;
 mod authorization_server;
 mod broker;
 mod cimd;
+mod cookies;
 mod discovery;
 mod dispatch;
 mod enforcement;

@@ -76,12 +76,6 @@ pub(crate) fn redirect_to(target: &str) -> Response<Body> {
     response
 }
 
-pub(crate) fn set_cookie(response: &mut Response<Body>, cookie: &str) {
-    if let Ok(value) = HeaderValue::from_str(cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-}
-
 /// 401 for a user whose upstream account (TI) for `route` is not connected (never, or the
 /// provider revoked it): the client's next authorization takes the user through the provider.
 pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Body> {

@@ -4,13 +4,18 @@
 //! callback carried to another browser (login CSRF, a stolen link) is refused.
 
 use std::collections::HashMap;
+use std::time::Duration;
+
+use cookie::SameSite;
 
 use http::Response;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::HeaderMap;
 use postern_gateway::body::Body;
 use postern_store::hash_secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::cookies::CookieSpec;
 
 /// How long a round trip may take (the pending record's and the cookie's lifetime).
 pub const ROUND_TRIP_TTL_MS: i64 = 10 * 60 * 1000;
@@ -87,34 +92,29 @@ pub const UPSTREAM: BindingCookie = BindingCookie {
 impl BindingCookie {
     /// Binds the trip with `state` to the browser that gets `response`.
     pub fn set(&self, response: &mut Response<Body>, state: &str, secure: bool) {
-        self.append(
-            response,
-            &hash_secret(state),
-            ROUND_TRIP_TTL_MS / 1000,
-            secure,
-        );
+        let lifetime = Duration::from_millis(ROUND_TRIP_TTL_MS.unsigned_abs());
+        self.spec(secure)
+            .set(response, &hash_secret(state), lifetime);
     }
 
     /// Whether this browser started the trip with `state`.
     pub fn matches(&self, headers: &HeaderMap, state: &str) -> bool {
         let expected = hash_secret(state);
-        crate::session::cookies(headers, self.name).any(|value| value == expected)
+        crate::cookies::values(headers, self.name).any(|value| value == expected)
     }
 
     /// Removes the binding (the trip is over, whichever way it ended).
     pub fn clear(&self, response: &mut Response<Body>, secure: bool) {
-        self.append(response, "", 0, secure);
+        self.spec(secure).clear(response);
     }
 
-    fn append(&self, response: &mut Response<Body>, value: &str, max_age: i64, secure: bool) {
-        let cookie = format!(
-            "{}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax{}",
-            self.name,
-            self.path,
-            if secure { "; Secure" } else { "" }
-        );
-        if let Ok(value) = HeaderValue::from_str(&cookie) {
-            response.headers_mut().append(header::SET_COOKIE, value);
+    /// `Lax`: the provider's redirect back is a top-level navigation from another site.
+    fn spec(&self, secure: bool) -> CookieSpec {
+        CookieSpec {
+            name: self.name.into(),
+            path: self.path,
+            same_site: SameSite::Lax,
+            secure,
         }
     }
 }
@@ -122,6 +122,7 @@ impl BindingCookie {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{self, HeaderValue};
     use serde_json::json;
 
     #[test]

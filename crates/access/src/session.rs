@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use cookie::SameSite;
 use http::HeaderMap;
 use postern_policy::User;
 use postern_store::{Keyring, Session, Store};
+
+use crate::cookies::CookieSpec;
 
 /// Cookie settings.
 #[derive(Clone, Debug)]
@@ -19,26 +22,13 @@ pub struct CookieSettings {
     pub secure: bool,
 }
 
-/// The values of the cookies named `name` in a request's `Cookie` headers (a browser may send
-/// several, set for different paths or domains).
-pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(n, _)| *n == name)
-        .map(|(_, value)| value)
-}
-
 /// The session id inside a request's cookie, if the cookie is present and authentic.
 pub fn session_id(
     headers: &HeaderMap,
     settings: &CookieSettings,
     keys: &Keyring,
 ) -> Option<String> {
-    let sealed = cookies(headers, &settings.name).next()?;
+    let sealed = crate::cookies::values(headers, &settings.name).next()?;
     let id = keys.open("session-cookie", sealed).ok()?;
     String::from_utf8(id).ok()
 }
@@ -53,28 +43,25 @@ pub async fn current(
     store.get_session(&id).await.ok().flatten()
 }
 
-/// `Set-Cookie` for a new session; `None` (logged) when the id cannot be sealed, never a cookie
-/// with an empty value.
-pub fn cookie_for(session_id: &str, settings: &CookieSettings, keys: &Keyring) -> Option<String> {
-    let sealed = keys
-        .seal("session-cookie", session_id.as_bytes())
+/// The session id sealed for its cookie; `None` (logged) when it cannot be sealed, never a
+/// cookie with an empty value.
+pub(crate) fn seal(session_id: &str, keys: &Keyring) -> Option<String> {
+    keys.seal("session-cookie", session_id.as_bytes())
         .inspect_err(|error| tracing::error!(%error, "cannot seal the session cookie"))
-        .ok()?;
-    Some(format!(
-        "{}={sealed}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{}",
-        settings.name,
-        settings.expire.as_secs(),
-        if settings.secure { "; Secure" } else { "" }
-    ))
+        .ok()
 }
 
-/// `Set-Cookie` that removes the session cookie.
-pub fn clear_cookie(settings: &CookieSettings) -> String {
-    format!(
-        "{}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
-        settings.name,
-        if settings.secure { "; Secure" } else { "" }
-    )
+impl CookieSettings {
+    /// The session cookie: on every path (a session signs the user in to every route), `Lax` so
+    /// a link from another site into an app arrives signed in.
+    pub(crate) fn spec(&self) -> CookieSpec {
+        CookieSpec {
+            name: self.name.clone(),
+            path: "/",
+            same_site: SameSite::Lax,
+            secure: self.secure,
+        }
+    }
 }
 
 /// The user as the policy sees them (`claim/email`, `claim/groups` and `claim/sub` fall back

@@ -12,7 +12,7 @@ use postern_store::{PendingAuthorization, Session, Store, now_ms};
 use crate::limiter::SignInLimiter;
 use crate::oidc::Oidc;
 use crate::pages;
-use crate::reply::{form_value, html, redirect_to, safe_redirect, set_cookie};
+use crate::reply::{form_value, html, redirect_to, safe_redirect};
 use crate::round_trip::{OIDC_SIGN_IN, ROUND_TRIP_TTL_MS, Resume};
 use crate::session::{self, CookieSettings};
 use crate::users::{LocalUser, LocalUsers};
@@ -239,7 +239,9 @@ impl SignIn {
             );
         };
         let mut response = redirect_to(&redirect);
-        set_cookie(&mut response, &cookie);
+        self.cookie
+            .spec()
+            .set(&mut response, &cookie, self.cookie.expire);
         OIDC_SIGN_IN.clear(&mut response, self.cookie.secure);
         response
     }
@@ -259,9 +261,10 @@ impl SignIn {
             );
         };
         let mut response = html(status, pages::sign_in(redirect, &field, error));
-        set_cookie(
+        crate::forms::csrf_cookie(self.cookie.secure).set(
             &mut response,
-            &crate::forms::csrf_cookie(&cookie, self.cookie.secure),
+            &cookie,
+            crate::forms::CSRF_COOKIE_TTL,
         );
         response
     }
@@ -344,7 +347,9 @@ impl SignIn {
         };
         let target = safe_redirect(&redirect, ctx);
         let mut response = redirect_to(&target);
-        set_cookie(&mut response, &cookie);
+        self.cookie
+            .spec()
+            .set(&mut response, &cookie, self.cookie.expire);
         response
     }
 
@@ -455,7 +460,7 @@ impl SignIn {
     }
 
     /// Stores a new session for the user described by `session` (its id and times are set
-    /// here) and records the sign-in; the `Set-Cookie` value that carries it, or `None` when
+    /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
     /// the store (or the random source) failed.
     async fn start_session(&self, mut session: Session) -> Option<String> {
         let now = now_ms();
@@ -473,7 +478,7 @@ impl SignIn {
             return None;
         }
         tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
-        session::cookie_for(&session.id, &self.cookie, self.store.keyring())
+        session::seal(&session.id, self.store.keyring())
     }
 
     pub(crate) async fn sign_out(
@@ -499,7 +504,7 @@ impl SignIn {
             Some(target) => redirect_to(&target),
             None => html(StatusCode::OK, pages::signed_out()),
         };
-        set_cookie(&mut response, &session::clear_cookie(&self.cookie));
+        self.cookie.spec().clear(&mut response);
         response
     }
 }
