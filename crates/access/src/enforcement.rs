@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use postern_config::IssuerFormat;
-use postern_gateway::body::{Body, Observed, full};
+use postern_gateway::body::{Body, Observed, ReadError, full};
 use postern_gateway::errors::GatewayError;
 use postern_gateway::hooks::{Grant, RequestContext};
 use postern_gateway::routes::Route;
@@ -214,13 +214,27 @@ impl Enforcement {
         user: Option<&postern_policy::User>,
     ) -> Result<(Request<Body>, Vec<Call>), Response<Body>> {
         let (parts, body) = request.into_parts();
-        let Ok(collected) = body.collect().await else {
-            let error = GatewayError::PayloadTooLarge {
-                limit: route.max_request_bytes,
-            };
-            return Err(error.into_response(&ctx.request_id, false));
+        // The gateway already wrapped the body in the route's limit and read deadline; they are
+        // read back from the error here so the client hears which one it hit.
+        let limit = usize::try_from(route.max_request_bytes).unwrap_or(usize::MAX);
+        let declared = postern_gateway::body::declared_length(&parts.headers);
+        let bytes = match postern_gateway::body::read_bounded(body, declared, limit, None).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let error = match error {
+                    ReadError::TooSlow(waited) => GatewayError::RequestTimeout {
+                        seconds: waited.as_secs(),
+                    },
+                    ReadError::TooLarge(_) => GatewayError::PayloadTooLarge {
+                        limit: route.max_request_bytes,
+                    },
+                    ReadError::Unreadable => GatewayError::BadRequest(
+                        "the request body could not be read (the connection failed)".into(),
+                    ),
+                };
+                return Err(error.into_response(&ctx.request_id, false));
+            }
         };
-        let bytes = collected.to_bytes();
         let content_type = parts
             .headers
             .get(header::CONTENT_TYPE)

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cookie::SameSite;
 use http::{HeaderMap, header};
-use http_body_util::BodyExt;
-use postern_gateway::body::Body;
+use postern_gateway::body::{self, Body, ReadError};
 use postern_store::Keyring;
 
 use crate::cookies::CookieSpec;
@@ -20,69 +19,11 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest email accepted (RFC 5321 allows 64 + 1 + 255 octets).
 pub const MAX_EMAIL_BYTES: usize = 320;
 
-/// Why a body was not read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum BodyError {
-    /// Over the cap (declared or sent).
-    #[error("the request body is larger than {0} bytes")]
-    TooLarge(usize),
-    /// Not sent in time.
-    #[error("the request body was not sent within {0:?}")]
-    TooSlow(Duration),
-    /// The connection failed while reading.
-    #[error("the request body could not be read")]
-    Unreadable,
-}
-
-impl BodyError {
-    /// The HTTP status that says so.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            BodyError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::TooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
-            BodyError::Unreadable => http::StatusCode::BAD_REQUEST,
-        }
-    }
-}
-
-/// Reads a whole body of at most `limit` bytes within `deadline`. A declared `Content-Length`
-/// over the limit is refused before anything is read.
-pub async fn read_limited(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    deadline: Duration,
-) -> Result<Bytes, BodyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(BodyError::TooLarge(limit));
-    }
-    let read = async move {
-        let mut body = body;
-        let mut buffer = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| BodyError::Unreadable)?;
-            if let Some(data) = frame.data_ref() {
-                if buffer.len() + data.len() > limit {
-                    return Err(BodyError::TooLarge(limit));
-                }
-                buffer.extend_from_slice(data);
-            }
-        }
-        Ok(buffer.freeze())
-    };
-    tokio::time::timeout(deadline, read)
-        .await
-        .unwrap_or(Err(BodyError::TooSlow(deadline)))
-}
-
 /// Reads a form body of the gateway's own pages (64 KiB, 10 s).
-pub async fn read_form(request: http::Request<Body>) -> Result<Bytes, BodyError> {
+pub async fn read_form(request: http::Request<Body>) -> Result<Bytes, ReadError> {
     let (parts, body) = request.into_parts();
-    read_limited(&parts.headers, body, MAX_FORM_BYTES, BODY_DEADLINE).await
+    let declared = body::declared_length(&parts.headers);
+    body::read_bounded(body, declared, MAX_FORM_BYTES, Some(BODY_DEADLINE)).await
 }
 
 /// Whether a state-changing form post comes from a page of this very origin, as far as the
@@ -220,41 +161,6 @@ mod tests {
                 user_activated_post(&headers(refused), HERE).is_err(),
                 "{refused:?}"
             );
-        }
-    }
-
-    #[tokio::test]
-    async fn bodies_are_capped_and_must_arrive_in_time() {
-        let big = postern_gateway::body::full(vec![b'a'; MAX_FORM_BYTES + 1]);
-        assert_eq!(
-            read_limited(&HeaderMap::new(), big, MAX_FORM_BYTES, BODY_DEADLINE).await,
-            Err(BodyError::TooLarge(MAX_FORM_BYTES))
-        );
-        let declared = headers(&[("content-length", "300000000")]);
-        let small = postern_gateway::body::full("a=b");
-        assert_eq!(
-            read_limited(&declared, small, MAX_FORM_BYTES, BODY_DEADLINE).await,
-            Err(BodyError::TooLarge(MAX_FORM_BYTES))
-        );
-        let never = Never.boxed();
-        assert_eq!(
-            read_limited(&HeaderMap::new(), never, 10, Duration::from_millis(50)).await,
-            Err(BodyError::TooSlow(Duration::from_millis(50)))
-        );
-    }
-
-    /// A client that never sends its body.
-    struct Never;
-
-    impl http_body::Body for Never {
-        type Data = Bytes;
-        type Error = postern_gateway::body::BoxError;
-
-        fn poll_frame(
-            self: std::pin::Pin<&mut Self>,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-            std::task::Poll::Pending
         }
     }
 }

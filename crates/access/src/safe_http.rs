@@ -12,6 +12,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
+use postern_gateway::body::ReadError;
 use postern_oauth::registration::is_loopback;
 use serde_json::Value;
 
@@ -111,21 +113,23 @@ pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Cli
 /// actual), so a hostile server can't make the gateway buffer without bound.
 pub async fn read_capped(
     url: &url::Url,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
     max: usize,
 ) -> Result<bytes::Bytes, String> {
-    let too_large = || format!("{url} answered more than {} KiB", max / 1024);
-    if response.content_length().is_some_and(|l| l > max as u64) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| with_causes(&e))? {
-        if bytes.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes.into())
+    let declared = response.content_length();
+    let body = http::Response::from(response)
+        .into_body()
+        .map_err(postern_gateway::body::BoxError::from)
+        .boxed();
+    postern_gateway::body::read_bounded(body, declared, max, None)
+        .await
+        .map_err(|error| match error {
+            ReadError::TooLarge(_) => format!("{url} answered more than {} KiB", max / 1024),
+            // The client's own time limit ends a slow answer as a failed read.
+            ReadError::TooSlow(_) | ReadError::Unreadable => {
+                format!("{url}: the answer could not be read whole")
+            }
+        })
 }
 
 /// Whether `ip` is a public unicast address (not loopback, private, link-local, shared, ...).

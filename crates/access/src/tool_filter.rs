@@ -60,7 +60,11 @@ pub async fn filter_response(
             Response::from_parts(parts, SseFilter::new(body, may_call).boxed())
         }
         Media::Json => {
-            let Some(bytes) = read_whole(body).await else {
+            let declared = postern_gateway::body::declared_length(&parts.headers);
+            // No deadline of its own: the upstream's body is already under the route's
+            // `idle_timeout`, like any response the gateway streams.
+            let read = postern_gateway::body::read_bounded(body, declared, MAX_MESSAGE_BYTES, None);
+            let Ok(bytes) = read.await else {
                 return unfilterable(
                     "the MCP server's response could not be read whole (too large or cut off), so its tool list cannot be filtered",
                     request_id,
@@ -129,20 +133,6 @@ impl Media {
             Media::Other => false,
         }
     }
-}
-
-/// The whole body, if it ends and holds at most [`MAX_MESSAGE_BYTES`].
-async fn read_whole(mut body: Body) -> Option<Bytes> {
-    let mut buffer = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame.ok()?.data_ref() {
-            if buffer.len() + data.len() > MAX_MESSAGE_BYTES {
-                return None;
-            }
-            buffer.extend_from_slice(data);
-        }
-    }
-    Some(buffer.freeze())
 }
 
 /// Whether JSON text can hold a `tools` key: it names it, or escapes characters (`\u0074ools`).

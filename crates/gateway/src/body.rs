@@ -201,3 +201,141 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Why a body the gateway reads itself was not read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadError {
+    /// Over the cap (declared or sent).
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Not sent in time (the caller's deadline, or the request's own read deadline).
+    #[error("the body was not sent within {0:?}")]
+    TooSlow(Duration),
+    /// The connection failed while reading.
+    #[error("the body could not be read")]
+    Unreadable,
+}
+
+impl ReadError {
+    /// The HTTP status that says so to a client whose request body it was.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ReadError::TooLarge(_) => http::StatusCode::PAYLOAD_TOO_LARGE,
+            ReadError::TooSlow(_) => http::StatusCode::REQUEST_TIMEOUT,
+            ReadError::Unreadable => http::StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes, within `deadline` when given: the one reader for
+/// every body the gateway reads itself (its own forms, an MCP request it inspects, a response
+/// whose tool list it filters, a provider's answer). A declared length (`Content-Length`) over
+/// the limit is refused before anything is read; the bytes sent are counted by
+/// [`http_body_util::Limited`], so a body without a length cannot grow past the limit either.
+pub async fn read_bounded(
+    body: Body,
+    declared: Option<u64>,
+    limit: usize,
+    deadline: Option<Duration>,
+) -> Result<Bytes, ReadError> {
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ReadError::TooLarge(limit));
+    }
+    // Boxed back into `Body`: reading a bare `Limited` trips the compiler's `Send` check of every
+    // async caller (rust-lang/rust#102211).
+    let limited: Body = http_body_util::Limited::new(body, limit).boxed();
+    let read = async {
+        match limited.collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) => Err(classify(error.as_ref(), limit)),
+        }
+    };
+    match deadline {
+        Some(deadline) => tokio::time::timeout(deadline, read)
+            .await
+            .unwrap_or(Err(ReadError::TooSlow(deadline))),
+        None => read.await,
+    }
+}
+
+/// Why a bounded read failed, from the error's causes.
+fn classify(error: &(dyn std::error::Error + 'static), limit: usize) -> ReadError {
+    if find_cause::<http_body_util::LengthLimitError>(error).is_some() {
+        ReadError::TooLarge(limit)
+    } else if let Some(timeout) = find_cause::<BodyReadTimeout>(error) {
+        ReadError::TooSlow(timeout.0)
+    } else {
+        ReadError::Unreadable
+    }
+}
+
+/// The `Content-Length` a message declares, if it is a number.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The first error of type `T` in `error`'s chain of causes.
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_are_capped_declared_or_sent_and_must_arrive_in_time() {
+        let big = full(vec![b'a'; 101]);
+        assert_eq!(
+            read_bounded(big, None, 100, None).await,
+            Err(ReadError::TooLarge(100))
+        );
+        assert_eq!(
+            read_bounded(full("a=b"), Some(300_000_000), 100, None).await,
+            Err(ReadError::TooLarge(100)),
+            "a declared length over the cap is refused before reading"
+        );
+        assert_eq!(
+            read_bounded(full("a=b"), Some(3), 100, None).await,
+            Ok(Bytes::from_static(b"a=b"))
+        );
+        let deadline = Duration::from_millis(50);
+        assert_eq!(
+            read_bounded(Never.boxed(), None, 10, Some(deadline)).await,
+            Err(ReadError::TooSlow(deadline))
+        );
+        let stalled = ReadDeadline::new(Never, deadline).boxed();
+        assert_eq!(
+            read_bounded(stalled, None, 10, None).await,
+            Err(ReadError::TooSlow(deadline)),
+            "the request's own read deadline counts as too slow, not as unreadable"
+        );
+    }
+
+    /// A client that never sends its body.
+    struct Never;
+
+    impl HttpBody for Never {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+}

@@ -253,11 +253,11 @@ fn failure(
     upstream: &crate::routes::Upstream,
     upstream_url: &str,
 ) -> (GatewayError, &'static str) {
-    if let Some(timeout) = find_cause::<crate::body::BodyReadTimeout>(error) {
+    if let Some(timeout) = crate::body::find_cause::<crate::body::BodyReadTimeout>(error) {
         let seconds = timeout.0.as_secs();
         return (GatewayError::RequestTimeout { seconds }, "request_timeout");
     }
-    if find_cause::<http_body_util::LengthLimitError>(error).is_some() {
+    if crate::body::find_cause::<http_body_util::LengthLimitError>(error).is_some() {
         let limit = route.max_request_bytes;
         return (GatewayError::PayloadTooLarge { limit }, "request_too_large");
     }
@@ -414,19 +414,6 @@ fn strip_cookie(headers: &mut HeaderMap, name: &str) {
     {
         headers.insert(header::COOKIE, value);
     }
-}
-
-fn find_cause<'a, T: std::error::Error + 'static>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
 }
 
 fn describe(error: &(dyn std::error::Error + 'static)) -> String {
