@@ -14,7 +14,7 @@ use postern_gateway::routes::Route;
 use postern_oauth::authorize::{self, AuthorizeError};
 use postern_oauth::client_auth::{self, ClientCredentials};
 use postern_oauth::pkce::PkceVerifier;
-use postern_oauth::{ErrorCode, OAuthError, metadata, pkce, registration};
+use postern_oauth::{ErrorCode, OAuthError, Secret, metadata, pkce, registration};
 use postern_store::{
     CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
@@ -154,7 +154,7 @@ impl AuthorizationServer {
         let client = OAuthClient {
             client_id: client_id.clone(),
             metadata: Value::Object(metadata.clone()),
-            secret: secret.clone(),
+            secret: secret.clone().map(Secret::new),
             created_at: now,
             expires_at: self.unused_registration_expiry(now),
         };
@@ -606,7 +606,7 @@ impl AuthorizationServer {
             ));
         }
         match (&client.secret, secret) {
-            (Some(expected), Some(given)) if given.matches(expected) => Ok(client),
+            (Some(expected), Some(given)) if expected.matches(given.expose()) => Ok(client),
             (Some(_), _) => Err(OAuthError::new(
                 ErrorCode::InvalidClient,
                 "wrong or missing client secret",

@@ -86,7 +86,13 @@ impl UpstreamBroker {
             .await;
         match result {
             Ok(Some(token)) => {
-                Ok(HeaderValue::from_str(&format!("Bearer {}", token.access_token)).ok())
+                let bearer = format!("Bearer {}", token.access_token.expose());
+                // Sensitive: HTTP/2 never puts it in the HPACK table toward the upstream.
+                let value = HeaderValue::from_str(&bearer).ok().map(|mut value| {
+                    value.set_sensitive(true);
+                    value
+                });
+                Ok(value)
             }
             Ok(None) => Err(not_connected(ctx, route)),
             Err(error) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use postern_config::{AuthStyle, OAuthEndpoint, UpstreamOAuth2};
 use postern_gateway::routes::{Kind, Route};
-use postern_store::{RefreshOutcome, UpstreamToken, now_ms};
+use postern_store::{RefreshOutcome, Secret, UpstreamToken, now_ms};
 use serde_json::Value;
 
 use crate::discovery::UpstreamSettings;
@@ -282,11 +282,11 @@ fn token_from_answer(
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
     });
     Ok(UpstreamToken {
-        access_token: access_token.to_owned(),
+        access_token: Secret::new(access_token),
         refresh_token: body
             .get("refresh_token")
             .and_then(Value::as_str)
-            .map(str::to_owned),
+            .map(Secret::new),
         token_type: body
             .get("token_type")
             .and_then(Value::as_str)
@@ -325,7 +325,7 @@ pub(crate) async fn refresh(
     };
     let params = BTreeMap::from([
         ("grant_type", "refresh_token".to_owned()),
-        ("refresh_token", refresh_token.clone()),
+        ("refresh_token", refresh_token.expose().to_owned()),
     ]);
     match token_request(http, oauth, &params).await {
         Ok(mut token) => {

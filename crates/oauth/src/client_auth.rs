@@ -1,39 +1,11 @@
 //! Client authentication at the token endpoint (RFC 6749 §2.3.1): the credentials a client
-//! presents, in `Authorization: Basic` or the form, and the secret kept out of logs.
+//! presents, in `Authorization: Basic` or the form (the secret a [`Secret`], kept out of logs).
 
 use std::collections::HashMap;
 
 use base64::Engine as _;
 
-use crate::{ErrorCode, OAuthError};
-
-/// A client secret (RFC 6749 §2.3.1): its `Debug` is redacted, and it is compared in constant
-/// time.
-#[derive(Clone)]
-pub struct ClientSecret(String);
-
-impl ClientSecret {
-    /// Wraps a secret.
-    pub fn new(secret: String) -> Self {
-        Self(secret)
-    }
-
-    /// The secret itself, for the one place that must send or store it.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether this is `expected`, in constant time.
-    pub fn matches(&self, expected: &str) -> bool {
-        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), expected.as_bytes()).into()
-    }
-}
-
-impl std::fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientSecret([redacted])")
-    }
-}
+use crate::{ErrorCode, OAuthError, Secret};
 
 /// What a client presented to authenticate.
 #[derive(Debug)]
@@ -41,7 +13,7 @@ pub struct ClientCredentials {
     /// `client_id`.
     pub client_id: String,
     /// The secret, if one was sent (public clients send none).
-    pub secret: Option<ClientSecret>,
+    pub secret: Option<Secret>,
 }
 
 /// The client's credentials from the `Authorization` header's value (`Basic`, with the id and
@@ -79,7 +51,7 @@ pub fn client_credentials(
         };
         return Ok(ClientCredentials {
             client_id: unescape(id),
-            secret: Some(ClientSecret::new(unescape(secret))),
+            secret: Some(Secret::new(unescape(secret))),
         });
     }
     let client_id = form.get("client_id").cloned().ok_or_else(|| {
@@ -90,7 +62,7 @@ pub fn client_credentials(
     })?;
     Ok(ClientCredentials {
         client_id,
-        secret: form.get("client_secret").cloned().map(ClientSecret::new),
+        secret: form.get("client_secret").cloned().map(Secret::new),
     })
 }
 
@@ -106,7 +78,7 @@ mod tests {
         let credentials = client_credentials(authorization, &form).unwrap();
         (
             credentials.client_id,
-            credentials.secret.map(|s| s.secret().to_owned()),
+            credentials.secret.map(|s| s.expose().to_owned()),
         )
     }
 
@@ -140,9 +112,9 @@ mod tests {
 
     #[test]
     fn secrets_compare_and_never_print() {
-        let secret = ClientSecret::new("s3cret".into());
+        let secret = Secret::new("s3cret");
         assert!(secret.matches("s3cret") && !secret.matches("s3creT") && !secret.matches(""));
-        assert_eq!(format!("{secret:?}"), "ClientSecret([redacted])");
+        assert_eq!(format!("{secret:?}"), "[redacted]");
         let credentials = ClientCredentials {
             client_id: "c".into(),
             secret: Some(secret),

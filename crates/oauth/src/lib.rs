@@ -7,6 +7,7 @@
 //! - [`pkce`]: PKCE S256 (RFC 7636; `plain` is refused);
 //! - [`client_auth`]: the credentials a client authenticates with (RFC 6749 §2.3.1), the
 //!   secret redacted;
+//! - [`secret`]: [`Secret`], a credential whose `Debug` is redacted;
 //! - [`error`]: OAuth error codes (RFC 6749 §5.2, RFC 7591, RFC 8707, RFC 6750) and the HTTP
 //!   status each is answered with;
 //! - [`authorize`]: the authorization request (RFC 6749 §4.1.1 with PKCE and RFC 8707
@@ -19,5 +20,7 @@ pub mod error;
 pub mod metadata;
 pub mod pkce;
 pub mod registration;
+pub mod secret;
 
 pub use error::{ErrorCode, OAuthError};
+pub use secret::Secret;

@@ -165,8 +165,8 @@ async fn seed(store: &Store) {
             .await
             .unwrap();
         let token = UpstreamToken {
-            access_token: format!("ti-{i}"),
-            refresh_token: Some(format!("rt-{i}")),
+            access_token: format!("ti-{i}").into(),
+            refresh_token: Some(format!("rt-{i}").into()),
             token_type: Some("Bearer".into()),
             expires_at: Some(now + 3_600_000),
             scope: None,

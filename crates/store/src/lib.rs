@@ -231,13 +231,15 @@ impl Store {
         let mut stored = client.clone();
         stored.secret = client
             .secret
-            .as_deref()
+            .as_ref()
             .map(|s| {
-                self.inner
-                    .keys
-                    .seal(&format!("client_secret|{}", client.client_id), s.as_bytes())
+                self.inner.keys.seal(
+                    &format!("client_secret|{}", client.client_id),
+                    s.expose().as_bytes(),
+                )
             })
-            .transpose()?;
+            .transpose()?
+            .map(Secret::new);
         self.db()
             .conn()
             .await?
@@ -269,9 +271,9 @@ impl Store {
             let plain = self
                 .inner
                 .keys
-                .open(&format!("client_secret|{client_id}"), sealed)?;
-            client.secret =
-                Some(String::from_utf8(plain).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+                .open(&format!("client_secret|{client_id}"), sealed.expose())?;
+            let plain = String::from_utf8(plain).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            client.secret = Some(Secret::new(plain));
         }
         Ok(Some(client))
     }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use postern_oauth::Secret;
+
 /// A signed-in browser session.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Session {
@@ -37,7 +39,7 @@ pub struct OAuthClient {
     pub metadata: Value,
     /// The client secret, for confidential clients. Stored sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// When it was registered.
     pub created_at: i64,
     /// When the registration lapses.
@@ -132,10 +134,10 @@ pub enum Revocation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamToken {
     /// The access token.
-    pub access_token: String,
+    pub access_token: Secret,
     /// The refresh token, when the provider issued one.
     #[serde(default)]
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<Secret>,
     /// `token_type` (usually `Bearer`).
     #[serde(default)]
     pub token_type: Option<String>,

@@ -81,7 +81,7 @@ fn grant() -> CodeGrant {
 fn ti(access: &str) -> UpstreamToken {
     UpstreamToken {
         access_token: access.into(),
-        refresh_token: Some(format!("refresh-of-{access}")),
+        refresh_token: Some(format!("refresh-of-{access}").into()),
         token_type: Some("Bearer".into()),
         expires_at: Some(now_ms() + HOUR),
         scope: None,
@@ -443,7 +443,7 @@ async fn upstream_refresh_coalesces(t: TestStore) {
                     Duration::from_secs(3600),
                     |old| async move {
                         calls.fetch_add(1, Ordering::SeqCst);
-                        assert_eq!(old.access_token, "at-old");
+                        assert_eq!(old.access_token.expose(), "at-old");
                         tokio::time::sleep(Duration::from_millis(100)).await; // a slow provider
                         Ok::<_, String>(RefreshOutcome::Refreshed(ti("at-new")))
                     },
@@ -455,7 +455,7 @@ async fn upstream_refresh_coalesces(t: TestStore) {
         })
         .collect();
     for result in futures::future::join_all(tasks).await {
-        assert_eq!(result.unwrap().access_token, "at-new");
+        assert_eq!(result.unwrap().access_token.expose(), "at-new");
     }
     assert_eq!(
         calls.load(Ordering::SeqCst),
@@ -528,9 +528,9 @@ async fn upstream_refresh_never_uses_a_stale_read(t: TestStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(from_a.access_token, "at-from-a");
+    assert_eq!(from_a.access_token.expose(), "at-from-a");
     a_finished.send(()).unwrap();
-    assert_eq!(b.await.unwrap().access_token, "at-from-a");
+    assert_eq!(b.await.unwrap().access_token.expose(), "at-from-a");
     assert_eq!(
         b_calls.load(Ordering::SeqCst),
         0,
@@ -576,7 +576,7 @@ async fn upstream_refresh_failures(t: TestStore) {
         .await
         .unwrap();
     assert_eq!(
-        again.unwrap().access_token,
+        again.unwrap().access_token.expose(),
         "at-2",
         "the lease was released after the failure"
     );
@@ -743,7 +743,8 @@ async fn two_instances_share_state(t: TestStore) {
             .unwrap()
             .unwrap()
             .token
-            .access_token,
+            .access_token
+            .expose(),
         "at"
     );
     other.end_session("s1").await.unwrap();
@@ -821,7 +822,7 @@ async fn kill_9(spec: String, backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ti.token.access_token, "kept-through-kill");
+    assert_eq!(ti.token.access_token.expose(), "kept-through-kill");
 }
 
 /// The database and its WAL files hold sessions and sealed secrets: only the gateway's user may
@@ -950,7 +951,8 @@ async fn a_rotated_shared_secret_needs_the_previous_one() {
             .unwrap()
             .unwrap()
             .token
-            .access_token,
+            .access_token
+            .expose(),
         "at"
     );
     let forgot = Store::open(&backend, new_secret, &[]).await.unwrap();
