@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
-use postern_oauth::authorize::{self, AuthorizeError};
+use postern_oauth::authorize::{self, AuthorizeError, ClientId, VerifiedRedirect};
 use postern_oauth::client_auth::{self, ClientCredentials};
 use postern_oauth::pkce::PkceVerifier;
 use postern_oauth::{ErrorCode, OAuthError, Secret, metadata, pkce, registration};
@@ -286,8 +286,8 @@ impl AuthorizationServer {
                 .await;
         }
         let grant = CodeGrant {
-            client_id: client_id.clone(),
-            redirect_uri: redirect_uri.clone(),
+            client_id: client_id.as_str().to_owned(),
+            redirect_uri: redirect_uri.as_str().to_owned(),
             code_challenge: request.code_challenge.clone(),
             resource,
             scope: request.scope.clone(),
@@ -312,13 +312,13 @@ impl AuthorizationServer {
         &self,
         query: &HashMap<String, String>,
         headers: &http::HeaderMap,
-    ) -> Result<(OAuthClient, String, String), Response<Body>> {
+    ) -> Result<(OAuthClient, ClientId, VerifiedRedirect), Response<Body>> {
         let (client_id, redirect_uri) = match authorize::client_and_redirect(query) {
             Ok(pair) => pair,
             Err(AuthorizeError::Page(message)) => return Err(page_error(&message)),
             Err(_) => return Err(page_error("invalid request")),
         };
-        let document_client = client_id.starts_with("https://") || client_id.starts_with("http://");
+        let document_client = client_id.is_metadata_document();
         // A client ID metadata document is fetched for signed-in users only: an anonymous
         // request must not make the gateway fetch URLs or fill its cache.
         if document_client
@@ -329,14 +329,17 @@ impl AuthorizationServer {
             return Err(sign_in_first(query));
         }
         let client = if document_client {
-            self.cimd.client(&client_id).await.map_err(|error| {
-                page_error(&format!(
-                    "This MCP client can't be accepted: {}.",
-                    error.description
-                ))
-            })?
+            self.cimd
+                .client(client_id.as_str())
+                .await
+                .map_err(|error| {
+                    page_error(&format!(
+                        "This MCP client can't be accepted: {}.",
+                        error.description
+                    ))
+                })?
         } else {
-            match self.store.get_client(&client_id).await {
+            match self.store.get_client(client_id.as_str()).await {
                 Ok(Some(client)) => client,
                 Ok(None) => {
                     return Err(page_error(
@@ -352,14 +355,11 @@ impl AuthorizationServer {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        if !registered
-            .iter()
-            .any(|r| registration::redirect_uri_matches(r, &redirect_uri))
-        {
+        let Some(redirect_uri) = VerifiedRedirect::check(registered, &redirect_uri) else {
             return Err(page_error(
                 "The redirect URI is not registered for this client, so the authorization can't be returned to it.",
             ));
-        }
+        };
         Ok((client, client_id, redirect_uri))
     }
 
@@ -411,7 +411,7 @@ impl AuthorizationServer {
                     .store
                     .put_consent(
                         &session.user_id,
-                        asked.client_id,
+                        asked.client_id.as_str(),
                         asked.resource,
                         "mcp",
                         now_ms() + CONSENT_TTL_MS,
@@ -435,7 +435,7 @@ impl AuthorizationServer {
             None => {
                 let consented = matches!(
                     self.store
-                        .get_consent(&session.user_id, asked.client_id, asked.resource)
+                        .get_consent(&session.user_id, asked.client_id.as_str(), asked.resource)
                         .await,
                     Ok(Some(_))
                 );
@@ -470,7 +470,7 @@ impl AuthorizationServer {
             .metadata
             .get("client_name")
             .and_then(Value::as_str)
-            .unwrap_or(asked.client_id);
+            .unwrap_or(asked.client_id.as_str());
         let server = asked
             .route
             .config
@@ -480,8 +480,8 @@ impl AuthorizationServer {
         // Who the client really is: the host its codes go to, and whether anyone vouches for
         // its name (a metadata document on an allowed domain) or it chose the name itself
         // (dynamic registration).
-        let verified = asked.client_id.starts_with("https://");
-        let destination = url::Url::parse(asked.redirect_uri)
+        let verified = asked.client_id.as_str().starts_with("https://");
+        let destination = url::Url::parse(asked.redirect_uri.as_str())
             .ok()
             .map(|u| crate::safe_http::host_of(&u))
             .unwrap_or_default();
@@ -489,7 +489,7 @@ impl AuthorizationServer {
             name: client_name,
             redirect_host: &destination,
             verified_by: verified
-                .then(|| url::Url::parse(asked.client_id).ok())
+                .then(|| url::Url::parse(asked.client_id.as_str()).ok())
                 .flatten()
                 .map(|u| crate::safe_http::host_of(&u)),
         };
@@ -1042,7 +1042,7 @@ fn page_error(message: &str) -> Response<Body> {
 
 /// Errors sent back to the client at its (checked) redirect URI.
 struct ToClient<'a> {
-    redirect_uri: &'a str,
+    redirect_uri: &'a VerifiedRedirect,
     issuer: &'a str,
 }
 
@@ -1060,8 +1060,8 @@ impl ToClient<'_> {
 /// What the consent page asks about.
 struct ConsentAsked<'a> {
     client: &'a OAuthClient,
-    client_id: &'a str,
-    redirect_uri: &'a str,
+    client_id: &'a ClientId,
+    redirect_uri: &'a VerifiedRedirect,
     route: &'a Route,
     resource: &'a str,
 }
