@@ -4,10 +4,14 @@
 //! one), that every request has a time limit, and that redirects are not followed unless a caller
 //! asks (a redirect could send a token or a fetch somewhere the caller did not check).
 //!
+//! [`document`] keeps fetched documents (every JWKS) and reads answers within a size cap.
+//!
 //! The gateway's reverse proxy has its own hyper client (`postern_gateway::proxy`): it streams
 //! bodies and pools connections per upstream, which this client is not for.
 
 #![forbid(unsafe_code)]
+
+pub mod document;
 
 use std::time::Duration;
 
