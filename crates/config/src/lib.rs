@@ -137,98 +137,91 @@ fn parse_error(error: &serde_path_to_error::Error<yaml_serde::Error>) -> ConfigE
 
 /// Fills secrets from `${ENV}`, `*_file` keys and upper-case environment variables.
 fn resolve_secrets(config: &mut Config, base: &Path, env: &dyn Env) -> Result<(), ConfigError> {
-    fn one(
-        key: &str,
-        inline: &mut Option<Secret>,
-        file: &Option<PathBuf>,
-        base: &Path,
-        env: &dyn Env,
-        env_fallback: bool,
-    ) -> Result<(), ConfigError> {
-        if let (Some(_), Some(_)) = (&inline, file) {
-            return Err(ConfigError::at(
-                key,
-                format!("set either {key} or {key}_file, not both"),
-            ));
-        }
-        if let Some(path) = file {
-            let path = base.join(path);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::at(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            *inline = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
-        } else if let Some(secret) = inline {
-            if let Some(var) = secret
-                .expose()
-                .strip_prefix("${")
-                .and_then(|s| s.strip_suffix('}'))
-            {
-                let value = env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    ConfigError::at(
-                        key,
-                        format!("refers to the environment variable {var}, which is not set"),
-                    )
-                })?;
-                *secret = Secret::new(value);
-            }
-        } else if env_fallback {
-            let var = key.to_ascii_uppercase();
-            if let Some(value) = env.var(&var).filter(|v| !v.is_empty()) {
-                *inline = Some(Secret::new(value));
-            }
-        }
-        Ok(())
+    let globals = [
+        (
+            "shared_secret",
+            &mut config.shared_secret,
+            &config.shared_secret_file,
+        ),
+        (
+            "cookie_secret",
+            &mut config.cookie_secret,
+            &config.cookie_secret_file,
+        ),
+        (
+            "signing_key",
+            &mut config.signing_key,
+            &config.signing_key_file,
+        ),
+        (
+            "idp_client_secret",
+            &mut config.idp_client_secret,
+            &config.idp_client_secret_file,
+        ),
+        (
+            "databroker_storage_connection_string",
+            &mut config.databroker_storage_connection_string,
+            &config.databroker_storage_connection_string_file,
+        ),
+    ];
+    for (key, inline, file) in globals {
+        resolve_secret(key, inline, file, base, env, true)?;
     }
-    one(
-        "shared_secret",
-        &mut config.shared_secret,
-        &config.shared_secret_file.clone(),
-        base,
-        env,
-        true,
-    )?;
-    one(
-        "cookie_secret",
-        &mut config.cookie_secret,
-        &config.cookie_secret_file.clone(),
-        base,
-        env,
-        true,
-    )?;
-    one(
-        "signing_key",
-        &mut config.signing_key,
-        &config.signing_key_file.clone(),
-        base,
-        env,
-        true,
-    )?;
-    one(
-        "idp_client_secret",
-        &mut config.idp_client_secret,
-        &config.idp_client_secret_file.clone(),
-        base,
-        env,
-        true,
-    )?;
-    one(
-        "databroker_storage_connection_string",
-        &mut config.databroker_storage_connection_string,
-        &config.databroker_storage_connection_string_file.clone(),
-        base,
-        env,
-        true,
-    )?;
     for (i, route) in config.routes.iter_mut().enumerate() {
         if let Some(Mcp::Server(server)) = &mut route.mcp
             && let Some(oauth) = &mut server.upstream_oauth2
         {
-            let file = oauth.client_secret_file.clone();
             let key = format!("routes[{i}].mcp.server.upstream_oauth2.client_secret");
-            one(&key, &mut oauth.client_secret, &file, base, env, false)?;
+            let file = &oauth.client_secret_file;
+            resolve_secret(&key, &mut oauth.client_secret, file, base, env, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills one secret: from its `*_file` key, from the `${ENV}` it names, or (with
+/// `env_fallback`) from the upper-case environment variable of its key.
+fn resolve_secret(
+    key: &str,
+    inline: &mut Option<Secret>,
+    file: &Option<PathBuf>,
+    base: &Path,
+    env: &dyn Env,
+    env_fallback: bool,
+) -> Result<(), ConfigError> {
+    if let (Some(_), Some(_)) = (&inline, file) {
+        return Err(ConfigError::at(
+            key,
+            format!("set either {key} or {key}_file, not both"),
+        ));
+    }
+    if let Some(path) = file {
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::at(
+                format!("{key}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        *inline = Some(Secret::new(text.trim_end_matches(['\n', '\r'])));
+    } else if let Some(secret) = inline {
+        if let Some(var) = secret
+            .expose()
+            .strip_prefix("${")
+            .and_then(|s| s.strip_suffix('}'))
+        {
+            let value = env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::at(
+                    key,
+                    format!("refers to the environment variable {var}, which is not set"),
+                )
+            })?;
+            *secret = Secret::new(value);
+        }
+    } else if env_fallback {
+        let var = key.to_ascii_uppercase();
+        if let Some(value) = env.var(&var).filter(|v| !v.is_empty()) {
+            *inline = Some(Secret::new(value));
         }
     }
     Ok(())
@@ -236,6 +229,26 @@ fn resolve_secrets(config: &mut Config, base: &Path, env: &dyn Env) -> Result<()
 
 /// Checks that need more than one key.
 fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate_tls(config)?;
+    validate_storage(config)?;
+    validate_shared_secret(config)?;
+    validate_idp(config)?;
+    validate_logging_and_tokens(config)?;
+    for (i, route) in config.routes.iter().enumerate() {
+        validate_route(config, i, route)?;
+    }
+    Ok(())
+}
+
+/// Whether nothing lets the gateway serve HTTPS: no certificates, no autocert, and plain HTTP
+/// not asked for.
+fn lacks_tls(config: &Config) -> bool {
+    let has_certs = config.certificate_file.is_some() || !config.certificates.is_empty();
+    !config.insecure_server && !config.autocert && !has_certs
+}
+
+/// The certificate pair comes together, and the server has some way to serve TLS.
+fn validate_tls(config: &Config) -> Result<(), ConfigError> {
     match (&config.certificate_file, &config.certificate_key_file) {
         (Some(_), None) => {
             return Err(ConfigError::at(
@@ -251,13 +264,17 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         _ => {}
     }
-    let has_certs = config.certificate_file.is_some() || !config.certificates.is_empty();
-    if !config.insecure_server && !config.autocert && !has_certs {
+    if lacks_tls(config) {
         return Err(ConfigError::at(
             "(top level)",
             "TLS needs certificates: set certificate_file and certificate_key_file (or certificates), autocert: true, or insecure_server: true for plain HTTP",
         ));
     }
+    Ok(())
+}
+
+/// PostgreSQL storage needs somewhere to connect to.
+fn validate_storage(config: &Config) -> Result<(), ConfigError> {
     if config.databroker_storage_type == Some(StorageType::Postgres)
         && config.databroker_storage_connection_string.is_none()
     {
@@ -266,6 +283,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "required with databroker_storage_type: postgres (e.g. postgres://user:pass@host:5432/postern)",
         ));
     }
+    Ok(())
+}
+
+/// The shared secret is long enough to derive the store's sealing keys from.
+fn validate_shared_secret(config: &Config) -> Result<(), ConfigError> {
     if let Some(secret) = &config.shared_secret {
         let decoded = decode_base64(secret.expose());
         if decoded.is_none_or(|d| d.len() < 32) {
@@ -275,6 +297,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// The identity provider is one we support, with the keys it needs.
+fn validate_idp(config: &Config) -> Result<(), ConfigError> {
     match config.idp_provider.as_deref() {
         None => {}
         Some("oidc") => {
@@ -298,6 +325,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    Ok(())
+}
+
+/// The log level is one `tracing` knows, and the access token lifetime is within bounds.
+fn validate_logging_and_tokens(config: &Config) -> Result<(), ConfigError> {
     if let Some(level) = &config.log_level
         && !matches!(
             level.as_str(),
@@ -321,58 +353,66 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
-    for (i, route) in config.routes.iter().enumerate() {
-        let at = |key: &str| format!("routes[{i}].{key}");
-        if route.to.to_vec().is_empty() {
-            return Err(ConfigError::at(
-                at("to"),
-                "at least one upstream URL is required",
-            ));
-        }
-        if route.prefix.is_some() && route.path.is_some() {
-            return Err(ConfigError::at(
-                at("path"),
-                "set either prefix or path, not both",
-            ));
-        }
-        for (key, value) in [("prefix", &route.prefix), ("path", &route.path)] {
-            if let Some(v) = value
-                && !v.starts_with('/')
-            {
-                return Err(ConfigError::at(at(key), format!("{v:?} must start with /")));
-            }
-        }
-        if route.from.scheme == "https" && !config.insecure_server && !config.autocert && !has_certs
+    Ok(())
+}
+
+/// `routes[i]`: where it goes, how it matches, and its MCP server block.
+fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), ConfigError> {
+    let at = |key: &str| format!("routes[{i}].{key}");
+    if route.to.to_vec().is_empty() {
+        return Err(ConfigError::at(
+            at("to"),
+            "at least one upstream URL is required",
+        ));
+    }
+    if route.prefix.is_some() && route.path.is_some() {
+        return Err(ConfigError::at(
+            at("path"),
+            "set either prefix or path, not both",
+        ));
+    }
+    for (key, value) in [("prefix", &route.prefix), ("path", &route.path)] {
+        if let Some(v) = value
+            && !v.starts_with('/')
         {
-            return Err(ConfigError::at(
-                at("from"),
-                "an https route needs certificates or autocert",
-            ));
+            return Err(ConfigError::at(at(key), format!("{v:?} must start with /")));
         }
-        if let Some(Mcp::Server(server)) = &route.mcp {
-            if let Some(path) = &server.path
-                && !path.starts_with('/')
-            {
-                return Err(ConfigError::at(
-                    at("mcp.server.path"),
-                    format!("{path:?} must start with /"),
-                ));
-            }
-            if let Some(url) = &server.authorization_server_url
-                && !url.starts_with("https://")
-            {
-                return Err(ConfigError::at(
-                    at("mcp.server.authorization_server_url"),
-                    "must be an https URL",
-                ));
-            }
-            if server.max_request_bytes == Some(0) {
-                return Err(ConfigError::at(
-                    at("mcp.server.max_request_bytes"),
-                    "must be greater than 0",
-                ));
-            }
-        }
+    }
+    if route.from.scheme == "https" && lacks_tls(config) {
+        return Err(ConfigError::at(
+            at("from"),
+            "an https route needs certificates or autocert",
+        ));
+    }
+    if let Some(Mcp::Server(server)) = &route.mcp {
+        validate_mcp_server(server, &at)?;
+    }
+    Ok(())
+}
+
+/// `routes[i].mcp.server`; `at` turns a key into its full path.
+fn validate_mcp_server(server: &McpServer, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if let Some(path) = &server.path
+        && !path.starts_with('/')
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.path"),
+            format!("{path:?} must start with /"),
+        ));
+    }
+    if let Some(url) = &server.authorization_server_url
+        && !url.starts_with("https://")
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.authorization_server_url"),
+            "must be an https URL",
+        ));
+    }
+    if server.max_request_bytes == Some(0) {
+        return Err(ConfigError::at(
+            at("mcp.server.max_request_bytes"),
+            "must be greater than 0",
+        ));
     }
     Ok(())
 }

@@ -92,12 +92,39 @@ pub const MAX_JWKS_BYTES: usize = 8 * 1024;
 /// defaults filled in: `token_endpoint_auth_method` `client_secret_basic`, grants
 /// `authorization_code` and `refresh_token`, response type `code`.
 pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthError> {
-    let invalid = |m: String| OAuthError::new(ErrorCode::InvalidClientMetadata, m);
     let Value::Object(request) = request else {
         return Err(invalid(
             "the registration request must be a JSON object".into(),
         ));
     };
+    check_redirect_uris(request)?;
+    check_sizes(request)?;
+    let method = auth_method(request)?;
+    let grants = grant_types(request)?;
+    if let Some(types) = request.get("response_types").and_then(Value::as_array)
+        && types.iter().any(|t| t != "code")
+    {
+        return Err(invalid("response_types may only contain code".into()));
+    }
+    let mut metadata: Map<String, Value> = KEPT_STRINGS
+        .iter()
+        .map(|(key, _)| *key)
+        .chain(["redirect_uris", "jwks"])
+        .filter_map(|key| Some((key.to_owned(), request.get(key)?.clone())))
+        .collect();
+    metadata.insert("token_endpoint_auth_method".into(), json!(method));
+    metadata.insert("grant_types".into(), json!(grants));
+    metadata.insert("response_types".into(), json!(["code"]));
+    Ok(metadata)
+}
+
+fn invalid(message: String) -> OAuthError {
+    OAuthError::new(ErrorCode::InvalidClientMetadata, message)
+}
+
+/// `redirect_uris`: present, not too many, each a string within [`MAX_URI_BYTES`] that
+/// [`check_redirect_uri`] accepts.
+fn check_redirect_uris(request: &Map<String, Value>) -> Result<(), OAuthError> {
     let redirect_uris = request
         .get("redirect_uris")
         .and_then(Value::as_array)
@@ -129,6 +156,11 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
         }
         check_redirect_uri(uri)?;
     }
+    Ok(())
+}
+
+/// The kept strings and `jwks` are of the right type and within their limits.
+fn check_sizes(request: &Map<String, Value>) -> Result<(), OAuthError> {
     for (key, max) in KEPT_STRINGS {
         match request.get(key) {
             Some(Value::String(value)) if value.len() > max => {
@@ -149,6 +181,12 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
             )));
         }
     }
+    Ok(())
+}
+
+/// `token_endpoint_auth_method`, `client_secret_basic` by default; `private_key_jwt` needs
+/// keys to check assertions with.
+fn auth_method(request: &Map<String, Value>) -> Result<&str, OAuthError> {
     let method = request
         .get("token_endpoint_auth_method")
         .and_then(Value::as_str)
@@ -164,6 +202,12 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
     {
         return Err(invalid("private_key_jwt needs jwks_uri or jwks".into()));
     }
+    Ok(method)
+}
+
+/// `grant_types`, `authorization_code` and `refresh_token` by default; only those two are
+/// supported, and a client must be able to get a code.
+fn grant_types(request: &Map<String, Value>) -> Result<Vec<String>, OAuthError> {
     let grants: Vec<String> = match request.get("grant_types") {
         None => vec!["authorization_code".into(), "refresh_token".into()],
         Some(Value::Array(items)) if items.len() <= 4 => items
@@ -190,21 +234,7 @@ pub fn validate_metadata(request: &Value) -> Result<Map<String, Value>, OAuthErr
             "grant_types must include authorization_code".into(),
         ));
     }
-    if let Some(types) = request.get("response_types").and_then(Value::as_array)
-        && types.iter().any(|t| t != "code")
-    {
-        return Err(invalid("response_types may only contain code".into()));
-    }
-    let mut metadata: Map<String, Value> = KEPT_STRINGS
-        .iter()
-        .map(|(key, _)| *key)
-        .chain(["redirect_uris", "jwks"])
-        .filter_map(|key| Some((key.to_owned(), request.get(key)?.clone())))
-        .collect();
-    metadata.insert("token_endpoint_auth_method".into(), json!(method));
-    metadata.insert("grant_types".into(), json!(grants));
-    metadata.insert("response_types".into(), json!(["code"]));
-    Ok(metadata)
+    Ok(grants)
 }
 
 #[cfg(test)]

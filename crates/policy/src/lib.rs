@@ -169,76 +169,7 @@ impl Policy {
             }
             Some(object) => rules.extend(parse_rule_object(object, "policy")?),
         }
-        let criterion = |path: &str, name: &str, test: Test| Expr::Criterion {
-            path: path.into(),
-            name: name.into(),
-            test,
-        };
-        if shorthands.public {
-            rules.push(Rule {
-                action: Action::Allow,
-                path: "allow_public_unauthenticated_access".into(),
-                expr: criterion(
-                    "allow_public_unauthenticated_access",
-                    "accept",
-                    Test::Accept,
-                ),
-            });
-        }
-        if shorthands.any_authenticated_user {
-            rules.push(Rule {
-                action: Action::Allow,
-                path: "allow_any_authenticated_user".into(),
-                expr: criterion(
-                    "allow_any_authenticated_user",
-                    "authenticated_user",
-                    Test::AuthenticatedUser,
-                ),
-            });
-        }
-        if !shorthands.users.is_empty() {
-            let list = Value::Array(
-                shorthands
-                    .users
-                    .iter()
-                    .map(|u| Value::String(u.clone()))
-                    .collect(),
-            );
-            rules.push(Rule {
-                action: Action::Allow,
-                path: "allowed_users".into(),
-                expr: Expr::Or(vec![
-                    criterion(
-                        "allowed_users",
-                        "user",
-                        Test::User(StringMatcher(vec![(Op::In, list.clone())])),
-                    ),
-                    criterion(
-                        "allowed_users",
-                        "email",
-                        Test::Email(StringMatcher(vec![(Op::In, list)])),
-                    ),
-                ]),
-            });
-        }
-        if !shorthands.domains.is_empty() {
-            let list = Value::Array(
-                shorthands
-                    .domains
-                    .iter()
-                    .map(|d| Value::String(d.clone()))
-                    .collect(),
-            );
-            rules.push(Rule {
-                action: Action::Allow,
-                path: "allowed_domains".into(),
-                expr: criterion(
-                    "allowed_domains",
-                    "domain",
-                    Test::Domain(StringMatcher(vec![(Op::In, list)])),
-                ),
-            });
-        }
+        rules.extend(shorthands.rules());
         Ok(Self { rules })
     }
 
@@ -300,6 +231,57 @@ impl Policy {
             },
         }
     }
+}
+
+impl Shorthands {
+    /// The `allow` rules the shorthands stand for, each named after its key.
+    fn rules(&self) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        if self.public {
+            let key = "allow_public_unauthenticated_access";
+            rules.push(allow(key, criterion(key, "accept", Test::Accept)));
+        }
+        if self.any_authenticated_user {
+            let key = "allow_any_authenticated_user";
+            let test = Test::AuthenticatedUser;
+            rules.push(allow(key, criterion(key, "authenticated_user", test)));
+        }
+        if !self.users.is_empty() {
+            let key = "allowed_users";
+            let by_id = criterion(key, "user", Test::User(one_of(&self.users)));
+            let by_email = criterion(key, "email", Test::Email(one_of(&self.users)));
+            rules.push(allow(key, Expr::Or(vec![by_id, by_email])));
+        }
+        if !self.domains.is_empty() {
+            let key = "allowed_domains";
+            let test = Test::Domain(one_of(&self.domains));
+            rules.push(allow(key, criterion(key, "domain", test)));
+        }
+        rules
+    }
+}
+
+/// A shorthand's `allow` rule.
+fn allow(key: &str, expr: Expr) -> Rule {
+    Rule {
+        action: Action::Allow,
+        path: key.into(),
+        expr,
+    }
+}
+
+fn criterion(path: &str, name: &str, test: Test) -> Expr {
+    Expr::Criterion {
+        path: path.into(),
+        name: name.into(),
+        test,
+    }
+}
+
+/// `in` a shorthand's list.
+fn one_of(values: &[String]) -> StringMatcher {
+    let list = values.iter().map(|v| Value::String(v.clone())).collect();
+    StringMatcher(vec![(Op::In, Value::Array(list))])
 }
 
 fn parse_rule_object(value: &Value, path: &str) -> Result<Vec<Rule>, PolicyError> {

@@ -183,115 +183,164 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         resolver.set(certificates(&config, &path)?);
         Some(postern_gateway::tls::server_config(resolver.clone(), false))
     };
-    let autocert = (config.autocert && tls.is_some()).then(|| {
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut settings = AutocertConfig::new(
-            base.join(config.autocert_dir()),
-            Some(config.autocert_ca().to_owned()),
-        );
-        settings.email = config.autocert_email.clone();
-        settings.trusted_ca = config
-            .autocert_trusted_ca_file
-            .as_ref()
-            .map(|f| base.join(f));
-        Arc::new(Autocert::new(
-            settings,
-            challenges.clone(),
-            resolver.clone(),
-        ))
-    });
+    let autocert = (config.autocert && tls.is_some())
+        .then(|| new_autocert(&config, &base, &challenges, &resolver));
 
-    let address = config.listen_address();
-    let addrs = server::resolve_address(&address)
-        .await
-        .with_context(|| format!("address {address:?}"))?;
-    let listener = tokio::net::TcpListener::bind(&addrs[..])
-        .await
-        .with_context(|| format!("cannot listen on {address} (set `address` to a free port)"))?;
+    let listener = listen(&config.listen_address()).await?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, tls = tls.is_some(), routes = config.routes.len(), "postern gateway listening");
 
     let mut tasks = tokio::task::JoinSet::new();
-    // Off with plain HTTP (insecure_server) or an empty http_redirect_address.
-    if let Some(redirect) = config.http_redirect_address() {
-        // ACME HTTP-01 challenges arrive here: with autocert this listener is required.
-        let explicit = config.http_redirect_address.is_some() || autocert.is_some();
-        match bind(redirect).await {
-            Ok(l) => {
-                tracing::info!(address = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
-                tasks.spawn(server::serve_redirect(
-                    l,
-                    local.port(),
-                    challenges.clone(),
-                    gateway.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            Err(e) if explicit => {
-                return Err(e).context(format!("http_redirect_address {redirect}"));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "not redirecting plain HTTP: cannot listen on :80 (set http_redirect_address)")
-            }
-        }
-    }
-    if let Some(metrics) = &config.metrics_address {
-        let l = bind(metrics)
-            .await
-            .with_context(|| format!("metrics_address {metrics}"))?;
-        tracing::info!(address = %l.local_addr()?, "metrics on /metrics, health on /healthz");
-        tasks.spawn(server::serve_metrics(l, gateway.clone(), shutdown.clone()));
-    }
-    if let Some(autocert) = &autocert {
-        let missing = autocert.load_cached(&acme_hosts(&gateway));
-        tracing::info!(
-            missing = missing.len(),
-            "autocert: cached certificates loaded"
-        );
-        let hosts_gateway = gateway.clone();
-        tasks.spawn(
-            autocert
-                .clone()
-                .run(move || acme_hosts(&hosts_gateway), shutdown.clone()),
-        );
-    }
-    {
-        let autocert = autocert.clone();
-        let gateway_for_apply = gateway.clone();
-        let resolver = resolver.clone();
-        let tls_on = tls.is_some();
-        let config_path = path.clone();
-        let apply = Box::new(move |new: Config| -> Result<(), String> {
-            if new.insecure_server == tls_on {
-                return Err(
-                    "insecure_server changed: restart to switch between TLS and plain HTTP".into(),
-                );
-            }
-            if tls_on {
-                resolver.set(certificates(&new, &config_path).map_err(|e| e.to_string())?);
-            }
-            gateway_for_apply.replace(new);
-            if let Some(autocert) = &autocert {
-                // Certificate files were reloaded: put the ACME ones back and look for new hosts.
-                autocert.load_cached(&acme_hosts(&gateway_for_apply));
-                autocert.wake();
-            }
-            Ok(())
-        });
-        tasks.spawn(postern_gateway::reload::watch(
-            path.clone(),
-            Box::new(ProcessEnv),
+    if let Some(l) = redirect_listener(&config, autocert.is_some()).await? {
+        tasks.spawn(server::serve_redirect(
+            l,
+            local.port(),
+            challenges.clone(),
             gateway.clone(),
-            apply,
             shutdown.clone(),
         ));
     }
+    if let Some(l) = metrics_listener(&config).await? {
+        tasks.spawn(server::serve_metrics(l, gateway.clone(), shutdown.clone()));
+    }
+    if let Some(autocert) = &autocert {
+        tasks.spawn(run_autocert(autocert, &gateway, &shutdown));
+    }
+    let apply = apply_reload(
+        path.clone(),
+        gateway.clone(),
+        resolver.clone(),
+        autocert.clone(),
+        tls.is_some(),
+    );
+    tasks.spawn(postern_gateway::reload::watch(
+        path.clone(),
+        Box::new(ProcessEnv),
+        gateway.clone(),
+        apply,
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::stop_on_signal(shutdown.clone()));
     server::serve(listener, tls, gateway, shutdown.clone()).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("postern gateway stopped");
     Ok(())
+}
+
+/// ACME certificates for the https route hosts, kept under `autocert_dir`.
+fn new_autocert(
+    config: &Config,
+    base: &Path,
+    challenges: &Arc<server::Challenges>,
+    resolver: &Arc<CertResolver>,
+) -> Arc<Autocert> {
+    let mut settings = AutocertConfig::new(
+        base.join(config.autocert_dir()),
+        Some(config.autocert_ca().to_owned()),
+    );
+    settings.email = config.autocert_email.clone();
+    settings.trusted_ca = config
+        .autocert_trusted_ca_file
+        .as_ref()
+        .map(|f| base.join(f));
+    Arc::new(Autocert::new(
+        settings,
+        challenges.clone(),
+        resolver.clone(),
+    ))
+}
+
+/// The main listener, on `address`.
+async fn listen(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let addrs = server::resolve_address(address)
+        .await
+        .with_context(|| format!("address {address:?}"))?;
+    tokio::net::TcpListener::bind(&addrs[..])
+        .await
+        .with_context(|| format!("cannot listen on {address} (set `address` to a free port)"))
+}
+
+/// The plain-HTTP listener that redirects to HTTPS, if there is one. Failing to bind the
+/// default :80 is only a warning; failing to bind one that was asked for is an error.
+async fn redirect_listener(
+    config: &Config,
+    autocert: bool,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    // Off with plain HTTP (insecure_server) or an empty http_redirect_address.
+    let Some(redirect) = config.http_redirect_address() else {
+        return Ok(None);
+    };
+    // ACME HTTP-01 challenges arrive here: with autocert this listener is required.
+    let explicit = config.http_redirect_address.is_some() || autocert;
+    match bind(redirect).await {
+        Ok(l) => {
+            tracing::info!(address = %l.local_addr()?, "redirecting plain HTTP to HTTPS");
+            Ok(Some(l))
+        }
+        Err(e) if explicit => Err(e).context(format!("http_redirect_address {redirect}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "not redirecting plain HTTP: cannot listen on :80 (set http_redirect_address)");
+            Ok(None)
+        }
+    }
+}
+
+/// The metrics and health listener, if `metrics_address` is set.
+async fn metrics_listener(config: &Config) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(metrics) = &config.metrics_address else {
+        return Ok(None);
+    };
+    let l = bind(metrics)
+        .await
+        .with_context(|| format!("metrics_address {metrics}"))?;
+    tracing::info!(address = %l.local_addr()?, "metrics on /metrics, health on /healthz");
+    Ok(Some(l))
+}
+
+/// Loads the cached ACME certificates now and returns the task that obtains and renews the rest.
+fn run_autocert(
+    autocert: &Arc<Autocert>,
+    gateway: &Gateway,
+    shutdown: &CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    let missing = autocert.load_cached(&acme_hosts(gateway));
+    tracing::info!(
+        missing = missing.len(),
+        "autocert: cached certificates loaded"
+    );
+    let hosts_gateway = gateway.clone();
+    autocert
+        .clone()
+        .run(move || acme_hosts(&hosts_gateway), shutdown.clone())
+}
+
+/// What a configuration reload does once the new file has parsed: reload the certificate
+/// files and swap the configuration in. Switching TLS on or off needs a restart.
+fn apply_reload(
+    config_path: PathBuf,
+    gateway: Gateway,
+    resolver: Arc<CertResolver>,
+    autocert: Option<Arc<Autocert>>,
+    tls_on: bool,
+) -> Box<dyn Fn(Config) -> Result<(), String> + Send + Sync> {
+    Box::new(move |new: Config| -> Result<(), String> {
+        if new.insecure_server == tls_on {
+            return Err(
+                "insecure_server changed: restart to switch between TLS and plain HTTP".into(),
+            );
+        }
+        if tls_on {
+            resolver.set(certificates(&new, &config_path).map_err(|e| e.to_string())?);
+        }
+        gateway.replace(new);
+        if let Some(autocert) = &autocert {
+            // Certificate files were reloaded: put the ACME ones back and look for new hosts.
+            autocert.load_cached(&acme_hosts(&gateway));
+            autocert.wake();
+        }
+        Ok(())
+    })
 }
 
 /// The route hosts that get ACME certificates: https routes, except wildcards (HTTP-01 can't

@@ -34,28 +34,100 @@ pub async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("data directory {}", data_dir.display()))?;
     let (credentials, new_user) = credentials(&dir)?;
-    let users = dir.join("users.yaml");
+    write_users(&dir, &credentials)?;
+    let database = demo_database(&dir)?;
+    let notion = notion_from_env()?;
+
+    let servers = ReferenceServers::start(&database, port).await?;
+    let config_path = dir.join("postern.yaml");
+    write_private(
+        &config_path,
+        &gateway_config(&dir, port, servers.port, notion.as_ref()),
+    )?;
+    let config = postern_config::load(&config_path, &postern_config::ProcessEnv)
+        .context("the generated configuration")?;
+
+    print!(
+        "{}",
+        banner(&dir, port, &credentials, new_user, notion.is_some())
+    );
+    let result = crate::serve::serve(config_path, config).await;
+    servers.stop().await;
+    result
+}
+
+/// Writes `DIR/users.yaml` with the one generated user.
+fn write_users(dir: &Path, credentials: &Credentials) -> anyhow::Result<()> {
     let hash =
         postern_access::users::hash_password(&credentials.password).map_err(anyhow::Error::msg)?;
     write_private(
-        &users,
+        &dir.join("users.yaml"),
         &format!(
             "# Written by `postern up` from credentials.txt.\n- {{email: {}, name: You, groups: [admin], password_hash: \"{hash}\"}}\n",
             credentials.email
         ),
-    )?;
+    )
+}
+
+/// `DIR/demo.db`, copied from the bundled one unless it is already there.
+fn demo_database(dir: &Path) -> anyhow::Result<PathBuf> {
     let database = dir.join("demo.db");
     if !database.exists() {
         std::fs::write(&database, DEMO_DB)
             .with_context(|| format!("writing {}", database.display()))?;
     }
-    let notion = notion_from_env()?;
+    Ok(database)
+}
 
-    // The reference servers, on a loopback port only the gateway uses.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("cannot listen on a loopback port for the reference servers")?;
-    let servers_port = listener.local_addr()?.port();
+/// The reference servers, on a loopback port only the gateway uses.
+struct ReferenceServers {
+    port: u16,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ReferenceServers {
+    /// Starts them for a gateway on `gateway_port`, serving `database` at `/sqlite`.
+    async fn start(database: &Path, gateway_port: u16) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("cannot listen on a loopback port for the reference servers")?;
+        let port = listener.local_addr()?.port();
+        let env = servers_env(port, database, gateway_port);
+        let config = postern_servers::ServersConfig::from_env(&env)
+            .context("configuring the reference servers")?;
+        let shutdown = CancellationToken::new();
+        let servers = postern_servers::build(&config, &shutdown)?;
+        for (name, mount) in &servers.mounts {
+            if let Err(why) = mount {
+                tracing::debug!(server = name, "not mounted: {why}");
+            }
+        }
+        let task = tokio::spawn(postern_servers::serve(
+            listener,
+            servers.router,
+            shutdown.clone(),
+        ));
+        Ok(ReferenceServers {
+            port,
+            shutdown,
+            task,
+        })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// The reference servers' environment: their port, the demo database, the gateway's
+/// assertion to trust, and the Notion API settings passed through from ours.
+fn servers_env(
+    servers_port: u16,
+    database: &Path,
+    port: u16,
+) -> std::collections::HashMap<String, String> {
     let mut env = std::collections::HashMap::from([
         ("PORT".to_owned(), servers_port.to_string()),
         (
@@ -74,37 +146,7 @@ pub async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
             env.insert(key.to_owned(), value);
         }
     }
-    let servers_config = postern_servers::ServersConfig::from_env(&env)
-        .context("configuring the reference servers")?;
-    let servers_shutdown = CancellationToken::new();
-    let servers = postern_servers::build(&servers_config, &servers_shutdown)?;
-    for (name, mount) in &servers.mounts {
-        if let Err(why) = mount {
-            tracing::debug!(server = name, "not mounted: {why}");
-        }
-    }
-    let servers_task = tokio::spawn(postern_servers::serve(
-        listener,
-        servers.router,
-        servers_shutdown.clone(),
-    ));
-
-    let config_path = dir.join("postern.yaml");
-    write_private(
-        &config_path,
-        &gateway_config(&dir, port, servers_port, notion.as_ref()),
-    )?;
-    let config = postern_config::load(&config_path, &postern_config::ProcessEnv)
-        .context("the generated configuration")?;
-
-    print!(
-        "{}",
-        banner(&dir, port, &credentials, new_user, notion.is_some())
-    );
-    let result = crate::serve::serve(config_path, config).await;
-    servers_shutdown.cancel();
-    let _ = servers_task.await;
-    result
+    env
 }
 
 /// The credentials in `DIR/credentials.txt`, or a new user with a random password written there

@@ -85,6 +85,101 @@ impl Fixture {
             result["action"].as_str().unwrap_or("?"), result.get("content").cloned().unwrap_or(Value::Null)
         )}]})))
     }
+
+    /// `test_tool_with_logging`: three log messages, 50 ms apart.
+    async fn with_logging(context: &RequestContext<RoleServer>) -> CallToolResult {
+        Self::log(context, "Tool execution started").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Self::log(context, "Tool processing data").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Self::log(context, "Tool execution completed").await;
+        text("Tool with logging executed successfully")
+    }
+
+    /// `test_tool_with_progress`: progress 0, 50 and 100 of 100, 50 ms apart, when the client
+    /// asked for progress.
+    async fn with_progress(context: &RequestContext<RoleServer>) -> CallToolResult {
+        let token = context.meta.get_progress_token();
+        for (i, progress) in [0, 50, 100].into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if let Some(token) = &token {
+                let _ = context
+                    .peer
+                    .notify_progress(from(
+                        json!({"progressToken": token, "progress": progress, "total": 100}),
+                    ))
+                    .await;
+            }
+        }
+        text("Tool with progress executed successfully")
+    }
+
+    /// `test_sampling`: asks the client's LLM the `prompt` argument and returns its answer.
+    async fn sampling(
+        context: &RequestContext<RoleServer>,
+        args: &JsonObject,
+    ) -> Result<CallToolResult, ErrorData> {
+        let prompt = args
+            .get("prompt")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        #[allow(deprecated)]
+        let reply = context
+            .peer
+            .create_message(from(json!({"messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100})))
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("sampling failed: {e}"), None))?;
+        let reply = serde_json::to_value(&reply).unwrap_or_default();
+        let answer = reply
+            .pointer("/content/text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(text(&format!("LLM response: {answer}")))
+    }
+}
+
+/// A tool result of one text block.
+fn text(t: &str) -> CallToolResult {
+    from(json!({"content": [{"type": "text", "text": t}]}))
+}
+
+/// `test_elicitation`'s request: a username and an email, under the `message` argument.
+fn user_info_form(args: &JsonObject) -> Value {
+    let message = args
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("Please provide your information");
+    json!({"message": message, "requestedSchema": {"type": "object", "properties": {
+        "username": {"type": "string", "description": "User's response"},
+        "email": {"type": "string", "description": "User's email address"}}, "required": ["username", "email"]}})
+}
+
+/// SEP-1034: a form whose fields have defaults.
+fn defaults_form() -> Value {
+    json!({"message": "Please review and update the form fields with defaults", "requestedSchema": {
+        "type": "object", "properties": {
+            "name": {"type": "string", "description": "User name", "default": "John Doe"},
+            "age": {"type": "integer", "description": "User age", "default": 30},
+            "score": {"type": "number", "description": "User score", "default": 95.5},
+            "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"], "default": "active"},
+            "verified": {"type": "boolean", "description": "Verification status", "default": true}}}})
+}
+
+/// SEP-1330: single and multiple choice enums, titled, untitled and legacy.
+fn enums_form() -> Value {
+    json!({"message": "Please select options from the enum fields", "requestedSchema": {
+        "type": "object", "properties": {
+            "untitledSingle": {"type": "string", "description": "Select one option", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {"type": "string", "description": "Select one option with titles", "oneOf": [
+                {"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"}, {"const": "value3", "title": "Third Option"}]},
+            "legacyEnum": {"type": "string", "description": "Select one option (legacy)", "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"]},
+            "untitledMulti": {"type": "array", "description": "Select multiple options", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+            "titledMulti": {"type": "array", "description": "Select multiple options with titles", "items": {"anyOf": [
+                {"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"}, {"const": "value3", "title": "Third Choice"}]}}}}})
 }
 
 impl ServerHandler for Fixture {
@@ -112,8 +207,6 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let text =
-            |t: &str| -> CallToolResult { from(json!({"content": [{"type": "text", "text": t}]})) };
         let args = request.arguments.clone().unwrap_or_default();
         let result: CallToolResult = match request.name.as_ref() {
             "test_simple_text" => text("This is a simple text response for testing."),
@@ -130,88 +223,14 @@ impl ServerHandler for Fixture {
                 {"type": "image", "data": RED_PIXEL_PNG, "mimeType": "image/png"},
                 {"type": "resource", "resource": {"uri": "test://mixed-content-resource", "mimeType": "application/json",
                     "text": "{\"test\":\"data\",\"value\":123}"}}]})),
-            "test_tool_with_logging" => {
-                Self::log(&context, "Tool execution started").await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Self::log(&context, "Tool processing data").await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                Self::log(&context, "Tool execution completed").await;
-                text("Tool with logging executed successfully")
-            }
+            "test_tool_with_logging" => Self::with_logging(&context).await,
             "test_error_handling" => from(json!({"isError": true, "content": [
                 {"type": "text", "text": "This tool intentionally returns an error for testing"}]})),
-            "test_tool_with_progress" => {
-                let token = context.meta.get_progress_token();
-                for (i, progress) in [0, 50, 100].into_iter().enumerate() {
-                    if i > 0 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    if let Some(token) = &token {
-                        let _ = context
-                            .peer
-                            .notify_progress(from(
-                                json!({"progressToken": token, "progress": progress, "total": 100}),
-                            ))
-                            .await;
-                    }
-                }
-                text("Tool with progress executed successfully")
-            }
-            "test_sampling" => {
-                let prompt = args
-                    .get("prompt")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                #[allow(deprecated)]
-                let reply = context
-                    .peer
-                    .create_message(from(json!({"messages": [{"role": "user", "content": {"type": "text", "text": prompt}}], "maxTokens": 100})))
-                    .await
-                    .map_err(|e| ErrorData::internal_error(format!("sampling failed: {e}"), None))?;
-                let reply = serde_json::to_value(&reply).unwrap_or_default();
-                let answer = reply
-                    .pointer("/content/text")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                text(&format!("LLM response: {answer}"))
-            }
-            "test_elicitation" => {
-                let message = args
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Please provide your information");
-                return Self::elicit(&context, json!({"message": message, "requestedSchema": {"type": "object", "properties": {
-                    "username": {"type": "string", "description": "User's response"},
-                    "email": {"type": "string", "description": "User's email address"}}, "required": ["username", "email"]}}))
-                    .await
-                    .map(Into::into);
-            }
-            "test_elicitation_sep1034_defaults" => {
-                return Self::elicit(&context, json!({"message": "Please review and update the form fields with defaults", "requestedSchema": {
-                    "type": "object", "properties": {
-                        "name": {"type": "string", "description": "User name", "default": "John Doe"},
-                        "age": {"type": "integer", "description": "User age", "default": 30},
-                        "score": {"type": "number", "description": "User score", "default": 95.5},
-                        "status": {"type": "string", "description": "User status", "enum": ["active", "inactive", "pending"], "default": "active"},
-                        "verified": {"type": "boolean", "description": "Verification status", "default": true}}}}))
-                    .await
-                    .map(Into::into);
-            }
-            "test_elicitation_sep1330_enums" => {
-                return Self::elicit(&context, json!({"message": "Please select options from the enum fields", "requestedSchema": {
-                    "type": "object", "properties": {
-                        "untitledSingle": {"type": "string", "description": "Select one option", "enum": ["option1", "option2", "option3"]},
-                        "titledSingle": {"type": "string", "description": "Select one option with titles", "oneOf": [
-                            {"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second Option"}, {"const": "value3", "title": "Third Option"}]},
-                        "legacyEnum": {"type": "string", "description": "Select one option (legacy)", "enum": ["opt1", "opt2", "opt3"],
-                            "enumNames": ["Option One", "Option Two", "Option Three"]},
-                        "untitledMulti": {"type": "array", "description": "Select multiple options", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-                        "titledMulti": {"type": "array", "description": "Select multiple options with titles", "items": {"anyOf": [
-                            {"const": "value1", "title": "First Choice"}, {"const": "value2", "title": "Second Choice"}, {"const": "value3", "title": "Third Choice"}]}}}}}))
-                    .await
-                    .map(Into::into);
-            }
+            "test_tool_with_progress" => Self::with_progress(&context).await,
+            "test_sampling" => Self::sampling(&context, &args).await?,
+            "test_elicitation" => Self::elicit(&context, user_info_form(&args)).await?,
+            "test_elicitation_sep1034_defaults" => Self::elicit(&context, defaults_form()).await?,
+            "test_elicitation_sep1330_enums" => Self::elicit(&context, enums_form()).await?,
             "json_schema_2020_12_tool" => text("ok"),
             other => {
                 return Err(ErrorData::invalid_params(

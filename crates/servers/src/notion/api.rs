@@ -129,66 +129,10 @@ impl Call {
         let url = format!("{}{}", api.base, path);
         let mut attempt = 0u32;
         loop {
-            let result = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .map_err(|e| NotionError::Decode(e.to_string()))?;
-                let mut request = api
-                    .http
-                    .request(method.clone(), &url)
-                    .bearer_auth(&self.token)
-                    .header("Notion-Version", &api.version);
-                if let Some(body) = &body {
-                    request = request.json(body);
-                }
-                request.send().await
-            };
-            let (wait, error) = match result {
-                Ok(response) if response.status().is_success() => {
-                    return response
-                        .json()
-                        .await
-                        .map_err(|e| NotionError::Decode(e.to_string()));
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    let error = api_error(status, response.text().await.unwrap_or_default());
-                    let wait = match status.as_u16() {
-                        429 | 529 | 503 => Some(Duration::from_secs(retry_after.unwrap_or(1))),
-                        500 | 502 | 504 => Some(backoff(attempt)),
-                        _ => None,
-                    };
-                    match (wait, status) {
-                        (None, _) => return Err(error),
-                        (Some(w), StatusCode::TOO_MANY_REQUESTS) => (
-                            w,
-                            NotionError::RateLimited {
-                                retry_after_secs: w.as_secs(),
-                            },
-                        ),
-                        (Some(w), _) => (w, error),
-                    }
-                }
-                Err(e) if e.is_connect() || e.is_timeout() => (
-                    backoff(attempt),
-                    NotionError::Transport {
-                        base: api.base.clone(),
-                        reason: e.to_string(),
-                    },
-                ),
-                Err(e) => {
-                    return Err(NotionError::Transport {
-                        base: api.base.clone(),
-                        reason: e.to_string(),
-                    });
-                }
+            let (error, wait) = match self.attempt(&method, &url, body.as_ref(), attempt).await {
+                Ok(value) => return Ok(value),
+                Err((error, None)) => return Err(error),
+                Err((error, Some(wait))) => (error, wait),
             };
             let waited = Duration::from_millis(self.waited_ms.load(Ordering::Relaxed));
             if attempt >= api.max_retries || waited + wait > api.max_retry_wait {
@@ -200,6 +144,77 @@ impl Call {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+
+    /// One request, holding a concurrency permit until the answer's headers arrive.
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        body: Option<&Value>,
+        attempt: u32,
+    ) -> Result<Value, Failure> {
+        let api = &self.api;
+        let result = {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| (NotionError::Decode(e.to_string()), None))?;
+            let mut request = api
+                .http
+                .request(method.clone(), url)
+                .bearer_auth(&self.token)
+                .header("Notion-Version", &api.version);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            request.send().await
+        };
+        match result {
+            Ok(response) if response.status().is_success() => response
+                .json()
+                .await
+                .map_err(|e| (NotionError::Decode(e.to_string()), None)),
+            Ok(response) => Err(failed_response(response, attempt).await),
+            Err(e) => {
+                let retry = (e.is_connect() || e.is_timeout()).then(|| backoff(attempt));
+                let error = NotionError::Transport {
+                    base: api.base.clone(),
+                    reason: e.to_string(),
+                };
+                Err((error, retry))
+            }
+        }
+    }
+}
+
+/// A failed attempt: the error, and how long to wait before retrying (none: do not retry).
+type Failure = (NotionError, Option<Duration>);
+
+/// An error status: rate limits and overload wait for `Retry-After`, other server errors back
+/// off, the rest are final.
+async fn failed_response(response: reqwest::Response, attempt: u32) -> Failure {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let error = api_error(status, response.text().await.unwrap_or_default());
+    let wait = match status.as_u16() {
+        429 | 529 | 503 => Some(Duration::from_secs(retry_after.unwrap_or(1))),
+        500 | 502 | 504 => Some(backoff(attempt)),
+        _ => None,
+    };
+    match (wait, status) {
+        (Some(w), StatusCode::TOO_MANY_REQUESTS) => (
+            NotionError::RateLimited {
+                retry_after_secs: w.as_secs(),
+            },
+            wait,
+        ),
+        _ => (error, wait),
     }
 }
 

@@ -121,134 +121,153 @@ fn render(nodes: &[Node], indent: usize, out: &mut String) {
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let body = node.block.get(kind).cloned().unwrap_or(Value::Null);
-        let text = rich_text(body.get("rich_text").unwrap_or(&Value::Null));
         number = if kind == "numbered_list_item" {
             number + 1
         } else {
             0
         };
         let pad = " ".repeat(indent);
-        // (line, indent for children, blank line after)
-        let (line, child_indent, spaced): (Option<String>, usize, bool) = match kind {
-            "paragraph" => (Some(text), indent + 2, true),
-            "heading_1" | "heading_2" | "heading_3" | "heading_4" => {
-                let level = kind[8..].parse::<usize>().unwrap_or(1);
-                (Some(format!("{} {text}", "#".repeat(level))), indent, true)
+        match kind {
+            "table" => table(&node.children, &pad, out),
+            "table_of_contents" | "breadcrumb" => {}
+            _ => {
+                let (line, child_indent, spaced) = layout(node, kind, number, indent);
+                if let Some(line) = line {
+                    for l in line.lines() {
+                        out.push_str(&pad);
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                    if line.is_empty() {
+                        out.push('\n');
+                    }
+                }
+                if let Some(note) = &node.note {
+                    out.push_str(&format!("{}[{note}]\n", " ".repeat(child_indent)));
+                }
+                render(&node.children, child_indent, out);
+                if spaced && indent == 0 {
+                    out.push('\n');
+                }
             }
-            "bulleted_list_item" => (Some(format!("- {text}")), indent + 2, false),
-            "numbered_list_item" => (Some(format!("{number}. {text}")), indent + 3, false),
-            "to_do" => {
-                let mark = if body.get("checked").and_then(Value::as_bool) == Some(true) {
-                    "x"
-                } else {
-                    " "
-                };
-                (Some(format!("- [{mark}] {text}")), indent + 2, false)
-            }
-            "toggle" => (Some(format!("- {text}")), indent + 2, false),
-            "quote" => (Some(format!("> {text}")), indent + 2, true),
-            "callout" => {
-                let icon = body
-                    .pointer("/icon/emoji")
-                    .and_then(Value::as_str)
-                    .map(|e| format!("{e} "))
-                    .unwrap_or_default();
-                (Some(format!("> {icon}{text}")), indent + 2, true)
-            }
-            "code" => {
-                let lang = body.get("language").and_then(Value::as_str).unwrap_or("");
-                let code = plain_text(body.get("rich_text").unwrap_or(&Value::Null));
-                (Some(format!("```{lang}\n{code}\n```")), indent, true)
-            }
-            "equation" => {
-                let expr = body.get("expression").and_then(Value::as_str).unwrap_or("");
-                (Some(format!("$$\n{expr}\n$$")), indent, true)
-            }
-            "divider" => (Some("---".into()), indent, true),
-            "child_page" => {
-                let title = body
-                    .get("title")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Untitled");
-                let id = node.block.get("id").and_then(Value::as_str).unwrap_or("");
-                (
-                    Some(format!("[Subpage: {title}]({})", page_url(id))),
-                    indent,
-                    true,
-                )
-            }
-            "child_database" => {
-                let title = body
-                    .get("title")
-                    .and_then(Value::as_str)
-                    .unwrap_or("Untitled");
-                (Some(format!("[Database: {title}]")), indent, true)
-            }
-            "image" | "video" | "file" | "pdf" | "audio" => {
-                let url = body
-                    .pointer("/external/url")
-                    .or_else(|| body.pointer("/file/url"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let caption = plain_text(body.get("caption").unwrap_or(&Value::Null));
-                let label = if caption.is_empty() {
-                    kind.to_owned()
-                } else {
-                    format!("{kind}: {caption}")
-                };
-                (Some(format!("[{label}]({url})")), indent, true)
-            }
-            "bookmark" | "embed" | "link_preview" => {
-                let url = body.get("url").and_then(Value::as_str).unwrap_or("");
-                let caption = plain_text(body.get("caption").unwrap_or(&Value::Null));
-                let label = if caption.is_empty() {
-                    url.to_owned()
-                } else {
-                    caption
-                };
-                (Some(format!("[{label}]({url})")), indent, true)
-            }
-            "link_to_page" => {
-                let id = body
-                    .get("page_id")
-                    .or_else(|| body.get("database_id"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                (
-                    Some(format!("[Linked page]({})", page_url(id))),
-                    indent,
-                    true,
-                )
-            }
-            "table" => {
-                table(&node.children, &pad, out);
-                continue;
-            }
-            "column_list" | "column" | "synced_block" | "template" => (None, indent, false),
-            "table_of_contents" | "breadcrumb" => continue,
-            "unsupported" => (Some("[unsupported block]".into()), indent, true),
-            _ if !text.is_empty() => (Some(text.clone()), indent + 2, true),
-            other => (Some(format!("[{other} block]")), indent, true),
-        };
-        if let Some(line) = line {
-            for l in line.lines() {
-                out.push_str(&pad);
-                out.push_str(l);
-                out.push('\n');
-            }
-            if line.is_empty() {
-                out.push('\n');
-            }
-        }
-        if let Some(note) = &node.note {
-            out.push_str(&format!("{}[{note}]\n", " ".repeat(child_indent)));
-        }
-        render(&node.children, child_indent, out);
-        if spaced && indent == 0 {
-            out.push('\n');
         }
     }
+}
+
+/// How a block of type `kind` renders at `indent`: its line (if any), the indent for its
+/// children, and whether a blank line follows it at the top level. `number` is its place in a
+/// run of numbered list items.
+fn layout(node: &Node, kind: &str, number: usize, indent: usize) -> (Option<String>, usize, bool) {
+    let body = node.block.get(kind).cloned().unwrap_or(Value::Null);
+    let text = rich_text(body.get("rich_text").unwrap_or(&Value::Null));
+    match kind {
+        "paragraph" => (Some(text), indent + 2, true),
+        "heading_1" | "heading_2" | "heading_3" | "heading_4" => {
+            let level = kind[8..].parse::<usize>().unwrap_or(1);
+            (Some(format!("{} {text}", "#".repeat(level))), indent, true)
+        }
+        "bulleted_list_item" => (Some(format!("- {text}")), indent + 2, false),
+        "numbered_list_item" => (Some(format!("{number}. {text}")), indent + 3, false),
+        "to_do" => (Some(to_do(&body, &text)), indent + 2, false),
+        "toggle" => (Some(format!("- {text}")), indent + 2, false),
+        "quote" => (Some(format!("> {text}")), indent + 2, true),
+        "callout" => (Some(callout(&body, &text)), indent + 2, true),
+        "code" => (Some(code(&body)), indent, true),
+        "equation" => (Some(equation(&body)), indent, true),
+        "divider" => (Some("---".into()), indent, true),
+        "child_page" => (Some(child_page(node, &body)), indent, true),
+        "child_database" => (Some(child_database(&body)), indent, true),
+        "image" | "video" | "file" | "pdf" | "audio" => (Some(media(kind, &body)), indent, true),
+        "bookmark" | "embed" | "link_preview" => (Some(bookmark(&body)), indent, true),
+        "link_to_page" => (Some(link_to_page(&body)), indent, true),
+        "column_list" | "column" | "synced_block" | "template" => (None, indent, false),
+        "unsupported" => (Some("[unsupported block]".into()), indent, true),
+        _ if !text.is_empty() => (Some(text), indent + 2, true),
+        other => (Some(format!("[{other} block]")), indent, true),
+    }
+}
+
+fn to_do(body: &Value, text: &str) -> String {
+    let mark = if body.get("checked").and_then(Value::as_bool) == Some(true) {
+        "x"
+    } else {
+        " "
+    };
+    format!("- [{mark}] {text}")
+}
+
+fn callout(body: &Value, text: &str) -> String {
+    let icon = body
+        .pointer("/icon/emoji")
+        .and_then(Value::as_str)
+        .map(|e| format!("{e} "))
+        .unwrap_or_default();
+    format!("> {icon}{text}")
+}
+
+fn code(body: &Value) -> String {
+    let lang = body.get("language").and_then(Value::as_str).unwrap_or("");
+    let code = plain_text(body.get("rich_text").unwrap_or(&Value::Null));
+    format!("```{lang}\n{code}\n```")
+}
+
+fn equation(body: &Value) -> String {
+    let expr = body.get("expression").and_then(Value::as_str).unwrap_or("");
+    format!("$$\n{expr}\n$$")
+}
+
+fn child_page(node: &Node, body: &Value) -> String {
+    let title = body
+        .get("title")
+        .and_then(Value::as_str)
+        .unwrap_or("Untitled");
+    let id = node.block.get("id").and_then(Value::as_str).unwrap_or("");
+    format!("[Subpage: {title}]({})", page_url(id))
+}
+
+fn child_database(body: &Value) -> String {
+    let title = body
+        .get("title")
+        .and_then(Value::as_str)
+        .unwrap_or("Untitled");
+    format!("[Database: {title}]")
+}
+
+/// An image, video, file, PDF or audio block: a link labelled with its kind and caption.
+fn media(kind: &str, body: &Value) -> String {
+    let url = body
+        .pointer("/external/url")
+        .or_else(|| body.pointer("/file/url"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let caption = plain_text(body.get("caption").unwrap_or(&Value::Null));
+    let label = if caption.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {caption}")
+    };
+    format!("[{label}]({url})")
+}
+
+/// A bookmark, embed or link preview: a link labelled with its caption, or its URL.
+fn bookmark(body: &Value) -> String {
+    let url = body.get("url").and_then(Value::as_str).unwrap_or("");
+    let caption = plain_text(body.get("caption").unwrap_or(&Value::Null));
+    let label = if caption.is_empty() {
+        url.to_owned()
+    } else {
+        caption
+    };
+    format!("[{label}]({url})")
+}
+
+fn link_to_page(body: &Value) -> String {
+    let id = body
+        .get("page_id")
+        .or_else(|| body.get("database_id"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("[Linked page]({})", page_url(id))
 }
 
 fn table(rows: &[Node], pad: &str, out: &mut String) {
