@@ -2,11 +2,12 @@
 //! PKCE (S256), `state` and `nonce`, and ID token checks (signature against the provider's JWKS,
 //! `iss`, `aud`, `exp`, `nonce`). Groups come from a configurable claim.
 
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use postern_http::document::{CachedDocument, Limits, read_capped};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -90,7 +91,33 @@ pub struct Oidc {
     settings: OidcSettings,
     http: reqwest::Client,
     discovery: tokio::sync::OnceCell<Discovery>,
-    keys: RwLock<Option<(JwkSet, Instant)>>,
+    /// The provider's keys, at the `jwks_uri` discovery names.
+    keys: OnceLock<CachedDocument<JwkSet>>,
+}
+
+/// How the provider's keys are kept: an hour, fetched early for a new `kid` at most every 10 s
+/// (an ID token naming a made-up key cannot make the gateway hammer the provider), at most
+/// 256 KiB.
+const KEY_LIMITS: Limits = Limits {
+    ttl: Duration::from_secs(3600),
+    cooldown: Duration::from_secs(10),
+    max_bytes: 256 * 1024,
+};
+
+/// Largest discovery document (and UserInfo response) accepted.
+const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
+
+fn parse_jwks(body: &[u8]) -> Result<JwkSet, String> {
+    serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))
+}
+
+/// Whether `keys` can check a token signed with `kid` (a token without one is checked with the
+/// provider's only key).
+fn has_key(keys: &JwkSet, kid: Option<&str>) -> bool {
+    match kid {
+        Some(kid) => keys.find(kid).is_some(),
+        None => keys.keys.len() == 1,
+    }
 }
 
 impl Oidc {
@@ -101,7 +128,7 @@ impl Oidc {
             settings,
             http,
             discovery: tokio::sync::OnceCell::new(),
-            keys: RwLock::new(None),
+            keys: OnceLock::new(),
         }
     }
 
@@ -116,16 +143,18 @@ impl Oidc {
                     url: url.clone(),
                     reason,
                 };
-                let discovery: Discovery = self
+                let discovery = self
                     .http
                     .get(&url)
                     .send()
                     .await
                     .map_err(|e| fail(e.to_string()))?
                     .error_for_status()
-                    .map_err(|e| fail(e.to_string()))?
-                    .json()
+                    .map_err(|e| fail(e.to_string()))?;
+                let body = read_capped(discovery, MAX_DISCOVERY_BYTES)
                     .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let discovery: Discovery = serde_json::from_slice(&body)
                     .map_err(|e| fail(format!("not a discovery document: {e}")))?;
                 if discovery.issuer.trim_end_matches('/')
                     != self.settings.issuer.trim_end_matches('/')
@@ -260,29 +289,33 @@ impl Oidc {
         id_token: &str,
         nonce: &str,
     ) -> Result<OidcIdentity, OidcError> {
-        let keys = self.keys(false).await?;
-        match validate_id_token(
+        let kid = jsonwebtoken::decode_header(id_token)
+            .ok()
+            .and_then(|header| header.kid);
+        let keys = self
+            .keys
+            .get_or_init(|| {
+                CachedDocument::new(
+                    &discovery.jwks_uri,
+                    self.http.clone(),
+                    KEY_LIMITS,
+                    parse_jwks,
+                )
+            })
+            .get(|keys| has_key(keys, kid.as_deref()))
+            .await
+            .map_err(|error| OidcError::Provider {
+                url: error.url,
+                reason: error.reason,
+            })?;
+        validate_id_token(
             id_token,
             &keys,
             &discovery.issuer,
             &self.settings.client_id,
             nonce,
             &self.settings.groups_claim,
-        ) {
-            // A key rotated at the provider: fetch the keys once more.
-            Err(OidcError::IdToken(reason)) if reason.contains("unknown key") => {
-                let keys = self.keys(true).await?;
-                validate_id_token(
-                    id_token,
-                    &keys,
-                    &discovery.issuer,
-                    &self.settings.client_id,
-                    nonce,
-                    &self.settings.groups_claim,
-                )
-            }
-            other => other,
-        }
+        )
     }
 
     /// Fills in what the ID token left out from the UserInfo response, which must be about the
@@ -309,9 +342,10 @@ impl Oidc {
         if !status.is_success() {
             return Err(fail(format!("HTTP {status}")));
         }
-        let info: Map<String, Value> = response
-            .json()
+        let body = read_capped(response, MAX_DISCOVERY_BYTES)
             .await
+            .map_err(|e| fail(e.to_string()))?;
+        let info: Map<String, Value> = serde_json::from_slice(&body)
             .map_err(|e| fail(format!("not a JSON UserInfo response: {e}")))?;
         if info.get("sub").and_then(Value::as_str) != Some(identity.subject.as_str()) {
             return Err(fail(
@@ -333,33 +367,6 @@ impl Oidc {
         identity.name = text("name");
         identity.groups = groups_of(&identity.claims, &self.settings.groups_claim);
         Ok(identity)
-    }
-
-    async fn keys(&self, refresh: bool) -> Result<JwkSet, OidcError> {
-        if !refresh
-            && let Some((keys, fetched)) =
-                self.keys.read().unwrap_or_else(|e| e.into_inner()).as_ref()
-            && fetched.elapsed() < Duration::from_secs(3600)
-        {
-            return Ok(keys.clone());
-        }
-        let discovery = self.discovery().await?;
-        let fail = |reason: String| OidcError::Provider {
-            url: discovery.jwks_uri.clone(),
-            reason,
-        };
-        let keys: JwkSet = self
-            .http
-            .get(&discovery.jwks_uri)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| fail(format!("not a JWKS: {e}")))?;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) =
-            Some((keys.clone(), Instant::now()));
-        Ok(keys)
     }
 }
 

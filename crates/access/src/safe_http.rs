@@ -12,8 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use postern_gateway::body::ReadError;
+use postern_http::document::ReadError;
 use postern_oauth::registration::is_loopback;
 use serde_json::Value;
 
@@ -116,19 +115,11 @@ pub async fn read_capped(
     response: reqwest::Response,
     max: usize,
 ) -> Result<bytes::Bytes, String> {
-    let declared = response.content_length();
-    let body = http::Response::from(response)
-        .into_body()
-        .map_err(postern_gateway::body::BoxError::from)
-        .boxed();
-    postern_gateway::body::read_bounded(body, declared, max, None)
+    postern_http::document::read_capped(response, max)
         .await
         .map_err(|error| match error {
             ReadError::TooLarge(_) => format!("{url} answered more than {} KiB", max / 1024),
-            // The client's own time limit ends a slow answer as a failed read.
-            ReadError::TooSlow(_) | ReadError::Unreadable => {
-                format!("{url}: the answer could not be read whole")
-            }
+            ReadError::Unreadable => format!("{url}: {error}"),
         })
 }
 

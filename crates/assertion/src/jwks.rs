@@ -1,11 +1,10 @@
 //! The gateway's public keys, fetched from the configured JWKS URL and cached.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use postern_http::document::{CachedDocument, Limits};
 
 use crate::{VerifierConfig, VerifyError};
 
@@ -19,139 +18,56 @@ pub(crate) struct PublicKey {
     pub(crate) algorithm: Algorithm,
 }
 
-#[derive(Default)]
-struct Snapshot {
-    keys: HashMap<String, PublicKey>,
-    fetched_at: Option<Instant>,
-    last_attempt: Option<Instant>,
-}
-
+/// The gateway's keys by `kid`, kept by the shared [`CachedDocument`] (its ttl, cooldown,
+/// coalescing and last-good-copy rules are the verifier's).
 pub(crate) struct KeyCache {
-    url: String,
-    ttl: Duration,
-    cooldown: Duration,
-    http: reqwest::Client,
-    snapshot: RwLock<Snapshot>,
-    /// Serialises fetches so concurrent misses make one request.
-    fetch: tokio::sync::Mutex<()>,
+    document: CachedDocument<HashMap<String, PublicKey>>,
 }
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyCache")
-            .field("url", &self.url)
+            .field("url", &self.document.url())
             .finish_non_exhaustive()
     }
 }
 
 impl KeyCache {
     pub(crate) fn new(config: &VerifierConfig) -> Self {
-        let http = postern_http::client(config.fetch_timeout);
-        Self {
-            url: config.jwks_url.clone(),
+        let limits = Limits {
             ttl: config.keys_ttl,
             cooldown: config.refetch_cooldown,
-            http,
-            snapshot: RwLock::default(),
-            fetch: tokio::sync::Mutex::new(()),
+            max_bytes: MAX_JWKS_BYTES,
+        };
+        let http = postern_http::client(config.fetch_timeout);
+        Self {
+            document: CachedDocument::new(&config.jwks_url, http, limits, parse_keys),
         }
     }
 
     /// The key with this `kid`, fetching the JWKS when the cache is empty or stale, or when the
     /// `kid` is unknown and the last fetch is older than the cooldown (keys were rotated).
     pub(crate) async fn get(&self, kid: &str) -> Result<PublicKey, VerifyError> {
-        let (cached, stale, may_refetch) = self.lookup(kid);
-        if let (Some(key), false) = (&cached, stale) {
-            return Ok(key.clone());
-        }
-        if cached.is_none() && !may_refetch {
-            return Err(self.unknown(kid));
-        }
-
-        let _guard = self.fetch.lock().await;
-        // Another task may have fetched while this one waited.
-        let (cached, stale, may_refetch) = self.lookup(kid);
-        if let (Some(key), false) = (&cached, stale) {
-            return Ok(key.clone());
-        }
-        if cached.is_none() && !may_refetch {
-            return Err(self.unknown(kid));
-        }
-        match self.fetch_keys().await {
-            Ok(keys) => {
-                let found = keys.get(kid).cloned();
-                let mut snapshot = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
-                snapshot.keys = keys;
-                snapshot.fetched_at = Some(Instant::now());
-                snapshot.last_attempt = snapshot.fetched_at;
-                found.ok_or_else(|| self.unknown(kid))
-            }
-            Err(error) => {
-                self.snapshot
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_attempt = Some(Instant::now());
-                // A stale key still verifies while the gateway is briefly unreachable.
-                match cached {
-                    Some(key) => {
-                        tracing::warn!(%error, "JWKS refresh failed, using the cached key");
-                        Ok(key)
-                    }
-                    None => Err(error),
-                }
-            }
-        }
-    }
-
-    fn lookup(&self, kid: &str) -> (Option<PublicKey>, bool, bool) {
-        let snapshot = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
-        let stale = snapshot.fetched_at.is_none_or(|t| t.elapsed() >= self.ttl);
-        let may_refetch = snapshot
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.cooldown);
-        (
-            snapshot.keys.get(kid).cloned(),
-            stale && may_refetch,
-            may_refetch,
-        )
-    }
-
-    fn unknown(&self, kid: &str) -> VerifyError {
-        VerifyError::UnknownKey {
-            kid: kid.to_owned(),
-            jwks_url: self.url.clone(),
-        }
-    }
-
-    async fn fetch_keys(&self) -> Result<HashMap<String, PublicKey>, VerifyError> {
-        let fail = |reason: String| VerifyError::Jwks {
-            jwks_url: self.url.clone(),
-            reason,
-        };
-        let response = self
-            .http
-            .get(&self.url)
-            .header("accept", "application/json")
-            .send()
+        let keys = self
+            .document
+            .get(|keys| keys.contains_key(kid))
             .await
-            .map_err(|e| fail(format!("request failed: {e}")))?;
-        if !response.status().is_success() {
-            return Err(fail(format!("HTTP status {}", response.status())));
-        }
-        if response.content_length().unwrap_or(0) > MAX_JWKS_BYTES as u64 {
-            return Err(fail(format!("document larger than {MAX_JWKS_BYTES} bytes")));
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| fail(format!("reading the body failed: {e}")))?;
-        if body.len() > MAX_JWKS_BYTES {
-            return Err(fail(format!("document larger than {MAX_JWKS_BYTES} bytes")));
-        }
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|e| fail(format!("not a JWKS: {e}")))?;
-        Ok(usable_keys(&set))
+            .map_err(|error| VerifyError::Jwks {
+                jwks_url: error.url,
+                reason: error.reason,
+            })?;
+        keys.get(kid)
+            .cloned()
+            .ok_or_else(|| VerifyError::UnknownKey {
+                kid: kid.to_owned(),
+                jwks_url: self.document.url().to_owned(),
+            })
     }
+}
+
+fn parse_keys(body: &[u8]) -> Result<HashMap<String, PublicKey>, String> {
+    let set: JwkSet = serde_json::from_slice(body).map_err(|e| format!("not a JWKS: {e}"))?;
+    Ok(usable_keys(&set))
 }
 
 /// The keys of `set` that have a `kid` and are P-256 or RSA public keys. Others are skipped: a

@@ -123,10 +123,7 @@ impl<T> CachedDocument<T> {
     }
 
     /// The answer from the kept copy, or `None` when a fetch is due.
-    fn kept_answer(
-        &self,
-        enough: &impl Fn(&T) -> bool,
-    ) -> Option<Result<Arc<T>, DocumentError>> {
+    fn kept_answer(&self, enough: &impl Fn(&T) -> bool) -> Option<Result<Arc<T>, DocumentError>> {
         let kept = self.kept.read().unwrap_or_else(|e| e.into_inner());
         let fresh = kept
             .fetched_at
@@ -185,7 +182,10 @@ pub enum ReadError {
 /// The body of `response`, refused when it is larger than `max` bytes (announced or actual), so
 /// a hostile or broken server cannot make Postern buffer without bound.
 pub async fn read_capped(response: reqwest::Response, max: usize) -> Result<Bytes, ReadError> {
-    if response.content_length().is_some_and(|length| length > max as u64) {
+    if response
+        .content_length()
+        .is_some_and(|length| length > max as u64)
+    {
         return Err(ReadError::TooLarge(max));
     }
     let body = http::Response::from(response).into_body();
@@ -258,7 +258,12 @@ mod tests {
             cooldown,
             max_bytes: 1024,
         };
-        CachedDocument::new(&server.url, crate::client(Duration::from_secs(5)), limits, names)
+        CachedDocument::new(
+            &server.url,
+            crate::client(Duration::from_secs(5)),
+            limits,
+            names,
+        )
     }
 
     fn has(name: &'static str) -> impl Fn(&Vec<String>) -> bool {
@@ -268,12 +273,24 @@ mod tests {
     #[tokio::test]
     async fn a_kept_copy_serves_until_it_lacks_something_and_the_cooldown_limits_refetches() {
         let server = serve(0).await;
-        let cache = cache(&server, Duration::from_secs(600), Duration::from_millis(300));
+        let cache = cache(
+            &server,
+            Duration::from_secs(600),
+            Duration::from_millis(300),
+        );
         let copies = futures_join(&cache, 8).await;
         assert!(copies.iter().all(|c| c.as_slice() == ["a"]));
-        assert_eq!(server.fetches.load(Ordering::SeqCst), 1, "concurrent misses fetch once");
+        assert_eq!(
+            server.fetches.load(Ordering::SeqCst),
+            1,
+            "concurrent misses fetch once"
+        );
         cache.get(has("a")).await.unwrap();
-        assert_eq!(server.fetches.load(Ordering::SeqCst), 1, "a fresh copy is served");
+        assert_eq!(
+            server.fetches.load(Ordering::SeqCst),
+            1,
+            "a fresh copy is served"
+        );
 
         // A name nobody published: within the cooldown no fetch, however often it is asked.
         for _ in 0..20 {
@@ -296,7 +313,11 @@ mod tests {
         server.fail.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let kept = cache.get(has("a")).await.unwrap();
-        assert_eq!(kept.as_slice(), ["a"], "the last good copy outlives an outage");
+        assert_eq!(
+            kept.as_slice(),
+            ["a"],
+            "the last good copy outlives an outage"
+        );
         assert_eq!(server.fetches.load(Ordering::SeqCst), 2);
 
         let empty = CachedDocument::new(
@@ -313,7 +334,11 @@ mod tests {
         assert!(error.reason.contains("500"), "{error}");
         let again = empty.get(has("a")).await.unwrap_err();
         assert!(again.reason.contains("less than"), "{again}");
-        assert_eq!(server.fetches.load(Ordering::SeqCst), 3, "no fetch within the cooldown");
+        assert_eq!(
+            server.fetches.load(Ordering::SeqCst),
+            3,
+            "no fetch within the cooldown"
+        );
     }
 
     #[tokio::test]
