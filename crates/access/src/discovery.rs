@@ -74,7 +74,7 @@ pub struct Discovered {
     /// Postern's client at that server.
     pub client_id: String,
     /// Its secret, when the server issued one.
-    pub client_secret: Option<String>,
+    pub client_secret: Option<Secret>,
     /// `client_secret_basic` (header) or anything else (body).
     pub token_endpoint_auth_method: String,
     /// [`Discovered::oauth`], built once when the record is read or written (requests use it).
@@ -93,7 +93,7 @@ impl Discovered {
     pub fn oauth(&self) -> Option<UpstreamOAuth2> {
         Some(UpstreamOAuth2 {
             client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone().map(Secret::new),
+            client_secret: self.client_secret.clone(),
             client_secret_file: None,
             scopes: self.scopes.clone(),
             endpoint: Some(OAuthEndpoint {
@@ -389,7 +389,7 @@ impl Discovery {
             client_secret: client
                 .get("client_secret")
                 .and_then(Value::as_str)
-                .map(str::to_owned),
+                .map(Secret::new),
             token_endpoint_auth_method: client
                 .get("token_endpoint_auth_method")
                 .and_then(Value::as_str)

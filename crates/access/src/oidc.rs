@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use postern_http::document::{CachedDocument, Limits, read_capped};
+use postern_oauth::Secret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -21,7 +22,7 @@ pub struct OidcSettings {
     /// Client id.
     pub client_id: String,
     /// Client secret (HTTP Basic at the token endpoint).
-    pub client_secret: String,
+    pub client_secret: Secret,
     /// Scopes (default `openid profile email`).
     pub scopes: Vec<String>,
     /// The claim that lists groups.
@@ -255,7 +256,10 @@ impl Oidc {
         let response = self
             .http
             .post(&discovery.token_endpoint)
-            .basic_auth(&self.settings.client_id, Some(&self.settings.client_secret))
+            .basic_auth(
+                &self.settings.client_id,
+                Some(self.settings.client_secret.expose()),
+            )
             .form(&[
                 ("grant_type", "authorization_code"),
                 ("code", code),

@@ -8,14 +8,15 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
-mod secret;
 mod types;
 mod values;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-pub use secret::Secret;
+/// Secrets in the configuration are the protocol core's [`postern_oauth::Secret`]: `Debug`
+/// redacted, no `Display`.
+pub use postern_oauth::Secret;
 pub use types::*;
 pub use values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::Secret;
 use crate::values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
 
 /// The whole file.

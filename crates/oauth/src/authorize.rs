@@ -44,7 +44,8 @@ impl std::fmt::Display for ClientId {
 pub struct VerifiedRedirect {
     /// As presented (the token request must present the same string).
     presented: String,
-    url: url::Url,
+    /// Boxed: errors carry a `VerifiedRedirect`, and a bare `Url` would make them large.
+    url: Box<url::Url>,
 }
 
 impl VerifiedRedirect {
@@ -62,7 +63,7 @@ impl VerifiedRedirect {
         let url = url::Url::parse(presented).ok()?;
         Some(VerifiedRedirect {
             presented: presented.to_owned(),
-            url,
+            url: Box::new(url),
         })
     }
 
@@ -73,7 +74,7 @@ impl VerifiedRedirect {
 
     /// The URI with `pairs` added to its query.
     fn with(&self, pairs: &[(&str, &str)]) -> String {
-        let mut url = self.url.clone();
+        let mut url = (*self.url).clone();
         url.query_pairs_mut().extend_pairs(pairs);
         url.to_string()
     }

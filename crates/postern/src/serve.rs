@@ -133,11 +133,7 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
                 .idp_client_id
                 .clone()
                 .context("idp_client_id is required")?,
-            client_secret: config
-                .idp_client_secret
-                .as_ref()
-                .map(|s| s.expose().to_owned())
-                .unwrap_or_default(),
+            client_secret: config.idp_client_secret.clone().unwrap_or_default(),
             scopes: config.idp_scopes(),
             groups_claim: config.idp_groups_claim().to_owned(),
         });
