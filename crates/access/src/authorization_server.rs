@@ -39,7 +39,7 @@ pub struct AuthorizationServer {
     pub(crate) settings: AccessSettings,
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) cimd: crate::cimd::Cimd,
-    pub(crate) registration_limiter: crate::registration::RegistrationLimiter,
+    pub(crate) registration_limiter: crate::limiter::AddressWindows,
     pub(crate) broker: Arc<UpstreamBroker>,
 }
 

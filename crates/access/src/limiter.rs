@@ -1,4 +1,7 @@
-//! Sign-in guessing limits.
+//! The gateway's rate limits: sign-in guessing ([`SignInLimiter`]) and anonymous client
+//! registration ([`AddressWindows`]). Both count client addresses by [`address_key`].
+//!
+//! Sign-in guessing limits:
 //!
 //! Three counters per attempt, each a sliding window of failures:
 //! - the account from this address: a hard limit (429), so one address cannot keep guessing one
@@ -16,6 +19,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,8 +127,9 @@ impl SignInLimiter {
     }
 
     /// Reserves an attempt to sign in to `account` from `address`.
-    pub fn reserve(&self, account: &str, address: &str) -> Result<Attempt, Refused> {
+    pub fn reserve(&self, account: &str, address: IpAddr) -> Result<Attempt, Refused> {
         let account = account.to_ascii_lowercase();
+        let address = &address_key(address).to_string();
         let keys = [
             self.key("account+address", &[&account, address]),
             self.key("address", &[address]),
@@ -277,9 +282,137 @@ impl Drop for Attempt {
     }
 }
 
+/// Most client addresses tracked at once; beyond, the oldest window is dropped.
+const MAX_ADDRESSES: usize = 10_000;
+
+/// Events (client registrations) per client address in fixed windows. Keys are addresses
+/// (fixed size, IPv6 by /64), the map is bounded, so an attacker can't grow it without bound.
+#[derive(Default)]
+pub struct AddressWindows {
+    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl AddressWindows {
+    /// Counts an event from `ip`; `Err(retry_after)` when the address already had `per_window`
+    /// in the current `window`.
+    pub fn admit(&self, ip: IpAddr, per_window: u32, window: Duration) -> Result<(), Duration> {
+        let key = address_key(ip);
+        let now = Instant::now();
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= MAX_ADDRESSES && !windows.contains_key(&key) {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if windows.len() >= MAX_ADDRESSES
+                && let Some(oldest) = windows
+                    .iter()
+                    .min_by_key(|(_, (start, _))| *start)
+                    .map(|(k, _)| *k)
+            {
+                windows.remove(&oldest);
+            }
+        }
+        let (start, count) = windows.entry(key).or_insert((now, 0));
+        if now.duration_since(*start) >= window {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= per_window {
+            return Err(window.saturating_sub(now.duration_since(*start)));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
+
+/// The rate-limit key of an address: IPv6 addresses by their /64 (one host usually holds a
+/// whole /64, so counting single addresses would give it 2^64 budgets), IPv4 (also
+/// IPv4-mapped) as they are. Every per-address limit keys by this.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn guesses_from_one_ipv6_slash_64_share_the_address_limit() {
+        // The attack: one host owns a whole /64 and signs in from a fresh address for every
+        // guess, spraying one password over many accounts.
+        let limiter = limiter();
+        for n in 0..20 {
+            limiter
+                .reserve(
+                    &format!("user{n}@example.com"),
+                    ip(&format!("2001:db8:1:2::{n:x}")),
+                )
+                .unwrap()
+                .failed();
+        }
+        assert!(
+            limiter
+                .reserve("user99@example.com", ip("2001:db8:1:2:ffff::9"))
+                .is_err(),
+            "the 21st guess from the same /64 is refused"
+        );
+        assert!(
+            limiter
+                .reserve("user99@example.com", ip("2001:db8:1:3::1"))
+                .is_ok(),
+            "another /64 is another address"
+        );
+    }
+
+    #[test]
+    fn each_address_gets_its_registrations_per_window_and_ipv6_counts_per_64() {
+        let windows = AddressWindows::default();
+        let window = Duration::from_secs(60);
+        let a = ip("203.0.113.7");
+        for _ in 0..3 {
+            assert!(windows.admit(a, 3, window).is_ok());
+        }
+        let retry = windows.admit(a, 3, window).unwrap_err();
+        assert!(retry > Duration::from_secs(50) && retry <= Duration::from_secs(60));
+        assert!(windows.admit(ip("203.0.113.8"), 3, window).is_ok());
+        for n in 1..=3 {
+            assert!(
+                windows
+                    .admit(ip(&format!("2001:db8:1:2::{n}")), 3, window)
+                    .is_ok()
+            );
+        }
+        assert!(
+            windows
+                .admit(ip("2001:db8:1:2:ffff::9"), 3, window)
+                .is_err(),
+            "same /64"
+        );
+        assert!(windows.admit(ip("2001:db8:1:3::1"), 3, window).is_ok());
+        assert!(
+            windows.admit(ip("::ffff:203.0.113.7"), 3, window).is_err(),
+            "IPv4-mapped"
+        );
+    }
+
+    #[test]
+    fn the_address_table_stays_bounded() {
+        let windows = AddressWindows::default();
+        for n in 0..(MAX_ADDRESSES as u32 + 500) {
+            let _ = windows.admit(IpAddr::V4(n.into()), 20, Duration::from_secs(60));
+        }
+        assert!(windows.windows.lock().unwrap().len() <= MAX_ADDRESSES);
+    }
 
     fn limiter() -> SignInLimiter {
         SignInLimiter::new(Limits {
@@ -292,16 +425,18 @@ mod tests {
     fn attempts_in_flight_count_against_the_limit() {
         let limiter = limiter();
         let held: Vec<_> = (0..5)
-            .map(|_| limiter.reserve("ada@example.com", "10.0.0.1").unwrap())
+            .map(|_| limiter.reserve("ada@example.com", ip("10.0.0.1")).unwrap())
             .collect();
         assert!(
-            limiter.reserve("ada@example.com", "10.0.0.1").is_err(),
+            limiter.reserve("ada@example.com", ip("10.0.0.1")).is_err(),
             "a sixth parallel guess must wait for the first five"
         );
         for attempt in held {
             attempt.failed();
         }
-        let refused = limiter.reserve("ADA@example.com", "10.0.0.1").unwrap_err();
+        let refused = limiter
+            .reserve("ADA@example.com", ip("10.0.0.1"))
+            .unwrap_err();
         assert!(refused.retry_after > Duration::from_secs(200));
     }
 
@@ -310,15 +445,15 @@ mod tests {
         let limiter = limiter();
         for _ in 0..5 {
             limiter
-                .reserve("ada@example.com", "10.0.0.66")
+                .reserve("ada@example.com", ip("10.0.0.66"))
                 .unwrap()
                 .failed();
         }
-        assert!(limiter.reserve("ada@example.com", "10.0.0.66").is_err());
-        let own = limiter.reserve("ada@example.com", "192.0.2.1").unwrap();
+        assert!(limiter.reserve("ada@example.com", ip("10.0.0.66")).is_err());
+        let own = limiter.reserve("ada@example.com", ip("192.0.2.1")).unwrap();
         assert_eq!(own.delay, Duration::from_millis(250), "slowed, not locked");
         own.succeeded();
-        let after = limiter.reserve("ada@example.com", "192.0.2.1").unwrap();
+        let after = limiter.reserve("ada@example.com", ip("192.0.2.1")).unwrap();
         assert_eq!(
             after.delay,
             Duration::ZERO,
@@ -332,7 +467,7 @@ mod tests {
         let mut delays = Vec::new();
         for i in 0..12 {
             let attempt = limiter
-                .reserve("ada@example.com", &format!("10.0.1.{i}"))
+                .reserve("ada@example.com", ip(&format!("10.0.1.{i}")))
                 .unwrap();
             delays.push(attempt.delay.as_millis());
             attempt.failed();
@@ -347,16 +482,16 @@ mod tests {
     fn an_abandoned_attempt_counts_as_a_failure() {
         let limiter = limiter();
         for _ in 0..5 {
-            drop(limiter.reserve("ada@example.com", "10.0.0.1").unwrap());
+            drop(limiter.reserve("ada@example.com", ip("10.0.0.1")).unwrap());
         }
-        assert!(limiter.reserve("ada@example.com", "10.0.0.1").is_err());
+        assert!(limiter.reserve("ada@example.com", ip("10.0.0.1")).is_err());
     }
 
     #[test]
     fn keys_are_capped_and_lookups_store_nothing() {
         let limiter = limiter();
         let huge = "x".repeat(5 << 20);
-        limiter.reserve(&huge, "10.0.0.1").unwrap().succeeded();
+        limiter.reserve(&huge, ip("10.0.0.1")).unwrap().succeeded();
         assert!(
             limiter.is_empty(),
             "a success with no failures keeps nothing"
@@ -365,7 +500,7 @@ mod tests {
             limiter
                 .reserve(
                     &format!("{i}{huge}"),
-                    &format!("10.0.{}.{}", i / 250, i % 250),
+                    ip(&format!("10.0.{}.{}", i / 250, i % 250)),
                 )
                 .unwrap()
                 .failed();

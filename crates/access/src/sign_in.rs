@@ -424,8 +424,8 @@ impl SignIn {
         password: &str,
         redirect: &str,
     ) -> Result<LocalUser, Response<Body>> {
-        let address = ctx.client_addr.ip().to_string();
-        let attempt = match self.limiter.reserve(email, &address) {
+        let address = ctx.client_addr.ip();
+        let attempt = match self.limiter.reserve(email, address) {
             Ok(attempt) => attempt,
             Err(refused) => {
                 tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
