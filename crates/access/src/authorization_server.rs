@@ -206,6 +206,10 @@ impl AuthorizationServer {
             .await
     }
 
+    /// An authorization request (first or resumed after sign-in or the upstream provider), in
+    /// order: the client and its redirect URI (errors before are pages), the request and its
+    /// target route (errors after go back to the client), the signed-in user and the route's
+    /// policy, consent, then the code.
     pub(crate) async fn authorize_with(
         &self,
         ctx: &RequestContext,
@@ -272,8 +276,23 @@ impl AuthorizationServer {
             return response;
         }
 
-        // A route that needs the user's upstream account (TI): get it first, then come back here.
-        if self.needs_upstream_account(ctx, &route, &session).await {
+        self.issue_or_get_upstream_account(ctx, issuer, &asked, &request, &session, &query)
+            .await
+    }
+
+    /// The last step of an authorization the user may make and consented to: when the route
+    /// needs the user's upstream account (TI) and it is not connected yet, the browser goes
+    /// through the provider first and comes back here; otherwise the code goes to the client.
+    async fn issue_or_get_upstream_account(
+        &self,
+        ctx: &RequestContext,
+        issuer: &str,
+        asked: &ConsentAsked<'_>,
+        request: &authorize::AuthorizationRequest,
+        session: &postern_store::Session,
+        query: &HashMap<String, String>,
+    ) -> Response<Body> {
+        if self.needs_upstream_account(ctx, asked.route, session).await {
             let mut resume_query = query.clone();
             resume_query.remove("session_binding");
             let resume = crate::round_trip::Resume::Authorize {
@@ -282,27 +301,32 @@ impl AuthorizationServer {
             };
             return self
                 .broker
-                .start_upstream(ctx, &route, &session, resume)
+                .start_upstream(ctx, asked.route, session, resume)
                 .await;
         }
         let grant = CodeGrant {
-            client_id: client_id.as_str().to_owned(),
-            redirect_uri: redirect_uri.as_str().to_owned(),
+            client_id: asked.client_id.as_str().to_owned(),
+            redirect_uri: asked.redirect_uri.as_str().to_owned(),
             code_challenge: request.code_challenge.clone(),
-            resource,
+            resource: asked.resource.to_owned(),
             scope: request.scope.clone(),
             user_id: session.user_id.clone(),
             session_id: session.id.clone(),
             expires_at: now_ms() + CODE_TTL_MS,
         };
-        match self.issue_code(ctx, &client, &grant, &session).await {
+        let state = request.state.as_deref();
+        match self.issue_code(ctx, asked.client, &grant, session).await {
             Ok(code) => redirect_to(&authorize::code_redirect(
-                &redirect_uri,
+                asked.redirect_uri,
                 &code,
                 state,
                 issuer,
             )),
-            Err(error) => back.error(error, state),
+            Err(error) => ToClient {
+                redirect_uri: asked.redirect_uri,
+                issuer,
+            }
+            .error(error, state),
         }
     }
 
