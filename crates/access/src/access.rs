@@ -14,18 +14,18 @@ use postern_gateway::hooks::{Grant, Hooks, RequestContext};
 use postern_gateway::routes::Route;
 use postern_store::Store;
 
-use crate::assertion::Signer;
-use crate::audit::Audit;
 use crate::authorization_server::AuthorizationServer;
 use crate::broker::{Callback, UpstreamBroker};
 use crate::dispatch::{self, Endpoint};
 use crate::enforcement::Enforcement;
+use crate::enforcement::assertion::Signer;
+use crate::enforcement::audit::Audit;
 use crate::oauth_server::RevocationCache;
-use crate::oidc::Oidc;
-use crate::reply::{cors, json_response, preflight};
 use crate::settings::AccessSettings;
 use crate::sign_in::SignIn;
-use crate::users::LocalUsers;
+use crate::sign_in::oidc::Oidc;
+use crate::sign_in::users::LocalUsers;
+use crate::web::reply::{cors, json_response, preflight};
 
 /// The gateway hooks.
 pub struct Access {
@@ -99,7 +99,7 @@ impl Access {
             Endpoint::ClientMetadata => cached(
                 json_response(
                     StatusCode::OK,
-                    &crate::discovery::client_metadata_document(&ctx.origin()),
+                    &crate::broker::discovery::client_metadata_document(&ctx.origin()),
                 ),
                 "public, max-age=3600",
             ),
@@ -117,7 +117,7 @@ impl Access {
                     }
                 };
                 // The trip is over, whichever way it ended.
-                crate::round_trip::UPSTREAM
+                crate::web::round_trip::UPSTREAM
                     .clear(&mut response, self.broker.settings.cookie.secure);
                 response
             }

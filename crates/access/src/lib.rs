@@ -1,46 +1,34 @@
 //! Who may do what, and the OAuth around it: the gateway [`Hooks`](postern_gateway::hooks::Hooks)
-//! ([`Access`]), composed of four services that each own their state:
+//! ([`Access`]), composed of four services, each a folder with a type that owns its state:
 //!
-//! - sign-in ([`sign_in`]: local users, OIDC, sessions, the guessing limits, the pages' forms);
-//! - the authorization server for MCP clients ([`authorization_server`]: registration,
-//!   authorize and consent, token, revoke, client ID metadata documents, the TE format in
-//!   [`oauth_server`]);
-//! - the upstream-token broker ([`broker`]: users' upstream tokens, discovery of upstream
-//!   authorization servers, the app-facing connect/disconnect/routes endpoints);
-//! - enforcement ([`enforcement`]: identity from a TE or the cookie, the route's policy, MCP call
-//!   inspection, tool-list filtering, the identity assertion, the audit log).
+//! - `sign_in/` (`SignIn`): local users, OIDC, sessions, the sign-in and sign-out pages;
+//! - `authorization_server/` (`AuthorizationServer`): client registration and its limits,
+//!   authorize and consent, token, revoke, client ID metadata documents;
+//! - `broker/` (`UpstreamBroker`): users' upstream tokens (TI), discovery of upstream
+//!   authorization servers, the app-facing connect/disconnect/routes endpoints and the portal;
+//! - `enforcement/` (`Enforcement`): identity from a TE or the cookie, the route's policy, MCP
+//!   call inspection, tool-list filtering, the identity assertion, the audit log.
 //!
-//! [`dispatch`] is the one table of the gateway's own endpoints; [`reply`] builds responses.
+//! Under them, shared by all: [`oauth_server`], the TE format and its revocation cache, and
+//! `web/`, browser and HTTP plumbing (responses, forms and their anti-forgery pair, cookies,
+//! round trips through other sites, the pages, rate limits, outbound fetches of URLs others
+//! chose). `dispatch` is the one table of the gateway's own endpoints. Services depend only
+//! downwards (`web` <- `oauth_server` <- `sign_in` <- `broker` <- `authorization_server`,
+//! `enforcement`): no import circles.
 #![forbid(unsafe_code)]
 
 mod access;
-pub mod assertion;
-mod audit;
 mod authorization_server;
 mod broker;
-mod cimd;
-mod cookies;
-mod discovery;
 mod dispatch;
 mod enforcement;
-mod forms;
-mod limiter;
-mod mcp;
 pub mod oauth_server;
-pub mod oidc;
-mod pages;
-pub mod registration;
-mod reply;
-mod round_trip;
-mod routes_api;
-mod safe_http;
-pub mod session;
 mod settings;
 mod sign_in;
-mod tool_filter;
-mod untrusted;
-mod upstream;
-pub mod users;
+mod web;
 
 pub use access::Access;
+pub use authorization_server::registration;
+pub use enforcement::assertion;
 pub use settings::AccessSettings;
+pub use sign_in::{oidc, session, users};

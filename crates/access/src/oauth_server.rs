@@ -1,6 +1,6 @@
-//! The OAuth 2.1 authorization server for MCP clients: discovery documents, dynamic client
-//! registration, `/authorize` with sign-in and consent, `/token` (codes and refresh tokens) and
-//! `/revoke`, and the access tokens (TE) themselves.
+//! The access tokens (TE) the authorization server issues and every service checks, and what
+//! goes with them: the resource URL of a route, the RFC 6750 challenge, the token endpoint's
+//! form, the revocation cache.
 //!
 //! A TE is `pst_at_` + an AEAD-sealed JSON of the user, session, token family, client, resource
 //! and expiry: it is checked on every MCP request without a store round-trip. Revocation (sign-out,
@@ -227,7 +227,7 @@ pub fn route_resource(route: &Route, origin: &str) -> String {
 /// The MCP server route a resource URL names on this gateway.
 pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Route>> {
     let url = url::Url::parse(resource).ok()?;
-    let host = crate::safe_http::host_of(&url);
+    let host = crate::web::safe_http::host_of(&url);
     let port = url.port_or_known_default()?;
     let route = ctx.runtime.routes.find(&host, port, url.path())?;
     (route.is_mcp_server()

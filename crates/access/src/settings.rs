@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use postern_config::{Config, IssuerFormat};
 
-use crate::session::CookieSettings;
+use crate::sign_in::session::CookieSettings;
 
 /// What the hooks need from the configuration.
 #[derive(Clone, Debug)]
@@ -31,7 +31,7 @@ pub struct AccessSettings {
     /// (`mcp_allowed_as_metadata_domains`).
     pub allowed_as_metadata_domains: Vec<String>,
     /// Limits on dynamic client registration.
-    pub registration: crate::registration::RegistrationLimits,
+    pub registration: crate::authorization_server::registration::RegistrationLimits,
 }
 
 impl AccessSettings {

@@ -243,7 +243,7 @@ impl Cimd {
         needs_path: bool,
     ) -> Result<(Value, Option<Duration>), OAuthError> {
         let url = url::Url::parse(address).map_err(|_| refuse("the client's URL is not valid"))?;
-        let host = crate::safe_http::host_of(&url);
+        let host = crate::web::safe_http::host_of(&url);
         if url.fragment().is_some()
             || (needs_path && url.path() == "/")
             || !url.username().is_empty()
@@ -258,7 +258,7 @@ impl Cimd {
             )));
         }
         // Exactly listed hosts are trusted: they may be private (internal clients, tests).
-        let answer = crate::safe_http::fetch_json(&url, None, self.exactly_listed(&host))
+        let answer = crate::web::safe_http::fetch_json(&url, None, self.exactly_listed(&host))
             .await
             .map_err(refuse)?;
         if !answer.status.is_success() {
@@ -335,7 +335,7 @@ fn cache_ttl(header: Option<&str>) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safe_http::is_public;
+    use crate::web::safe_http::is_public;
 
     #[test]
     fn private_and_metadata_addresses_are_not_public() {

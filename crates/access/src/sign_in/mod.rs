@@ -1,6 +1,10 @@
 //! Signing users in and out: the local users' form (with its anti-forgery pair and guessing
 //! limits), OpenID Connect, and the browser sessions they start.
 
+pub mod oidc;
+pub mod session;
+pub mod users;
+
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -9,13 +13,13 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
-use crate::limiter::SignInLimiter;
-use crate::oidc::Oidc;
-use crate::pages;
-use crate::reply::{form_value, html, redirect_to, safe_redirect};
-use crate::round_trip::{OIDC_SIGN_IN, ROUND_TRIP_TTL_MS, Resume};
-use crate::session::{self, CookieSettings};
-use crate::users::{LocalUser, LocalUsers};
+use crate::sign_in::oidc::Oidc;
+use crate::sign_in::session::CookieSettings;
+use crate::sign_in::users::{LocalUser, LocalUsers};
+use crate::web::limiter::SignInLimiter;
+use crate::web::pages;
+use crate::web::reply::{form_value, html, redirect_to, safe_redirect};
+use crate::web::round_trip::{OIDC_SIGN_IN, ROUND_TRIP_TTL_MS, Resume};
 
 /// A sign-in form as posted.
 struct Posted {
@@ -254,17 +258,17 @@ impl SignIn {
         redirect: &str,
         error: Option<&str>,
     ) -> Response<Body> {
-        let Some((cookie, field)) = crate::forms::csrf_pair(self.store.keyring()) else {
+        let Some((cookie, field)) = crate::web::forms::csrf_pair(self.store.keyring()) else {
             return html(
                 StatusCode::SERVICE_UNAVAILABLE,
                 pages::message("Sign-in is unavailable", "No randomness available."),
             );
         };
         let mut response = html(status, pages::sign_in(redirect, &field, error));
-        crate::forms::csrf_cookie(self.cookie.secure).set(
+        crate::web::forms::csrf_cookie(self.cookie.secure).set(
             &mut response,
             &cookie,
-            crate::forms::CSRF_COOKIE_TTL,
+            crate::web::forms::CSRF_COOKIE_TTL,
         );
         response
     }
@@ -362,7 +366,7 @@ impl SignIn {
         request: Request<Body>,
         redirect: String,
     ) -> Result<Posted, Response<Body>> {
-        if let Err(why) = crate::forms::same_origin_post(request.headers(), &ctx.origin()) {
+        if let Err(why) = crate::web::forms::same_origin_post(request.headers(), &ctx.origin()) {
             tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
             return Err(self.sign_in_page(
                 StatusCode::FORBIDDEN,
@@ -373,7 +377,7 @@ impl SignIn {
             ));
         }
         let headers = request.headers().clone();
-        let body = match crate::forms::read_form(request).await {
+        let body = match crate::web::forms::read_form(request).await {
             Ok(body) => body,
             Err(error) => {
                 return Err(self.sign_in_page(
@@ -385,7 +389,7 @@ impl SignIn {
         };
         let form = String::from_utf8_lossy(&body).into_owned();
         let redirect = form_value(&form, "redirect_uri").unwrap_or(redirect);
-        if !crate::forms::csrf_matches(
+        if !crate::web::forms::csrf_matches(
             &headers,
             form_value(&form, "csrf_token").as_deref(),
             self.store.keyring(),
@@ -400,7 +404,7 @@ impl SignIn {
         }
         let email = form_value(&form, "email").unwrap_or_default();
         let password = form_value(&form, "password").unwrap_or_default();
-        if email.len() > crate::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
+        if email.len() > crate::web::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
             return Err(self.sign_in_page(
                 StatusCode::BAD_REQUEST,
                 &redirect,

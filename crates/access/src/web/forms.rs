@@ -10,7 +10,7 @@ use http::{HeaderMap, header};
 use postern_gateway::body::{self, Body, ReadError};
 use postern_store::Keyring;
 
-use crate::cookies::CookieSpec;
+use crate::web::cookies::CookieSpec;
 
 /// Largest form or JSON body the gateway reads on its own endpoints.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -95,8 +95,8 @@ pub fn csrf_matches(headers: &HeaderMap, field: Option<&str>, keys: &Keyring) ->
     let Some(expected) = field.and_then(|f| keys.open(CSRF_CONTEXT, f).ok()) else {
         return false;
     };
-    crate::cookies::values(headers, CSRF_COOKIE)
-        .any(|value| crate::oauth_server::secrets_match(value, &String::from_utf8_lossy(&expected)))
+    crate::web::cookies::values(headers, CSRF_COOKIE)
+        .any(|value| postern_oauth::Secret::new(value).matches(&String::from_utf8_lossy(&expected)))
 }
 
 #[cfg(test)]

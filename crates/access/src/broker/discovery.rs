@@ -17,7 +17,7 @@
 //!
 //! The result is an ordinary [`UpstreamOAuth2`] (with `resource` set) kept in the store per route
 //! and origin: the TI flow, storage, refresh and injection are those of static routes.
-//! Every request goes through [`crate::safe_http`], trusting only the route's upstream hosts and
+//! Every request goes through [`crate::web::safe_http`], trusting only the route's upstream hosts and
 //! `mcp_allowed_as_metadata_domains`.
 
 use std::collections::HashMap;
@@ -35,8 +35,8 @@ use postern_store::{Session, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::safe_http::{fetch_json, host_of};
-use crate::untrusted::Untrusted;
+use crate::web::safe_http::{fetch_json, host_of};
+use crate::web::untrusted::Untrusted;
 
 /// How long a route's discovery state is cached in memory before the store is read again.
 const CACHE_TTL: Duration = Duration::from_secs(10);
@@ -285,7 +285,7 @@ impl Discovery {
     /// Otherwise a hostile or compromised server could have the gateway send codes, PKCE
     /// verifiers and refresh tokens to any host it can reach (an internal admin API on another
     /// port of the same machine, the cloud metadata address). Whether the address is public is
-    /// checked when the endpoint is called ([`crate::safe_http`]).
+    /// checked when the endpoint is called ([`crate::web::safe_http`]).
     pub(crate) fn check_endpoint(
         &self,
         route: &Route,
@@ -594,7 +594,7 @@ impl Discovery {
 
 /// The client the administrator configured (`upstream_oauth2` without `endpoint`), if any.
 fn configured_client(route: &Route) -> Option<Value> {
-    let configured = crate::upstream::settings(route)?;
+    let configured = crate::broker::upstream::settings(route)?;
     let secret = configured
         .client_secret
         .as_ref()
@@ -752,7 +752,7 @@ fn scopes_to_request(
     params: &HashMap<String, String>,
     metadata: &Value,
 ) -> Vec<String> {
-    let configured_scopes = crate::upstream::settings(route)
+    let configured_scopes = crate::broker::upstream::settings(route)
         .map(|c| c.scopes.clone())
         .filter(|s| !s.is_empty());
     if let Some(configured) = configured_scopes {
@@ -780,7 +780,7 @@ pub(crate) enum UpstreamSettings<'r> {
     Configured(&'r UpstreamOAuth2),
     /// Found by discovery ([`Discovery::get`] only returns records with settings built). Its
     /// endpoints were named by a stranger's metadata: they are called through
-    /// [`crate::safe_http`] only.
+    /// [`crate::web::safe_http`] only.
     Discovered {
         /// The record.
         found: Arc<Discovered>,
@@ -812,13 +812,13 @@ impl crate::broker::UpstreamBroker {
         route: &'r Route,
         origin: &str,
     ) -> Option<UpstreamSettings<'r>> {
-        if let Some(oauth) = crate::upstream::static_settings(route) {
+        if let Some(oauth) = crate::broker::upstream::static_settings(route) {
             return Some(UpstreamSettings::Configured(oauth));
         }
         if !route.is_mcp_server() {
             return None;
         }
-        let key = crate::upstream::route_key(route);
+        let key = crate::broker::upstream::route_key(route);
         let found = self.discovery.get(&key, origin).await?;
         let checked = [
             ("authorization_endpoint", &found.authorization_endpoint),
@@ -863,7 +863,7 @@ impl crate::broker::UpstreamBroker {
         let (Some(session), true, None) = (
             session,
             route.is_mcp_server(),
-            crate::upstream::static_settings(route),
+            crate::broker::upstream::static_settings(route),
         ) else {
             return Ok(response);
         };
@@ -887,7 +887,7 @@ impl crate::broker::UpstreamBroker {
             return Ok(response);
         }
         let origin = ctx.origin();
-        let key = crate::upstream::route_key(route);
+        let key = crate::broker::upstream::route_key(route);
         if let Some(found) = self.discovery.get(&key, &origin).await {
             // The upstream refused the TI it was given: forget it (and widen the scopes when it
             // asked for more), so the next authorization gets a new one.
@@ -912,7 +912,7 @@ impl crate::broker::UpstreamBroker {
                 tracing::error!(%error, user = %session.email, route = %route.id, "cannot delete an upstream token the provider refused");
             }
             tracing::info!(target: "postern::audit", event = "upstream_token_rejected", user = %session.email, route = %route.id, %status, "the upstream refused the TI; the user must authorize again");
-            return Err(crate::reply::not_connected(ctx, route));
+            return Err(crate::broker::not_connected(ctx, route));
         }
         if status != StatusCode::UNAUTHORIZED {
             return Ok(response);
@@ -934,11 +934,11 @@ impl crate::broker::UpstreamBroker {
         response: Response<Body>,
     ) -> Result<Response<Body>, Response<Body>> {
         match self.discovery.discover(route, key, origin, challenge).await {
-            Ok(Some(_)) => Err(crate::reply::not_connected(ctx, route)),
+            Ok(Some(_)) => Err(crate::broker::not_connected(ctx, route)),
             Ok(None) => Ok(response),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, route = %route.id, %error, "upstream OAuth discovery failed");
-                Err(crate::reply::json_error(
+                Err(crate::web::reply::json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_discovery_failed",
                     &format!(

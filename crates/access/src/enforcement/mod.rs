@@ -3,6 +3,11 @@
 //! what the upstream gets (the identity assertion, the TI, a client route's TE), and what comes
 //! back (tool lists filtered, tool calls audited).
 
+pub mod assertion;
+pub(crate) mod audit;
+pub(crate) mod mcp;
+pub(crate) mod tool_filter;
+
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -17,14 +22,14 @@ use postern_policy::{Input, McpRequest};
 use postern_store::{Session, Store};
 use serde_json::Value;
 
-use crate::assertion::Signer;
-use crate::audit::{Audit, AuditEvent};
 use crate::broker::UpstreamBroker;
-use crate::mcp::{self, Call};
+use crate::enforcement::assertion::Signer;
+use crate::enforcement::audit::{Audit, AuditEvent};
+use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
-use crate::reply::{cors, encode, json_error, json_response, redirect_to};
-use crate::session;
 use crate::settings::AccessSettings;
+use crate::sign_in::session;
+use crate::web::reply::{cors, encode, json_error, json_response, redirect_to};
 
 /// The enforcement service: owns the assertion signer and the audit log.
 pub struct Enforcement {
@@ -350,7 +355,7 @@ impl Enforcement {
         }
         if let (postern_gateway::routes::Kind::McpClient, Some(session)) = (&route.kind, session) {
             let token = oauth_server::app_token(self.store.keyring(), ctx, session)
-                .map_err(|e| crate::reply::app_token_unavailable(ctx, &e))?;
+                .map_err(|e| app_token_unavailable(ctx, &e))?;
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
                 headers.insert(header::AUTHORIZATION, value);
             }
@@ -405,7 +410,7 @@ impl Enforcement {
         // Checked here, before the filter's closure and boxed future are built: most responses
         // (a JSON answer to a tool call) carry no list a client would read.
         let response = if let Some(lists) = allowed.filter_tools.filter(|lists| {
-            crate::tool_filter::Media::of(response.headers())
+            crate::enforcement::tool_filter::Media::of(response.headers())
                 .may_list_tools(matches!(lists, ToolLists::Everywhere))
         }) {
             Box::pin(filter_tool_lists(ctx, route, &allowed, lists, response)).await
@@ -482,6 +487,26 @@ async fn filter_tool_lists(
             .allowed
     };
     let json_too = matches!(lists, ToolLists::Everywhere);
-    crate::tool_filter::filter_response(Arc::new(may_call), response, &ctx.request_id, json_too)
-        .await
+    crate::enforcement::tool_filter::filter_response(
+        Arc::new(may_call),
+        response,
+        &ctx.request_id,
+        json_too,
+    )
+    .await
+}
+
+/// 503 for a request of an MCP client app route whose TE could not be minted: logged, and the
+/// app asked to try again (never passed on without its token).
+pub(crate) fn app_token_unavailable(
+    ctx: &RequestContext,
+    error: &crate::oauth_server::MintError,
+) -> Response<Body> {
+    tracing::error!(%error, request_id = %ctx.request_id, "cannot mint the app's access token");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the gateway cannot issue the app's access token now; try again",
+        &ctx.request_id,
+    )
 }

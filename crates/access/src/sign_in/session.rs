@@ -9,7 +9,7 @@ use http::HeaderMap;
 use postern_policy::User;
 use postern_store::{Keyring, Session, Store};
 
-use crate::cookies::CookieSpec;
+use crate::web::cookies::CookieSpec;
 
 /// Cookie settings.
 #[derive(Clone, Debug)]
@@ -28,7 +28,7 @@ pub fn session_id(
     settings: &CookieSettings,
     keys: &Keyring,
 ) -> Option<String> {
-    let sealed = crate::cookies::values(headers, &settings.name).next()?;
+    let sealed = crate::web::cookies::values(headers, &settings.name).next()?;
     let id = keys.open("session-cookie", sealed).ok()?;
     String::from_utf8(id).ok()
 }

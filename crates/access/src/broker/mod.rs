@@ -6,6 +6,10 @@
 //! `upstream` (the provider protocol), `routes_api` (the endpoints), `safe_http` (outbound
 //! requests to hosts a stranger may have named).
 
+pub(crate) mod discovery;
+pub(crate) mod routes_api;
+pub(crate) mod upstream;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,19 +21,20 @@ use postern_gateway::routes::Route;
 use postern_oauth::pkce;
 use postern_store::{PendingAuthorization, Session, Store, UpstreamToken, now_ms};
 
-use crate::discovery::UpstreamSettings;
+use crate::broker::discovery::UpstreamSettings;
 use crate::oauth_server::{self, RevocationCache};
-use crate::reply::{html, json_error, not_connected, redirect_to};
-use crate::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 use crate::settings::AccessSettings;
-use crate::{pages, session};
+use crate::sign_in::session;
+use crate::web::pages;
+use crate::web::reply::{cors, html, json_error, redirect_to};
+use crate::web::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 
 /// The broker. Shared (`Arc`) by the authorization server, enforcement and the endpoints.
 pub struct UpstreamBroker {
     pub(crate) store: Store,
     pub(crate) settings: AccessSettings,
     pub(crate) http: reqwest::Client,
-    pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) discovery: crate::broker::discovery::Discovery,
     pub(crate) revocations: Arc<RevocationCache>,
 }
 
@@ -49,7 +54,7 @@ impl UpstreamBroker {
         http: reqwest::Client,
         revocations: Arc<RevocationCache>,
     ) -> Self {
-        let discovery = crate::discovery::Discovery::new(
+        let discovery = crate::broker::discovery::Discovery::new(
             store.clone(),
             settings.allowed_as_metadata_domains.clone(),
         );
@@ -73,15 +78,15 @@ impl UpstreamBroker {
         let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
             return Ok(None);
         };
-        let key = crate::upstream::route_key(route);
+        let key = crate::broker::upstream::route_key(route);
         let result = self
             .store
             .refresh_upstream_token(
                 &session.user_id,
                 &key,
-                crate::upstream::needs_refresh,
-                crate::upstream::KEEP_WITH_REFRESH,
-                |old| crate::upstream::refresh(&self.http, &oauth, old),
+                crate::broker::upstream::needs_refresh,
+                crate::broker::upstream::KEEP_WITH_REFRESH,
+                |old| crate::broker::upstream::refresh(&self.http, &oauth, old),
             )
             .await;
         match result {
@@ -138,7 +143,7 @@ impl UpstreamBroker {
         let pending = postern_store::PendingAuthorization {
             user_id: session.user_id.clone(),
             session_id: session.id.clone(),
-            route_id: crate::upstream::route_key(route),
+            route_id: crate::broker::upstream::route_key(route),
             pkce_verifier: verifier.clone(),
             resume: resume.to_value(),
             expires_at: now_ms() + ROUND_TRIP_TTL_MS,
@@ -153,7 +158,7 @@ impl UpstreamBroker {
             );
         }
         let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
-        match crate::upstream::authorization_url(
+        match crate::broker::upstream::authorization_url(
             &oauth,
             &callback,
             &state,
@@ -295,7 +300,7 @@ impl UpstreamBroker {
             ("redirect_uri", callback),
             ("code_verifier", pending.pkce_verifier.clone()),
         ]);
-        match crate::upstream::token_request(&self.http, oauth, &params).await {
+        match crate::broker::upstream::token_request(&self.http, oauth, &params).await {
             Ok(token) => Ok(token),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");
@@ -303,11 +308,11 @@ impl UpstreamBroker {
                 // on the next attempt.
                 if matches!(
                     &error,
-                    crate::upstream::UpstreamError::Refused {
+                    crate::broker::upstream::UpstreamError::Refused {
                         error: Some("invalid_client"),
                         ..
                     }
-                ) && crate::upstream::static_settings(route).is_none()
+                ) && crate::broker::upstream::static_settings(route).is_none()
                 {
                     self.discovery
                         .forget(&pending.route_id, &ctx.origin())
@@ -326,7 +331,7 @@ impl UpstreamBroker {
         pending: &PendingAuthorization,
         token: &UpstreamToken,
     ) -> Result<(), Response<Body>> {
-        let keep = crate::upstream::keep_for(token);
+        let keep = crate::broker::upstream::keep_for(token);
         if self
             .store
             .put_upstream_token(
@@ -361,7 +366,7 @@ fn route_by_key(ctx: &RequestContext, route_key: &str) -> Option<Arc<Route>> {
         .routes
         .all()
         .iter()
-        .find(|r| crate::upstream::route_key(r) == route_key)
+        .find(|r| crate::broker::upstream::route_key(r) == route_key)
         .cloned()
 }
 
@@ -377,4 +382,26 @@ fn resumed(resume: Resume) -> Callback {
             "This authorization is unknown.",
         )),
     }
+}
+
+/// 401 for a user whose upstream account (TI) for `route` is not connected (never, or the
+/// provider revoked it): the client's next authorization takes the user through the provider.
+pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Body> {
+    let resource = oauth_server::route_resource(route, &ctx.origin());
+    let mut response = json_error(
+        StatusCode::UNAUTHORIZED,
+        "upstream_not_connected",
+        "your account at this MCP server's provider is not connected: authorize again",
+        &ctx.request_id,
+    );
+    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
+        &resource,
+        Some(&crate::oauth_server::TokenError::Revoked),
+    )) {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, value);
+    }
+    cors(response.headers_mut());
+    response
 }

@@ -12,7 +12,7 @@ use postern_oauth::Secret;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::untrusted::Untrusted;
+use crate::web::untrusted::Untrusted;
 
 /// The provider settings.
 #[derive(Clone, Debug)]
@@ -272,9 +272,10 @@ impl Oidc {
         let status = response.status();
         let token_url = url::Url::parse(&discovery.token_endpoint)
             .map_err(|e| fail(format!("not a URL: {e}")))?;
-        let bytes = crate::safe_http::read_capped(&token_url, response, MAX_TOKEN_RESPONSE_BYTES)
-            .await
-            .map_err(fail)?;
+        let bytes =
+            crate::web::safe_http::read_capped(&token_url, response, MAX_TOKEN_RESPONSE_BYTES)
+                .await
+                .map_err(fail)?;
         if !status.is_success() {
             // The provider's text goes to the log only (escaped and capped), not to the page.
             tracing::warn!(%status, body = %Untrusted(&String::from_utf8_lossy(&bytes)), "the identity provider refused the code");
@@ -495,7 +496,7 @@ mod tests {
     use super::*;
 
     fn new_key() -> (EncodingKey, JwkSet) {
-        let pem = crate::assertion::Signer::generate_pem();
+        let pem = crate::enforcement::assertion::Signer::generate_pem();
         let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
         let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
         jwk.common.key_id = Some(jwk.thumbprint(ThumbprintHash::SHA256).unwrap());

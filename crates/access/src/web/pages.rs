@@ -185,7 +185,7 @@ pub fn portal(user: &str, email: &str, servers: &[ServerEntry]) -> String {
             ),
             (true, false) => format!(
                 "<a class=\"button\" href=\"/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
-                resource = escape(&crate::reply::encode(&server.url))
+                resource = escape(&crate::web::reply::encode(&server.url))
             ),
         };
         let description = server

@@ -15,7 +15,7 @@ use postern_store::hash_secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cookies::CookieSpec;
+use crate::web::cookies::CookieSpec;
 
 /// How long a round trip may take (the pending record's and the cookie's lifetime).
 pub const ROUND_TRIP_TTL_MS: i64 = 10 * 60 * 1000;
@@ -100,7 +100,7 @@ impl BindingCookie {
     /// Whether this browser started the trip with `state`.
     pub fn matches(&self, headers: &HeaderMap, state: &str) -> bool {
         let expected = hash_secret(state);
-        crate::cookies::values(headers, self.name).any(|value| value == expected)
+        crate::web::cookies::values(headers, self.name).any(|value| value == expected)
     }
 
     /// Removes the binding (the trip is over, whichever way it ended).

@@ -3,6 +3,9 @@
 //! client authentication incl. `private_key_jwt`), `/revoke`; client ID metadata documents in
 //! `cimd`, the TE format in `oauth_server`.
 
+pub(crate) mod cimd;
+pub mod registration;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,7 +17,7 @@ use postern_gateway::routes::Route;
 use postern_oauth::authorize::{self, AuthorizeError, ClientId, VerifiedRedirect};
 use postern_oauth::client_auth::{self, ClientCredentials};
 use postern_oauth::pkce::PkceVerifier;
-use postern_oauth::{ErrorCode, OAuthError, Secret, metadata, pkce, registration};
+use postern_oauth::{ErrorCode, OAuthError, Secret, metadata, pkce};
 use postern_store::{
     CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
 };
@@ -22,10 +25,11 @@ use serde_json::{Value, json};
 
 use crate::broker::UpstreamBroker;
 use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX, RevocationCache};
-use crate::reply::{encode, html, json_response, redirect_to};
 use crate::settings::AccessSettings;
-use crate::untrusted::Untrusted;
-use crate::{pages, session};
+use crate::sign_in::session;
+use crate::web::pages;
+use crate::web::reply::{encode, html, json_response, redirect_to};
+use crate::web::untrusted::Untrusted;
 
 /// How long a code is valid.
 const CODE_TTL_MS: i64 = 60_000;
@@ -38,8 +42,8 @@ pub struct AuthorizationServer {
     pub(crate) store: Store,
     pub(crate) settings: AccessSettings,
     pub(crate) revocations: Arc<RevocationCache>,
-    pub(crate) cimd: crate::cimd::Cimd,
-    pub(crate) registration_limiter: crate::limiter::AddressWindows,
+    pub(crate) cimd: crate::authorization_server::cimd::Cimd,
+    pub(crate) registration_limiter: crate::web::limiter::AddressWindows,
     pub(crate) broker: Arc<UpstreamBroker>,
 }
 
@@ -52,7 +56,9 @@ impl AuthorizationServer {
         broker: Arc<UpstreamBroker>,
     ) -> Self {
         Self {
-            cimd: crate::cimd::Cimd::new(settings.allowed_client_id_domains.clone()),
+            cimd: crate::authorization_server::cimd::Cimd::new(
+                settings.allowed_client_id_domains.clone(),
+            ),
             registration_limiter: Default::default(),
             store,
             settings,
@@ -137,7 +143,7 @@ impl AuthorizationServer {
         let requested: Value = serde_json::from_slice(&body).map_err(|e| {
             OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}"))
         })?;
-        let mut metadata = registration::validate_metadata(&requested)?;
+        let mut metadata = postern_oauth::registration::validate_metadata(&requested)?;
         let keys = self.store.keyring();
         let client_id = format!("pst_c_{}", random_token(keys, 16)?);
         let confidential = metadata
@@ -250,8 +256,8 @@ impl AuthorizationServer {
         {
             return response;
         }
-        let user = crate::session::user_of(&session);
-        if !crate::routes_api::may_use(&route, &user) {
+        let user = crate::sign_in::session::user_of(&session);
+        if !crate::broker::routes_api::may_use(&route, &user) {
             return back.error(
                 OAuthError::new(
                     ErrorCode::AccessDenied,
@@ -295,7 +301,7 @@ impl AuthorizationServer {
         if self.needs_upstream_account(ctx, asked.route, session).await {
             let mut resume_query = query.clone();
             resume_query.remove("session_binding");
-            let resume = crate::round_trip::Resume::Authorize {
+            let resume = crate::web::round_trip::Resume::Authorize {
                 query: resume_query,
                 origin: ctx.origin(),
             };
@@ -398,7 +404,7 @@ impl AuthorizationServer {
         query: &HashMap<String, String>,
         session: &postern_store::Session,
     ) -> Option<Response<Body>> {
-        if let Err(why) = crate::forms::user_activated_post(headers, &ctx.origin()) {
+        if let Err(why) = crate::web::forms::user_activated_post(headers, &ctx.origin()) {
             tracing::warn!(request_id = %ctx.request_id, user = %session.email, why, "consent not given by a click refused");
             return Some(page_error(&format!(
                 "The consent was refused because {why}. Approve it by clicking Allow on the consent page."
@@ -507,7 +513,7 @@ impl AuthorizationServer {
         let verified = asked.client_id.as_str().starts_with("https://");
         let destination = url::Url::parse(asked.redirect_uri.as_str())
             .ok()
-            .map(|u| crate::safe_http::host_of(&u))
+            .map(|u| crate::web::safe_http::host_of(&u))
             .unwrap_or_default();
         let identity = pages::ClientIdentity {
             name: client_name,
@@ -515,7 +521,7 @@ impl AuthorizationServer {
             verified_by: verified
                 .then(|| url::Url::parse(asked.client_id.as_str()).ok())
                 .flatten()
-                .map(|u| crate::safe_http::host_of(&u)),
+                .map(|u| crate::web::safe_http::host_of(&u)),
         };
         html(
             StatusCode::OK,
@@ -545,7 +551,7 @@ impl AuthorizationServer {
         {
             return false;
         }
-        let key = crate::upstream::route_key(route);
+        let key = crate::broker::upstream::route_key(route);
         !matches!(
             self.store.get_upstream_token(&session.user_id, &key).await,
             Ok(Some(_))
@@ -649,7 +655,7 @@ impl AuthorizationServer {
         if let Some(grant @ ("authorization_code" | "refresh_token")) =
             form.get("grant_type").map(String::as_str)
         {
-            crate::registration::check_grant_type(&client, grant)?;
+            crate::authorization_server::registration::check_grant_type(&client, grant)?;
         }
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => self.code_grant(ctx, &client, form).await,
@@ -886,7 +892,10 @@ impl AuthorizationServer {
             .is_some()
             && !matches!(
                 self.store
-                    .get_upstream_token(&family.user_id, &crate::upstream::route_key(&route))
+                    .get_upstream_token(
+                        &family.user_id,
+                        &crate::broker::upstream::route_key(&route)
+                    )
                     .await,
                 Ok(Some(_))
             )
@@ -991,7 +1000,7 @@ impl AuthorizationServer {
 
 /// The body of a registration, token, revocation or consent request (64 KiB, 10 s).
 async fn read_body(request: Request<Body>) -> Option<bytes::Bytes> {
-    crate::forms::read_form(request).await.ok()
+    crate::web::forms::read_form(request).await.ok()
 }
 
 /// Why a registration, token or revocation request failed: answered in one place,

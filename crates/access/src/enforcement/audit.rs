@@ -16,7 +16,7 @@ use postern_policy::McpRequest;
 use postern_store::{Session, now_ms};
 use serde::Serialize;
 
-use crate::untrusted::{Untrusted, truncate};
+use crate::web::untrusted::{Untrusted, truncate};
 
 /// One audit record.
 #[derive(Clone, Debug, Serialize)]

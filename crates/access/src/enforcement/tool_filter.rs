@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use postern_gateway::body::{Body, BoxError, full};
 use serde_json::{Value, json};
 
-use crate::mcp;
+use crate::enforcement::mcp;
 
 /// Largest JSON body, or SSE event, the filter holds at once.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -6,10 +6,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use postern_gateway::body::{Body, full};
 use postern_gateway::hooks::RequestContext;
-use postern_gateway::routes::Route;
 use serde_json::{Value, json};
-
-use crate::oauth_server::{self, MintError, TokenError};
 
 /// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
 pub(crate) fn cors(headers: &mut HeaderMap) {
@@ -74,40 +71,6 @@ pub(crate) fn redirect_to(target: &str) -> Response<Body> {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-/// 401 for a user whose upstream account (TI) for `route` is not connected (never, or the
-/// provider revoked it): the client's next authorization takes the user through the provider.
-pub(crate) fn not_connected(ctx: &RequestContext, route: &Route) -> Response<Body> {
-    let resource = oauth_server::route_resource(route, &ctx.origin());
-    let mut response = json_error(
-        StatusCode::UNAUTHORIZED,
-        "upstream_not_connected",
-        "your account at this MCP server's provider is not connected: authorize again",
-        &ctx.request_id,
-    );
-    if let Ok(value) = HeaderValue::from_str(&oauth_server::challenge(
-        &resource,
-        Some(&TokenError::Revoked),
-    )) {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, value);
-    }
-    cors(response.headers_mut());
-    response
-}
-
-/// 503 for a request of an MCP client app route whose TE could not be minted: logged, and the
-/// app asked to try again (never passed on without its token).
-pub(crate) fn app_token_unavailable(ctx: &RequestContext, error: &MintError) -> Response<Body> {
-    tracing::error!(%error, request_id = %ctx.request_id, "cannot mint the app's access token");
-    json_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the gateway cannot issue the app's access token now; try again",
-        &ctx.request_id,
-    )
 }
 
 /// A redirect target on this gateway, or the portal.

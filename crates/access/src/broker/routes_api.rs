@@ -13,10 +13,12 @@ use postern_store::{Session, StoreError};
 use serde_json::{Value, json};
 
 use crate::broker::UpstreamBroker;
+use crate::broker::upstream;
 use crate::dispatch::Endpoint;
 use crate::oauth_server::{self, APP_AUDIENCE_PREFIX};
-use crate::reply::{encode, html, json_error, json_response, redirect_to};
-use crate::{pages, session, upstream};
+use crate::sign_in::session;
+use crate::web::pages;
+use crate::web::reply::{encode, html, json_error, json_response, redirect_to};
 
 /// The sealing context of the connect confirmation's session binding.
 const CONNECT_BINDING: &str = "connect";
@@ -115,7 +117,7 @@ impl UpstreamBroker {
                         ),
                     );
                 }
-                let body = match crate::forms::read_form(request).await {
+                let body = match crate::web::forms::read_form(request).await {
                     Ok(body) => body,
                     Err(error) => {
                         return html(
@@ -216,7 +218,7 @@ impl UpstreamBroker {
         ctx: &RequestContext,
         session: &Session,
     ) -> Vec<pages::ServerEntry> {
-        let user = crate::session::user_of(session);
+        let user = crate::sign_in::session::user_of(session);
         let mut servers = Vec::new();
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
         routes.sort_by_key(|r| r.index);
@@ -259,7 +261,7 @@ impl UpstreamBroker {
         session: &Session,
         request: Request<Body>,
     ) -> Response<Body> {
-        let body = match crate::forms::read_form(request).await {
+        let body = match crate::web::forms::read_form(request).await {
             Ok(body) => body,
             Err(error) => {
                 return json_error(
@@ -387,7 +389,7 @@ impl UpstreamBroker {
                 pages::message("Cannot connect", message),
             )
         };
-        if let Err(why) = crate::forms::user_activated_post(request.headers(), &ctx.origin()) {
+        if let Err(why) = crate::web::forms::user_activated_post(request.headers(), &ctx.origin()) {
             return refused(&format!(
                 "The request was refused because {why}. Click Connect on the confirmation page."
             ));
@@ -395,7 +397,7 @@ impl UpstreamBroker {
         if session.idp == "te" {
             return refused("Connecting an account needs a browser session, not a token.");
         }
-        let body = match crate::forms::read_form(request).await {
+        let body = match crate::web::forms::read_form(request).await {
             Ok(body) => body,
             Err(error) => {
                 return html(
@@ -437,7 +439,7 @@ impl UpstreamBroker {
             ctx,
             &route,
             session,
-            crate::round_trip::Resume::Connect {
+            crate::web::round_trip::Resume::Connect {
                 redirect,
                 origin: ctx.origin(),
             },
@@ -463,18 +465,18 @@ pub(crate) fn may_use(route: &Route, user: &postern_policy::User) -> bool {
 /// Where `/connect` may send the browser back to: a path, this host, or the host of an MCP
 /// client route; plain http only on loopback hosts.
 fn allowed_return(ctx: &RequestContext, target: &str) -> bool {
-    if crate::reply::same_origin_target(target, &ctx.origin()).is_some() {
+    if crate::web::reply::same_origin_target(target, &ctx.origin()).is_some() {
         return true;
     }
     // Resolved as a browser would, whitespace and backslashes refused first (see
     // `same_origin_target`); only absolute URLs may name another host.
-    if crate::reply::has_ambiguous_chars(target) {
+    if crate::web::reply::has_ambiguous_chars(target) {
         return false;
     }
     let Ok(url) = url::Url::parse(target) else {
         return false;
     };
-    let host = crate::safe_http::host_of(&url);
+    let host = crate::web::safe_http::host_of(&url);
     let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&host));
     let known = host == ctx.host
         || ctx

@@ -12,8 +12,8 @@ use postern_gateway::routes::{Kind, Route};
 use postern_store::{RefreshOutcome, Secret, UpstreamToken, now_ms};
 use serde_json::Value;
 
-use crate::discovery::UpstreamSettings;
-use crate::untrusted::Untrusted;
+use crate::broker::discovery::UpstreamSettings;
+use crate::web::untrusted::Untrusted;
 
 /// Refresh this long before the TI expires.
 pub const REFRESH_SKEW: Duration = Duration::from_secs(60);
@@ -143,7 +143,7 @@ pub fn authorization_url(
 /// Calls the provider's token endpoint with `params`, authenticating as `auth_style` says
 /// (default `header`: HTTP Basic, RFC 6749 §2.3.1; Notion requires it). A configured provider
 /// is called with `http`; a discovered one (a URL a stranger's metadata named) only through
-/// [`crate::safe_http`]: its address checked and pinned, no redirects, the answer capped.
+/// [`crate::web::safe_http`]: its address checked and pinned, no redirects, the answer capped.
 pub(crate) async fn token_request(
     http: &reqwest::Client,
     oauth: &UpstreamSettings<'_>,
@@ -169,7 +169,7 @@ pub(crate) async fn token_request(
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let status = response.status();
-    let bytes = crate::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
+    let bytes = crate::web::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
         .await
         .map_err(unavailable)?;
     let text = String::from_utf8_lossy(&bytes);
@@ -189,7 +189,7 @@ async fn token_client(
     match oauth {
         UpstreamSettings::Configured(_) => Ok(http.clone()),
         UpstreamSettings::Discovered { token_trusted, .. } => {
-            crate::safe_http::pinned_client(token_url, *token_trusted).await
+            crate::web::safe_http::pinned_client(token_url, *token_trusted).await
         }
     }
 }
@@ -238,7 +238,7 @@ fn refusal(
     text: &str,
     bytes: &[u8],
 ) -> UpstreamError {
-    let host = crate::safe_http::host_of(token_url);
+    let host = crate::web::safe_http::host_of(token_url);
     tracing::warn!(provider = %host, %status, body = %Untrusted(text), "the upstream token endpoint refused");
     if !status.is_client_error() {
         return UpstreamError::Unavailable {
