@@ -13,6 +13,7 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::{Grant, Hooks, RequestContext};
 use postern_gateway::routes::Route;
 use postern_store::Store;
+use serde_json::json;
 
 use crate::authorization_server::AuthorizationServer;
 use crate::broker::{Callback, UpstreamBroker};
@@ -90,10 +91,22 @@ impl Access {
                 self.server.protected_resource(ctx, suffix)
             }
             Endpoint::AuthorizationServerMetadata => self.server.metadata(ctx),
-            Endpoint::Jwks => cached(
-                json_response(StatusCode::OK, self.enforcement.signer.jwks()),
-                "public, max-age=300",
-            ),
+            Endpoint::Jwks => self.jwks(request.headers()),
+            Endpoint::PomeriumWellKnown => {
+                let origin = ctx.origin();
+                cached(
+                    json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "issuer": format!("{origin}/"),
+                            "authentication_callback_endpoint": format!("{origin}/.pomerium/callback"),
+                            "jwks_uri": format!("{origin}/.well-known/pomerium/jwks.json"),
+                            "frontchannel_logout_uri": format!("{origin}/.pomerium/sign_out"),
+                        }),
+                    ),
+                    "public, max-age=300",
+                )
+            }
             // Postern's own client ID metadata document, for upstream authorization servers
             // that accept one instead of dynamic registration.
             Endpoint::ClientMetadata => cached(
@@ -129,6 +142,40 @@ impl Access {
                 self.broker.routes_api(ctx, endpoint, request).await
             }
         }
+    }
+}
+
+impl Access {
+    /// The assertion's public keys, with an `ETag` (the keys' hash) so verifiers revalidate with
+    /// `If-None-Match` and get 304 until the keys change.
+    fn jwks(&self, headers: &HeaderMap) -> Response<Body> {
+        let jwks = self.enforcement.signer.jwks();
+        let etag = format!(
+            "\"{}\"",
+            postern_store::hash_secret(&jwks.to_string())
+                .get(..32)
+                .unwrap_or_default()
+        );
+        let unchanged = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| {
+                let tag = tag.trim();
+                tag == "*" || tag.trim_start_matches("W/") == etag
+            });
+        let mut response = if unchanged {
+            let mut response = Response::new(postern_gateway::body::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            json_response(StatusCode::OK, jwks)
+        };
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        cached(response, "public, max-age=300")
     }
 }
 

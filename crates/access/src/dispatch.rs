@@ -11,6 +11,9 @@ pub(crate) enum Endpoint {
     AuthorizationServerMetadata,
     /// The assertion's signing keys.
     Jwks,
+    /// `/.well-known/pomerium`: where the issuer's keys, callback and sign-out are (Pomerium's
+    /// document; MCP servers and SDKs find the JWKS from it).
+    PomeriumWellKnown,
     /// Postern's own client ID metadata document (for upstream authorization servers).
     ClientMetadata,
     /// RFC 7591 dynamic client registration.
@@ -68,6 +71,14 @@ const TABLE: &[(Match, Endpoint)] = &[
         Endpoint::Jwks,
     ),
     (
+        Match::Exact("/.well-known/pomerium"),
+        Endpoint::PomeriumWellKnown,
+    ),
+    (
+        Match::Exact("/.well-known/pomerium/"),
+        Endpoint::PomeriumWellKnown,
+    ),
+    (
         Match::Exact("/.pomerium/mcp/client/metadata.json"),
         Endpoint::ClientMetadata,
     ),
@@ -120,6 +131,7 @@ pub(crate) fn endpoint(path: &str) -> Option<Endpoint> {
 pub(crate) fn preflights(path: &str) -> bool {
     path.starts_with("/.well-known/oauth-")
         || path == "/.well-known/openid-configuration"
+        || path.starts_with("/.well-known/pomerium")
         || path.starts_with("/.pomerium/mcp/")
 }
 
@@ -131,6 +143,8 @@ impl Endpoint {
             self,
             Endpoint::ProtectedResource
                 | Endpoint::AuthorizationServerMetadata
+                | Endpoint::Jwks
+                | Endpoint::PomeriumWellKnown
                 | Endpoint::Register
                 | Endpoint::Token
                 | Endpoint::Revoke
@@ -166,6 +180,9 @@ mod tests {
                 Some(Endpoint::AuthorizationServerMetadata),
             ),
             ("/.pomerium/mcp/token", Some(Endpoint::Token)),
+            ("/.well-known/pomerium", Some(Endpoint::PomeriumWellKnown)),
+            ("/.well-known/pomerium/", Some(Endpoint::PomeriumWellKnown)),
+            ("/.well-known/pomerium/jwks.json", Some(Endpoint::Jwks)),
             ("/.pomerium/mcp/token/x", None),
             ("/.pomerium/", Some(Endpoint::Portal)),
             ("/.pomerium", None),

@@ -254,3 +254,45 @@ routes:
     .unwrap_err();
     assert_eq!(err.path, "shared_secret_file");
 }
+
+#[test]
+fn auth_style_takes_postern_and_pomerium_spellings() {
+    let with = |style: &str| {
+        format!(
+            "insecure_server: true
+routes:
+  - from: https://gh.example.com
+    to: http://gh:8080/mcp
+    mcp:
+      upstream_oauth2:
+        client_id: c
+        endpoint: {{auth_url: 'https://gh.test/a', token_url: 'https://gh.test/t', auth_style: {style}}}
+"
+        )
+    };
+    let style = |config: &Config| {
+        let Some(Mcp::Server(server)) = &config.routes[0].mcp else {
+            panic!("an MCP server route")
+        };
+        server
+            .upstream_oauth2
+            .as_ref()
+            .and_then(|o| o.endpoint.as_ref())
+            .and_then(|e| e.auth_style)
+    };
+    for (spelling, expected) in [
+        ("header", Some(AuthStyle::Header)),
+        ("params", Some(AuthStyle::Params)),
+        ("OAUTH2_AUTH_STYLE_IN_HEADER", Some(AuthStyle::Header)),
+        ("OAUTH2_AUTH_STYLE_IN_PARAMS", Some(AuthStyle::Params)),
+        ("oauth2_auth_style_in_params", Some(AuthStyle::Params)),
+        ("OAUTH2_AUTH_STYLE_UNSPECIFIED", None),
+    ] {
+        assert_eq!(style(&parse_ok(&with(spelling))), expected, "{spelling}");
+    }
+    let err = parse_err(&with("basic"));
+    assert!(
+        err.message.contains("unknown auth_style `basic`") && err.message.contains("params"),
+        "{err}"
+    );
+}

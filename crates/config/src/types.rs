@@ -333,14 +333,30 @@ pub struct OAuthEndpoint {
     /// Token endpoint.
     pub token_url: url::Url,
     /// How the client authenticates at the token endpoint: `header` (HTTP Basic; Notion needs
-    /// it) or `params` (form body). Default `header`, as RFC 6749 §2.3.1 recommends.
-    #[serde(default)]
+    /// it) or `params` (form body). Default `header`, as RFC 6749 §2.3.1 recommends. Pomerium's
+    /// spellings are accepted too: `OAUTH2_AUTH_STYLE_IN_HEADER`, `OAUTH2_AUTH_STYLE_IN_PARAMS`,
+    /// and `OAUTH2_AUTH_STYLE_UNSPECIFIED` (the default), in any case.
+    #[serde(default, deserialize_with = "auth_style")]
     pub auth_style: Option<AuthStyle>,
 }
 
+/// `auth_style` in Postern's or Pomerium's spelling.
+fn auth_style<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<AuthStyle>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match text.to_ascii_lowercase().as_str() {
+        "header" | "oauth2_auth_style_in_header" => Ok(Some(AuthStyle::Header)),
+        "params" | "oauth2_auth_style_in_params" => Ok(Some(AuthStyle::Params)),
+        "oauth2_auth_style_unspecified" => Ok(None),
+        _ => Err(serde::de::Error::custom(format!(
+            "unknown auth_style `{text}`: use header (HTTP Basic) or params (form body); Pomerium's OAUTH2_AUTH_STYLE_IN_HEADER and OAUTH2_AUTH_STYLE_IN_PARAMS work too"
+        ))),
+    }
+}
+
 /// Token endpoint client authentication.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthStyle {
     /// HTTP Basic.
     Header,

@@ -129,12 +129,9 @@ fn check_redirect_uris(request: &Map<String, Value>) -> Result<(), OAuthError> {
         .get("redirect_uris")
         .and_then(Value::as_array)
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| {
-            OAuthError::new(
-                ErrorCode::InvalidRedirectUri,
-                "redirect_uris is required: a non-empty list",
-            )
-        })?;
+        // Missing metadata is invalid metadata (as Pomerium answers); invalid_redirect_uri is for
+        // a URI that is there and wrong.
+        .ok_or_else(|| invalid("redirect_uris is required: a non-empty list".into()))?;
     if redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(invalid(format!(
             "redirect_uris has {} entries; at most {MAX_REDIRECT_URIS} are accepted",
@@ -375,10 +372,13 @@ mod tests {
             ok["grant_types"],
             json!(["authorization_code", "refresh_token"])
         );
-        assert_eq!(
-            validate_metadata(&json!({})).unwrap_err().code,
-            ErrorCode::InvalidRedirectUri
-        );
+        for missing in [json!({}), json!({"redirect_uris": []})] {
+            assert_eq!(
+                validate_metadata(&missing).unwrap_err().code,
+                ErrorCode::InvalidClientMetadata,
+                "{missing}"
+            );
+        }
         assert_eq!(
             validate_metadata(&json!({"redirect_uris": ["http://evil.test/cb"]}))
                 .unwrap_err()

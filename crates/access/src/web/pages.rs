@@ -153,9 +153,12 @@ Access is sent to <strong>{}</strong>: allow only if you just started connecting
 pub struct ServerEntry {
     /// Display name.
     pub name: String,
-    /// Optional description.
+    /// Optional description: left out when unset, never `null` (Pomerium's reference app
+    /// validates optional fields as absent-or-string and rejects the whole list otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Optional logo.
+    /// Optional logo, left out when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub logo_url: Option<String>,
     /// The URL to paste into an MCP client.
     pub url: String,

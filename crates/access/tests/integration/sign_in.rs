@@ -162,3 +162,52 @@ async fn a_signed_in_user_gets_their_own_identity_from_whoami_and_sign_out_ends_
     let (status, _) = rpc(&w, "/whoami", Some(&jar), &call(2, "whoami", json!({}))).await;
     assert_eq!(status, 401, "the old cookie no longer works anywhere");
 }
+
+#[tokio::test]
+async fn verifiers_find_the_keys_from_well_known_pomerium_and_revalidate_them_by_etag() {
+    let w = world().await;
+    let discovery = client()
+        .get(format!("{}/.well-known/pomerium", w.base))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(discovery.status(), 200);
+    assert_eq!(discovery.headers()["access-control-allow-origin"], "*");
+    let links: Value = discovery.json().await.unwrap();
+    assert_eq!(links["issuer"], json!(format!("{}/", w.base)));
+    assert_eq!(
+        links["jwks_uri"],
+        json!(format!("{}/.well-known/pomerium/jwks.json", w.base))
+    );
+    assert_eq!(
+        links["frontchannel_logout_uri"],
+        json!(format!("{}/.pomerium/sign_out", w.base))
+    );
+    assert_eq!(
+        links["authentication_callback_endpoint"],
+        json!(format!("{}/.pomerium/callback", w.base))
+    );
+
+    let jwks_url = links["jwks_uri"].as_str().unwrap().to_owned();
+    let first = client().get(&jwks_url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["access-control-allow-origin"], "*");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.len() > 10, "{etag}");
+    let again = client()
+        .get(&jwks_url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.unwrap().is_empty());
+    let other = client()
+        .get(&jwks_url)
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "another tag gets the keys");
+}

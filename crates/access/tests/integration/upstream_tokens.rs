@@ -305,6 +305,7 @@ async fn apps_list_servers_connect_and_disconnect_and_get_a_te_on_client_routes(
         .await
         .unwrap();
     assert_eq!(listed["servers"][0]["connected"], json!(true));
+    crate::support::assert_reference_app_accepts(&listed);
 
     assert_eq!(
         w.disconnect().await["servers"][0]["connected"],

@@ -186,3 +186,26 @@ pub mod notion_world;
 pub mod oauth_client;
 pub mod oauth_provider;
 pub mod world;
+
+/// The rules Pomerium's reference app (mcp-app-demo) applies to a `/.pomerium/mcp/routes` body
+/// before it shows anything: `servers` a list; per server `name` and `url` strings,
+/// `connected` and `needs_oauth` booleans, and `description` and `logo_url` absent or strings,
+/// never `null` (a `null` makes it reject the whole list as "Invalid server data format").
+pub fn assert_reference_app_accepts(body: &serde_json::Value) {
+    let servers = body["servers"].as_array().expect("servers is a list");
+    assert!(!servers.is_empty(), "{body}");
+    for server in servers {
+        for required in ["name", "url"] {
+            assert!(server[required].is_string(), "{required} in {server}");
+        }
+        for flag in ["connected", "needs_oauth"] {
+            assert!(server[flag].is_boolean(), "{flag} in {server}");
+        }
+        for optional in ["description", "logo_url"] {
+            match server.get(optional) {
+                None => {}
+                Some(value) => assert!(value.is_string(), "{optional} in {server}"),
+            }
+        }
+    }
+}
