@@ -71,10 +71,7 @@ fn main() -> anyhow::Result<()> {
             !password.is_empty(),
             "no password on standard input (try: echo -n 'secret' | postern hash-password)"
         );
-        println!(
-            "{}",
-            postern_access::users::hash_password(password).map_err(anyhow::Error::msg)?
-        );
+        println!("{}", postern_access::users::hash_password(password)?);
         return Ok(());
     }
     // The gateway's configuration names its own log level (RUST_LOG still wins).

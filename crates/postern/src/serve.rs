@@ -101,7 +101,7 @@ fn generated_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Sign-in, sessions, policy and the identity assertion.
 async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Result<Arc<Access>> {
     let users = match &config.users_file {
-        Some(file) => LocalUsers::load(&base.join(file)).map_err(anyhow::Error::msg)?,
+        Some(file) => LocalUsers::load(&base.join(file))?,
         None => {
             if config.idp_provider.is_none() {
                 tracing::warn!(

@@ -58,8 +58,7 @@ pub async fn up(data_dir: PathBuf, port: u16) -> anyhow::Result<()> {
 
 /// Writes `DIR/users.yaml` with the one generated user.
 fn write_users(dir: &Path, credentials: &Credentials) -> anyhow::Result<()> {
-    let hash =
-        postern_access::users::hash_password(&credentials.password).map_err(anyhow::Error::msg)?;
+    let hash = postern_access::users::hash_password(&credentials.password)?;
     write_private(
         &dir.join("users.yaml"),
         &format!(

@@ -260,7 +260,7 @@ impl Cimd {
         // Exactly listed hosts are trusted: they may be private (internal clients, tests).
         let answer = crate::web::safe_http::fetch_json(&url, None, self.exactly_listed(&host))
             .await
-            .map_err(refuse)?;
+            .map_err(|e| refuse(e.to_string()))?;
         if !answer.status.is_success() {
             return Err(refuse(format!("{url} answered HTTP {}", answer.status)));
         }

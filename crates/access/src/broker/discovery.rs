@@ -51,6 +51,58 @@ pub struct DiscoveryError {
     pub reason: String,
 }
 
+/// Why an endpoint that authorization server metadata names is refused (see
+/// [`Discovery::check_endpoint`]): part of the [`DiscoveryError`] the user sees. The endpoint and
+/// issuer are the server's text, so they are shown escaped and capped.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The endpoint does not parse as a URL.
+    #[error("its {name} {} is not a URL", Untrusted(.endpoint))]
+    NotUrl {
+        /// The metadata field, such as `token_endpoint`.
+        name: &'static str,
+        /// Its value.
+        endpoint: String,
+    },
+    /// The issuer does not parse as a URL.
+    #[error("{} is not a URL", Untrusted(.issuer))]
+    IssuerNotUrl {
+        /// The issuer.
+        issuer: String,
+    },
+    /// The endpoint carries a user name or password.
+    #[error("its {name} {} carries credentials", Untrusted(.endpoint))]
+    Credentials {
+        /// The metadata field.
+        name: &'static str,
+        /// Its value.
+        endpoint: String,
+    },
+    /// Not `https` (and not `http` to a trusted loopback host).
+    #[error("its {name} {} is not https", Untrusted(.endpoint))]
+    NotHttps {
+        /// The metadata field.
+        name: &'static str,
+        /// Its value.
+        endpoint: String,
+    },
+    /// On another origin than the issuer's, and its host is not listed.
+    #[error(
+        "its {name} {} is not on the issuer's origin {issuer_origin}; an administrator can list {host} in mcp_allowed_as_metadata_domains",
+        Untrusted(.endpoint)
+    )]
+    OtherOrigin {
+        /// The metadata field.
+        name: &'static str,
+        /// Its value.
+        endpoint: String,
+        /// The issuer's origin, serialized.
+        issuer_origin: String,
+        /// The endpoint's host.
+        host: String,
+    },
+}
+
 fn fail(step: &'static str, reason: impl Into<String>) -> DiscoveryError {
     DiscoveryError {
         step,
@@ -290,29 +342,41 @@ impl Discovery {
         &self,
         route: &Route,
         issuer: &str,
-        name: &str,
+        name: &'static str,
         endpoint: &str,
-    ) -> Result<url::Url, String> {
-        let shown = Untrusted(endpoint);
-        let url =
-            url::Url::parse(endpoint).map_err(|_| format!("its {name} {shown} is not a URL"))?;
-        let issuer =
-            url::Url::parse(issuer).map_err(|_| format!("{} is not a URL", Untrusted(issuer)))?;
+    ) -> Result<url::Url, EndpointError> {
+        let url = url::Url::parse(endpoint).map_err(|_| EndpointError::NotUrl {
+            name,
+            endpoint: endpoint.to_owned(),
+        })?;
+        let issuer = url::Url::parse(issuer).map_err(|_| EndpointError::IssuerNotUrl {
+            issuer: issuer.to_owned(),
+        })?;
         let host = host_of(&url);
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("its {name} {shown} carries credentials"));
+            return Err(EndpointError::Credentials {
+                name,
+                endpoint: endpoint.to_owned(),
+            });
         }
         match url.scheme() {
             "https" => {}
             "http" if self.trusted(route, &host) && is_loopback(&host) => {}
-            _ => return Err(format!("its {name} {shown} is not https")),
+            _ => {
+                return Err(EndpointError::NotHttps {
+                    name,
+                    endpoint: endpoint.to_owned(),
+                });
+            }
         }
         let listed = self.extra_trusted.contains(&host);
         if url.origin() != issuer.origin() && !listed {
-            return Err(format!(
-                "its {name} {shown} is not on the issuer's origin {}; an administrator can list {host} in mcp_allowed_as_metadata_domains",
-                issuer.origin().ascii_serialization()
-            ));
+            return Err(EndpointError::OtherOrigin {
+                name,
+                endpoint: endpoint.to_owned(),
+                issuer_origin: issuer.origin().ascii_serialization(),
+                host,
+            });
         }
         Ok(url)
     }
@@ -336,7 +400,7 @@ impl Discovery {
     ) -> Result<Value, DiscoveryError> {
         let answer = fetch_json(url, None, self.trusted(route, &host_of(url)))
             .await
-            .map_err(|e| fail(step, e))?;
+            .map_err(|e| fail(step, e.to_string()))?;
         if !answer.status.is_success() {
             return Err(fail(step, format!("{url} answered HTTP {}", answer.status)));
         }
@@ -505,7 +569,7 @@ impl Discovery {
             ("token_endpoint", &token_endpoint),
         ] {
             self.check_endpoint(route, issuer, name, value)
-                .map_err(|e| fail("authorization server metadata", e))?;
+                .map_err(|e| fail("authorization server metadata", e.to_string()))?;
         }
         Ok((authorization_endpoint, token_endpoint))
     }
@@ -555,11 +619,11 @@ impl Discovery {
             })?;
         let url = self
             .check_endpoint(route, issuer, "registration_endpoint", registration)
-            .map_err(|e| fail("registration", e))?;
+            .map_err(|e| fail("registration", e.to_string()))?;
         let request = registration_request(origin);
         let answer = fetch_json(&url, Some(&request), self.trusted(route, &host_of(&url)))
             .await
-            .map_err(|e| fail("registration", e))?;
+            .map_err(|e| fail("registration", e.to_string()))?;
         if !answer.status.is_success()
             || answer
                 .body
@@ -954,6 +1018,52 @@ impl crate::broker::UpstreamBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// These texts reach the user on the discovery failure page; the server's values are quoted.
+    #[test]
+    fn refused_endpoints_are_named_and_quoted() {
+        let cases = [
+            (
+                EndpointError::NotUrl {
+                    name: "token_endpoint",
+                    endpoint: "not a url".into(),
+                },
+                r#"its token_endpoint "not a url" is not a URL"#,
+            ),
+            (
+                EndpointError::IssuerNotUrl {
+                    issuer: "issuer\n".into(),
+                },
+                r#""issuer\n" is not a URL"#,
+            ),
+            (
+                EndpointError::Credentials {
+                    name: "token_endpoint",
+                    endpoint: "https://u:p@as.example/token".into(),
+                },
+                r#"its token_endpoint "https://u:p@as.example/token" carries credentials"#,
+            ),
+            (
+                EndpointError::NotHttps {
+                    name: "registration_endpoint",
+                    endpoint: "http://as.example/register".into(),
+                },
+                r#"its registration_endpoint "http://as.example/register" is not https"#,
+            ),
+            (
+                EndpointError::OtherOrigin {
+                    name: "token_endpoint",
+                    endpoint: "https://elsewhere.example/token".into(),
+                    issuer_origin: "https://as.example".into(),
+                    host: "elsewhere.example".into(),
+                },
+                r#"its token_endpoint "https://elsewhere.example/token" is not on the issuer's origin https://as.example; an administrator can list elsewhere.example in mcp_allowed_as_metadata_domains"#,
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+    }
 
     #[test]
     fn bearer_challenges_parse() {

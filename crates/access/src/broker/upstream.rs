@@ -13,6 +13,7 @@ use postern_store::{RefreshOutcome, Secret, UpstreamToken, now_ms};
 use serde_json::Value;
 
 use crate::broker::discovery::UpstreamSettings;
+use crate::web::safe_http::FetchError;
 use crate::web::untrusted::Untrusted;
 
 /// Refresh this long before the TI expires.
@@ -81,6 +82,21 @@ pub enum UpstreamError {
         url: String,
         /// What failed.
         reason: String,
+    },
+    /// A discovered provider's address was refused, or its answer was too large or cut off
+    /// ([`crate::web::safe_http`]).
+    #[error("the provider at {url} failed: {error}")]
+    Fetch {
+        /// The token endpoint.
+        url: String,
+        /// What was refused or failed.
+        error: FetchError,
+    },
+    /// The provider's successful answer holds no access token.
+    #[error("the provider at {url} failed: no access_token in the answer")]
+    NoAccessToken {
+        /// The token endpoint.
+        url: String,
     },
     /// The route has no endpoint configured.
     #[error("upstream_oauth2 has no endpoint (auth_url and token_url are required)")]
@@ -159,9 +175,7 @@ pub(crate) async fn token_request(
         url: url.clone(),
         reason,
     };
-    let http = token_client(http, oauth, token_url)
-        .await
-        .map_err(unavailable)?;
+    let http = token_client(http, oauth, token_url).await?;
     let (request, form) = authenticated_request(&http, &url, oauth, endpoint, params);
     let response = request
         .form(&form)
@@ -171,12 +185,15 @@ pub(crate) async fn token_request(
     let status = response.status();
     let bytes = crate::web::safe_http::read_capped(token_url, response, MAX_TOKEN_RESPONSE_BYTES)
         .await
-        .map_err(unavailable)?;
+        .map_err(|error| UpstreamError::Fetch {
+            url: url.clone(),
+            error,
+        })?;
     let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
         return Err(refusal(token_url, status, &text, &bytes));
     }
-    token_from_answer(&text, endpoint, &oauth.client_id).map_err(unavailable)
+    token_from_answer(&text, endpoint, &oauth.client_id)
 }
 
 /// The client to call the token endpoint with: `http` for a configured provider, a client
@@ -185,11 +202,16 @@ async fn token_client(
     http: &reqwest::Client,
     oauth: &UpstreamSettings<'_>,
     token_url: &url::Url,
-) -> Result<reqwest::Client, String> {
+) -> Result<reqwest::Client, UpstreamError> {
     match oauth {
         UpstreamSettings::Configured(_) => Ok(http.clone()),
         UpstreamSettings::Discovered { token_trusted, .. } => {
-            crate::web::safe_http::pinned_client(token_url, *token_trusted).await
+            crate::web::safe_http::pinned_client(token_url, *token_trusted)
+                .await
+                .map_err(|error| UpstreamError::Fetch {
+                    url: token_url.to_string(),
+                    error,
+                })
         }
     }
 }
@@ -258,12 +280,12 @@ fn refusal(
 }
 
 /// The TI in a successful token endpoint answer (JSON, or form-encoded as some providers
-/// send); `Err` with the reason when it has no access token.
+/// send); `NoAccessToken` when it has none.
 fn token_from_answer(
     text: &str,
     endpoint: &OAuthEndpoint,
     client_id: &str,
-) -> Result<UpstreamToken, String> {
+) -> Result<UpstreamToken, UpstreamError> {
     let body: Value = serde_json::from_str(text)
         .or_else(|_| {
             Ok::<_, ()>(
@@ -276,7 +298,9 @@ fn token_from_answer(
     let access_token = body
         .get("access_token")
         .and_then(Value::as_str)
-        .ok_or_else(|| "no access_token in the answer".to_owned())?;
+        .ok_or_else(|| UpstreamError::NoAccessToken {
+            url: endpoint.token_url.to_string(),
+        })?;
     let expires_in = body.get("expires_in").and_then(|v| {
         v.as_i64()
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -337,5 +361,27 @@ pub(crate) async fn refresh(
             Ok(RefreshOutcome::Revoked)
         }
         Err(other) => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text reaches the user on the failure page after a code exchange.
+    #[test]
+    fn an_answer_without_an_access_token_names_the_provider() {
+        let endpoint = OAuthEndpoint {
+            auth_url: url::Url::parse("https://as.example/authorize").unwrap(),
+            token_url: url::Url::parse("https://as.example/token").unwrap(),
+            auth_style: None,
+        };
+        let error = token_from_answer(r#"{"token_type":"bearer"}"#, &endpoint, "postern")
+            .err()
+            .unwrap();
+        assert_eq!(
+            error.to_string(),
+            "the provider at https://as.example/token failed: no access_token in the answer"
+        );
     }
 }

@@ -19,6 +19,27 @@ const LIFETIME_SECS: u64 = 300;
 /// A cached assertion is reused while at least this much of its life is left.
 const REUSE_MARGIN_SECS: u64 = 120;
 
+/// Why `signing_key` cannot sign assertions. The underlying error is part of the text rather
+/// than a `source()`, so a report prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    /// Not PEM, and not base64 either.
+    #[error("signing_key is neither PEM nor base64 of PEM")]
+    NotPemOrBase64,
+    /// Base64 of something that is not text.
+    #[error("signing_key is not PEM")]
+    NotPem,
+    /// PEM, but not of an EC P-256 private key.
+    #[error("signing_key must be an EC P-256 private key in PEM: {0}")]
+    NotP256(jsonwebtoken::errors::Error),
+    /// The public key could not be written as a JWK or its thumbprint.
+    #[error("{0}")]
+    Jwk(jsonwebtoken::errors::Error),
+    /// The JWK set could not be serialized.
+    #[error("{0}")]
+    Jwks(serde_json::Error),
+}
+
 /// Signs assertions with one P-256 key.
 pub struct Signer {
     key: EncodingKey,
@@ -46,25 +67,26 @@ impl Signer {
     }
 
     /// A signer for an EC P-256 private key in PEM (PKCS#8 or SEC1), or base64 of such a PEM.
-    pub fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self, SigningKeyError> {
         let pem = if pem.contains("-----BEGIN") {
             pem.to_owned()
         } else {
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(pem.trim())
-                .map_err(|_| "signing_key is neither PEM nor base64 of PEM".to_owned())?;
-            String::from_utf8(bytes).map_err(|_| "signing_key is not PEM".to_owned())?
+                .map_err(|_| SigningKeyError::NotPemOrBase64)?;
+            String::from_utf8(bytes).map_err(|_| SigningKeyError::NotPem)?
         };
-        let key = EncodingKey::from_ec_pem(pem.as_bytes())
-            .map_err(|e| format!("signing_key must be an EC P-256 private key in PEM: {e}"))?;
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(|e| e.to_string())?;
+        let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(SigningKeyError::NotP256)?;
+        let mut jwk =
+            Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(SigningKeyError::Jwk)?;
         let kid = jwk
             .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| e.to_string())?;
+            .map_err(SigningKeyError::Jwk)?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
-        let jwks = serde_json::to_value(JwkSet { keys: vec![jwk] }).map_err(|e| e.to_string())?;
+        let jwks =
+            serde_json::to_value(JwkSet { keys: vec![jwk] }).map_err(SigningKeyError::Jwks)?;
         Ok(Self {
             key,
             kid,

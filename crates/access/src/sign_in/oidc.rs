@@ -275,7 +275,7 @@ impl Oidc {
         let bytes =
             crate::web::safe_http::read_capped(&token_url, response, MAX_TOKEN_RESPONSE_BYTES)
                 .await
-                .map_err(fail)?;
+                .map_err(|e| fail(e.to_string()))?;
         if !status.is_success() {
             // The provider's text goes to the log only (escaped and capped), not to the page.
             tracing::warn!(%status, body = %Untrusted(&String::from_utf8_lossy(&bytes)), "the identity provider refused the code");

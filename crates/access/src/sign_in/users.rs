@@ -1,7 +1,7 @@
 //! Local users: a YAML file (`users_file`) listing `{email, name, groups, password_hash}` with
 //! argon2id hashes (`postern hash-password` makes one). The embedded default identity source.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::phc::PasswordHash;
@@ -28,6 +28,48 @@ pub struct LocalUser {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Why the users file cannot be used; each names the file. The underlying error is part of the
+/// text rather than a `source()`, so a report (`postern serve` failing to start) prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersFileError {
+    /// The file could not be read.
+    #[error("users_file {}: {error}", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: std::io::Error,
+    },
+    /// Not a YAML list of users.
+    #[error("users_file {}: {error}", .path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where and why it did not parse.
+        error: yaml_serde::Error,
+    },
+    /// A user's `password_hash` is not an argon2 PHC string.
+    #[error(
+        "users_file {}: entry {index} ({email}): password_hash is not an argon2 PHC string ({error}); make one with `postern hash-password`",
+        .path.display()
+    )]
+    NotAHash {
+        /// The file.
+        path: PathBuf,
+        /// The entry's position in the list, from 0.
+        index: usize,
+        /// The entry's email.
+        email: String,
+        /// Why the hash did not parse.
+        error: argon2::password_hash::phc::Error,
+    },
+}
+
+/// Why a password could not be hashed (argon2 refused it, or no randomness for the salt).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HashError(argon2::password_hash::Error);
+
 /// The local users.
 #[derive(Clone, Debug, Default)]
 pub struct LocalUsers {
@@ -38,14 +80,22 @@ pub struct LocalUsers {
 
 impl LocalUsers {
     /// Reads `path`.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("users_file {}: {e}", path.display()))?;
-        let users: Vec<LocalUser> = yaml_serde::from_str(&text)
-            .map_err(|e| format!("users_file {}: {e}", path.display()))?;
-        for (i, user) in users.iter().enumerate() {
-            PasswordHash::new(&user.password_hash).map_err(|e| {
-                format!("users_file {}: entry {i} ({}): password_hash is not an argon2 PHC string ({e}); make one with `postern hash-password`", path.display(), user.email)
+    pub fn load(path: &Path) -> Result<Self, UsersFileError> {
+        let text = std::fs::read_to_string(path).map_err(|error| UsersFileError::Unreadable {
+            path: path.to_owned(),
+            error,
+        })?;
+        let users: Vec<LocalUser> =
+            yaml_serde::from_str(&text).map_err(|error| UsersFileError::Invalid {
+                path: path.to_owned(),
+                error,
+            })?;
+        for (index, user) in users.iter().enumerate() {
+            PasswordHash::new(&user.password_hash).map_err(|error| UsersFileError::NotAHash {
+                path: path.to_owned(),
+                index,
+                email: user.email.clone(),
+                error,
             })?;
         }
         Ok(Self::new(users))
@@ -75,11 +125,11 @@ impl LocalUsers {
 }
 
 /// An argon2id PHC hash of `password` with a random salt.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, HashError> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(HashError)
 }
 
 #[cfg(test)]

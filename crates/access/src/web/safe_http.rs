@@ -29,6 +29,72 @@ pub struct Answer {
     pub cache_control: Option<String>,
 }
 
+/// Why a request under the rules above was refused or failed. The text names the URL (or host)
+/// and is shown to the user: in an OAuth error body or on a failure page. The underlying error
+/// is part of the text rather than a `source()`, so a report prints it once.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL carries a user name or password.
+    #[error("{url}: URLs with credentials are refused")]
+    Credentials {
+        /// The URL refused.
+        url: String,
+    },
+    /// Not `https` (and not `http` to a trusted loopback host).
+    #[error("{url}: only https is allowed here")]
+    NotHttps {
+        /// The URL refused.
+        url: String,
+    },
+    /// The host name did not resolve.
+    #[error("cannot resolve {host}: {error}")]
+    Unresolvable {
+        /// The host looked up.
+        host: String,
+        /// Why the lookup failed.
+        error: std::io::Error,
+    },
+    /// An untrusted host resolves only to private, loopback or link-local addresses.
+    #[error("{host} resolves to a private or local address; only trusted hosts may")]
+    PrivateAddress {
+        /// The host refused.
+        host: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("{0}")]
+    Client(reqwest::Error),
+    /// The request failed (connection, TLS, time limit).
+    #[error("cannot fetch {url}: {}", with_causes(.error))]
+    Request {
+        /// The URL requested.
+        url: String,
+        /// What failed, with its causes in the text.
+        error: reqwest::Error,
+    },
+    /// The answer is larger than the cap.
+    #[error("{url} answered more than {} KiB", .max_bytes / 1024)]
+    TooLarge {
+        /// The URL requested.
+        url: String,
+        /// The cap.
+        max_bytes: usize,
+    },
+    /// The connection failed (or the time limit ended it) while reading the answer.
+    #[error("{url}: {}", ReadError::Unreadable)]
+    Unreadable {
+        /// The URL requested.
+        url: String,
+    },
+    /// A successful answer whose body is not JSON.
+    #[error("{url} did not answer JSON: {error}")]
+    NotJson {
+        /// The URL requested.
+        url: String,
+        /// Why the body did not parse.
+        error: serde_json::Error,
+    },
+}
+
 /// The host of `url`, lower-case, without IPv6 brackets.
 pub fn host_of(url: &url::Url) -> String {
     url.host_str()
@@ -44,7 +110,7 @@ pub async fn fetch_json(
     url: &url::Url,
     body: Option<&Value>,
     trusted: bool,
-) -> Result<Answer, String> {
+) -> Result<Answer, FetchError> {
     let http = pinned_client(url, trusted).await?;
     let request = match body {
         Some(body) => http.post(url.clone()).json(body),
@@ -54,7 +120,10 @@ pub async fn fetch_json(
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("cannot fetch {url}: {}", with_causes(&e)))?;
+        .map_err(|error| FetchError::Request {
+            url: url.to_string(),
+            error,
+        })?;
     let status = response.status();
     let cache_control = response
         .headers()
@@ -63,7 +132,10 @@ pub async fn fetch_json(
         .map(str::to_owned);
     let bytes = read_capped(url, response, MAX_BYTES).await?;
     let body = if status.is_success() {
-        serde_json::from_slice(&bytes).map_err(|e| format!("{url} did not answer JSON: {e}"))?
+        serde_json::from_slice(&bytes).map_err(|error| FetchError::NotJson {
+            url: url.to_string(),
+            error,
+        })?
     } else {
         serde_json::from_slice(&bytes).unwrap_or(Value::Null)
     };
@@ -79,33 +151,40 @@ pub async fn fetch_json(
 /// `https` (or `http` to a trusted loopback host), an address that is public unless the host is
 /// trusted, and that address pinned (no second DNS lookup), no redirects, a 5 s time limit.
 /// Read its answers with [`read_capped`].
-pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Client, String> {
+pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Client, FetchError> {
     let host = host_of(url);
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{url}: URLs with credentials are refused"));
+        return Err(FetchError::Credentials {
+            url: url.to_string(),
+        });
     }
     match url.scheme() {
         "https" => {}
         "http" if trusted && is_loopback(&host) => {}
-        _ => return Err(format!("{url}: only https is allowed here")),
+        _ => {
+            return Err(FetchError::NotHttps {
+                url: url.to_string(),
+            });
+        }
     }
     let port = url.port_or_known_default().unwrap_or(443);
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map_err(|error| FetchError::Unresolvable {
+            host: host.clone(),
+            error,
+        })?
         .collect();
     let address = addresses
         .iter()
         .find(|a| trusted || is_public(a.ip()))
         .copied()
-        .ok_or_else(|| {
-            format!("{host} resolves to a private or local address; only trusted hosts may")
-        })?;
+        .ok_or_else(|| FetchError::PrivateAddress { host: host.clone() })?;
     // Connect to the checked address, not to whatever a second lookup would say.
     postern_http::builder(TIME_LIMIT)
         .resolve(&host, address)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(FetchError::Client)
 }
 
 /// The body of `response` to `url`, refused when it is larger than `max` bytes (announced or
@@ -114,12 +193,17 @@ pub async fn read_capped(
     url: &url::Url,
     response: reqwest::Response,
     max: usize,
-) -> Result<bytes::Bytes, String> {
+) -> Result<bytes::Bytes, FetchError> {
     postern_http::document::read_capped(response, max)
         .await
         .map_err(|error| match error {
-            ReadError::TooLarge(_) => format!("{url} answered more than {} KiB", max / 1024),
-            ReadError::Unreadable => format!("{url}: {error}"),
+            ReadError::TooLarge(_) => FetchError::TooLarge {
+                url: url.to_string(),
+                max_bytes: max,
+            },
+            ReadError::Unreadable => FetchError::Unreadable {
+                url: url.to_string(),
+            },
         })
 }
 
@@ -189,6 +273,40 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// These texts reach clients (CIMD `error_description`, discovery failure pages).
+    #[tokio::test]
+    async fn refusals_name_the_url_or_host() {
+        let refusal = |url: &str, trusted: bool| {
+            let url = url::Url::parse(url).unwrap();
+            async move { pinned_client(&url, trusted).await.unwrap_err().to_string() }
+        };
+        assert_eq!(
+            refusal("https://u:p@example.com/doc", true).await,
+            "https://u:p@example.com/doc: URLs with credentials are refused"
+        );
+        assert_eq!(
+            refusal("http://127.0.0.1/doc", false).await,
+            "http://127.0.0.1/doc: only https is allowed here"
+        );
+        assert_eq!(
+            refusal("https://169.254.169.254/doc", false).await,
+            "169.254.169.254 resolves to a private or local address; only trusted hosts may"
+        );
+        let url = "https://example.com/doc".to_owned();
+        assert_eq!(
+            FetchError::TooLarge {
+                url: url.clone(),
+                max_bytes: MAX_BYTES
+            }
+            .to_string(),
+            "https://example.com/doc answered more than 64 KiB"
+        );
+        assert_eq!(
+            FetchError::Unreadable { url }.to_string(),
+            "https://example.com/doc: the answer could not be read whole"
+        );
+    }
 
     #[test]
     fn ipv6_addresses_that_carry_a_private_ipv4_address_are_not_public() {
