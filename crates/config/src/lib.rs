@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
+mod pomerium;
 mod types;
 mod values;
 
@@ -83,20 +84,55 @@ pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates configuration text.
+///
+/// Pomerium keys Postern does not implement are screened first ([`pomerium`]): ignored with a
+/// warning in [`Config::warnings`], or refused when ignoring them could widen access. A file
+/// without any is parsed from its text, so errors name their line; one with some is parsed from
+/// the screened document, and errors name the key's path only.
 pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let deserializer = yaml_serde::Deserializer::from_str(text);
-    let mut config: Config = match serde_path_to_error::deserialize(deserializer) {
-        Ok(config) => config,
-        Err(error) => return Err(parse_error(&error)),
+    let mut document: yaml_serde::Value = match yaml_serde::from_str(text) {
+        Ok(document) => document,
+        Err(error) => return Err(yaml_error(&error)),
     };
+    let screened = pomerium::screen(&mut document)?;
+    let parsed = if screened.warnings.is_empty() {
+        serde_path_to_error::deserialize(yaml_serde::Deserializer::from_str(text))
+            .map_err(|e| parse_error(e.path(), e.inner()))
+    } else {
+        serde_path_to_error::deserialize(document).map_err(|e| parse_error(e.path(), e.inner()))
+    };
+    let mut config: Config = parsed?;
+    config.warnings = screened.warnings;
     resolve_secrets(&mut config, base_dir, env)?;
     validate(&config)?;
     Ok(config)
 }
 
-fn parse_error(error: &serde_path_to_error::Error<yaml_serde::Error>) -> ConfigError {
-    let mut path = error.path().to_string();
-    let inner = error.inner();
+/// For serde's "unknown field `x`, expected one of `a`, `b`", a " (did you mean `a`?)" when one
+/// of the expected keys is a likely typo of `x`.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, expected) = rest.split_once('`')?;
+    let known = expected.split('`').skip(1).step_by(2);
+    pomerium::closest(unknown, known).map(|key| format!(" (did you mean `{key}`?)"))
+}
+
+/// A document that is not YAML at all.
+fn yaml_error(error: &yaml_serde::Error) -> ConfigError {
+    let mut message = error.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    ConfigError {
+        file: None,
+        path: "(file)".into(),
+        line: error.location().map(|l| l.line()),
+        message: format!("not valid YAML: {message}"),
+    }
+}
+
+fn parse_error(at: &serde_path_to_error::Path, inner: &yaml_serde::Error) -> ConfigError {
+    let mut path = at.to_string();
     let line = inner.location().map(|l| l.line());
     let mut message = inner.to_string();
     // yaml_serde appends " at line L column C"; the line is reported on its own.
@@ -127,6 +163,11 @@ fn parse_error(error: &serde_path_to_error::Error<yaml_serde::Error>) -> ConfigE
     }
     if message.starts_with("data did not match any variant of untagged enum OneOrMany") {
         message = "expected a URL or a list of URLs".into();
+    }
+    if let Some(hint) = did_you_mean(&message)
+        && let Some(end) = message.find("`, expected")
+    {
+        message.insert_str(end + 1, &hint);
     }
     ConfigError {
         file: None,

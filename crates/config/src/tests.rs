@@ -296,3 +296,168 @@ routes:
         "{err}"
     );
 }
+
+/// The keys a level accepts, from serde's "unknown field ..., expected one of ..." message.
+fn accepted_keys(yaml: &str) -> Vec<String> {
+    let message = parse_err(yaml).message;
+    let expected = message.split_once("expected ").expect("a list").1;
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_pomerium_deployment_loads_with_warnings_for_the_keys_postern_ignores() {
+    // Keys from Pomerium's MCP documentation and acceptance configuration that Postern does
+    // not implement and may safely ignore.
+    let config = parse_ok(
+        "insecure_server: true
+authenticate_service_url: https://authenticate.localhost.pomerium.io
+authorize_log_fields: [request-id, path, mcp-method, mcp-tool]
+access_log_fields: [method, path]
+http_redirect_addr: ':8081'
+timeout_idle: 5m
+policy:
+  - from: https://mcp.localhost.pomerium.io
+    to: http://mcp:8080/mcp
+    id: my-server
+    allow_websockets: true
+    jwt_groups_filter: [admins]
+    set_request_headers: {X-Custom: value}
+    mcp: {}
+",
+    );
+    assert_eq!(config.routes.len(), 1, "`policy` is `routes`");
+    assert_eq!(config.http_redirect_address.as_deref(), Some(":8081"));
+    let ignored = [
+        "authenticate_service_url",
+        "authorize_log_fields",
+        "access_log_fields",
+        "timeout_idle",
+        "policy[0].id",
+        "policy[0].allow_websockets",
+        "policy[0].jwt_groups_filter",
+        "policy[0].set_request_headers",
+    ];
+    assert_eq!(
+        config.warnings.len(),
+        ignored.len(),
+        "{:?}",
+        config.warnings
+    );
+    for key in ignored {
+        assert!(
+            config
+                .warnings
+                .iter()
+                .any(|w| w.starts_with(&format!("{key}: Pomerium key"))
+                    && w.contains("is not supported by Postern")),
+            "{key}: {:?}",
+            config.warnings
+        );
+    }
+    assert!(parse_ok("insecure_server: true\n").warnings.is_empty());
+}
+
+#[test]
+fn pomerium_keys_whose_absence_could_widen_access_are_refused_with_the_reason() {
+    let err = parse_err(
+        "insecure_server: true
+routes:
+  - from: https://mcp.example.com
+    to: http://mcp:8080
+    regex: '^/admin$'
+    allow_any_authenticated_user: true
+",
+    );
+    assert_eq!(err.path, "routes[0].regex");
+    assert!(
+        err.message
+            .contains("Pomerium key `regex` is not supported by Postern")
+            && err.message.contains("would match every path"),
+        "{err}"
+    );
+    for (yaml, path) in [
+        (
+            "insecure_server: true\ndownstream_mtls: {ca_file: ca.pem}\n",
+            "downstream_mtls",
+        ),
+        (
+            "insecure_server: true\nmetrics_basic_auth: dXNlcjpwYXNz\n",
+            "metrics_basic_auth",
+        ),
+        (
+            "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, allowed_idp_claims: {org: [x]}}\n",
+            "routes[0].allowed_idp_claims",
+        ),
+    ] {
+        assert_eq!(parse_err(yaml).path, path, "{yaml}");
+    }
+}
+
+#[test]
+fn a_key_nobody_has_is_still_an_error_with_a_suggestion() {
+    let err = parse_err("insecure_sever: true\n");
+    assert!(
+        err.message.contains("unknown field `insecure_sever`"),
+        "{err}"
+    );
+    assert!(
+        err.message.contains("(did you mean `insecure_server`?)"),
+        "{err}"
+    );
+    assert_eq!(
+        err.line,
+        Some(1),
+        "a file without Pomerium keys keeps its line numbers"
+    );
+    let err = parse_err(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, allow_any_authenticated_usr: true}\n",
+    );
+    assert!(
+        err.message
+            .contains("did you mean `allow_any_authenticated_user`?"),
+        "{err}"
+    );
+    let err = parse_err("insecure_server: true\nzzz_nothing_like_it: 1\n");
+    assert!(!err.message.contains("did you mean"), "{err}");
+}
+
+#[test]
+fn no_pomerium_key_postern_ignores_is_one_postern_implements() {
+    let top = accepted_keys("zzz_unknown: 1\n");
+    let route = accepted_keys("routes:\n  - {from: http://a, to: http://b, zzz_unknown: 1}\n");
+    for (key, _) in pomerium::TOP_LEVEL {
+        assert!(
+            !top.iter().any(|k| k == key),
+            "top-level {key} is implemented"
+        );
+    }
+    for (key, _) in pomerium::ROUTE {
+        assert!(
+            !route.iter().any(|k| k == key),
+            "route {key} is implemented"
+        );
+    }
+}
+
+#[test]
+fn the_reference_lists_every_pomerium_key_postern_does_not_implement() {
+    let reference = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    for (key, what) in pomerium::TOP_LEVEL.iter().chain(pomerium::ROUTE) {
+        let kind = match what {
+            pomerium::Unsupported::Ignored(_) => "ignored",
+            pomerium::Unsupported::Refused(_) => "**error**",
+        };
+        assert!(
+            reference.contains(&format!("| {key} | {kind} |")),
+            "docs/configuration.md does not list {key} as {kind} in its Pomerium keys section"
+        );
+    }
+}

@@ -21,8 +21,9 @@ pub struct Config {
     #[serde(default)]
     pub insecure_server: bool,
     /// Where plain-HTTP requests are redirected to HTTPS and ACME HTTP-01 challenges answered
-    /// (`:80` by default when TLS is on; empty string turns it off).
-    #[serde(default)]
+    /// (`:80` by default when TLS is on; empty string turns it off). Pomerium's
+    /// `http_redirect_addr` is the same key.
+    #[serde(default, alias = "http_redirect_addr")]
     pub http_redirect_address: Option<String>,
     /// Obtain and renew certificates for every route host with ACME.
     #[serde(default)]
@@ -150,9 +151,13 @@ pub struct Config {
     /// Pomerium's feature flags; accepted for compatibility (`mcp` is always on here).
     #[serde(default)]
     pub runtime_flags: BTreeMap<String, bool>,
-    /// The routes.
-    #[serde(default)]
+    /// The routes (Pomerium's older name, `policy`, works too).
+    #[serde(default, alias = "policy")]
     pub routes: Vec<Route>,
+    /// What loading the file noticed but did not refuse (Pomerium keys Postern ignores), each
+    /// `path: message`; `check-config` prints them and `serve` logs them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// One certificate and its key.

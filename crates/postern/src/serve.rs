@@ -21,6 +21,9 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
     if !config.insecure_server {
         certificates(&config, path)?;
     }
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
     let mcp = config.routes.iter().filter(|r| r.mcp.is_some()).count();
     println!(
         "{}: OK ({} routes, {} of them MCP; listening on {})",
@@ -30,6 +33,13 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         config.listen_address()
     );
     Ok(())
+}
+
+/// What loading the configuration noticed but did not refuse (Pomerium keys Postern ignores).
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
 }
 
 /// Opens the configured store; the shared secret comes from the configuration or, on a single
@@ -164,6 +174,7 @@ fn certificates(config: &Config, config_path: &Path) -> anyhow::Result<CertMap> 
 
 /// Runs the gateway until Ctrl-C or SIGTERM.
 pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    log_warnings(&config);
     let shutdown = CancellationToken::new();
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let store = open_store(&config, &base).await?;
@@ -329,6 +340,7 @@ fn apply_reload(
         if tls_on {
             resolver.set(certificates(&new, &config_path).map_err(|e| e.to_string())?);
         }
+        log_warnings(&new);
         gateway.replace(new);
         if let Some(autocert) = &autocert {
             // Certificate files were reloaded: put the ACME ones back and look for new hosts.
