@@ -1,15 +1,16 @@
-//! Limits on dynamic client registration (RFC 7591), which anyone may call: registrations per
-//! client address in a window (429 with `Retry-After` beyond), a short life for registrations
-//! that are never used (made the normal life on first use), and the grant types a client
-//! registered, enforced at the token endpoint. What a registration may contain, and how large,
+//! Dynamic client registration (RFC 7591), which anyone may call: the endpoint, and its limits:
+//! registrations per client address in a window (429 with `Retry-After` beyond), a short life
+//! for registrations that are never used (made the normal life on first use), and the grant
+//! types a client registered, enforced at the token endpoint. What a registration may contain, and how large,
 //! is checked by [`postern_oauth::registration::validate_metadata`].
 
 use std::time::Duration;
 
+use super::*;
 use postern_gateway::hooks::RequestContext;
 use postern_oauth::{ErrorCode, OAuthError};
 use postern_store::{OAuthClient, now_ms};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long a registration lives once it has been used (each authorization renews it when less
 /// than half of this is left).
@@ -82,6 +83,81 @@ impl crate::authorization_server::AuthorizationServer {
         if let Err(error) = self.store.put_client(&renewed).await {
             tracing::warn!(%error, client = %client.client_id, "cannot renew a client registration");
         }
+    }
+
+    pub(crate) async fn register(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        self.register_client(ctx, request)
+            .await
+            .unwrap_or_else(EndpointError::into_response)
+    }
+
+    /// RFC 7591 §3: validates the metadata, stores the client, answers with its id (and
+    /// secret, for a confidential client).
+    async fn register_client(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Result<Response<Body>, EndpointError> {
+        if request.method() != Method::POST {
+            return Err(EndpointError::NotPost("register with POST"));
+        }
+        if !self.settings.dynamic_registration {
+            return Err(OAuthError::new(
+                ErrorCode::AccessDenied,
+                "dynamic client registration is turned off (mcp_dynamic_client_registration)",
+            )
+            .into());
+        }
+        self.admit_registration(ctx)?;
+        let body = read_body(request).await.ok_or(EndpointError::TooLarge(
+            "the request is too large (at most 64 KiB)",
+        ))?;
+        let requested: Value = serde_json::from_slice(&body).map_err(|e| {
+            OAuthError::new(ErrorCode::InvalidClientMetadata, format!("not JSON: {e}"))
+        })?;
+        let mut metadata = postern_oauth::registration::validate_metadata(&requested)?;
+        let keys = self.store.keyring();
+        let client_id = format!("pst_c_{}", random_token(keys, 16)?);
+        let confidential = metadata
+            .get("token_endpoint_auth_method")
+            .and_then(Value::as_str)
+            != Some("none");
+        let secret = if confidential {
+            Some(random_token(keys, 32)?)
+        } else {
+            None
+        };
+        let now = now_ms();
+        metadata.insert("client_id".into(), json!(client_id));
+        let client = OAuthClient {
+            client_id: client_id.clone(),
+            metadata: Value::Object(metadata.clone()),
+            secret: secret.clone().map(Secret::new),
+            created_at: now,
+            expires_at: self.unused_registration_expiry(now),
+        };
+        if let Err(error) = self.store.put_client(&client).await {
+            tracing::error!(%error, "cannot store a client registration");
+            return Err(OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again").into());
+        }
+        let name = metadata
+            .get("client_name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("-")
+            .to_owned();
+        tracing::info!(target: "postern::audit", event = "client_registered", client = %client_id, request_id = %ctx.request_id, name = %Untrusted(&name), "client registered");
+        metadata.insert("client_id_issued_at".into(), json!(now / 1000));
+        if let Some(secret) = secret {
+            metadata.insert("client_secret".into(), json!(secret));
+            metadata.insert("client_secret_expires_at".into(), json!(0));
+        }
+        let mut response = json_response(StatusCode::CREATED, &Value::Object(metadata));
+        no_store(&mut response);
+        Ok(response)
     }
 }
 
