@@ -105,8 +105,30 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     config.warnings = screened.warnings;
     resolve_secrets(&mut config, base_dir, env)?;
     validate(&config)?;
+    let advice = advice(&config);
+    config.warnings.extend(advice);
     Ok(config)
 }
+
+/// Values that load but will likely not do what was meant.
+fn advice(config: &Config) -> Vec<String> {
+    let mut advice = Vec::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(Mcp::Server(server)) = &route.mcp
+            && let Some(limit) = server.max_request_bytes
+            && limit < SMALL_REQUEST_LIMIT
+        {
+            advice.push(format!(
+                "routes[{i}].mcp.server.max_request_bytes: {limit} bytes will refuse ordinary tool calls larger than that (413): Postern reads the whole request to check which tool it calls and refuses what does not fit (in Pomerium this value was only an inspection buffer); leave it unset for {} KiB",
+                defaults::MAX_REQUEST_BYTES / 1024
+            ));
+        }
+    }
+    advice
+}
+
+/// Below this, `max_request_bytes` refuses tool calls with ordinary arguments.
+const SMALL_REQUEST_LIMIT: u64 = 64 * 1024;
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`", a " (did you mean `a`?)" when one
 /// of the expected keys is a likely typo of `x`.

@@ -461,3 +461,22 @@ fn the_reference_lists_every_pomerium_key_postern_does_not_implement() {
         );
     }
 }
+
+#[test]
+fn a_request_limit_that_refuses_ordinary_tool_calls_is_pointed_out() {
+    let with = |limit: u64| {
+        parse_ok(&format!(
+            "insecure_server: true\nroutes:\n  - {{from: http://a, to: http://b, mcp: {{server: {{max_request_bytes: {limit}}}}}}}\n"
+        ))
+        .warnings
+    };
+    let warnings = with(4096);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with(
+            "routes[0].mcp.server.max_request_bytes: 4096 bytes will refuse ordinary tool calls"
+        ) && warnings[0].contains("inspection buffer"),
+        "{warnings:?}"
+    );
+    assert!(with(65536).is_empty());
+}
