@@ -2,6 +2,8 @@
 //! may use with their connection state, connecting an upstream account, disconnecting, and the
 //! TE handed to MCP client apps.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use postern_gateway::body::Body;
@@ -33,7 +35,17 @@ impl UpstreamBroker {
     ) -> Response<Body> {
         let session = self.caller(&request).await;
         let Some(session) = session else {
-            if endpoint == Endpoint::Connect {
+            // A person's browser goes to sign in and comes back (as in Pomerium); an app's
+            // request (no HTML accepted, or a bearer token) keeps its 401.
+            let browser = request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| accept.contains("text/html"))
+                && !request.headers().contains_key(header::AUTHORIZATION);
+            if endpoint == Endpoint::Connect
+                || (endpoint == Endpoint::Routes && request.method() == Method::GET && browser)
+            {
                 let back = request
                     .uri()
                     .path_and_query()
@@ -164,12 +176,9 @@ impl UpstreamBroker {
         session: &Session,
         url: &str,
     ) -> Result<(), StoreError> {
-        if let Some(route) = ctx.runtime.routes.all().iter().find(|r| {
-            r.is_mcp_server()
-                && postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url)
-        }) {
+        for route in Self::routes_named_by(ctx, url) {
             self.store
-                .delete_upstream_token(&session.user_id, &upstream::route_key(route))
+                .delete_upstream_token(&session.user_id, &upstream::route_key(&route))
                 .await
                 .inspect_err(|error| {
                     tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, route = %route.id, "cannot disconnect an upstream account");
@@ -177,6 +186,37 @@ impl UpstreamBroker {
             tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
         }
         Ok(())
+    }
+
+    /// The MCP server routes a URL from an app names: the one whose URL it is or, for a URL that
+    /// is no server's, every server on its host (Pomerium's apps name servers by host).
+    fn routes_named_by(ctx: &RequestContext, url: &str) -> Vec<Arc<Route>> {
+        let servers = || {
+            ctx.runtime
+                .routes
+                .all()
+                .iter()
+                .filter(|r| r.is_mcp_server())
+        };
+        let exact: Vec<_> = servers()
+            .filter(|r| postern_oauth::metadata::same_resource(&Self::route_url(ctx, r), url))
+            .cloned()
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        let host = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        };
+        let Some(wanted) = host(url) else {
+            return Vec::new();
+        };
+        servers()
+            .filter(|r| host(&Self::route_url(ctx, r)).as_deref() == Some(wanted.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Who calls: the session cookie, or the TE of an MCP client app route.
@@ -275,11 +315,12 @@ impl UpstreamBroker {
         let Some(urls) = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("routes").and_then(Value::as_array).cloned())
+            .filter(|urls| !urls.is_empty())
         else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
-                "send {\"routes\": [server URL, ...]}",
+                "send {\"routes\": [server URL, ...]} with at least one URL",
                 &ctx.request_id,
             );
         };

@@ -211,3 +211,31 @@ async fn verifiers_find_the_keys_from_well_known_pomerium_and_revalidate_them_by
         .unwrap();
     assert_eq!(other.status(), 200, "another tag gets the keys");
 }
+
+#[tokio::test]
+async fn a_browser_without_a_session_on_routes_is_sent_to_sign_in_and_an_app_gets_401() {
+    let w = world().await;
+    let url = format!("{}/.pomerium/mcp/routes", w.base);
+    let browser = client()
+        .get(&url)
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 303);
+    assert_eq!(
+        browser.headers()["location"],
+        "/.pomerium/sign_in?redirect_uri=%2F.pomerium%2Fmcp%2Froutes"
+    );
+    for (accept, bearer) in [
+        ("application/json", None),
+        ("text/html", Some("Bearer nope")),
+    ] {
+        let mut request = client().get(&url).header("accept", accept);
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", bearer);
+        }
+        let app = request.send().await.unwrap();
+        assert_eq!(app.status(), 401, "{accept} {bearer:?}");
+    }
+}

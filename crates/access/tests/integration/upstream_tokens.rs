@@ -383,3 +383,43 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
     w.provider.answer_refreshes_with(200);
     w.stop.cancel();
 }
+
+#[tokio::test]
+async fn apps_disconnect_by_server_url_or_by_host_as_pomeriums_apps_do_and_an_empty_list_is_refused()
+ {
+    let w = notion_world().await;
+    let disconnect = |routes: Value| {
+        w.browser
+            .post(format!("{}/.pomerium/mcp/routes/disconnect", w.base))
+            .json(&json!({ "routes": routes }))
+            .send()
+    };
+    let empty = disconnect(json!([])).await.unwrap();
+    assert_eq!(empty.status(), 400);
+
+    // By host: what Pomerium's reference app sends.
+    w.connect().await;
+    let host_only = w.base.clone();
+    let listed: Value = disconnect(json!([host_only]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["servers"][0]["connected"], json!(false), "{listed}");
+
+    // Another host disconnects nothing.
+    w.connect().await;
+    let listed: Value = disconnect(json!(["https://elsewhere.example"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["servers"][0]["connected"], json!(true), "{listed}");
+    assert_eq!(
+        w.disconnect().await["servers"][0]["connected"],
+        json!(false)
+    );
+    w.stop.cancel();
+}
