@@ -9,7 +9,8 @@
 //! one rule are alternatives. Criteria: `accept`, `reject`, `authenticated_user`, `email`,
 //! `domain`, `user`, `groups`, `claim/<name>`, `http_method`, `http_path`, `mcp_tool`. String
 //! matchers: `is`, `not`, `in`, `not_in`, `starts_with`, `ends_with`, `contains` (a bare value
-//! means `is`); `groups` takes `has` (a bare value means `has`). `mcp_tool` matches only
+//! means `is`); `groups` takes `has`, `is` (that one group and no other) and `exclude` (a bare
+//! value means `has`); a rule body may carry Pomerium's `action` key (it must agree). `mcp_tool` matches only
 //! `tools/call` requests, so put it under `deny`.
 #![forbid(unsafe_code)]
 
@@ -99,6 +100,15 @@ enum Expr {
     },
 }
 
+/// A list matcher's operator (Pomerium's list matchers): `has` the value, `is` exactly that one
+/// value and no other, `exclude` the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ListOp {
+    Has,
+    Is,
+    Exclude,
+}
+
 #[derive(Clone, Debug)]
 enum Test {
     Accept,
@@ -107,7 +117,8 @@ enum Test {
     Email(StringMatcher),
     Domain(StringMatcher),
     User(StringMatcher),
-    Groups(Vec<String>),
+    /// `has` / `is` / `exclude` each group; a bare list needs every group in it.
+    Groups(Vec<(ListOp, String)>),
     /// A claim's values (one, or each element of a list) against a matcher.
     Claim(String, StringMatcher),
     HttpMethod(StringMatcher),
@@ -313,6 +324,17 @@ fn parse_rule_object(value: &Value, path: &str) -> Result<Vec<Rule>, PolicyError
         let mut alternatives = Vec::new();
         for (op, criteria) in operators {
             let op_path = format!("{rule_path}.{op}");
+            // Pomerium tolerates an `action` inside a rule body; the enclosing key decides.
+            // One that says the opposite is refused: the writer meant something else.
+            if op == "action" {
+                if criteria.as_str() != Some(key.as_str()) {
+                    return Err(error(
+                        &op_path,
+                        format!("this rule is under `{key}`, so its action can only be `{key}`"),
+                    ));
+                }
+                continue;
+            }
             let Value::Array(criteria) = criteria else {
                 return Err(error(&op_path, "expected a list of criteria"));
             };
@@ -483,7 +505,7 @@ fn claim_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyError
     }
 }
 
-fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
+fn list_matcher(value: &Value, path: &str) -> Result<Vec<(ListOp, String)>, PolicyError> {
     let scalar = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -494,25 +516,33 @@ fn list_matcher(value: &Value, path: &str) -> Result<Vec<String>, PolicyError> {
         Value::Object(ops) => {
             let mut out = Vec::new();
             for (op, arg) in ops {
-                if op != "has" {
-                    return Err(error(
-                        &format!("{path}.{op}"),
-                        format!("unknown operator `{op}`; groups take `has`"),
-                    ));
-                }
-                out.push(
-                    scalar(arg)
-                        .ok_or_else(|| error(&format!("{path}.has"), "expected a string"))?,
-                );
+                let op_path = format!("{path}.{op}");
+                let list_op = match op.as_str() {
+                    "has" => ListOp::Has,
+                    "is" => ListOp::Is,
+                    "exclude" => ListOp::Exclude,
+                    _ => {
+                        return Err(error(
+                            &op_path,
+                            format!("unknown operator `{op}`; groups take has, is or exclude"),
+                        ));
+                    }
+                };
+                let group = scalar(arg).ok_or_else(|| error(&op_path, "expected a string"))?;
+                out.push((list_op, group));
             }
             Ok(out)
         }
         Value::Array(items) => items
             .iter()
-            .map(|v| scalar(v).ok_or_else(|| error(path, "expected strings")))
+            .map(|v| {
+                scalar(v)
+                    .map(|g| (ListOp::Has, g))
+                    .ok_or_else(|| error(path, "expected strings"))
+            })
             .collect(),
         other => scalar(other)
-            .map(|s| vec![s])
+            .map(|s| vec![(ListOp::Has, s)])
             .ok_or_else(|| error(path, "expected a group or `has: group`")),
     }
 }
@@ -621,7 +651,13 @@ fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
             .and_then(|u| u.email.rsplit_once('@'))
             .is_some_and(|(_, domain)| m.matches(&domain.to_ascii_lowercase())),
         Test::User(m) => user.is_some_and(|u| m.matches(&u.id)),
-        Test::Groups(wanted) => user.is_some_and(|u| wanted.iter().all(|g| u.groups.contains(g))),
+        Test::Groups(wanted) => user.is_some_and(|u| {
+            wanted.iter().all(|(op, group)| match op {
+                ListOp::Has => u.groups.contains(group),
+                ListOp::Is => u.groups.len() == 1 && u.groups[0] == *group,
+                ListOp::Exclude => !u.groups.contains(group),
+            })
+        }),
         Test::Claim(name, matcher) => user.is_some_and(|u| match u.claims.get(name) {
             Some(claim) => claim_matches(Some(claim), matcher),
             None => claim_matches(own_field(u, name).as_ref(), matcher),

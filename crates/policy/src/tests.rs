@@ -533,8 +533,8 @@ fn errors_name_the_path() {
     assert_eq!(err(json!({"allow": {"xor": []}})).path, "policy.allow.xor");
     assert_eq!(err(json!({"permit": {}})).path, "policy.permit");
     assert_eq!(
-        err(json!([{"allow": {"and": [{"groups": {"is": "x"}}]}}])).path,
-        "policy[0].allow.and[0].groups.is"
+        err(json!([{"allow": {"and": [{"groups": {"within": "x"}}]}}])).path,
+        "policy[0].allow.and[0].groups.within"
     );
     assert_eq!(
         err(json!({"allow": {"and": [{"email": {"in": "x"}}]}})).path,
@@ -597,4 +597,49 @@ fn claims_take_every_matcher_form_and_deny_on_them_holds() {
             "{doc} must be a configuration error"
         );
     }
+}
+
+#[test]
+fn groups_take_pomeriums_list_matchers_and_rules_may_carry_their_action() {
+    let allowed = |doc: Value, groups: &[&str]| {
+        let u = user("u", "u@example.com", groups);
+        policy(doc)
+            .evaluate(&Input {
+                user: Some(&u),
+                method: "GET",
+                path: "/",
+                mcp: None,
+            })
+            .allowed
+    };
+    let has = json!({"allow": {"and": [{"groups": {"has": "admins"}}]}});
+    assert!(allowed(has.clone(), &["staff", "admins"]));
+    assert!(!allowed(has, &["staff"]));
+    let is = json!({"allow": {"and": [{"groups": {"is": "admins"}}]}});
+    assert!(allowed(is.clone(), &["admins"]));
+    assert!(
+        !allowed(is.clone(), &["admins", "staff"]),
+        "is: that one group and no other"
+    );
+    assert!(!allowed(is, &[]));
+    let exclude = json!({"allow": {"and": [{"groups": {"exclude": "contractors"}}]}});
+    assert!(allowed(exclude.clone(), &["staff"]));
+    assert!(allowed(exclude.clone(), &[]));
+    assert!(!allowed(exclude.clone(), &["staff", "contractors"]));
+    let nobody = policy(exclude).evaluate(&Input {
+        user: None,
+        method: "GET",
+        path: "/",
+        mcp: None,
+    });
+    assert!(!nobody.allowed, "exclude still needs a signed-in user");
+    let both = json!({"allow": {"and": [{"groups": {"has": "staff", "exclude": "contractors"}}]}});
+    assert!(allowed(both.clone(), &["staff"]));
+    assert!(!allowed(both, &["staff", "contractors"]));
+
+    let with_action = json!({"allow": {"action": "allow", "and": [{"groups": "staff"}]}});
+    assert!(allowed(with_action, &["staff"]));
+    let contradicting = json!({"deny": {"action": "allow", "and": [{"groups": "staff"}]}});
+    let e = Policy::compile(Some(&contradicting), &Shorthands::default()).unwrap_err();
+    assert_eq!(e.path, "policy.deny.action");
 }
