@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::types::{AuthStyle, Config, IssuerFormat, Mcp, OAuthEndpoint, Route, StorageType};
+use crate::types::{
+    AuthStyle, Config, IssuerFormat, Mcp, OAuthEndpoint, Route, StorageType, UpstreamOAuth2,
+};
 
 /// `address` with TLS.
 pub const LISTEN_ADDRESS: &str = ":443";
@@ -55,6 +57,11 @@ pub const LOG_LEVEL: &str = "info";
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// `mcp.server.max_request_bytes`; other routes have no limit.
 pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+/// `upstream_oauth2.callback_path`: the upstream provider's redirect URI path current Pomerium
+/// sends.
+pub const UPSTREAM_CALLBACK_PATH: &str = "/.pomerium/mcp/client/oauth/callback";
+/// The other `upstream_oauth2.callback_path`: the seed's (and older Pomerium documentation's).
+pub const SEED_UPSTREAM_CALLBACK_PATH: &str = "/.pomerium/mcp/oauth/callback";
 /// `upstream_oauth2.endpoint.auth_style`: HTTP Basic, as RFC 6749 §2.3.1 recommends.
 pub const AUTH_STYLE: AuthStyle = AuthStyle::Header;
 
@@ -238,6 +245,16 @@ impl Route {
     pub fn pass_identity_headers_in_effect(&self, global: &Config) -> bool {
         self.pass_identity_headers
             .unwrap_or_else(|| global.pass_identity_headers())
+    }
+}
+
+impl UpstreamOAuth2 {
+    /// The path of the provider's redirect URI (`callback_path`, default
+    /// [`UPSTREAM_CALLBACK_PATH`]).
+    pub fn callback_path(&self) -> &str {
+        self.callback_path
+            .as_deref()
+            .unwrap_or(UPSTREAM_CALLBACK_PATH)
     }
 }
 

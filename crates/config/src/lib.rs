@@ -478,6 +478,22 @@ fn validate_mcp_server(server: &McpServer, at: &dyn Fn(&str) -> String) -> Resul
             "must be greater than 0",
         ));
     }
+    if let Some(path) = server
+        .upstream_oauth2
+        .as_ref()
+        .and_then(|o| o.callback_path.as_deref())
+        && path != defaults::UPSTREAM_CALLBACK_PATH
+        && path != defaults::SEED_UPSTREAM_CALLBACK_PATH
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.upstream_oauth2.callback_path"),
+            format!(
+                "{path:?} is not a path Postern answers: use {} (the default) or {}",
+                defaults::UPSTREAM_CALLBACK_PATH,
+                defaults::SEED_UPSTREAM_CALLBACK_PATH
+            ),
+        ));
+    }
     Ok(())
 }
 

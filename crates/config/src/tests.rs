@@ -480,3 +480,23 @@ fn a_request_limit_that_refuses_ordinary_tool_calls_is_pointed_out() {
     );
     assert!(with(65536).is_empty());
 }
+
+#[test]
+fn an_upstream_callback_path_must_be_one_postern_answers() {
+    let with = |path: &str| {
+        format!(
+            "insecure_server: true\nroutes:\n  - from: https://n.example.com\n    to: http://n:8080\n    mcp:\n      upstream_oauth2:\n        client_id: c\n        callback_path: {path}\n        endpoint: {{auth_url: 'https://p.test/a', token_url: 'https://p.test/t'}}\n"
+        )
+    };
+    parse_ok(&with("/.pomerium/mcp/oauth/callback"));
+    parse_ok(&with("/.pomerium/mcp/client/oauth/callback"));
+    let err = parse_err(&with("/callback"));
+    assert_eq!(
+        err.path,
+        "routes[0].mcp.server.upstream_oauth2.callback_path"
+    );
+    assert!(
+        err.message.contains("/.pomerium/mcp/oauth/callback"),
+        "{err}"
+    );
+}

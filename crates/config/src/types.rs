@@ -323,6 +323,12 @@ pub struct UpstreamOAuth2 {
     /// Extra authorize-URL parameters (e.g. `prompt: consent`, `owner: user`).
     #[serde(default)]
     pub authorization_url_params: BTreeMap<String, String>,
+    /// The path of the redirect URI registered at the provider (on the route's host):
+    /// `/.pomerium/mcp/client/oauth/callback` (default, as current Pomerium sends) or
+    /// `/.pomerium/mcp/oauth/callback` (the seed's and older Pomerium documentation's). Both
+    /// are served; this picks the one Postern sends, which must be the registered one.
+    #[serde(default)]
+    pub callback_path: Option<String>,
     /// The upstream resource (RFC 8707) to request the TI for; set for discovered upstreams,
     /// never read from the file.
     #[serde(skip)]

@@ -299,7 +299,11 @@ fn banner(dir: &Path, port: u16, user: &Credentials, new_user: bool, notion: boo
         text.push_str(
             "\n/notion is off: set NOTION_CLIENT_ID and NOTION_CLIENT_SECRET (redirect URI ",
         );
-        let _ = writeln!(text, "{base}/.pomerium/mcp/oauth/callback) to add it.");
+        let _ = writeln!(
+            text,
+            "{base}{}) to add it.",
+            postern_config::defaults::UPSTREAM_CALLBACK_PATH
+        );
     }
     let _ = writeln!(
         text,

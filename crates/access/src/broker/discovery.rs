@@ -147,6 +147,7 @@ impl Discovered {
             client_id: self.client_id.clone(),
             client_secret: self.client_secret.clone(),
             client_secret_file: None,
+            callback_path: None,
             scopes: self.scopes.clone(),
             endpoint: Some(OAuthEndpoint {
                 auth_url: url::Url::parse(&self.authorization_endpoint).ok()?,

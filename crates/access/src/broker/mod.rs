@@ -157,7 +157,7 @@ impl UpstreamBroker {
                 ),
             );
         }
-        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", ctx.origin());
+        let callback = format!("{}{}", ctx.origin(), oauth.callback_path());
         match crate::broker::upstream::authorization_url(
             &oauth,
             &callback,
@@ -293,7 +293,7 @@ impl UpstreamBroker {
         pending: &PendingAuthorization,
         resume: &Resume,
     ) -> Result<UpstreamToken, Response<Body>> {
-        let callback = format!("{}/.pomerium/mcp/client/oauth/callback", resume.origin());
+        let callback = format!("{}{}", resume.origin(), oauth.callback_path());
         let params = std::collections::BTreeMap::from([
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.to_owned()),

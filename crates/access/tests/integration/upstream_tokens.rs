@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::support::client;
-use crate::support::notion_world::{NotionWorld, notion_world};
+use crate::support::notion_world::{NotionWorld, notion_world, notion_world_with};
 use crate::support::oauth_client::{
     CALLBACK, VERIFIER, allow_fields, authorize_url, query_of, token,
 };
@@ -422,4 +422,27 @@ async fn apps_disconnect_by_server_url_or_by_host_as_pomeriums_apps_do_and_an_em
         json!(false)
     );
     w.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_provider_gets_current_pomeriums_callback_or_the_seeds_when_it_was_registered_so() {
+    // The default: what current Pomerium sends, and what the docs and `postern up` say.
+    let w = notion_world().await;
+    w.connect().await;
+    assert_eq!(
+        *w.redirect_uris.lock().unwrap(),
+        [format!("{}/.pomerium/mcp/client/oauth/callback", w.base)]
+    );
+    w.stop.cancel();
+
+    // A provider registered with the seed's path keeps working: the authorization and the code
+    // exchange both name it (the fake provider refuses a code exchanged for another one).
+    let seed = notion_world_with("        callback_path: /.pomerium/mcp/oauth/callback").await;
+    seed.connect().await;
+    assert_eq!(
+        *seed.redirect_uris.lock().unwrap(),
+        [format!("{}/.pomerium/mcp/oauth/callback", seed.base)]
+    );
+    assert_eq!(seed.routes().await["servers"][0]["connected"], json!(true));
+    seed.stop.cancel();
 }

@@ -23,6 +23,8 @@ pub struct NotionWorld {
     pub issuer: String,
     pub notion: postern_notion_fake::RunningNotion,
     pub stop: CancellationToken,
+    /// The `redirect_uri` of every trip to the provider `connect` made.
+    pub redirect_uris: std::sync::Mutex<Vec<String>>,
 }
 
 impl NotionWorld {
@@ -41,6 +43,12 @@ impl NotionWorld {
         .await;
         let provider_url = start.headers()["location"].to_str().unwrap().to_owned();
         assert!(provider_url.starts_with(&self.issuer), "{provider_url}");
+        self.redirect_uris.lock().unwrap().extend(
+            url::Url::parse(&provider_url)
+                .unwrap()
+                .query_pairs()
+                .filter_map(|(k, v)| (k == "redirect_uri").then(|| v.into_owned())),
+        );
         let back = self.browser.get(&provider_url).send().await.unwrap();
         let done = self
             .browser
@@ -80,6 +88,11 @@ impl NotionWorld {
 /// The gateway in front of the notion server with Notion-style upstream OAuth, an MCP client
 /// app route (`/app`, echoing what it receives), and Ada signed in in `browser`.
 pub async fn notion_world() -> NotionWorld {
+    notion_world_with("").await
+}
+
+/// [`notion_world`] with `extra` lines in the route's `upstream_oauth2` block (8-space indent).
+pub async fn notion_world_with(extra: &str) -> NotionWorld {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = FakeOAuthProvider::new()
         .confidential_client("notion-client", "notion-secret")
@@ -134,6 +147,7 @@ routes:
         client_secret: notion-secret
         endpoint: {{auth_url: '{issuer}/authorize', token_url: '{issuer}/token', auth_style: header}}
         authorization_url_params: {{owner: user}}
+{extra}
   - from: http://localhost
     prefix: /app
     to: http://{app}
@@ -159,5 +173,6 @@ routes:
         issuer,
         notion,
         stop,
+        redirect_uris: Default::default(),
     }
 }

@@ -68,6 +68,8 @@ struct Provider {
 struct Authorization {
     challenge: String,
     scope: String,
+    /// The token request must name the same redirect URI (RFC 6749 §4.1.3).
+    redirect_uri: String,
 }
 
 impl FakeOAuthProvider {
@@ -230,6 +232,7 @@ async fn authorize(
             Authorization {
                 challenge: field("code_challenge"),
                 scope: field("scope"),
+                redirect_uri: field("redirect_uri"),
             },
         );
         code
@@ -277,7 +280,9 @@ async fn token(
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", None);
             };
             let verifier = field("code_verifier");
-            if postern_oauth::pkce::challenge_of(&verifier) != authorization.challenge {
+            if postern_oauth::pkce::challenge_of(&verifier) != authorization.challenge
+                || field("redirect_uri") != authorization.redirect_uri
+            {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", None);
             }
             let access_token = match &p.issues_for_scope {
