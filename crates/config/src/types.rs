@@ -55,6 +55,11 @@ pub struct Config {
     /// 32 random bytes, base64: keys for token and store encryption are derived from it.
     #[serde(default)]
     pub shared_secret: Option<Secret>,
+    /// Reuse a still-valid identity assertion per (session, route host) instead of signing a
+    /// fresh one (new `jti`, `iat`) for every request: faster, but only for servers that keep
+    /// no replay cache of `jti`s. Default `false`, as Pomerium.
+    #[serde(default)]
+    pub jwt_assertion_reuse: bool,
     /// File holding `shared_secret`.
     #[serde(default)]
     pub shared_secret_file: Option<PathBuf>,

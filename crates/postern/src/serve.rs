@@ -129,7 +129,9 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
                 .await?
         }
     };
-    let signer = Signer::from_pem(&pem).map_err(|e| anyhow::anyhow!("signing_key: {e}"))?;
+    let signer = Signer::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("signing_key: {e}"))?
+        .reusing(config.jwt_assertion_reuse);
     let mut settings = AccessSettings::from_config(config);
     settings.audit_file = Some(base.join(config.audit_file()));
     let mut access = Access::new(store.clone(), users, signer, settings);

@@ -1,8 +1,12 @@
 //! The identity assertion the gateway sends upstream as `X-Pomerium-Jwt-Assertion`: an ES256 JWT
-//! with `kid` (the key's RFC 7638 thumbprint), claims `iss`, `aud` (the route host), `sub`,
-//! `user`, `email`, `groups`, `name`, `sid`, `jti`, `iat`, `exp` (+5 min). The public key is
-//! published at `/.well-known/pomerium/jwks.json`. Signing costs tens of microseconds, so a
-//! still-valid assertion is reused per (session, route host) for most of its life.
+//! with `kid` (the key's RFC 7638 thumbprint in hex, as Pomerium writes it), claims `iss`, `aud`
+//! (the route host), `sub`, `user`, `email`, `groups`, `name`, `sid`, `jti`, `iat`, `exp`
+//! (+5 min). The public key is published at `/.well-known/pomerium/jwks.json`.
+//!
+//! Each request gets a fresh assertion (new `jti` and `iat`), as from Pomerium: servers that keep
+//! a replay cache of `jti`s depend on it. Signing costs tens of microseconds; a deployment whose
+//! servers keep no such cache may reuse a still-valid assertion per (session, route host) for
+//! most of its life ([`Signer::reusing`], `jwt_assertion_reuse: true`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +49,8 @@ pub struct Signer {
     key: EncodingKey,
     kid: String,
     jwks: Value,
+    /// Whether a still-valid assertion is reused (off: every request gets a fresh one).
+    reuse: bool,
     cache: Mutex<HashMap<(String, String), (String, u64)>>,
 }
 
@@ -80,9 +86,10 @@ impl Signer {
         let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(SigningKeyError::NotP256)?;
         let mut jwk =
             Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(SigningKeyError::Jwk)?;
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(SigningKeyError::Jwk)?;
+        let kid = hex_kid(
+            &jwk.thumbprint(ThumbprintHash::SHA256)
+                .map_err(SigningKeyError::Jwk)?,
+        );
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
         let jwks =
@@ -91,8 +98,16 @@ impl Signer {
             key,
             kid,
             jwks,
+            reuse: false,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reuses a still-valid assertion per (session, route host) instead of signing one per
+    /// request: only for servers that keep no replay cache of `jti`s.
+    pub fn reusing(mut self, reuse: bool) -> Self {
+        self.reuse = reuse;
+        self
     }
 
     /// The public keys (`/.well-known/pomerium/jwks.json`).
@@ -100,18 +115,19 @@ impl Signer {
         &self.jwks
     }
 
-    /// The assertion for `session` on the route host `audience`, issued as `issuer`.
-    pub fn assertion(&self, session: &Session, audience: &str, issuer: &str) -> String {
+    /// The assertion for `session` on the route host `audience`, issued as `issuer`; `None`
+    /// (logged) if it cannot be signed, never an empty header.
+    pub fn assertion(&self, session: &Session, audience: &str, issuer: &str) -> Option<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let key = (session.id.clone(), audience.to_owned());
-        {
+        if self.reuse {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((token, exp)) = cache.get(&key)
                 && *exp > now + REUSE_MARGIN_SECS
             {
-                return token.clone();
+                return Some(token.clone());
             }
             cache.retain(|_, (_, exp)| *exp > now);
         }
@@ -122,11 +138,94 @@ impl Signer {
         });
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default();
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (token.clone(), now + LIFETIME_SECS));
-        token
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .inspect_err(|error| tracing::error!(%error, "cannot sign the identity assertion"))
+            .ok()?;
+        if self.reuse {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (token.clone(), now + LIFETIME_SECS));
+        }
+        Some(token)
+    }
+}
+
+/// An RFC 7638 thumbprint (base64url, as computed) in hex, the form Pomerium gives its `kid`s.
+fn hex_kid(thumbprint: &str) -> String {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(thumbprint)
+        .unwrap_or_else(|_| thumbprint.as_bytes().to_vec());
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(token: &str) -> Value {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn session() -> Session {
+        Session {
+            id: "s1".into(),
+            user_id: "u1".into(),
+            email: "ada@example.com".into(),
+            ..Session::default()
+        }
+    }
+
+    #[test]
+    fn every_request_gets_a_fresh_assertion_unless_reuse_is_asked_for() {
+        let signer = Signer::from_pem(&Signer::generate_pem()).unwrap();
+        let a = signer
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        let b = signer
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        assert_ne!(
+            claims(&a)["jti"],
+            claims(&b)["jti"],
+            "a replay cache sees two requests"
+        );
+
+        let reusing = Signer::from_pem(&Signer::generate_pem())
+            .unwrap()
+            .reusing(true);
+        let a = reusing
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        let b = reusing
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        assert_eq!(a, b);
+        let other_host = reusing.assertion(&session(), "db.test", "db.test").unwrap();
+        assert_ne!(a, other_host, "reused per route host only");
+    }
+
+    #[test]
+    fn the_kid_is_the_hex_thumbprint_pomerium_writes_and_names_the_published_key() {
+        let signer = Signer::from_pem(&Signer::generate_pem()).unwrap();
+        let token = signer
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let kid = header.kid.unwrap();
+        assert_eq!(kid.len(), 64, "{kid}");
+        assert!(
+            kid.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(signer.jwks()["keys"][0]["kid"], Value::String(kid));
     }
 }

@@ -369,10 +369,20 @@ impl Enforcement {
                 IssuerFormat::HostOnly => ctx.host.clone(),
                 IssuerFormat::Uri => format!("https://{}/", ctx.host),
             };
-            let token = self.signer.assertion(session, &ctx.host, &issuer);
-            if let Ok(value) = HeaderValue::from_str(&token) {
-                headers.insert("x-pomerium-jwt-assertion", value);
-            }
+            // Never forwarded without the identity the route promises its server.
+            let value = self
+                .signer
+                .assertion(session, &ctx.host, &issuer)
+                .and_then(|token| HeaderValue::from_str(&token).ok())
+                .ok_or_else(|| {
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the gateway cannot sign the identity assertion now; try again",
+                        &ctx.request_id,
+                    )
+                })?;
+            headers.insert("x-pomerium-jwt-assertion", value);
         }
         Ok(headers)
     }
