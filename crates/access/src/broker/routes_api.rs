@@ -219,6 +219,22 @@ impl UpstreamBroker {
             .collect()
     }
 
+    /// This host's MCP servers the user may use that need their upstream account and do not
+    /// have it yet, as (name, URL).
+    async fn to_connect_here(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+    ) -> Vec<(String, String)> {
+        let here = ctx.origin();
+        self.servers(ctx, session)
+            .await
+            .into_iter()
+            .filter(|s| s.needs_oauth && !s.connected && s.url.starts_with(&format!("{here}/")))
+            .map(|s| (s.name, s.url))
+            .collect()
+    }
+
     /// Who calls: the session cookie, or the TE of an MCP client app route.
     async fn caller(&self, request: &Request<Body>) -> Option<Session> {
         let bearer = request
@@ -346,10 +362,15 @@ impl UpstreamBroker {
         request: &Request<Body>,
     ) -> Response<Body> {
         let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
-        let redirect = query
-            .get("redirect_url")
-            .cloned()
-            .unwrap_or_else(|| "/".into());
+        let Some(redirect) = query.get("redirect_url").cloned() else {
+            return html(
+                StatusCode::BAD_REQUEST,
+                pages::message(
+                    "Cannot connect",
+                    "redirect_url is required: the app must say where to come back to after connecting.",
+                ),
+            );
+        };
         if !allowed_return(ctx, &redirect) {
             return html(
                 StatusCode::BAD_REQUEST,
@@ -359,10 +380,34 @@ impl UpstreamBroker {
                 ),
             );
         }
-        // The server: named by `resource`, or the only MCP server of this host.
+        // The server: named by `resource`, the only MCP server of this host, or (Pomerium's apps
+        // name none) the one of this host's servers that needs connecting, or a choice of them.
         let route = match query.get("resource") {
             Some(resource) => oauth_server::route_for_resource(ctx, resource),
-            None => oauth_server::only_mcp_route(ctx),
+            None => match oauth_server::only_mcp_route(ctx) {
+                Some(route) => Some(route),
+                None => match self.to_connect_here(ctx, session).await.as_slice() {
+                    [] => return found(&redirect),
+                    [(_, url)] => oauth_server::route_for_resource(ctx, url),
+                    several => {
+                        let choices: Vec<(String, String)> = several
+                            .iter()
+                            .map(|(name, url)| {
+                                let link = format!(
+                                    "/.pomerium/mcp/connect?resource={}&redirect_url={}",
+                                    encode(url),
+                                    encode(&redirect)
+                                );
+                                (name.clone(), link)
+                            })
+                            .collect();
+                        return html(
+                            StatusCode::OK,
+                            pages::connect_chooser(&session.email, &choices),
+                        );
+                    }
+                },
+            },
         };
         let Some(route) = route else {
             return html(
@@ -381,7 +426,7 @@ impl UpstreamBroker {
                 Ok(Some(_))
             )
         {
-            return redirect_to(&redirect);
+            return found(&redirect);
         }
         // Ask first: a link from anywhere must not start connecting an account.
         let Ok(binding) = self
@@ -527,6 +572,13 @@ fn allowed_return(ctx: &RequestContext, target: &str) -> bool {
             .iter()
             .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
     scheme_ok && known
+}
+
+/// 302 to `target`: how Pomerium sends an app back from `/connect`.
+fn found(target: &str) -> Response<Body> {
+    let mut response = redirect_to(target);
+    *response.status_mut() = StatusCode::FOUND;
+    response
 }
 
 #[cfg(test)]

@@ -64,6 +64,22 @@ pub fn connect(server: &str, user: &str, fields: &[(&str, &str)]) -> String {
     )
 }
 
+/// Which server to connect, when an app's `/connect` names none and this host has several that
+/// need the user's account: each `(name, link)` opens that server's confirmation page.
+pub fn connect_chooser(user: &str, servers: &[(String, String)]) -> String {
+    let items: String = servers
+        .iter()
+        .map(|(name, link)| format!("<li><a href=\"{}\">{}</a></li>", escape(link), escape(name)))
+        .collect();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Connect an account · Postern</title><style>{STYLE}</style></head><body>\
+<h1>Which account do you want to connect?</h1><p>Signed in as <strong>{user}</strong>. These servers need your account \
+at their provider:</p><ul>{items}</ul><p><a href=\"/.pomerium/\">Cancel</a></p></body></html>",
+        user = escape(user),
+    )
+}
+
 /// After sign-out.
 pub fn signed_out() -> String {
     format!(

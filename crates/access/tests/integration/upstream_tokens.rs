@@ -3,11 +3,13 @@
 
 use serde_json::{Value, json};
 
+use crate::support;
 use crate::support::client;
 use crate::support::notion_world::{NotionWorld, notion_world, notion_world_with};
 use crate::support::oauth_client::{
-    CALLBACK, VERIFIER, allow_fields, authorize_url, query_of, token,
+    CALLBACK, VERIFIER, allow_fields, authorize_url, query_of, token, urlencode,
 };
+use crate::support::oauth_provider::FakeOAuthProvider;
 use crate::support::world::call;
 
 #[tokio::test]
@@ -445,4 +447,115 @@ async fn the_provider_gets_current_pomeriums_callback_or_the_seeds_when_it_was_r
     );
     assert_eq!(seed.routes().await["servers"][0]["connected"], json!(true));
     seed.stop.cancel();
+}
+
+#[tokio::test]
+async fn connect_without_a_resource_offers_this_hosts_servers_that_need_connecting() {
+    // Pomerium's reference app sends no `resource`: with two servers on this host that need an
+    // upstream account, the user chooses; with one left, that one is asked for; with none, the
+    // app gets its redirect back (302, as from Pomerium).
+    let provider = FakeOAuthProvider::new()
+        .confidential_client("c", "s")
+        .issues("ti-1");
+    let issuer = format!("{}/docs", provider.serve().await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let upstream = |prefix: &str, name: &str| {
+        format!(
+            "  - from: http://localhost
+    prefix: /{prefix}
+    to: http://127.0.0.1:9/{prefix}
+    name: {name}
+    allow_any_authenticated_user: true
+    mcp:
+      upstream_oauth2:
+        client_id: c
+        client_secret: s
+        endpoint: {{auth_url: '{issuer}/authorize', token_url: '{issuer}/token'}}
+"
+        )
+    };
+    let yaml = format!(
+        "insecure_server: true\nroutes:\n{}{}",
+        upstream("docs", "Docs"),
+        upstream("wiki", "Wiki")
+    );
+    let access = postern_access::Access::new(
+        support::memory_store().await,
+        postern_access::users::LocalUsers::new(vec![support::user(
+            "ada@example.com",
+            "Ada",
+            &[],
+            "pw",
+        )]),
+        postern_access::assertion::Signer::from_pem(
+            &postern_access::assertion::Signer::generate_pem(),
+        )
+        .unwrap(),
+        support::settings(),
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let open = |query: &str| {
+        browser
+            .get(format!("{base}/.pomerium/mcp/connect?{query}"))
+            .send()
+    };
+
+    let missing = open("").await.unwrap();
+    assert_eq!(missing.status(), 400);
+    assert!(
+        missing
+            .text()
+            .await
+            .unwrap()
+            .contains("redirect_url is required")
+    );
+
+    let chooser = open("redirect_url=/done").await.unwrap();
+    assert_eq!(chooser.status(), 200);
+    let page = chooser.text().await.unwrap();
+    assert!(
+        page.contains("Which account") && page.contains("Docs") && page.contains("Wiki"),
+        "{page}"
+    );
+    let docs_link = format!(
+        "/.pomerium/mcp/connect?resource={}&amp;redirect_url=%2Fdone",
+        urlencode(&format!("{base}/docs"))
+    );
+    assert!(page.contains(&docs_link), "{page}");
+
+    // Connect Docs: the provider approves at once.
+    let start = support::connect(
+        &browser,
+        &base,
+        &format!(
+            "redirect_url=/done&resource={}",
+            urlencode(&format!("{base}/docs"))
+        ),
+    )
+    .await;
+    let back = browser
+        .get(start.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let done = browser
+        .get(back.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.headers()["location"], "/done");
+
+    // Only Wiki is left: its confirmation page, no chooser.
+    let next = open("redirect_url=/done")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(next.contains("Connect your Wiki account"), "{next}");
+    stop.cancel();
 }
