@@ -32,6 +32,8 @@ pub struct AccessSettings {
     pub allowed_as_metadata_domains: Vec<String>,
     /// Limits on dynamic client registration.
     pub registration: crate::authorization_server::registration::RegistrationLimits,
+    /// `jwt_claims_headers`: (header, claim) sent upstream on every proxied request.
+    pub claim_headers: Vec<(http::HeaderName, String)>,
 }
 
 impl AccessSettings {
@@ -52,6 +54,16 @@ impl AccessSettings {
             allowed_client_id_domains: config.mcp_allowed_client_id_domains.clone(),
             allowed_as_metadata_domains: config.mcp_allowed_as_metadata_domains.clone(),
             registration: Default::default(),
+            claim_headers: config
+                .jwt_claims_headers
+                .as_ref()
+                .map(|h| h.pairs())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(header, claim)| {
+                    Some((http::HeaderName::from_bytes(header.as_bytes()).ok()?, claim))
+                })
+                .collect(),
         }
     }
 }

@@ -298,8 +298,36 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_shared_secret(config)?;
     validate_idp(config)?;
     validate_logging_and_tokens(config)?;
+    validate_claim_headers(config)?;
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
+    }
+    Ok(())
+}
+
+/// `jwt_claims_headers`: valid header names (the `X-Pomerium-Claim-*` ones are the gateway's to
+/// set), and claims named.
+fn validate_claim_headers(config: &Config) -> Result<(), ConfigError> {
+    let Some(headers) = &config.jwt_claims_headers else {
+        return Ok(());
+    };
+    for (header, claim) in headers.pairs() {
+        let at = format!("jwt_claims_headers.{header}");
+        let lower = header.to_ascii_lowercase();
+        if !lower.starts_with("x-pomerium-claim-") {
+            check_header_name(&header).map_err(|why| ConfigError::at(&at, why))?;
+        } else if !lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(ConfigError::at(
+                &at,
+                format!("{header:?} is not a header name"),
+            ));
+        }
+        if claim.is_empty() {
+            return Err(ConfigError::at(&at, "names no claim"));
+        }
     }
     Ok(())
 }
@@ -450,6 +478,96 @@ fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), Config
     }
     if let Some(Mcp::Server(server)) = &route.mcp {
         validate_mcp_server(server, &at)?;
+    }
+    validate_request_rewrites(route, &at)
+}
+
+/// `host_rewrite`, `prefix_rewrite`, `set_request_headers`, `remove_request_headers`.
+fn validate_request_rewrites(
+    route: &Route,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Some(host) = &route.host_rewrite
+        && url::Url::parse(&format!("http://{host}/")).map_or(true, |u| {
+            u[url::Position::BeforeHost..url::Position::AfterPort] != *host.to_ascii_lowercase()
+        })
+    {
+        return Err(ConfigError::at(
+            at("host_rewrite"),
+            format!("{host:?} is not a host[:port]"),
+        ));
+    }
+    if route.host_rewrite.is_some() && route.preserve_host_header {
+        return Err(ConfigError::at(
+            at("host_rewrite"),
+            "set either host_rewrite or preserve_host_header, not both",
+        ));
+    }
+    if let Some(rewrite) = &route.prefix_rewrite {
+        if !rewrite.starts_with('/') {
+            return Err(ConfigError::at(
+                at("prefix_rewrite"),
+                format!("{rewrite:?} must start with /"),
+            ));
+        }
+        if route.prefix.is_none() && route.path.is_none() {
+            return Err(ConfigError::at(
+                at("prefix_rewrite"),
+                "needs a prefix or path to replace",
+            ));
+        }
+    }
+    for (name, value) in &route.set_request_headers {
+        let key = format!("set_request_headers.{name}");
+        check_header_name(name).map_err(|why| ConfigError::at(at(&key), why))?;
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return Err(ConfigError::at(
+                at(&key),
+                "the value has control characters (a header value is one line of text)",
+            ));
+        }
+        if value.contains("${pomerium.") {
+            return Err(ConfigError::at(
+                at(&key),
+                "Pomerium's token substitutions (${pomerium.*}) are not supported: the upstream gets the identity in X-Pomerium-Jwt-Assertion",
+            ));
+        }
+    }
+    for (i, name) in route.remove_request_headers.iter().enumerate() {
+        check_header_name(name)
+            .map_err(|why| ConfigError::at(at(&format!("remove_request_headers[{i}]")), why))?;
+    }
+    Ok(())
+}
+
+/// A header name an operator may set: a valid name (RFC 9110 token) that is not one the gateway
+/// owns (hop-by-hop, framing, `Host`, `X-Forwarded-*`, `X-Request-Id`, `X-Pomerium-*`).
+fn check_header_name(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(token) {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    let lower = name.to_ascii_lowercase();
+    const OWNED: [&str; 11] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+        "x-request-id",
+        "proxy-authorization",
+    ];
+    if OWNED.contains(&lower.as_str())
+        || lower.starts_with("x-forwarded-")
+        || lower.starts_with("x-pomerium-")
+    {
+        return Err(format!(
+            "{name} is set by the gateway itself (use host_rewrite or preserve_host_header for Host)"
+        ));
     }
     Ok(())
 }

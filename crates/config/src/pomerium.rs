@@ -107,12 +107,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         ),
     ),
     (
-        "jwt_claims_headers",
-        Ignored(
-            "the identity reaches the upstream only in X-Pomerium-Jwt-Assertion (and X-Pomerium-Claim-Email/-Groups with pass_identity_headers)",
-        ),
-    ),
-    (
         "jwt_groups_filter",
         Ignored("the assertion carries all of the user's groups"),
     ),
@@ -337,12 +331,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
         Ignored("upstream responses pass through as they are"),
     ),
     (
-        "set_request_headers",
-        Ignored(
-            "the upstream gets the client's headers, the identity assertion and (for upstream_oauth2) the user's token",
-        ),
-    ),
-    (
         "jwt_groups_filter",
         Ignored("the assertion carries all of the user's groups"),
     ),
@@ -405,24 +393,12 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
         Refused("it decides which regex route wins: use prefix or path routes"),
     ),
     (
-        "prefix_rewrite",
-        Refused(
-            "without it requests would reach other upstream paths than intended: put the upstream path in to",
-        ),
-    ),
-    (
         "regex_rewrite_pattern",
         Refused("without it requests would reach other upstream paths than intended"),
     ),
     (
         "regex_rewrite_substitution",
         Refused("without it requests would reach other upstream paths than intended"),
-    ),
-    (
-        "host_rewrite",
-        Refused(
-            "the upstream would get another Host header than intended: use preserve_host_header or the host in to",
-        ),
     ),
     (
         "host_rewrite_header",
@@ -477,10 +453,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
         Refused(
             "a per-route identity provider decides who can sign in to the route: Postern has one identity provider",
         ),
-    ),
-    (
-        "remove_request_headers",
-        Refused("headers it removes would reach the upstream"),
     ),
     (
         "upstream_tunnel",

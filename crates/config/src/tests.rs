@@ -332,6 +332,14 @@ policy:
     );
     assert_eq!(config.routes.len(), 1, "`policy` is `routes`");
     assert_eq!(config.http_redirect_address.as_deref(), Some(":8081"));
+    assert_eq!(
+        config.routes[0]
+            .set_request_headers
+            .get("X-Custom")
+            .map(String::as_str),
+        Some("value"),
+        "implemented, not ignored"
+    );
     let ignored = [
         "authenticate_service_url",
         "authorize_log_fields",
@@ -340,7 +348,6 @@ policy:
         "policy[0].id",
         "policy[0].allow_websockets",
         "policy[0].jwt_groups_filter",
-        "policy[0].set_request_headers",
     ];
     assert_eq!(
         config.warnings.len(),
@@ -499,4 +506,94 @@ fn an_upstream_callback_path_must_be_one_postern_answers() {
         err.message.contains("/.pomerium/mcp/oauth/callback"),
         "{err}"
     );
+}
+
+#[test]
+fn request_rewrites_are_checked() {
+    let route = |extra: &str| {
+        format!(
+            "insecure_server: true\nroutes:\n  - {{from: http://a, to: http://b, prefix: /p, {extra}}}\n"
+        )
+    };
+    parse_ok(&route(
+        "prefix_rewrite: /, host_rewrite: 'up.internal:8080', set_request_headers: {X-A: b}, remove_request_headers: [X-B]",
+    ));
+    for (extra, path, needle) in [
+        (
+            "prefix_rewrite: x",
+            "routes[0].prefix_rewrite",
+            "must start with /",
+        ),
+        (
+            "host_rewrite: 'a/b'",
+            "routes[0].host_rewrite",
+            "host[:port]",
+        ),
+        (
+            "host_rewrite: a, preserve_host_header: true",
+            "routes[0].host_rewrite",
+            "not both",
+        ),
+        (
+            "set_request_headers: {Host: x}",
+            "routes[0].set_request_headers.Host",
+            "set by the gateway",
+        ),
+        (
+            "set_request_headers: {X-Pomerium-Jwt-Assertion: x}",
+            "routes[0].set_request_headers.X-Pomerium-Jwt-Assertion",
+            "set by the gateway",
+        ),
+        (
+            "set_request_headers: {'bad name': x}",
+            "routes[0].set_request_headers.bad name",
+            "not a header name",
+        ),
+        (
+            "set_request_headers: {X-A: \"a\\r\\nX-Evil: 1\"}",
+            "routes[0].set_request_headers.X-A",
+            "control characters",
+        ),
+        (
+            "set_request_headers: {X-Token: '${pomerium.id_token}'}",
+            "routes[0].set_request_headers.X-Token",
+            "not supported",
+        ),
+        (
+            "remove_request_headers: [X-Forwarded-For]",
+            "routes[0].remove_request_headers[0]",
+            "set by the gateway",
+        ),
+    ] {
+        let err = parse_err(&route(extra));
+        assert_eq!(err.path, path, "{extra}: {err}");
+        assert!(err.message.contains(needle), "{extra}: {err}");
+    }
+    let no_prefix = parse_err(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, prefix_rewrite: /x}\n",
+    );
+    assert_eq!(no_prefix.path, "routes[0].prefix_rewrite");
+}
+
+#[test]
+fn claim_headers_take_both_of_pomeriums_forms() {
+    let map =
+        parse_ok("insecure_server: true\njwt_claims_headers: {X-Email: email, X-Groups: groups}\n");
+    assert_eq!(
+        map.jwt_claims_headers.unwrap().pairs(),
+        [
+            ("X-Email".to_owned(), "email".to_owned()),
+            ("X-Groups".to_owned(), "groups".to_owned())
+        ]
+    );
+    let list = parse_ok("insecure_server: true\njwt_claims_headers: [email, groups]\n");
+    assert_eq!(
+        list.jwt_claims_headers.unwrap().pairs(),
+        [
+            ("x-pomerium-claim-email".to_owned(), "email".to_owned()),
+            ("x-pomerium-claim-groups".to_owned(), "groups".to_owned())
+        ]
+    );
+    let err = parse_err("insecure_server: true\njwt_claims_headers: {Host: email}\n");
+    assert_eq!(err.path, "jwt_claims_headers.Host");
 }

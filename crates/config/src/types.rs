@@ -55,6 +55,12 @@ pub struct Config {
     /// 32 random bytes, base64: keys for token and store encryption are derived from it.
     #[serde(default)]
     pub shared_secret: Option<Secret>,
+    /// Identity claims sent upstream as headers: a map of header name to claim (`X-Email:
+    /// email`), or a list of claims, each sent as `X-Pomerium-Claim-<Claim>`. Lists (groups)
+    /// are joined with commas. Claims: `email`, `groups`, `user`/`sub`, `name`, `sid`, `iss`,
+    /// `aud`, or any claim of the user's identity provider.
+    #[serde(default)]
+    pub jwt_claims_headers: Option<ClaimHeaders>,
     /// Reuse a still-valid identity assertion per (session, route host) instead of signing a
     /// fresh one (new `jti`, `iat`) for every request: faster, but only for servers that keep
     /// no replay cache of `jti`s. Default `false`, as Pomerium.
@@ -242,6 +248,19 @@ pub struct Route {
     /// Send the client's `Host` upstream instead of the upstream's.
     #[serde(default)]
     pub preserve_host_header: bool,
+    /// Send this `Host` upstream (`host[:port]`) instead of the upstream's.
+    #[serde(default)]
+    pub host_rewrite: Option<String>,
+    /// Replace the matched `prefix` (or `path`) with this in the upstream path (after the path
+    /// in `to`, if any): `prefix: /admin`, `prefix_rewrite: /` sends `/admin/users` as `/users`.
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
+    /// Headers set on the upstream request (replacing the client's of the same name).
+    #[serde(default)]
+    pub set_request_headers: BTreeMap<String, String>,
+    /// Client headers removed before the request goes upstream.
+    #[serde(default)]
+    pub remove_request_headers: Vec<String>,
     /// Time limit for the upstream's response headers (default `default_upstream_timeout`).
     #[serde(default)]
     pub timeout: Option<GoDuration>,
@@ -418,6 +437,29 @@ impl TryFrom<RawMcp> for Mcp {
                 }
                 Ok(Mcp::Server(server))
             }
+        }
+    }
+}
+
+/// `jwt_claims_headers` in either of Pomerium's forms.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimHeaders {
+    /// Header name to claim.
+    Map(BTreeMap<String, String>),
+    /// Claims, each as `X-Pomerium-Claim-<Claim>`.
+    List(Vec<String>),
+}
+
+impl ClaimHeaders {
+    /// `(header, claim)` pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        match self {
+            ClaimHeaders::Map(map) => map.iter().map(|(h, c)| (h.clone(), c.clone())).collect(),
+            ClaimHeaders::List(claims) => claims
+                .iter()
+                .map(|claim| (format!("x-pomerium-claim-{claim}"), claim.clone()))
+                .collect(),
         }
     }
 }

@@ -226,13 +226,21 @@ impl ClientHeaders<'_> {
             headers.remove(header::AUTHORIZATION);
         }
         strip_cookie(headers, self.gateway_cookie);
+        for name in &route.rewrites.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &route.rewrites.set {
+            headers.insert(name.clone(), value.clone());
+        }
         set(headers, "x-forwarded-for", self.forwarded_for);
         set(headers, "x-forwarded-proto", ctx.scheme);
         if let Some(host) = original_host.as_ref().and_then(|h| h.to_str().ok()) {
             set(headers, "x-forwarded-host", host);
         }
         set(headers, "x-request-id", &ctx.request_id);
-        if route.config.preserve_host_header {
+        if let Some(host) = &route.rewrites.host {
+            headers.insert(header::HOST, host.clone());
+        } else if route.config.preserve_host_header {
             if let Some(host) = original_host {
                 headers.insert(header::HOST, host);
             }

@@ -46,7 +46,47 @@ pub struct Route {
     pub max_request_bytes: u64,
     /// The route's authorization policy (its `policy` and the shorthands), compiled.
     pub policy: postern_policy::Policy,
+    /// The upstream request's header rewrites, parsed once.
+    pub rewrites: HeaderRewrites,
     next: AtomicUsize,
+}
+
+/// `set_request_headers`, `remove_request_headers` and `host_rewrite`, parsed (the
+/// configuration checked the names and values, so nothing is dropped here in practice).
+#[derive(Debug, Default)]
+pub struct HeaderRewrites {
+    /// Set on the upstream request.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Removed from the client's headers.
+    pub remove: Vec<http::HeaderName>,
+    /// The `Host` sent upstream.
+    pub host: Option<http::HeaderValue>,
+}
+
+impl HeaderRewrites {
+    fn new(config: &RouteConfig) -> Self {
+        HeaderRewrites {
+            set: config
+                .set_request_headers
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        http::HeaderValue::from_str(value).ok()?,
+                    ))
+                })
+                .collect(),
+            remove: config
+                .remove_request_headers
+                .iter()
+                .filter_map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect(),
+            host: config
+                .host_rewrite
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+        }
+    }
 }
 
 /// One upstream URL and its health.
@@ -130,6 +170,7 @@ impl Route {
             timeout: config.timeout_in_effect(global),
             idle_timeout: config.idle_timeout_in_effect(),
             max_request_bytes: config.max_request_bytes_in_effect(),
+            rewrites: HeaderRewrites::new(config),
             config: config.clone(),
             next: AtomicUsize::new(0),
         }
@@ -151,7 +192,8 @@ impl Route {
             .unwrap_or(&self.upstreams[start % n])
     }
 
-    /// The upstream path for a request path: a path in `to` replaces the matched prefix.
+    /// The upstream path for a request path: a path in `to` replaces the matched prefix, and
+    /// `prefix_rewrite` replaces it after that path.
     pub fn upstream_path(&self, upstream: &url::Url, request_path: &str) -> String {
         let matched = self
             .config
@@ -160,20 +202,18 @@ impl Route {
             .or(self.config.path.as_deref())
             .unwrap_or("");
         let base = upstream.path();
+        let rest = || {
+            request_path
+                .strip_prefix(matched.trim_end_matches('/'))
+                .unwrap_or(request_path)
+        };
+        if let Some(rewrite) = &self.config.prefix_rewrite {
+            return join_path(base, &join_path(rewrite, rest()));
+        }
         if base == "/" || base.is_empty() {
             return request_path.to_owned();
         }
-        let rest = request_path
-            .strip_prefix(matched.trim_end_matches('/'))
-            .unwrap_or(request_path);
-        let base = base.trim_end_matches('/');
-        if rest.is_empty() || rest == "/" {
-            base.to_owned()
-        } else if rest.starts_with('/') {
-            format!("{base}{rest}")
-        } else {
-            format!("{base}/{rest}")
-        }
+        join_path(base, rest())
     }
 
     fn specificity(&self) -> (u8, usize) {
@@ -281,6 +321,22 @@ pub fn split_host(authority: &str, default_port: u16) -> (String, u16) {
             port.parse().unwrap_or(default_port),
         ),
         _ => (authority.to_ascii_lowercase(), default_port),
+    }
+}
+
+/// `base` followed by `rest` with one `/` between them; `rest` empty or `/` is `base` itself.
+fn join_path(base: &str, rest: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if rest.is_empty() || rest == "/" {
+        if base.is_empty() {
+            "/".to_owned()
+        } else {
+            base.to_owned()
+        }
+    } else if rest.starts_with('/') {
+        format!("{base}{rest}")
+    } else {
+        format!("{base}/{rest}")
     }
 }
 

@@ -802,3 +802,69 @@ routes:
         json!(format!("localhost:{}", gw.addr.port()))
     );
 }
+
+#[tokio::test]
+async fn routes_rewrite_the_upstream_path_host_and_headers_as_configured() {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - from: http://localhost
+    prefix: /admin
+    to: {root}
+    prefix_rewrite: /echo/v2
+    host_rewrite: internal.example:8443
+    set_request_headers: {{X-Tenant: acme, Authorization: Basic dXNlcjpwYXNz}}
+    remove_request_headers: [X-Debug, Cookie]
+    allow_public_unauthenticated_access: true
+  - from: http://localhost
+    prefix: /api
+    to: {echo}
+    prefix_rewrite: /
+    allow_public_unauthenticated_access: true
+",
+        root = up.url(""),
+        echo = up.url("/echo"),
+    );
+    let gw = Running::start(&yaml).await;
+    let seen: Value = client()
+        .get(gw.url("/admin/users?x=1"))
+        .header("x-debug", "1")
+        .header("x-tenant", "forged")
+        .header("cookie", "a=b")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["path"], json!("/echo/v2/users"));
+    assert_eq!(seen["query"], json!("x=1"));
+    let headers = &seen["headers"];
+    assert_eq!(headers["host"], json!("internal.example:8443"));
+    assert_eq!(
+        headers["x-tenant"],
+        json!("acme"),
+        "the configured value wins"
+    );
+    assert_eq!(headers["authorization"], json!("Basic dXNlcjpwYXNz"));
+    assert!(
+        headers.get("x-debug").is_none() && headers.get("cookie").is_none(),
+        "{headers}"
+    );
+    assert!(
+        headers.get("x-forwarded-for").is_some(),
+        "the gateway's own headers stay"
+    );
+
+    // `to` with a path, then the rewrite: /api/items -> /echo + / + items.
+    let seen: Value = client()
+        .get(gw.url("/api/items"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["path"], json!("/echo/items"));
+}

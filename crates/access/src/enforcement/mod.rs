@@ -360,6 +360,7 @@ impl Enforcement {
                 headers.insert(header::AUTHORIZATION, value);
             }
         }
+        self.claim_headers(ctx, session, &mut headers);
         let pass = route
             .config
             .pass_identity_headers
@@ -385,6 +386,28 @@ impl Enforcement {
             headers.insert("x-pomerium-jwt-assertion", value);
         }
         Ok(headers)
+    }
+
+    /// `jwt_claims_headers`: each header carries the user's claim, and is set (empty without
+    /// a user or the claim) on every request, so a client can never supply it.
+    fn claim_headers(
+        &self,
+        ctx: &RequestContext,
+        session: Option<&Session>,
+        headers: &mut HeaderMap,
+    ) {
+        for (header, claim) in &self.settings.claim_headers {
+            let text = session
+                .map(|s| claim_text(s, claim, ctx, self.settings.issuer_format))
+                .unwrap_or_default();
+            // A header value is one line: controls become spaces.
+            let line: String = text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let value = HeaderValue::from_str(&line).unwrap_or(HeaderValue::from_static(""));
+            headers.insert(header.clone(), value);
+        }
     }
 
     pub(crate) async fn filter_response(
@@ -519,4 +542,40 @@ pub(crate) fn app_token_unavailable(
         "the gateway cannot issue the app's access token now; try again",
         &ctx.request_id,
     )
+}
+/// A claim of the user as header text: lists joined with commas (as Pomerium sends groups).
+fn claim_text(
+    session: &Session,
+    claim: &str,
+    ctx: &RequestContext,
+    format: IssuerFormat,
+) -> String {
+    let joined = |values: &[Value]| {
+        values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match claim {
+        "email" => session.email.clone(),
+        "groups" => session.groups.join(","),
+        "user" | "sub" => session.user_id.clone(),
+        "name" => session.name.clone(),
+        "sid" => session.id.clone(),
+        "aud" => ctx.host.clone(),
+        "iss" => match format {
+            IssuerFormat::HostOnly => ctx.host.clone(),
+            IssuerFormat::Uri => format!("https://{}/", ctx.host),
+        },
+        other => match session.claims.get(other) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(values)) => joined(values),
+            Some(Value::Null) | None => String::new(),
+            Some(value) => value.to_string(),
+        },
+    }
 }

@@ -836,3 +836,88 @@ async fn a_server_te_cannot_use_the_app_endpoints() {
     assert_eq!(disconnect.status(), 401);
     assert_eq!(t.seen.lock().unwrap().calls, 0);
 }
+
+/// `jwt_claims_headers`: the upstream gets the user's claims in the configured headers, and a
+/// client cannot supply them itself (signed in without the claim, or not signed in at all).
+#[tokio::test]
+async fn claim_headers_carry_the_users_claims_and_cannot_be_forged() {
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let pick = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        axum::Json(json!({
+            "email": pick("x-email"),
+            "groups": pick("x-pomerium-claim-groups"),
+            "team": pick("x-team"),
+        }))
+    });
+    tokio::spawn(async move { axum::serve(echo_listener, app).await });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /private, to: 'http://{echo}', allow_any_authenticated_user: true}}
+  - {{from: http://localhost, prefix: /public, to: 'http://{echo}', allow_public_unauthenticated_access: true}}
+"
+    );
+    let settings = postern_access::AccessSettings {
+        claim_headers: vec![
+            ("x-email".parse().unwrap(), "email".into()),
+            ("x-pomerium-claim-groups".parse().unwrap(), "groups".into()),
+            ("x-team".parse().unwrap(), "team".into()),
+        ],
+        ..support::settings()
+    };
+    let access = postern_access::Access::new(
+        support::memory_store().await,
+        postern_access::users::LocalUsers::new(vec![support::user(
+            "ada@example.com",
+            "Ada",
+            &["staff", "admins"],
+            "pw",
+        )]),
+        postern_access::assertion::Signer::from_pem(
+            &postern_access::assertion::Signer::generate_pem(),
+        )
+        .unwrap(),
+        settings,
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let forged = |client: &reqwest::Client, path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .header("x-email", "admin@victim.example")
+            .header("x-team", "finance")
+            .header("x-pomerium-claim-groups", "admins")
+            .send()
+    };
+    let seen: Value = forged(&browser, "/private")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["email"], json!("ada@example.com"));
+    assert_eq!(seen["groups"], json!("staff,admins"));
+    assert_eq!(
+        seen["team"],
+        json!(""),
+        "Ada has no team claim: empty, not the client's"
+    );
+    let anonymous: Value = forged(&client(), "/public")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anonymous, json!({"email": "", "groups": "", "team": ""}));
+    stop.cancel();
+}

@@ -36,6 +36,7 @@ pub fn settings() -> AccessSettings {
         allowed_client_id_domains: vec!["127.0.0.1".into()],
         allowed_as_metadata_domains: vec![],
         registration: Default::default(),
+        claim_headers: Vec::new(),
     }
 }
 
