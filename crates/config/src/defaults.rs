@@ -175,8 +175,15 @@ impl Config {
 
     /// Whether RFC 7591 dynamic client registration is accepted
     /// (`mcp_dynamic_client_registration`, default [`MCP_DYNAMIC_CLIENT_REGISTRATION`]).
+    /// Pomerium's `runtime_flags: {mcp_dynamic_client_registration: ...}` says the same; the
+    /// key wins when both are set.
     pub fn mcp_dynamic_client_registration(&self) -> bool {
         self.mcp_dynamic_client_registration
+            .or_else(|| {
+                self.runtime_flags
+                    .get("mcp_dynamic_client_registration")
+                    .copied()
+            })
             .unwrap_or(MCP_DYNAMIC_CLIENT_REGISTRATION)
     }
 

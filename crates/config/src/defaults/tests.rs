@@ -114,6 +114,14 @@ fn switches_and_numbers() {
         &[
             ("", true),
             ("mcp_dynamic_client_registration: false", false),
+            (
+                "runtime_flags: {mcp_dynamic_client_registration: false}",
+                false,
+            ),
+            (
+                "mcp_dynamic_client_registration: true\nruntime_flags: {mcp_dynamic_client_registration: false}",
+                true,
+            ),
         ],
     );
     check(
