@@ -26,6 +26,10 @@ pub const AUTOCERT_CA: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// `max_connections`.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// `timeout_read`: a request head, or a stalled body, gets 408 after this.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `timeout_idle`: an idle client connection is closed after this.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(75);
 /// `default_upstream_timeout`, and a route's `timeout` when neither is set.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// `cookie_name`.
@@ -133,6 +137,18 @@ impl Config {
     pub fn upstream_timeout(&self) -> Duration {
         self.default_upstream_timeout
             .map_or(UPSTREAM_TIMEOUT, |d| d.0)
+    }
+
+    /// How long a client may take to send a request head or leave its body stalled
+    /// (`timeout_read`, default [`READ_TIMEOUT`]).
+    pub fn read_timeout(&self) -> Duration {
+        self.timeout_read.map_or(READ_TIMEOUT, |d| d.0)
+    }
+
+    /// How long an idle client connection stays open (`timeout_idle`, default
+    /// [`IDLE_CONNECTION_TIMEOUT`]).
+    pub fn idle_connection_timeout(&self) -> Duration {
+        self.timeout_idle.map_or(IDLE_CONNECTION_TIMEOUT, |d| d.0)
     }
 
     /// The session cookie's name (`cookie_name`, default [`COOKIE_NAME`]).

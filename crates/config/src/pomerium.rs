@@ -94,9 +94,12 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         "cookie_same_site",
         Ignored("Postern's session cookie is SameSite=Lax, its form cookies Strict"),
     ),
-    ("timeout_read", ENVOY),
-    ("timeout_write", ENVOY),
-    ("timeout_idle", ENVOY),
+    (
+        "timeout_write",
+        Ignored(
+            "Postern puts no limit on writing a response (MCP streams stay open; Pomerium's default is none too)",
+        ),
+    ),
     ("dns_lookup_family", ENVOY),
     ("codec_type", ENVOY),
     ("skip_xff_append", ENVOY),

@@ -340,11 +340,14 @@ policy:
         Some("value"),
         "implemented, not ignored"
     );
+    assert_eq!(
+        config.idle_connection_timeout(),
+        std::time::Duration::from_secs(300)
+    );
     let ignored = [
         "authenticate_service_url",
         "authorize_log_fields",
         "access_log_fields",
-        "timeout_idle",
         "policy[0].id",
         "policy[0].allow_websockets",
         "policy[0].jwt_groups_filter",

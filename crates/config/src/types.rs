@@ -143,6 +143,13 @@ pub struct Config {
     /// Time limit for an upstream to answer, unless a route sets `timeout` (default `30s`).
     #[serde(default)]
     pub default_upstream_timeout: Option<GoDuration>,
+    /// How long a client may take to send a request's head, and may leave its body stalled,
+    /// before it gets 408 (default `30s`, as Pomerium).
+    #[serde(default)]
+    pub timeout_read: Option<GoDuration>,
+    /// A client connection with no request in flight is closed after this (default `75s`).
+    #[serde(default)]
+    pub timeout_idle: Option<GoDuration>,
     /// Most client connections open at once on the main listener (default 10000); over it, a
     /// new connection is closed as soon as it is accepted.
     #[serde(default)]

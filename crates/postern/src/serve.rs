@@ -230,7 +230,13 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     tokio::spawn(crate::stop_on_signal(shutdown.clone()));
-    server::serve(listener, tls, gateway, shutdown.clone()).await;
+    let timeouts = server::ConnectionTimeouts {
+        first_request: config.read_timeout(),
+        body_read: config.read_timeout(),
+        idle: config.idle_connection_timeout(),
+        ..server::ConnectionTimeouts::default()
+    };
+    server::serve_with(listener, tls, gateway, shutdown.clone(), timeouts).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("postern gateway stopped");
