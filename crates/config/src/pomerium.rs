@@ -424,12 +424,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
         Refused("a direct-response route would become a proxy route"),
     ),
     (
-        "allowed_idp_claims",
-        Refused(
-            "it restricts who may use the route: write the restriction as a claim/<name> criterion in policy",
-        ),
-    ),
-    (
         "allowed_groups",
         Refused("it restricts who may use the route: write it as a groups criterion in policy"),
     ),

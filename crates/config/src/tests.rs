@@ -400,8 +400,8 @@ routes:
             "metrics_basic_auth",
         ),
         (
-            "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, allowed_idp_claims: {org: [x]}}\n",
-            "routes[0].allowed_idp_claims",
+            "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, tls_downstream_client_ca_file: ca.pem}\n",
+            "routes[0].tls_downstream_client_ca_file",
         ),
     ] {
         assert_eq!(parse_err(yaml).path, path, "{yaml}");
@@ -599,4 +599,14 @@ fn claim_headers_take_both_of_pomeriums_forms() {
     );
     let err = parse_err("insecure_server: true\njwt_claims_headers: {Host: email}\n");
     assert_eq!(err.path, "jwt_claims_headers.Host");
+}
+
+#[test]
+fn allowed_idp_claims_take_any_scalar_values() {
+    let config = parse_ok(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, allowed_idp_claims: {org: [acme], verified: [true], level: [3]}}\n",
+    );
+    let claims = &config.routes[0].allowed_idp_claims;
+    assert_eq!(claims["org"], [serde_json::json!("acme")]);
+    assert_eq!(claims["verified"], [serde_json::json!(true)]);
 }

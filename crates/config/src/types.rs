@@ -249,6 +249,10 @@ pub struct Route {
     /// Users of these email domains may use the route.
     #[serde(default)]
     pub allowed_domains: Vec<String>,
+    /// Users with any of these values of these identity provider claims may use the route
+    /// (`{department: [engineering], org: [acme]}`).
+    #[serde(default)]
+    pub allowed_idp_claims: BTreeMap<String, Vec<serde_json::Value>>,
     /// Send `X-Pomerium-Jwt-Assertion` upstream (overrides the global setting).
     #[serde(default)]
     pub pass_identity_headers: Option<bool>,

@@ -143,6 +143,20 @@ impl Route {
             any_authenticated_user: config.allow_any_authenticated_user,
             users: config.allowed_users.clone(),
             domains: config.allowed_domains.clone(),
+            claims: config
+                .allowed_idp_claims
+                .iter()
+                .map(|(name, values)| {
+                    let values = values
+                        .iter()
+                        .map(|v| match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect();
+                    (name.clone(), values)
+                })
+                .collect(),
         };
         // The document was checked when the configuration was read.
         let policy = postern_policy::Policy::compile(

@@ -165,6 +165,8 @@ pub struct Shorthands {
     pub users: Vec<String>,
     /// `allowed_domains`.
     pub domains: Vec<String>,
+    /// `allowed_idp_claims`: claim name and the values any of which allows.
+    pub claims: Vec<(String, Vec<String>)>,
 }
 
 impl Policy {
@@ -267,6 +269,19 @@ impl Shorthands {
             let key = "allowed_domains";
             let test = Test::Domain(one_of(&self.domains));
             rules.push(allow(key, criterion(key, "domain", test)));
+        }
+        if !self.claims.is_empty() {
+            // As Pomerium: any listed value of any listed claim allows.
+            let key = "allowed_idp_claims";
+            let each = self
+                .claims
+                .iter()
+                .map(|(name, values)| {
+                    let test = Test::Claim(name.clone(), one_of(values));
+                    criterion(key, &format!("claim/{name}"), test)
+                })
+                .collect();
+            rules.push(allow(key, Expr::Or(each)));
         }
         rules
     }

@@ -643,3 +643,45 @@ fn groups_take_pomeriums_list_matchers_and_rules_may_carry_their_action() {
     let e = Policy::compile(Some(&contradicting), &Shorthands::default()).unwrap_err();
     assert_eq!(e.path, "policy.deny.action");
 }
+
+#[test]
+fn allowed_idp_claims_allow_any_listed_value_of_any_listed_claim() {
+    // `user()` gives everyone department: engineering and roles: [reader, writer].
+    let p = |claims: Vec<(&str, Vec<&str>)>| {
+        let shorthands = Shorthands {
+            claims: claims
+                .into_iter()
+                .map(|(n, vs)| (n.to_owned(), vs.into_iter().map(str::to_owned).collect()))
+                .collect(),
+            ..Default::default()
+        };
+        let policy = Policy::compile(None, &shorthands).unwrap();
+        let u = user("u", "u@example.com", &[]);
+        let decision = policy.evaluate(&Input {
+            user: Some(&u),
+            method: "GET",
+            path: "/",
+            mcp: None,
+        });
+        (decision.allowed, policy.allows_anonymous("GET", "/"))
+    };
+    assert_eq!(
+        p(vec![("department", vec!["sales", "engineering"])]),
+        (true, false)
+    );
+    assert_eq!(
+        p(vec![("roles", vec!["writer"])]),
+        (true, false),
+        "a list claim holds it"
+    );
+    assert_eq!(p(vec![("department", vec!["sales"])]), (false, false));
+    assert_eq!(
+        p(vec![
+            ("department", vec!["sales"]),
+            ("roles", vec!["reader"])
+        ]),
+        (true, false),
+        "any claim"
+    );
+    assert_eq!(p(vec![("missing", vec!["x"])]), (false, false));
+}
