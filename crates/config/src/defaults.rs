@@ -26,6 +26,72 @@ pub const AUTOCERT_CA: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const AUDIT_FILE: &str = "audit.jsonl";
 /// `max_connections`.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// An `idp_provider` Postern signs in with over OpenID Connect, and what it implies.
+#[derive(Clone, Copy, Debug)]
+pub struct OidcPreset {
+    /// The `idp_provider` value.
+    pub name: &'static str,
+    /// The issuer when `idp_provider_url` is left out (providers with one public issuer).
+    pub issuer: Option<&'static str>,
+    /// The ID-token claim with the user's groups, when `idp_groups_claim` is left out.
+    pub groups_claim: &'static str,
+}
+
+/// Every `idp_provider` Postern accepts: `oidc` and Pomerium's names of OpenID Connect
+/// providers (each is OIDC discovery at its issuer; only the defaults differ).
+pub const OIDC_PRESETS: [OidcPreset; 10] = [
+    OidcPreset {
+        name: "oidc",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "google",
+        issuer: Some("https://accounts.google.com"),
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "gitlab",
+        issuer: Some("https://gitlab.com"),
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "okta",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "auth0",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "azure",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "cognito",
+        issuer: None,
+        groups_claim: "cognito:groups",
+    },
+    OidcPreset {
+        name: "onelogin",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "ping",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+    OidcPreset {
+        name: "keycloak",
+        issuer: None,
+        groups_claim: IDP_GROUPS_CLAIM,
+    },
+];
+
 /// `timeout_read`: a request head, or a stalled body, gets 408 after this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `timeout_idle`: an idle client connection is closed after this.
@@ -215,7 +281,25 @@ impl Config {
     /// The ID-token claim that lists the user's groups (`idp_groups_claim`, default
     /// [`IDP_GROUPS_CLAIM`]).
     pub fn idp_groups_claim(&self) -> &str {
-        self.idp_groups_claim.as_deref().unwrap_or(IDP_GROUPS_CLAIM)
+        self.idp_groups_claim
+            .as_deref()
+            .or_else(|| self.oidc_preset().map(|p| p.groups_claim))
+            .unwrap_or(IDP_GROUPS_CLAIM)
+    }
+
+    /// The `idp_provider`'s preset, when it is one Postern signs in with over OIDC.
+    pub fn oidc_preset(&self) -> Option<&'static OidcPreset> {
+        let name = self.idp_provider.as_deref()?;
+        OIDC_PRESETS.iter().find(|p| p.name == name)
+    }
+
+    /// The OIDC issuer to sign in with: `idp_provider_url`, or the preset's own; `None` without
+    /// an OIDC `idp_provider`.
+    pub fn oidc_issuer(&self) -> Option<String> {
+        let preset = self.oidc_preset()?;
+        self.idp_provider_url
+            .clone()
+            .or_else(|| preset.issuer.map(str::to_owned))
     }
 
     /// Where state is kept (`databroker_storage_type`, default [`STORAGE_TYPE`]).

@@ -394,28 +394,39 @@ fn validate_shared_secret(config: &Config) -> Result<(), ConfigError> {
 
 /// The identity provider is one we support, with the keys it needs.
 fn validate_idp(config: &Config) -> Result<(), ConfigError> {
-    match config.idp_provider.as_deref() {
-        None => {}
-        Some("oidc") => {
-            if config.idp_provider_url.is_none() {
-                return Err(ConfigError::at(
-                    "idp_provider_url",
-                    "required with idp_provider: oidc",
-                ));
-            }
-            if config.idp_client_id.is_none() {
-                return Err(ConfigError::at(
-                    "idp_client_id",
-                    "required with idp_provider: oidc",
-                ));
-            }
-        }
-        Some(other) => {
-            return Err(ConfigError::at(
-                "idp_provider",
-                format!("{other:?} is not supported; use oidc (or leave it out for local users)"),
-            ));
-        }
+    let Some(provider) = config.idp_provider.as_deref() else {
+        return Ok(());
+    };
+    if provider == "github" {
+        return Err(ConfigError::at(
+            "idp_provider",
+            "github is not supported yet (GitHub signs in with OAuth 2, not OpenID Connect): sign in through an OpenID Connect provider that federates GitHub (Keycloak, Dex, Auth0, ...), or use local users",
+        ));
+    }
+    let Some(preset) = defaults::OIDC_PRESETS.iter().find(|p| p.name == provider) else {
+        let names: Vec<&str> = defaults::OIDC_PRESETS.iter().map(|p| p.name).collect();
+        return Err(ConfigError::at(
+            "idp_provider",
+            format!(
+                "{provider:?} is not supported; use one of {} (or leave it out for local users)",
+                names.join(", ")
+            ),
+        ));
+    };
+    if config.oidc_issuer().is_none() {
+        return Err(ConfigError::at(
+            "idp_provider_url",
+            format!(
+                "required with idp_provider: {} (the provider's issuer URL)",
+                preset.name
+            ),
+        ));
+    }
+    if config.idp_client_id.is_none() {
+        return Err(ConfigError::at(
+            "idp_client_id",
+            format!("required with idp_provider: {}", preset.name),
+        ));
     }
     Ok(())
 }

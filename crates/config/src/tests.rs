@@ -610,3 +610,43 @@ fn allowed_idp_claims_take_any_scalar_values() {
     assert_eq!(claims["org"], [serde_json::json!("acme")]);
     assert_eq!(claims["verified"], [serde_json::json!(true)]);
 }
+
+#[test]
+fn pomeriums_oidc_provider_names_are_presets() {
+    let with = |lines: &str| {
+        format!("insecure_server: true\nidp_client_id: c\nidp_client_secret: s\n{lines}")
+    };
+    let google = parse_ok(&with("idp_provider: google\n"));
+    assert_eq!(
+        google.oidc_issuer().as_deref(),
+        Some("https://accounts.google.com")
+    );
+    assert_eq!(google.idp_groups_claim(), "groups");
+    let keycloak = parse_ok(&with(
+        "idp_provider: keycloak\nidp_provider_url: https://kc.example/realms/acme\n",
+    ));
+    assert_eq!(
+        keycloak.oidc_issuer().as_deref(),
+        Some("https://kc.example/realms/acme")
+    );
+    let cognito = parse_ok(&with(
+        "idp_provider: cognito\nidp_provider_url: https://cognito-idp.eu-west-1.amazonaws.com/pool\n",
+    ));
+    assert_eq!(cognito.idp_groups_claim(), "cognito:groups");
+    let own_claim = parse_ok(&with(
+        "idp_provider: cognito\nidp_provider_url: https://c.example\nidp_groups_claim: roles\n",
+    ));
+    assert_eq!(own_claim.idp_groups_claim(), "roles", "the key wins");
+    for name in ["okta", "auth0", "azure", "onelogin", "ping"] {
+        let err = parse_err(&with(&format!("idp_provider: {name}\n")));
+        assert_eq!(err.path, "idp_provider_url", "{name}");
+        assert!(err.message.contains(name), "{err}");
+        let url = format!("idp_provider: {name}\nidp_provider_url: https://{name}.example/\n");
+        assert!(parse_ok(&with(&url)).oidc_issuer().is_some());
+    }
+    let github = parse_err(&with("idp_provider: github\n"));
+    assert!(github.message.contains("not supported yet"), "{github}");
+    let unknown = parse_err(&with("idp_provider: myidp\n"));
+    assert!(unknown.message.contains("keycloak"), "{unknown}");
+    assert_eq!(parse_ok("insecure_server: true\n").oidc_issuer(), None);
+}

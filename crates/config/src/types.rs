@@ -91,7 +91,9 @@ pub struct Config {
     /// File holding `signing_key`.
     #[serde(default)]
     pub signing_key_file: Option<PathBuf>,
-    /// Identity provider: `oidc`. Absent: local users (`users_file`).
+    /// Identity provider: `oidc`, or one of Pomerium's OIDC provider names (`google`, `gitlab`,
+    /// `okta`, `auth0`, `azure`, `cognito`, `onelogin`, `ping`, `keycloak`). Absent: local users
+    /// (`users_file`).
     #[serde(default)]
     pub idp_provider: Option<String>,
     /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).

@@ -135,12 +135,9 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
     let mut settings = AccessSettings::from_config(config);
     settings.audit_file = Some(base.join(config.audit_file()));
     let mut access = Access::new(store.clone(), users, signer, settings);
-    if config.idp_provider.as_deref() == Some("oidc") {
+    if let Some(issuer) = config.oidc_issuer() {
         let oidc = Oidc::new(OidcSettings {
-            issuer: config
-                .idp_provider_url
-                .clone()
-                .context("idp_provider_url is required")?,
+            issuer,
             client_id: config
                 .idp_client_id
                 .clone()
