@@ -3,18 +3,16 @@
 use serde_json::{Value, json};
 
 /// The canonical resource URL of an MCP route (RFC 8707 / RFC 9728): scheme and host in lower
-/// case, no default port, the path without a trailing slash (`/` for the root), no query.
+/// case, no default port, the path without a trailing slash (none at all for the root, as
+/// Pomerium writes it: `https://mcp.example.com`), no query. Tokens issued for the older
+/// root form (`https://mcp.example.com/`) still match: [`same_resource`] compares canonical
+/// forms.
 pub fn resource_url(origin: &str, path: &str) -> String {
     let origin = match url::Url::parse(origin) {
         Ok(url) => url.origin().ascii_serialization(),
         Err(_) => origin.trim_end_matches('/').to_ascii_lowercase(),
     };
-    let path = path.trim_end_matches('/');
-    if path.is_empty() {
-        format!("{origin}/")
-    } else {
-        format!("{origin}{path}")
-    }
+    format!("{origin}{}", path.trim_end_matches('/'))
 }
 
 /// Whether two resource URLs name the same resource (after normalisation).
@@ -102,9 +100,13 @@ mod tests {
         );
         assert_eq!(
             resource_url("http://localhost:8080", ""),
-            "http://localhost:8080/"
+            "http://localhost:8080"
         );
-        assert_eq!(resource_url("https://a.test", "/"), "https://a.test/");
+        assert_eq!(resource_url("https://a.test", "/"), "https://a.test");
+        assert!(
+            same_resource("https://a.test/", "https://a.test"),
+            "a token for the older root form still matches"
+        );
         assert!(same_resource("https://A.test:443/x/", "https://a.test/x"));
         assert!(!same_resource("https://a.test/x", "https://a.test/y"));
         assert!(!same_resource("https://a.test/x", "https://b.test/x"));

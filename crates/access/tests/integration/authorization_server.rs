@@ -568,3 +568,45 @@ async fn private_key_jwt_clients_prove_their_key_once_per_assertion() {
         "an assertion works once"
     );
 }
+
+/// A server on the host's root is the resource `https://host`, without a trailing slash, as
+/// Pomerium names it; the challenge, the metadata and `/authorize` agree on it.
+#[tokio::test]
+async fn a_root_server_is_named_without_a_trailing_slash() {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = "insecure_server: true
+routes:
+  - {from: http://localhost, to: 'http://127.0.0.1:9', allow_any_authenticated_user: true, mcp: {}}
+";
+    let access = postern_access::Access::new(
+        crate::support::memory_store().await,
+        postern_access::users::LocalUsers::new(vec![]),
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        crate::support::settings(),
+    );
+    crate::support::serve(listener, yaml, access, &stop);
+    let response = client()
+        .post(format!("{base}/"))
+        .json(&call(1, "whoami", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let prm_url = format!("{base}/.well-known/oauth-protected-resource");
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        format!("Bearer resource_metadata=\"{prm_url}\"").as_str()
+    );
+    let prm: Value = client()
+        .get(&prm_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prm["resource"], json!(base));
+    stop.cancel();
+}
