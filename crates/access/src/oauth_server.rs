@@ -224,18 +224,25 @@ pub fn route_resource(route: &Route, origin: &str) -> String {
     resource_url(origin, path)
 }
 
-/// The MCP server route a resource URL names on this gateway.
+/// The MCP server route that serves a resource URL on this gateway: a client names a server by
+/// the URL it uses, which may be any URL the route serves (`https://mcp.example.com/mcp` for a
+/// route on the host's root), as in Pomerium. Tokens are still bound to the route's canonical
+/// resource ([`route_resource`]).
 pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Route>> {
     let url = url::Url::parse(resource).ok()?;
     let host = crate::web::safe_http::host_of(&url);
     let port = url.port_or_known_default()?;
     let route = ctx.runtime.routes.find(&host, port, url.path())?;
-    (route.is_mcp_server()
-        && same_resource(
-            &route_resource(&route, &url.origin().ascii_serialization()),
-            resource,
-        ))
-    .then_some(route)
+    route.is_mcp_server().then_some(route)
+}
+
+/// Whether `resource` is a URL on this request's origin (a resource the authorization server of
+/// this origin may issue tokens for).
+pub fn on_this_origin(ctx: &RequestContext, resource: &str) -> bool {
+    match (url::Url::parse(resource), url::Url::parse(&ctx.origin())) {
+        (Ok(asked), Ok(here)) => asked.origin() == here.origin(),
+        _ => false,
+    }
 }
 
 /// The only MCP server route of this host, when there is exactly one (the default resource).

@@ -440,6 +440,18 @@ fn target_route(
     issuer: &str,
     asked: Option<&str>,
 ) -> Result<(Arc<Route>, String), OAuthError> {
+    // A resource named on another origin would be served by this origin's route of the same
+    // path: the token's audience must be what the client asked for, or nothing.
+    if let Some(asked) = asked
+        && !oauth_server::on_this_origin(ctx, asked)
+    {
+        return Err(OAuthError::new(
+            ErrorCode::InvalidTarget,
+            format!(
+                "resource {asked} is not on this authorization server's origin ({issuer}); use the URL of a server on {issuer}"
+            ),
+        ));
+    }
     let route = match asked {
         Some(resource) => oauth_server::route_for_resource(ctx, resource),
         None => oauth_server::only_mcp_route(ctx),
@@ -453,17 +465,8 @@ fn target_route(
             ),
         ));
     };
+    // Bound to the route that serves the URL the client asked for, by its canonical name.
     let resource = oauth_server::route_resource(&route, &ctx.origin());
-    if let Some(asked) = asked
-        && !postern_oauth::metadata::same_resource(asked, &resource)
-    {
-        return Err(OAuthError::new(
-            ErrorCode::InvalidTarget,
-            format!(
-                "resource {asked} is not on this authorization server's origin ({issuer}); use {resource}"
-            ),
-        ));
-    }
     Ok((route, resource))
 }
 

@@ -94,7 +94,9 @@ impl AuthorizationServer {
                 &json!({"error": "not_found", "error_description": format!("no MCP server at {path} on this host")}),
             );
         };
-        let resource = oauth_server::route_resource(&route, &ctx.origin());
+        // The resource is the URL the client asked about (any URL the route serves), as in
+        // Pomerium; its token will be bound to the route.
+        let resource = metadata::resource_url(&ctx.origin(), path);
         let mut response = json_response(
             StatusCode::OK,
             &metadata::protected_resource(

@@ -72,7 +72,10 @@ impl Enforcement {
         }
         let mut response = GatewayError::Unauthenticated.into_response(&ctx.request_id, false);
         let challenge = if route.is_mcp_server() {
-            oauth_server::challenge(&oauth_server::route_resource(route, &ctx.origin()), None)
+            // The URL the client used, whose metadata names the same server.
+            let path = original.split('?').next().unwrap_or("/");
+            let resource = postern_oauth::metadata::resource_url(&ctx.origin(), path);
+            oauth_server::challenge(&resource, None)
         } else {
             "Bearer".to_owned()
         };
@@ -196,7 +199,13 @@ impl Enforcement {
                     &resource,
                 ) {
                     Ok(claims) => Ok(Some(claims.session())),
-                    Err(error) => Err(self.invalid_token(ctx, &resource, &error)),
+                    Err(error) => {
+                        let used = postern_oauth::metadata::resource_url(
+                            &ctx.origin(),
+                            request.uri().path(),
+                        );
+                        Err(self.invalid_token(ctx, &used, &error))
+                    }
                 }
             }
             _ if request.headers().contains_key(header::COOKIE) => Ok(Box::pin(session::current(

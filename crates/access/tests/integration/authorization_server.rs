@@ -610,3 +610,79 @@ routes:
     assert_eq!(prm["resource"], json!(base));
     stop.cancel();
 }
+
+/// A client names the server by the URL it uses, which may be any URL the route serves (as in
+/// Pomerium): the challenge, the metadata, `/authorize` and `/token` all take it, and the TE is
+/// bound to the route that serves it.
+#[tokio::test]
+async fn the_protected_resource_follows_the_url_the_client_uses() {
+    let w = world().await;
+    let used = format!("{}/sqlite/mcp", w.base);
+    let response = client()
+        .post(&used)
+        .json(&call(1, "read_query", json!({"query": "SELECT 1"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let prm_url = format!("{}/.well-known/oauth-protected-resource/sqlite/mcp", w.base);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        format!("Bearer resource_metadata=\"{prm_url}\"").as_str()
+    );
+    let prm: Value = client()
+        .get(&prm_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prm["resource"], json!(used));
+
+    let jar = cookie(&w).await;
+    let client_id = register(&w, "none").await["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = crate::support::oauth_client::authorize_url(&w.base, &client_id, CALLBACK, &used);
+    let location = authorize(&w, &jar, &url).await;
+    let code = query_of(&location)["code"].clone();
+    let (status, body, _) = token(
+        &w.base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &client_id),
+            ("code_verifier", VERIFIER),
+            ("resource", &used),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let te = body["access_token"].as_str().unwrap();
+    assert_eq!(bearer_call(&w, "/sqlite", te).await.status(), 200);
+    // Another server's URL at the token endpoint is still another resource.
+    let location = authorize(&w, &jar, &url).await;
+    let code = query_of(&location)["code"].clone();
+    let whoami = format!("{}/whoami", w.base);
+    let (status, body, _) = token(
+        &w.base,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("client_id", &client_id),
+            ("code_verifier", VERIFIER),
+            ("resource", &whoami),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (400, json!("invalid_target"))
+    );
+}
