@@ -21,6 +21,10 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
     if !config.insecure_server {
         certificates(&config, path)?;
     }
+    // What `serve` would refuse, `check-config` refuses too.
+    if let Some(key) = &config.signing_key {
+        Signer::from_pem(key.expose()).map_err(anyhow::Error::new)?;
+    }
     for warning in &config.warnings {
         println!("warning: {warning}");
     }

@@ -1,4 +1,5 @@
 //! The identity assertion the gateway sends upstream as `X-Pomerium-Jwt-Assertion`: an ES256 JWT
+//! (RS256 with an RSA `signing_key`)
 //! with `kid` (the key's RFC 7638 thumbprint in hex, as Pomerium writes it), claims `iss`, `aud`
 //! (the route host), `sub`, `user`, `email`, `groups`, `name`, `sid`, `jti`, `iat`, `exp`
 //! (+5 min). The public key is published at `/.well-known/pomerium/jwks.json`.
@@ -33,8 +34,8 @@ pub enum SigningKeyError {
     /// Base64 of something that is not text.
     #[error("signing_key is not PEM")]
     NotPem,
-    /// PEM, but not of an EC P-256 private key.
-    #[error("signing_key must be an EC P-256 private key in PEM: {0}")]
+    /// PEM, but neither an EC P-256 nor an RSA private key.
+    #[error("signing_key must be an EC P-256 (ES256) or RSA (RS256) private key in PEM: {0}")]
     NotP256(jsonwebtoken::errors::Error),
     /// The public key could not be written as a JWK or its thumbprint.
     #[error("{0}")]
@@ -44,9 +45,11 @@ pub enum SigningKeyError {
     Jwks(serde_json::Error),
 }
 
-/// Signs assertions with one P-256 key.
+/// Signs assertions with one key: EC P-256 (ES256, the default and generated kind) or RSA
+/// (RS256, for a `signing_key` Pomerium deployments carry over).
 pub struct Signer {
     key: EncodingKey,
+    algorithm: Algorithm,
     kid: String,
     jwks: Value,
     /// Whether a still-valid assertion is reused (off: every request gets a fresh one).
@@ -72,7 +75,8 @@ impl Signer {
             .unwrap_or_default()
     }
 
-    /// A signer for an EC P-256 private key in PEM (PKCS#8 or SEC1), or base64 of such a PEM.
+    /// A signer for an EC P-256 private key (PKCS#8 or SEC1) or an RSA private key (PKCS#1 or
+    /// PKCS#8) in PEM, or base64 of such a PEM.
     pub fn from_pem(pem: &str) -> Result<Self, SigningKeyError> {
         let pem = if pem.contains("-----BEGIN") {
             pem.to_owned()
@@ -83,9 +87,14 @@ impl Signer {
                 .map_err(|_| SigningKeyError::NotPemOrBase64)?;
             String::from_utf8(bytes).map_err(|_| SigningKeyError::NotPem)?
         };
-        let key = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(SigningKeyError::NotP256)?;
-        let mut jwk =
-            Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(SigningKeyError::Jwk)?;
+        let (key, algorithm) = match EncodingKey::from_ec_pem(pem.as_bytes()) {
+            Ok(key) => (key, Algorithm::ES256),
+            Err(ec_error) => match EncodingKey::from_rsa_pem(pem.as_bytes()) {
+                Ok(key) => (key, Algorithm::RS256),
+                Err(_) => return Err(SigningKeyError::NotP256(ec_error)),
+            },
+        };
+        let mut jwk = Jwk::from_encoding_key(&key, algorithm).map_err(SigningKeyError::Jwk)?;
         let kid = hex_kid(
             &jwk.thumbprint(ThumbprintHash::SHA256)
                 .map_err(SigningKeyError::Jwk)?,
@@ -96,6 +105,7 @@ impl Signer {
             serde_json::to_value(JwkSet { keys: vec![jwk] }).map_err(SigningKeyError::Jwks)?;
         Ok(Self {
             key,
+            algorithm,
             kid,
             jwks,
             reuse: false,
@@ -136,7 +146,7 @@ impl Signer {
             "email": session.email, "groups": session.groups, "name": session.name, "sid": session.id,
             "jti": format!("{:032x}", rand::random::<u128>()), "iat": now, "exp": now + LIFETIME_SECS,
         });
-        let mut header = Header::new(Algorithm::ES256);
+        let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.key)
             .inspect_err(|error| tracing::error!(%error, "cannot sign the identity assertion"))
@@ -227,5 +237,27 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_eq!(signer.jwks()["keys"][0]["kid"], Value::String(kid));
+    }
+
+    /// An RSA `signing_key` (a Pomerium deployment's, PKCS#1 PEM; a test key made with
+    /// `openssl genrsa -traditional 2048`) signs RS256, and its public key is published.
+    #[test]
+    fn an_rsa_signing_key_signs_rs256_verifiably() {
+        let signer = Signer::from_pem(include_str!("testdata/rsa-signing-key.pem")).unwrap();
+        let token = signer
+            .assertion(&session(), "mcp.test", "mcp.test")
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::RS256);
+        let jwks: JwkSet = serde_json::from_value(signer.jwks().clone()).unwrap();
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+        validation.set_audience(&["mcp.test"]);
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+        assert_eq!(data.claims["email"], "ada@example.com");
+        let pkcs8 =
+            Signer::from_pem("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
+        assert!(matches!(pkcs8, Err(SigningKeyError::NotP256(_))));
     }
 }
