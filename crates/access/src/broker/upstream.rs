@@ -156,9 +156,11 @@ pub fn authorization_url(
     Ok(url.to_string())
 }
 
-/// Calls the provider's token endpoint with `params`, authenticating as `auth_style` says
-/// (default `header`: HTTP Basic, RFC 6749 §2.3.1; Notion requires it). A configured provider
-/// is called with `http`; a discovered one (a URL a stranger's metadata named) only through
+/// Calls the provider's token endpoint with `params`, authenticating as `auth_style` says. When
+/// it is not set, HTTP Basic first (RFC 6749 §2.3.1; Notion requires it), and on
+/// `invalid_client` once more with the credentials in the form (as Pomerium sends them); the
+/// style that worked is remembered per token endpoint. A configured provider is called with
+/// `http`; a discovered one (a URL a stranger's metadata named) only through
 /// [`crate::web::safe_http`]: its address checked and pinned, no redirects, the answer capped.
 pub(crate) async fn token_request(
     http: &reqwest::Client,
@@ -169,6 +171,65 @@ pub(crate) async fn token_request(
         .endpoint
         .as_ref()
         .ok_or(UpstreamError::NotConfigured)?;
+    if let Some(style) = endpoint.auth_style {
+        return token_request_as(http, oauth, endpoint, params, style).await;
+    }
+    let url = endpoint.token_url.as_str();
+    let first = learned_style(url).unwrap_or(AuthStyle::Header);
+    match token_request_as(http, oauth, endpoint, params, first).await {
+        Err(UpstreamError::Refused {
+            error: Some("invalid_client"),
+            ..
+        }) => {
+            // Client authentication fails before the grant is looked at (RFC 6749 §5.2), so
+            // the code or refresh token is still good for the other style.
+            let other = match first {
+                AuthStyle::Header => AuthStyle::Params,
+                AuthStyle::Params => AuthStyle::Header,
+            };
+            let answer = token_request_as(http, oauth, endpoint, params, other).await;
+            if answer.is_ok() {
+                learn_style(url, other);
+            }
+            answer
+        }
+        answer => answer,
+    }
+}
+
+/// Token endpoints whose client authentication style was learned (no `auth_style` set), for
+/// this process: a handful of providers, so a small map.
+fn learned_styles() -> &'static std::sync::Mutex<std::collections::HashMap<String, AuthStyle>> {
+    static LEARNED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, AuthStyle>>,
+    > = std::sync::OnceLock::new();
+    LEARNED.get_or_init(Default::default)
+}
+
+fn learned_style(token_url: &str) -> Option<AuthStyle> {
+    learned_styles()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(token_url)
+        .copied()
+}
+
+fn learn_style(token_url: &str, style: AuthStyle) {
+    let mut learned = learned_styles().lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: configured providers only, but never let it grow without limit.
+    if learned.len() < 1024 {
+        learned.insert(token_url.to_owned(), style);
+    }
+}
+
+/// One token endpoint request with the client's credentials as `style` says.
+async fn token_request_as(
+    http: &reqwest::Client,
+    oauth: &UpstreamSettings<'_>,
+    endpoint: &OAuthEndpoint,
+    params: &BTreeMap<&str, String>,
+    style: AuthStyle,
+) -> Result<UpstreamToken, UpstreamError> {
     let token_url = &endpoint.token_url;
     let url = token_url.to_string();
     let unavailable = |reason: String| UpstreamError::Unavailable {
@@ -176,7 +237,7 @@ pub(crate) async fn token_request(
         reason,
     };
     let http = token_client(http, oauth, token_url).await?;
-    let (request, form) = authenticated_request(&http, &url, oauth, endpoint, params);
+    let (request, form) = authenticated_request(&http, &url, oauth, style, params);
     let response = request
         .form(&form)
         .send()
@@ -217,12 +278,12 @@ async fn token_client(
 }
 
 /// The token request to `url` and its form: `params`, the resource, and the client's
-/// credentials in the header or the form as the endpoint's `auth_style` says.
+/// credentials in the header or the form as `style` says.
 fn authenticated_request<'p>(
     http: &reqwest::Client,
     url: &str,
     oauth: &UpstreamOAuth2,
-    endpoint: &OAuthEndpoint,
+    style: AuthStyle,
     params: &BTreeMap<&'p str, String>,
 ) -> (reqwest::RequestBuilder, Vec<(&'p str, String)>) {
     let secret = oauth
@@ -235,7 +296,7 @@ fn authenticated_request<'p>(
         form.push(("resource", resource.clone()));
     }
     let mut request = http.post(url).header("accept", "application/json");
-    match endpoint.auth_style() {
+    match style {
         AuthStyle::Header => {
             // RFC 6749 §2.3.1: the id and secret are form-encoded before Basic encoding.
             let enc =

@@ -559,3 +559,90 @@ async fn connect_without_a_resource_offers_this_hosts_servers_that_need_connecti
     assert!(next.contains("Connect your Wiki account"), "{next}");
     stop.cancel();
 }
+
+/// Without `auth_style`, a provider that wants the client's credentials in the form (as Pomerium
+/// sends them) works: Basic first, `invalid_client`, the form, and the form from then on.
+#[tokio::test]
+async fn without_auth_style_the_client_authentication_the_provider_takes_is_found_and_kept() {
+    let provider = FakeOAuthProvider::new()
+        .form_only_client("formy", "s3cret")
+        .issues("ti-1");
+    let issuer = format!("{}/forms", provider.serve().await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - from: http://localhost
+    prefix: /docs
+    to: http://127.0.0.1:9/docs
+    allow_any_authenticated_user: true
+    mcp:
+      upstream_oauth2:
+        client_id: formy
+        client_secret: s3cret
+        endpoint: {{auth_url: '{issuer}/authorize', token_url: '{issuer}/token'}}
+"
+    );
+    let access = postern_access::Access::new(
+        support::memory_store().await,
+        postern_access::users::LocalUsers::new(vec![support::user(
+            "ada@example.com",
+            "Ada",
+            &[],
+            "pw",
+        )]),
+        postern_access::assertion::Signer::from_pem(
+            &postern_access::assertion::Signer::generate_pem(),
+        )
+        .unwrap(),
+        support::settings(),
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let connect = || async {
+        let query = format!(
+            "redirect_url=/done&resource={}",
+            urlencode(&format!("{base}/docs"))
+        );
+        let start = support::connect(&browser, &base, &query).await;
+        let back = browser
+            .get(start.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let done = browser
+            .get(back.headers()["location"].to_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.headers()["location"], "/done", "connected");
+    };
+    connect().await;
+    let requests = provider.token_requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[0].contains_key("(authorization header)"));
+    assert_eq!(
+        requests[1].get("client_secret").map(String::as_str),
+        Some("s3cret")
+    );
+    assert!(!requests[1].contains_key("(authorization header)"));
+
+    // Learned: the next exchange sends the form at once.
+    browser
+        .post(format!("{base}/.pomerium/mcp/routes/disconnect"))
+        .json(&json!({"routes": [format!("{base}/docs")]}))
+        .send()
+        .await
+        .unwrap();
+    connect().await;
+    let requests = provider.token_requests();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(
+        requests[2].get("client_id").map(String::as_str),
+        Some("formy")
+    );
+    stop.cancel();
+}

@@ -39,6 +39,9 @@ pub struct FakeOAuthProvider(Arc<Mutex<Provider>>);
 struct Provider {
     /// Confidential clients (id -> secret), which authenticate by HTTP Basic.
     confidential: HashMap<String, String>,
+    /// Confidential clients that authenticate only with `client_id` and `client_secret` in the
+    /// form (Basic is `invalid_client` for them), as some providers require.
+    form_only: HashMap<String, String>,
     /// Clients that registered dynamically (public: `token_endpoint_auth_method: none`).
     registered: HashSet<String>,
     /// The access token of a code exchange, and the one issued instead when the authorization
@@ -78,6 +81,7 @@ impl FakeOAuthProvider {
     pub fn new() -> Self {
         Self(Arc::new(Mutex::new(Provider {
             confidential: HashMap::new(),
+            form_only: HashMap::new(),
             registered: HashSet::new(),
             issues: "at-1".into(),
             issues_for_scope: None,
@@ -100,6 +104,16 @@ impl FakeOAuthProvider {
             .lock()
             .unwrap()
             .confidential
+            .insert(id.into(), secret.into());
+        self
+    }
+
+    /// Knows the confidential client `id`, which authenticates with `secret` in the form only.
+    pub fn form_only_client(self, id: &str, secret: &str) -> Self {
+        self.0
+            .lock()
+            .unwrap()
+            .form_only
             .insert(id.into(), secret.into());
         self
     }
@@ -219,7 +233,10 @@ async fn authorize(
         }
     } else {
         let p = provider.0.lock().unwrap();
-        if !p.confidential.contains_key(&client_id) && !p.registered.contains(&client_id) {
+        if !p.confidential.contains_key(&client_id)
+            && !p.form_only.contains_key(&client_id)
+            && !p.registered.contains(&client_id)
+        {
             return (StatusCode::BAD_REQUEST, "unknown client").into_response();
         }
     }
@@ -270,7 +287,11 @@ async fn token(
             Some("unknown client <b>call +1 555 0100</b>"),
         );
     }
-    if !p.authenticates(basic.as_deref(), form.get("client_id")) {
+    if !p.authenticates(
+        basic.as_deref(),
+        form.get("client_id"),
+        form.get("client_secret"),
+    ) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", None);
     }
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
@@ -316,7 +337,12 @@ async fn token(
 impl Provider {
     /// A confidential client by its Basic credentials; a public one (registered, or a metadata
     /// document URL) by its `client_id`.
-    fn authenticates(&self, basic: Option<&str>, client_id: Option<&String>) -> bool {
+    fn authenticates(
+        &self,
+        basic: Option<&str>,
+        client_id: Option<&String>,
+        client_secret: Option<&String>,
+    ) -> bool {
         if let Some(basic) = basic {
             let decoded = basic
                 .strip_prefix("Basic ")
@@ -327,6 +353,9 @@ impl Provider {
                 return false;
             };
             return self.confidential.get(id).is_some_and(|s| s == secret);
+        }
+        if let Some(expected) = client_id.and_then(|id| self.form_only.get(id)) {
+            return client_secret == Some(expected);
         }
         client_id.is_some_and(|id| self.registered.contains(id) || id.starts_with("http"))
     }
