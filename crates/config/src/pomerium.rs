@@ -280,12 +280,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     ),
     ("allow_spdy", Ignored("Postern refuses protocol upgrades")),
     (
-        "cors_allow_preflight",
-        Ignored(
-            "preflights on MCP server routes are answered; on other routes they need a signed-in user",
-        ),
-    ),
-    (
         "tls_server_name",
         Ignored("the upstream's certificate is checked against the host in to"),
     ),

@@ -251,6 +251,10 @@ pub struct Route {
     /// Users of these email domains may use the route.
     #[serde(default)]
     pub allowed_domains: Vec<String>,
+    /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) go to the
+    /// upstream without sign-in (browsers send them without credentials).
+    #[serde(default)]
+    pub cors_allow_preflight: bool,
     /// Users with any of these values of these identity provider claims may use the route
     /// (`{department: [engineering], org: [acme]}`).
     #[serde(default)]

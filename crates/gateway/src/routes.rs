@@ -143,6 +143,7 @@ impl Route {
             any_authenticated_user: config.allow_any_authenticated_user,
             users: config.allowed_users.clone(),
             domains: config.allowed_domains.clone(),
+            preflight: config.cors_allow_preflight,
             claims: config
                 .allowed_idp_claims
                 .iter()

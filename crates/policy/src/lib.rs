@@ -7,7 +7,8 @@
 //! matches and no `deny` rule matches; no matching `allow` means denied. In a rule, `and` needs
 //! every criterion, `or` any, `not` none (¬A ∧ ¬B), `nor` not all (¬A ∨ ¬B); several operators in
 //! one rule are alternatives. Criteria: `accept`, `reject`, `authenticated_user`, `email`,
-//! `domain`, `user`, `groups`, `claim/<name>`, `http_method`, `http_path`, `mcp_tool`. String
+//! `domain`, `user`, `groups`, `claim/<name>`, `http_method`, `http_path`, `mcp_tool`,
+//! `source_ip` (addresses or CIDR networks), `cors_preflight`. String
 //! matchers: `is`, `not`, `in`, `not_in`, `starts_with`, `ends_with`, `contains` (a bare value
 //! means `is`); `groups` takes `has`, `is` (that one group and no other) and `exclude` (a bare
 //! value means `has`); a rule body may carry Pomerium's `action` key (it must agree). `mcp_tool` matches only
@@ -66,6 +67,11 @@ pub struct Input<'a> {
     pub path: &'a str,
     /// The MCP request, if any.
     pub mcp: Option<&'a McpRequest>,
+    /// The client's address (`None`: not known; `source_ip` criteria do not match).
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Whether the request is a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`).
+    pub preflight: bool,
 }
 
 /// The outcome, with the rule that decided it (for the audit log).
@@ -124,6 +130,10 @@ enum Test {
     HttpMethod(StringMatcher),
     HttpPath(StringMatcher),
     McpTool(StringMatcher),
+    /// The client's address is in one of these networks.
+    SourceIp(Vec<Network>),
+    /// The request is (true) or is not (false) a CORS preflight.
+    CorsPreflight(bool),
 }
 
 /// All operators of a string matcher must hold.
@@ -167,6 +177,8 @@ pub struct Shorthands {
     pub domains: Vec<String>,
     /// `allowed_idp_claims`: claim name and the values any of which allows.
     pub claims: Vec<(String, Vec<String>)>,
+    /// `cors_allow_preflight`: CORS preflights are allowed without sign-in.
+    pub preflight: bool,
 }
 
 impl Policy {
@@ -204,6 +216,7 @@ impl Policy {
             method,
             path,
             mcp: None,
+            ..Default::default()
         })
         .allowed
     }
@@ -269,6 +282,11 @@ impl Shorthands {
             let key = "allowed_domains";
             let test = Test::Domain(one_of(&self.domains));
             rules.push(allow(key, criterion(key, "domain", test)));
+        }
+        if self.preflight {
+            let key = "cors_allow_preflight";
+            let test = Test::CorsPreflight(true);
+            rules.push(allow(key, criterion(key, "cors_preflight", test)));
         }
         if !self.claims.is_empty() {
             // As Pomerium: any listed value of any listed claim allows.
@@ -412,6 +430,11 @@ fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
         "http_path" => Test::HttpPath(string_matcher(arg, &at)?),
         "mcp_tool" => Test::McpTool(string_matcher(arg, &at)?),
         "groups" => Test::Groups(list_matcher(arg, &at)?),
+        "source_ip" => Test::SourceIp(networks(arg, &at)?),
+        "cors_preflight" => Test::CorsPreflight(
+            arg.as_bool()
+                .ok_or_else(|| error(&at, "expected true or false"))?,
+        ),
         claim if claim.starts_with("claim/") && claim.len() > 6 => {
             Test::Claim(claim[6..].to_owned(), claim_matcher(arg, &at)?)
         }
@@ -419,7 +442,7 @@ fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
             return Err(error(
                 &at,
                 format!(
-                    "unknown criterion `{other}`; supported: accept, reject, authenticated_user, email, domain, user, groups, claim/<name>, http_method, http_path, mcp_tool"
+                    "unknown criterion `{other}`; supported: accept, reject, authenticated_user, email, domain, user, groups, claim/<name>, http_method, http_path, mcp_tool, source_ip, cors_preflight"
                 ),
             ));
         }
@@ -517,6 +540,62 @@ fn claim_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyError
             "expected a value, a list of values or a matcher object (is, not, in, not_in, starts_with, ends_with, contains, has)",
         )),
         other => string_matcher(other, path),
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a network of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Network {
+    address: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let bits = match address {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(bits);
+        (prefix <= bits).then_some(Network { address, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 client counts as its IPv4 address).
+    fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (a, b, bits) = match (self.address, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (a >> shift) == (b >> shift)
+    }
+}
+
+/// `source_ip`: one network or a list of them.
+fn networks(value: &Value, path: &str) -> Result<Vec<Network>, PolicyError> {
+    let one = |v: &Value| {
+        v.as_str().and_then(Network::parse).ok_or_else(|| {
+            error(
+                path,
+                format!("{v} is not an IP address or network (e.g. 10.0.0.0/8, 2001:db8::/32)"),
+            )
+        })
+    };
+    match value {
+        Value::Array(items) => items.iter().map(one).collect(),
+        other => Ok(vec![one(other)?]),
     }
 }
 
@@ -659,6 +738,10 @@ fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
         Test::Accept => true,
         Test::Reject => false,
         Test::AuthenticatedUser => user.is_some(),
+        Test::SourceIp(networks) => input
+            .source_ip
+            .is_some_and(|ip| networks.iter().any(|n| n.contains(ip))),
+        Test::CorsPreflight(wanted) => input.preflight == *wanted,
         Test::Email(m) => {
             user.is_some_and(|u| !u.email.is_empty() && m.matches(&u.email.to_ascii_lowercase()))
         }

@@ -423,6 +423,7 @@ fn every_criterion_and_operator() {
             method,
             path,
             mcp: mcp.as_ref(),
+            ..Default::default()
         });
         assert_eq!(d.allowed, expected, "case {i}: {doc} → {d:?}");
     }
@@ -439,6 +440,7 @@ fn decisions_name_the_rule() {
         method: "POST",
         path: "/",
         mcp: Some(&tool("write_query")),
+        ..Default::default()
     });
     assert_eq!(d.reason, "deny: policy.deny.or[0] (mcp_tool)");
     let d = p.evaluate(&Input {
@@ -446,6 +448,7 @@ fn decisions_name_the_rule() {
         method: "POST",
         path: "/",
         mcp: Some(&tool("read_query")),
+        ..Default::default()
     });
     assert_eq!(d.reason, "allow: policy.allow.and[0] (authenticated_user)");
     let d = p.evaluate(&Input {
@@ -453,6 +456,7 @@ fn decisions_name_the_rule() {
         method: "GET",
         path: "/",
         mcp: None,
+        ..Default::default()
     });
     assert!(!d.allowed && d.needs_sign_in);
     assert!(p.uses_mcp_tool());
@@ -472,6 +476,7 @@ fn shorthands_add_allow_rules() {
             method: "GET",
             path: "/",
             mcp: None,
+            ..Default::default()
         })
         .allowed
     };
@@ -502,7 +507,8 @@ fn shorthands_add_allow_rules() {
             user: Some(&user("x", "x@y.z", &[])),
             method: "GET",
             path: "/",
-            mcp: None
+            mcp: None,
+            ..Default::default()
         })
         .allowed
     );
@@ -513,7 +519,8 @@ fn shorthands_add_allow_rules() {
                 user: Some(&user("x", "x@y.z", &[])),
                 method: "GET",
                 path: "/",
-                mcp: None
+                mcp: None,
+                ..Default::default()
             })
             .allowed,
         "no rule, no access"
@@ -557,6 +564,7 @@ fn claims_take_every_matcher_form_and_deny_on_them_holds() {
                 method: "GET",
                 path: "/",
                 mcp: None,
+                ..Default::default()
             })
             .allowed
     };
@@ -609,6 +617,7 @@ fn groups_take_pomeriums_list_matchers_and_rules_may_carry_their_action() {
                 method: "GET",
                 path: "/",
                 mcp: None,
+                ..Default::default()
             })
             .allowed
     };
@@ -631,6 +640,7 @@ fn groups_take_pomeriums_list_matchers_and_rules_may_carry_their_action() {
         method: "GET",
         path: "/",
         mcp: None,
+        ..Default::default()
     });
     assert!(!nobody.allowed, "exclude still needs a signed-in user");
     let both = json!({"allow": {"and": [{"groups": {"has": "staff", "exclude": "contractors"}}]}});
@@ -662,6 +672,7 @@ fn allowed_idp_claims_allow_any_listed_value_of_any_listed_claim() {
             method: "GET",
             path: "/",
             mcp: None,
+            ..Default::default()
         });
         (decision.allowed, policy.allows_anonymous("GET", "/"))
     };
@@ -684,4 +695,55 @@ fn allowed_idp_claims_allow_any_listed_value_of_any_listed_claim() {
         "any claim"
     );
     assert_eq!(p(vec![("missing", vec!["x"])]), (false, false));
+}
+
+#[test]
+fn source_ip_and_cors_preflight_criteria() {
+    let from = |doc: Value, ip: &str, preflight: bool| {
+        policy(doc)
+            .evaluate(&Input {
+                user: None,
+                method: if preflight { "OPTIONS" } else { "GET" },
+                path: "/",
+                mcp: None,
+                source_ip: Some(ip.parse().unwrap()),
+                preflight,
+            })
+            .allowed
+    };
+    let office =
+        json!({"allow": {"and": [{"source_ip": ["10.1.0.0/16", "2001:db8:5::/48", "192.0.2.7"]}]}});
+    assert!(from(office.clone(), "10.1.200.3", false));
+    assert!(!from(office.clone(), "10.2.0.1", false));
+    assert!(
+        from(office.clone(), "::ffff:10.1.0.9", false),
+        "IPv4-mapped"
+    );
+    assert!(from(office.clone(), "2001:db8:5:ffff::1", false));
+    assert!(!from(office.clone(), "2001:db8:6::1", false));
+    assert!(from(office.clone(), "192.0.2.7", false));
+    assert!(!from(office.clone(), "192.0.2.8", false));
+    let anywhere = json!({"allow": {"and": [{"source_ip": "0.0.0.0/0"}]}});
+    assert!(from(anywhere, "203.0.113.9", false));
+    let unknown =
+        policy(json!({"allow": {"and": [{"source_ip": "10.0.0.0/8"}]}})).evaluate(&Input {
+            method: "GET",
+            path: "/",
+            ..Default::default()
+        });
+    assert!(!unknown.allowed, "no known address matches no network");
+
+    let preflights = json!({"allow": {"and": [{"cors_preflight": true}]}});
+    assert!(from(preflights.clone(), "10.0.0.1", true));
+    assert!(!from(preflights, "10.0.0.1", false));
+
+    let err = |doc: Value| Policy::compile(Some(&doc), &Shorthands::default()).unwrap_err();
+    for bad in ["10.0.0.0/33", "not-an-ip", "10.0.0.0/x"] {
+        let e = err(json!({"allow": {"and": [{"source_ip": bad}]}}));
+        assert_eq!(e.path, "policy.allow.and[0].source_ip", "{bad}");
+    }
+    assert_eq!(
+        err(json!({"allow": {"and": [{"cors_preflight": "yes"}]}})).path,
+        "policy.allow.and[0].cors_preflight"
+    );
 }

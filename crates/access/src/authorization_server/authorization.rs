@@ -78,7 +78,7 @@ impl AuthorizationServer {
             return response;
         }
         let user = crate::sign_in::session::user_of(&session);
-        if !crate::broker::routes_api::may_use(&route, &user) {
+        if !crate::broker::routes_api::may_use(&route, &user, ctx.client_addr.ip()) {
             return back.error(
                 OAuthError::new(
                     ErrorCode::AccessDenied,

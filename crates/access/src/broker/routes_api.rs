@@ -279,7 +279,7 @@ impl UpstreamBroker {
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
         routes.sort_by_key(|r| r.index);
         for route in routes.iter().filter(|r| r.is_mcp_server()) {
-            if !may_use(route, &user) {
+            if !may_use(route, &user, ctx.client_addr.ip()) {
                 continue;
             }
             let needs_oauth = self.upstream_oauth(route, &ctx.origin()).await.is_some();
@@ -534,9 +534,14 @@ impl UpstreamBroker {
     }
 }
 
-/// Whether `user` may use the MCP server behind `route` at all (its policy for a request without
-/// a tool call): servers a user may not use are neither listed nor authorized.
-pub(crate) fn may_use(route: &Route, user: &postern_policy::User) -> bool {
+/// Whether `user`, from `source_ip`, may use the MCP server behind `route` at all (its policy
+/// for a request without a tool call): servers a user may not use are neither listed nor
+/// authorized.
+pub(crate) fn may_use(
+    route: &Route,
+    user: &postern_policy::User,
+    source_ip: std::net::IpAddr,
+) -> bool {
     route
         .policy
         .evaluate(&Input {
@@ -544,6 +549,8 @@ pub(crate) fn may_use(route: &Route, user: &postern_policy::User) -> bool {
             method: "POST",
             path: "/",
             mcp: None::<&McpRequest>,
+            source_ip: Some(source_ip),
+            preflight: false,
         })
         .allowed
 }
@@ -653,7 +660,8 @@ routes:
             email: email.into(),
             ..Default::default()
         };
-        assert!(may_use(&route, &user("ada@example.com")));
-        assert!(!may_use(&route, &user("mallory@other.test")));
+        let here = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert!(may_use(&route, &user("ada@example.com"), here));
+        assert!(!may_use(&route, &user("mallory@other.test"), here));
     }
 }

@@ -123,6 +123,7 @@ impl Enforcement {
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
+        let preflight = is_preflight(&request);
         let (request, calls) = if route.is_mcp_server() && request.method() == Method::POST {
             self.read_calls(ctx, route, request, user.as_ref()).await?
         } else {
@@ -134,6 +135,8 @@ impl Enforcement {
                 method: &method,
                 path: &path,
                 mcp,
+                source_ip: Some(ctx.client_addr.ip()),
+                preflight,
             })
         };
         let decisions: Vec<_> = if calls.is_empty() {
@@ -263,6 +266,8 @@ impl Enforcement {
                     method: parts.method.as_str(),
                     path: parts.uri.path(),
                     mcp: None,
+                    source_ip: Some(ctx.client_addr.ip()),
+                    preflight: false,
                 });
                 if user.is_none() && anonymous.needs_sign_in {
                     return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
@@ -500,6 +505,16 @@ impl Enforcement {
     }
 }
 /// Where to return after sign-in.
+/// Whether a request is a CORS preflight: `OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`.
+fn is_preflight(request: &Request<Body>) -> bool {
+    request.method() == Method::OPTIONS
+        && request.headers().contains_key(header::ORIGIN)
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 fn original(uri: &http::Uri) -> String {
     uri.path_and_query().map_or("/", |p| p.as_str()).to_owned()
 }
@@ -514,6 +529,7 @@ async fn filter_tool_lists(
 ) -> Response<Body> {
     let user = allowed.session.as_ref().map(session::user_of);
     let policy = route.policy.clone();
+    let source_ip = ctx.client_addr.ip();
     let may_call = move |tool: &str| {
         let request = McpRequest {
             method: "tools/call".into(),
@@ -525,6 +541,8 @@ async fn filter_tool_lists(
                 method: "POST",
                 path: "",
                 mcp: Some(&request),
+                source_ip: Some(source_ip),
+                preflight: false,
             })
             .allowed
     };

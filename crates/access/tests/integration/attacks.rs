@@ -921,3 +921,57 @@ routes:
     assert_eq!(anonymous, json!({"email": "", "groups": "", "team": ""}));
     stop.cancel();
 }
+
+/// `cors_allow_preflight` lets only real CORS preflights through without sign-in, and a
+/// `source_ip` policy admits only its networks.
+#[tokio::test]
+async fn preflights_and_source_networks_admit_only_what_they_name() {
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            echo_listener,
+            axum::Router::new().fallback(|| async { "upstream" }),
+        )
+        .await
+    });
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /api, to: 'http://{echo}', cors_allow_preflight: true, allow_any_authenticated_user: true}}
+  - {{from: http://localhost, prefix: /office, to: 'http://{echo}', policy: {{allow: {{and: [{{source_ip: 10.0.0.0/8}}]}}}}}}
+  - {{from: http://localhost, prefix: /here, to: 'http://{echo}', policy: {{allow: {{and: [{{source_ip: [127.0.0.0/8, '::1/128']}}]}}}}}}
+"
+    );
+    let access = Access::new(
+        support::memory_store().await,
+        LocalUsers::new(vec![]),
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        support::settings(),
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let status = |request: reqwest::RequestBuilder| async move {
+        request.send().await.unwrap().status().as_u16()
+    };
+    let api = format!("{base}/api/items");
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &api)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST");
+    assert_eq!(status(preflight).await, 200, "a real preflight passes");
+    let bare_options = client().request(reqwest::Method::OPTIONS, &api);
+    assert_eq!(
+        status(bare_options).await,
+        401,
+        "an OPTIONS that is no preflight"
+    );
+    let get = client().get(&api).header("origin", "https://app.example");
+    assert_eq!(status(get).await, 401, "everything else still needs a user");
+
+    assert_eq!(status(client().get(format!("{base}/here"))).await, 200);
+    assert_ne!(status(client().get(format!("{base}/office"))).await, 200);
+    stop.cancel();
+}
