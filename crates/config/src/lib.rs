@@ -302,6 +302,28 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
     }
+    validate_route_ids(config)
+}
+
+/// Route `id`s, where given, name one route each.
+fn validate_route_ids(config: &Config) -> Result<(), ConfigError> {
+    let mut seen = HashMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(id) = &route.id {
+            if id.is_empty() {
+                return Err(ConfigError::at(
+                    format!("routes[{i}].id"),
+                    "must not be empty",
+                ));
+            }
+            if let Some(first) = seen.insert(id.as_str(), i) {
+                return Err(ConfigError::at(
+                    format!("routes[{i}].id"),
+                    format!("{id:?} is already the id of routes[{first}]"),
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -271,10 +271,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
 /// Route keys.
 pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
-        "id",
-        Ignored("Postern names routes by name, or by from and path"),
-    ),
-    (
         "allow_websockets",
         Ignored("Postern refuses protocol upgrades (MCP uses HTTP, Streamable HTTP and SSE)"),
     ),

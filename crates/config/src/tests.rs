@@ -348,7 +348,6 @@ policy:
         "authenticate_service_url",
         "authorize_log_fields",
         "access_log_fields",
-        "policy[0].id",
         "policy[0].allow_websockets",
         "policy[0].jwt_groups_filter",
     ];
@@ -649,4 +648,17 @@ fn pomeriums_oidc_provider_names_are_presets() {
     let unknown = parse_err(&with("idp_provider: myidp\n"));
     assert!(unknown.message.contains("keycloak"), "{unknown}");
     assert_eq!(parse_ok("insecure_server: true\n").oidc_issuer(), None);
+}
+
+#[test]
+fn route_ids_are_unique() {
+    let config = parse_ok(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, id: one}\n  - {from: http://c, to: http://d, id: two}\n",
+    );
+    assert_eq!(config.routes[0].id.as_deref(), Some("one"));
+    let err = parse_err(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, id: one}\n  - {from: http://c, to: http://d, id: one}\n",
+    );
+    assert_eq!(err.path, "routes[1].id");
+    assert!(err.message.contains("routes[0]"), "{err}");
 }

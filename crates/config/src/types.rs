@@ -227,6 +227,10 @@ pub struct Route {
     /// Match requests with exactly this path.
     #[serde(default)]
     pub path: Option<String>,
+    /// A stable id for the route (logs, metrics, the audit log); default the name, or `from`
+    /// and the prefix. Unique.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Display name (MCP server listings, consent page).
     #[serde(default)]
     pub name: Option<String>,

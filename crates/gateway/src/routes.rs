@@ -127,17 +127,21 @@ impl Route {
             Some(Mcp::Server(server)) => Kind::McpServer(server.clone()),
             Some(Mcp::Client) => Kind::McpClient,
         };
-        let id = config.name.clone().unwrap_or_else(|| {
-            format!(
-                "{}{}",
-                config.from.origin(),
-                config
-                    .prefix
-                    .as_deref()
-                    .or(config.path.as_deref())
-                    .unwrap_or("")
-            )
-        });
+        let id = config
+            .id
+            .clone()
+            .or_else(|| config.name.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}{}",
+                    config.from.origin(),
+                    config
+                        .prefix
+                        .as_deref()
+                        .or(config.path.as_deref())
+                        .unwrap_or("")
+                )
+            });
         let shorthands = postern_policy::Shorthands {
             public: config.allow_public_unauthenticated_access,
             any_authenticated_user: config.allow_any_authenticated_user,
