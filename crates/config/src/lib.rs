@@ -629,6 +629,15 @@ fn validate_mcp_server(server: &McpServer, at: &dyn Fn(&str) -> String) -> Resul
             "must be greater than 0",
         ));
     }
+    if let Some(oauth) = &server.upstream_oauth2
+        && oauth.client_id.is_empty()
+        && oauth.endpoint.is_some()
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.upstream_oauth2.client_id"),
+            "required with endpoint (a provider configured by hand needs the client registered there); leave both out to register with the server's discovered authorization server",
+        ));
+    }
     if let Some(path) = server
         .upstream_oauth2
         .as_ref()

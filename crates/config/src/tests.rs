@@ -662,3 +662,14 @@ fn route_ids_are_unique() {
     assert_eq!(err.path, "routes[1].id");
     assert!(err.message.contains("routes[0]"), "{err}");
 }
+
+#[test]
+fn upstream_oauth2_needs_a_client_id_only_with_endpoints() {
+    parse_ok(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, mcp: {upstream_oauth2: {scopes: [repo]}}}\n",
+    );
+    let err = parse_err(
+        "insecure_server: true\nroutes:\n  - {from: http://a, to: http://b, mcp: {upstream_oauth2: {endpoint: {auth_url: 'https://p/a', token_url: 'https://p/t'}}}}\n",
+    );
+    assert_eq!(err.path, "routes[0].mcp.server.upstream_oauth2.client_id");
+}

@@ -351,7 +351,10 @@ pub struct McpServer {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamOAuth2 {
-    /// Client id registered with the provider.
+    /// Client id registered with the provider. Optional without `endpoint`: Postern then
+    /// registers itself with the discovered authorization server (or uses its client ID
+    /// metadata document), with these `scopes`.
+    #[serde(default)]
     pub client_id: String,
     /// Client secret.
     #[serde(default)]

@@ -657,9 +657,11 @@ impl Discovery {
     }
 }
 
-/// The client the administrator configured (`upstream_oauth2` without `endpoint`), if any.
+/// The client the administrator configured (`upstream_oauth2` without `endpoint`), if any (one
+/// without `client_id` only names the scopes: Postern registers).
 fn configured_client(route: &Route) -> Option<Value> {
-    let configured = crate::broker::upstream::settings(route)?;
+    let configured = crate::broker::upstream::settings(route)
+        .filter(|configured| !configured.client_id.is_empty())?;
     let secret = configured
         .client_secret
         .as_ref()

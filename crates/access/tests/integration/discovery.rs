@@ -252,6 +252,10 @@ async fn world() -> World {
     yaml.push_str(&format!(
         "  - {{from: http://localhost, prefix: /configured, to: {up}/configured/mcp, allow_any_authenticated_user: true, mcp: {{server: {{upstream_oauth2: {{client_id: my-client, client_secret: s3cret, scopes: [files:read, files:write]}}}}}}}}\n"
     ));
+    // Only the scopes configured (as Pomerium allows): Postern registers its own client.
+    yaml.push_str(&format!(
+        "  - {{from: http://localhost, prefix: /scoped, to: {up}/scoped/mcp, allow_any_authenticated_user: true, mcp: {{server: {{upstream_oauth2: {{scopes: [files:read]}}}}}}}}\n"
+    ));
     yaml.push_str(&format!(
         "  - {{from: http://localhost, prefix: /plain, to: {plain_base}/plain/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
     ));
@@ -682,4 +686,26 @@ async fn discovered_endpoints_off_the_issuer_s_origin_get_nothing() {
             "{server}: nothing stored"
         );
     }
+}
+
+#[tokio::test]
+async fn upstream_oauth2_with_only_scopes_registers_postern_and_asks_for_those_scopes() {
+    let w = world().await;
+    assert_eq!(w.call("scoped").await.0, 401);
+    let authorize = w.connect("scoped").await;
+    assert_eq!(
+        authorize
+            .query_pairs()
+            .find(|(k, _)| k == "scope")
+            .unwrap()
+            .1,
+        "files:read",
+        "the configured scopes"
+    );
+    assert_eq!(
+        w.provider.registrations(),
+        1,
+        "no client configured: registered"
+    );
+    assert_eq!(w.call("scoped").await.0, 200);
 }
