@@ -198,6 +198,10 @@ pub enum StorageType {
     Sqlite,
     /// PostgreSQL (several replicas).
     Postgres,
+    /// Pomerium's file-backed store: a SQLite file in the directory
+    /// `databroker_storage_connection_string` names (`file:///var/lib/postern` or a path),
+    /// else in `data_dir`.
+    File,
     /// In memory (tests only).
     Memory,
 }

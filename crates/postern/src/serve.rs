@@ -46,6 +46,18 @@ fn log_warnings(config: &Config) {
     }
 }
 
+/// The directory of `databroker_storage_type: file`: the connection string's `file://` URL or
+/// path (relative to the configuration file), else the data directory.
+fn file_store_dir(config: &Config, base: &Path, data_dir: &Path) -> PathBuf {
+    match &config.databroker_storage_connection_string {
+        Some(location) => {
+            let location = location.expose();
+            base.join(location.strip_prefix("file://").unwrap_or(location))
+        }
+        None => data_dir.to_owned(),
+    }
+}
+
 /// Opens the configured store; the shared secret comes from the configuration or, on a single
 /// gateway, is generated once and kept in the data directory.
 async fn open_store(config: &Config, base: &Path) -> anyhow::Result<Store> {
@@ -72,6 +84,7 @@ async fn open_store(config: &Config, base: &Path) -> anyhow::Result<Store> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let backend = match config.storage_type() {
         StorageType::Sqlite => Backend::sqlite_in(&data_dir),
+        StorageType::File => Backend::sqlite_in(&file_store_dir(config, base, &data_dir)),
         StorageType::Memory => Backend::Memory,
         StorageType::Postgres => Backend::Postgres(
             config
@@ -379,4 +392,35 @@ fn acme_hosts(gateway: &Gateway) -> Vec<String> {
 async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
     let addrs = server::resolve_address(address).await?;
     Ok(tokio::net::TcpListener::bind(&addrs[..]).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> Config {
+        let env: std::collections::HashMap<String, String> = Default::default();
+        postern_config::parse(yaml, Path::new("."), &env).unwrap()
+    }
+
+    #[test]
+    fn a_file_store_lives_where_the_connection_string_says() {
+        let base = Path::new("/etc/postern");
+        let data = Path::new("/etc/postern/postern-data");
+        let dir = |yaml: &str| file_store_dir(&config(yaml), base, data);
+        let file = "insecure_server: true\ndatabroker_storage_type: file\n";
+        assert_eq!(dir(file), data);
+        assert_eq!(
+            dir(&format!(
+                "{file}databroker_storage_connection_string: file:///var/lib/postern\n"
+            )),
+            Path::new("/var/lib/postern")
+        );
+        assert_eq!(
+            dir(&format!(
+                "{file}databroker_storage_connection_string: state\n"
+            )),
+            Path::new("/etc/postern/state")
+        );
+    }
 }
