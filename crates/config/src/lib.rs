@@ -104,6 +104,7 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     let mut config: Config = parsed?;
     config.warnings = screened.warnings;
     resolve_secrets(&mut config, base_dir, env)?;
+    resolve_route_files(&mut config, base_dir)?;
     validate(&config)?;
     let advice = advice(&config);
     config.warnings.extend(advice);
@@ -197,6 +198,26 @@ fn parse_error(at: &serde_path_to_error::Path, inner: &yaml_serde::Error) -> Con
         line,
         message,
     }
+}
+
+/// Makes routes' `tls_custom_ca_file` paths absolute and checks that each holds certificates.
+fn resolve_route_files(config: &mut Config, base: &Path) -> Result<(), ConfigError> {
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        let Some(file) = &mut route.tls_custom_ca_file else {
+            continue;
+        };
+        *file = base.join(&*file);
+        let at = format!("routes[{i}].tls_custom_ca_file");
+        let text = std::fs::read_to_string(&*file)
+            .map_err(|e| ConfigError::at(&at, format!("cannot read {}: {e}", file.display())))?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::at(
+                &at,
+                format!("{} holds no PEM certificate", file.display()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fills secrets from `${ENV}`, `*_file` keys and upper-case environment variables.

@@ -276,23 +276,11 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     ),
     ("allow_spdy", Ignored("Postern refuses protocol upgrades")),
     (
-        "tls_server_name",
-        Ignored("the upstream's certificate is checked against the host in to"),
-    ),
-    (
-        "tls_upstream_server_name",
-        Ignored("the upstream's certificate is checked against the host in to"),
-    ),
-    (
         "tls_downstream_server_name",
         Ignored("the route is matched by the request's host"),
     ),
     (
         "tls_custom_ca",
-        Ignored("upstream certificates are checked against the system's trusted CAs"),
-    ),
-    (
-        "tls_custom_ca_file",
         Ignored("upstream certificates are checked against the system's trusted CAs"),
     ),
     (

@@ -295,6 +295,14 @@ pub struct Route {
     /// Accept invalid upstream TLS certificates (self-signed internal servers).
     #[serde(default)]
     pub tls_skip_verify: bool,
+    /// A PEM file with the CA certificates that sign the upstream's certificate, trusted for
+    /// this route instead of the system's (an internal CA). Relative to the configuration file.
+    #[serde(default)]
+    pub tls_custom_ca_file: Option<PathBuf>,
+    /// The name the upstream's certificate is checked against and sent as SNI, instead of the
+    /// host in `to` (an upstream reached by address). Pomerium's `tls_upstream_server_name` too.
+    #[serde(default, alias = "tls_upstream_server_name")]
+    pub tls_server_name: Option<String>,
     /// Marks an MCP route, in the seed's or the current form.
     #[serde(default)]
     pub mcp: Option<Mcp>,

@@ -37,41 +37,74 @@ pub struct UpstreamClient {
     unverified: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
+/// A pooled upstream client over `tls`; with `server_name`, every upstream's certificate is
+/// checked against that name (and it is the SNI) instead of the host in the URL. Without
+/// `http2` it speaks HTTP/1.1 only: a route that sends its own `Host` needs that, since over
+/// HTTP/2 the authority comes from the URL and must agree with `Host` (RFC 9113 §8.3.1).
+pub(crate) fn https_client(
+    tls: rustls::ClientConfig,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
+    http2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, Body> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match server_name {
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let connector = if http2 {
+        builder.enable_http1().enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// The verifying TLS configuration: the system's trusted CAs, or `roots` when given.
+pub(crate) fn verifying_tls(roots: Option<rustls::RootCertStore>) -> rustls::ClientConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Some(roots) = roots {
+        return rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    }
+    use rustls_platform_verifier::BuilderVerifierExt;
+    rustls::ClientConfig::builder()
+        .with_platform_verifier()
+        .map(|b| b.with_no_client_auth())
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
+}
+
+/// The TLS configuration of `tls_skip_verify`: any certificate is accepted.
+pub(crate) fn unverified_tls() -> rustls::ClientConfig {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(danger::AcceptAnyCertificate::new()))
+        .with_no_client_auth()
+}
+
 impl UpstreamClient {
     /// A client with connection pooling.
     pub fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let build = |tls: rustls::ClientConfig| {
-            let mut http = HttpConnector::new();
-            http.enforce_http(false);
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(Duration::from_secs(10)));
-            let connector = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(http);
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(256)
-                .build(connector)
-        };
-        let verified = {
-            use rustls_platform_verifier::BuilderVerifierExt;
-            rustls::ClientConfig::builder()
-                .with_platform_verifier()
-                .map(|b| b.with_no_client_auth())
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                })
-        };
-        let unverified = rustls::ClientConfig::builder()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(danger::AcceptAnyCertificate::new()))
-            .with_no_client_auth();
+        let build = |tls: rustls::ClientConfig| https_client(tls, None, true);
+        let verified = verifying_tls(None);
+        let unverified = unverified_tls();
         Self {
             verified: build(verified),
             unverified: build(unverified),
@@ -140,7 +173,9 @@ pub async fn forward(
     // HTTP/2 from the client, HTTP/1.1 or 2 to the upstream: let the connector decide.
     *request.version_mut() = http::Version::HTTP_11;
 
-    let client = if route.config.tls_skip_verify {
+    let client = if let Some(own) = &route.tls_client {
+        own
+    } else if route.config.tls_skip_verify {
         &client.unverified
     } else {
         &client.verified

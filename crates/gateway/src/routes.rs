@@ -48,7 +48,63 @@ pub struct Route {
     pub policy: postern_policy::Policy,
     /// The upstream request's header rewrites, parsed once.
     pub rewrites: HeaderRewrites,
+    /// The route's own upstream client, when it trusts its own CA (`tls_custom_ca_file`) or
+    /// checks another name (`tls_server_name`).
+    pub tls_client: Option<UpstreamTlsClient>,
     next: AtomicUsize,
+}
+
+/// A route's own upstream client.
+pub type UpstreamTlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    crate::body::Body,
+>;
+
+/// The route's own upstream client, if it needs other TLS settings than the shared client's
+/// (its own CA, another name) or sends its own `Host` to an https upstream (HTTP/1.1 only:
+/// over HTTP/2 the authority would say otherwise). The configuration checked the file and
+/// name; what still fails here leaves the route with a client that trusts nothing, so its
+/// requests fail (502) instead of trusting more.
+fn route_tls_client(config: &RouteConfig, id: &str) -> Option<UpstreamTlsClient> {
+    let own_host = config.host_rewrite.is_some() || config.preserve_host_header;
+    let https = config.to.to_vec().iter().any(|u| u.0.scheme() == "https");
+    let own_tls = config.tls_custom_ca_file.is_some() || config.tls_server_name.is_some();
+    if !own_tls && !(own_host && https) {
+        return None;
+    }
+    if config.tls_skip_verify {
+        return Some(crate::proxy::https_client(
+            crate::proxy::unverified_tls(),
+            None,
+            !own_host,
+        ));
+    }
+    let roots = config.tls_custom_ca_file.as_ref().map(|file| {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(file).unwrap_or_default();
+        use rustls_pki_types::pem::PemObject;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
+            if let Err(error) = roots.add(cert) {
+                tracing::error!(route = %id, %error, "tls_custom_ca_file: a certificate is unusable");
+            }
+        }
+        if roots.is_empty() {
+            tracing::error!(route = %id, file = %file.display(), "tls_custom_ca_file: no usable certificate; the route's upstream will not be trusted");
+        }
+        roots
+    });
+    let name = config.tls_server_name.as_ref().and_then(|name| {
+        rustls_pki_types::ServerName::try_from(name.clone())
+            .inspect_err(
+                |error| tracing::error!(route = %id, %error, "tls_server_name is not a name"),
+            )
+            .ok()
+    });
+    Some(crate::proxy::https_client(
+        crate::proxy::verifying_tls(roots),
+        name,
+        !own_host,
+    ))
 }
 
 /// `set_request_headers`, `remove_request_headers` and `host_rewrite`, parsed (the
@@ -172,6 +228,7 @@ impl Route {
             tracing::error!(route = %id, %error, "invalid policy: the route denies every request");
             postern_policy::Policy::default()
         });
+        let tls_client = route_tls_client(config, &id);
         Route {
             index,
             id,
@@ -190,6 +247,7 @@ impl Route {
             idle_timeout: config.idle_timeout_in_effect(),
             max_request_bytes: config.max_request_bytes_in_effect(),
             rewrites: HeaderRewrites::new(config),
+            tls_client,
             config: config.clone(),
             next: AtomicUsize::new(0),
         }

@@ -868,3 +868,62 @@ routes:
         .unwrap();
     assert_eq!(seen["path"], json!("/echo/items"));
 }
+
+#[tokio::test]
+async fn a_route_trusts_its_own_ca_and_checks_the_name_it_is_told() {
+    use postern_gateway::tls::{CertMap, CertResolver, load_pair, server_config};
+    let dir = tempfile::tempdir().unwrap();
+    // An internal upstream: TLS with a certificate for `internal.test` from a private CA, reached
+    // by address.
+    let (ca, cert, key) = certificate(dir.path(), "internal.test");
+    let up = Upstream::start().await;
+    let inner_yaml = format!(
+        "certificates: [{{cert: {}, key: {}}}]
+routes:
+  - {{from: https://internal.test, to: {echo}, allow_public_unauthenticated_access: true, preserve_host_header: false}}
+",
+        cert.display(),
+        key.display(),
+        echo = up.url("/echo"),
+    );
+    let resolver = std::sync::Arc::new(CertResolver::default());
+    resolver.set(CertMap::new(
+        &[load_pair(&cert, &key).unwrap()],
+        &["internal.test".into()],
+    ));
+    let inner = Running::start_with_tls(&inner_yaml, Some(server_config(resolver, true))).await;
+    let ca_file = dir.path().join("internal-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let upstream = format!("https://127.0.0.1:{}", inner.addr.port());
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /trusted, to: '{upstream}', tls_custom_ca_file: '{ca}', tls_server_name: internal.test, host_rewrite: internal.test, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /no-name, to: '{upstream}', tls_custom_ca_file: '{ca}', host_rewrite: internal.test, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /no-ca, to: '{upstream}', tls_server_name: internal.test, host_rewrite: internal.test, allow_public_unauthenticated_access: true}}
+",
+        ca = ca_file.display(),
+    );
+    let gw = Running::start(&yaml).await;
+    let status = |path: &str| {
+        let url = gw.url(path);
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    let trusted = client().get(gw.url("/trusted")).send().await.unwrap();
+    assert_eq!(
+        trusted.status(),
+        200,
+        "its own CA and the right name: {}",
+        trusted.text().await.unwrap()
+    );
+    assert_eq!(
+        status("/no-name").await,
+        502,
+        "the certificate is not for 127.0.0.1"
+    );
+    assert_eq!(
+        status("/no-ca").await,
+        502,
+        "the private CA is not trusted elsewhere"
+    );
+}
