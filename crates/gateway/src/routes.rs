@@ -69,7 +69,7 @@ fn route_tls_client(config: &RouteConfig, id: &str) -> Option<UpstreamTlsClient>
     let own_host = config.host_rewrite.is_some() || config.preserve_host_header;
     let https = config.to.to_vec().iter().any(|u| u.0.scheme() == "https");
     let own_tls = config.tls_custom_ca_file.is_some() || config.tls_server_name.is_some();
-    if !own_tls && !(own_host && https) {
+    if !(own_tls || (own_host && https)) {
         return None;
     }
     if config.tls_skip_verify {
