@@ -236,6 +236,16 @@ pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Ro
     route.is_mcp_server().then_some(route)
 }
 
+/// Whether `resource` names the server whose canonical resource is `canonical`: that URL, or
+/// another URL on this origin the same route serves (the token endpoint's `resource` may be
+/// the URL the client used at `/authorize`).
+pub fn names_server(ctx: &RequestContext, resource: &str, canonical: &str) -> bool {
+    same_resource(resource, canonical)
+        || (on_this_origin(ctx, resource)
+            && route_for_resource(ctx, resource)
+                .is_some_and(|route| route_resource(&route, &ctx.origin()) == canonical))
+}
+
 /// Whether `resource` is a URL on this request's origin (a resource the authorization server of
 /// this origin may issue tokens for).
 pub fn on_this_origin(ctx: &RequestContext, resource: &str) -> bool {

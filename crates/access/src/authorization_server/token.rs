@@ -146,16 +146,8 @@ impl AuthorizationServer {
                 "code_verifier does not match the code_challenge",
             ));
         }
-        // The same server as at /authorize, by the same URL or another URL it serves.
-        let same_server = |resource: &str| {
-            metadata::same_resource(resource, &grant.resource)
-                || (oauth_server::on_this_origin(ctx, resource)
-                    && oauth_server::route_for_resource(ctx, resource).is_some_and(|route| {
-                        oauth_server::route_resource(&route, &ctx.origin()) == grant.resource
-                    }))
-        };
         if let Some(resource) = form.get("resource")
-            && !same_server(resource)
+            && !oauth_server::names_server(ctx, resource, &grant.resource)
         {
             return Err(OAuthError::new(
                 ErrorCode::InvalidTarget,

@@ -219,6 +219,45 @@ impl UpstreamBroker {
             .collect()
     }
 
+    /// The server `/connect` is about: named by `resource`, the only MCP server of this host, or
+    /// (Pomerium's apps name none) the one of this host's servers that needs connecting; `Err`
+    /// with the answer when none needs it (back to the app) or several do (a chooser).
+    async fn server_to_connect(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        resource: Option<&String>,
+        redirect: &str,
+    ) -> Result<Option<Arc<Route>>, Response<Body>> {
+        if let Some(resource) = resource {
+            return Ok(oauth_server::route_for_resource(ctx, resource));
+        }
+        if let Some(route) = oauth_server::only_mcp_route(ctx) {
+            return Ok(Some(route));
+        }
+        match self.to_connect_here(ctx, session).await.as_slice() {
+            [] => Err(found(redirect)),
+            [(_, url)] => Ok(oauth_server::route_for_resource(ctx, url)),
+            several => {
+                let choices: Vec<(String, String)> = several
+                    .iter()
+                    .map(|(name, url)| {
+                        let link = format!(
+                            "/.pomerium/mcp/connect?resource={}&redirect_url={}",
+                            encode(url),
+                            encode(redirect)
+                        );
+                        (name.clone(), link)
+                    })
+                    .collect();
+                Err(html(
+                    StatusCode::OK,
+                    pages::connect_chooser(&session.email, &choices),
+                ))
+            }
+        }
+    }
+
     /// This host's MCP servers the user may use that need their upstream account and do not
     /// have it yet, as (name, URL).
     async fn to_connect_here(
@@ -362,52 +401,21 @@ impl UpstreamBroker {
         request: &Request<Body>,
     ) -> Response<Body> {
         let query = oauth_server::form(request.uri().query().unwrap_or("").as_bytes());
-        let Some(redirect) = query.get("redirect_url").cloned() else {
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::message(
-                    "Cannot connect",
-                    "redirect_url is required: the app must say where to come back to after connecting.",
-                ),
-            );
+        let redirect = match connect_return(ctx, &query) {
+            Ok(redirect) => redirect,
+            Err(why) => {
+                return html(
+                    StatusCode::BAD_REQUEST,
+                    pages::message("Cannot connect", why),
+                );
+            }
         };
-        if !allowed_return(ctx, &redirect) {
-            return html(
-                StatusCode::BAD_REQUEST,
-                pages::message(
-                    "Cannot connect",
-                    "redirect_url must be this host or an MCP client route's host (http only for localhost).",
-                ),
-            );
-        }
-        // The server: named by `resource`, the only MCP server of this host, or (Pomerium's apps
-        // name none) the one of this host's servers that needs connecting, or a choice of them.
-        let route = match query.get("resource") {
-            Some(resource) => oauth_server::route_for_resource(ctx, resource),
-            None => match oauth_server::only_mcp_route(ctx) {
-                Some(route) => Some(route),
-                None => match self.to_connect_here(ctx, session).await.as_slice() {
-                    [] => return found(&redirect),
-                    [(_, url)] => oauth_server::route_for_resource(ctx, url),
-                    several => {
-                        let choices: Vec<(String, String)> = several
-                            .iter()
-                            .map(|(name, url)| {
-                                let link = format!(
-                                    "/.pomerium/mcp/connect?resource={}&redirect_url={}",
-                                    encode(url),
-                                    encode(&redirect)
-                                );
-                                (name.clone(), link)
-                            })
-                            .collect();
-                        return html(
-                            StatusCode::OK,
-                            pages::connect_chooser(&session.email, &choices),
-                        );
-                    }
-                },
-            },
+        let route = match self
+            .server_to_connect(ctx, session, query.get("resource"), &redirect)
+            .await
+        {
+            Ok(route) => route,
+            Err(answer) => return answer,
         };
         let Some(route) = route else {
             return html(
@@ -579,6 +587,23 @@ fn allowed_return(ctx: &RequestContext, target: &str) -> bool {
             .iter()
             .any(|r| matches!(r.kind, Kind::McpClient) && r.config.from.host == host);
     scheme_ok && known
+}
+
+/// Where `/connect` sends the browser back: `redirect_url`, required, and only to a place
+/// [`allowed_return`] allows; `Err` says what is wrong.
+fn connect_return(
+    ctx: &RequestContext,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<String, &'static str> {
+    let redirect = query.get("redirect_url").cloned().ok_or(
+        "redirect_url is required: the app must say where to come back to after connecting.",
+    )?;
+    if !allowed_return(ctx, &redirect) {
+        return Err(
+            "redirect_url must be this host or an MCP client route's host (http only for localhost).",
+        );
+    }
+    Ok(redirect)
 }
 
 /// 302 to `target`: how Pomerium sends an app back from `/connect`.
