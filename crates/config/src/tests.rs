@@ -673,3 +673,107 @@ fn upstream_oauth2_needs_a_client_id_only_with_endpoints() {
     );
     assert_eq!(err.path, "routes[0].mcp.server.upstream_oauth2.client_id");
 }
+
+/// A deployment written the way Pomerium's MCP documentation and its MCP acceptance
+/// configuration write one (our own file, with every key they use): it loads, Postern says
+/// which keys it ignores, and each key it implements has its effect.
+#[test]
+fn a_configuration_in_pomeriums_mcp_vocabulary_loads() {
+    let config = parse_ok(
+        "insecure_server: true
+authenticate_service_url: https://authenticate.example.test
+runtime_flags:
+  mcp: true
+mcp_allowed_client_id_domains: ['apps.example.test', '*.trusted.example.test']
+authorize_log_fields: [request-id, user, email, mcp-method, mcp-tool, mcp-tool-parameters]
+jwt_claims_headers: [email]
+idp_provider: oidc
+idp_provider_url: https://idp.example.test
+idp_client_id: gateway
+idp_client_secret: s
+routes:
+  - from: https://db.example.test
+    to: http://db:8080/mcp
+    name: Database
+    description: Read-only SQL
+    logo_url: https://db.example.test/logo.png
+    mcp:
+      server:
+        max_request_bytes: 1048576
+    policy:
+      allow:
+        and:
+          - domain:
+              is: example.test
+          - groups:
+              has: data-analysts
+      deny:
+        or:
+          - mcp_tool:
+              in: [update_data, drop_table]
+          - mcp_tool:
+              starts_with: admin_
+  - from: https://allowlist.example.test
+    to: http://db:8080/mcp
+    mcp:
+      server: {}
+    policy:
+      allow:
+        and:
+          - email:
+              is: analyst@example.test
+      deny:
+        and:
+          - mcp_tool:
+              not_in: [query, list_tables]
+  - from: https://github.example.test
+    to: http://github-mcp:8080/mcp
+    pass_identity_headers: true
+    allow_any_authenticated_user: true
+    mcp:
+      server:
+        upstream_oauth2:
+          client_id: gh-client
+          client_secret: gh-secret
+          scopes: ['read:user', 'user:email']
+          endpoint:
+            auth_url: https://github.com/login/oauth/authorize
+            token_url: https://github.com/login/oauth/access_token
+            auth_style: params
+  - from: https://chat.example.test
+    to: http://chat:3000
+    allow_any_authenticated_user: true
+    mcp:
+      client: {}
+",
+    );
+    assert_eq!(config.routes.len(), 4);
+    let ignored: Vec<&str> = config
+        .warnings
+        .iter()
+        .map(|w| w.split(':').next().unwrap())
+        .collect();
+    assert_eq!(
+        ignored,
+        ["authorize_log_fields", "authenticate_service_url"]
+    );
+    assert!(config.mcp_dynamic_client_registration());
+    assert_eq!(
+        config.oidc_issuer().as_deref(),
+        Some("https://idp.example.test")
+    );
+    assert!(matches!(config.routes[3].mcp, Some(Mcp::Client)));
+    let Some(Mcp::Server(github)) = &config.routes[2].mcp else {
+        panic!("an MCP server route")
+    };
+    let oauth = github.upstream_oauth2.as_ref().unwrap();
+    assert_eq!(
+        oauth.endpoint.as_ref().unwrap().auth_style,
+        Some(AuthStyle::Params)
+    );
+    assert_eq!(
+        oauth.callback_path(),
+        "/.pomerium/mcp/client/oauth/callback",
+        "the path current Pomerium registers"
+    );
+}
