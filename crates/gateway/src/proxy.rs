@@ -255,7 +255,7 @@ impl ClientHeaders<'_> {
     ) {
         let original_host = headers.get(header::HOST).cloned();
         strip_hop_by_hop(headers);
-        strip_forged(headers, extra);
+        strip_forged(headers, extra, &route.rewrites);
         if route.is_mcp_server() {
             // The client's token (TE) is for the gateway only; the upstream gets the TI, if any.
             headers.remove(header::AUTHORIZATION);
@@ -364,7 +364,17 @@ const GATEWAY_SET: [&str; 4] = [
 /// from the gateway), and any header that is one the gateway sets once `_` reads as `-`
 /// (`X_Pomerium_Jwt_Assertion`, `X_Forwarded_For`): CGI, WSGI, PHP and others turn both
 /// spellings into the same variable, and may pick the client's.
-fn strip_forged(headers: &mut HeaderMap, gateway_set: &HeaderMap) {
+fn strip_forged(
+    headers: &mut HeaderMap,
+    gateway_set: &HeaderMap,
+    rewrites: &crate::routes::HeaderRewrites,
+) {
+    // The route's own set and removed headers count as the gateway's: a client's underscore
+    // spelling of one must not stand in for the value the administrator set or removed.
+    let route_owned = |normal: &str| {
+        rewrites.set.iter().any(|(n, _)| n.as_str() == normal)
+            || rewrites.remove.iter().any(|n| n.as_str() == normal)
+    };
     let forged: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
@@ -373,7 +383,8 @@ fn strip_forged(headers: &mut HeaderMap, gateway_set: &HeaderMap) {
             normal.starts_with("x-pomerium-")
                 || (normal != name
                     && (GATEWAY_SET.contains(&normal.as_str())
-                        || gateway_set.contains_key(normal.as_str())))
+                        || gateway_set.contains_key(normal.as_str())
+                        || route_owned(&normal)))
         })
         .cloned()
         .collect();

@@ -831,6 +831,8 @@ routes:
         .get(gw.url("/admin/users?x=1"))
         .header("x-debug", "1")
         .header("x-tenant", "forged")
+        .header("x_tenant", "forged by underscore")
+        .header("x_debug", "smuggled by underscore")
         .header("cookie", "a=b")
         .send()
         .await
@@ -851,6 +853,10 @@ routes:
     assert!(
         headers.get("x-debug").is_none() && headers.get("cookie").is_none(),
         "{headers}"
+    );
+    assert!(
+        headers.get("x_tenant").is_none() && headers.get("x_debug").is_none(),
+        "an underscore spelling is the same variable to CGI-style servers: {headers}"
     );
     assert!(
         headers.get("x-forwarded-for").is_some(),

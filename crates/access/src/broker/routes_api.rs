@@ -356,6 +356,20 @@ impl UpstreamBroker {
         session: &Session,
         request: Request<Body>,
     ) -> Response<Body> {
+        // A browser's cookie rides along on a form from a sibling site (SameSite=Lax allows
+        // same-site posts): a caller by cookie must post from this origin. Apps call with their
+        // TE in the header, which no other page can attach.
+        if !request.headers().contains_key(header::AUTHORIZATION)
+            && let Err(why) = crate::web::forms::same_origin_post(request.headers(), &ctx.origin())
+        {
+            tracing::warn!(request_id = %ctx.request_id, user = %session.email, why, "cross-origin disconnect refused");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("{why}: disconnect from a page of {}", ctx.origin()),
+                &ctx.request_id,
+            );
+        }
         let body = match crate::web::forms::read_form(request).await {
             Ok(body) => body,
             Err(error) => {

@@ -505,14 +505,20 @@ impl Enforcement {
     }
 }
 /// Where to return after sign-in.
-/// Whether a request is a CORS preflight: `OPTIONS` with `Origin` and
-/// `Access-Control-Request-Method`.
+/// Whether a request is a CORS preflight: `OPTIONS` with a non-empty `Origin` and
+/// `Access-Control-Request-Method`, and no body (a browser's preflight never has one; an
+/// OPTIONS that carries one is something else and gets no pass without sign-in).
 fn is_preflight(request: &Request<Body>) -> bool {
+    let headers = request.headers();
+    let present = |name: header::HeaderName| headers.get(name).is_some_and(|v| !v.is_empty());
+    let body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
     request.method() == Method::OPTIONS
-        && request.headers().contains_key(header::ORIGIN)
-        && request
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && present(header::ORIGIN)
+        && present(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && !body
 }
 
 fn original(uri: &http::Uri) -> String {

@@ -968,6 +968,17 @@ routes:
         401,
         "an OPTIONS that is no preflight"
     );
+    let empty = client()
+        .request(reqwest::Method::OPTIONS, &api)
+        .header("origin", "")
+        .header("access-control-request-method", "");
+    assert_eq!(status(empty).await, 401, "empty preflight headers are none");
+    let with_body = client()
+        .request(reqwest::Method::OPTIONS, &api)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .body("{\"delete\": true}");
+    assert_eq!(status(with_body).await, 401, "a preflight never has a body");
     let get = client().get(&api).header("origin", "https://app.example");
     assert_eq!(status(get).await, 401, "everything else still needs a user");
 

@@ -646,3 +646,39 @@ routes:
     );
     stop.cancel();
 }
+
+/// A sibling site's form (same-site, so the Lax session cookie rides along) cannot disconnect
+/// the user's upstream accounts: a caller by cookie must post from this origin.
+#[tokio::test]
+async fn a_disconnect_posted_from_another_origin_with_the_cookie_is_refused() {
+    let w = notion_world().await;
+    w.connect().await;
+    let forged = w
+        .browser
+        .post(format!("{}/.pomerium/mcp/routes/disconnect", w.base))
+        .header("origin", "http://evil.localhost")
+        .header("sec-fetch-site", "same-site")
+        .header("content-type", "text/plain")
+        .body(json!({"routes": [w.base.clone()]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        w.routes().await["servers"][0]["connected"],
+        json!(true),
+        "still connected"
+    );
+    // From this origin it works.
+    let own = w
+        .browser
+        .post(format!("{}/.pomerium/mcp/routes/disconnect", w.base))
+        .header("origin", w.base.as_str())
+        .json(&json!({"routes": [format!("{}/notion", w.base)]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert_eq!(w.routes().await["servers"][0]["connected"], json!(false));
+    w.stop.cancel();
+}
