@@ -282,11 +282,6 @@ pub fn form(body: &[u8]) -> HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-/// Constant-time comparison of secrets.
-pub fn secrets_match(a: &str, b: &str) -> bool {
-    subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()).into()
-}
-
 /// The token endpoint's successful answer.
 pub fn token_response(
     access_token: &str,
@@ -386,11 +381,5 @@ mod tests {
             check_access_token(&keys, &cache, &token, "https://mcp.test/notion"),
             Err(TokenError::Revoked)
         );
-    }
-
-    #[test]
-    fn secrets_match_in_full() {
-        assert!(secrets_match("abc", "abc") && !secrets_match("abc", "abd"));
-        assert!(!secrets_match("abc", "abcd"));
     }
 }

@@ -58,6 +58,10 @@ mod tests {
         assert_eq!(format!("{secret:?}"), "[redacted]");
         assert!(secret.matches("s3cret"));
         assert!(!secret.matches("s3creT") && !secret.matches("s3cre") && !secret.matches(""));
+        assert!(
+            !secret.matches("s3cret!"),
+            "a longer value is another value"
+        );
         let json = serde_json::to_string(&secret).unwrap();
         assert_eq!(json, "\"s3cret\"");
         assert_eq!(serde_json::from_str::<Secret>(&json).unwrap(), secret);
