@@ -856,9 +856,6 @@ async fn claim_headers_carry_the_users_claims_and_cannot_be_forged() {
         }))
     });
     tokio::spawn(async move { axum::serve(echo_listener, app).await });
-    let stop = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let yaml = format!(
         "insecure_server: true
 routes:
@@ -874,23 +871,7 @@ routes:
         ],
         ..support::settings()
     };
-    let access = postern_access::Access::new(
-        support::memory_store().await,
-        postern_access::users::LocalUsers::new(vec![support::user(
-            "ada@example.com",
-            "Ada",
-            &["staff", "admins"],
-            "pw",
-        )]),
-        postern_access::assertion::Signer::from_pem(
-            &postern_access::assertion::Signer::generate_pem(),
-        )
-        .unwrap(),
-        settings,
-    );
-    support::serve(listener, &yaml, access, &stop);
-    let browser = support::browser();
-    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let (base, browser, stop) = support::gateway_with_ada(&yaml, settings).await;
     let forged = |client: &reqwest::Client, path: &str| {
         client
             .get(format!("{base}{path}"))
@@ -935,9 +916,6 @@ async fn preflights_and_source_networks_admit_only_what_they_name() {
         )
         .await
     });
-    let stop = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let yaml = format!(
         "insecure_server: true
 routes:
@@ -946,13 +924,7 @@ routes:
   - {{from: http://localhost, prefix: /here, to: 'http://{echo}', policy: {{allow: {{and: [{{source_ip: [127.0.0.0/8, '::1/128']}}]}}}}}}
 "
     );
-    let access = Access::new(
-        support::memory_store().await,
-        LocalUsers::new(vec![]),
-        Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        support::settings(),
-    );
-    support::serve(listener, &yaml, access, &stop);
+    let (base, stop) = support::gateway(&yaml, vec![], support::settings()).await;
     let status = |request: reqwest::RequestBuilder| async move {
         request.send().await.unwrap().status().as_u16()
     };

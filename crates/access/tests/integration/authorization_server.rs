@@ -573,20 +573,11 @@ async fn private_key_jwt_clients_prove_their_key_once_per_assertion() {
 /// Pomerium names it; the challenge, the metadata and `/authorize` agree on it.
 #[tokio::test]
 async fn a_root_server_is_named_without_a_trailing_slash() {
-    let stop = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let yaml = "insecure_server: true
 routes:
   - {from: http://localhost, to: 'http://127.0.0.1:9', allow_any_authenticated_user: true, mcp: {}}
 ";
-    let access = postern_access::Access::new(
-        crate::support::memory_store().await,
-        postern_access::users::LocalUsers::new(vec![]),
-        Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        crate::support::settings(),
-    );
-    crate::support::serve(listener, yaml, access, &stop);
+    let (base, stop) = crate::support::gateway(yaml, vec![], crate::support::settings()).await;
     let response = client()
         .post(format!("{base}/"))
         .json(&call(1, "whoami", json!({})))

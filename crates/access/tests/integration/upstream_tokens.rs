@@ -458,9 +458,6 @@ async fn connect_without_a_resource_offers_this_hosts_servers_that_need_connecti
         .confidential_client("c", "s")
         .issues("ti-1");
     let issuer = format!("{}/docs", provider.serve().await);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let upstream = |prefix: &str, name: &str| {
         format!(
             "  - from: http://localhost
@@ -481,23 +478,7 @@ async fn connect_without_a_resource_offers_this_hosts_servers_that_need_connecti
         upstream("docs", "Docs"),
         upstream("wiki", "Wiki")
     );
-    let access = postern_access::Access::new(
-        support::memory_store().await,
-        postern_access::users::LocalUsers::new(vec![support::user(
-            "ada@example.com",
-            "Ada",
-            &[],
-            "pw",
-        )]),
-        postern_access::assertion::Signer::from_pem(
-            &postern_access::assertion::Signer::generate_pem(),
-        )
-        .unwrap(),
-        support::settings(),
-    );
-    support::serve(listener, &yaml, access, &stop);
-    let browser = support::browser();
-    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let (base, browser, stop) = support::gateway_with_ada(&yaml, support::settings()).await;
     let open = |query: &str| {
         browser
             .get(format!("{base}/.pomerium/mcp/connect?{query}"))
@@ -568,9 +549,6 @@ async fn without_auth_style_the_client_authentication_the_provider_takes_is_foun
         .form_only_client("formy", "s3cret")
         .issues("ti-1");
     let issuer = format!("{}/forms", provider.serve().await);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     let yaml = format!(
         "insecure_server: true
 routes:
@@ -585,23 +563,7 @@ routes:
         endpoint: {{auth_url: '{issuer}/authorize', token_url: '{issuer}/token'}}
 "
     );
-    let access = postern_access::Access::new(
-        support::memory_store().await,
-        postern_access::users::LocalUsers::new(vec![support::user(
-            "ada@example.com",
-            "Ada",
-            &[],
-            "pw",
-        )]),
-        postern_access::assertion::Signer::from_pem(
-            &postern_access::assertion::Signer::generate_pem(),
-        )
-        .unwrap(),
-        support::settings(),
-    );
-    support::serve(listener, &yaml, access, &stop);
-    let browser = support::browser();
-    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let (base, browser, stop) = support::gateway_with_ada(&yaml, support::settings()).await;
     let connect = || async {
         let query = format!(
             "redirect_url=/done&resource={}",

@@ -69,6 +69,42 @@ pub fn serve(listener: TcpListener, yaml: &str, access: Access, stop: &Cancellat
     ));
 }
 
+/// A gateway on a free port serving `yaml` for `users` with `settings`, over an in-memory store
+/// and a fresh signing key: its base URL (`http://localhost:PORT`) and the token that stops it.
+pub async fn gateway(
+    yaml: &str,
+    users: Vec<LocalUser>,
+    settings: AccessSettings,
+) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let signer = postern_access::assertion::Signer::from_pem(
+        &postern_access::assertion::Signer::generate_pem(),
+    )
+    .unwrap();
+    let access = Access::new(
+        memory_store().await,
+        postern_access::users::LocalUsers::new(users),
+        signer,
+        settings,
+    );
+    let stop = CancellationToken::new();
+    serve(listener, yaml, access, &stop);
+    (base, stop)
+}
+
+/// [`gateway`] with Ada (password `pw`) as its one user, and a browser signed in as her.
+pub async fn gateway_with_ada(
+    yaml: &str,
+    settings: AccessSettings,
+) -> (String, reqwest::Client, CancellationToken) {
+    let ada = user("ada@example.com", "Ada", &["staff", "admins"], "pw");
+    let (base, stop) = gateway(yaml, vec![ada], settings).await;
+    let browser = browser();
+    sign_in(&browser, &base, "ada@example.com", "pw").await;
+    (base, browser, stop)
+}
+
 /// An API client: no cookies, redirects not followed.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
