@@ -545,41 +545,23 @@ fn claim_matcher(value: &Value, path: &str) -> Result<StringMatcher, PolicyError
 
 /// An IP network (`10.0.0.0/8`, `2001:db8::/32`; a bare address is a network of one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Network {
-    address: std::net::IpAddr,
-    prefix: u8,
-}
+struct Network(ipnet::IpNet);
 
 impl Network {
     fn parse(text: &str) -> Option<Self> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (text.parse().ok()?, None),
-        };
-        let bits = match address {
-            std::net::IpAddr::V4(_) => 32,
-            std::net::IpAddr::V6(_) => 128,
-        };
-        let prefix = prefix.unwrap_or(bits);
-        (prefix <= bits).then_some(Network { address, prefix })
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .ok()
+            .map(Network)
     }
 
     /// Whether `ip` is in the network (an IPv4-mapped IPv6 client counts as its IPv4 address).
     fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
-        let (a, b, bits) = match (self.address, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                (u128::from(u32::from(a)), u128::from(u32::from(b)), 32)
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
-            _ => return false,
-        };
-        let shift = bits - u32::from(self.prefix);
-        shift >= bits || (a >> shift) == (b >> shift)
+        self.0.contains(&ip)
     }
 }
 
