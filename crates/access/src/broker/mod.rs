@@ -33,7 +33,8 @@ use crate::web::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 pub struct UpstreamBroker {
     pub(crate) store: Store,
     pub(crate) settings: AccessSettings,
-    pub(crate) http: reqwest::Client,
+    /// Token endpoint calls (and what was learned about them).
+    pub(crate) tokens: crate::broker::upstream::TokenEndpoints,
     pub(crate) discovery: crate::broker::discovery::Discovery,
     pub(crate) revocations: Arc<RevocationCache>,
 }
@@ -61,7 +62,7 @@ impl UpstreamBroker {
         Self {
             store,
             settings,
-            http,
+            tokens: crate::broker::upstream::TokenEndpoints::new(http),
             discovery,
             revocations,
         }
@@ -86,7 +87,7 @@ impl UpstreamBroker {
                 &key,
                 crate::broker::upstream::needs_refresh,
                 crate::broker::upstream::KEEP_WITH_REFRESH,
-                |old| crate::broker::upstream::refresh(&self.http, &oauth, old),
+                |old| crate::broker::upstream::refresh(&self.tokens, &oauth, old),
             )
             .await;
         match result {
@@ -300,7 +301,7 @@ impl UpstreamBroker {
             ("redirect_uri", callback),
             ("code_verifier", pending.pkce_verifier.clone()),
         ]);
-        match crate::broker::upstream::token_request(&self.http, oauth, &params).await {
+        match crate::broker::upstream::token_request(&self.tokens, oauth, &params).await {
             Ok(token) => Ok(token),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream code exchange failed");

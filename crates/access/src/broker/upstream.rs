@@ -163,7 +163,7 @@ pub fn authorization_url(
 /// `http`; a discovered one (a URL a stranger's metadata named) only through
 /// [`crate::web::safe_http`]: its address checked and pinned, no redirects, the answer capped.
 pub(crate) async fn token_request(
-    http: &reqwest::Client,
+    endpoints: &TokenEndpoints,
     oauth: &UpstreamSettings<'_>,
     params: &BTreeMap<&str, String>,
 ) -> Result<UpstreamToken, UpstreamError> {
@@ -172,11 +172,11 @@ pub(crate) async fn token_request(
         .as_ref()
         .ok_or(UpstreamError::NotConfigured)?;
     if let Some(style) = endpoint.auth_style {
-        return token_request_as(http, oauth, endpoint, params, style).await;
+        return token_request_as(&endpoints.http, oauth, endpoint, params, style).await;
     }
     let url = endpoint.token_url.as_str();
-    let first = learned_style(url).unwrap_or(AuthStyle::Header);
-    match token_request_as(http, oauth, endpoint, params, first).await {
+    let first = endpoints.learned(url).unwrap_or(AuthStyle::Header);
+    match token_request_as(&endpoints.http, oauth, endpoint, params, first).await {
         Err(UpstreamError::Refused {
             error: Some("invalid_client"),
             ..
@@ -187,9 +187,9 @@ pub(crate) async fn token_request(
                 AuthStyle::Header => AuthStyle::Params,
                 AuthStyle::Params => AuthStyle::Header,
             };
-            let answer = token_request_as(http, oauth, endpoint, params, other).await;
+            let answer = token_request_as(&endpoints.http, oauth, endpoint, params, other).await;
             if answer.is_ok() {
-                learn_style(url, other);
+                endpoints.learn(url, other);
             }
             answer
         }
@@ -197,28 +197,36 @@ pub(crate) async fn token_request(
     }
 }
 
-/// Token endpoints whose client authentication style was learned (no `auth_style` set), for
-/// this process: a handful of providers, so a small map.
-fn learned_styles() -> &'static std::sync::Mutex<std::collections::HashMap<String, AuthStyle>> {
-    static LEARNED: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, AuthStyle>>,
-    > = std::sync::OnceLock::new();
-    LEARNED.get_or_init(Default::default)
+/// How the broker calls token endpoints: the HTTP client for configured providers, and the
+/// client authentication style learned per token endpoint that has no `auth_style` (a handful
+/// of providers, so a small map, capped all the same).
+pub(crate) struct TokenEndpoints {
+    http: reqwest::Client,
+    learned: std::sync::Mutex<std::collections::HashMap<String, AuthStyle>>,
 }
 
-fn learned_style(token_url: &str) -> Option<AuthStyle> {
-    learned_styles()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(token_url)
-        .copied()
-}
+impl TokenEndpoints {
+    /// Calls configured providers with `http`.
+    pub(crate) fn new(http: reqwest::Client) -> Self {
+        Self {
+            http,
+            learned: Default::default(),
+        }
+    }
 
-fn learn_style(token_url: &str, style: AuthStyle) {
-    let mut learned = learned_styles().lock().unwrap_or_else(|e| e.into_inner());
-    // Bounded: configured providers only, but never let it grow without limit.
-    if learned.len() < 1024 {
-        learned.insert(token_url.to_owned(), style);
+    fn learned(&self, token_url: &str) -> Option<AuthStyle> {
+        self.learned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token_url)
+            .copied()
+    }
+
+    fn learn(&self, token_url: &str, style: AuthStyle) {
+        let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
+        if learned.len() < 1024 {
+            learned.insert(token_url.to_owned(), style);
+        }
     }
 }
 
@@ -401,7 +409,7 @@ pub fn needs_refresh(token: &UpstreamToken) -> bool {
 
 /// Refreshes `old`; a provider that returns no new refresh token keeps the old one.
 pub(crate) async fn refresh(
-    http: &reqwest::Client,
+    endpoints: &TokenEndpoints,
     oauth: &UpstreamSettings<'_>,
     old: UpstreamToken,
 ) -> Result<RefreshOutcome, UpstreamError> {
@@ -412,7 +420,7 @@ pub(crate) async fn refresh(
         ("grant_type", "refresh_token".to_owned()),
         ("refresh_token", refresh_token.expose().to_owned()),
     ]);
-    match token_request(http, oauth, &params).await {
+    match token_request(endpoints, oauth, &params).await {
         Ok(mut token) => {
             token.refresh_token.get_or_insert(refresh_token);
             Ok(RefreshOutcome::Refreshed(token))
