@@ -106,9 +106,39 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     resolve_secrets(&mut config, base_dir, env)?;
     resolve_route_files(&mut config, base_dir)?;
     validate(&config)?;
+    default_upstream_resources(&mut config);
     let advice = advice(&config);
     config.warnings.extend(advice);
     Ok(config)
+}
+
+/// A static `upstream_oauth2` without `resource` asks for the TI for the route's upstream (the
+/// MCP server's URL; a root URL without its trailing slash); `resource: ""` asks for none.
+fn default_upstream_resources(config: &mut Config) {
+    for route in &mut config.routes {
+        let upstream = route.to.to_vec().into_iter().next();
+        let Some(Mcp::Server(server)) = &mut route.mcp else {
+            continue;
+        };
+        let Some(oauth) = server.upstream_oauth2.as_mut() else {
+            continue;
+        };
+        if oauth.endpoint.is_none() {
+            continue;
+        }
+        oauth.resource = match oauth.resource.take() {
+            Some(explicit) if explicit.is_empty() => None,
+            Some(explicit) => Some(explicit),
+            None => upstream.map(|to| {
+                let url = to.0.as_str();
+                if to.0.path() == "/" && to.0.query().is_none() {
+                    url.trim_end_matches('/').to_owned()
+                } else {
+                    url.to_owned()
+                }
+            }),
+        };
+    }
 }
 
 /// Values that load but will likely not do what was meant.
@@ -657,6 +687,24 @@ fn validate_mcp_server(server: &McpServer, at: &dyn Fn(&str) -> String) -> Resul
         return Err(ConfigError::at(
             at("mcp.server.upstream_oauth2.client_id"),
             "required with endpoint (a provider configured by hand needs the client registered there); leave both out to register with the server's discovered authorization server",
+        ));
+    }
+    if let Some(oauth) = &server.upstream_oauth2
+        && oauth.endpoint.is_none()
+        && oauth.resource.is_some()
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.upstream_oauth2.resource"),
+            "only with endpoint: without it the resource comes from the server's own protected resource metadata (discovery); remove it",
+        ));
+    }
+    if let Some(oauth) = &server.upstream_oauth2
+        && let Some(resource) = oauth.resource.as_deref().filter(|r| !r.is_empty())
+        && url::Url::parse(resource).map_or(true, |u| u.fragment().is_some() || !matches!(u.scheme(), "http" | "https"))
+    {
+        return Err(ConfigError::at(
+            at("mcp.server.upstream_oauth2.resource"),
+            format!("{resource:?} is not an absolute http(s) URL without a fragment (RFC 8707 §2); use e.g. https://mcp.example.com/mcp, or \"\" to send none"),
         ));
     }
     if let Some(path) = server

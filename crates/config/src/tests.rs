@@ -511,6 +511,44 @@ fn an_upstream_callback_path_must_be_one_postern_answers() {
 }
 
 #[test]
+fn a_static_provider_is_asked_for_the_upstream_resource_by_default() {
+    let with = |extra: &str, endpoint: bool| {
+        let endpoint = if endpoint {
+            "        endpoint: {auth_url: 'https://p.test/a', token_url: 'https://p.test/t'}\n"
+        } else {
+            ""
+        };
+        format!(
+            "insecure_server: true\nroutes:\n  - from: https://n.example.com\n    to: http://n:8080\n    mcp:\n      upstream_oauth2:\n        client_id: c\n{endpoint}{extra}"
+        )
+    };
+    let resource = |config: Config| match &config.routes[0].mcp {
+        Some(Mcp::Server(s)) => s.upstream_oauth2.as_ref().unwrap().resource.clone(),
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        resource(parse_ok(&with("", true))).as_deref(),
+        Some("http://n:8080"),
+        "a root upstream URL has no trailing slash"
+    );
+    assert_eq!(
+        resource(parse_ok(&with("        resource: https://mcp.n.test/mcp\n", true))).as_deref(),
+        Some("https://mcp.n.test/mcp")
+    );
+    assert_eq!(resource(parse_ok(&with("        resource: ''\n", true))), None);
+    assert_eq!(resource(parse_ok(&with("", false))), None, "discovery sets it");
+    for (extra, endpoint, says) in [
+        ("        resource: https://x.test/\n", false, "only with endpoint"),
+        ("        resource: /relative\n", true, "absolute"),
+        ("        resource: https://x.test/#f\n", true, "fragment"),
+    ] {
+        let err = parse_err(&with(extra, endpoint));
+        assert_eq!(err.path, "routes[0].mcp.server.upstream_oauth2.resource");
+        assert!(err.message.contains(says), "{err}");
+    }
+}
+
+#[test]
 fn request_rewrites_are_checked() {
     let route = |extra: &str| {
         format!(

@@ -389,9 +389,11 @@ pub struct UpstreamOAuth2 {
     /// are served; this picks the one Postern sends, which must be the registered one.
     #[serde(default)]
     pub callback_path: Option<String>,
-    /// The upstream resource (RFC 8707) to request the TI for; set for discovered upstreams,
-    /// never read from the file.
-    #[serde(skip)]
+    /// The upstream resource (RFC 8707 `resource`) the TI is requested for. With `endpoint`:
+    /// default the route's (first) `to` URL, as the MCP authorization spec asks of clients;
+    /// `""` sends none (a provider that refuses the parameter). Without `endpoint` discovery
+    /// sets it from the server's protected resource metadata, and the file may not.
+    #[serde(default)]
     pub resource: Option<String>,
 }
 

@@ -449,6 +449,59 @@ async fn the_provider_gets_current_pomeriums_callback_or_the_seeds_when_it_was_r
     seed.stop.cancel();
 }
 
+/// RFC 8707: a statically configured provider is asked for a TI for the route's upstream (in
+/// the authorization request, the code exchange and every refresh), or for the `resource` the
+/// file names, or, with `resource: ""`, for none.
+#[tokio::test]
+async fn static_providers_are_asked_for_the_upstream_resource_unless_told_otherwise() {
+    let resource_of = |w: &NotionWorld| {
+        let authorized: Vec<Option<String>> = w
+            .authorizations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|url| {
+                url.query_pairs()
+                    .find(|(k, _)| k == "resource")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .collect();
+        let exchanged: Vec<Option<String>> = w
+            .provider
+            .token_requests()
+            .iter()
+            .map(|r| r.get("resource").cloned())
+            .collect();
+        assert!(!exchanged.is_empty());
+        for sent in exchanged.iter().chain(&authorized) {
+            assert_eq!(sent, &authorized[0], "{authorized:?} {exchanged:?}");
+        }
+        authorized[0].clone()
+    };
+    let w = notion_world().await;
+    w.connect().await;
+    let upstream = resource_of(&w).expect("the upstream is the default resource");
+    let upstream = url::Url::parse(&upstream).unwrap();
+    assert_eq!(
+        (upstream.host_str(), upstream.path()),
+        (Some("127.0.0.1"), "/notion")
+    );
+    w.stop.cancel();
+
+    let named = notion_world_with("        resource: https://mcp.notion.test/mcp").await;
+    named.connect().await;
+    assert_eq!(
+        resource_of(&named).as_deref(),
+        Some("https://mcp.notion.test/mcp")
+    );
+    named.stop.cancel();
+
+    let none = notion_world_with("        resource: ''").await;
+    none.connect().await;
+    assert_eq!(resource_of(&none), None);
+    none.stop.cancel();
+}
+
 #[tokio::test]
 async fn connect_without_a_resource_offers_this_hosts_servers_that_need_connecting() {
     // Pomerium's reference app sends no `resource`: with two servers on this host that need an

@@ -25,6 +25,8 @@ pub struct NotionWorld {
     pub stop: CancellationToken,
     /// The `redirect_uri` of every trip to the provider `connect` made.
     pub redirect_uris: std::sync::Mutex<Vec<String>>,
+    /// The provider's authorization URL of every trip `connect` made.
+    pub authorizations: std::sync::Mutex<Vec<url::Url>>,
 }
 
 impl NotionWorld {
@@ -49,6 +51,10 @@ impl NotionWorld {
                 .query_pairs()
                 .filter_map(|(k, v)| (k == "redirect_uri").then(|| v.into_owned())),
         );
+        self.authorizations
+            .lock()
+            .unwrap()
+            .push(url::Url::parse(&provider_url).unwrap());
         let back = self.browser.get(&provider_url).send().await.unwrap();
         let done = self
             .browser
@@ -174,5 +180,6 @@ routes:
         notion,
         stop,
         redirect_uris: Default::default(),
+        authorizations: Default::default(),
     }
 }
