@@ -92,6 +92,17 @@ pub const OIDC_PRESETS: [OidcPreset; 10] = [
     },
 ];
 
+/// `set_response_headers` when it is absent: Pomerium's security headers (for its
+/// configurations, byte for byte).
+pub const RESPONSE_HEADERS: [(&str, &str); 3] = [
+    ("x-frame-options", "SAMEORIGIN"),
+    ("x-content-type-options", "nosniff"),
+    ("x-xss-protection", "1; mode=block"),
+];
+/// Added to [`RESPONSE_HEADERS`] on responses over https.
+pub const HSTS: &str = "max-age=31536000; includeSubDomains; preload";
+/// The `set_response_headers` key that turns every default off.
+pub const DISABLE_RESPONSE_HEADERS: &str = "disable";
 /// `timeout_read`: a request head, or a stalled body, gets 408 after this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `timeout_idle`: an idle client connection is closed after this.

@@ -12,7 +12,7 @@ mod pomerium;
 mod types;
 mod values;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Secrets in the configuration are the protocol core's [`postern_oauth::Secret`]: `Debug`
@@ -350,6 +350,9 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_idp(config)?;
     validate_logging_and_tokens(config)?;
     validate_claim_headers(config)?;
+    if let Some(headers) = &config.set_response_headers {
+        validate_response_headers(headers, true, &|key| key.to_owned())?;
+    }
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
     }
@@ -604,12 +607,7 @@ fn validate_request_rewrites(
     for (name, value) in &route.set_request_headers {
         let key = format!("set_request_headers.{name}");
         check_header_name(name).map_err(|why| ConfigError::at(at(&key), why))?;
-        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return Err(ConfigError::at(
-                at(&key),
-                "the value has control characters (a header value is one line of text)",
-            ));
-        }
+        check_header_value(value).map_err(|why| ConfigError::at(at(&key), why))?;
         if value.contains("${pomerium.") {
             return Err(ConfigError::at(
                 at(&key),
@@ -620,6 +618,38 @@ fn validate_request_rewrites(
     for (i, name) in route.remove_request_headers.iter().enumerate() {
         check_header_name(name)
             .map_err(|why| ConfigError::at(at(&format!("remove_request_headers[{i}]")), why))?;
+    }
+    validate_response_headers(&route.set_response_headers, false, at)
+}
+
+/// `set_response_headers`, the global one or a route's (`at` gives the key's full path). Only
+/// the global map may hold the `disable` key.
+fn validate_response_headers(
+    headers: &BTreeMap<String, String>,
+    global: bool,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    for (name, value) in headers {
+        let key = format!("set_response_headers.{name}");
+        if name.eq_ignore_ascii_case(defaults::DISABLE_RESPONSE_HEADERS) {
+            if global {
+                continue;
+            }
+            return Err(ConfigError::at(
+                at(&key),
+                "`disable` turns off the global response headers and only works at the top level: leave the route's set_response_headers out instead",
+            ));
+        }
+        check_header_name(name).map_err(|why| ConfigError::at(at(&key), why))?;
+        check_header_value(value).map_err(|why| ConfigError::at(at(&key), why))?;
+    }
+    Ok(())
+}
+
+/// A header value an operator may set: one line of text.
+fn check_header_value(value: &str) -> Result<(), &'static str> {
+    if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err("the value has control characters (a header value is one line of text)");
     }
     Ok(())
 }
@@ -700,11 +730,15 @@ fn validate_mcp_server(server: &McpServer, at: &dyn Fn(&str) -> String) -> Resul
     }
     if let Some(oauth) = &server.upstream_oauth2
         && let Some(resource) = oauth.resource.as_deref().filter(|r| !r.is_empty())
-        && url::Url::parse(resource).map_or(true, |u| u.fragment().is_some() || !matches!(u.scheme(), "http" | "https"))
+        && url::Url::parse(resource).map_or(true, |u| {
+            u.fragment().is_some() || !matches!(u.scheme(), "http" | "https")
+        })
     {
         return Err(ConfigError::at(
             at("mcp.server.upstream_oauth2.resource"),
-            format!("{resource:?} is not an absolute http(s) URL without a fragment (RFC 8707 §2); use e.g. https://mcp.example.com/mcp, or \"\" to send none"),
+            format!(
+                "{resource:?} is not an absolute http(s) URL without a fragment (RFC 8707 §2); use e.g. https://mcp.example.com/mcp, or \"\" to send none"
+            ),
         ));
     }
     if let Some(path) = server

@@ -113,12 +113,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         "jwt_groups_filter",
         Ignored("the assertion carries all of the user's groups"),
     ),
-    (
-        "set_response_headers",
-        Ignored(
-            "Postern sets its own security headers on its pages and passes upstream responses through",
-        ),
-    ),
     ("tracing_provider", TELEMETRY),
     ("tracing_sample_rate", TELEMETRY),
     ("tracing_otlp_endpoint", TELEMETRY),
@@ -302,10 +296,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
         "tls_upstream_allow_renegotiation",
         Ignored("Postern's TLS never renegotiates"),
-    ),
-    (
-        "set_response_headers",
-        Ignored("upstream responses pass through as they are"),
     ),
     (
         "rewrite_response_headers",

@@ -532,13 +532,28 @@ fn a_static_provider_is_asked_for_the_upstream_resource_by_default() {
         "a root upstream URL has no trailing slash"
     );
     assert_eq!(
-        resource(parse_ok(&with("        resource: https://mcp.n.test/mcp\n", true))).as_deref(),
+        resource(parse_ok(&with(
+            "        resource: https://mcp.n.test/mcp\n",
+            true
+        )))
+        .as_deref(),
         Some("https://mcp.n.test/mcp")
     );
-    assert_eq!(resource(parse_ok(&with("        resource: ''\n", true))), None);
-    assert_eq!(resource(parse_ok(&with("", false))), None, "discovery sets it");
+    assert_eq!(
+        resource(parse_ok(&with("        resource: ''\n", true))),
+        None
+    );
+    assert_eq!(
+        resource(parse_ok(&with("", false))),
+        None,
+        "discovery sets it"
+    );
     for (extra, endpoint, says) in [
-        ("        resource: https://x.test/\n", false, "only with endpoint"),
+        (
+            "        resource: https://x.test/\n",
+            false,
+            "only with endpoint",
+        ),
         ("        resource: /relative\n", true, "absolute"),
         ("        resource: https://x.test/#f\n", true, "fragment"),
     ] {
@@ -546,6 +561,24 @@ fn a_static_provider_is_asked_for_the_upstream_resource_by_default() {
         assert_eq!(err.path, "routes[0].mcp.server.upstream_oauth2.resource");
         assert!(err.message.contains(says), "{err}");
     }
+}
+
+#[test]
+fn response_headers_are_checked() {
+    let base = "insecure_server: true\nroutes:\n  - {from: http://a.test, to: http://up:1, allow_public_unauthenticated_access: true";
+    parse_ok(&format!(
+        "set_response_headers: {{disable: 'true', X-A: b}}\n{base}, set_response_headers: {{X-B: c}}}}\n"
+    ));
+    let route_disable = parse_err(&format!(
+        "{base}, set_response_headers: {{disable: 'true'}}}}\n"
+    ));
+    assert_eq!(route_disable.path, "routes[0].set_response_headers.disable");
+    let owned = parse_err("insecure_server: true\nset_response_headers: {Content-Length: '5'}\n");
+    assert_eq!(owned.path, "set_response_headers.Content-Length");
+    let broken = parse_err(&format!(
+        "{base}, set_response_headers: {{X-A: \"a\\nb\"}}}}\n"
+    ));
+    assert!(broken.message.contains("control characters"), "{broken}");
 }
 
 #[test]

@@ -168,6 +168,13 @@ pub struct Config {
     /// Accept RFC 7591 dynamic client registration (default on).
     #[serde(default)]
     pub mcp_dynamic_client_registration: Option<bool>,
+    /// Headers set on every response. Absent: Pomerium's security headers
+    /// (`X-Frame-Options: SAMEORIGIN`, `X-Content-Type-Options: nosniff`,
+    /// `X-XSS-Protection: 1; mode=block`, and over https `Strict-Transport-Security`). Given:
+    /// exactly these instead; with a `disable` key: none. Postern's own pages keep their
+    /// stricter values.
+    #[serde(default)]
+    pub set_response_headers: Option<BTreeMap<String, String>>,
     /// Pomerium's feature flags; accepted for compatibility (`mcp` is always on here).
     #[serde(default)]
     pub runtime_flags: BTreeMap<String, bool>,
@@ -286,6 +293,9 @@ pub struct Route {
     /// Client headers removed before the request goes upstream.
     #[serde(default)]
     pub remove_request_headers: Vec<String>,
+    /// Headers set on the route's responses (over the global `set_response_headers`).
+    #[serde(default)]
+    pub set_response_headers: BTreeMap<String, String>,
     /// Time limit for the upstream's response headers (default `default_upstream_timeout`).
     #[serde(default)]
     pub timeout: Option<GoDuration>,

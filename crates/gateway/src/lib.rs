@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
-use postern_config::Config;
+use postern_config::{Config, defaults};
 
 use crate::body::{Body, ReadDeadline, full};
 use crate::errors::{GatewayError, is_browser};
@@ -51,6 +51,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// The routes.
     pub routes: RouteTable,
+    /// The global `set_response_headers`, parsed.
+    response_headers: ResponseHeaders,
 }
 
 impl Runtime {
@@ -58,8 +60,72 @@ impl Runtime {
     pub fn new(config: Config) -> Self {
         let routes = RouteTable::new(&config);
         Self {
+            response_headers: ResponseHeaders::new(&config),
             config: Arc::new(config),
             routes,
+        }
+    }
+}
+
+/// The global `set_response_headers`: what every response gets, and what https ones add.
+struct ResponseHeaders {
+    always: Vec<(http::HeaderName, HeaderValue)>,
+    https: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl ResponseHeaders {
+    fn new(config: &Config) -> Self {
+        match &config.set_response_headers {
+            Some(headers)
+                if headers
+                    .keys()
+                    .any(|k| k.eq_ignore_ascii_case(defaults::DISABLE_RESPONSE_HEADERS)) =>
+            {
+                Self {
+                    always: Vec::new(),
+                    https: Vec::new(),
+                }
+            }
+            Some(headers) => Self {
+                always: routes::header_list(headers),
+                https: Vec::new(),
+            },
+            None => Self {
+                always: defaults::RESPONSE_HEADERS
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            http::HeaderName::from_static(n),
+                            HeaderValue::from_static(v),
+                        )
+                    })
+                    .collect(),
+                https: vec![(
+                    http::header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static(defaults::HSTS),
+                )],
+            },
+        }
+    }
+}
+
+/// Sets the global and the route's `set_response_headers` on `response`. The upstream's own
+/// values are replaced; the gateway's own pages keep theirs (they are stricter: `DENY`, CSP).
+fn set_response_headers(ctx: &RequestContext, log: &RequestLog, response: &mut Response<Body>) {
+    let replace = log.from_upstream();
+    let headers = response.headers_mut();
+    let global = &ctx.runtime.response_headers;
+    let https = if ctx.scheme == "https" {
+        global.https.as_slice()
+    } else {
+        &[]
+    };
+    let route = log
+        .route()
+        .map_or(&[][..], |r| r.rewrites.response.as_slice());
+    for (name, value) in global.always.iter().chain(https).chain(route) {
+        if replace || !headers.contains_key(name) {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }
@@ -164,12 +230,13 @@ impl Gateway {
         // Time spent waiting for the client's body is bounded, for the gateway's own endpoints
         // and proxied requests alike.
         let request = request.map(|b| ReadDeadline::new(b, conn.body_read_timeout).boxed());
-        let response = match self
+        let mut response = match self
             .respond(&ctx, &mut log, request, &path, &forwarded_for)
             .await
         {
             Ok(response) | Err(response) => response,
         };
+        set_response_headers(&ctx, &log, &mut response);
         log.finish(self.metrics(), ctx.request_id, ctx.host, path, response)
     }
 

@@ -67,6 +67,16 @@ impl RequestLog {
         self.answer = answer;
     }
 
+    /// The route the request is for, if any.
+    pub(crate) fn route(&self) -> Option<&Arc<Route>> {
+        self.route.as_ref()
+    }
+
+    /// Whether the response is the upstream's (not one the gateway wrote).
+    pub(crate) fn from_upstream(&self) -> bool {
+        matches!(self.answer, Answer::Upstream { .. })
+    }
+
     /// Sets the request id on `response`, counts it, and logs it (a streamed upstream body when
     /// it ends). `host` and `path` are as the gateway understood them (`-` for no host).
     pub(crate) fn finish(

@@ -117,21 +117,14 @@ pub struct HeaderRewrites {
     pub remove: Vec<http::HeaderName>,
     /// The `Host` sent upstream.
     pub host: Option<http::HeaderValue>,
+    /// `set_response_headers`: set on the route's responses.
+    pub response: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl HeaderRewrites {
     fn new(config: &RouteConfig) -> Self {
         HeaderRewrites {
-            set: config
-                .set_request_headers
-                .iter()
-                .filter_map(|(name, value)| {
-                    Some((
-                        http::HeaderName::from_bytes(name.as_bytes()).ok()?,
-                        http::HeaderValue::from_str(value).ok()?,
-                    ))
-                })
-                .collect(),
+            set: header_list(&config.set_request_headers),
             remove: config
                 .remove_request_headers
                 .iter()
@@ -141,8 +134,24 @@ impl HeaderRewrites {
                 .host_rewrite
                 .as_deref()
                 .and_then(|h| http::HeaderValue::from_str(h).ok()),
+            response: header_list(&config.set_response_headers),
         }
     }
+}
+
+/// Configured headers, parsed (the configuration checked the names and values).
+pub(crate) fn header_list(
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                http::HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// One upstream URL and its health.

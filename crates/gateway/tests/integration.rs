@@ -429,6 +429,73 @@ fn certificate(
     (ca.pem(), cert, key)
 }
 
+/// `set_response_headers`: Pomerium's security headers unless configured; a configured map
+/// replaces them whole, a route's adds to it and wins, `disable` turns them off; the upstream's
+/// own values are replaced, the gateway's own answers keep theirs.
+#[tokio::test]
+async fn response_headers_are_pomeriums_by_default_or_exactly_as_configured() {
+    let up = Upstream::start().await;
+    let headers_of = |yaml: String, path: &'static str| async move {
+        let gw = Running::start(&yaml).await;
+        let response = client().get(gw.url(path)).send().await.unwrap();
+        response.headers().clone()
+    };
+    let route = |extra: &str| {
+        format!(
+            "  - {{from: http://localhost, prefix: /cookies, to: {}, allow_public_unauthenticated_access: true{extra}}}\n",
+            up.url("")
+        )
+    };
+
+    let defaults = headers_of(
+        format!("insecure_server: true\nroutes:\n{}", route("")),
+        "/cookies",
+    )
+    .await;
+    assert_eq!(defaults["x-frame-options"], "SAMEORIGIN");
+    assert_eq!(defaults["x-content-type-options"], "nosniff");
+    assert_eq!(defaults["x-xss-protection"], "1; mode=block");
+    assert!(
+        defaults.get("strict-transport-security").is_none(),
+        "no HSTS over plain http (and the upstream's is dropped)"
+    );
+
+    let configured = format!(
+        "insecure_server: true\nset_response_headers: {{X-Global: g, X-Shared: global, X-Frame-Options: DENY}}\nroutes:\n{}",
+        route(", set_response_headers: {X-Shared: route, X-Route: r}")
+    );
+    let got = headers_of(configured.clone(), "/cookies").await;
+    assert_eq!(got["x-global"], "g");
+    assert_eq!(got["x-shared"], "route", "the route's value wins");
+    assert_eq!(got["x-route"], "r");
+    assert_eq!(got["x-frame-options"], "DENY");
+    assert!(
+        got.get("x-content-type-options").is_none(),
+        "a configured map replaces the defaults whole"
+    );
+    // The gateway's own answer (no route here) gets the global headers, not the route's.
+    let own = headers_of(configured, "/nowhere").await;
+    assert_eq!(own["x-global"], "g");
+    assert!(own.get("x-route").is_none());
+
+    let disabled = headers_of(
+        format!(
+            "insecure_server: true\nset_response_headers: {{disable: 'true'}}\nroutes:\n{}",
+            route("")
+        ),
+        "/cookies",
+    )
+    .await;
+    for name in [
+        "x-frame-options",
+        "x-content-type-options",
+        "x-xss-protection",
+        "disable",
+    ] {
+        assert!(disabled.get(name).is_none(), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn tls_picks_the_certificate_by_sni_and_offers_http2() {
     use postern_gateway::tls::{CertMap, CertResolver, load_pair, server_config};
@@ -476,6 +543,12 @@ routes:
         reqwest::Version::HTTP_2,
         "h2 negotiated by ALPN"
     );
+    // Pomerium's default security headers, HSTS included over https.
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains; preload"
+    );
+    assert_eq!(response.headers()["x-frame-options"], "SAMEORIGIN");
     let seen: Value = response.json().await.unwrap();
     assert_eq!(seen["headers"]["x-forwarded-proto"], json!("https"));
     assert_eq!(
