@@ -109,10 +109,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
             "Postern does not read the PROXY protocol: put it behind a load balancer that sends X-Forwarded-For and set xff_num_trusted_hops",
         ),
     ),
-    (
-        "jwt_groups_filter",
-        Ignored("the assertion carries all of the user's groups"),
-    ),
     ("tracing_provider", TELEMETRY),
     ("tracing_sample_rate", TELEMETRY),
     ("tracing_otlp_endpoint", TELEMETRY),
@@ -300,14 +296,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
         "rewrite_response_headers",
         Ignored("upstream responses pass through as they are"),
-    ),
-    (
-        "jwt_groups_filter",
-        Ignored("the assertion carries all of the user's groups"),
-    ),
-    (
-        "jwt_issuer_format",
-        Ignored("set jwt_issuer_format once at the top level"),
     ),
     (
         "bearer_token_format",

@@ -132,6 +132,10 @@ pub struct Config {
     /// The assertion's `iss`: `hostOnly` (default, `mcp.example.com`) or `uri` (`https://mcp.example.com/`).
     #[serde(default)]
     pub jwt_issuer_format: Option<IssuerFormat>,
+    /// Only these groups go into the assertion's `groups` claim and the `groups` claim header
+    /// (a list, or `{groups: [...], infer_from_ppl: true}`); routes may add to it. Absent: all.
+    #[serde(default)]
+    pub jwt_groups_filter: Option<GroupsFilter>,
     /// Where Prometheus metrics and `/healthz` are served (e.g. `127.0.0.1:9090`); off when absent.
     #[serde(default)]
     pub metrics_address: Option<String>,
@@ -213,6 +217,51 @@ pub enum StorageType {
     Memory,
 }
 
+/// `jwt_groups_filter`: the groups the assertion may carry.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(from = "RawGroupsFilter")]
+pub struct GroupsFilter {
+    /// Groups named outright.
+    pub groups: Vec<String>,
+    /// Also the groups the route's policy names in `groups` criteria.
+    pub infer_from_ppl: bool,
+}
+
+/// `jwt_groups_filter` as written: Pomerium's list, or its object form.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of groups, or {groups: [...], infer_from_ppl: true|false}"
+)]
+enum RawGroupsFilter {
+    List(Vec<String>),
+    Object(GroupsFilterObject),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupsFilterObject {
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    infer_from_ppl: bool,
+}
+
+impl From<RawGroupsFilter> for GroupsFilter {
+    fn from(raw: RawGroupsFilter) -> Self {
+        match raw {
+            RawGroupsFilter::List(groups) => GroupsFilter {
+                groups,
+                infer_from_ppl: false,
+            },
+            RawGroupsFilter::Object(o) => GroupsFilter {
+                groups: o.groups,
+                infer_from_ppl: o.infer_from_ppl,
+            },
+        }
+    }
+}
+
 /// The assertion's issuer format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum IssuerFormat {
@@ -277,6 +326,13 @@ pub struct Route {
     /// Send `X-Pomerium-Jwt-Assertion` upstream (overrides the global setting).
     #[serde(default)]
     pub pass_identity_headers: Option<bool>,
+    /// The assertion's `iss` on this route (overrides the global `jwt_issuer_format`).
+    #[serde(default)]
+    pub jwt_issuer_format: Option<IssuerFormat>,
+    /// More groups the assertion may carry on this route (with no global filter: this route's
+    /// filter alone); the same forms as the global `jwt_groups_filter`.
+    #[serde(default)]
+    pub jwt_groups_filter: Option<GroupsFilter>,
     /// Send the client's `Host` upstream instead of the upstream's.
     #[serde(default)]
     pub preserve_host_header: bool,

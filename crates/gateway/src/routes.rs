@@ -51,6 +51,9 @@ pub struct Route {
     /// The route's own upstream client, when it trusts its own CA (`tls_custom_ca_file`) or
     /// checks another name (`tls_server_name`).
     pub tls_client: Option<UpstreamTlsClient>,
+    /// The groups the identity assertion may carry here (`jwt_groups_filter`, global and the
+    /// route's, with the policy's groups when inferred); `None`: all the user's.
+    pub assertion_groups: Option<Vec<String>>,
     next: AtomicUsize,
 }
 
@@ -137,6 +140,28 @@ impl HeaderRewrites {
             response: header_list(&config.set_response_headers),
         }
     }
+}
+
+/// The union of the global and the route's `jwt_groups_filter`; `None` when neither is set.
+fn assertion_groups(
+    global: &Config,
+    config: &RouteConfig,
+    policy: &postern_policy::Policy,
+) -> Option<Vec<String>> {
+    let filters: Vec<_> = [&global.jwt_groups_filter, &config.jwt_groups_filter]
+        .into_iter()
+        .flatten()
+        .collect();
+    if filters.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<String> = filters.iter().flat_map(|f| f.groups.clone()).collect();
+    if filters.iter().any(|f| f.infer_from_ppl) {
+        groups.extend(policy.groups());
+    }
+    groups.sort();
+    groups.dedup();
+    Some(groups)
 }
 
 /// Configured headers, parsed (the configuration checked the names and values).
@@ -238,7 +263,9 @@ impl Route {
             postern_policy::Policy::default()
         });
         let tls_client = route_tls_client(config, &id);
+        let assertion_groups = assertion_groups(global, config, &policy);
         Route {
+            assertion_groups,
             index,
             id,
             policy,

@@ -209,6 +209,33 @@ impl Policy {
         self.rules.iter().any(|r| uses(&r.expr))
     }
 
+    /// The groups the rules' `groups` criteria name (`jwt_groups_filter`'s `infer_from_ppl`).
+    pub fn groups(&self) -> Vec<String> {
+        fn collect(expr: &Expr, into: &mut Vec<String>) {
+            match expr {
+                Expr::And(v) | Expr::Or(v) | Expr::Not(v) | Expr::Nor(v) => {
+                    v.iter().for_each(|e| collect(e, into));
+                }
+                Expr::Criterion {
+                    test: Test::Groups(wanted),
+                    ..
+                } => {
+                    for (_, group) in wanted {
+                        if !into.contains(group) {
+                            into.push(group.clone());
+                        }
+                    }
+                }
+                Expr::Criterion { .. } => {}
+            }
+        }
+        let mut groups = Vec::new();
+        self.rules
+            .iter()
+            .for_each(|r| collect(&r.expr, &mut groups));
+        groups
+    }
+
     /// Whether any rule can allow without a signed-in user (`accept`).
     pub fn allows_anonymous(&self, method: &str, path: &str) -> bool {
         self.evaluate(&Input {

@@ -747,3 +747,18 @@ fn source_ip_and_cors_preflight_criteria() {
         "policy.allow.and[0].cors_preflight"
     );
 }
+
+#[test]
+fn the_groups_a_policy_names_are_listed_once_each() {
+    let p = policy(json!([
+        {"allow": {"or": [{"groups": {"has": "eng"}}, {"email": {"is": "a@x"}}]}},
+        {"allow": {"and": [{"groups": {"is": "ops"}}, {"email": {"is": "a@x"}}]}},
+        {"deny": {"not": [{"groups": {"exclude": "eng"}}]}}
+    ]));
+    assert_eq!(p.groups(), ["eng", "ops"]);
+    assert!(
+        policy(json!({"allow": {"and": [{"email": {"is": "a@x"}}]}}))
+            .groups()
+            .is_empty()
+    );
+}

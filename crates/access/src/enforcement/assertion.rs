@@ -58,6 +58,20 @@ pub struct Signer {
     cache: Mutex<HashMap<(String, String), (String, u64)>>,
 }
 
+/// What one assertion is for: the route host (`aud`), the issuer, the groups it may carry, and
+/// the route (assertions are reused per session and route).
+#[derive(Clone, Copy, Debug)]
+pub struct AssertionFor<'a> {
+    /// `aud`: the route's host.
+    pub audience: &'a str,
+    /// `iss`.
+    pub issuer: &'a str,
+    /// `groups`: the user's, filtered by `jwt_groups_filter`.
+    pub groups: &'a [String],
+    /// The route's id.
+    pub route: &'a str,
+}
+
 /// The assertion's claims.
 #[derive(serde::Serialize)]
 struct Claims<'a> {
@@ -174,10 +188,31 @@ impl Signer {
     /// The assertion for `session` on the route host `audience`, issued as `issuer`; `None`
     /// (logged) if it cannot be signed, never an empty header.
     pub fn assertion(&self, session: &Session, audience: &str, issuer: &str) -> Option<String> {
+        self.assertion_for(
+            session,
+            &AssertionFor {
+                audience,
+                issuer,
+                groups: &session.groups,
+                route: "",
+            },
+        )
+    }
+
+    /// The assertion for `session` as `what` says; `None` (logged) if it cannot be signed.
+    pub fn assertion_for(&self, session: &Session, what: &AssertionFor<'_>) -> Option<String> {
+        let AssertionFor {
+            audience,
+            issuer,
+            groups,
+            route,
+        } = *what;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let key = (session.id.clone(), audience.to_owned());
+        // Routes on one host may differ in issuer format and groups: a reused assertion is
+        // one route's.
+        let key = (session.id.clone(), format!("{audience} {route}"));
         if self.reuse {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((token, exp)) = cache.get(&key)
@@ -194,7 +229,7 @@ impl Signer {
             sub: &session.user_id,
             user: &session.user_id,
             email: &session.email,
-            groups: &session.groups,
+            groups,
             name: &session.name,
             sid: &session.id,
             jti: format!("{:032x}", rand::random::<u128>()),

@@ -23,7 +23,7 @@ use postern_store::{Session, Store};
 use serde_json::Value;
 
 use crate::broker::UpstreamBroker;
-use crate::enforcement::assertion::Signer;
+use crate::enforcement::assertion::{AssertionFor, Signer};
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
@@ -374,20 +374,34 @@ impl Enforcement {
                 headers.insert(header::AUTHORIZATION, value);
             }
         }
-        self.claim_headers(ctx, session, &mut headers);
+        let format = route
+            .config
+            .jwt_issuer_format
+            .unwrap_or(self.settings.issuer_format);
+        let groups = session.map(|s| assertion_groups(s, route));
+        let groups = groups.as_deref().unwrap_or_default();
+        self.claim_headers(ctx, session, groups, format, &mut headers);
         let pass = route
             .config
             .pass_identity_headers
             .unwrap_or(self.settings.pass_identity_headers);
         if let (true, Some(session)) = (pass, session) {
-            let issuer = match self.settings.issuer_format {
+            let issuer = match format {
                 IssuerFormat::HostOnly => ctx.host.clone(),
                 IssuerFormat::Uri => format!("https://{}/", ctx.host),
             };
             // Never forwarded without the identity the route promises its server.
             let value = self
                 .signer
-                .assertion(session, &ctx.host, &issuer)
+                .assertion_for(
+                    session,
+                    &AssertionFor {
+                        audience: &ctx.host,
+                        issuer: &issuer,
+                        groups,
+                        route: &route.id,
+                    },
+                )
                 .and_then(|token| HeaderValue::from_str(&token).ok())
                 .ok_or_else(|| {
                     json_error(
@@ -408,11 +422,13 @@ impl Enforcement {
         &self,
         ctx: &RequestContext,
         session: Option<&Session>,
+        groups: &[String],
+        format: IssuerFormat,
         headers: &mut HeaderMap,
     ) {
         for (header, claim) in &self.settings.claim_headers {
             let text = session
-                .map(|s| claim_text(s, claim, ctx, self.settings.issuer_format))
+                .map(|s| claim_text(s, claim, groups, ctx, format))
                 .unwrap_or_default();
             // A header value is one line: controls become spaces.
             let line: String = text
@@ -577,9 +593,23 @@ pub(crate) fn app_token_unavailable(
     )
 }
 /// A claim of the user as header text: lists joined with commas (as Pomerium sends groups).
+/// The user's groups the route's assertion may carry (`jwt_groups_filter`).
+fn assertion_groups<'s>(session: &'s Session, route: &Route) -> std::borrow::Cow<'s, [String]> {
+    match &route.assertion_groups {
+        None => std::borrow::Cow::Borrowed(&session.groups),
+        Some(allowed) => session
+            .groups
+            .iter()
+            .filter(|g| allowed.binary_search(g).is_ok())
+            .cloned()
+            .collect(),
+    }
+}
+
 fn claim_text(
     session: &Session,
     claim: &str,
+    groups: &[String],
     ctx: &RequestContext,
     format: IssuerFormat,
 ) -> String {
@@ -595,7 +625,7 @@ fn claim_text(
     };
     match claim {
         "email" => session.email.clone(),
-        "groups" => session.groups.join(","),
+        "groups" => groups.join(","),
         "user" | "sub" => session.user_id.clone(),
         "name" => session.name.clone(),
         "sid" => session.id.clone(),

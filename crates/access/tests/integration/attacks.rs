@@ -903,6 +903,79 @@ routes:
     stop.cancel();
 }
 
+/// `jwt_groups_filter` (global, per route, inferred from the route's policy) keeps the
+/// assertion's `groups` and the `groups` claim header to the groups named; a route's
+/// `jwt_issuer_format` sets its assertion's `iss`.
+#[tokio::test]
+async fn assertions_carry_only_the_allowed_groups_and_the_routes_issuer_format() {
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        use base64::Engine as _;
+        let assertion = headers["x-pomerium-jwt-assertion"].to_str().unwrap();
+        let payload = assertion.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        axum::Json(json!({
+            "groups": claims["groups"],
+            "iss": claims["iss"],
+            "header": headers["x-pomerium-claim-groups"].to_str().unwrap(),
+        }))
+    });
+    tokio::spawn(async move { axum::serve(echo_listener, app).await });
+    let route = |prefix: &str, extra: &str| {
+        format!(
+            "  - {{from: http://localhost, prefix: {prefix}, to: 'http://{echo}', pass_identity_headers: true{extra}}}\n"
+        )
+    };
+    let yaml = format!(
+        "insecure_server: true\njwt_groups_filter: [staff]\nroutes:\n{}{}{}",
+        route("/plain", ", allow_any_authenticated_user: true"),
+        route(
+            "/inferred",
+            ", jwt_issuer_format: uri, jwt_groups_filter: {infer_from_ppl: true}, policy: {allow: {or: [{groups: {has: admins}}]}}"
+        ),
+        route(
+            "/named",
+            ", allow_any_authenticated_user: true, jwt_groups_filter: [nobody, admins]"
+        ),
+    );
+    let settings = postern_access::AccessSettings {
+        claim_headers: vec![("x-pomerium-claim-groups".parse().unwrap(), "groups".into())],
+        ..support::settings()
+    };
+    // Ada is in staff and admins.
+    let (base, browser, stop) = support::gateway_with_ada(&yaml, settings).await;
+    let seen = |path: &'static str| {
+        let browser = browser.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let response = browser.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    assert_eq!(
+        seen("/plain").await,
+        json!({"groups": ["staff"], "iss": "localhost", "header": "staff"})
+    );
+    assert_eq!(
+        seen("/inferred").await,
+        json!({"groups": ["staff", "admins"], "iss": "https://localhost/", "header": "staff,admins"})
+    );
+    assert_eq!(
+        seen("/named").await,
+        json!({"groups": ["staff", "admins"], "iss": "localhost", "header": "staff,admins"})
+    );
+    // Again on the first route: still its own groups (nothing carried over between routes).
+    assert_eq!(seen("/plain").await["groups"], json!(["staff"]));
+    stop.cancel();
+}
+
 /// `cors_allow_preflight` lets only real CORS preflights through without sign-in, and a
 /// `source_ip` policy admits only its networks.
 #[tokio::test]
