@@ -315,8 +315,7 @@ fn a_pomerium_deployment_loads_with_warnings_for_the_keys_postern_ignores() {
     // not implement and may safely ignore.
     let config = parse_ok(
         "insecure_server: true
-authenticate_service_url: https://authenticate.localhost.pomerium.io
-authorize_log_fields: [request-id, path, mcp-method, mcp-tool]
+tracing_provider: jaeger
 access_log_fields: [method, path]
 http_redirect_addr: ':8081'
 timeout_idle: 5m
@@ -324,8 +323,8 @@ policy:
   - from: https://mcp.localhost.pomerium.io
     to: http://mcp:8080/mcp
     id: my-server
-    allow_websockets: true
-    jwt_groups_filter: [admins]
+    show_error_details: true
+    depends_on: [auth.example.com]
     set_request_headers: {X-Custom: value}
     mcp: {}
 ",
@@ -345,11 +344,10 @@ policy:
         std::time::Duration::from_secs(300)
     );
     let ignored = [
-        "authenticate_service_url",
-        "authorize_log_fields",
+        "tracing_provider",
         "access_log_fields",
-        "policy[0].allow_websockets",
-        "policy[0].jwt_groups_filter",
+        "policy[0].show_error_details",
+        "policy[0].depends_on",
     ];
     assert_eq!(
         config.warnings.len(),
