@@ -66,6 +66,12 @@ impl AccessSettings {
                 name: config.cookie_name().to_owned(),
                 expire: config.cookie_expire(),
                 secure: config.cookie_secure(),
+                same_site: match config.cookie_same_site {
+                    None | Some(postern_config::CookieSameSite::Lax) => cookie::SameSite::Lax,
+                    Some(postern_config::CookieSameSite::Strict) => cookie::SameSite::Strict,
+                    Some(postern_config::CookieSameSite::None) => cookie::SameSite::None,
+                },
+                domain: config.cookie_domain(),
             },
             pass_identity_headers: config.pass_identity_headers(),
             issuer_format: config.jwt_issuer_format(),
@@ -102,6 +108,29 @@ mod tests {
     fn settings(yaml: &str) -> AccessSettings {
         let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
         AccessSettings::from_config(&config)
+    }
+
+    #[test]
+    fn the_session_cookie_takes_pomeriums_cookie_keys() {
+        let default = settings("insecure_server: true\n");
+        assert_eq!(default.cookie.same_site, cookie::SameSite::Lax);
+        assert_eq!(default.cookie.domain, None);
+        let shared = settings(
+            "autocert: true\ncookie_domain: .Example.com\ncookie_same_site: strict\nroutes:\n  - {from: https://mcp.example.com, to: http://up:1}\n",
+        );
+        assert_eq!(shared.cookie.same_site, cookie::SameSite::Strict);
+        assert_eq!(shared.cookie.domain.as_deref(), Some("example.com"));
+        let spec = shared.cookie.spec();
+        let mut response = http::Response::new(postern_gateway::body::empty());
+        spec.set(&mut response, "v", Duration::from_secs(60));
+        let set = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            set.contains("Domain=example.com") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
     }
 
     #[test]

@@ -268,6 +268,13 @@ impl Config {
         self.pass_identity_headers.unwrap_or(PASS_IDENTITY_HEADERS)
     }
 
+    /// `cookie_domain`, lower-case, without a leading dot; `None`: host-only cookies.
+    pub fn cookie_domain(&self) -> Option<String> {
+        self.cookie_domain
+            .as_deref()
+            .map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase())
+    }
+
     /// `authenticate_service_url`, parsed (validated when the file was read).
     pub fn authenticate_service(&self) -> Option<AuthenticateService> {
         let url = url::Url::parse(self.authenticate_service_url.as_deref()?).ok()?;

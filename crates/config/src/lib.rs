@@ -144,6 +144,11 @@ fn default_upstream_resources(config: &mut Config) {
 /// Values that load but will likely not do what was meant.
 fn advice(config: &Config) -> Vec<String> {
     let mut advice = Vec::new();
+    if config.cookie_http_only == Some(false) {
+        advice.push(
+            "cookie_http_only: false is ignored: Postern's cookies are always HttpOnly, so no script can read the session (remove the key)".to_owned(),
+        );
+    }
     for (i, route) in config.routes.iter().enumerate() {
         if let Some(Mcp::Server(server)) = &route.mcp
             && let Some(limit) = server.max_request_bytes
@@ -346,6 +351,7 @@ fn resolve_secret(
 fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_tls(config)?;
     validate_authenticate_service(config)?;
+    validate_cookie(config)?;
     validate_storage(config)?;
     validate_shared_secret(config)?;
     validate_idp(config)?;
@@ -497,6 +503,51 @@ fn validate_authenticate_service(config: &Config) -> Result<(), ConfigError> {
                 "{} is the authenticate_service_url host: give sign-in its own host, which no route proxies (a route's upstream would share an origin with sign-in and consent)",
                 service.host
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// `cookie_domain` covers every host the session cookie is set on (browsers drop a cookie
+/// whose `Domain` does not), and `cookie_same_site: none` goes with https (browsers drop
+/// `SameSite=None` cookies that are not `Secure`).
+fn validate_cookie(config: &Config) -> Result<(), ConfigError> {
+    if let Some(domain) = config.cookie_domain() {
+        let hostname = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if domain.is_empty()
+            || !domain.bytes().all(hostname)
+            || !domain.contains('.') && domain != "localhost"
+            || domain.parse::<std::net::IpAddr>().is_ok()
+        {
+            return Err(ConfigError::at(
+                "cookie_domain",
+                format!(
+                    "{domain:?} is not a domain name (e.g. example.com); leave it out for host-only cookies"
+                ),
+            ));
+        }
+        let covered = |host: &str| host == domain || host.ends_with(&format!(".{domain}"));
+        let hosts = config
+            .routes
+            .iter()
+            .map(|r| r.from.host.clone())
+            .filter(|h| !h.starts_with("*."))
+            .chain(config.authenticate_service().map(|a| a.host));
+        for host in hosts {
+            if !covered(&host) {
+                return Err(ConfigError::at(
+                    "cookie_domain",
+                    format!(
+                        "{domain} does not cover {host}: browsers would drop the session cookie there and sign-in would never stick; use a domain every route host is under, or leave it out"
+                    ),
+                ));
+            }
+        }
+    }
+    if config.cookie_same_site == Some(CookieSameSite::None) && !config.cookie_secure() {
+        return Err(ConfigError::at(
+            "cookie_same_site",
+            "none needs https: browsers drop SameSite=None cookies that are not Secure (use lax, the default, on a plain-HTTP gateway)",
         ));
     }
     Ok(())

@@ -77,18 +77,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         ),
     ),
     (
-        "cookie_domain",
-        Ignored("Postern's session cookie is host-only (the narrowest scope)"),
-    ),
-    (
-        "cookie_http_only",
-        Ignored("Postern's cookies are always HttpOnly"),
-    ),
-    (
-        "cookie_same_site",
-        Ignored("Postern's session cookie is SameSite=Lax, its form cookies Strict"),
-    ),
-    (
         "timeout_write",
         Ignored(
             "Postern puts no limit on writing a response (MCP streams stay open; Pomerium's default is none too)",

@@ -617,6 +617,41 @@ fn the_sign_in_origin_is_an_origin_of_its_own() {
 }
 
 #[test]
+fn cookie_keys_are_checked_against_the_hosts_and_the_scheme() {
+    let routes = "routes:\n  - {from: https://mcp.example.com, to: http://up:1}\n  - {from: https://db.example.com, to: http://up:1}\n";
+    let tls = format!("autocert: true\n{routes}");
+    parse_ok(&format!(
+        "cookie_domain: example.com\ncookie_same_site: none\n{tls}"
+    ));
+    let uncovered = parse_err(&format!("cookie_domain: mcp.example.com\n{tls}"));
+    assert_eq!(uncovered.path, "cookie_domain");
+    assert!(
+        uncovered.message.contains("does not cover db.example.com"),
+        "{uncovered}"
+    );
+    let ip = parse_err(&format!("cookie_domain: 10.0.0.1\n{tls}"));
+    assert!(ip.message.contains("not a domain name"), "{ip}");
+    let plain = parse_err(
+        "insecure_server: true\ncookie_same_site: none\nroutes:\n  - {from: http://localhost, to: http://up:1}\n",
+    );
+    assert_eq!(plain.path, "cookie_same_site");
+    assert!(plain.message.contains("needs https"), "{plain}");
+    let bad = parse_err(&format!("cookie_same_site: sometimes\n{tls}"));
+    assert_eq!(bad.path, "cookie_same_site");
+    let loose = parse_ok(&format!("cookie_http_only: false\n{tls}"));
+    assert!(
+        loose.warnings.iter().any(|w| w.contains("always HttpOnly")),
+        "{:?}",
+        loose.warnings
+    );
+    assert!(
+        parse_ok(&format!("cookie_http_only: true\n{tls}"))
+            .warnings
+            .is_empty()
+    );
+}
+
+#[test]
 fn request_rewrites_are_checked() {
     let route = |extra: &str| {
         format!(

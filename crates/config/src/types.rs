@@ -84,6 +84,17 @@ pub struct Config {
     /// Session lifetime (default `14h`).
     #[serde(default)]
     pub cookie_expire: Option<GoDuration>,
+    /// The session cookie's `Domain` (`example.com`: every host under it gets the session);
+    /// absent: host-only, the narrowest scope.
+    #[serde(default)]
+    pub cookie_domain: Option<String>,
+    /// The session cookie's `SameSite`: `lax` (default), `strict` or `none` (https only).
+    #[serde(default)]
+    pub cookie_same_site: Option<CookieSameSite>,
+    /// Pomerium's `cookie_http_only`: Postern's cookies are always `HttpOnly`; `false` is
+    /// ignored with a warning.
+    #[serde(default)]
+    pub cookie_http_only: Option<bool>,
     /// EC P-256 private key (PEM, or base64 of PEM) that signs the identity assertion;
     /// generated once and kept in the store when absent.
     #[serde(default)]
@@ -204,6 +215,21 @@ pub struct CertificatePair {
     pub cert: PathBuf,
     /// Private key file (PEM).
     pub key: PathBuf,
+}
+
+/// The session cookie's `SameSite`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CookieSameSite {
+    /// Sent on same-site requests and top-level navigations from other sites (the default).
+    #[serde(alias = "Lax", alias = "LAX")]
+    Lax,
+    /// Sent on same-site requests only.
+    #[serde(alias = "Strict", alias = "STRICT")]
+    Strict,
+    /// Sent on every request, other sites' included (needs https).
+    #[serde(alias = "None", alias = "NONE")]
+    None,
 }
 
 /// Where state is kept.

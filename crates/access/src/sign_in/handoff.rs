@@ -198,7 +198,7 @@ impl SignIn {
                 "Your sign-in has ended. Open the page you wanted again to sign in.",
             );
         };
-        let mut response = redirect_to(&redirect);
+        let mut response = self.cookie.arrive(&redirect);
         self.cookie
             .spec()
             .set(&mut response, &sealed, self.cookie.expire);

@@ -253,7 +253,7 @@ impl SignIn {
                 ),
             );
         };
-        let mut response = redirect_to(&redirect);
+        let mut response = self.cookie.arrive(&redirect);
         self.cookie
             .spec()
             .set(&mut response, &cookie, self.cookie.expire);

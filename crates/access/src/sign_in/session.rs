@@ -20,6 +20,10 @@ pub struct CookieSettings {
     pub expire: Duration,
     /// Whether the cookie may only travel over HTTPS.
     pub secure: bool,
+    /// `cookie_same_site` (default `Lax`).
+    pub same_site: SameSite,
+    /// `cookie_domain`: `None` for a host-only cookie.
+    pub domain: Option<String>,
 }
 
 /// The session id inside a request's cookie, if the cookie is present and authentic.
@@ -52,14 +56,33 @@ pub(crate) fn seal(session_id: &str, keys: &Keyring) -> Option<String> {
 }
 
 impl CookieSettings {
-    /// The session cookie: on every path (a session signs the user in to every route), `Lax` so
-    /// a link from another site into an app arrives signed in.
+    /// The session cookie: on every path (a session signs the user in to every route), `Lax`
+    /// by default so a link from another site into an app arrives signed in.
     pub(crate) fn spec(&self) -> CookieSpec {
         CookieSpec {
             name: self.name.clone(),
             path: "/",
-            same_site: SameSite::Lax,
+            same_site: self.same_site,
             secure: self.secure,
+            domain: self.domain.clone(),
+        }
+    }
+
+    /// Whether the browser would drop the session cookie on a navigation another site started
+    /// (`SameSite=Strict`): the end of a trip through another site then continues with a page
+    /// of this site instead of a redirect.
+    pub(crate) fn strict(&self) -> bool {
+        self.same_site == SameSite::Strict
+    }
+
+    /// The answer that takes a browser just signed in at the end of a trip through another site
+    /// on to `target` (a path on this site): a redirect, or with a strict cookie a page of this
+    /// site that goes on (see [`pages::continue_to`](crate::web::pages::continue_to)).
+    pub(crate) fn arrive(&self, target: &str) -> http::Response<postern_gateway::body::Body> {
+        if self.strict() {
+            crate::web::reply::html(http::StatusCode::OK, crate::web::pages::continue_to(target))
+        } else {
+            crate::web::reply::redirect_to(target)
         }
     }
 }

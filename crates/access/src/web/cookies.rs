@@ -20,6 +20,9 @@ pub struct CookieSpec {
     pub same_site: SameSite,
     /// Whether the cookie may only travel over HTTPS.
     pub secure: bool,
+    /// `Domain`: the session cookie with `cookie_domain`; `None` (every other cookie):
+    /// host-only.
+    pub domain: Option<String>,
 }
 
 impl CookieSpec {
@@ -35,13 +38,16 @@ impl CookieSpec {
     }
 
     fn append(&self, response: &mut Response<Body>, value: &str, max_age: Duration) {
-        let cookie = Cookie::build((self.name.as_str(), value))
+        let mut cookie = Cookie::build((self.name.as_str(), value))
             .path(self.path)
             .max_age(max_age)
             .http_only(true)
             .same_site(self.same_site)
             .secure(self.secure)
             .build();
+        if let Some(domain) = &self.domain {
+            cookie.set_domain(domain.clone());
+        }
         // A value outside the cookie grammar would fail here; the gateway's values are base64url
         // or hex, so this drops nothing in practice and never sets a malformed header.
         if let Ok(value) = HeaderValue::from_str(&cookie.to_string()) {
@@ -72,6 +78,7 @@ mod tests {
             path: "/.pomerium/",
             same_site,
             secure,
+            domain: None,
         }
     }
 

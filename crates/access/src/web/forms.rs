@@ -87,6 +87,7 @@ pub fn csrf_cookie(secure: bool) -> CookieSpec {
         path: "/.pomerium/",
         same_site: SameSite::Strict,
         secure,
+        domain: None,
     }
 }
 

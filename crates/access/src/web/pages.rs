@@ -88,6 +88,17 @@ pub fn signed_out() -> String {
     )
 }
 
+/// Signed in, on to `target` (a path on this site): with a `SameSite=Strict` session cookie,
+/// a redirect at the end of a trip through another site would arrive without the cookie (the
+/// navigation counts as that site's), so this page of this site takes the browser on.
+pub fn continue_to(target: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={target}\"><title>Signed in · Postern</title><style>{STYLE}</style></head>\
+<body><h1>You are signed in</h1><p><a href=\"{target}\">Continue</a></p></body></html>",
+        target = escape(target),
+    )
+}
+
 /// A short page with a title and a message.
 pub fn message(title: &str, text: &str) -> String {
     format!(

@@ -131,6 +131,7 @@ impl BindingCookie {
             path: self.path,
             same_site: SameSite::Lax,
             secure,
+            domain: None,
         }
     }
 }

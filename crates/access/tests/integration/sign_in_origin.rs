@@ -24,6 +24,11 @@ struct Split {
 /// A gateway whose sign-in origin is 127.0.0.1, with a web app at `/app` and an MCP server at
 /// `/mcp` on localhost, both echoing who reached them; Ada and Mallory are its users.
 async fn split() -> Split {
+    split_with(cookie::SameSite::Lax).await
+}
+
+/// [`split`] with the session cookie's `SameSite` set to `same_site`.
+async fn split_with(same_site: cookie::SameSite) -> Split {
     let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo = echo_listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|| async { "upstream reached" });
@@ -39,7 +44,7 @@ routes:
   - {{from: http://localhost, prefix: /mcp, to: 'http://{echo}', allow_any_authenticated_user: true, mcp: {{}}}}
 "
     );
-    let settings = postern_access::AccessSettings {
+    let mut settings = postern_access::AccessSettings {
         authenticate: Some(AuthenticateService {
             origin: auth.clone(),
             host: "127.0.0.1".into(),
@@ -47,6 +52,7 @@ routes:
         }),
         ..support::settings()
     };
+    settings.cookie.same_site = same_site;
     let access = Access::new(
         support::memory_store().await,
         LocalUsers::new(vec![
@@ -331,5 +337,32 @@ async fn an_mcp_client_authorizes_at_the_sign_in_origin_for_a_route_hosts_server
     .await;
     assert_eq!(unnamed.status(), 303);
     assert_eq!(query_of(&location(&unnamed))["error"], "invalid_target");
+    s.stop.cancel();
+}
+
+/// `cookie_same_site: strict`: the handoff's redirect back is the sign-in origin's navigation,
+/// so a redirect would arrive without the new cookie and send the browser round again; a page
+/// of the route host takes it on instead, and the cookie is `Strict`.
+#[tokio::test]
+async fn with_strict_cookies_the_handoff_continues_with_a_page_of_the_route_host() {
+    let s = split_with(cookie::SameSite::Strict).await;
+    let ada = browser();
+    let handoff = handoff_url(&ada, &s, "ada@example.com", "pw").await;
+    let taken = get(&ada, &handoff).await;
+    assert_eq!(taken.status(), 200);
+    let cookie = taken
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("_postern="))
+        .expect("the session cookie");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let page = taken.text().await.unwrap();
+    assert!(
+        page.contains("<meta http-equiv=\"refresh\" content=\"0;url=/app\">"),
+        "{page}"
+    );
+    assert_eq!(get(&ada, &format!("{}/app", s.host)).await.status(), 200);
     s.stop.cancel();
 }

@@ -26,6 +26,8 @@ pub fn settings() -> AccessSettings {
             name: "_postern".into(),
             expire: Duration::from_secs(3600),
             secure: false,
+            same_site: cookie::SameSite::Lax,
+            domain: None,
         },
         pass_identity_headers: false,
         issuer_format: IssuerFormat::HostOnly,
