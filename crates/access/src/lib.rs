@@ -31,4 +31,4 @@ pub use access::Access;
 pub use authorization_server::registration;
 pub use enforcement::assertion;
 pub use settings::AccessSettings;
-pub use sign_in::{oidc, session, users};
+pub use sign_in::{github, oidc, session, users};

@@ -92,6 +92,9 @@ pub const OIDC_PRESETS: [OidcPreset; 10] = [
     },
 ];
 
+/// `idp_provider_url` with `idp_provider: github`.
+pub const GITHUB_URL: &str = "https://github.com";
+
 /// `timeout_read`: a request head, or a stalled body, gets 408 after this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `timeout_idle`: an idle client connection is closed after this.
@@ -300,6 +303,18 @@ impl Config {
         self.idp_provider_url
             .clone()
             .or_else(|| preset.issuer.map(str::to_owned))
+    }
+
+    /// With `idp_provider: github`, the GitHub to sign in with: `idp_provider_url` (a GitHub
+    /// Enterprise Server) or [`GITHUB_URL`]; `None` otherwise.
+    pub fn github_url(&self) -> Option<String> {
+        (self.idp_provider.as_deref() == Some("github")).then(|| {
+            self.idp_provider_url
+                .as_deref()
+                .unwrap_or(GITHUB_URL)
+                .trim_end_matches('/')
+                .to_owned()
+        })
     }
 
     /// Where state is kept (`databroker_storage_type`, default [`STORAGE_TYPE`]).

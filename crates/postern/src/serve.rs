@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use postern_access::assertion::Signer;
+use postern_access::github::{GitHub, GitHubSettings};
 use postern_access::oidc::{Oidc, OidcSettings};
 use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
@@ -164,6 +165,19 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
             groups_claim: config.idp_groups_claim().to_owned(),
         });
         access = access.with_oidc(oidc);
+    }
+    if let Some(url) = config.github_url() {
+        let github = GitHub::new(GitHubSettings {
+            url,
+            client_id: config
+                .idp_client_id
+                .clone()
+                .context("idp_client_id is required")?,
+            client_secret: config.idp_client_secret.clone().unwrap_or_default(),
+            // Empty: GitHub's own defaults (`user:email read:org`), not OpenID Connect's.
+            scopes: config.idp_scopes.clone(),
+        });
+        access = access.with_github(github);
     }
     Ok(Arc::new(access))
 }

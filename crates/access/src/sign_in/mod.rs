@@ -1,7 +1,9 @@
 //! Signing users in and out: the local users' form (with its anti-forgery pair and guessing
-//! limits), OpenID Connect, and the browser sessions they start.
+//! limits), OpenID Connect or GitHub, and the browser sessions they start.
 
+pub mod github;
 pub mod oidc;
+pub mod provider;
 pub mod session;
 pub mod users;
 
@@ -13,7 +15,9 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
+use crate::sign_in::github::GitHub;
 use crate::sign_in::oidc::Oidc;
+use crate::sign_in::provider::IdentityProvider;
 use crate::sign_in::session::CookieSettings;
 use crate::sign_in::users::{LocalUser, LocalUsers};
 use crate::web::limiter::SignInLimiter;
@@ -38,7 +42,7 @@ pub struct SignIn {
     /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
-    oidc: Option<Oidc>,
+    oidc: Option<IdentityProvider>,
 }
 
 impl SignIn {
@@ -58,7 +62,13 @@ impl SignIn {
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
-        self.oidc = Some(oidc);
+        self.oidc = Some(IdentityProvider::Oidc(oidc));
+        self
+    }
+
+    /// Signs users in with GitHub (local users may still post the form).
+    pub fn with_github(mut self, github: GitHub) -> Self {
+        self.oidc = Some(IdentityProvider::GitHub(github));
         self
     }
 
@@ -78,7 +88,7 @@ impl SignIn {
     /// Sends the browser to the provider; the sign-in is bound to this browser by a cookie.
     async fn start_oidc(
         &self,
-        oidc: &Oidc,
+        oidc: &IdentityProvider,
         ctx: &RequestContext,
         redirect: &str,
     ) -> Response<Body> {
@@ -124,7 +134,7 @@ impl SignIn {
                 response
             }
             Err(error) => {
-                tracing::error!(%error, "OIDC sign-in could not start");
+                tracing::error!(%error, idp = oidc.name(), "sign-in could not start");
                 html(
                     StatusCode::BAD_GATEWAY,
                     pages::message("Sign-in is unavailable", &error.to_string()),
@@ -206,7 +216,7 @@ impl SignIn {
         let identity = match oidc.finish(&code, &callback, &verifier, &nonce).await {
             Ok(identity) => identity,
             Err(error) => {
-                tracing::warn!(request_id = %ctx.request_id, %error, "OIDC sign-in refused");
+                tracing::warn!(request_id = %ctx.request_id, %error, idp = oidc.name(), "sign-in refused");
                 return html(
                     StatusCode::UNAUTHORIZED,
                     pages::message("Sign-in failed", &error.to_string()),
@@ -229,7 +239,7 @@ impl SignIn {
                 name: identity.name,
                 groups: identity.groups,
                 claims: identity.claims,
-                idp: "oidc".into(),
+                idp: oidc.name().into(),
                 ..Session::default()
             })
             .await
