@@ -636,7 +636,27 @@ fn pomeriums_oidc_provider_names_are_presets() {
         "idp_provider: cognito\nidp_provider_url: https://c.example\nidp_groups_claim: roles\n",
     ));
     assert_eq!(own_claim.idp_groups_claim(), "roles", "the key wins");
-    for name in ["okta", "auth0", "azure", "onelogin", "ping"] {
+    let azure = parse_ok(&with("idp_provider: azure\n"));
+    assert_eq!(
+        azure.oidc_issuer().as_deref(),
+        Some("https://login.microsoftonline.com/common/v2.0"),
+        "Pomerium's default: the multi-tenant endpoint"
+    );
+    let onelogin = parse_ok(&with("idp_provider: onelogin\n"));
+    assert_eq!(
+        onelogin.oidc_issuer().as_deref(),
+        Some("https://openid-connect.onelogin.com/oidc")
+    );
+    assert_eq!(
+        onelogin.idp_scopes(),
+        ["openid", "profile", "email", "groups"]
+    );
+    assert_eq!(azure.idp_scopes(), ["openid", "profile", "email"]);
+    let own_scopes = parse_ok(&with(
+        "idp_provider: onelogin\nidp_scopes: [openid, email]\n",
+    ));
+    assert_eq!(own_scopes.idp_scopes(), ["openid", "email"], "the key wins");
+    for name in ["okta", "auth0", "cognito", "ping", "keycloak"] {
         let err = parse_err(&with(&format!("idp_provider: {name}\n")));
         assert_eq!(err.path, "idp_provider_url", "{name}");
         assert!(err.message.contains(name), "{err}");

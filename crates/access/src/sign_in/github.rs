@@ -56,6 +56,20 @@ pub struct GitHubSettings {
     pub scopes: Vec<String>,
 }
 
+impl GitHubSettings {
+    /// The settings `config` gives; `None` unless `idp_provider` is `github`.
+    pub fn from_config(config: &postern_config::Config) -> Option<Self> {
+        Some(Self {
+            url: config.github_url()?,
+            // `check-config` requires it with every `idp_provider`.
+            client_id: config.idp_client_id.clone().unwrap_or_default(),
+            client_secret: config.idp_client_secret.clone().unwrap_or_default(),
+            // Empty: GitHub's own defaults, not OpenID Connect's.
+            scopes: config.idp_scopes.clone(),
+        })
+    }
+}
+
 /// Why sign-in with GitHub failed. Messages say what went wrong and what to do; GitHub's own
 /// text goes to the log, escaped, never to the page.
 #[derive(Debug, thiserror::Error)]
