@@ -368,9 +368,15 @@ impl GitHub {
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(GitHubError::BadCredentials(url.to_owned()));
         }
+        // GitHub answers 404 (or 403) when the token lacks the scope an endpoint needs.
+        let hint = if matches!(status.as_u16(), 403 | 404) {
+            "; the sign-in needs the scopes user:email and read:org: keep them in idp_scopes"
+        } else {
+            ""
+        };
         Err(GitHubError::Unavailable {
             url: url.to_owned(),
-            reason: format!("HTTP {status} (details in the gateway's log)"),
+            reason: format!("HTTP {status} (details in the gateway's log){hint}"),
         })
     }
 

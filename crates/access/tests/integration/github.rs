@@ -19,7 +19,11 @@ const CLIENT_SECRET: &str = "github-client-secret";
 /// A gateway signing in with `github` (whose callback it registers): routes `/platform` (team
 /// `acme/platform`), `/admins` (a bare slug, `admins`), `/ada` (user `1001`), each answering with
 /// the identity assertion it received. Its base URL and the token that stops it.
-async fn gateway(github: &FakeGitHub, client_secret: &str) -> (String, CancellationToken) {
+async fn gateway(
+    github: &FakeGitHub,
+    client_secret: &str,
+    extra: &str,
+) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
     github.callback(&format!("{base}/.pomerium/callback"));
@@ -38,24 +42,28 @@ async fn gateway(github: &FakeGitHub, client_secret: &str) -> (String, Cancellat
             "  - {{from: http://localhost, prefix: {prefix}, to: http://{up}, pass_identity_headers: true, policy: {{allow: {{and: [{criterion}]}}}}}}\n"
         )
     };
+    // As a user configures a GitHub Enterprise Server.
     let yaml = format!(
-        "insecure_server: true\nroutes:\n{}{}{}",
+        "insecure_server: true\nidp_provider: github\nidp_provider_url: {url}\nidp_client_id: {CLIENT_ID}\nidp_client_secret: {client_secret}\n{extra}routes:\n{}{}{}",
         route("/platform", "{groups: {has: acme/platform}}"),
         route("/admins", "{groups: {has: admins}}"),
         route("/ada", "{user: {is: '1001'}}"),
     );
+    let config = postern_config::parse(
+        &yaml,
+        std::path::Path::new("."),
+        &std::collections::HashMap::new(),
+    )
+    .unwrap();
     let access = Access::new(
         support::memory_store().await,
         LocalUsers::default(),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
         support::settings(),
     )
-    .with_github(GitHub::new(GitHubSettings {
-        url,
-        client_id: CLIENT_ID.into(),
-        client_secret: client_secret.into(),
-        scopes: vec![],
-    }));
+    .with_github(GitHub::new(
+        GitHubSettings::from_config(&config).expect("idp_provider: github"),
+    ));
     let stop = CancellationToken::new();
     support::serve(listener, &yaml, access, &stop);
     (base, stop)
@@ -120,7 +128,7 @@ fn ada() -> GitHubUser {
 #[tokio::test]
 async fn github_sign_in_takes_identity_and_every_page_of_teams_into_policy() {
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(ada());
-    let (base, stop) = gateway(&github, CLIENT_SECRET).await;
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "").await;
     github.signs_in_as("ada");
     let browser = support::browser();
     let callback = through_github(&browser, &base).await;
@@ -178,7 +186,7 @@ async fn a_team_of_the_same_name_in_another_organization_opens_nothing() {
         .team(9002, "evil-org", "admins")
         .team(9003, "acme-evil", "platform");
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(mallory);
-    let (base, stop) = gateway(&github, CLIENT_SECRET).await;
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "").await;
     github.signs_in_as("mallory");
     let browser = support::browser();
     let callback = through_github(&browser, &base).await;
@@ -196,7 +204,7 @@ async fn an_account_without_a_verified_primary_address_is_refused() {
         .email("eve@example.com", true, false)
         .email("eve@elsewhere.example", false, false);
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(unverified);
-    let (base, stop) = gateway(&github, CLIENT_SECRET).await;
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "").await;
     github.signs_in_as("eve");
     let browser = support::browser();
     let callback = through_github(&browser, &base).await;
@@ -226,7 +234,7 @@ async fn an_account_without_a_verified_primary_address_is_refused() {
 #[tokio::test]
 async fn a_forged_or_replayed_state_is_refused() {
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(ada());
-    let (base, stop) = gateway(&github, CLIENT_SECRET).await;
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "").await;
     github.signs_in_as("ada");
     let alice = support::browser();
     let callback = through_github(&alice, &base).await;
@@ -262,7 +270,7 @@ async fn a_forged_or_replayed_state_is_refused() {
 #[tokio::test]
 async fn github_refusals_show_a_clear_error_page() {
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(ada());
-    let (base, stop) = gateway(&github, CLIENT_SECRET).await;
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "").await;
     github.signs_in_as("ada");
     type Misbehaviour = fn(&FakeGitHub, bool);
     let cases: [(&str, Misbehaviour, &[&str]); 3] = [
@@ -303,7 +311,7 @@ async fn github_refusals_show_a_clear_error_page() {
 
     // The gateway's client secret is wrong: the page says whom to ask to fix what.
     let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(ada());
-    let (base, stop) = gateway(&github, "not-the-secret").await;
+    let (base, stop) = gateway(&github, "not-the-secret", "").await;
     github.signs_in_as("ada");
     let browser = support::browser();
     let callback = through_github(&browser, &base).await;
@@ -313,6 +321,28 @@ async fn github_refusals_show_a_clear_error_page() {
     assert!(
         page.contains("incorrect_client_credentials")
             && page.contains("idp_client_id or idp_client_secret is wrong"),
+        "{page}"
+    );
+    stop.cancel();
+
+    // `idp_scopes` without `user:email`: GitHub hides the addresses (404); the page says why.
+    let github = FakeGitHub::new(CLIENT_ID, CLIENT_SECRET).user(ada());
+    let (base, stop) = gateway(&github, CLIENT_SECRET, "idp_scopes: [read:org]\n").await;
+    github.signs_in_as("ada");
+    let browser = support::browser();
+    let callback = through_github(&browser, &base).await;
+    assert_eq!(
+        github.scopes(),
+        ["read:org"],
+        "idp_scopes is what is asked for"
+    );
+    let refused = browser.get(&callback).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let page = refused.text().await.unwrap();
+    assert!(
+        page.contains("404")
+            && page.contains("user:email and read:org")
+            && page.contains("idp_scopes"),
         "{page}"
     );
     stop.cancel();

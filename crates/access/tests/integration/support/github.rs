@@ -5,7 +5,8 @@
 //! It answers as GitHub does: a refused code is `200` with `{"error": "bad_verification_code",
 //! ...}` (and likewise `incorrect_client_credentials`, `redirect_uri_mismatch`), an unknown token
 //! is `401 {"message": "Bad credentials", ...}`, a used-up rate limit is `403` with
-//! `x-ratelimit-remaining: 0` and `x-ratelimit-reset`, teams come in pages of `per_page` (at most
+//! `x-ratelimit-remaining: 0` and `x-ratelimit-reset`, an endpoint whose scope the token lacks
+//! is `404 Not Found` (`/user/emails` needs `user:email`, `/user/teams` `read:org`), teams come in pages of `per_page` (at most
 //! 100, default 30) linked by `Link: <...>; rel="next"`. The authorization approves at once as
 //! the user the test chose:
 //!
@@ -84,10 +85,10 @@ struct GitHub {
     users: HashMap<String, GitHubUser>,
     /// Who approves the next authorization.
     signing_in: String,
-    /// Codes not yet exchanged: code -> (login, PKCE challenge, redirect URI).
-    codes: HashMap<String, (String, String, String)>,
-    /// Access tokens -> login.
-    tokens: HashMap<String, String>,
+    /// Codes not yet exchanged: code -> (login, PKCE challenge, redirect URI, scope).
+    codes: HashMap<String, (String, String, String, String)>,
+    /// Access tokens -> (login, granted scopes).
+    tokens: HashMap<String, (String, String)>,
     /// Every code ever handed out is refused as expired.
     codes_expire: bool,
     /// The API no longer knows tokens (the user revoked the app).
@@ -221,7 +222,12 @@ async fn authorize(
     let login = g.signing_in.clone();
     g.codes.insert(
         code.clone(),
-        (login, field("code_challenge"), redirect_uri.clone()),
+        (
+            login,
+            field("code_challenge"),
+            redirect_uri.clone(),
+            field("scope"),
+        ),
     );
     Redirect::to(&format!(
         "{redirect_uri}?code={code}&state={}",
@@ -273,7 +279,7 @@ async fn access_token(
             "The client_id and/or client_secret passed are incorrect.",
         );
     }
-    let Some((login, challenge, redirect_uri)) = g.codes.remove(&field("code")) else {
+    let Some((login, challenge, redirect_uri, scope)) = g.codes.remove(&field("code")) else {
         return error(
             "bad_verification_code",
             "The code passed is incorrect or expired.",
@@ -301,21 +307,18 @@ async fn access_token(
     }
     g.issued += 1;
     let token = format!("gho_fake{}", g.issued);
-    g.tokens.insert(token.clone(), login);
-    let scope = g
-        .scopes
-        .last()
-        .cloned()
-        .unwrap_or_default()
-        .replace(' ', ",");
+    g.tokens.insert(token.clone(), (login, scope.clone()));
+    let scope = scope.replace(' ', ",");
     answer(json!({"access_token": token, "token_type": "bearer", "scope": scope}))
 }
 
-/// The signed-in user of an API request, or GitHub's refusal.
+/// The signed-in user of an API request, or GitHub's refusal; `needs`: the scopes any one of
+/// which the endpoint requires (GitHub answers 404 without, so as not to reveal the resource).
 fn authenticated(
     github: &FakeGitHub,
     headers: &HeaderMap,
     what: String,
+    needs: &[&str],
 ) -> Result<GitHubUser, Box<Response>> {
     let mut g = github.0.lock().unwrap();
     g.api_requests.push(what);
@@ -352,12 +355,20 @@ fn authenticated(
                 .or_else(|| v.strip_prefix("token "))
         })
         .unwrap_or_default();
-    let user = g
-        .tokens
-        .get(token)
-        .filter(|_| !g.tokens_revoked)
-        .and_then(|login| g.users.get(login))
-        .cloned();
+    let granted = g.tokens.get(token).filter(|_| !g.tokens_revoked);
+    if let Some((_, scopes)) = granted
+        && !needs.is_empty()
+        && !scopes.split(' ').any(|s| needs.contains(&s))
+    {
+        return Err(Box::new(
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest", "status": "404"})),
+            )
+                .into_response(),
+        ));
+    }
+    let user = granted.and_then(|(login, _)| g.users.get(login)).cloned();
     user.ok_or_else(|| {
         Box::new(
         (
@@ -370,7 +381,7 @@ fn authenticated(
 }
 
 async fn user(State(github): State<FakeGitHub>, headers: HeaderMap) -> Response {
-    let user = match authenticated(&github, &headers, "GET /api/v3/user".into()) {
+    let user = match authenticated(&github, &headers, "GET /api/v3/user".into(), &[]) {
         Ok(user) => user,
         Err(refused) => return *refused,
     };
@@ -385,7 +396,12 @@ async fn user(State(github): State<FakeGitHub>, headers: HeaderMap) -> Response 
 }
 
 async fn emails(State(github): State<FakeGitHub>, headers: HeaderMap) -> Response {
-    let user = match authenticated(&github, &headers, "GET /api/v3/user/emails".into()) {
+    let user = match authenticated(
+        &github,
+        &headers,
+        "GET /api/v3/user/emails".into(),
+        &["user", "user:email"],
+    ) {
         Ok(user) => user,
         Err(refused) => return *refused,
     };
@@ -411,6 +427,7 @@ async fn teams(
         &github,
         &headers,
         format!("GET /api/v3/user/teams?{}", query.join("&")),
+        &["user", "repo", "read:org"],
     ) {
         Ok(user) => user,
         Err(refused) => return *refused,
