@@ -213,7 +213,7 @@ impl GitHub {
         let token = self.exchange_code(code, redirect_uri, verifier).await?;
         let user: User = self.get_json(&format!("{}/user", self.api), &token).await?;
         let emails: Vec<Email> = self
-            .get_json(&format!("{}/user/emails", self.api), &token)
+            .get_json(&format!("{}/user/emails?per_page=100", self.api), &token)
             .await?;
         let Some(email) = emails
             .into_iter()

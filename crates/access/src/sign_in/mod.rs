@@ -42,7 +42,8 @@ pub struct SignIn {
     /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
-    oidc: Option<IdentityProvider>,
+    /// The identity provider (OpenID Connect or GitHub), if one is configured.
+    idp: Option<IdentityProvider>,
 }
 
 impl SignIn {
@@ -56,19 +57,19 @@ impl SignIn {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             limiter: SignInLimiter::default(),
-            oidc: None,
+            idp: None,
         }
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
-        self.oidc = Some(IdentityProvider::Oidc(oidc));
+        self.idp = Some(IdentityProvider::Oidc(oidc));
         self
     }
 
     /// Signs users in with GitHub (local users may still post the form).
     pub fn with_github(mut self, github: GitHub) -> Self {
-        self.oidc = Some(IdentityProvider::GitHub(github));
+        self.idp = Some(IdentityProvider::GitHub(github));
         self
     }
 
@@ -201,7 +202,7 @@ impl SignIn {
         ctx: &RequestContext,
         request: &Request<Body>,
     ) -> Response<Body> {
-        let Some(oidc) = &self.oidc else {
+        let Some(oidc) = &self.idp else {
             return html(
                 StatusCode::NOT_FOUND,
                 pages::message("Not found", "No identity provider is configured."),
@@ -296,7 +297,7 @@ impl SignIn {
         let query = request.uri().query().unwrap_or("").to_owned();
         let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
         if request.method() != Method::POST {
-            if let Some(oidc) = &self.oidc {
+            if let Some(oidc) = &self.idp {
                 return self.start_oidc(oidc, ctx, &redirect).await;
             }
             return self.sign_in_page(StatusCode::OK, &redirect, None);
