@@ -75,6 +75,12 @@ impl Access {
         self
     }
 
+    /// Signs users in with GitHub (local users may still post the form).
+    pub fn with_github(mut self, github: crate::sign_in::github::GitHub) -> Self {
+        self.sign_in = self.sign_in.with_github(github);
+        self
+    }
+
     /// Answers one of the gateway's own endpoints.
     async fn answer(
         &self,

@@ -1,7 +1,7 @@
 //! Who may do what, and the OAuth around it: the gateway [`Hooks`](postern_gateway::hooks::Hooks)
 //! ([`Access`]), composed of four services, each a folder with a type that owns its state:
 //!
-//! - `sign_in/` (`SignIn`): local users, OIDC, sessions, the sign-in and sign-out pages;
+//! - `sign_in/` (`SignIn`): local users, OIDC or GitHub, sessions, the sign-in and sign-out pages;
 //! - `authorization_server/` (`AuthorizationServer`): client registration and its limits,
 //!   authorize and consent, token, revoke, client ID metadata documents;
 //! - `broker/` (`UpstreamBroker`): users' upstream tokens (TI), discovery of upstream
@@ -31,4 +31,4 @@ pub use access::Access;
 pub use authorization_server::registration;
 pub use enforcement::assertion;
 pub use settings::AccessSettings;
-pub use sign_in::{oidc, session, users};
+pub use sign_in::{github, oidc, session, users};

@@ -35,6 +35,8 @@ pub struct OidcPreset {
     pub issuer: Option<&'static str>,
     /// The ID-token claim with the user's groups, when `idp_groups_claim` is left out.
     pub groups_claim: &'static str,
+    /// The scopes asked for when `idp_scopes` is left out.
+    pub scopes: &'static [&'static str],
 }
 
 /// Every `idp_provider` Postern accepts: `oidc` and Pomerium's names of OpenID Connect
@@ -44,51 +46,62 @@ pub const OIDC_PRESETS: [OidcPreset; 10] = [
         name: "oidc",
         issuer: None,
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "google",
         issuer: Some("https://accounts.google.com"),
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "gitlab",
         issuer: Some("https://gitlab.com"),
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "okta",
         issuer: None,
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "auth0",
         issuer: None,
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "azure",
-        issuer: None,
+        // Microsoft's multi-tenant endpoint, as Pomerium defaults to: any Microsoft account.
+        issuer: Some("https://login.microsoftonline.com/common/v2.0"),
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "cognito",
         issuer: None,
         groups_claim: "cognito:groups",
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "onelogin",
-        issuer: None,
+        issuer: Some("https://openid-connect.onelogin.com/oidc"),
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &ONELOGIN_SCOPES,
     },
     OidcPreset {
         name: "ping",
         issuer: None,
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
     OidcPreset {
         name: "keycloak",
         issuer: None,
         groups_claim: IDP_GROUPS_CLAIM,
+        scopes: &IDP_SCOPES,
     },
 ];
 
@@ -103,6 +116,9 @@ pub const RESPONSE_HEADERS: [(&str, &str); 3] = [
 pub const HSTS: &str = "max-age=31536000; includeSubDomains; preload";
 /// The `set_response_headers` key that turns every default off.
 pub const DISABLE_RESPONSE_HEADERS: &str = "disable";
+/// `idp_provider_url` with `idp_provider: github`.
+pub const GITHUB_URL: &str = "https://github.com";
+
 /// `timeout_read`: a request head, or a stalled body, gets 408 after this.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// `timeout_idle`: an idle client connection is closed after this.
@@ -127,6 +143,8 @@ pub const MCP_ACCESS_TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
 pub const MCP_DYNAMIC_CLIENT_REGISTRATION: bool = true;
 /// `idp_scopes`.
 pub const IDP_SCOPES: [&str; 3] = ["openid", "profile", "email"];
+/// `idp_scopes` with `idp_provider: onelogin`: OneLogin sends groups only for the `groups` scope.
+pub const ONELOGIN_SCOPES: [&str; 4] = ["openid", "profile", "email", "groups"];
 /// `idp_groups_claim`.
 pub const IDP_GROUPS_CLAIM: &str = "groups";
 /// `databroker_storage_type`.
@@ -316,10 +334,12 @@ impl Config {
             .unwrap_or(MCP_DYNAMIC_CLIENT_REGISTRATION)
     }
 
-    /// The OIDC scopes to request (`idp_scopes`, default [`IDP_SCOPES`]).
+    /// The OIDC scopes to request (`idp_scopes`, default the preset's: [`IDP_SCOPES`], for
+    /// `onelogin` [`ONELOGIN_SCOPES`]).
     pub fn idp_scopes(&self) -> Vec<String> {
         if self.idp_scopes.is_empty() {
-            IDP_SCOPES.iter().map(|s| (*s).to_owned()).collect()
+            let scopes = self.oidc_preset().map_or(&IDP_SCOPES[..], |p| p.scopes);
+            scopes.iter().map(|s| (*s).to_owned()).collect()
         } else {
             self.idp_scopes.clone()
         }
@@ -347,6 +367,18 @@ impl Config {
         self.idp_provider_url
             .clone()
             .or_else(|| preset.issuer.map(str::to_owned))
+    }
+
+    /// With `idp_provider: github`, the GitHub to sign in with: `idp_provider_url` (a GitHub
+    /// Enterprise Server) or [`GITHUB_URL`]; `None` otherwise.
+    pub fn github_url(&self) -> Option<String> {
+        (self.idp_provider.as_deref() == Some("github")).then(|| {
+            self.idp_provider_url
+                .as_deref()
+                .unwrap_or(GITHUB_URL)
+                .trim_end_matches('/')
+                .to_owned()
+        })
     }
 
     /// Where state is kept (`databroker_storage_type`, default [`STORAGE_TYPE`]).

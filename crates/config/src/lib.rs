@@ -586,17 +586,14 @@ fn validate_idp(config: &Config) -> Result<(), ConfigError> {
         return Ok(());
     };
     if provider == "github" {
-        return Err(ConfigError::at(
-            "idp_provider",
-            "github is not supported yet (GitHub signs in with OAuth 2, not OpenID Connect): sign in through an OpenID Connect provider that federates GitHub (Keycloak, Dex, Auth0, ...), or use local users",
-        ));
+        return validate_github(config);
     }
     let Some(preset) = defaults::OIDC_PRESETS.iter().find(|p| p.name == provider) else {
         let names: Vec<&str> = defaults::OIDC_PRESETS.iter().map(|p| p.name).collect();
         return Err(ConfigError::at(
             "idp_provider",
             format!(
-                "{provider:?} is not supported; use one of {} (or leave it out for local users)",
+                "{provider:?} is not supported; use one of {}, github (or leave it out for local users)",
                 names.join(", ")
             ),
         ));
@@ -614,6 +611,34 @@ fn validate_idp(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::at(
             "idp_client_id",
             format!("required with idp_provider: {}", preset.name),
+        ));
+    }
+    Ok(())
+}
+
+/// `idp_provider: github`: a client id, and `idp_provider_url` (a GitHub Enterprise Server)
+/// an http(s) URL of the server itself.
+fn validate_github(config: &Config) -> Result<(), ConfigError> {
+    if let Some(url) = &config.idp_provider_url {
+        let ok = url::Url::parse(url).is_ok_and(|u| {
+            matches!(u.scheme(), "https" | "http")
+                && u.host_str().is_some()
+                && u.query().is_none()
+                && u.path().trim_end_matches('/').is_empty()
+        });
+        if !ok {
+            return Err(ConfigError::at(
+                "idp_provider_url",
+                format!(
+                    "{url:?} is not a GitHub URL: leave it out for github.com, or give your GitHub Enterprise Server's address (https://github.your-company.com, no path)"
+                ),
+            ));
+        }
+    }
+    if config.idp_client_id.is_none() {
+        return Err(ConfigError::at(
+            "idp_client_id",
+            "required with idp_provider: github (the OAuth app's Client ID)",
         ));
     }
     Ok(())

@@ -118,7 +118,7 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
     (
         "idp_service_account",
         Ignored(
-            "Postern reads groups from the ID token's groups claim (idp_groups_claim), not the provider's directory API",
+            "Postern reads groups at sign-in from the ID token's groups claim (idp_groups_claim), or with github from the user's teams, not the provider's directory API",
         ),
     ),
     (

@@ -777,15 +777,57 @@ fn pomeriums_oidc_provider_names_are_presets() {
         "idp_provider: cognito\nidp_provider_url: https://c.example\nidp_groups_claim: roles\n",
     ));
     assert_eq!(own_claim.idp_groups_claim(), "roles", "the key wins");
-    for name in ["okta", "auth0", "azure", "onelogin", "ping"] {
+    let azure = parse_ok(&with("idp_provider: azure\n"));
+    assert_eq!(
+        azure.oidc_issuer().as_deref(),
+        Some("https://login.microsoftonline.com/common/v2.0"),
+        "Pomerium's default: the multi-tenant endpoint"
+    );
+    let onelogin = parse_ok(&with("idp_provider: onelogin\n"));
+    assert_eq!(
+        onelogin.oidc_issuer().as_deref(),
+        Some("https://openid-connect.onelogin.com/oidc")
+    );
+    assert_eq!(
+        onelogin.idp_scopes(),
+        ["openid", "profile", "email", "groups"]
+    );
+    assert_eq!(azure.idp_scopes(), ["openid", "profile", "email"]);
+    let own_scopes = parse_ok(&with(
+        "idp_provider: onelogin\nidp_scopes: [openid, email]\n",
+    ));
+    assert_eq!(own_scopes.idp_scopes(), ["openid", "email"], "the key wins");
+    for name in ["okta", "auth0", "cognito", "ping", "keycloak"] {
         let err = parse_err(&with(&format!("idp_provider: {name}\n")));
         assert_eq!(err.path, "idp_provider_url", "{name}");
         assert!(err.message.contains(name), "{err}");
         let url = format!("idp_provider: {name}\nidp_provider_url: https://{name}.example/\n");
         assert!(parse_ok(&with(&url)).oidc_issuer().is_some());
     }
-    let github = parse_err(&with("idp_provider: github\n"));
-    assert!(github.message.contains("not supported yet"), "{github}");
+    let github = parse_ok(&with("idp_provider: github\n"));
+    assert_eq!(github.github_url().as_deref(), Some("https://github.com"));
+    assert_eq!(github.oidc_issuer(), None, "GitHub is not OpenID Connect");
+    let enterprise = parse_ok(&with(
+        "idp_provider: github\nidp_provider_url: https://ghe.corp.example/\n",
+    ));
+    assert_eq!(
+        enterprise.github_url().as_deref(),
+        Some("https://ghe.corp.example")
+    );
+    for bad in [
+        "ghe.corp.example",
+        "https://ghe.corp.example/api/v3",
+        "ftp://ghe",
+    ] {
+        let err = parse_err(&with(&format!(
+            "idp_provider: github\nidp_provider_url: {bad}\n"
+        )));
+        assert_eq!(err.path, "idp_provider_url", "{bad}");
+        assert!(err.message.contains("GitHub Enterprise Server"), "{err}");
+    }
+    let no_client = parse_err("insecure_server: true\nidp_provider: github\n");
+    assert_eq!(no_client.path, "idp_client_id");
+    assert_eq!(parse_ok(&with("")).github_url(), None);
     let unknown = parse_err(&with("idp_provider: myidp\n"));
     assert!(unknown.message.contains("keycloak"), "{unknown}");
     assert_eq!(parse_ok("insecure_server: true\n").oidc_issuer(), None);

@@ -108,11 +108,12 @@ pub struct Config {
     #[serde(default)]
     pub authenticate_service_url: Option<String>,
     /// Identity provider: `oidc`, or one of Pomerium's OIDC provider names (`google`, `gitlab`,
-    /// `okta`, `auth0`, `azure`, `cognito`, `onelogin`, `ping`, `keycloak`). Absent: local users
-    /// (`users_file`).
+    /// `okta`, `auth0`, `azure`, `cognito`, `onelogin`, `ping`, `keycloak`), or `github` (OAuth 2).
+    /// Absent: local users (`users_file`).
     #[serde(default)]
     pub idp_provider: Option<String>,
-    /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`).
+    /// OIDC issuer URL (discovery at `/.well-known/openid-configuration`); with `github`, a
+    /// GitHub Enterprise Server's URL.
     #[serde(default)]
     pub idp_provider_url: Option<String>,
     /// OIDC client id.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use postern_access::assertion::Signer;
+use postern_access::github::{GitHub, GitHubSettings};
 use postern_access::oidc::{Oidc, OidcSettings};
 use postern_access::users::LocalUsers;
 use postern_access::{Access, AccessSettings};
@@ -152,18 +153,11 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
     let mut settings = AccessSettings::from_config(config);
     settings.audit_file = Some(base.join(config.audit_file()));
     let mut access = Access::new(store.clone(), users, signer, settings);
-    if let Some(issuer) = config.oidc_issuer() {
-        let oidc = Oidc::new(OidcSettings {
-            issuer,
-            client_id: config
-                .idp_client_id
-                .clone()
-                .context("idp_client_id is required")?,
-            client_secret: config.idp_client_secret.clone().unwrap_or_default(),
-            scopes: config.idp_scopes(),
-            groups_claim: config.idp_groups_claim().to_owned(),
-        });
-        access = access.with_oidc(oidc);
+    if let Some(settings) = OidcSettings::from_config(config) {
+        access = access.with_oidc(Oidc::new(settings));
+    }
+    if let Some(settings) = GitHubSettings::from_config(config) {
+        access = access.with_github(GitHub::new(settings));
     }
     Ok(Arc::new(access))
 }

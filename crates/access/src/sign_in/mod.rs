@@ -1,8 +1,10 @@
 //! Signing users in and out: the local users' form (with its anti-forgery pair and guessing
-//! limits), OpenID Connect, and the browser sessions they start.
+//! limits), OpenID Connect or GitHub, and the browser sessions they start.
 
+pub mod github;
 mod handoff;
 pub mod oidc;
+pub mod provider;
 pub mod session;
 pub mod users;
 
@@ -15,7 +17,9 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
+use crate::sign_in::github::GitHub;
 use crate::sign_in::oidc::Oidc;
+use crate::sign_in::provider::IdentityProvider;
 use crate::sign_in::session::CookieSettings;
 use crate::sign_in::users::{LocalUser, LocalUsers};
 use crate::web::limiter::SignInLimiter;
@@ -40,7 +44,8 @@ pub struct SignIn {
     /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
-    oidc: Option<Oidc>,
+    /// The identity provider (OpenID Connect or GitHub), if one is configured.
+    idp: Option<IdentityProvider>,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
 }
@@ -56,7 +61,7 @@ impl SignIn {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             limiter: SignInLimiter::default(),
-            oidc: None,
+            idp: None,
             authenticate: None,
         }
     }
@@ -69,7 +74,13 @@ impl SignIn {
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
-        self.oidc = Some(oidc);
+        self.idp = Some(IdentityProvider::Oidc(oidc));
+        self
+    }
+
+    /// Signs users in with GitHub (local users may still post the form).
+    pub fn with_github(mut self, github: GitHub) -> Self {
+        self.idp = Some(IdentityProvider::GitHub(github));
         self
     }
 
@@ -89,7 +100,7 @@ impl SignIn {
     /// Sends the browser to the provider; the sign-in is bound to this browser by a cookie.
     async fn start_oidc(
         &self,
-        oidc: &Oidc,
+        oidc: &IdentityProvider,
         ctx: &RequestContext,
         redirect: &str,
     ) -> Response<Body> {
@@ -135,7 +146,7 @@ impl SignIn {
                 response
             }
             Err(error) => {
-                tracing::error!(%error, "OIDC sign-in could not start");
+                tracing::error!(%error, idp = oidc.name(), "sign-in could not start");
                 html(
                     StatusCode::BAD_GATEWAY,
                     pages::message("Sign-in is unavailable", &error.to_string()),
@@ -202,7 +213,7 @@ impl SignIn {
         ctx: &RequestContext,
         request: &Request<Body>,
     ) -> Response<Body> {
-        let Some(oidc) = &self.oidc else {
+        let Some(oidc) = &self.idp else {
             return html(
                 StatusCode::NOT_FOUND,
                 pages::message("Not found", "No identity provider is configured."),
@@ -217,7 +228,7 @@ impl SignIn {
         let identity = match oidc.finish(&code, &callback, &verifier, &nonce).await {
             Ok(identity) => identity,
             Err(error) => {
-                tracing::warn!(request_id = %ctx.request_id, %error, "OIDC sign-in refused");
+                tracing::warn!(request_id = %ctx.request_id, %error, idp = oidc.name(), "sign-in refused");
                 return html(
                     StatusCode::UNAUTHORIZED,
                     pages::message("Sign-in failed", &error.to_string()),
@@ -240,7 +251,7 @@ impl SignIn {
                 name: identity.name,
                 groups: identity.groups,
                 claims: identity.claims,
-                idp: "oidc".into(),
+                idp: oidc.name().into(),
                 ..Session::default()
             })
             .await
@@ -325,7 +336,7 @@ impl SignIn {
             }
         }
         if request.method() != Method::POST {
-            if let Some(oidc) = &self.oidc {
+            if let Some(oidc) = &self.idp {
                 return self.start_oidc(oidc, ctx, &redirect).await;
             }
             return self.sign_in_page(StatusCode::OK, &redirect, None);

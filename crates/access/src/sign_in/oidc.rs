@@ -29,6 +29,21 @@ pub struct OidcSettings {
     pub groups_claim: String,
 }
 
+impl OidcSettings {
+    /// The settings `config` gives (its `idp_provider` preset's defaults applied); `None`
+    /// without an OpenID Connect `idp_provider`.
+    pub fn from_config(config: &postern_config::Config) -> Option<Self> {
+        Some(Self {
+            issuer: config.oidc_issuer()?,
+            // `check-config` requires it with every `idp_provider`.
+            client_id: config.idp_client_id.clone().unwrap_or_default(),
+            client_secret: config.idp_client_secret.clone().unwrap_or_default(),
+            scopes: config.idp_scopes(),
+            groups_claim: config.idp_groups_claim().to_owned(),
+        })
+    }
+}
+
 /// Why sign-in with the provider failed. Messages say which check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -105,6 +120,34 @@ const KEY_LIMITS: Limits = Limits {
     max_bytes: 256 * 1024,
 };
 
+/// What Microsoft's multi-tenant endpoints (`.../common/v2.0`, `organizations`, `consumers`)
+/// publish in place of the tenant in their issuer: each ID token's `iss` names the user's own
+/// tenant, the one its `tid` claim gives.
+const TENANT_PLACEHOLDER: &str = "{tenantid}";
+/// The multi-tenant endpoints' names for "any tenant" (Microsoft identity platform).
+const MULTI_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
+/// Google's issuer, and the other spelling its ID tokens may carry in `iss` ("accounts.google.com
+/// or https://accounts.google.com", Google's OpenID Connect guide).
+const GOOGLE_ISSUER: (&str, &str) = ("https://accounts.google.com", "accounts.google.com");
+
+/// Whether the issuer a discovery document names is the configured one: the same URL, or for a
+/// Microsoft multi-tenant endpoint the template `.../{tenantid}/v2.0` it publishes.
+fn discovered_issuer_matches(configured: &str, discovered: &str) -> bool {
+    let (configured, discovered) = (
+        configured.trim_end_matches('/'),
+        discovered.trim_end_matches('/'),
+    );
+    if configured == discovered {
+        return true;
+    }
+    let Some((before, after)) = discovered.split_once(TENANT_PLACEHOLDER) else {
+        return false;
+    };
+    MULTI_TENANT
+        .iter()
+        .any(|tenant| configured == format!("{before}{tenant}{after}"))
+}
+
 /// Largest discovery document (and UserInfo response) accepted.
 const MAX_DISCOVERY_BYTES: usize = 256 * 1024;
 
@@ -157,9 +200,7 @@ impl Oidc {
                     .map_err(|e| fail(e.to_string()))?;
                 let discovery: Discovery = serde_json::from_slice(&body)
                     .map_err(|e| fail(format!("not a discovery document: {e}")))?;
-                if discovery.issuer.trim_end_matches('/')
-                    != self.settings.issuer.trim_end_matches('/')
-                {
+                if !discovered_issuer_matches(&self.settings.issuer, &discovery.issuer) {
                     return Err(fail(format!(
                         "it names another issuer ({})",
                         Untrusted(&discovery.issuer)
@@ -412,7 +453,13 @@ pub fn validate_id_token(
     let key =
         DecodingKey::from_jwk(jwk).map_err(|e| refuse(format!("unusable provider key: {e}")))?;
     let mut validation = Validation::new(header.alg);
-    validation.set_issuer(&[issuer]);
+    // A multi-tenant issuer is checked below, against the token's own tenant.
+    let tenant_template = issuer.contains(TENANT_PLACEHOLDER);
+    if issuer == GOOGLE_ISSUER.0 {
+        validation.set_issuer(&[GOOGLE_ISSUER.0, GOOGLE_ISSUER.1]);
+    } else if !tenant_template {
+        validation.set_issuer(&[issuer]);
+    }
     validation.set_audience(&[client_id]);
     validation.leeway = 60;
     validation.validate_nbf = true;
@@ -433,6 +480,9 @@ pub fn validate_id_token(
             })
         })?;
     let claims = data.claims;
+    if tenant_template {
+        check_tenant_issuer(&claims, issuer).map_err(refuse)?;
+    }
     if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
         return Err(refuse(
             "the nonce does not match this sign-in (a replayed or injected token)".into(),
@@ -453,6 +503,28 @@ pub fn validate_id_token(
         groups,
         claims,
     })
+}
+
+/// A token from a multi-tenant issuer (`https://login.microsoftonline.com/{tenantid}/v2.0`)
+/// must name its own tenant: `iss` is the template with the token's `tid` in it.
+fn check_tenant_issuer(claims: &Map<String, Value>, template: &str) -> Result<(), String> {
+    let tid = claims
+        .get("tid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if tid.is_empty()
+        || tid.len() > 64
+        || !tid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!(
+            "no usable tenant (tid) for the multi-tenant issuer {template}"
+        ));
+    }
+    let expected = template.replace(TENANT_PLACEHOLDER, tid);
+    if claims.get("iss").and_then(Value::as_str) != Some(expected.as_str()) {
+        return Err(format!("wrong issuer (expected {expected})"));
+    }
+    Ok(())
 }
 
 /// Refuses an email address the provider marks unverified (`email_verified: false`, also as
@@ -600,6 +672,100 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("not verified"), "{error}");
+    }
+
+    #[test]
+    fn a_multi_tenant_issuer_takes_each_tokens_own_tenant() {
+        let template = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        for tenant in ["common", "organizations", "consumers"] {
+            let configured = format!("https://login.microsoftonline.com/{tenant}/v2.0");
+            assert!(discovered_issuer_matches(&configured, template), "{tenant}");
+        }
+        assert!(!discovered_issuer_matches(
+            "https://login.microsoftonline.com/my-tenant/v2.0",
+            template
+        ));
+        assert!(!discovered_issuer_matches(
+            "https://idp.test",
+            "https://evil.test/{tenantid}"
+        ));
+        assert!(discovered_issuer_matches(
+            "https://idp.test/",
+            "https://idp.test"
+        ));
+
+        let (key, keys) = new_key();
+        let check = |claims: Value| {
+            validate_id_token(
+                &token(&key, &keys, claims),
+                &keys,
+                template,
+                "postern",
+                "n-1",
+                "groups",
+            )
+        };
+        let tenant = |iss: &str, tid: Option<&str>| {
+            let mut c = claims();
+            c["iss"] = json!(iss);
+            if let Some(tid) = tid {
+                c["tid"] = json!(tid);
+            }
+            c
+        };
+        let t1 = "https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0";
+        assert!(check(tenant(t1, Some("9188040d-6c67-4c5b-b112-36a304b66dad"))).is_ok());
+        for (iss, tid, expected) in [
+            (
+                t1,
+                Some("72f988bf-86f1-41af-91ab-2d7cd011db47"),
+                "wrong issuer",
+            ),
+            (t1, None, "no usable tenant"),
+            (
+                "https://evil.test/9188040d/v2.0",
+                Some("9188040d"),
+                "wrong issuer",
+            ),
+            (template, Some("{tenantid}"), "no usable tenant"),
+        ] {
+            let error = check(tenant(iss, tid)).unwrap_err().to_string();
+            assert!(error.contains(expected), "{iss} {tid:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn google_tokens_may_name_the_issuer_without_its_scheme() {
+        let (key, keys) = new_key();
+        let check = |iss: &str| {
+            let mut c = claims();
+            c["iss"] = json!(iss);
+            validate_id_token(
+                &token(&key, &keys, c),
+                &keys,
+                "https://accounts.google.com",
+                "postern",
+                "n-1",
+                "groups",
+            )
+        };
+        assert!(check("https://accounts.google.com").is_ok());
+        assert!(check("accounts.google.com").is_ok());
+        assert!(check("evil.google.com").is_err());
+        // Only Google's: another issuer's tokens must carry it exactly.
+        let mut c = claims();
+        c["iss"] = json!("idp.test");
+        assert!(
+            validate_id_token(
+                &token(&key, &keys, c),
+                &keys,
+                "https://idp.test",
+                "postern",
+                "n-1",
+                "groups"
+            )
+            .is_err()
+        );
     }
 
     #[test]

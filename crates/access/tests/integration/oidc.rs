@@ -143,75 +143,11 @@ async fn oidc_sign_in(conform: bool) {
     .with_oidc(oidc);
     support::serve(listener, &yaml, access, &stop);
 
-    // A browser keeping cookies; redirects are followed by hand (GET), up to the gateway's callback.
-    let browser = support::browser;
-    async fn follow(
-        client: &reqwest::Client,
-        mut response: reqwest::Response,
-    ) -> reqwest::Response {
-        while response.status().is_redirection() {
-            let next = response
-                .url()
-                .join(response.headers()["location"].to_str().unwrap())
-                .unwrap();
-            if next.path() == "/.pomerium/callback" {
-                break;
-            }
-            response = client.get(next).send().await.unwrap();
-        }
-        response
-    }
-    let alice = browser();
-    let login = follow(
-        &alice,
-        alice
-            .get(format!("{base}/.pomerium/sign_in?redirect_uri=/"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(
-        login.url().as_str().starts_with(&op.issuer),
-        "sent to the provider: {}",
-        login.url()
-    );
-    let page = login.text().await.unwrap();
-    let posted = alice
-        .post(form_action(&op.issuer, &page))
-        .form(&[
-            ("prompt", "login"),
-            ("login", "ada"),
-            ("password", "anything"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let consent = follow(&alice, posted).await;
-    let page = consent.text().await.unwrap();
-    let posted = alice
-        .post(form_action(&op.issuer, &page))
-        .form(&[("prompt", "consent")])
-        .send()
-        .await
-        .unwrap();
-    let back = follow(&alice, posted).await;
-    assert!(
-        back.status().is_redirection(),
-        "stopped at the redirect to the gateway's callback"
-    );
-    let callback = back
-        .url()
-        .join(back.headers()["location"].to_str().unwrap())
-        .unwrap()
-        .to_string();
-    assert!(
-        callback.starts_with(&format!("{base}/.pomerium/callback?code=")),
-        "{callback}"
-    );
+    let alice = support::browser();
+    let callback = sign_in_at_provider(&alice, &base, &op.issuer).await;
 
     // Another browser presenting Alice's code is refused, and does not burn her sign-in.
-    let mallory = browser();
+    let mallory = support::browser();
     let response = mallory.get(&callback).send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("another browser"));
@@ -242,5 +178,153 @@ async fn oidc_sign_in(conform: bool) {
 
     // The code is single use.
     assert_eq!(alice.get(&callback).send().await.unwrap().status(), 400);
+    stop.cancel();
+}
+
+/// Follows redirects by hand (GET), up to the gateway's callback.
+async fn follow(client: &reqwest::Client, mut response: reqwest::Response) -> reqwest::Response {
+    while response.status().is_redirection() {
+        let next = response
+            .url()
+            .join(response.headers()["location"].to_str().unwrap())
+            .unwrap();
+        if next.path() == "/.pomerium/callback" {
+            break;
+        }
+        response = client.get(next).send().await.unwrap();
+    }
+    response
+}
+
+/// Starts a sign-in at the gateway `base` in `browser`, signs in as `ada` at the provider and
+/// consents: the gateway callback URL the provider sends the browser to.
+async fn sign_in_at_provider(browser: &reqwest::Client, base: &str, issuer: &str) -> String {
+    let login = follow(
+        browser,
+        browser
+            .get(format!("{base}/.pomerium/sign_in?redirect_uri=/"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        login.url().as_str().starts_with(issuer),
+        "sent to the provider: {}",
+        login.url()
+    );
+    let page = login.text().await.unwrap();
+    let posted = browser
+        .post(form_action(issuer, &page))
+        .form(&[
+            ("prompt", "login"),
+            ("login", "ada"),
+            ("password", "anything"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let consent = follow(browser, posted).await;
+    let page = consent.text().await.unwrap();
+    let posted = browser
+        .post(form_action(issuer, &page))
+        .form(&[("prompt", "consent")])
+        .send()
+        .await
+        .unwrap();
+    let back = follow(browser, posted).await;
+    assert!(
+        back.status().is_redirection(),
+        "stopped at the redirect to the gateway's callback"
+    );
+    let callback = back
+        .url()
+        .join(back.headers()["location"].to_str().unwrap())
+        .unwrap()
+        .to_string();
+    assert!(
+        callback.starts_with(&format!("{base}/.pomerium/callback?code=")),
+        "{callback}"
+    );
+    callback
+}
+
+/// Every `idp_provider` preset signs in against a real provider at `idp_provider_url`, configured
+/// as a user writes it, and takes groups from the claim the preset names (`cognito:groups` for
+/// `cognito`, where the provider sends other groups than in `groups`).
+#[tokio::test]
+async fn every_oidc_preset_signs_in_and_reads_groups_from_its_claim() {
+    use postern_access::oidc::{Oidc, OidcSettings};
+    use postern_config::defaults::OIDC_PRESETS;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut gateways = Vec::new();
+    for preset in OIDC_PRESETS {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+        gateways.push((preset, listener, base));
+    }
+    let callbacks: Vec<String> = gateways
+        .iter()
+        .map(|(_, _, base)| format!("{base}/.pomerium/callback"))
+        .collect();
+    let Some(op) = provider(&callbacks.join(","), false).await else {
+        return;
+    };
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        headers
+            .get("x-pomerium-jwt-assertion")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+
+    let stop = CancellationToken::new();
+    for (preset, listener, base) in gateways {
+        let name = preset.name;
+        // What the provider sends in each claim (tests/oidc-provider/provider.mjs).
+        let expected = match name {
+            "cognito" => ["staff", "cognito-users"],
+            _ => ["staff", "oidc-users"],
+        };
+        // A trailing slash, as users write it (Auth0's issuers end with one).
+        let yaml = format!(
+            "insecure_server: true\nidp_provider: {name}\nidp_provider_url: {}/\nidp_client_id: postern\nidp_client_secret: postern-test-secret\nidp_scopes: [openid, email, profile, groups]\nroutes:\n  - {{from: http://localhost, to: http://{up}, pass_identity_headers: true, policy: {{allow: {{and: [{{groups: {{has: {}}}}}]}}}}}}\n",
+            op.issuer, expected[1]
+        );
+        let config =
+            postern_config::parse(&yaml, Path::new("."), &std::collections::HashMap::new())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let settings = OidcSettings::from_config(&config).expect("an OIDC provider");
+        let access = Access::new(
+            support::memory_store().await,
+            LocalUsers::default(),
+            Signer::from_pem(&Signer::generate_pem()).unwrap(),
+            support::settings(),
+        )
+        .with_oidc(Oidc::new(settings));
+        support::serve(listener, &yaml, access, &stop);
+
+        let browser = support::browser();
+        let callback = sign_in_at_provider(&browser, &base, &op.issuer).await;
+        let done = browser.get(&callback).send().await.unwrap();
+        assert_eq!(done.status(), 303, "{name}: {}", done.text().await.unwrap());
+        let app = browser.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(
+            app.status(),
+            200,
+            "{name}: allowed by the group in its claim"
+        );
+        let assertion = app.text().await.unwrap();
+        let payload = assertion.split('.').nth(1).expect("an assertion");
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["groups"], serde_json::json!(expected), "{name}");
+        assert_eq!(claims["email"], "ada@example.com", "{name}");
+    }
     stop.cancel();
 }

@@ -222,6 +222,7 @@ pub async fn connect(browser: &reqwest::Client, base: &str, query: &str) -> reqw
         .unwrap()
 }
 
+pub mod github;
 pub mod notion_world;
 pub mod oauth_client;
 pub mod oauth_provider;
