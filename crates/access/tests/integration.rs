@@ -11,6 +11,8 @@ mod attacks;
 mod authorization_server;
 #[path = "integration/discovery.rs"]
 mod discovery;
+#[path = "integration/mtls.rs"]
+mod mtls;
 #[path = "integration/oidc.rs"]
 mod oidc;
 #[path = "integration/policy_and_mcp.rs"]

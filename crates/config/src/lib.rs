@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
+mod mtls;
 mod pomerium;
 mod types;
 mod values;
@@ -105,6 +106,7 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     config.warnings = screened.warnings;
     resolve_secrets(&mut config, base_dir, env)?;
     resolve_route_files(&mut config, base_dir)?;
+    mtls::resolve(&mut config, base_dir)?;
     validate(&config)?;
     let advice = advice(&config);
     config.warnings.extend(advice);
@@ -320,6 +322,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_idp(config)?;
     validate_logging_and_tokens(config)?;
     validate_claim_headers(config)?;
+    mtls::validate(config)?;
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
     }

@@ -137,6 +137,7 @@ impl Enforcement {
                 mcp,
                 source_ip: Some(ctx.client_addr.ip()),
                 preflight,
+                client_certificate: ctx.client_certificate.as_deref(),
             })
         };
         let decisions: Vec<_> = if calls.is_empty() {
@@ -268,6 +269,7 @@ impl Enforcement {
                     mcp: None,
                     source_ip: Some(ctx.client_addr.ip()),
                     preflight: false,
+                    client_certificate: ctx.client_certificate.as_deref(),
                 });
                 if user.is_none() && anonymous.needs_sign_in {
                     return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
@@ -298,6 +300,19 @@ impl Enforcement {
         uri: &http::Uri,
     ) -> Response<Body> {
         let first = &denied[0].1;
+        if first.invalid_client_certificate {
+            self.audit.record(AuditEvent::decision(
+                ctx,
+                route,
+                session,
+                None,
+                &first.reason,
+                false,
+            ));
+            let presented = ctx.client_certificate.is_some();
+            return GatewayError::ClientCertificateRequired { presented }
+                .into_response(&ctx.request_id, ctx.browser);
+        }
         if first.needs_sign_in {
             return self.unauthenticated(ctx, route, &original(uri));
         }
@@ -536,6 +551,7 @@ async fn filter_tool_lists(
     let user = allowed.session.as_ref().map(session::user_of);
     let policy = route.policy.clone();
     let source_ip = ctx.client_addr.ip();
+    let certificate = ctx.client_certificate.clone();
     let may_call = move |tool: &str| {
         let request = McpRequest {
             method: "tools/call".into(),
@@ -549,6 +565,7 @@ async fn filter_tool_lists(
                 mcp: Some(&request),
                 source_ip: Some(source_ip),
                 preflight: false,
+                client_certificate: certificate.as_deref(),
             })
             .allowed
     };
