@@ -195,6 +195,9 @@ struct Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// `client_certificate_required`: every request without a valid certificate is denied,
+    /// whoever asks.
+    certificate_required: bool,
 }
 
 /// The route shorthands that add `allow` rules.
@@ -231,7 +234,10 @@ impl Policy {
             Some(object) => rules.extend(parse_rule_object(object, "policy")?),
         }
         rules.extend(shorthands.rules());
-        Ok(Self { rules })
+        Ok(Self {
+            rules,
+            certificate_required: shorthands.client_certificate_required,
+        })
     }
 
     /// Whether any rule looks at MCP tool calls (the request body must then be inspected).
@@ -243,6 +249,13 @@ impl Policy {
             }
         }
         self.rules.iter().any(|r| uses(&r.expr))
+    }
+
+    /// Whether this client certificate (`None`: none presented) is refused before anything
+    /// else about the request matters (`downstream_mtls` default deny): who asks, their token,
+    /// their request body.
+    pub fn refuses_certificate(&self, certificate: Option<&ClientCertificate>) -> bool {
+        self.certificate_required && !certificate.is_some_and(|c| c.valid)
     }
 
     /// Whether any rule can allow without a signed-in user (`accept`).

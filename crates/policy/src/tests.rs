@@ -844,6 +844,13 @@ fn default_deny_puts_the_client_certificate_before_every_rule() {
         "a public route, with a certificate"
     );
     assert!(!p.allows_anonymous("GET", "/"));
+    assert!(p.refuses_certificate(None));
+    assert!(p.refuses_certificate(Some(&cert(false, FP))));
+    assert!(!p.refuses_certificate(Some(&cert(true, FP))));
+    assert!(
+        !policy(doc).refuses_certificate(None),
+        "without downstream_mtls"
+    );
 }
 
 #[test]

@@ -119,6 +119,24 @@ impl Enforcement {
         route: &Arc<Route>,
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        // downstream_mtls default deny: no valid certificate, no other question (as Pomerium,
+        // 495 before a sign-in, a token check or a body read).
+        if route
+            .policy
+            .refuses_certificate(ctx.client_certificate.as_deref())
+        {
+            self.audit.record(AuditEvent::decision(
+                ctx,
+                route,
+                None,
+                None,
+                "deny: downstream_mtls (invalid_client_certificate)",
+                false,
+            ));
+            let presented = ctx.client_certificate.is_some();
+            return Err(GatewayError::ClientCertificateRequired { presented }
+                .into_response(&ctx.request_id, ctx.browser));
+        }
         let session = self.identify(ctx, route, &request).await?;
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();

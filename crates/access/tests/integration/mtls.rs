@@ -291,6 +291,35 @@ async fn default_deny_refuses_every_route_without_a_valid_certificate_with_495()
 }
 
 #[tokio::test]
+async fn default_deny_answers_495_before_any_token_or_body_is_looked_at() {
+    let ca = Ca::new("Client CA");
+    let routes = "  - {from: https://mtls.test, to: '{upstream}', mcp: {server: {}}, allow_any_authenticated_user: true}\n";
+    let gw = Gateway::start(&ca, None, "{ca_file: ca.pem}", routes).await;
+    let other = Ca::new("Other CA").client("ada@example.com", 1, 2090);
+    for (who, cert, error) in [
+        ("none", None, "client_certificate_required"),
+        ("another CA", Some(&other), "invalid_client_certificate"),
+    ] {
+        let response = gw
+            .client(cert)
+            .post(format!("{}/", gw.base))
+            .header("authorization", "Bearer not-a-token")
+            .header("content-type", "application/json")
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            495,
+            "{who}: not 401 for the token"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], error, "{who}");
+    }
+}
+
+#[tokio::test]
 async fn max_verify_depth_admits_longer_chains_only_when_raised() {
     let ca = Ca::new("Client CA");
     let deep = ca
