@@ -300,3 +300,6 @@ impl ClientCertVerifier for ClientAuth {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests;
