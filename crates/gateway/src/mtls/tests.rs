@@ -47,7 +47,9 @@ fn auth(ca: &Ca, sans: Vec<SanMatcher>) -> ClientAuth {
 fn fingerprint_and_spki_hash_are_the_sha256_of_the_certificate_and_of_its_public_key() {
     let ca = ca();
     let (der, key) = client(&ca, vec![]);
-    let seen = auth(&ca, vec![]).describe(&[der.clone()]).unwrap();
+    let seen = auth(&ca, vec![])
+        .describe(std::slice::from_ref(&der))
+        .unwrap();
     assert!(seen.valid);
     assert_eq!(seen.fingerprint, hex(&sha256(&der)));
     assert_eq!(seen.fingerprint.len(), 64);
@@ -77,7 +79,7 @@ fn each_san_type_matches_only_its_own_names_and_whole() {
     );
     let valid = |matcher: SanMatcher| {
         auth(&ca, vec![matcher])
-            .describe(&[der.clone()])
+            .describe(std::slice::from_ref(&der))
             .unwrap()
             .valid
     };
