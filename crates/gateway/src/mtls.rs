@@ -74,9 +74,11 @@ impl ClientAuth {
                     .map_err(|e| fail("ca", format!("a certificate cannot be a trust anchor: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // A trust anchor's subject is the Name's contents; the hint is the whole DER Name
+        // (OpenSSL clients refuse the handshake otherwise).
         let hints = anchors
             .iter()
-            .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+            .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
             .collect();
         let mut crls = Vec::new();
         if let Some(pem) = settings.crl_pem().map_err(|e| fail("crl", e.message))? {

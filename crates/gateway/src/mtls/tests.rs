@@ -113,3 +113,15 @@ fn a_certificate_for_servers_only_is_not_a_client_certificate() {
     let der = params.signed_by(&key, &ca.issuer).unwrap().der().clone();
     assert!(!auth(&ca, vec![]).describe(&[der]).unwrap().valid);
 }
+
+#[test]
+fn the_handshake_names_the_trusted_cas_as_der_names() {
+    use x509_parser::prelude::{FromDer, X509Name};
+    let ca = ca();
+    let auth = auth(&ca, vec![]);
+    let hints = auth.root_hint_subjects();
+    assert_eq!(hints.len(), 1);
+    let (rest, name) = X509Name::from_der(hints[0].as_ref()).expect("a DER Name");
+    assert!(rest.is_empty());
+    assert_eq!(name.to_string(), "CN=CA");
+}
