@@ -13,6 +13,8 @@ mod authorization_server;
 mod discovery;
 #[path = "integration/github.rs"]
 mod github;
+#[path = "integration/mtls.rs"]
+mod mtls;
 #[path = "integration/oidc.rs"]
 mod oidc;
 #[path = "integration/policy_and_mcp.rs"]

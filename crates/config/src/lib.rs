@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod defaults;
+mod mtls;
 mod pomerium;
 mod types;
 mod values;
@@ -105,6 +106,7 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     config.warnings = screened.warnings;
     resolve_secrets(&mut config, base_dir, env)?;
     resolve_route_files(&mut config, base_dir)?;
+    mtls::resolve(&mut config, base_dir)?;
     validate(&config)?;
     default_upstream_resources(&mut config);
     let advice = advice(&config);
@@ -360,6 +362,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(headers) = &config.set_response_headers {
         validate_response_headers(headers, true, &|key| key.to_owned())?;
     }
+    mtls::validate(config)?;
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
     }

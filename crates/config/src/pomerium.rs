@@ -153,24 +153,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         Ignored("Postern's sign-in returns only to this host or an MCP client app's own host"),
     ),
     (
-        "client_ca",
-        Refused(
-            "it requires client certificates on every request: Postern does not check client certificates, so without it anyone could connect",
-        ),
-    ),
-    (
-        "client_ca_file",
-        Refused(
-            "it requires client certificates on every request: Postern does not check client certificates, so without it anyone could connect",
-        ),
-    ),
-    (
-        "downstream_mtls",
-        Refused(
-            "it requires client certificates: Postern does not check client certificates, so without it anyone could connect",
-        ),
-    ),
-    (
         "metrics_basic_auth",
         Refused(
             "it protects the metrics listener: Postern's metrics_address has no authentication, so bind it to a private address and remove this key",
@@ -368,13 +350,13 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
         "tls_downstream_client_ca",
         Refused(
-            "it requires client certificates: Postern does not check them, so without it anyone could connect",
+            "it requires client certificates from its own CA on this route, and Postern has one client CA for the listener: put the CA in downstream_mtls.ca_file and pin this route's certificates with a client_certificate criterion",
         ),
     ),
     (
         "tls_downstream_client_ca_file",
         Refused(
-            "it requires client certificates: Postern does not check them, so without it anyone could connect",
+            "it requires client certificates from its own CA on this route, and Postern has one client CA for the listener: put the CA in downstream_mtls.ca_file and pin this route's certificates with a client_certificate criterion",
         ),
     ),
     (

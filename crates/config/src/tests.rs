@@ -389,8 +389,8 @@ routes:
     );
     for (yaml, path) in [
         (
-            "insecure_server: true\ndownstream_mtls: {ca_file: ca.pem}\n",
-            "downstream_mtls",
+            "insecure_server: true\nmetrics_client_ca_file: ca.pem\n",
+            "metrics_client_ca_file",
         ),
         (
             "insecure_server: true\nmetrics_basic_auth: dXNlcjpwYXNz\n",
@@ -960,4 +960,139 @@ routes:
         "/.pomerium/mcp/client/oauth/callback",
         "the path current Pomerium registers"
     );
+}
+
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+const TLS: &str = "certificate_file: cert.pem\ncertificate_key_file: key.pem\n";
+
+#[test]
+fn downstream_mtls_and_its_older_names_resolve_to_one_ca() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), CA_PEM).unwrap();
+    let load = |yaml: &str| parse(yaml, dir.path(), &env(&[]));
+
+    let config = load(&format!("{TLS}downstream_mtls: {{ca_file: ca.pem, enforcement: reject_connection, max_verify_depth: 0, match_subject_alt_names: [{{email: '.*@example\\.com'}}, {{dns: a.example.com}}]}}\n")).unwrap();
+    let mtls = config.downstream_mtls.as_ref().unwrap();
+    assert_eq!(
+        mtls.ca_pem().unwrap(),
+        CA_PEM.as_bytes(),
+        "ca_file is relative to the file"
+    );
+    assert_eq!(mtls.enforcement(), MtlsEnforcement::RejectConnection);
+    assert_eq!(mtls.max_verify_depth(), None, "0: no limit");
+    assert_eq!(
+        mtls.match_subject_alt_names[0],
+        SanMatcher::Email(".*@example\\.com".into())
+    );
+    let san = mtls.match_subject_alt_names[0].regex().unwrap();
+    assert!(san.is_match("ada@example.com"));
+    assert!(
+        !san.is_match("ada@example.com.evil"),
+        "the whole SAN must match"
+    );
+
+    let inline = base64::engine::general_purpose::STANDARD.encode(CA_PEM);
+    for yaml in [
+        format!("{TLS}client_ca: {inline}\n"),
+        format!("{TLS}client_ca_file: ca.pem\n"),
+        format!("{TLS}downstream_mtls: {{ca: {inline}}}\n"),
+    ] {
+        let config = load(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let mtls = config.downstream_mtls.unwrap();
+        assert_eq!(mtls.ca_pem().unwrap(), CA_PEM.as_bytes(), "{yaml}");
+        assert_eq!(
+            mtls.enforcement(),
+            MtlsEnforcement::PolicyWithDefaultDeny,
+            "Pomerium's default"
+        );
+        assert_eq!(mtls.max_verify_depth(), Some(1), "Pomerium's default");
+    }
+}
+
+#[test]
+fn downstream_mtls_mistakes_are_refused_with_what_to_do() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), CA_PEM).unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "nothing here").unwrap();
+    let inline = base64::engine::general_purpose::STANDARD.encode(CA_PEM);
+    let refused = |yaml: String| parse(&yaml, dir.path(), &env(&[])).expect_err(&yaml);
+    for (yaml, path, says) in [
+        (
+            "insecure_server: true\ndownstream_mtls: {ca_file: ca.pem}\n".to_owned(),
+            "downstream_mtls",
+            "needs TLS",
+        ),
+        (
+            "insecure_server: true\nclient_ca_file: ca.pem\n".to_owned(),
+            "downstream_mtls",
+            "needs TLS",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{enforcement: policy}}\n"),
+            "downstream_mtls.ca",
+            "required",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca: {inline}, ca_file: ca.pem}}\n"),
+            "downstream_mtls.ca",
+            "not both",
+        ),
+        (
+            format!("{TLS}client_ca: {inline}\ndownstream_mtls: {{ca_file: ca.pem}}\n"),
+            "client_ca",
+            "set twice",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca: '%%%'}}\n"),
+            "downstream_mtls.ca",
+            "not base64",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca_file: missing.pem}}\n"),
+            "downstream_mtls.ca_file",
+            "cannot read",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca_file: empty.pem}}\n"),
+            "downstream_mtls.ca",
+            "no PEM certificate",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca_file: ca.pem, crl_file: ca.pem}}\n"),
+            "downstream_mtls.crl",
+            "no PEM certificate revocation list",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca_file: ca.pem, enforcement: strict}}\n"),
+            "downstream_mtls.enforcement",
+            "unknown variant",
+        ),
+        (
+            format!(
+                "{TLS}downstream_mtls: {{ca_file: ca.pem, match_subject_alt_names: [{{dns: '(unclosed'}}]}}\n"
+            ),
+            "downstream_mtls.match_subject_alt_names[0].dns",
+            "not a valid regular expression",
+        ),
+        (
+            format!(
+                "{TLS}downstream_mtls: {{ca_file: ca.pem, match_subject_alt_names: [{{common_name: x}}]}}\n"
+            ),
+            "downstream_mtls.match_subject_alt_names[0]",
+            "unknown SAN type",
+        ),
+        (
+            format!("{TLS}downstream_mtls: {{ca_file: ca.pem, ocsp: true}}\n"),
+            "downstream_mtls",
+            "unknown field",
+        ),
+    ] {
+        let err = refused(yaml.clone());
+        assert!(
+            err.path.starts_with(path) && err.message.contains(says),
+            "{yaml}: {err}"
+        );
+    }
 }

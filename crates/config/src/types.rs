@@ -49,6 +49,16 @@ pub struct Config {
     /// Several certificates, chosen by SNI.
     #[serde(default)]
     pub certificates: Vec<CertificatePair>,
+    /// Client certificates (mutual TLS) on the main listener: the CA they must chain to and
+    /// what happens without one. Needs TLS.
+    #[serde(default)]
+    pub downstream_mtls: Option<DownstreamMtls>,
+    /// Pomerium's older name for `downstream_mtls.ca` (base64 of a PEM bundle).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// Pomerium's older name for `downstream_mtls.ca_file`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
     /// Where the gateway keeps its state (SQLite store, autocert cache). Default `./postern-data`.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -231,6 +241,66 @@ pub enum CookieSameSite {
     /// Sent on every request, other sites' included (needs https).
     #[serde(alias = "None", alias = "NONE")]
     None,
+}
+
+/// `downstream_mtls`: client certificates, as Pomerium's keys of that name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamMtls {
+    /// The trusted CA certificates: base64 of a PEM bundle (roots or intermediates).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// A PEM file of the trusted CA certificates.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Certificate revocation lists: base64 of a PEM bundle.
+    #[serde(default)]
+    pub crl: Option<String>,
+    /// A PEM file of certificate revocation lists.
+    #[serde(default)]
+    pub crl_file: Option<PathBuf>,
+    /// What a client without a valid certificate gets (default `policy_with_default_deny`).
+    #[serde(default)]
+    pub enforcement: Option<MtlsEnforcement>,
+    /// A certificate must have a Subject Alternative Name matching one of these (none: no
+    /// such condition).
+    #[serde(default)]
+    pub match_subject_alt_names: Vec<SanMatcher>,
+    /// Most certificates in the verified chain below the trust anchor (default 1: issued
+    /// directly by a trusted CA; 0: no limit).
+    #[serde(default)]
+    pub max_verify_depth: Option<u32>,
+}
+
+/// `downstream_mtls.enforcement`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsEnforcement {
+    /// Every route denies a request without a valid certificate (495); the gateway's own
+    /// endpoints (`/.pomerium/...`, OAuth) do not need one.
+    #[default]
+    PolicyWithDefaultDeny,
+    /// Only routes whose policy asks (`invalid_client_certificate`, `client_certificate`).
+    Policy,
+    /// The TLS handshake fails without a valid certificate.
+    RejectConnection,
+}
+
+/// One `match_subject_alt_names` entry: a SAN type and a regular expression that must match a
+/// SAN of that type whole.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BTreeMap<String, String>")]
+pub enum SanMatcher {
+    /// A DNS name.
+    Dns(String),
+    /// An email address (rfc822Name).
+    Email(String),
+    /// An IP address (`192.0.2.1`, `2001:db8::1`).
+    IpAddress(String),
+    /// A URI.
+    Uri(String),
+    /// A Microsoft User Principal Name (otherName 1.3.6.1.4.1.311.20.2.3).
+    UserPrincipalName(String),
 }
 
 /// Where state is kept.

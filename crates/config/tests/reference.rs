@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 /// (section heading in the reference, a configuration with an unknown key at that level).
-const LEVELS: [(&str, &str); 7] = [
+const LEVELS: [(&str, &str); 8] = [
     ("Top level", "zzz_unknown: 1\n"),
     (
         "Routes",
@@ -29,6 +29,7 @@ const LEVELS: [(&str, &str); 7] = [
         "routes:\n  - {from: http://a, to: http://b, mcp: {server: {upstream_oauth2: {client_id: a, endpoint: {zzz_unknown: 1}}}}}\n",
     ),
     ("`certificates`", "certificates:\n  - {zzz_unknown: 1}\n"),
+    ("`downstream_mtls`", "downstream_mtls: {zzz_unknown: 1}\n"),
 ];
 
 /// The keys serde lists in its "unknown field" error.

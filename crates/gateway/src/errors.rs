@@ -53,6 +53,16 @@ pub enum GatewayError {
         /// The methods it accepts, as in the `Allow` header.
         allowed: &'static str,
     },
+    /// The route needs a valid client certificate (`downstream_mtls`) and the connection has
+    /// none. Pomerium's status for it, 495 (nginx's "SSL Certificate Error").
+    #[error(
+        "this route requires a valid client certificate, and {}; connect again with a certificate issued by the gateway's client CA",
+        if *presented { "the one presented is not trusted" } else { "none was presented" }
+    )]
+    ClientCertificateRequired {
+        /// Whether a certificate was presented (and did not verify).
+        presented: bool,
+    },
     /// The client stopped sending its request body.
     #[error("the request body stalled: no data for {seconds} s; send the body without long pauses")]
     RequestTimeout {
@@ -73,6 +83,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::ClientCertificateRequired { .. } => {
+                StatusCode::from_u16(495).unwrap_or(StatusCode::FORBIDDEN)
+            }
         }
     }
 
@@ -86,6 +99,12 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTimeout { .. } => "request_timeout",
+            GatewayError::ClientCertificateRequired { presented: false } => {
+                "client_certificate_required"
+            }
+            GatewayError::ClientCertificateRequired { presented: true } => {
+                "invalid_client_certificate"
+            }
         }
     }
 

@@ -42,6 +42,8 @@ pub struct RequestContext {
     pub browser: bool,
     /// The configuration in force for this request (routes, settings).
     pub runtime: Arc<crate::Runtime>,
+    /// The client certificate of the connection (`downstream_mtls`), if one was presented.
+    pub client_certificate: Option<Arc<postern_policy::ClientCertificate>>,
 }
 
 impl RequestContext {

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod hooks;
 pub mod html;
 pub mod metrics;
+pub mod mtls;
 pub mod path;
 pub mod proxy;
 pub mod reload;
@@ -144,7 +145,7 @@ struct Inner {
 }
 
 /// How a connection reached the gateway.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     /// The peer address.
     pub remote: SocketAddr,
@@ -154,6 +155,8 @@ pub struct Connection {
     pub local_port: u16,
     /// How long the gateway waits for more of a request body before answering 408.
     pub body_read_timeout: Duration,
+    /// The client certificate of the TLS handshake (`downstream_mtls`), if one was presented.
+    pub client_certificate: Option<Arc<postern_policy::ClientCertificate>>,
 }
 
 impl Gateway {
@@ -207,7 +210,7 @@ impl Gateway {
         };
         let runtime = self.runtime();
         let (client_addr, forwarded_for, scheme) =
-            client_identity(&request, conn, runtime.config.xff_num_trusted_hops);
+            client_identity(&request, &conn, runtime.config.xff_num_trusted_hops);
         let ctx = RequestContext {
             request_id,
             client_addr,
@@ -217,6 +220,7 @@ impl Gateway {
             started: log.started(),
             browser,
             runtime,
+            client_certificate: conn.client_certificate.clone(),
         };
         // One canonical path for routing, the hooks (policy, the gateway's own endpoints) and
         // the upstream.
@@ -488,7 +492,7 @@ fn new_request_id() -> String {
 /// the gateway.
 fn client_identity<B>(
     request: &Request<B>,
-    conn: Connection,
+    conn: &Connection,
     trusted_hops: u32,
 ) -> (SocketAddr, String, &'static str) {
     let own_scheme = if conn.tls { "https" } else { "http" };

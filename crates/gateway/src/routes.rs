@@ -238,6 +238,9 @@ impl Route {
             users: config.allowed_users.clone(),
             domains: config.allowed_domains.clone(),
             preflight: config.cors_allow_preflight,
+            client_certificate_required: global.downstream_mtls.as_ref().is_some_and(|m| {
+                m.enforcement() == postern_config::MtlsEnforcement::PolicyWithDefaultDeny
+            }),
             claims: config
                 .allowed_idp_claims
                 .iter()

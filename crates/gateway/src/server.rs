@@ -92,8 +92,23 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     timeouts: ConnectionTimeouts,
 ) {
+    serve_mtls(listener, tls, None, gateway, shutdown, timeouts).await
+}
+
+/// [`serve_with`] on a TLS listener that asks for client certificates: `client_auth` is the
+/// verifier in `tls` (from [`crate::tls::server_config_with_client_auth`]), and tells each
+/// request's policy what the connection's certificate is worth.
+pub async fn serve_mtls(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    client_auth: Option<Arc<crate::mtls::ClientAuth>>,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+    timeouts: ConnectionTimeouts,
+) {
     let shared = Arc::new(Shared {
         local_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+        client_auth,
         acceptor: tls.map(tokio_rustls::TlsAcceptor::from),
         builder: connection_builder(),
         gateway,
@@ -172,6 +187,7 @@ struct Shared {
     gateway: Gateway,
     builder: auto::Builder<TokioExecutor>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    client_auth: Option<Arc<crate::mtls::ClientAuth>>,
     shutdown: CancellationToken,
     timeouts: ConnectionTimeouts,
     local_port: u16,
@@ -187,11 +203,21 @@ impl Shared {
         let Some(stream) = self.handshake(stream, remote).await else {
             return;
         };
+        let client_certificate = match (&self.client_auth, &stream) {
+            (Some(auth), Either::Left(tls)) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| auth.describe(chain))
+                .map(Arc::new),
+            _ => None,
+        };
         let conn = Connection {
             remote,
             tls: self.acceptor.is_some(),
             local_port: self.local_port,
             body_read_timeout: self.timeouts.body_read,
+            client_certificate,
         };
         let activity = Arc::new(Activity::new());
         let service = service_fn({
@@ -200,6 +226,7 @@ impl Shared {
             move |request| {
                 let gateway = gateway.clone();
                 let in_flight = activity.request_started();
+                let conn = conn.clone();
                 async move {
                     let response = gateway.handle(request, conn).await;
                     Ok::<_, Infallible>(response.map(|body| Tracked {

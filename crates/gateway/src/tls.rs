@@ -157,10 +157,23 @@ pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     acme_alpn: bool,
 ) -> Arc<rustls::ServerConfig> {
+    server_config_with_client_auth(resolver, acme_alpn, None)
+}
+
+/// [`server_config`] that asks for client certificates (`downstream_mtls`) when `client_auth`
+/// is given.
+pub fn server_config_with_client_auth(
+    resolver: Arc<dyn ResolvesServerCert>,
+    acme_alpn: bool,
+    client_auth: Option<Arc<crate::mtls::ClientAuth>>,
+) -> Arc<rustls::ServerConfig> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if acme_alpn {
         config.alpn_protocols.push(b"acme-tls/1".to_vec());

@@ -8,7 +8,9 @@
 //! every criterion, `or` any, `not` none (¬A ∧ ¬B), `nor` not all (¬A ∨ ¬B); several operators in
 //! one rule are alternatives. Criteria: `accept`, `reject`, `authenticated_user`, `email`,
 //! `domain`, `user`, `groups`, `claim/<name>`, `http_method`, `http_path`, `mcp_tool`,
-//! `source_ip` (addresses or CIDR networks), `cors_preflight`. String
+//! `source_ip` (addresses or CIDR networks), `cors_preflight`, `client_certificate`
+//! (`fingerprint`, `spki_hash`: the verified client certificate is one of these) and
+//! `invalid_client_certificate` (no verified client certificate). String
 //! matchers: `is`, `not`, `in`, `not_in`, `starts_with`, `ends_with`, `contains` (a bare value
 //! means `is`); `groups` takes `has`, `is` (that one group and no other) and `exclude` (a bare
 //! value means `has`); a rule body may carry Pomerium's `action` key (it must agree). `mcp_tool` matches only
@@ -72,6 +74,21 @@ pub struct Input<'a> {
     /// Whether the request is a CORS preflight (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`).
     pub preflight: bool,
+    /// The certificate the client presented in the TLS handshake (`None`: none, or no TLS).
+    pub client_certificate: Option<&'a ClientCertificate>,
+}
+
+/// A client certificate, as the policy sees it: whether it verified against the configured CA
+/// (`downstream_mtls`), and its hashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// It chains to a trusted CA, is in date, not revoked, and passed `match_subject_alt_names`
+    /// and `max_verify_depth`. Only a valid certificate matches `client_certificate`.
+    pub valid: bool,
+    /// SHA-256 of the DER certificate, lower-case hex.
+    pub fingerprint: String,
+    /// SHA-256 of the DER SubjectPublicKeyInfo, standard base64 (as HPKP `pin-sha256`).
+    pub spki_hash: String,
 }
 
 /// The outcome, with the rule that decided it (for the audit log).
@@ -83,6 +100,9 @@ pub struct Decision {
     pub reason: String,
     /// Denied because nobody is signed in and an allow rule needs a user: sign-in may help.
     pub needs_sign_in: bool,
+    /// Denied by `invalid_client_certificate` (the client has no valid certificate): Pomerium
+    /// answers 495, and signing in cannot help.
+    pub invalid_client_certificate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +154,19 @@ enum Test {
     SourceIp(Vec<Network>),
     /// The request is (true) or is not (false) a CORS preflight.
     CorsPreflight(bool),
+    /// A valid client certificate that passes every matcher.
+    ClientCertificate(Vec<CertMatcher>),
+    /// No valid client certificate (none, or one that did not verify).
+    InvalidClientCertificate,
+}
+
+/// One condition of `client_certificate`: the certificate's hash is one of these.
+#[derive(Clone, Debug)]
+enum CertMatcher {
+    /// SHA-256 of the certificate, lower-case hex.
+    Fingerprint(Vec<String>),
+    /// SHA-256 of the SubjectPublicKeyInfo, base64.
+    SpkiHash(Vec<String>),
 }
 
 /// All operators of a string matcher must hold.
@@ -162,6 +195,9 @@ struct Rule {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// `client_certificate_required`: every request without a valid certificate is denied,
+    /// whoever asks.
+    certificate_required: bool,
 }
 
 /// The route shorthands that add `allow` rules.
@@ -179,12 +215,15 @@ pub struct Shorthands {
     pub claims: Vec<(String, Vec<String>)>,
     /// `cors_allow_preflight`: CORS preflights are allowed without sign-in.
     pub preflight: bool,
+    /// `downstream_mtls` with `enforcement: policy_with_default_deny`: a deny rule
+    /// `invalid_client_certificate` ahead of every other rule.
+    pub client_certificate_required: bool,
 }
 
 impl Policy {
     /// Compiles a PPL document (`policy:` of a route) and the shorthands.
     pub fn compile(document: Option<&Value>, shorthands: &Shorthands) -> Result<Self, PolicyError> {
-        let mut rules = Vec::new();
+        let mut rules = shorthands.deny_rules();
         match document {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
@@ -195,7 +234,10 @@ impl Policy {
             Some(object) => rules.extend(parse_rule_object(object, "policy")?),
         }
         rules.extend(shorthands.rules());
-        Ok(Self { rules })
+        Ok(Self {
+            rules,
+            certificate_required: shorthands.client_certificate_required,
+        })
     }
 
     /// Whether any rule looks at MCP tool calls (the request body must then be inspected).
@@ -236,6 +278,13 @@ impl Policy {
         groups
     }
 
+    /// Whether this client certificate (`None`: none presented) is refused before anything
+    /// else about the request matters (`downstream_mtls` default deny): who asks, their token,
+    /// their request body.
+    pub fn refuses_certificate(&self, certificate: Option<&ClientCertificate>) -> bool {
+        self.certificate_required && !certificate.is_some_and(|c| c.valid)
+    }
+
     /// Whether any rule can allow without a signed-in user (`accept`).
     pub fn allows_anonymous(&self, method: &str, path: &str) -> bool {
         self.evaluate(&Input {
@@ -254,6 +303,9 @@ impl Policy {
         for rule in &self.rules {
             let mut hit = None;
             if eval(&rule.expr, input, &mut hit) {
+                let by_certificate = hit
+                    .as_ref()
+                    .is_some_and(|(_, name)| name == "invalid_client_certificate");
                 let why = hit.map_or_else(
                     || rule.path.clone(),
                     |(path, name)| format!("{path} ({name})"),
@@ -264,6 +316,7 @@ impl Policy {
                             allowed: false,
                             reason: format!("deny: {why}"),
                             needs_sign_in: false,
+                            invalid_client_certificate: by_certificate,
                         };
                     }
                     Action::Allow if allowed_by.is_none() => allowed_by = Some(why),
@@ -276,17 +329,35 @@ impl Policy {
                 allowed: true,
                 reason: format!("allow: {why}"),
                 needs_sign_in: false,
+                invalid_client_certificate: false,
             },
             None => Decision {
                 allowed: false,
                 reason: "deny: no allow rule matched".into(),
                 needs_sign_in: input.user.is_none(),
+                invalid_client_certificate: false,
             },
         }
     }
 }
 
 impl Shorthands {
+    /// The `deny` rules the shorthands stand for; they come before the document's rules, so a
+    /// missing client certificate is what a refusal names (Pomerium: 495).
+    fn deny_rules(&self) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        if self.client_certificate_required {
+            let key = "downstream_mtls";
+            let test = Test::InvalidClientCertificate;
+            rules.push(Rule {
+                action: Action::Deny,
+                path: key.into(),
+                expr: criterion(key, "invalid_client_certificate", test),
+            });
+        }
+        rules
+    }
+
     /// The `allow` rules the shorthands stand for, each named after its key.
     fn rules(&self) -> Vec<Rule> {
         let mut rules = Vec::new();
@@ -458,6 +529,16 @@ fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
         "mcp_tool" => Test::McpTool(string_matcher(arg, &at)?),
         "groups" => Test::Groups(list_matcher(arg, &at)?),
         "source_ip" => Test::SourceIp(networks(arg, &at)?),
+        "client_certificate" => Test::ClientCertificate(cert_matchers(arg, &at)?),
+        "invalid_client_certificate" => match arg {
+            Value::Bool(true) => Test::InvalidClientCertificate,
+            _ => {
+                return Err(error(
+                    &at,
+                    "expected `true` (to require a valid client certificate write `deny: {or: [{invalid_client_certificate: true}]}`)",
+                ));
+            }
+        },
         "cors_preflight" => Test::CorsPreflight(
             arg.as_bool()
                 .ok_or_else(|| error(&at, "expected true or false"))?,
@@ -469,7 +550,7 @@ fn parse_criterion(value: &Value, path: &str) -> Result<Expr, PolicyError> {
             return Err(error(
                 &at,
                 format!(
-                    "unknown criterion `{other}`; supported: accept, reject, authenticated_user, email, domain, user, groups, claim/<name>, http_method, http_path, mcp_tool, source_ip, cors_preflight"
+                    "unknown criterion `{other}`; supported: accept, reject, authenticated_user, email, domain, user, groups, claim/<name>, http_method, http_path, mcp_tool, source_ip, cors_preflight, client_certificate, invalid_client_certificate"
                 ),
             ));
         }
@@ -606,6 +687,89 @@ fn networks(value: &Value, path: &str) -> Result<Vec<Network>, PolicyError> {
         Value::Array(items) => items.iter().map(one).collect(),
         other => Ok(vec![one(other)?]),
     }
+}
+
+/// `client_certificate`: an object of `fingerprint` and/or `spki_hash`, each one hash or a list.
+fn cert_matchers(value: &Value, path: &str) -> Result<Vec<CertMatcher>, PolicyError> {
+    let Value::Object(conditions) = value else {
+        return Err(error(
+            path,
+            "expected an object with fingerprint and/or spki_hash, e.g. `client_certificate: {fingerprint: <sha-256 hex>}`",
+        ));
+    };
+    if conditions.is_empty() {
+        return Err(error(path, "give fingerprint and/or spki_hash"));
+    }
+    let mut out = Vec::new();
+    for (name, arg) in conditions {
+        let at = format!("{path}.{name}");
+        let items: Vec<&Value> = match arg {
+            Value::Array(items) if !items.is_empty() => items.iter().collect(),
+            Value::Array(_) => return Err(error(&at, "an empty list matches no certificate")),
+            one => vec![one],
+        };
+        let strings = items
+            .into_iter()
+            .map(|v| {
+                v.as_str()
+                    .ok_or_else(|| error(&at, "expected a string or a list of strings"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push(match name.as_str() {
+            "fingerprint" => CertMatcher::Fingerprint(
+                strings
+                    .into_iter()
+                    .map(|f| canonical_fingerprint(f).ok_or_else(|| error(&at, format!("{f:?} is not a SHA-256 fingerprint: give 64 lower-case hex digits, or 32 upper-case hex bytes separated by colons (AB:CD:...)"))))
+                    .collect::<Result<_, _>>()?,
+            ),
+            "spki_hash" => CertMatcher::SpkiHash(
+                strings
+                    .into_iter()
+                    .map(|h| {
+                        if is_sha256_base64(h) {
+                            Ok(h.to_owned())
+                        } else {
+                            Err(error(&at, format!("{h:?} is not a base64-encoded SHA-256 hash (44 characters ending in `=`)")))
+                        }
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            other => {
+                return Err(error(
+                    &at,
+                    format!("unknown certificate condition `{other}`; use fingerprint or spki_hash"),
+                ));
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// A SHA-256 fingerprint as 64 lower-case hex digits, from that form or Pomerium's long form
+/// (`AB:CD:...`, 32 upper-case bytes).
+fn canonical_fingerprint(text: &str) -> Option<String> {
+    let short =
+        |s: &str| s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if short(text) {
+        return Some(text.to_owned());
+    }
+    let bytes: Vec<&str> = text.split(':').collect();
+    let long = bytes.len() == 32
+        && bytes
+            .iter()
+            .all(|b| b.len() == 2 && b.bytes().all(|c| matches!(c, b'0'..=b'9' | b'A'..=b'F')));
+    long.then(|| bytes.concat().to_ascii_lowercase())
+}
+
+/// Whether `text` is standard base64 of 32 bytes.
+fn is_sha256_base64(text: &str) -> bool {
+    let alphabet = |b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/';
+    text.len() == 44
+        && text.ends_with('=')
+        && !text[..43].contains('=')
+        && text.bytes().take(43).all(alphabet)
+        // The last character before the padding carries 2 unused bits that must be zero.
+        && matches!(text.as_bytes()[42], b'A' | b'E' | b'I' | b'M' | b'Q' | b'U' | b'Y' | b'c' | b'g' | b'k' | b'o' | b's' | b'w' | b'0' | b'4' | b'8')
 }
 
 fn list_matcher(value: &Value, path: &str) -> Result<Vec<(ListOp, String)>, PolicyError> {
@@ -751,6 +915,16 @@ fn test_criterion(test: &Test, input: &Input<'_>) -> bool {
             .source_ip
             .is_some_and(|ip| networks.iter().any(|n| n.contains(ip))),
         Test::CorsPreflight(wanted) => input.preflight == *wanted,
+        Test::ClientCertificate(matchers) => input
+            .client_certificate
+            .filter(|c| c.valid)
+            .is_some_and(|cert| {
+                matchers.iter().all(|m| match m {
+                    CertMatcher::Fingerprint(list) => list.contains(&cert.fingerprint),
+                    CertMatcher::SpkiHash(list) => list.contains(&cert.spki_hash),
+                })
+            }),
+        Test::InvalidClientCertificate => !input.client_certificate.is_some_and(|c| c.valid),
         Test::Email(m) => {
             user.is_some_and(|u| !u.email.is_empty() && m.matches(&u.email.to_ascii_lowercase()))
         }

@@ -708,6 +708,7 @@ fn source_ip_and_cors_preflight_criteria() {
                 mcp: None,
                 source_ip: Some(ip.parse().unwrap()),
                 preflight,
+                client_certificate: None,
             })
             .allowed
     };
@@ -761,4 +762,136 @@ fn the_groups_a_policy_names_are_listed_once_each() {
             .groups()
             .is_empty()
     );
+}
+
+const FP: &str = "3bdf2e5eee6e4a124664cee8c7b910ef20dc6d625075113017dfaa011950fe44";
+const SPKI: &str = "FsDbM0rUYIiL3V339deEMzt6gqSsdoOIPiJ3XrRyW+4=";
+
+fn cert(valid: bool, fingerprint: &str) -> ClientCertificate {
+    ClientCertificate {
+        valid,
+        fingerprint: fingerprint.into(),
+        spki_hash: SPKI.into(),
+    }
+}
+
+fn with_cert(policy: &Policy, cert: Option<&ClientCertificate>) -> Decision {
+    policy.evaluate(&Input {
+        method: "GET",
+        path: "/",
+        client_certificate: cert,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn client_certificate_matches_only_a_valid_certificate_with_a_listed_hash() {
+    let by_fingerprint =
+        policy(json!({"allow": {"or": [{"client_certificate": {"fingerprint": [FP]}}]}}));
+    assert!(with_cert(&by_fingerprint, Some(&cert(true, FP))).allowed);
+    let other = "00".repeat(32);
+    assert!(
+        !with_cert(&by_fingerprint, Some(&cert(true, &other))).allowed,
+        "another certificate"
+    );
+    assert!(
+        !with_cert(&by_fingerprint, Some(&cert(false, FP))).allowed,
+        "the pinned certificate, but it did not verify against the CA"
+    );
+    assert!(!with_cert(&by_fingerprint, None).allowed, "no certificate");
+
+    // Pomerium's long form is the same fingerprint.
+    let long: Vec<String> = (0..32)
+        .map(|i| FP[2 * i..2 * i + 2].to_ascii_uppercase())
+        .collect();
+    let long =
+        policy(json!({"allow": {"or": [{"client_certificate": {"fingerprint": long.join(":")}}]}}));
+    assert!(with_cert(&long, Some(&cert(true, FP))).allowed);
+
+    let by_key = policy(json!({"allow": {"or": [{"client_certificate": {"spki_hash": SPKI}}]}}));
+    assert!(with_cert(&by_key, Some(&cert(true, FP))).allowed);
+    let both = policy(
+        json!({"allow": {"or": [{"client_certificate": {"spki_hash": SPKI, "fingerprint": other}}]}}),
+    );
+    assert!(
+        !with_cert(&both, Some(&cert(true, FP))).allowed,
+        "every condition must hold"
+    );
+}
+
+#[test]
+fn invalid_client_certificate_denies_without_a_valid_certificate_and_says_so() {
+    let p = policy(json!([
+        {"allow": {"or": [{"accept": true}]}},
+        {"deny": {"or": [{"invalid_client_certificate": true}]}}
+    ]));
+    assert!(with_cert(&p, Some(&cert(true, FP))).allowed);
+    for cert in [None, Some(cert(false, FP))] {
+        let d = with_cert(&p, cert.as_ref());
+        assert!(!d.allowed);
+        assert!(d.invalid_client_certificate, "{d:?}");
+        assert!(!d.needs_sign_in);
+    }
+}
+
+#[test]
+fn default_deny_puts_the_client_certificate_before_every_rule() {
+    let shorthands = Shorthands {
+        public: true,
+        client_certificate_required: true,
+        ..Default::default()
+    };
+    let doc = json!({"deny": {"or": [{"http_path": "/admin"}]}});
+    let p = Policy::compile(Some(&doc), &shorthands).unwrap();
+    let anonymous = p.evaluate(&Input {
+        method: "GET",
+        path: "/admin",
+        ..Default::default()
+    });
+    assert!(!anonymous.allowed);
+    assert!(anonymous.invalid_client_certificate, "{anonymous:?}");
+    assert_eq!(
+        anonymous.reason,
+        "deny: downstream_mtls (invalid_client_certificate)"
+    );
+    assert!(
+        with_cert(&p, Some(&cert(true, FP))).allowed,
+        "a public route, with a certificate"
+    );
+    assert!(!p.allows_anonymous("GET", "/"));
+    assert!(p.refuses_certificate(None));
+    assert!(p.refuses_certificate(Some(&cert(false, FP))));
+    assert!(!p.refuses_certificate(Some(&cert(true, FP))));
+    assert!(
+        !policy(doc).refuses_certificate(None),
+        "without downstream_mtls"
+    );
+}
+
+#[test]
+fn client_certificate_criteria_are_checked_when_compiled() {
+    let err = |doc: Value| Policy::compile(Some(&doc), &Shorthands::default()).unwrap_err();
+    let at = |arg: Value| err(json!({"allow": {"or": [{"client_certificate": arg}]}}));
+    for (arg, wants) in [
+        (json!({"fingerprint": "abc"}), "not a SHA-256 fingerprint"),
+        (
+            json!({"fingerprint": FP.to_ascii_uppercase()}),
+            "not a SHA-256 fingerprint",
+        ),
+        (json!({"fingerprint": []}), "empty list"),
+        (json!({"spki_hash": "not base64"}), "base64-encoded SHA-256"),
+        (json!({"spki_hash": "AAAA"}), "base64-encoded SHA-256"),
+        (json!({"certificate": "x"}), "unknown certificate condition"),
+        (json!({}), "fingerprint and/or spki_hash"),
+        (json!(FP), "expected an object"),
+    ] {
+        let e = at(arg.clone());
+        assert!(e.message.contains(wants), "{arg}: {e}");
+        assert!(
+            e.path.starts_with("policy.allow.or[0].client_certificate"),
+            "{e}"
+        );
+    }
+    let e = err(json!({"deny": {"or": [{"invalid_client_certificate": false}]}}));
+    assert!(e.message.contains("expected `true`"), "{e}");
 }

@@ -194,11 +194,20 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let resolver = Arc::new(CertResolver::default());
     let challenges = Arc::new(server::Challenges::default());
+    // Client certificates (downstream_mtls); the config crate refused them without TLS.
+    let client_auth = match (&config.downstream_mtls, config.insecure_server) {
+        (Some(mtls), false) => Some(Arc::new(postern_gateway::mtls::ClientAuth::new(mtls)?)),
+        _ => None,
+    };
     let tls = if config.insecure_server {
         None
     } else {
         resolver.set(certificates(&config, &path)?);
-        Some(postern_gateway::tls::server_config(resolver.clone(), false))
+        Some(postern_gateway::tls::server_config_with_client_auth(
+            resolver.clone(),
+            false,
+            client_auth.clone(),
+        ))
     };
     let autocert = (config.autocert && tls.is_some())
         .then(|| new_autocert(&config, &base, &challenges, &resolver));
@@ -229,6 +238,7 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         resolver.clone(),
         autocert.clone(),
         tls.is_some(),
+        config.downstream_mtls.clone(),
     );
     tasks.spawn(postern_gateway::reload::watch(
         path.clone(),
@@ -244,7 +254,15 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         idle: config.idle_connection_timeout(),
         ..server::ConnectionTimeouts::default()
     };
-    server::serve_with(listener, tls, gateway, shutdown.clone(), timeouts).await;
+    server::serve_mtls(
+        listener,
+        tls,
+        client_auth,
+        gateway,
+        shutdown.clone(),
+        timeouts,
+    )
+    .await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("postern gateway stopped");
@@ -346,11 +364,19 @@ fn apply_reload(
     resolver: Arc<CertResolver>,
     autocert: Option<Arc<Autocert>>,
     tls_on: bool,
+    mtls: Option<postern_config::DownstreamMtls>,
 ) -> Box<dyn Fn(Config) -> Result<(), String> + Send + Sync> {
     Box::new(move |new: Config| -> Result<(), String> {
         if new.insecure_server == tls_on {
             return Err(
                 "insecure_server changed: restart to switch between TLS and plain HTTP".into(),
+            );
+        }
+        // The listener's client-certificate verifier is built once; the routes' policies
+        // (default deny) must keep agreeing with it.
+        if new.downstream_mtls != mtls {
+            return Err(
+                "downstream_mtls (or client_ca) changed: restart to put the new client-certificate settings in force".into(),
             );
         }
         if tls_on {

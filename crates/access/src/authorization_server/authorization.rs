@@ -80,7 +80,12 @@ impl AuthorizationServer {
             return response;
         }
         let user = crate::sign_in::session::user_of(&session);
-        if !crate::broker::routes_api::may_use(&route, &user, ctx.client_addr.ip()) {
+        if !crate::broker::routes_api::may_use(
+            &route,
+            &user,
+            ctx.client_addr.ip(),
+            ctx.client_certificate.as_deref(),
+        ) {
             return back.error(
                 OAuthError::new(
                     ErrorCode::AccessDenied,

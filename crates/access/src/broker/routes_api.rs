@@ -333,7 +333,12 @@ impl UpstreamBroker {
         let mut routes: Vec<_> = ctx.runtime.routes.all().to_vec();
         routes.sort_by_key(|r| r.index);
         for route in routes.iter().filter(|r| r.is_mcp_server()) {
-            if !may_use(route, &user, ctx.client_addr.ip()) {
+            if !may_use(
+                route,
+                &user,
+                ctx.client_addr.ip(),
+                ctx.client_certificate.as_deref(),
+            ) {
                 continue;
             }
             let needs_oauth = self
@@ -580,6 +585,7 @@ pub(crate) fn may_use(
     route: &Route,
     user: &postern_policy::User,
     source_ip: std::net::IpAddr,
+    client_certificate: Option<&postern_policy::ClientCertificate>,
 ) -> bool {
     route
         .policy
@@ -590,6 +596,7 @@ pub(crate) fn may_use(
             mcp: None::<&McpRequest>,
             source_ip: Some(source_ip),
             preflight: false,
+            client_certificate,
         })
         .allowed
 }
@@ -667,6 +674,7 @@ mod tests {
             started: Instant::now(),
             browser: true,
             runtime: Arc::new(Runtime::new(config)),
+            client_certificate: None,
         }
     }
 
@@ -717,7 +725,7 @@ routes:
             ..Default::default()
         };
         let here = std::net::IpAddr::from([127, 0, 0, 1]);
-        assert!(may_use(&route, &user("ada@example.com"), here));
-        assert!(!may_use(&route, &user("mallory@other.test"), here));
+        assert!(may_use(&route, &user("ada@example.com"), here, None));
+        assert!(!may_use(&route, &user("mallory@other.test"), here, None));
     }
 }

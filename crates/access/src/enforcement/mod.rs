@@ -119,6 +119,24 @@ impl Enforcement {
         route: &Arc<Route>,
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        // downstream_mtls default deny: no valid certificate, no other question (as Pomerium,
+        // 495 before a sign-in, a token check or a body read).
+        if route
+            .policy
+            .refuses_certificate(ctx.client_certificate.as_deref())
+        {
+            self.audit.record(AuditEvent::decision(
+                ctx,
+                route,
+                None,
+                None,
+                "deny: downstream_mtls (invalid_client_certificate)",
+                false,
+            ));
+            let presented = ctx.client_certificate.is_some();
+            return Err(GatewayError::ClientCertificateRequired { presented }
+                .into_response(&ctx.request_id, ctx.browser));
+        }
         let session = self.identify(ctx, route, &request).await?;
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();
@@ -137,6 +155,7 @@ impl Enforcement {
                 mcp,
                 source_ip: Some(ctx.client_addr.ip()),
                 preflight,
+                client_certificate: ctx.client_certificate.as_deref(),
             })
         };
         let decisions: Vec<_> = if calls.is_empty() {
@@ -268,6 +287,7 @@ impl Enforcement {
                     mcp: None,
                     source_ip: Some(ctx.client_addr.ip()),
                     preflight: false,
+                    client_certificate: ctx.client_certificate.as_deref(),
                 });
                 if user.is_none() && anonymous.needs_sign_in {
                     return Err(self.unauthenticated(ctx, route, &original(&parts.uri)));
@@ -298,6 +318,19 @@ impl Enforcement {
         uri: &http::Uri,
     ) -> Response<Body> {
         let first = &denied[0].1;
+        if first.invalid_client_certificate {
+            self.audit.record(AuditEvent::decision(
+                ctx,
+                route,
+                session,
+                None,
+                &first.reason,
+                false,
+            ));
+            let presented = ctx.client_certificate.is_some();
+            return GatewayError::ClientCertificateRequired { presented }
+                .into_response(&ctx.request_id, ctx.browser);
+        }
         if first.needs_sign_in {
             return self.unauthenticated(ctx, route, &original(uri));
         }
@@ -552,6 +585,7 @@ async fn filter_tool_lists(
     let user = allowed.session.as_ref().map(session::user_of);
     let policy = route.policy.clone();
     let source_ip = ctx.client_addr.ip();
+    let certificate = ctx.client_certificate.clone();
     let may_call = move |tool: &str| {
         let request = McpRequest {
             method: "tools/call".into(),
@@ -565,6 +599,7 @@ async fn filter_tool_lists(
                 mcp: Some(&request),
                 source_ip: Some(source_ip),
                 preflight: false,
+                client_certificate: certificate.as_deref(),
             })
             .allowed
     };
