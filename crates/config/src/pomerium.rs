@@ -94,12 +94,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
         "cookie_same_site",
         Ignored("Postern's session cookie is SameSite=Lax, its form cookies Strict"),
     ),
-    (
-        "timeout_write",
-        Ignored(
-            "Postern puts no limit on writing a response (MCP streams stay open; Pomerium's default is none too)",
-        ),
-    ),
     ("dns_lookup_family", ENVOY),
     ("codec_type", ENVOY),
     ("skip_xff_append", ENVOY),
@@ -271,11 +265,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
 /// Route keys.
 pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
-        "allow_websockets",
-        Ignored("Postern refuses protocol upgrades (MCP uses HTTP, Streamable HTTP and SSE)"),
-    ),
-    ("allow_spdy", Ignored("Postern refuses protocol upgrades")),
-    (
         "tls_downstream_server_name",
         Ignored("the route is matched by the request's host"),
     ),
@@ -362,24 +351,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
         "depends_on",
         Ignored("Postern does not check other hosts before signing in"),
-    ),
-    (
-        "regex",
-        Refused(
-            "it narrows which paths the route matches: without it the route would match every path of its host; use prefix or path",
-        ),
-    ),
-    (
-        "regex_priority_order",
-        Refused("it decides which regex route wins: use prefix or path routes"),
-    ),
-    (
-        "regex_rewrite_pattern",
-        Refused("without it requests would reach other upstream paths than intended"),
-    ),
-    (
-        "regex_rewrite_substitution",
-        Refused("without it requests would reach other upstream paths than intended"),
     ),
     (
         "host_rewrite_header",

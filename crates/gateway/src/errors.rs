@@ -53,6 +53,24 @@ pub enum GatewayError {
         /// The methods it accepts, as in the `Allow` header.
         allowed: &'static str,
     },
+    /// The request asks for a protocol upgrade the route does not allow.
+    #[error(
+        "this route does not accept {protocol} upgrades; its configuration must set {key}: true (MCP server routes never accept them)"
+    )]
+    UpgradeRefused {
+        /// The protocol asked for.
+        protocol: crate::upgrade::Protocol,
+        /// The route key that would allow it.
+        key: &'static str,
+    },
+    /// The response did not start within `timeout_write`.
+    #[error(
+        "the response did not start within {seconds} s (timeout_write, the limit on a whole request)"
+    )]
+    WriteTimeout {
+        /// The limit.
+        seconds: f64,
+    },
     /// The client stopped sending its request body.
     #[error("the request body stalled: no data for {seconds} s; send the body without long pauses")]
     RequestTimeout {
@@ -73,6 +91,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::UpgradeRefused { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::WriteTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -86,6 +106,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTimeout { .. } => "request_timeout",
+            GatewayError::UpgradeRefused { .. } => "upgrade_refused",
+            GatewayError::WriteTimeout { .. } => "write_timeout",
         }
     }
 
