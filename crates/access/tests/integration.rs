@@ -21,3 +21,5 @@ mod registration_abuse;
 mod sign_in;
 #[path = "integration/upstream_tokens.rs"]
 mod upstream_tokens;
+#[path = "integration/websockets.rs"]
+mod websockets;

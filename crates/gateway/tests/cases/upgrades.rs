@@ -308,3 +308,50 @@ routes:
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn spdy_upgrades_pass_on_routes_with_allow_spdy_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let spdy = super::upstream::raw(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\nspdy-frames",
+    )
+    .await;
+    let yaml = format!(
+        "insecure_server: true
+routes:
+  - {{from: http://localhost, prefix: /exec, to: http://{spdy}, allow_spdy: true, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /ws-only, to: http://{spdy}, allow_websockets: true, allow_public_unauthenticated_access: true}}
+"
+    );
+    let gw = Running::start(&yaml).await;
+    let exchange = |path: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n\r\n",
+            gw.addr.port()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 1024];
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while !received.windows(11).any(|w| w == b"spdy-frames") && !received.ends_with(b"}") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&received).to_ascii_lowercase()
+    };
+    let received = exchange("/exec").await;
+    assert!(received.starts_with("http/1.1 101"), "{received}");
+    assert!(received.contains("upgrade: spdy/3.1"), "{received}");
+    assert!(
+        received.ends_with("spdy-frames"),
+        "the tunnel carries the upstream's bytes: {received}"
+    );
+    let received = exchange("/ws-only").await;
+    assert!(received.starts_with("http/1.1 400"), "{received}");
+    assert!(received.contains("allow_spdy"), "{received}");
+}
