@@ -90,6 +90,8 @@ pub struct Pending {
     protocol: Protocol,
     upgrade: HeaderValue,
     client: OnUpgrade,
+    /// The client connection's place under `max_connections`, held while the tunnel is open.
+    hold: Option<crate::server::ConnectionHold>,
 }
 
 impl Pending {
@@ -99,10 +101,14 @@ impl Pending {
         let protocol = requested(request).filter(|p| p.allowed_by(route))?;
         let upgrade = request.headers().get(header::UPGRADE)?.clone();
         let client = request.extensions_mut().remove::<OnUpgrade>()?;
+        let hold = request
+            .extensions_mut()
+            .remove::<crate::server::ConnectionHold>();
         Some(Self {
             protocol,
             upgrade,
             client,
+            hold,
         })
     }
 
@@ -139,6 +145,7 @@ impl Pending {
         let request_id = request_id.to_owned();
         let protocol = self.protocol;
         tokio::spawn(async move {
+            let _hold = self.hold;
             let joined = async {
                 let (client, upstream) = tokio::try_join!(self.client, upstream)?;
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));

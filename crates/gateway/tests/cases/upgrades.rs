@@ -355,3 +355,50 @@ routes:
     assert!(received.starts_with("http/1.1 400"), "{received}");
     assert!(received.contains("allow_spdy"), "{received}");
 }
+
+#[tokio::test]
+async fn an_open_websocket_keeps_its_place_under_max_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = EchoServer::start().await;
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "insecure_server: true
+max_connections: 1
+routes:
+  - {{from: http://localhost, prefix: /ws, to: http://{ws}, allow_websockets: true, allow_public_unauthenticated_access: true}}
+  - {{from: http://localhost, prefix: /echo, to: {echo}, allow_public_unauthenticated_access: true}}
+",
+        ws = ws.addr,
+        echo = up.url("/echo"),
+    );
+    let gw = Running::start(&yaml).await;
+    let refused = || async {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "GET /echo HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            gw.addr.port()
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+        answer.is_empty()
+    };
+    let mut socket = connect(&gw, "/ws", &[]).await.expect("upgraded");
+    assert_eq!(echo(&mut socket, "hello").await, "hello");
+    // Upgraded, the client's connection left hyper, but it is still open: it still counts.
+    assert!(
+        refused().await,
+        "over max_connections while the WebSocket is open"
+    );
+    assert_eq!(echo(&mut socket, "still here").await, "still here");
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let started = Instant::now();
+    while refused().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the place is given back when the WebSocket closes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
