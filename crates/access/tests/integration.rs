@@ -27,3 +27,5 @@ mod sign_in;
 mod sign_in_origin;
 #[path = "integration/upstream_tokens.rs"]
 mod upstream_tokens;
+#[path = "integration/websockets.rs"]
+mod websockets;

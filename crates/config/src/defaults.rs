@@ -252,6 +252,11 @@ impl Config {
         self.timeout_read.map_or(READ_TIMEOUT, |d| d.0)
     }
 
+    /// The whole-request time limit (`timeout_write`; unset or zero: none).
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.timeout_write.map(|d| d.0).filter(|d| !d.is_zero())
+    }
+
     /// How long an idle client connection stays open (`timeout_idle`, default
     /// [`IDLE_CONNECTION_TIMEOUT`]).
     pub fn idle_connection_timeout(&self) -> Duration {

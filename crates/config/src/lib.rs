@@ -9,6 +9,7 @@
 
 pub mod defaults;
 mod mtls;
+mod path_regex;
 mod pomerium;
 mod types;
 mod values;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// Secrets in the configuration are the protocol core's [`postern_oauth::Secret`]: `Debug`
 /// redacted, no `Display`.
+pub use path_regex::{PathRegex, PathRewrite, RewritePattern};
 pub use postern_oauth::Secret;
 pub use types::*;
 pub use values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
@@ -151,7 +153,40 @@ fn advice(config: &Config) -> Vec<String> {
             "cookie_http_only: false is ignored: Postern's cookies are always HttpOnly, so no script can read the session (remove the key)".to_owned(),
         );
     }
+    if let Some(limit) = config.write_timeout() {
+        let streams: Vec<String> = config
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                matches!(r.mcp, Some(Mcp::Server(_))) || r.allow_websockets || r.allow_spdy
+            })
+            .map(|(i, _)| format!("routes[{i}]"))
+            .collect();
+        if !streams.is_empty() {
+            advice.push(format!(
+                "timeout_write: {limit:?} also ends the long-lived streams of {}: MCP SSE streams and WebSockets are cut after it; leave timeout_write unset (or 0) on a gateway that serves them",
+                streams.join(", ")
+            ));
+        }
+    }
     for (i, route) in config.routes.iter().enumerate() {
+        for (key, on) in [
+            ("allow_websockets", route.allow_websockets),
+            ("allow_spdy", route.allow_spdy),
+        ] {
+            if on && matches!(route.mcp, Some(Mcp::Server(_))) {
+                // Pomerium's MCP examples carry it; refusing the file would break the move.
+                advice.push(format!(
+                    "routes[{i}].{key}: has no effect on an MCP server route, which speaks Streamable HTTP (POST, GET, DELETE): upgrades to it are refused; remove the key"
+                ));
+            }
+        }
+        if route.regex_priority_order.is_some() && route.regex.is_none() {
+            advice.push(format!(
+                "routes[{i}].regex_priority_order: has no effect without regex (it orders regex routes only)"
+            ));
+        }
         if let Some(Mcp::Server(server)) = &route.mcp
             && let Some(limit) = server.max_request_bytes
             && limit < SMALL_REQUEST_LIMIT
@@ -690,6 +725,7 @@ fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), Config
             "set either prefix or path, not both",
         ));
     }
+    validate_regex_keys(route, &at)?;
     for (key, value) in [("prefix", &route.prefix), ("path", &route.path)] {
         if let Some(v) = value
             && !v.starts_with('/')
@@ -707,6 +743,55 @@ fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), Config
         validate_mcp_server(server, &at)?;
     }
     validate_request_rewrites(route, &at)
+}
+
+/// `regex`, `regex_rewrite_pattern` and `regex_rewrite_substitution` (the patterns themselves
+/// were compiled while parsing).
+fn validate_regex_keys(route: &Route, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let is_mcp_server = matches!(route.mcp, Some(Mcp::Server(_)));
+    if route.regex.is_some() {
+        if route.prefix.is_some() || route.path.is_some() {
+            return Err(ConfigError::at(
+                at("regex"),
+                "set one of prefix, path or regex, not several (Pomerium would silently use only the regex)",
+            ));
+        }
+        if is_mcp_server {
+            return Err(ConfigError::at(
+                at("regex"),
+                "an MCP server route is known to clients by one URL (its resource): match it with prefix or path",
+            ));
+        }
+    }
+    match (
+        &route.regex_rewrite_pattern,
+        &route.regex_rewrite_substitution,
+    ) {
+        (Some(pattern), Some(substitution)) => {
+            PathRewrite::new(pattern, substitution)
+                .map_err(|why| ConfigError::at(at("regex_rewrite_substitution"), why))?;
+            if route.prefix_rewrite.is_some() {
+                return Err(ConfigError::at(
+                    at("regex_rewrite_pattern"),
+                    "set either prefix_rewrite or regex_rewrite_pattern, not both (Pomerium would silently use only prefix_rewrite)",
+                ));
+            }
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::at(
+                at("regex_rewrite_pattern"),
+                "needs regex_rewrite_substitution (what replaces each match)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::at(
+                at("regex_rewrite_substitution"),
+                "needs regex_rewrite_pattern (what to replace)",
+            ));
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 /// `host_rewrite`, `prefix_rewrite`, `set_request_headers`, `remove_request_headers`.
@@ -737,10 +822,10 @@ fn validate_request_rewrites(
                 format!("{rewrite:?} must start with /"),
             ));
         }
-        if route.prefix.is_none() && route.path.is_none() {
+        if route.prefix.is_none() && route.path.is_none() && route.regex.is_none() {
             return Err(ConfigError::at(
                 at("prefix_rewrite"),
-                "needs a prefix or path to replace",
+                "needs a prefix, path or regex to replace",
             ));
         }
     }

@@ -76,12 +76,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
             "after sign-out Postern shows its own signed-out page, or goes to the sign-out request's redirect_uri on this host",
         ),
     ),
-    (
-        "timeout_write",
-        Ignored(
-            "Postern puts no limit on writing a response (MCP streams stay open; Pomerium's default is none too)",
-        ),
-    ),
     ("dns_lookup_family", ENVOY),
     ("codec_type", ENVOY),
     ("skip_xff_append", ENVOY),
@@ -225,11 +219,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
 /// Route keys.
 pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
-        "allow_websockets",
-        Ignored("Postern refuses protocol upgrades (MCP uses HTTP, Streamable HTTP and SSE)"),
-    ),
-    ("allow_spdy", Ignored("Postern refuses protocol upgrades")),
-    (
         "tls_downstream_server_name",
         Ignored("the route is matched by the request's host"),
     ),
@@ -304,24 +293,6 @@ pub(crate) const ROUTE: &[(&str, Unsupported)] = &[
     (
         "depends_on",
         Ignored("Postern does not check other hosts before signing in"),
-    ),
-    (
-        "regex",
-        Refused(
-            "it narrows which paths the route matches: without it the route would match every path of its host; use prefix or path",
-        ),
-    ),
-    (
-        "regex_priority_order",
-        Refused("it decides which regex route wins: use prefix or path routes"),
-    ),
-    (
-        "regex_rewrite_pattern",
-        Refused("without it requests would reach other upstream paths than intended"),
-    ),
-    (
-        "regex_rewrite_substitution",
-        Refused("without it requests would reach other upstream paths than intended"),
     ),
     (
         "host_rewrite_header",

@@ -325,6 +325,7 @@ policy:
     id: my-server
     show_error_details: true
     depends_on: [auth.example.com]
+    allow_websockets: true
     set_request_headers: {X-Custom: value}
     mcp: {}
 ",
@@ -349,9 +350,18 @@ policy:
         "policy[0].show_error_details",
         "policy[0].depends_on",
     ];
+    // allow_websockets is implemented, but not on MCP server routes: said, not refused.
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("routes[0].allow_websockets: ")),
+        "{:?}",
+        config.warnings
+    );
     assert_eq!(
         config.warnings.len(),
-        ignored.len(),
+        ignored.len() + 1,
         "{:?}",
         config.warnings
     );
@@ -376,15 +386,15 @@ fn pomerium_keys_whose_absence_could_widen_access_are_refused_with_the_reason() 
 routes:
   - from: https://mcp.example.com
     to: http://mcp:8080
-    regex: '^/admin$'
+    host_path_regex_rewrite_pattern: '^/(.+)/.+$'
     allow_any_authenticated_user: true
 ",
     );
-    assert_eq!(err.path, "routes[0].regex");
+    assert_eq!(err.path, "routes[0].host_path_regex_rewrite_pattern");
     assert!(
         err.message
-            .contains("Pomerium key `regex` is not supported by Postern")
-            && err.message.contains("would match every path"),
+            .contains("Pomerium key `host_path_regex_rewrite_pattern` is not supported by Postern")
+            && err.message.contains("another Host header"),
         "{err}"
     );
     for (yaml, path) in [
@@ -1095,4 +1105,97 @@ fn downstream_mtls_mistakes_are_refused_with_what_to_do() {
             "{yaml}: {err}"
         );
     }
+}
+#[test]
+fn regex_routes_load_and_bad_ones_are_refused_naming_the_route() {
+    let config = parse_ok(
+        r#"insecure_server: true
+routes:
+  - from: http://a
+    to: http://b
+    regex: '^/api/v[0-9]+/.*$'
+    regex_priority_order: 5
+    regex_rewrite_pattern: '^/api/(v[0-9]+)/(.*)$'
+    regex_rewrite_substitution: '/\2?\1'
+"#
+        .replace("?", "/")
+        .as_str(),
+    );
+    let route = &config.routes[0];
+    assert!(route.regex.as_ref().unwrap().is_match("/api/v2/x"));
+    assert_eq!(route.regex_priority_order, Some(5));
+
+    for (route, path, says) in [
+        (
+            "regex: '/('",
+            "routes[0].regex",
+            "not a valid regular expression",
+        ),
+        ("regex: '/x{1000}{1000}'", "routes[0].regex", "too large"),
+        (
+            "{regex: '/a', prefix: /a}",
+            "routes[0].regex",
+            "one of prefix, path or regex",
+        ),
+        (
+            "{regex: '/a', mcp: {}}",
+            "routes[0].regex",
+            "MCP server route",
+        ),
+        (
+            "regex_rewrite_pattern: '/a'",
+            "routes[0].regex_rewrite_pattern",
+            "needs regex_rewrite_substitution",
+        ),
+        (
+            "regex_rewrite_substitution: '/a'",
+            "routes[0].regex_rewrite_substitution",
+            "needs regex_rewrite_pattern",
+        ),
+        (
+            r"{regex_rewrite_pattern: '/(a)', regex_rewrite_substitution: '/\3'}",
+            "routes[0].regex_rewrite_substitution",
+            "does not have",
+        ),
+        (
+            "{regex_rewrite_pattern: '/a', regex_rewrite_substitution: '/b', prefix: /a, prefix_rewrite: /c}",
+            "routes[0].regex_rewrite_pattern",
+            "not both",
+        ),
+    ] {
+        let route = if route.starts_with('{') {
+            route.to_owned()
+        } else {
+            format!("{{{route}}}")
+        };
+        let yaml = format!(
+            "insecure_server: true\nroutes:\n  - {{from: http://a, to: http://b, {}}}\n",
+            &route[1..route.len() - 1]
+        );
+        let err = parse_err(&yaml);
+        assert_eq!(err.path, path, "{yaml}: {err}");
+        assert!(err.message.contains(says), "{yaml}: {err}");
+    }
+}
+
+#[test]
+fn timeout_write_is_read_and_check_config_warns_next_to_streams() {
+    let config = parse_ok("insecure_server: true\ntimeout_write: 30s\n");
+    assert_eq!(
+        config.write_timeout(),
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let config = parse_ok("insecure_server: true\ntimeout_write: 0s\n");
+    assert_eq!(config.write_timeout(), None, "0 is no limit");
+    let config = parse_ok(
+        "insecure_server: true\ntimeout_write: 30s\nroutes:\n  - {from: http://a, to: http://b, mcp: {}}\n  - {from: http://c, to: http://d, allow_websockets: true}\n",
+    );
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(
+        config.warnings[0].starts_with("timeout_write: ")
+            && config.warnings[0].contains("routes[0], routes[1]"),
+        "{:?}",
+        config.warnings
+    );
 }

@@ -183,6 +183,11 @@ pub struct Config {
     /// A client connection with no request in flight is closed after this (default `75s`).
     #[serde(default)]
     pub timeout_idle: Option<GoDuration>,
+    /// The longest a request may take from its arrival to the end of its response (streams
+    /// and WebSockets included), as Pomerium's (Envoy's `max_stream_duration`); unset or `0`:
+    /// no limit.
+    #[serde(default)]
+    pub timeout_write: Option<GoDuration>,
     /// Most client connections open at once on the main listener (default 10000); over it, a
     /// new connection is closed as soon as it is accepted.
     #[serde(default)]
@@ -389,6 +394,20 @@ pub struct Route {
     /// Match requests with exactly this path.
     #[serde(default)]
     pub path: Option<String>,
+    /// Match requests whose whole (canonical) path matches this regular expression (RE2
+    /// syntax, anchored at both ends as in Pomerium).
+    #[serde(default)]
+    pub regex: Option<crate::PathRegex>,
+    /// Order among the `regex` routes of a host: higher first (default 0; ties keep file order).
+    #[serde(default)]
+    pub regex_priority_order: Option<i64>,
+    /// Rewrite the upstream path: every match of this pattern is replaced by
+    /// `regex_rewrite_substitution`. Set both or neither.
+    #[serde(default)]
+    pub regex_rewrite_pattern: Option<crate::RewritePattern>,
+    /// What replaces each match of `regex_rewrite_pattern` (`\1` ... `\9` for its groups).
+    #[serde(default)]
+    pub regex_rewrite_substitution: Option<String>,
     /// A stable id for the route (logs, metrics, the audit log); default the name, or `from`
     /// and the prefix. Unique.
     #[serde(default)]
@@ -471,6 +490,13 @@ pub struct Route {
     /// host in `to` (an upstream reached by address). Pomerium's `tls_upstream_server_name` too.
     #[serde(default, alias = "tls_upstream_server_name")]
     pub tls_server_name: Option<String>,
+    /// Proxy WebSocket upgrades (`Upgrade: websocket`) to the upstream, after the same sign-in
+    /// and policy as any request; the tunnel then has no request or idle timeout of its own.
+    #[serde(default)]
+    pub allow_websockets: bool,
+    /// Proxy SPDY/3.1 upgrades (`kubectl exec`) like WebSockets.
+    #[serde(default)]
+    pub allow_spdy: bool,
     /// Marks an MCP route, in the seed's or the current form.
     #[serde(default)]
     pub mcp: Option<Mcp>,

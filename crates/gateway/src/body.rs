@@ -131,6 +131,60 @@ impl<B> Drop for Observed<B> {
     }
 }
 
+/// The response was still being written when `timeout_write` passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the response was not complete within {0:?} (timeout_write)")]
+pub struct WriteTimeout(pub Duration);
+
+/// A response body cut with [`WriteTimeout`] at a deadline (`timeout_write`, counted from the
+/// request's arrival): the stream ends there, however busy.
+pub struct WriteDeadline<B> {
+    inner: B,
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> WriteDeadline<B> {
+    /// Wraps `inner`, to end at `deadline`; `limit` is for the error message.
+    pub fn new(inner: B, deadline: tokio::time::Instant, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+}
+
+impl<B> HttpBody for WriteDeadline<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Box::new(WriteTimeout(this.limit)))));
+        }
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The client sent nothing of its request body for too long.
 #[derive(Debug, thiserror::Error)]
 #[error("no request body data from the client for {0:?}")]

@@ -63,6 +63,24 @@ pub enum GatewayError {
         /// Whether a certificate was presented (and did not verify).
         presented: bool,
     },
+    /// The request asks for a protocol upgrade the route does not allow.
+    #[error(
+        "this route does not accept {protocol} upgrades; its configuration must set {key}: true (MCP server routes never accept them)"
+    )]
+    UpgradeRefused {
+        /// The protocol asked for.
+        protocol: crate::upgrade::Protocol,
+        /// The route key that would allow it.
+        key: &'static str,
+    },
+    /// The response did not start within `timeout_write`.
+    #[error(
+        "the response did not start within {seconds} s (timeout_write, the limit on a whole request)"
+    )]
+    WriteTimeout {
+        /// The limit.
+        seconds: f64,
+    },
     /// The client stopped sending its request body.
     #[error("the request body stalled: no data for {seconds} s; send the body without long pauses")]
     RequestTimeout {
@@ -86,6 +104,8 @@ impl GatewayError {
             GatewayError::ClientCertificateRequired { .. } => {
                 StatusCode::from_u16(495).unwrap_or(StatusCode::FORBIDDEN)
             }
+            GatewayError::UpgradeRefused { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::WriteTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -105,6 +125,8 @@ impl GatewayError {
             GatewayError::ClientCertificateRequired { presented: true } => {
                 "invalid_client_certificate"
             }
+            GatewayError::UpgradeRefused { .. } => "upgrade_refused",
+            GatewayError::WriteTimeout { .. } => "write_timeout",
         }
     }
 

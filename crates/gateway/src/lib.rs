@@ -25,6 +25,7 @@ mod request_log;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use postern_config::{Config, defaults};
 
-use crate::body::{Body, ReadDeadline, full};
+use crate::body::{Body, ReadDeadline, WriteDeadline, full};
 use crate::errors::{GatewayError, is_browser};
 use crate::hooks::{Grant, Hooks, RequestContext};
 use crate::metrics::{Metrics, UpstreamErrorLabels};
@@ -234,11 +235,23 @@ impl Gateway {
         // Time spent waiting for the client's body is bounded, for the gateway's own endpoints
         // and proxied requests alike.
         let request = request.map(|b| ReadDeadline::new(b, conn.body_read_timeout).boxed());
-        let mut response = match self
-            .respond(&ctx, &mut log, request, &path, &forwarded_for)
-            .await
-        {
-            Ok(response) | Err(response) => response,
+        let respond = self.respond(&ctx, &mut log, request, &path, &forwarded_for);
+        let mut response = match ctx.runtime.config.write_timeout() {
+            None => respond.await.unwrap_or_else(|response| response),
+            // `timeout_write` (Envoy's `max_stream_duration`): the whole exchange, from the
+            // request's arrival to the response's last byte.
+            Some(limit) => {
+                let deadline = tokio::time::Instant::from_std(ctx.started + limit);
+                match tokio::time::timeout_at(deadline, respond).await {
+                    Ok(response) => response
+                        .unwrap_or_else(|response| response)
+                        .map(|b| WriteDeadline::new(b, deadline, limit).boxed()),
+                    Err(_) => GatewayError::WriteTimeout {
+                        seconds: limit.as_secs_f64(),
+                    }
+                    .into_response(&ctx.request_id, browser),
+                }
+            }
         };
         set_response_headers(&ctx, &log, &mut response);
         log.finish(self.metrics(), ctx.request_id, ctx.host, path, response)
@@ -426,6 +439,14 @@ fn canonical_request<B>(
 /// What the route accepts, checked before anything is read or sent: the method and, from a
 /// declared length, the body's size. The body is then capped at the route's limit.
 fn admit(route: &routes::Route, request: Request<Body>) -> Result<Request<Body>, GatewayError> {
+    if let Some(protocol) = upgrade::requested(&request)
+        && !protocol.allowed_by(route)
+    {
+        return Err(GatewayError::UpgradeRefused {
+            protocol,
+            key: protocol.key(),
+        });
+    }
     check_method(route, &request)?;
     let declared = request
         .headers()

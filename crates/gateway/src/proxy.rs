@@ -35,6 +35,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub struct UpstreamClient {
     verified: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
     unverified: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    /// HTTP/1.1 only, for upgrades (which HTTP/2 cannot carry).
+    verified_http1: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    unverified_http1: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
 /// A pooled upstream client over `tls`; with `server_name`, every upstream's certificate is
@@ -102,12 +105,13 @@ impl UpstreamClient {
     /// A client with connection pooling.
     pub fn new() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let build = |tls: rustls::ClientConfig| https_client(tls, None, true);
         let verified = verifying_tls(None);
         let unverified = unverified_tls();
         Self {
-            verified: build(verified),
-            unverified: build(unverified),
+            verified: https_client(verified.clone(), None, true),
+            unverified: https_client(unverified.clone(), None, true),
+            verified_http1: https_client(verified, None, false),
+            unverified_http1: https_client(unverified, None, false),
         }
     }
 }
@@ -168,18 +172,28 @@ pub async fn forward(
         forwarded_for,
         authority: &authority,
     };
+    let upgrade = crate::upgrade::Pending::take(route, &mut request);
     client_headers.rewrite(request.headers_mut(), ctx, route, &extra_headers);
+    if let Some(upgrade) = &upgrade {
+        upgrade.ask_upstream(request.headers_mut());
+    }
     *request.uri_mut() = uri;
     // HTTP/2 from the client, HTTP/1.1 or 2 to the upstream: let the connector decide.
     *request.version_mut() = http::Version::HTTP_11;
 
-    let client = if let Some(own) = &route.tls_client {
-        own
-    } else if route.config.tls_skip_verify {
-        &client.unverified
-    } else {
-        &client.verified
+    let client = match (&route.tls_client, route.config.tls_skip_verify, &upgrade) {
+        // A route that upgrades has an HTTP/1.1 client of its own (see `routes`).
+        (Some(own), _, _) => own,
+        (None, true, None) => &client.unverified,
+        (None, false, None) => &client.verified,
+        (None, true, Some(_)) => &client.unverified_http1,
+        (None, false, Some(_)) => &client.verified_http1,
     };
+    let deadline = ctx
+        .runtime
+        .config
+        .write_timeout()
+        .map(|limit| ctx.started + limit);
     match tokio::time::timeout(route.timeout, client.request(request)).await {
         Err(_) => Err((
             GatewayError::GatewayTimeout {
@@ -195,7 +209,8 @@ pub async fn forward(
         }
         Ok(Ok(response)) => {
             upstream.mark_up();
-            match response_for_client(response, gateway_cookie, &ctx.request_id) {
+            let upgrade = upgrade.map(|u| (u, deadline));
+            match response_for_client(response, gateway_cookie, &ctx.request_id, upgrade) {
                 Ok(response) => Ok((response, outcome)),
                 Err(reason) => Err((
                     GatewayError::BadGateway {
@@ -217,7 +232,7 @@ fn upstream_target(
     upstream: &url::Url,
     request: &Uri,
 ) -> Result<(Uri, String), GatewayError> {
-    let path = route.upstream_path(upstream, request.path());
+    let path = route.upstream_path(upstream, request.path())?;
     let path_and_query = match request.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
@@ -324,11 +339,23 @@ fn response_for_client(
     mut response: Response<hyper::body::Incoming>,
     gateway_cookie: &str,
     request_id: &str,
+    upgrade: Option<(crate::upgrade::Pending, Option<std::time::Instant>)>,
 ) -> Result<Response<hyper::body::Incoming>, &'static str> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        // The gateway never forwards `Upgrade`, so no client asked for this; passing it on
-        // would hand the client's connection to whatever the upstream speaks next.
-        return Err("it switched protocols (101) though no upgrade was asked for");
+        // Only an upgrade the route allowed was forwarded; passing on any other 101 would hand
+        // the client's connection to whatever the upstream speaks next.
+        let Some((upgrade, deadline)) = upgrade else {
+            return Err("it switched protocols (101) though no upgrade was asked for");
+        };
+        let offered = response.headers().get(header::UPGRADE).cloned();
+        let headers = response.headers_mut();
+        strip_hop_by_hop(headers);
+        strip_owned_response_headers(headers, gateway_cookie, request_id);
+        if let Some(offered) = offered {
+            headers.insert(header::UPGRADE, offered);
+        }
+        upgrade.switch(&mut response, deadline, request_id)?;
+        return Ok(response);
     }
     let headers = response.headers_mut();
     if headers.contains_key(header::TRANSFER_ENCODING) {

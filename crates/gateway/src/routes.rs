@@ -1,8 +1,10 @@
 //! The routing table: which route serves a request, and where upstream it goes.
 //!
 //! A route matches on the request's host (and port, when `from` names one) and optionally on a
-//! path prefix (segment-aligned) or an exact path. The most specific route wins: an exact path,
-//! then the longest prefix, then a host-only route; ties go to the earlier route in the file.
+//! path prefix (segment-aligned), an exact path, or a regular expression the whole path matches.
+//! The most specific route wins: an exact path, then the regex routes (higher
+//! `regex_priority_order` first), then the longest prefix, then a host-only route; ties go to
+//! the earlier route in the file. Every matcher sees the canonical path (`crate::path`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +56,8 @@ pub struct Route {
     /// The groups the identity assertion may carry here (`jwt_groups_filter`, global and the
     /// route's, with the policy's groups when inferred); `None`: all the user's.
     pub assertion_groups: Option<Vec<String>>,
+    /// `regex_rewrite_pattern` with its substitution.
+    pub path_rewrite: Option<postern_config::PathRewrite>,
     next: AtomicUsize,
 }
 
@@ -69,7 +73,11 @@ pub type UpstreamTlsClient = hyper_util::client::legacy::Client<
 /// name; what still fails here leaves the route with a client that trusts nothing, so its
 /// requests fail (502) instead of trusting more.
 fn route_tls_client(config: &RouteConfig, id: &str) -> Option<UpstreamTlsClient> {
-    let own_host = config.host_rewrite.is_some() || config.preserve_host_header;
+    // HTTP/1.1 only too on a route that upgrades: an upgrade cannot cross HTTP/2.
+    let own_host = config.host_rewrite.is_some()
+        || config.preserve_host_header
+        || config.allow_websockets
+        || config.allow_spdy;
     let https = config.to.to_vec().iter().any(|u| u.0.scheme() == "https");
     let own_tls = config.tls_custom_ca_file.is_some() || config.tls_server_name.is_some();
     if !(own_tls || (own_host && https)) {
@@ -222,15 +230,15 @@ impl Route {
             .clone()
             .or_else(|| config.name.clone())
             .unwrap_or_else(|| {
-                format!(
-                    "{}{}",
-                    config.from.origin(),
-                    config
+                let matcher = match &config.regex {
+                    Some(regex) => format!("~{}", regex.as_str()),
+                    None => config
                         .prefix
-                        .as_deref()
-                        .or(config.path.as_deref())
-                        .unwrap_or("")
-                )
+                        .clone()
+                        .or(config.path.clone())
+                        .unwrap_or_default(),
+                };
+                format!("{}{matcher}", config.from.origin())
             });
         let shorthands = postern_policy::Shorthands {
             public: config.allow_public_unauthenticated_access,
@@ -267,6 +275,14 @@ impl Route {
         });
         let tls_client = route_tls_client(config, &id);
         let assertion_groups = assertion_groups(global, config, &policy);
+        // Checked when the configuration was read.
+        let path_rewrite = config
+            .regex_rewrite_pattern
+            .as_ref()
+            .zip(config.regex_rewrite_substitution.as_deref())
+            .and_then(|(pattern, substitution)| {
+                postern_config::PathRewrite::new(pattern, substitution).ok()
+            });
         Route {
             assertion_groups,
             index,
@@ -287,6 +303,7 @@ impl Route {
             max_request_bytes: config.max_request_bytes_in_effect(),
             rewrites: HeaderRewrites::new(config),
             tls_client,
+            path_rewrite,
             config: config.clone(),
             next: AtomicUsize::new(0),
         }
@@ -308,15 +325,31 @@ impl Route {
             .unwrap_or(&self.upstreams[start % n])
     }
 
-    /// The upstream path for a request path: a path in `to` replaces the matched prefix, and
-    /// `prefix_rewrite` replaces it after that path.
-    pub fn upstream_path(&self, upstream: &url::Url, request_path: &str) -> String {
-        let matched = self
-            .config
-            .prefix
-            .as_deref()
-            .or(self.config.path.as_deref())
-            .unwrap_or("");
+    /// The upstream path for a (canonical) request path: `regex_rewrite_pattern`'s result, or
+    /// a path in `to` replacing the matched prefix and `prefix_rewrite` replacing it after that
+    /// path (a regex route's match is the whole path). `Err`: the rewrite made something other
+    /// than a canonical absolute path.
+    pub fn upstream_path(
+        &self,
+        upstream: &url::Url,
+        request_path: &str,
+    ) -> Result<String, crate::errors::GatewayError> {
+        if let Some(rewrite) = &self.path_rewrite {
+            return checked_rewrite(&rewrite.apply(request_path));
+        }
+        let matched = match &self.config.regex {
+            Some(_) => request_path,
+            None => self
+                .config
+                .prefix
+                .as_deref()
+                .or(self.config.path.as_deref())
+                .unwrap_or(""),
+        };
+        Ok(self.prefix_path(upstream, request_path, matched))
+    }
+
+    fn prefix_path(&self, upstream: &url::Url, request_path: &str, matched: &str) -> String {
         let base = upstream.path();
         let rest = || {
             request_path
@@ -332,10 +365,13 @@ impl Route {
         join_path(base, rest())
     }
 
-    fn specificity(&self) -> (u8, usize) {
+    fn specificity(&self) -> (u8, i128) {
+        if self.config.regex.is_some() {
+            return (2, i128::from(self.config.regex_priority_order.unwrap_or(0)));
+        }
         match (&self.config.path, &self.config.prefix) {
-            (Some(p), _) => (2, p.len()),
-            (None, Some(p)) => (1, p.len()),
+            (Some(p), _) => (3, p.len() as i128),
+            (None, Some(p)) => (1, p.len() as i128),
             (None, None) => (0, 0),
         }
     }
@@ -349,6 +385,9 @@ impl Route {
             && p != port
         {
             return false;
+        }
+        if let Some(regex) = &self.config.regex {
+            return regex.is_match(path);
         }
         match (&self.config.path, &self.config.prefix) {
             (Some(exact), _) => path == exact,
@@ -447,6 +486,24 @@ pub fn split_host(authority: &str, default_port: u16) -> (String, u16) {
     }
 }
 
+/// A `regex_rewrite_pattern` result, if it is a canonical absolute path: groups copy what the
+/// client sent, so they can put together a `..` segment, a `//`, an encoded separator or a backslash that
+/// the upstream would resolve to another path than the one the rewrite shows.
+fn checked_rewrite(path: &str) -> Result<String, crate::errors::GatewayError> {
+    let refused = || {
+        crate::errors::GatewayError::BadRequest(format!(
+            "this route's regex_rewrite makes {path:?} of the path, which is not a plain absolute path (a '..' or '.' segment, '//', an encoded '/' or '.', or a backslash); request the resource by its plain path"
+        ))
+    };
+    if path.contains(['?', '#']) {
+        return Err(refused());
+    }
+    match crate::path::canonical(path) {
+        Ok(canonical) if canonical == path => Ok(path.to_owned()),
+        _ => Err(refused()),
+    }
+}
+
 /// `base` followed by `rest` with one `/` between them; `rest` empty or `/` is `base` itself.
 fn join_path(base: &str, rest: &str) -> String {
     let base = base.trim_end_matches('/');
@@ -529,7 +586,7 @@ routes:
         );
         let path = |host: &str, p: &str| {
             let r = t.find(host, 80, p).unwrap();
-            r.upstream_path(&r.upstreams[0].url, p)
+            r.upstream_path(&r.upstreams[0].url, p).unwrap()
         };
         assert_eq!(path("a", "/whoami"), "/whoami");
         assert_eq!(path("a", "/whoami/x"), "/whoami/x");
@@ -541,6 +598,83 @@ routes:
             "no path in to: the request path is kept"
         );
         assert_eq!(path("d", "/old/page"), "/new/page");
+    }
+
+    #[test]
+    fn regex_routes_rank_between_exact_paths_and_prefixes_by_priority() {
+        let t = table(
+            r#"insecure_server: true
+routes:
+  - {from: http://localhost, to: http://fallback:1, name: host}
+  - {from: http://localhost, prefix: /api, to: http://s:1, name: prefix}
+  - {from: http://localhost, regex: '/api/v[0-9]+/.*', to: http://s:1, name: versioned}
+  - {from: http://localhost, regex: '/api/v1/.*', to: http://s:1, name: v1, regex_priority_order: 10}
+  - {from: http://localhost, regex: '/api/v2/.*', to: http://s:1, name: v2-later}
+  - {from: http://localhost, path: /api/v1/exact, to: http://s:1, name: exact}
+"#,
+        );
+        let name = |path: &str| t.find("localhost", 80, path).map(|r| r.id.clone());
+        assert_eq!(
+            name("/api/v1/x").as_deref(),
+            Some("v1"),
+            "higher priority first"
+        );
+        assert_eq!(
+            name("/api/v2/x").as_deref(),
+            Some("versioned"),
+            "equal priority: file order"
+        );
+        assert_eq!(name("/api/v1/exact").as_deref(), Some("exact"));
+        assert_eq!(
+            name("/api/v1").as_deref(),
+            Some("prefix"),
+            "the regex must match the whole path"
+        );
+        assert_eq!(name("/x/api/v1/y").as_deref(), Some("host"), "anchored");
+    }
+
+    #[test]
+    fn regex_rewrites_and_to_paths() {
+        let t = table(
+            r#"insecure_server: true
+routes:
+  - {from: http://a, regex: '/svc/.*', to: http://s:1/base, regex_rewrite_pattern: '^/svc/([^/]+)(/.*)?$', regex_rewrite_substitution: '\2/instance/\1'}
+  - {from: http://b, regex: '/r/.*', to: http://s:1/only}
+  - {from: http://c, regex: '/r/.*', to: http://s:1}
+  - {from: http://d, regex: '/p/(.)x(.)', to: http://s:1, regex_rewrite_pattern: '^/p/(.)x(.)$', regex_rewrite_substitution: '/\1\2/secret'}
+  - {from: http://e, to: http://s:1, regex_rewrite_pattern: '^/(.*)-(.*)$', regex_rewrite_substitution: '/\1/\2'}
+  - {from: http://f, to: http://s:1, regex_rewrite_pattern: '^/a(.*)$', regex_rewrite_substitution: '/%\1'}
+"#,
+        );
+        let path = |host: &str, p: &str| {
+            let r = t.find(host, 80, p).unwrap();
+            r.upstream_path(&r.upstreams[0].url, p)
+        };
+        assert_eq!(
+            path("a", "/svc/foo/v1").unwrap(),
+            "/v1/instance/foo",
+            "the rewrite is the whole upstream path (a path in to is not added, as in Pomerium)"
+        );
+        assert_eq!(
+            path("b", "/r/x").unwrap(),
+            "/only",
+            "to's path replaces the whole match"
+        );
+        assert_eq!(path("c", "/r/x").unwrap(), "/r/x");
+        // Groups copy what the client sent: `.` and `.` make a `..` that would climb.
+        let err = path("d", "/p/.x.").unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(path("d", "/p/axb").unwrap(), "/ab/secret");
+        // An empty group makes `//`, which servers read differently.
+        assert!(path("e", "/-x").is_err());
+        assert_eq!(path("e", "/a-b").unwrap(), "/a/b");
+        // A literal `%` next to client text makes an encoded slash.
+        assert!(path("f", "/a2F").is_err(), "%2F");
+        assert!(
+            path("f", "/a2e").is_err(),
+            "an encoded unreserved character"
+        );
+        assert_eq!(path("f", "/a20").unwrap(), "/%20");
     }
 
     #[test]

@@ -135,8 +135,7 @@ pub async fn serve_mtls(
         };
         let shared = shared.clone();
         workers.run(Box::pin(async move {
-            let _slot = slot;
-            shared.serve_connection(stream, remote).await;
+            shared.serve_connection(stream, remote, slot).await;
         }));
     }
     drop(listener);
@@ -196,7 +195,14 @@ struct Shared {
 impl Shared {
     /// Serves one client connection (on a worker) until it closes, is idle too long, or
     /// shutdown has drained it.
-    async fn serve_connection(self: Arc<Self>, stream: std::net::TcpStream, remote: SocketAddr) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        stream: std::net::TcpStream,
+        remote: SocketAddr,
+        slot: Slot,
+    ) {
+        // Counted until the connection closes, or until a tunnel it was upgraded to does.
+        let slot = Arc::new(slot);
         let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
             return;
         };
@@ -223,10 +229,15 @@ impl Shared {
         let service = service_fn({
             let activity = activity.clone();
             let gateway = self.gateway.clone();
-            move |request| {
+            move |mut request: Request<hyper::body::Incoming>| {
                 let gateway = gateway.clone();
                 let in_flight = activity.request_started();
                 let conn = conn.clone();
+                if request.headers().contains_key(header::UPGRADE) {
+                    request
+                        .extensions_mut()
+                        .insert(ConnectionHold(slot.clone()));
+                }
                 async move {
                     let response = gateway.handle(request, conn).await;
                     Ok::<_, Infallible>(response.map(|body| Tracked {
@@ -293,6 +304,11 @@ struct OpenConnections {
 
 /// One open connection; counted until dropped.
 struct Slot(Arc<OpenConnections>);
+
+/// An upgrade request's hold on its connection's place under `max_connections`: the tunnel
+/// keeps it (`crate::upgrade`), so upgraded connections count as long as they are open.
+#[derive(Clone)]
+pub(crate) struct ConnectionHold(#[allow(dead_code)] Arc<Slot>);
 
 impl OpenConnections {
     /// A slot for a new connection, or `None` when `max` are open.

@@ -707,6 +707,12 @@ mod pebble;
 #[path = "cases/hardening.rs"]
 mod hardening;
 
+#[path = "cases/upgrades.rs"]
+mod upgrades;
+
+#[path = "cases/regex_routes.rs"]
+mod regex_routes;
+
 #[tokio::test]
 async fn autocert_obtains_caches_and_renews_certificates_from_a_real_acme_server() {
     use postern_gateway::acme::{Autocert, AutocertConfig};

@@ -28,19 +28,19 @@ use super::upstream::Upstream;
 // as written, over a socket (HTTP/1.1) or hyper's own client (HTTP/2, which keeps the path).
 
 /// A response as received: status, head (lower-cased), body (de-chunked).
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+pub(super) struct Raw {
+    pub(super) status: u16,
+    pub(super) head: String,
+    pub(super) body: Vec<u8>,
 }
 
 impl Raw {
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
@@ -111,12 +111,12 @@ async fn h2(addr: SocketAddr, path_and_query: &str) -> Raw {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Version {
+pub(super) enum Version {
     Http1,
     H2c,
 }
 
-async fn get(version: Version, addr: SocketAddr, path: &str) -> Raw {
+pub(super) async fn get(version: Version, addr: SocketAddr, path: &str) -> Raw {
     match version {
         Version::Http1 => {
             http1(
@@ -702,11 +702,26 @@ routes:
             response.text()
         );
     }
-    // Even when the client asks: no route accepts an upgrade.
+    // Even when the client asks: a route without allow_websockets refuses the upgrade itself.
     let response = http1(
         gw.addr,
         &format!(
             "GET /switch HTTP/1.1\r\nHost: localhost:{}\r\nConnection: upgrade\r\nUpgrade: websocket",
+            gw.addr.port()
+        ),
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("allow_websockets"),
+        "{}",
+        response.text()
+    );
+    // Other upgrade offers (curl's `h2c`) are ignored, as before: the upstream's 101 is not.
+    let response = http1(
+        gw.addr,
+        &format!(
+            "GET /switch HTTP/1.1\r\nHost: localhost:{}\r\nConnection: upgrade\r\nUpgrade: h2c",
             gw.addr.port()
         ),
     )
