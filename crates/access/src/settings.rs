@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use postern_config::{Config, IssuerFormat};
+use postern_config::{AuthorizeLogField, Config, IssuerFormat};
 
 use crate::sign_in::session::CookieSettings;
 
@@ -18,6 +18,9 @@ pub struct AccessSettings {
     pub issuer_format: IssuerFormat,
     /// Where the audit log is appended (JSON lines).
     pub audit_file: Option<PathBuf>,
+    /// `authorize_log_fields`: the optional fields of each audit record; `None`: the fixed
+    /// record.
+    pub authorize_log_fields: Option<Vec<AuthorizeLogField>>,
     /// Accept RFC 7591 dynamic client registration.
     pub dynamic_registration: bool,
     /// Lifetime of access tokens (TE).
@@ -48,6 +51,7 @@ impl AccessSettings {
             pass_identity_headers: config.pass_identity_headers(),
             issuer_format: config.jwt_issuer_format(),
             audit_file: Some(config.audit_file()),
+            authorize_log_fields: config.authorize_log_fields.clone(),
             dynamic_registration: config.mcp_dynamic_client_registration(),
             access_token_ttl: config.mcp_access_token_ttl(),
             refresh_reuse_grace: Duration::from_secs(5),

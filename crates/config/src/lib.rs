@@ -144,6 +144,13 @@ fn default_upstream_resources(config: &mut Config) {
 /// Values that load but will likely not do what was meant.
 fn advice(config: &Config) -> Vec<String> {
     let mut advice = Vec::new();
+    for (i, field) in config.authorize_log_fields.iter().flatten().enumerate() {
+        if let AuthorizeLogField::Unavailable { name, why } = field {
+            advice.push(format!(
+                "authorize_log_fields[{i}]: `{name}` is left out of the audit record: {why}"
+            ));
+        }
+    }
     for (i, route) in config.routes.iter().enumerate() {
         if let Some(Mcp::Server(server)) = &route.mcp
             && let Some(limit) = server.max_request_bytes
@@ -195,7 +202,7 @@ fn parse_error(at: &serde_path_to_error::Path, inner: &yaml_serde::Error) -> Con
     // ...and may prefix its own rendering of the path.
     if let Some((prefix, rest)) = message.split_once(": ")
         && !prefix.contains(' ')
-        && (prefix.contains('.') || prefix.contains('['))
+        && (prefix.contains('.') || prefix.contains('[') || path.starts_with(prefix))
     {
         message = rest.to_owned();
     }

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::broker::UpstreamBroker;
 use crate::enforcement::assertion::{AssertionFor, Signer};
+use crate::enforcement::audit::fields::RequestFacts;
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
@@ -48,6 +49,8 @@ struct Allowed {
     calls: Vec<Call>,
     decision: String,
     filter_tools: Option<ToolLists>,
+    /// With `authorize_log_fields`: what the request contributes to its audit records.
+    facts: Option<Arc<RequestFacts>>,
 }
 
 /// Which responses of a route with tool rules may carry a tool list a client would read.
@@ -120,6 +123,11 @@ impl Enforcement {
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
         let session = self.identify(ctx, route, &request).await?;
+        // Taken now: the request's parts are gone by the time its response ends.
+        let facts = self.audit.fields().map(|fields| {
+            let removed = session.as_ref().map_or(0, |s| removed_groups(s, route));
+            fields.capture(ctx, &request, session.as_ref(), removed)
+        });
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
@@ -149,7 +157,14 @@ impl Enforcement {
         };
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
         if !denied.is_empty() {
-            return Err(self.refuse(ctx, route, session.as_ref(), &denied, &calls, request.uri()));
+            return Err(self.refuse(
+                ctx,
+                route,
+                (session.as_ref(), facts.as_ref()),
+                &denied,
+                &calls,
+                request.uri(),
+            ));
         }
         let decision = decisions
             .first()
@@ -173,6 +188,7 @@ impl Enforcement {
             calls,
             decision,
             filter_tools,
+            facts,
         });
         Ok((request, grant))
     }
@@ -256,7 +272,8 @@ impl Enforcement {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        match mcp::inspect(content_type, &bytes) {
+        let arguments = self.audit.fields().is_some_and(|f| f.tool_arguments);
+        match mcp::inspect(content_type, &bytes, arguments) {
             Ok(calls) => Ok((Request::from_parts(parts, full(bytes)), calls)),
             Err(error) => {
                 // Nobody signed in on a route that needs a user: the client learns to sign in
@@ -287,12 +304,13 @@ impl Enforcement {
     }
 
     /// The answer to a refused request: sign in first (401 or the sign-in page), a JSON-RPC
-    /// error per refused MCP call (a batch gets a batch), or 403; every refusal audited.
+    /// error per refused MCP call (a batch gets a batch), or 403; every refusal audited (with
+    /// the request's `authorize_log_fields` facts, when selected).
     fn refuse(
         &self,
         ctx: &RequestContext,
         route: &Route,
-        session: Option<&Session>,
+        (session, facts): (Option<&Session>, Option<&Arc<RequestFacts>>),
         denied: &[&(Option<&Call>, postern_policy::Decision)],
         calls: &[Call],
         uri: &http::Uri,
@@ -302,14 +320,17 @@ impl Enforcement {
             return self.unauthenticated(ctx, route, &original(uri));
         }
         for (call, decision) in denied {
-            self.audit.record(AuditEvent::decision(
+            let mut event = AuditEvent::decision(
                 ctx,
                 route,
                 session,
                 call.map(|c| &c.request),
                 &decision.reason,
                 false,
-            ));
+            );
+            event.facts = facts.cloned();
+            event.tool_arguments = call.and_then(|c| c.arguments.clone());
+            self.audit.record(event);
         }
         if !calls.is_empty() {
             let errors: Vec<Value> = denied
@@ -480,11 +501,11 @@ impl Enforcement {
         } else {
             response
         };
-        let tool_calls: Vec<McpRequest> = allowed
+        let tool_calls: Vec<Call> = allowed
             .calls
             .iter()
             .filter(|c| c.request.method == "tools/call")
-            .map(|c| c.request.clone())
+            .cloned()
             .collect();
         if tool_calls.is_empty() {
             return response;
@@ -498,6 +519,7 @@ impl Enforcement {
         );
         let session = allowed.session.clone();
         let decision = allowed.decision.clone();
+        let facts = allowed.facts.clone();
         let started = ctx.started;
         response.map(move |body| {
             let on_end = move |_bytes: u64, complete: bool| {
@@ -506,10 +528,12 @@ impl Enforcement {
                         &ctx,
                         &route_id,
                         session.as_ref(),
-                        Some(call),
+                        Some(&call.request),
                         &decision,
                         true,
                     );
+                    event.facts = facts.clone();
+                    event.tool_arguments = call.arguments.clone();
                     event.status = Some(status.as_u16());
                     event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                     event.complete = Some(complete);
@@ -604,6 +628,18 @@ fn assertion_groups<'s>(session: &'s Session, route: &Route) -> std::borrow::Cow
             .cloned()
             .collect(),
     }
+}
+
+/// How many of the user's groups the route's assertion leaves out (`jwt_groups_filter`), by
+/// the rule of [`assertion_groups`].
+fn removed_groups(session: &Session, route: &Route) -> usize {
+    route.assertion_groups.as_ref().map_or(0, |allowed| {
+        session
+            .groups
+            .iter()
+            .filter(|g| allowed.binary_search(g).is_err())
+            .count()
+    })
 }
 
 fn claim_text(
