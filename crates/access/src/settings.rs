@@ -92,4 +92,18 @@ mod tests {
         let short = settings("insecure_server: true\nmcp_access_token_ttl: 5m\n");
         assert_eq!(short.access_token_ttl, Duration::from_secs(300));
     }
+
+    #[test]
+    fn authorize_log_fields_come_from_the_config() {
+        assert_eq!(
+            settings("insecure_server: true\n").authorize_log_fields,
+            None
+        );
+        let selected = settings("insecure_server: true\nauthorize_log_fields: [email, body]\n");
+        assert_eq!(
+            selected.authorize_log_fields.as_deref().map(<[_]>::len),
+            Some(2),
+            "the unavailable ones are left out when the record is made"
+        );
+    }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::broker::UpstreamBroker;
 use crate::enforcement::assertion::{AssertionFor, Signer};
-use crate::enforcement::audit::fields::RequestFacts;
+use crate::enforcement::audit::fields::{Bounded, RequestFacts};
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
@@ -501,11 +501,11 @@ impl Enforcement {
         } else {
             response
         };
-        let tool_calls: Vec<Call> = allowed
+        let tool_calls: Vec<(McpRequest, Option<Bounded>)> = allowed
             .calls
             .iter()
             .filter(|c| c.request.method == "tools/call")
-            .cloned()
+            .map(|c| (c.request.clone(), c.arguments.clone()))
             .collect();
         if tool_calls.is_empty() {
             return response;
@@ -523,17 +523,17 @@ impl Enforcement {
         let started = ctx.started;
         response.map(move |body| {
             let on_end = move |_bytes: u64, complete: bool| {
-                for call in &tool_calls {
+                for (call, arguments) in &tool_calls {
                     let mut event = AuditEvent::decision_for(
                         &ctx,
                         &route_id,
                         session.as_ref(),
-                        Some(&call.request),
+                        Some(call),
                         &decision,
                         true,
                     );
                     event.facts = facts.clone();
-                    event.tool_arguments = call.arguments.clone();
+                    event.tool_arguments = arguments.clone();
                     event.status = Some(status.as_u16());
                     event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                     event.complete = Some(complete);
