@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::authorization_server::AuthorizationServer;
 use crate::broker::{Callback, UpstreamBroker};
-use crate::dispatch::{self, Endpoint};
+use crate::dispatch::{self, Endpoint, Place};
 use crate::enforcement::Enforcement;
 use crate::enforcement::assertion::Signer;
 use crate::enforcement::audit::Audit;
@@ -26,7 +26,7 @@ use crate::settings::AccessSettings;
 use crate::sign_in::SignIn;
 use crate::sign_in::oidc::Oidc;
 use crate::sign_in::users::LocalUsers;
-use crate::web::reply::{cors, json_response, preflight};
+use crate::web::reply::{cors, json_error, json_response, preflight, redirect_to};
 
 /// The gateway hooks.
 pub struct Access {
@@ -49,7 +49,8 @@ impl Access {
             revocations.clone(),
         ));
         Self {
-            sign_in: SignIn::new(store.clone(), users, settings.cookie.clone()),
+            sign_in: SignIn::new(store.clone(), users, settings.cookie.clone())
+                .with_authenticate(settings.authenticate.clone()),
             server: AuthorizationServer::new(
                 store.clone(),
                 settings.clone(),
@@ -97,12 +98,13 @@ impl Access {
             Endpoint::Jwks => self.jwks(request.headers()),
             Endpoint::PomeriumWellKnown => {
                 let origin = ctx.origin();
+                let sign_in = self.enforcement.settings.issuer(ctx);
                 cached(
                     json_response(
                         StatusCode::OK,
                         &json!({
                             "issuer": format!("{origin}/"),
-                            "authentication_callback_endpoint": format!("{origin}/.pomerium/callback"),
+                            "authentication_callback_endpoint": format!("{sign_in}/.pomerium/callback"),
                             "jwks_uri": format!("{origin}/.well-known/pomerium/jwks.json"),
                             "frontchannel_logout_uri": format!("{origin}/.pomerium/sign_out"),
                         }),
@@ -124,6 +126,9 @@ impl Access {
             Endpoint::Token => self.server.token(ctx, request).await,
             Endpoint::Revoke => self.server.revoke(request).await,
             Endpoint::UpstreamCallback => {
+                if let Some(relayed) = self.relay_upstream_callback(ctx, &request) {
+                    return relayed;
+                }
                 let mut response = match self.broker.upstream_callback(ctx, &request).await {
                     Callback::Done(response) => response,
                     Callback::ResumeAuthorization(query) => {
@@ -139,6 +144,7 @@ impl Access {
             }
             Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
             Endpoint::SignOut => self.sign_in.sign_out(ctx, &request).await,
+            Endpoint::Handoff => self.sign_in.handoff(ctx, &request).await,
             Endpoint::OidcCallback => self.sign_in.oidc_callback(ctx, &request).await,
             Endpoint::Portal | Endpoint::PortalDisconnect => self.broker.portal(ctx, request).await,
             Endpoint::Routes | Endpoint::RoutesDisconnect | Endpoint::Connect => {
@@ -149,6 +155,75 @@ impl Access {
 }
 
 impl Access {
+    /// With a dedicated sign-in origin (`authenticate_service_url`), the answer for an endpoint
+    /// asked for on the wrong side: a page of the sign-in origin asked for on a route host is
+    /// sent there (GET); its APIs and forms are not served on route hosts (404 saying where
+    /// they are), and route hosts' endpoints are not served on the sign-in origin.
+    fn elsewhere(
+        &self,
+        ctx: &RequestContext,
+        endpoint: Endpoint,
+        request: &Request<Body>,
+    ) -> Option<Response<Body>> {
+        let service = self.enforcement.settings.authenticate.as_ref()?;
+        let on_sign_in_origin = self.enforcement.settings.on_authenticate(ctx);
+        match endpoint.place() {
+            Place::SignInOrigin if !on_sign_in_origin => {
+                let there = format!(
+                    "{}{}",
+                    service.origin,
+                    request.uri().path_and_query().map_or("/", |p| p.as_str())
+                );
+                let page = matches!(endpoint, Endpoint::Authorize | Endpoint::Portal);
+                if page && matches!(*request.method(), Method::GET | Method::HEAD) {
+                    return Some(redirect_to(&there));
+                }
+                Some(not_here(
+                    ctx,
+                    &format!(
+                        "this is served by the sign-in origin {}: use {}{}",
+                        service.origin,
+                        service.origin,
+                        request.uri().path()
+                    ),
+                ))
+            }
+            Place::RouteHosts if on_sign_in_origin => Some(not_here(
+                ctx,
+                &format!(
+                    "{} is the sign-in origin; this is served on the MCP server's or app's own host",
+                    service.origin
+                ),
+            )),
+            _ => None,
+        }
+    }
+
+    /// An upstream provider's redirect to a route host for an authorization that ran on the
+    /// sign-in origin (the `/authorize` detour): that browser's binding cookie is there, so the
+    /// code and state go there (it exchanges the code with this host's redirect URI, the one
+    /// registered at the provider).
+    fn relay_upstream_callback(
+        &self,
+        ctx: &RequestContext,
+        request: &Request<Body>,
+    ) -> Option<Response<Body>> {
+        let service = self.enforcement.settings.authenticate.as_ref()?;
+        if self.enforcement.settings.on_authenticate(ctx) {
+            return None;
+        }
+        let query = request.uri().query().unwrap_or("");
+        let state = crate::web::reply::form_value(query, "state").unwrap_or_default();
+        if crate::web::round_trip::UPSTREAM.matches(request.headers(), &state) {
+            return None;
+        }
+        Some(redirect_to(&format!(
+            "{}{}?{query}",
+            service.origin,
+            request.uri().path()
+        )))
+    }
+
     /// The assertion's public keys, with an `ETag` (the keys' hash) so verifiers revalidate with
     /// `If-None-Match` and get 304 until the keys change.
     fn jwks(&self, headers: &HeaderMap) -> Response<Body> {
@@ -180,6 +255,11 @@ impl Access {
         }
         cached(response, "public, max-age=300")
     }
+}
+
+/// 404 for an endpoint on the wrong side of the sign-in origin, saying where it is.
+fn not_here(ctx: &RequestContext, message: &str) -> Response<Body> {
+    json_error(StatusCode::NOT_FOUND, "not_found", message, &ctx.request_id)
 }
 
 fn cached(mut response: Response<Body>, policy: &'static str) -> Response<Body> {
@@ -219,6 +299,9 @@ impl Hooks for Access {
         let Some(endpoint) = dispatch::endpoint(path) else {
             return Err(request);
         };
+        if let Some(elsewhere) = self.elsewhere(ctx, endpoint, &request) {
+            return Ok(elsewhere);
+        }
         let mut response = self.answer(ctx, endpoint, request).await;
         if endpoint.is_api() {
             cors(response.headers_mut());

@@ -42,6 +42,21 @@ pub(crate) enum Endpoint {
     RoutesDisconnect,
     /// Connect an upstream account (the confirmation page and its POST).
     Connect,
+    /// A route host takes the session the sign-in origin hands back (`authenticate_service_url`).
+    Handoff,
+}
+
+/// Where an endpoint is served when `authenticate_service_url` gives sign-in its own origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// On every host.
+    Anywhere,
+    /// Only on the sign-in origin: sign-in's identity provider return, consent, the portal and
+    /// the authorization server (no route's content shares an origin with them).
+    SignInOrigin,
+    /// Only on route hosts: what belongs to a route's host (its resource metadata, the apps'
+    /// API, the session handoff).
+    RouteHosts,
 }
 
 /// How a table entry matches a path.
@@ -106,6 +121,7 @@ const TABLE: &[(Match, Endpoint)] = &[
     (Match::Exact("/.pomerium/sign_in"), Endpoint::SignIn),
     (Match::Exact("/.pomerium/sign_out"), Endpoint::SignOut),
     (Match::Exact("/.pomerium/callback"), Endpoint::OidcCallback),
+    (Match::Exact("/.pomerium/handoff"), Endpoint::Handoff),
     (Match::Exact("/.pomerium/"), Endpoint::Portal),
     (
         Match::Exact("/.pomerium/disconnect"),
@@ -136,6 +152,31 @@ pub(crate) fn preflights(path: &str) -> bool {
 }
 
 impl Endpoint {
+    /// Where the endpoint is served when sign-in has its own origin.
+    pub(crate) fn place(self) -> Place {
+        match self {
+            Endpoint::AuthorizationServerMetadata
+            | Endpoint::Register
+            | Endpoint::Authorize
+            | Endpoint::Token
+            | Endpoint::Revoke
+            | Endpoint::OidcCallback
+            | Endpoint::Portal
+            | Endpoint::PortalDisconnect => Place::SignInOrigin,
+            Endpoint::ProtectedResource
+            | Endpoint::Routes
+            | Endpoint::RoutesDisconnect
+            | Endpoint::Connect
+            | Endpoint::Handoff => Place::RouteHosts,
+            Endpoint::Jwks
+            | Endpoint::PomeriumWellKnown
+            | Endpoint::ClientMetadata
+            | Endpoint::UpstreamCallback
+            | Endpoint::SignIn
+            | Endpoint::SignOut => Place::Anywhere,
+        }
+    }
+
     /// An API for browser-based MCP clients (any origin, bearer tokens, no cookies): answered
     /// with CORS headers. Pages and the flows that set cookies are not.
     pub(crate) fn is_api(self) -> bool {

@@ -237,13 +237,18 @@ pub fn route_for_resource(ctx: &RequestContext, resource: &str) -> Option<Arc<Ro
 }
 
 /// Whether `resource` names the server whose canonical resource is `canonical`: that URL, or
-/// another URL on this origin the same route serves (the token endpoint's `resource` may be
-/// the URL the client used at `/authorize`).
+/// another URL on its origin the same route serves (the token endpoint's `resource` may be the
+/// URL the client used at `/authorize`).
 pub fn names_server(ctx: &RequestContext, resource: &str, canonical: &str) -> bool {
-    same_resource(resource, canonical)
-        || (on_this_origin(ctx, resource)
-            && route_for_resource(ctx, resource)
-                .is_some_and(|route| route_resource(&route, &ctx.origin()) == canonical))
+    if same_resource(resource, canonical) {
+        return true;
+    }
+    let Some(origin) = origin_of(resource).filter(|o| origin_of(canonical).as_ref() == Some(o))
+    else {
+        return false;
+    };
+    route_for_resource(ctx, resource)
+        .is_some_and(|route| route_resource(&route, &origin) == canonical)
 }
 
 /// Whether `resource` is a URL on this request's origin (a resource the authorization server of
@@ -253,6 +258,17 @@ pub fn on_this_origin(ctx: &RequestContext, resource: &str) -> bool {
         (Ok(asked), Ok(here)) => asked.origin() == here.origin(),
         _ => false,
     }
+}
+
+/// The origin (`scheme://host[:port]`) of a URL.
+pub fn origin_of(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    url.has_host().then(|| url.origin().ascii_serialization())
+}
+
+/// The port of a URL (the scheme's default when it names none).
+pub fn origin_port(url: &str) -> Option<u16> {
+    url::Url::parse(url).ok()?.port_or_known_default()
 }
 
 /// The only MCP server route of this host, when there is exactly one (the default resource).

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use postern_config::defaults::AuthenticateService;
 use postern_config::{AuthorizeLogField, Config, IssuerFormat};
+use postern_gateway::hooks::RequestContext;
 
 use crate::sign_in::session::CookieSettings;
 
@@ -37,6 +39,26 @@ pub struct AccessSettings {
     pub registration: crate::authorization_server::registration::RegistrationLimits,
     /// `jwt_claims_headers`: (header, claim) sent upstream on every proxied request.
     pub claim_headers: Vec<(http::HeaderName, String)>,
+    /// `authenticate_service_url`: the origin of sign-in, consent, the portal and the OAuth
+    /// endpoints; `None`: every route host serves them.
+    pub authenticate: Option<AuthenticateService>,
+}
+
+impl AccessSettings {
+    /// Whether the request is for the dedicated sign-in origin.
+    pub(crate) fn on_authenticate(&self, ctx: &RequestContext) -> bool {
+        self.authenticate
+            .as_ref()
+            .is_some_and(|a| a.host == ctx.host)
+    }
+
+    /// The authorization server's origin (its issuer): the sign-in origin, or this host.
+    pub(crate) fn issuer(&self, ctx: &RequestContext) -> String {
+        match &self.authenticate {
+            Some(a) => a.origin.clone(),
+            None => ctx.origin(),
+        }
+    }
 }
 
 impl AccessSettings {
@@ -68,6 +90,7 @@ impl AccessSettings {
                     Some((http::HeaderName::from_bytes(header.as_bytes()).ok()?, claim))
                 })
                 .collect(),
+            authenticate: config.authenticate_service(),
         }
     }
 }

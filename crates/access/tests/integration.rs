@@ -21,5 +21,7 @@ mod policy_and_mcp;
 mod registration_abuse;
 #[path = "integration/sign_in.rs"]
 mod sign_in;
+#[path = "integration/sign_in_origin.rs"]
+mod sign_in_origin;
 #[path = "integration/upstream_tokens.rs"]
 mod upstream_tokens;

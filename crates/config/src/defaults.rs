@@ -148,7 +148,19 @@ pub const AUTH_STYLE: AuthStyle = AuthStyle::Header;
 
 /// Whether `host` is a loopback name browsers treat as a secure context over plain HTTP.
 fn is_localhost(host: &str) -> bool {
-    matches!(host, "localhost" | "127.0.0.1" | "::1")
+    // RFC 6761 §6.3: `*.localhost` is loopback too.
+    matches!(host, "localhost" | "127.0.0.1" | "::1") || host.ends_with(".localhost")
+}
+
+/// `authenticate_service_url`, parsed: the origin sign-in and the OAuth endpoints live on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthenticateService {
+    /// `scheme://host[:port]`, as browsers and clients address it.
+    pub origin: String,
+    /// The host (lower-case, IPv6 without brackets).
+    pub host: String,
+    /// The port (the scheme's default when the URL names none).
+    pub port: u16,
 }
 
 impl Config {
@@ -242,7 +254,10 @@ impl Config {
     /// route is for localhost (browsers keep `Secure` cookies from plain-HTTP localhost, but
     /// not from other plain-HTTP hosts).
     pub fn cookie_secure(&self) -> bool {
-        let localhost_only = self.routes.iter().all(|r| is_localhost(&r.from.host));
+        let localhost_only = self.routes.iter().all(|r| is_localhost(&r.from.host))
+            && self
+                .authenticate_service()
+                .is_none_or(|a| is_localhost(&a.host));
         !(self.insecure_server && localhost_only)
     }
 
@@ -251,6 +266,20 @@ impl Config {
     /// [`Route::pass_identity_headers_in_effect`] for a route's.
     pub fn pass_identity_headers(&self) -> bool {
         self.pass_identity_headers.unwrap_or(PASS_IDENTITY_HEADERS)
+    }
+
+    /// `authenticate_service_url`, parsed (validated when the file was read).
+    pub fn authenticate_service(&self) -> Option<AuthenticateService> {
+        let url = url::Url::parse(self.authenticate_service_url.as_deref()?).ok()?;
+        let host = match url.host()? {
+            url::Host::Ipv6(ip) => ip.to_string(),
+            host => host.to_string().to_ascii_lowercase(),
+        };
+        Some(AuthenticateService {
+            origin: url.origin().ascii_serialization(),
+            host,
+            port: url.port_or_known_default()?,
+        })
     }
 
     /// The assertion's issuer format (`jwt_issuer_format`, default [`JWT_ISSUER_FORMAT`]).

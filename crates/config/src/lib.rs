@@ -352,6 +352,7 @@ fn resolve_secret(
 /// Checks that need more than one key.
 fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_tls(config)?;
+    validate_authenticate_service(config)?;
     validate_storage(config)?;
     validate_shared_secret(config)?;
     validate_idp(config)?;
@@ -443,6 +444,66 @@ fn validate_tls(config: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::at(
             "(top level)",
             "TLS needs certificates: set certificate_file and certificate_key_file (or certificates), autocert: true, or insecure_server: true for plain HTTP",
+        ));
+    }
+    Ok(())
+}
+
+/// `authenticate_service_url` is an origin of its own: no path, query or credentials, https
+/// unless the gateway serves plain HTTP, and not a route's host (route hosts run upstream
+/// content; the point is that none of it shares an origin with sign-in and consent).
+fn validate_authenticate_service(config: &Config) -> Result<(), ConfigError> {
+    let Some(text) = &config.authenticate_service_url else {
+        return Ok(());
+    };
+    let key = "authenticate_service_url";
+    let url = url::Url::parse(text).map_err(|e| {
+        ConfigError::at(
+            key,
+            format!("{text:?} is not a URL ({e}); expected e.g. https://authenticate.example.com"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::at(
+            key,
+            format!("{text:?} must be an https URL with a host"),
+        ));
+    }
+    if url.scheme() == "http" && !config.insecure_server {
+        return Err(ConfigError::at(
+            key,
+            format!(
+                "{text:?} is plain http: use https (or set insecure_server: true for a plain-HTTP gateway)"
+            ),
+        ));
+    }
+    if url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(ConfigError::at(
+            key,
+            format!(
+                "{text:?} must be an origin only (scheme, host and port), e.g. https://authenticate.example.com"
+            ),
+        ));
+    }
+    let service = config
+        .authenticate_service()
+        .ok_or_else(|| ConfigError::at(key, format!("{text:?} has no usable host and port")))?;
+    if let Some(i) = config
+        .routes
+        .iter()
+        .position(|r| r.from.host == service.host)
+    {
+        return Err(ConfigError::at(
+            format!("routes[{i}].from"),
+            format!(
+                "{} is the authenticate_service_url host: give sign-in its own host, which no route proxies (a route's upstream would share an origin with sign-in and consent)",
+                service.host
+            ),
         ));
     }
     Ok(())

@@ -61,12 +61,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
     ("certificate_authority", SPLIT_SERVICES),
     ("certificate_authority_file", SPLIT_SERVICES),
     (
-        "authenticate_service_url",
-        Ignored(
-            "Postern serves sign-in, consent, the portal and the OAuth endpoints on each route's own host",
-        ),
-    ),
-    (
         "authenticate_callback_path",
         Ignored(
             "Postern's identity provider callback is /.pomerium/callback on the host the sign-in started from: register that redirect URI at the provider",

@@ -580,6 +580,43 @@ fn response_headers_are_checked() {
 }
 
 #[test]
+fn the_sign_in_origin_is_an_origin_of_its_own() {
+    let with = |url: &str, insecure: bool| {
+        format!(
+            "insecure_server: {insecure}\nautocert: {}\nauthenticate_service_url: {url}\nroutes:\n  - {{from: https://mcp.example.com, to: http://up:1, allow_any_authenticated_user: true}}\n",
+            !insecure
+        )
+    };
+    let config = parse_ok(&with("https://Auth.Example.com", false));
+    let service = config.authenticate_service().unwrap();
+    assert_eq!(service.origin, "https://auth.example.com");
+    assert_eq!(
+        (service.host.as_str(), service.port),
+        ("auth.example.com", 443)
+    );
+    assert_eq!(
+        parse_ok(&with("http://auth.localhost:8080/", true))
+            .authenticate_service()
+            .unwrap()
+            .origin,
+        "http://auth.localhost:8080"
+    );
+    for (url, insecure, says) in [
+        ("http://auth.example.com", false, "plain http"),
+        ("https://auth.example.com/login", false, "origin only"),
+        ("https://auth.example.com/?x=1", false, "origin only"),
+        ("auth.example.com", false, "not a URL"),
+    ] {
+        let err = parse_err(&with(url, insecure));
+        assert_eq!(err.path, "authenticate_service_url", "{url}");
+        assert!(err.message.contains(says), "{url}: {err}");
+    }
+    let shared = parse_err(&with("https://mcp.example.com", false));
+    assert_eq!(shared.path, "routes[0].from");
+    assert!(shared.message.contains("its own host"), "{shared}");
+}
+
+#[test]
 fn request_rewrites_are_checked() {
     let route = |extra: &str| {
         format!(
@@ -822,7 +859,11 @@ routes:
         .iter()
         .map(|w| w.split(':').next().unwrap())
         .collect();
-    assert_eq!(ignored, ["authenticate_service_url"]);
+    assert!(ignored.is_empty(), "{ignored:?}");
+    assert_eq!(
+        config.authenticate_service().unwrap().origin,
+        "https://authenticate.example.test"
+    );
     assert_eq!(
         config.authorize_log_fields.as_deref(),
         Some(

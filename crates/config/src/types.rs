@@ -91,6 +91,11 @@ pub struct Config {
     /// File holding `signing_key`.
     #[serde(default)]
     pub signing_key_file: Option<PathBuf>,
+    /// A dedicated origin (`https://authenticate.example.com`) for sign-in, consent, the portal
+    /// and the OAuth authorization server; route hosts send browsers there to sign in and get
+    /// their session handed back. Absent: every route host serves them itself.
+    #[serde(default)]
+    pub authenticate_service_url: Option<String>,
     /// Identity provider: `oidc`, or one of Pomerium's OIDC provider names (`google`, `gitlab`,
     /// `okta`, `auth0`, `azure`, `cognito`, `onelogin`, `ping`, `keycloak`). Absent: local users
     /// (`users_file`).

@@ -112,7 +112,7 @@ impl ResponseHeaders {
 /// Sets the global and the route's `set_response_headers` on `response`. The upstream's own
 /// values are replaced; the gateway's own pages keep theirs (they are stricter: `DENY`, CSP).
 fn set_response_headers(ctx: &RequestContext, log: &RequestLog, response: &mut Response<Body>) {
-    let replace = log.from_upstream();
+    let replace = log.is_upstreams();
     let headers = response.headers_mut();
     let global = &ctx.runtime.response_headers;
     let https = if ctx.scheme == "https" {

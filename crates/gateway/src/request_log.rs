@@ -73,7 +73,7 @@ impl RequestLog {
     }
 
     /// Whether the response is the upstream's (not one the gateway wrote).
-    pub(crate) fn from_upstream(&self) -> bool {
+    pub(crate) fn is_upstreams(&self) -> bool {
         matches!(self.answer, Answer::Upstream { .. })
     }
 

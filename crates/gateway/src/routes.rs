@@ -370,6 +370,8 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// `authenticate_service_url`'s host: served (the gateway's own pages) though no route has it.
+    authenticate_host: Option<String>,
 }
 
 impl RouteTable {
@@ -383,7 +385,10 @@ impl RouteTable {
             .collect();
         // Stable sort: equal specificity keeps file order.
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
-        Self { routes }
+        Self {
+            routes,
+            authenticate_host: config.authenticate_service().map(|a| a.host),
+        }
     }
 
     /// The route for `host` (lower-case, no port), `port` and `path`.
@@ -399,9 +404,10 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Whether some route is for `host` (lower-case, no port).
+    /// Whether some route is for `host` (lower-case, no port), or it is the sign-in host.
     pub fn serves_host(&self, host: &str) -> bool {
-        self.routes.iter().any(|r| r.config.from.host == host)
+        self.authenticate_host.as_deref() == Some(host)
+            || self.routes.iter().any(|r| r.config.from.host == host)
     }
 
     /// The distinct host names of all routes (for certificates).
@@ -410,6 +416,7 @@ impl RouteTable {
             .routes
             .iter()
             .map(|r| r.config.from.host.clone())
+            .chain(self.authenticate_host.clone())
             .collect();
         hosts.sort();
         hosts.dedup();

@@ -384,6 +384,14 @@ fn acme_hosts(gateway: &Gateway) -> Vec<String> {
         .filter(|r| r.from.scheme == "https" && !r.from.host.starts_with("*."))
         .map(|r| r.from.host.clone())
         .collect();
+    // The sign-in origin needs its certificate too.
+    hosts.extend(
+        runtime
+            .config
+            .authenticate_service()
+            .filter(|a| a.origin.starts_with("https://"))
+            .map(|a| a.host),
+    );
     hosts.sort();
     hosts.dedup();
     hosts

@@ -62,10 +62,12 @@ impl AuthorizationServer {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
         };
         let state = request.state.as_deref();
-        let (route, resource) = match target_route(ctx, issuer, request.resource.as_deref()) {
-            Ok(found) => found,
-            Err(error) => return back.error(error, state),
-        };
+        let sign_in_origin = self.settings.authenticate.is_some();
+        let (route, resource) =
+            match target_route(ctx, issuer, request.resource.as_deref(), sign_in_origin) {
+                Ok(found) => found,
+                Err(error) => return back.error(error, state),
+            };
 
         // Who is asking: a browser session (sign in first if needed).
         let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
@@ -119,16 +121,22 @@ impl AuthorizationServer {
         session: &postern_store::Session,
         query: &HashMap<String, String>,
     ) -> Response<Body> {
-        if self.needs_upstream_account(ctx, asked.route, session).await {
+        // The provider returns to the server's own host (the redirect URI registered there);
+        // with a sign-in origin, that host relays the browser back here.
+        let origin = oauth_server::origin_of(asked.resource).unwrap_or_else(|| ctx.origin());
+        if self
+            .needs_upstream_account(asked.route, session, &origin)
+            .await
+        {
             let mut resume_query = query.clone();
             resume_query.remove("session_binding");
             let resume = crate::web::round_trip::Resume::Authorize {
                 query: resume_query,
-                origin: ctx.origin(),
+                origin,
             };
             return self
                 .broker
-                .start_upstream(ctx, asked.route, session, resume)
+                .start_upstream(asked.route, session, resume)
                 .await;
         }
         let grant = CodeGrant {
@@ -360,16 +368,11 @@ impl AuthorizationServer {
     /// Whether `route` needs the user's upstream account (TI) and the user has none yet.
     async fn needs_upstream_account(
         &self,
-        ctx: &RequestContext,
         route: &Route,
         session: &postern_store::Session,
+        origin: &str,
     ) -> bool {
-        if self
-            .broker
-            .upstream_oauth(route, &ctx.origin())
-            .await
-            .is_none()
-        {
+        if self.broker.upstream_oauth(route, origin).await.is_none() {
             return false;
         }
         let key = crate::broker::upstream::route_key(route);
@@ -439,7 +442,29 @@ fn target_route(
     ctx: &RequestContext,
     issuer: &str,
     asked: Option<&str>,
+    sign_in_origin: bool,
 ) -> Result<(Arc<Route>, String), OAuthError> {
+    if sign_in_origin {
+        // The authorization server serves every route host: the client names the server.
+        let Some(asked) = asked else {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                "this authorization server serves several hosts: pass the MCP server's URL as resource",
+            ));
+        };
+        let route = oauth_server::route_for_resource(ctx, asked)
+            .filter(|_| oauth_server::origin_port(asked) == Some(ctx.port));
+        let (Some(route), Some(origin)) = (route, oauth_server::origin_of(asked)) else {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidTarget,
+                format!(
+                    "resource {asked} is not an MCP server on this gateway; pass the server URL as resource"
+                ),
+            ));
+        };
+        let resource = oauth_server::route_resource(&route, &origin);
+        return Ok((route, resource));
+    }
     // A resource named on another origin would be served by this origin's route of the same
     // path: the token's audience must be what the client asked for, or nothing.
     if let Some(asked) = asked

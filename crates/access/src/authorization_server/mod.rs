@@ -101,7 +101,7 @@ impl AuthorizationServer {
             StatusCode::OK,
             &metadata::protected_resource(
                 &resource,
-                &ctx.origin(),
+                &self.settings.issuer(ctx),
                 route.config.name.as_deref(),
                 &["mcp"],
             ),

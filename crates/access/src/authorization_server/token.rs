@@ -314,10 +314,8 @@ impl AuthorizationServer {
         let Some(route) = oauth_server::route_for_resource(ctx, &family.resource) else {
             return false;
         };
-        self.broker
-            .upstream_oauth(&route, &ctx.origin())
-            .await
-            .is_some()
+        let origin = oauth_server::origin_of(&family.resource).unwrap_or_else(|| ctx.origin());
+        self.broker.upstream_oauth(&route, &origin).await.is_some()
             && !matches!(
                 self.store
                     .get_upstream_token(

@@ -120,12 +120,13 @@ impl UpstreamBroker {
     /// Sends the browser to the upstream provider for the user's TI, then back to `resume`.
     pub(crate) async fn start_upstream(
         &self,
-        ctx: &RequestContext,
         route: &postern_gateway::routes::Route,
         session: &postern_store::Session,
         resume: Resume,
     ) -> Response<Body> {
-        let Some(oauth) = self.upstream_oauth(route, &ctx.origin()).await else {
+        // The provider returns to the route's host (the redirect URI registered there).
+        let origin = resume.origin().to_owned();
+        let Some(oauth) = self.upstream_oauth(route, &origin).await else {
             return html(
                 StatusCode::BAD_REQUEST,
                 pages::message(
@@ -158,7 +159,7 @@ impl UpstreamBroker {
                 ),
             );
         }
-        let callback = format!("{}{}", ctx.origin(), oauth.callback_path());
+        let callback = format!("{origin}{}", oauth.callback_path());
         match crate::broker::upstream::authorization_url(
             &oauth,
             &callback,
@@ -215,7 +216,7 @@ impl UpstreamBroker {
                 "The MCP server this authorization was for is no longer configured.",
             ));
         };
-        let Some(oauth) = self.upstream_oauth(&route, &ctx.origin()).await else {
+        let Some(oauth) = self.upstream_oauth(&route, resume.origin()).await else {
             return Err(failed(
                 StatusCode::NOT_FOUND,
                 "The MCP server no longer needs an upstream account.",
@@ -316,7 +317,7 @@ impl UpstreamBroker {
                 ) && crate::broker::upstream::static_settings(route).is_none()
                 {
                     self.discovery
-                        .forget(&pending.route_id, &ctx.origin())
+                        .forget(&pending.route_id, resume.origin())
                         .await;
                 }
                 Err(failed(StatusCode::BAD_GATEWAY, &error.to_string()))
@@ -377,8 +378,8 @@ fn resumed(resume: Resume) -> Callback {
     match resume {
         Resume::Authorize { query, .. } => Callback::ResumeAuthorization(query),
         Resume::Connect { redirect, .. } => Callback::Done(redirect_to(&redirect)),
-        // Refused above; a sign-in never resumes here.
-        Resume::SignIn { .. } => Callback::Done(failed(
+        // Refused above; a sign-in or a handoff never resumes here.
+        Resume::SignIn { .. } | Resume::Handoff { .. } => Callback::Done(failed(
             StatusCode::BAD_REQUEST,
             "This authorization is unknown.",
         )),

@@ -298,13 +298,28 @@ impl UpstreamBroker {
 
     /// The URL a route is known by, as seen from this request.
     fn route_url(ctx: &RequestContext, route: &Route) -> String {
+        oauth_server::route_resource(route, &Self::route_origin(ctx, route))
+    }
+
+    /// The origin clients reach `route` at: this request's for this host; for another host,
+    /// its `from`, on this listener's port when `from` names none and the scheme is this one.
+    fn route_origin(ctx: &RequestContext, route: &Route) -> String {
         let from = &route.config.from;
-        let origin = if from.host == ctx.host {
-            ctx.origin()
-        } else {
-            from.origin()
-        };
-        oauth_server::route_resource(route, &origin)
+        if from.host == ctx.host {
+            return ctx.origin();
+        }
+        let default = if from.scheme == "https" { 443 } else { 80 };
+        match from.port {
+            None if from.scheme == ctx.scheme && ctx.port != default => {
+                let host = if from.host.contains(':') {
+                    format!("[{}]", from.host)
+                } else {
+                    from.host.clone()
+                };
+                format!("{}://{host}:{}", from.scheme, ctx.port)
+            }
+            _ => from.origin(),
+        }
     }
 
     /// The MCP servers `session`'s user may use, with their connection state.
@@ -321,7 +336,10 @@ impl UpstreamBroker {
             if !may_use(route, &user, ctx.client_addr.ip()) {
                 continue;
             }
-            let needs_oauth = self.upstream_oauth(route, &ctx.origin()).await.is_some();
+            let needs_oauth = self
+                .upstream_oauth(route, &Self::route_origin(ctx, route))
+                .await
+                .is_some();
             let connected = !needs_oauth
                 || matches!(
                     self.store
@@ -544,7 +562,6 @@ impl UpstreamBroker {
             );
         };
         self.start_upstream(
-            ctx,
             &route,
             session,
             crate::web::round_trip::Resume::Connect {

@@ -1,6 +1,7 @@
 //! Signing users in and out: the local users' form (with its anti-forgery pair and guessing
 //! limits), OpenID Connect, and the browser sessions they start.
 
+mod handoff;
 pub mod oidc;
 pub mod session;
 pub mod users;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use postern_config::defaults::AuthenticateService;
 use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
@@ -39,6 +41,8 @@ pub struct SignIn {
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
     oidc: Option<Oidc>,
+    /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
+    authenticate: Option<AuthenticateService>,
 }
 
 impl SignIn {
@@ -53,7 +57,14 @@ impl SignIn {
             )),
             limiter: SignInLimiter::default(),
             oidc: None,
+            authenticate: None,
         }
+    }
+
+    /// Signs users in on the dedicated sign-in origin `service`, handing sessions to route hosts.
+    pub fn with_authenticate(mut self, service: Option<AuthenticateService>) -> Self {
+        self.authenticate = service;
+        self
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
@@ -284,7 +295,35 @@ impl SignIn {
         request: Request<Body>,
     ) -> Response<Body> {
         let query = request.uri().query().unwrap_or("").to_owned();
-        let redirect = form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
+        let mut redirect =
+            form_value(&query, "redirect_uri").unwrap_or_else(|| "/.pomerium/".into());
+        if let Some(service) = &self.authenticate {
+            if !self.on_sign_in_origin(&ctx.host) {
+                // A route host has no sign-in form: the sign-in origin hands the session back.
+                if request.method() == Method::POST {
+                    return html(
+                        StatusCode::NOT_FOUND,
+                        pages::message(
+                            "Sign in elsewhere",
+                            &format!("Sign-in happens at {}.", service.origin),
+                        ),
+                    );
+                }
+                return self.start_handoff(ctx, &service.origin, &redirect);
+            }
+            if request.method() != Method::POST
+                && let Some(state) = form_value(&query, "handoff")
+                && let Some(to) = self.handoff_target(ctx, &redirect)
+            {
+                if let Some(session) =
+                    session::current(request.headers(), &self.cookie, &self.store).await
+                {
+                    return self.issue_handoff(&session, &to, &state).await;
+                }
+                // Sign in here first, then back to this request, which hands the session over.
+                redirect = format!("/.pomerium/sign_in?{query}");
+            }
+        }
         if request.method() != Method::POST {
             if let Some(oidc) = &self.oidc {
                 return self.start_oidc(oidc, ctx, &redirect).await;

@@ -202,8 +202,11 @@ pub fn portal(user: &str, email: &str, servers: &[ServerEntry]) -> String {
 <button type=\"submit\" class=\"secondary\">Disconnect</button></form>",
                 url = escape(&server.url)
             ),
+            // On the server's own host: that is where its upstream account is connected (with
+            // a dedicated sign-in origin, the portal is elsewhere).
             (true, false) => format!(
-                "<a class=\"button\" href=\"/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
+                "<a class=\"button\" href=\"{origin}/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
+                origin = escape(&crate::oauth_server::origin_of(&server.url).unwrap_or_default()),
                 resource = escape(&crate::web::reply::encode(&server.url))
             ),
         };

@@ -47,6 +47,15 @@ pub enum Resume {
         /// The gateway origin the provider was told to return to.
         origin: String,
     },
+    /// A session the sign-in origin hands to a route host (`authenticate_service_url`).
+    Handoff {
+        /// The page on the route host to return to (path and query, already checked).
+        redirect: String,
+        /// The route host's origin.
+        origin: String,
+        /// The hash of the `state` the route host bound to the browser.
+        binding: String,
+    },
 }
 
 impl Resume {
@@ -65,7 +74,8 @@ impl Resume {
         match self {
             Resume::SignIn { origin, .. }
             | Resume::Authorize { origin, .. }
-            | Resume::Connect { origin, .. } => origin,
+            | Resume::Connect { origin, .. }
+            | Resume::Handoff { origin, .. } => origin,
         }
     }
 }
@@ -81,6 +91,12 @@ pub struct BindingCookie {
 pub const OIDC_SIGN_IN: BindingCookie = BindingCookie {
     name: "_postern_oidc",
     path: "/.pomerium/callback",
+};
+
+/// A route host's request for its session from the sign-in origin.
+pub const HANDOFF: BindingCookie = BindingCookie {
+    name: "_postern_handoff",
+    path: "/.pomerium/handoff",
 };
 
 /// The upstream provider flow's binding.

@@ -38,6 +38,7 @@ pub fn settings() -> AccessSettings {
         allowed_as_metadata_domains: vec![],
         registration: Default::default(),
         claim_headers: Vec::new(),
+        authenticate: None,
     }
 }
 
