@@ -58,7 +58,10 @@ impl Access {
                 broker.clone(),
             ),
             enforcement: Enforcement {
-                audit: Audit::new(settings.audit_file.clone()),
+                audit: Audit::new(
+                    settings.audit_file.clone(),
+                    settings.authorize_log_fields.as_deref(),
+                ),
                 store,
                 settings,
                 signer,

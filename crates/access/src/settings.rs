@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use postern_config::defaults::AuthenticateService;
-use postern_config::{Config, IssuerFormat};
+use postern_config::{AuthorizeLogField, Config, IssuerFormat};
 use postern_gateway::hooks::RequestContext;
 
 use crate::sign_in::session::CookieSettings;
@@ -20,6 +20,9 @@ pub struct AccessSettings {
     pub issuer_format: IssuerFormat,
     /// Where the audit log is appended (JSON lines).
     pub audit_file: Option<PathBuf>,
+    /// `authorize_log_fields`: the optional fields of each audit record; `None`: the fixed
+    /// record.
+    pub authorize_log_fields: Option<Vec<AuthorizeLogField>>,
     /// Accept RFC 7591 dynamic client registration.
     pub dynamic_registration: bool,
     /// Lifetime of access tokens (TE).
@@ -76,6 +79,7 @@ impl AccessSettings {
             pass_identity_headers: config.pass_identity_headers(),
             issuer_format: config.jwt_issuer_format(),
             audit_file: Some(config.audit_file()),
+            authorize_log_fields: config.authorize_log_fields.clone(),
             dynamic_registration: config.mcp_dynamic_client_registration(),
             access_token_ttl: config.mcp_access_token_ttl(),
             refresh_reuse_grace: Duration::from_secs(5),
@@ -139,5 +143,19 @@ mod tests {
         assert_eq!(default.access_token_ttl, Duration::from_secs(3600));
         let short = settings("insecure_server: true\nmcp_access_token_ttl: 5m\n");
         assert_eq!(short.access_token_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn authorize_log_fields_come_from_the_config() {
+        assert_eq!(
+            settings("insecure_server: true\n").authorize_log_fields,
+            None
+        );
+        let selected = settings("insecure_server: true\nauthorize_log_fields: [email, body]\n");
+        assert_eq!(
+            selected.authorize_log_fields.as_deref().map(<[_]>::len),
+            Some(2),
+            "the unavailable ones are left out when the record is made"
+        );
     }
 }

@@ -7,6 +7,8 @@ mod support;
 
 #[path = "integration/attacks.rs"]
 mod attacks;
+#[path = "integration/audit_log_fields.rs"]
+mod audit_log_fields;
 #[path = "integration/authorization_server.rs"]
 mod authorization_server;
 #[path = "integration/discovery.rs"]

@@ -170,6 +170,13 @@ fn advice(config: &Config) -> Vec<String> {
             ));
         }
     }
+    for (i, field) in config.authorize_log_fields.iter().flatten().enumerate() {
+        if let AuthorizeLogField::Unavailable { name, why } = field {
+            advice.push(format!(
+                "authorize_log_fields[{i}]: `{name}` is left out of the audit record: {why}"
+            ));
+        }
+    }
     for (i, route) in config.routes.iter().enumerate() {
         for (key, on) in [
             ("allow_websockets", route.allow_websockets),
@@ -237,7 +244,7 @@ fn parse_error(at: &serde_path_to_error::Path, inner: &yaml_serde::Error) -> Con
     // ...and may prefix its own rendering of the path.
     if let Some((prefix, rest)) = message.split_once(": ")
         && !prefix.contains(' ')
-        && (prefix.contains('.') || prefix.contains('['))
+        && (prefix.contains('.') || prefix.contains('[') || path.starts_with(prefix))
     {
         message = rest.to_owned();
     }

@@ -45,10 +45,6 @@ pub(crate) const TOP_LEVEL: &[(&str, Unsupported)] = &[
             "Postern's access log has fixed fields (method, route, status, bytes, duration, request id)",
         ),
     ),
-    (
-        "authorize_log_fields",
-        Ignored("Postern's audit log has fixed fields (user, route, tool, decision, request id)"),
-    ),
     ("services", SPLIT_SERVICES),
     ("authenticate_internal_service_url", SPLIT_SERVICES),
     ("authorize_service_url", SPLIT_SERVICES),

@@ -946,10 +946,23 @@ routes:
         .iter()
         .map(|w| w.split(':').next().unwrap())
         .collect();
-    assert_eq!(ignored, ["authorize_log_fields"]);
+    assert!(ignored.is_empty(), "{ignored:?}");
     assert_eq!(
         config.authenticate_service().unwrap().origin,
         "https://authenticate.example.test"
+    );
+    assert_eq!(
+        config.authorize_log_fields.as_deref(),
+        Some(
+            &[
+                AuthorizeLogField::RequestId,
+                AuthorizeLogField::User,
+                AuthorizeLogField::Email,
+                AuthorizeLogField::McpMethod,
+                AuthorizeLogField::McpTool,
+                AuthorizeLogField::McpToolParameters
+            ][..]
+        )
     );
     assert!(config.mcp_dynamic_client_registration());
     assert_eq!(
@@ -1198,4 +1211,103 @@ fn timeout_write_is_read_and_check_config_warns_next_to_streams() {
         "{:?}",
         config.warnings
     );
+}
+
+#[test]
+fn authorize_log_fields_take_pomeriums_names() {
+    let config = parse_ok(
+        "insecure_server: true
+authorize_log_fields: [request-id, check-request-id, email, user, session-id, host, ip, method, path, query, mcp-method, mcp-tool, mcp-tool-parameters, headers, headers.X-Client, id-token-claims, removed-groups-count]
+",
+    );
+    use AuthorizeLogField::*;
+    assert_eq!(
+        config.authorize_log_fields.unwrap(),
+        [
+            RequestId,
+            RequestId,
+            Email,
+            User,
+            SessionId,
+            Host,
+            Ip,
+            Method,
+            Path,
+            Query,
+            McpMethod,
+            McpTool,
+            McpToolParameters,
+            Headers,
+            Header("x-client".into()),
+            IdTokenClaims,
+            RemovedGroupsCount
+        ]
+    );
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let none = parse_ok("insecure_server: true\nauthorize_log_fields: []\n");
+    assert_eq!(
+        none.authorize_log_fields,
+        Some(vec![]),
+        "only the essentials"
+    );
+    assert_eq!(
+        parse_ok("insecure_server: true\n").authorize_log_fields,
+        None
+    );
+}
+
+#[test]
+fn authorize_log_fields_postern_cannot_provide_load_with_a_warning_each() {
+    let config = parse_ok(
+        "insecure_server: true
+authorize_log_fields: [email, body, id-token, impersonate-email, impersonate-session-id, impersonate-user-id, service-account-id, envoy-route-checksum, envoy-route-id, cluster-stat-name, route-id, route-checksum]
+",
+    );
+    let fields = config.authorize_log_fields.as_deref().unwrap();
+    assert_eq!(fields[0], AuthorizeLogField::Email);
+    assert_eq!(
+        config.warnings.len(),
+        fields.len() - 1,
+        "{:?}",
+        config.warnings
+    );
+    for (i, warning) in config.warnings.iter().enumerate() {
+        let AuthorizeLogField::Unavailable { name, why } = &fields[i + 1] else {
+            panic!("{:?} is provided", fields[i + 1])
+        };
+        assert!(
+            warning.starts_with(&format!(
+                "authorize_log_fields[{}]: `{name}` is left out of the audit record: ",
+                i + 1
+            )) && warning.ends_with(why),
+            "{warning}"
+        );
+    }
+    let why = |n: usize| config.warnings[n].split(": ").nth(2).unwrap().to_owned();
+    assert!(
+        why(0).contains("mcp-tool-parameters"),
+        "body points to the tool arguments"
+    );
+    assert!(why(1).contains("keeps no ID token"));
+    assert!(why(2).contains("no impersonation"));
+    assert!(why(5).contains("no service accounts"));
+    assert!(why(6).contains("always names its route"));
+}
+
+#[test]
+fn an_unknown_authorize_log_field_is_an_error_with_a_suggestion() {
+    let err = parse_err("insecure_server: true\nauthorize_log_fields: [email, mcp-tools]\n");
+    assert_eq!(err.path, "authorize_log_fields[1]");
+    assert_eq!(err.line, Some(2));
+    assert!(
+        err.message
+            .starts_with("`mcp-tools` is not an authorize log field (did you mean `mcp-tool`?); the fields are body, check-request-id,"),
+        "{err}"
+    );
+    let err = parse_err("insecure_server: true\nauthorize_log_fields: [zzz]\n");
+    assert!(!err.message.contains("did you mean"), "{err}");
+    let err = parse_err("insecure_server: true\nauthorize_log_fields: ['headers.']\n");
+    assert!(err.message.contains("is not a header name"), "{err}");
+    let err = parse_err("insecure_server: true\nauthorize_log_fields: ['headers.a b']\n");
+    assert!(err.message.contains("`a b` is not a header name"), "{err}");
 }

@@ -169,6 +169,11 @@ pub struct Config {
     /// Log level: `error`, `warn`, `info` (default), `debug`, `trace`.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Pomerium's `authorize_log_fields`: the optional fields of each audit record, in
+    /// Pomerium's names (`email`, `mcp-tool`, `headers.X-Client`, ...). Absent: the record's
+    /// own fixed fields.
+    #[serde(default)]
+    pub authorize_log_fields: Option<Vec<AuthorizeLogField>>,
     /// How many `X-Forwarded-For` hops to trust (behind a load balancer: 1). Default 0: the
     /// client's own address and scheme are used.
     #[serde(default)]
@@ -693,5 +698,154 @@ impl ClaimHeaders {
                 .map(|claim| (format!("x-pomerium-claim-{claim}"), claim.clone()))
                 .collect(),
         }
+    }
+}
+
+/// One of Pomerium's `authorize_log_fields`: an optional field of the audit record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthorizeLogField {
+    /// `request-id`, `check-request-id`: the gateway's request id.
+    RequestId,
+    /// `email`: the user's email.
+    Email,
+    /// `user`: the user's id.
+    User,
+    /// `session-id`: the session.
+    SessionId,
+    /// `host`: the host the client asked for.
+    Host,
+    /// `ip`: the client's address (after `xff_num_trusted_hops`).
+    Ip,
+    /// `method`: the HTTP method.
+    Method,
+    /// `path`: the request path.
+    Path,
+    /// `query`: the request's query string.
+    Query,
+    /// `mcp-method`: the JSON-RPC method.
+    McpMethod,
+    /// `mcp-tool`: the tool of a `tools/call`.
+    McpTool,
+    /// `mcp-tool-parameters`: the arguments of a `tools/call`.
+    McpToolParameters,
+    /// `headers`: every request header (credentials redacted).
+    Headers,
+    /// `headers.<Name>`: one request header (lower-case name; credentials redacted).
+    Header(String),
+    /// `id-token-claims`: the user's identity provider claims.
+    IdTokenClaims,
+    /// `removed-groups-count`: how many of the user's groups `jwt_groups_filter` kept out of
+    /// the route's assertion.
+    RemovedGroupsCount,
+    /// A Pomerium field Postern cannot provide: it loads with a warning that says why.
+    Unavailable {
+        /// Pomerium's name.
+        name: String,
+        /// Why Postern has no such value, and what to use instead.
+        why: &'static str,
+    },
+}
+
+/// Pomerium's authorize log field names (its `authorizeLogFieldLookup`), `headers.<Name>` aside.
+pub const AUTHORIZE_LOG_FIELD_NAMES: [&str; 27] = [
+    "body",
+    "check-request-id",
+    "cluster-stat-name",
+    "email",
+    "envoy-route-checksum",
+    "envoy-route-id",
+    "headers",
+    "host",
+    "id-token",
+    "id-token-claims",
+    "impersonate-email",
+    "impersonate-session-id",
+    "impersonate-user-id",
+    "ip",
+    "mcp-method",
+    "mcp-tool",
+    "mcp-tool-parameters",
+    "method",
+    "path",
+    "query",
+    "removed-groups-count",
+    "request-id",
+    "route-checksum",
+    "route-id",
+    "service-account-id",
+    "session-id",
+    "user",
+];
+
+impl<'de> Deserialize<'de> for AuthorizeLogField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<String> for AuthorizeLogField {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        use AuthorizeLogField::*;
+        const ROUTE: &str = "the record always names its route (`route`)";
+        const IMPERSONATION: &str = "Postern has no impersonation";
+        let unavailable = |why: &'static str| Unavailable {
+            name: name.clone(),
+            why,
+        };
+        Ok(match name.as_str() {
+            "request-id" | "check-request-id" => RequestId,
+            "email" => Email,
+            "user" => User,
+            "session-id" => SessionId,
+            "host" => Host,
+            "ip" => Ip,
+            "method" => Method,
+            "path" => Path,
+            "query" => Query,
+            "mcp-method" => McpMethod,
+            "mcp-tool" => McpTool,
+            "mcp-tool-parameters" => McpToolParameters,
+            "headers" => Headers,
+            "id-token-claims" => IdTokenClaims,
+            "removed-groups-count" => RemovedGroupsCount,
+            "body" => unavailable(
+                "Postern does not log request bodies; `mcp-tool-parameters` logs a tool call's arguments",
+            ),
+            "id-token" => unavailable(
+                "Postern keeps no ID token after sign-in; `id-token-claims` logs the claims it keeps",
+            ),
+            "impersonate-email" | "impersonate-session-id" | "impersonate-user-id" => {
+                unavailable(IMPERSONATION)
+            }
+            "service-account-id" => unavailable("Postern has no service accounts"),
+            "envoy-route-checksum"
+            | "envoy-route-id"
+            | "route-checksum"
+            | "route-id"
+            | "cluster-stat-name" => unavailable(ROUTE),
+            _ => match name.strip_prefix("headers.") {
+                Some(header) => {
+                    let token =
+                        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                    if header.is_empty() || !header.bytes().all(token) {
+                        return Err(format!(
+                            "`{name}`: `{header}` is not a header name (write headers.<Name>, e.g. headers.User-Agent)"
+                        ));
+                    }
+                    Header(header.to_ascii_lowercase())
+                }
+                None => {
+                    let hint = crate::pomerium::closest(&name, AUTHORIZE_LOG_FIELD_NAMES)
+                        .map(|known| format!(" (did you mean `{known}`?)"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "`{name}` is not an authorize log field{hint}; the fields are {}, and headers.<Name>",
+                        AUTHORIZE_LOG_FIELD_NAMES.join(", ")
+                    ));
+                }
+            },
+        })
     }
 }

@@ -1,7 +1,10 @@
 //! The audit log of MCP traffic: one JSON object per line, for every denied request and every
 //! tool call (time, user, session, route, tool, decision and the rule that made it, status,
 //! latency). Written as `postern::audit` log events and appended to `data_dir/audit.jsonl`, which
-//! an admin can read with `jq`.
+//! an admin can read with `jq`. With `authorize_log_fields` a record carries its essentials and
+//! exactly the selected fields instead ([`fields`]).
+
+pub(crate) mod fields;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,13 +13,15 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use postern_config::AuthorizeLogField;
 use postern_gateway::hooks::RequestContext;
 use postern_gateway::routes::Route;
 use postern_policy::McpRequest;
 use postern_store::{Session, now_ms};
 use serde::Serialize;
 
-use crate::web::untrusted::{Untrusted, truncate};
+use crate::enforcement::audit::fields::{Bounded, LogFields, RequestFacts, Selected};
+use crate::web::untrusted::{Untrusted, needs_escape, truncate};
 
 /// One audit record.
 #[derive(Clone, Debug, Serialize)]
@@ -45,6 +50,12 @@ pub struct AuditEvent {
     pub latency_ms: Option<f64>,
     /// Whether the response was sent completely.
     pub complete: Option<bool>,
+    /// With `authorize_log_fields`: the request's selected fields, taken at authorize time.
+    #[serde(skip)]
+    pub facts: Option<Arc<RequestFacts>>,
+    /// With `mcp-tool-parameters` selected: the `tools/call`'s arguments.
+    #[serde(skip)]
+    pub tool_arguments: Option<Bounded>,
 }
 
 impl AuditEvent {
@@ -82,6 +93,8 @@ impl AuditEvent {
             status: None,
             latency_ms: None,
             complete: None,
+            facts: None,
+            tool_arguments: None,
         }
     }
 }
@@ -93,6 +106,8 @@ impl AuditEvent {
 #[derive(Clone)]
 pub struct Audit {
     writer: Option<Arc<Writer>>,
+    /// `authorize_log_fields`, compiled; `None`: the fixed record.
+    fields: Option<Arc<LogFields>>,
 }
 
 /// The queue into the writer thread; its drop writes what is queued and joins the thread.
@@ -105,8 +120,9 @@ struct Writer {
 const QUEUE: usize = 16 * 1024;
 
 impl Audit {
-    /// Appends to `path` (created when first needed), and logs.
-    pub fn new(path: Option<PathBuf>) -> Self {
+    /// Appends to `path` (created when first needed), and logs; records carry the `selected`
+    /// fields when the configuration names some (`authorize_log_fields`).
+    pub fn new(path: Option<PathBuf>, selected: Option<&[AuthorizeLogField]>) -> Self {
         let writer = path.and_then(|path| {
             let (sender, lines) = sync_channel::<String>(QUEUE);
             std::thread::Builder::new()
@@ -121,13 +137,23 @@ impl Audit {
                     })
                 })
         });
-        Self { writer }
+        let fields = selected.map(|s| Arc::new(LogFields::compile(s)));
+        Self { writer, fields }
+    }
+
+    /// The fields records carry besides their essentials, when `authorize_log_fields` is set.
+    pub fn fields(&self) -> Option<&LogFields> {
+        self.fields.as_deref()
     }
 
     /// Records `event`, its client-chosen fields cut to [`FIELD_CAP`] bytes (see
     /// [`AuditEvent::cap_fields`]).
     pub fn record(&self, mut event: AuditEvent) {
         let truncated = event.cap_fields();
+        if let Some(fields) = &self.fields {
+            self.record_selected(&event, fields, &truncated);
+            return;
+        }
         tracing::info!(target: "postern::audit", user = %Untrusted(event.user.as_deref().unwrap_or("-")), route = %event.route,
             tool = %Untrusted(event.tool.as_deref().unwrap_or("-")), decision = event.decision, rule = %event.rule,
             status = event.status.unwrap_or(0), latency_ms = event.latency_ms.unwrap_or(0.0), request_id = %event.request_id, "mcp");
@@ -140,10 +166,50 @@ impl Audit {
                 line.push_str(&serde_json::to_string(&truncated).unwrap_or_default());
                 line.push('}');
             }
-            if sender.send(line).is_err() {
-                tracing::error!("the audit log writer has stopped; a record was not written");
+            self.send(sender, line);
+        }
+    }
+
+    /// A record with `authorize_log_fields`: its JSON goes to the file and, whole, to the log
+    /// (the log line carries exactly what the file does).
+    fn record_selected(&self, event: &AuditEvent, fields: &LogFields, truncated: &[&'static str]) {
+        let line = serde_json::to_string(&Selected {
+            event,
+            fields,
+            truncated,
+        })
+        .unwrap_or_default();
+        tracing::info!(target: "postern::audit", route = %event.route, decision = event.decision,
+            record = %LogSafe(&line), "mcp");
+        if let Some(sender) = self.writer.as_ref().and_then(|w| w.sender.as_ref()) {
+            self.send(sender, line);
+        }
+    }
+
+    fn send(&self, sender: &SyncSender<String>, line: String) {
+        if sender.send(line).is_err() {
+            tracing::error!("the audit log writer has stopped; a record was not written");
+        }
+    }
+}
+
+/// A JSON record on its way into the text log: the characters JSON leaves raw that move or hide
+/// text on a terminal (DEL, C1 controls such as CSI, bidirectional overrides) written as `\uXXXX`
+/// escapes, so the line stays one valid JSON object.
+struct LogSafe<'a>(&'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if needs_escape(c) {
+                // Every such character is in the Basic Multilingual Plane: one escape each.
+                write!(f, "\\u{:04x}", c as u32)?;
+            } else {
+                f.write_char(c)?;
             }
         }
+        Ok(())
     }
 }
 
@@ -267,6 +333,8 @@ mod tests {
             status: Some(200),
             latency_ms: Some(1.0),
             complete: Some(true),
+            facts: None,
+            tool_arguments: None,
         }
     }
 
@@ -274,7 +342,7 @@ mod tests {
     fn client_chosen_fields_are_capped_and_marked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::new(Some(path.clone()));
+        let audit = Audit::new(Some(path.clone()), None);
         let mut huge = event(1);
         huge.tool = Some(format!("abc{}", "x".repeat(900 * 1024)));
         huge.method = Some("tools/call\u{1b}[2J".into());
@@ -302,7 +370,7 @@ mod tests {
     fn every_record_from_many_threads_is_written_in_full_by_the_time_the_log_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/audit.jsonl");
-        let audit = Audit::new(Some(path.clone()));
+        let audit = Audit::new(Some(path.clone()), None);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let audit = audit.clone();

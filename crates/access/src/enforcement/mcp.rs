@@ -13,6 +13,8 @@ use postern_policy::McpRequest;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::enforcement::audit::fields::Bounded;
+
 /// One JSON-RPC request (or notification) of a message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Call {
@@ -20,6 +22,9 @@ pub struct Call {
     pub id: Option<Value>,
     /// What the policy sees.
     pub request: McpRequest,
+    /// A `tools/call`'s `params.arguments`, bounded, when the audit records them
+    /// (`mcp-tool-parameters`); `None` otherwise.
+    pub arguments: Option<Bounded>,
 }
 
 /// Why a body was refused.
@@ -35,7 +40,12 @@ pub enum InspectError {
 
 /// The JSON-RPC messages in a POST body to an MCP endpoint. Responses (a client answering a
 /// server's request) carry no method and are returned as nothing to check.
-pub fn inspect(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Call>, InspectError> {
+/// Each `tools/call`'s arguments are kept (bounded) when `arguments` is set.
+pub fn inspect(
+    content_type: Option<&str>,
+    body: &[u8],
+    arguments: bool,
+) -> Result<Vec<Call>, InspectError> {
     let media = content_type
         .unwrap_or("")
         .split(';')
@@ -83,9 +93,14 @@ pub fn inspect(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Call>, Ins
                 } else {
                     method.clone()
                 };
+                let arguments = (arguments && is_tool_call).then(|| {
+                    let given = object.get("params").and_then(|p| p.get("arguments"));
+                    Bounded::of(given.unwrap_or(&Value::Null))
+                });
                 calls.push(Call {
                     id: object.get("id").cloned(),
                     request: McpRequest { method, tool },
+                    arguments,
                 });
             }
             Some(_) => return Err(InspectError::Malformed("`method` is not a string".into())),
@@ -211,6 +226,10 @@ mod tests {
     use super::*;
 
     const JSON: Option<&str> = Some("application/json");
+
+    fn inspect(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Call>, InspectError> {
+        super::inspect(content_type, body, false)
+    }
 
     fn tool_names(calls: &[Call]) -> Vec<Option<String>> {
         calls.iter().map(|c| c.request.tool.clone()).collect()

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use crate::broker::UpstreamBroker;
 use crate::enforcement::assertion::{AssertionFor, Signer};
+use crate::enforcement::audit::fields::{Bounded, RequestFacts};
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
@@ -48,6 +49,8 @@ struct Allowed {
     calls: Vec<Call>,
     decision: String,
     filter_tools: Option<ToolLists>,
+    /// With `authorize_log_fields`: what the request contributes to its audit records.
+    facts: Option<Arc<RequestFacts>>,
 }
 
 /// Which responses of a route with tool rules may carry a tool list a client would read.
@@ -138,6 +141,11 @@ impl Enforcement {
                 .into_response(&ctx.request_id, ctx.browser));
         }
         let session = self.identify(ctx, route, &request).await?;
+        // Taken now: the request's parts are gone by the time its response ends.
+        let facts = self.audit.fields().map(|fields| {
+            let removed = session.as_ref().map_or(0, |s| removed_groups(s, route));
+            fields.capture(ctx, &request, session.as_ref(), removed)
+        });
         let user = session.as_ref().map(session::user_of);
         let method = request.method().as_str().to_owned();
         let path = request.uri().path().to_owned();
@@ -168,7 +176,14 @@ impl Enforcement {
         };
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
         if !denied.is_empty() {
-            return Err(self.refuse(ctx, route, session.as_ref(), &denied, &calls, request.uri()));
+            return Err(self.refuse(
+                ctx,
+                route,
+                (session.as_ref(), facts.as_ref()),
+                &denied,
+                &calls,
+                request.uri(),
+            ));
         }
         let decision = decisions
             .first()
@@ -192,6 +207,7 @@ impl Enforcement {
             calls,
             decision,
             filter_tools,
+            facts,
         });
         Ok((request, grant))
     }
@@ -275,7 +291,8 @@ impl Enforcement {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        match mcp::inspect(content_type, &bytes) {
+        let arguments = self.audit.fields().is_some_and(|f| f.tool_arguments);
+        match mcp::inspect(content_type, &bytes, arguments) {
             Ok(calls) => Ok((Request::from_parts(parts, full(bytes)), calls)),
             Err(error) => {
                 // Nobody signed in on a route that needs a user: the client learns to sign in
@@ -307,12 +324,13 @@ impl Enforcement {
     }
 
     /// The answer to a refused request: sign in first (401 or the sign-in page), a JSON-RPC
-    /// error per refused MCP call (a batch gets a batch), or 403; every refusal audited.
+    /// error per refused MCP call (a batch gets a batch), or 403; every refusal audited (with
+    /// the request's `authorize_log_fields` facts, when selected).
     fn refuse(
         &self,
         ctx: &RequestContext,
         route: &Route,
-        session: Option<&Session>,
+        (session, facts): (Option<&Session>, Option<&Arc<RequestFacts>>),
         denied: &[&(Option<&Call>, postern_policy::Decision)],
         calls: &[Call],
         uri: &http::Uri,
@@ -335,14 +353,17 @@ impl Enforcement {
             return self.unauthenticated(ctx, route, &original(uri));
         }
         for (call, decision) in denied {
-            self.audit.record(AuditEvent::decision(
+            let mut event = AuditEvent::decision(
                 ctx,
                 route,
                 session,
                 call.map(|c| &c.request),
                 &decision.reason,
                 false,
-            ));
+            );
+            event.facts = facts.cloned();
+            event.tool_arguments = call.and_then(|c| c.arguments.clone());
+            self.audit.record(event);
         }
         if !calls.is_empty() {
             let errors: Vec<Value> = denied
@@ -513,11 +534,11 @@ impl Enforcement {
         } else {
             response
         };
-        let tool_calls: Vec<McpRequest> = allowed
+        let tool_calls: Vec<(McpRequest, Option<Bounded>)> = allowed
             .calls
             .iter()
             .filter(|c| c.request.method == "tools/call")
-            .map(|c| c.request.clone())
+            .map(|c| (c.request.clone(), c.arguments.clone()))
             .collect();
         if tool_calls.is_empty() {
             return response;
@@ -531,10 +552,11 @@ impl Enforcement {
         );
         let session = allowed.session.clone();
         let decision = allowed.decision.clone();
+        let facts = allowed.facts.clone();
         let started = ctx.started;
         response.map(move |body| {
             let on_end = move |_bytes: u64, complete: bool| {
-                for call in &tool_calls {
+                for (call, arguments) in &tool_calls {
                     let mut event = AuditEvent::decision_for(
                         &ctx,
                         &route_id,
@@ -543,6 +565,8 @@ impl Enforcement {
                         &decision,
                         true,
                     );
+                    event.facts = facts.clone();
+                    event.tool_arguments = arguments.clone();
                     event.status = Some(status.as_u16());
                     event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                     event.complete = Some(complete);
@@ -639,6 +663,18 @@ fn assertion_groups<'s>(session: &'s Session, route: &Route) -> std::borrow::Cow
             .cloned()
             .collect(),
     }
+}
+
+/// How many of the user's groups the route's assertion leaves out (`jwt_groups_filter`), by
+/// the rule of [`assertion_groups`].
+fn removed_groups(session: &Session, route: &Route) -> usize {
+    route.assertion_groups.as_ref().map_or(0, |allowed| {
+        session
+            .groups
+            .iter()
+            .filter(|g| allowed.binary_search(g).is_err())
+            .count()
+    })
 }
 
 fn claim_text(

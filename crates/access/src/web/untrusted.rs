@@ -42,7 +42,7 @@ impl fmt::Display for Untrusted<'_> {
 /// Control characters (C0, DEL, C1: ESC, BEL, ...), and characters that move or hide text on a
 /// terminal or in a viewer: line and paragraph separators, bidirectional overrides and
 /// isolates, zero-width characters and the byte order mark.
-fn needs_escape(c: char) -> bool {
+pub(crate) fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{200b}'..='\u{200f}'

@@ -32,6 +32,7 @@ pub fn settings() -> AccessSettings {
         pass_identity_headers: false,
         issuer_format: IssuerFormat::HostOnly,
         audit_file: None,
+        authorize_log_fields: None,
         dynamic_registration: true,
         access_token_ttl: Duration::from_secs(3600),
         refresh_reuse_grace: Duration::ZERO,

@@ -28,6 +28,11 @@ impl Drop for World {
 }
 
 pub async fn world() -> World {
+    world_with(support::settings()).await
+}
+
+/// [`world`] with `settings` (its audit file and identity headers set as in every world).
+pub async fn world_with(settings: AccessSettings) -> World {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let stop = CancellationToken::new();
@@ -105,7 +110,7 @@ routes:
     let settings = AccessSettings {
         pass_identity_headers: true,
         audit_file: Some(audit.clone()),
-        ..support::settings()
+        ..settings
     };
     let access = Access::new(
         support::memory_store().await,
