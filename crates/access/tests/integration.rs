@@ -21,6 +21,8 @@ mod mtls;
 mod oidc;
 #[path = "integration/policy_and_mcp.rs"]
 mod policy_and_mcp;
+#[path = "integration/pomerium_configs.rs"]
+mod pomerium_configs;
 #[path = "integration/registration_abuse.rs"]
 mod registration_abuse;
 #[path = "integration/sign_in.rs"]

@@ -404,7 +404,7 @@ impl Route {
     }
 
     /// The time limit for the upstream's response headers: `timeout`, else the global
-    /// [`Config::upstream_timeout`].
+    /// [`Config::upstream_timeout`]. Zero means no limit.
     pub fn timeout_in_effect(&self, global: &Config) -> Duration {
         self.timeout
             .map_or_else(|| global.upstream_timeout(), |d| d.0)

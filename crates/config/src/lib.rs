@@ -110,10 +110,31 @@ pub fn parse(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, Confi
     resolve_route_files(&mut config, base_dir)?;
     mtls::resolve(&mut config, base_dir)?;
     validate(&config)?;
+    assertion_headers(&mut config);
     default_upstream_resources(&mut config);
     let advice = advice(&config);
     config.warnings.extend(advice);
     Ok(config)
+}
+
+/// `set_request_headers: {X-Pomerium-Jwt-Assertion: ${pomerium.jwt}}`, as Pomerium's own
+/// configurations write it: the header the gateway sends with `pass_identity_headers`.
+fn passes_assertion(name: &str, value: &str) -> bool {
+    name.eq_ignore_ascii_case("x-pomerium-jwt-assertion") && value.trim() == "${pomerium.jwt}"
+}
+
+/// Turns each route's `X-Pomerium-Jwt-Assertion: ${pomerium.jwt}` into
+/// `pass_identity_headers: true` (validation refused the pair with `false`).
+fn assertion_headers(config: &mut Config) {
+    for route in &mut config.routes {
+        let before = route.set_request_headers.len();
+        route
+            .set_request_headers
+            .retain(|name, value| !passes_assertion(name, value));
+        if route.set_request_headers.len() != before {
+            route.pass_identity_headers = Some(true);
+        }
+    }
 }
 
 /// A static `upstream_oauth2` without `resource` asks for the TI for the route's upstream (the
@@ -838,12 +859,21 @@ fn validate_request_rewrites(
     }
     for (name, value) in &route.set_request_headers {
         let key = format!("set_request_headers.{name}");
+        if passes_assertion(name, value) {
+            if route.pass_identity_headers == Some(false) {
+                return Err(ConfigError::at(
+                    at(&key),
+                    "sends the identity assertion, which pass_identity_headers: false turns off on this route: remove one of them",
+                ));
+            }
+            continue;
+        }
         check_header_name(name).map_err(|why| ConfigError::at(at(&key), why))?;
         check_header_value(value).map_err(|why| ConfigError::at(at(&key), why))?;
         if value.contains("${pomerium.") {
             return Err(ConfigError::at(
                 at(&key),
-                "Pomerium's token substitutions (${pomerium.*}) are not supported: the upstream gets the identity in X-Pomerium-Jwt-Assertion",
+                "Pomerium's token substitutions (${pomerium.*}) are not supported, except `X-Pomerium-Jwt-Assertion: ${pomerium.jwt}` (the same as pass_identity_headers: true): the upstream gets the identity in X-Pomerium-Jwt-Assertion",
             ));
         }
     }

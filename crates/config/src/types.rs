@@ -178,7 +178,8 @@ pub struct Config {
     /// client's own address and scheme are used.
     #[serde(default)]
     pub xff_num_trusted_hops: u32,
-    /// Time limit for an upstream to answer, unless a route sets `timeout` (default `30s`).
+    /// Time limit for an upstream to answer, unless a route sets `timeout` (default `30s`;
+    /// `0`: none, as in Pomerium).
     #[serde(default)]
     pub default_upstream_timeout: Option<GoDuration>,
     /// How long a client may take to send a request's head, and may leave its body stalled,
@@ -478,7 +479,8 @@ pub struct Route {
     /// Headers set on the route's responses (over the global `set_response_headers`).
     #[serde(default)]
     pub set_response_headers: BTreeMap<String, String>,
-    /// Time limit for the upstream's response headers (default `default_upstream_timeout`).
+    /// Time limit for the upstream's response headers (default `default_upstream_timeout`;
+    /// `0s`: none, as in Pomerium, whose configurations give it to long-lived streams).
     #[serde(default)]
     pub timeout: Option<GoDuration>,
     /// Close a response stream with no data for this long (off by default on MCP routes).

@@ -194,7 +194,14 @@ pub async fn forward(
         .config
         .write_timeout()
         .map(|limit| ctx.started + limit);
-    match tokio::time::timeout(route.timeout, client.request(request)).await {
+    // `timeout: 0s` is Pomerium's (Envoy's) "no limit", which its configurations give the
+    // routes of long-lived streams; a zero deadline would fail every request instead.
+    let answered = if route.timeout.is_zero() {
+        Ok(client.request(request).await)
+    } else {
+        tokio::time::timeout(route.timeout, client.request(request)).await
+    };
+    match answered {
         Err(_) => Err((
             GatewayError::GatewayTimeout {
                 upstream: outcome.upstream.clone(),

@@ -438,6 +438,15 @@ fn parse_rule_object(value: &Value, path: &str) -> Result<Vec<Rule>, PolicyError
         let action = match key.as_str() {
             "allow" => Action::Allow,
             "deny" => Action::Deny,
+            // Pomerium's parser refuses this form too; say what to write.
+            operator @ ("and" | "or" | "not" | "nor") => {
+                return Err(error(
+                    &format!("{path}.{operator}"),
+                    format!(
+                        "`{operator}` is an operator, not an action: put it under `allow:` (or `deny:`), as in `allow: {{{operator}: [...]}}`"
+                    ),
+                ));
+            }
             other => {
                 return Err(error(
                     &format!("{path}.{other}"),

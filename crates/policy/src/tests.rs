@@ -539,6 +539,10 @@ fn errors_name_the_path() {
     assert!(e.message.contains("starts_with"), "{e}");
     assert_eq!(err(json!({"allow": {"xor": []}})).path, "policy.allow.xor");
     assert_eq!(err(json!({"permit": {}})).path, "policy.permit");
+    // Pomerium's landing page writes a rule without its action; the error says where it goes.
+    let bare = err(json!({"and": [{"domain": {"is": "corp.test"}}]}));
+    assert_eq!(bare.path, "policy.and");
+    assert!(bare.message.contains("put it under `allow:`"), "{bare}");
     assert_eq!(
         err(json!([{"allow": {"and": [{"groups": {"within": "x"}}]}}])).path,
         "policy[0].allow.and[0].groups.within"
