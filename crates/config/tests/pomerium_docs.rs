@@ -1041,3 +1041,61 @@ fn the_assertion_placeholder_passes_the_identity_and_nothing_else_does() {
         assert!(error.contains(needle), "{extra}: {error}");
     }
 }
+
+/// The MCP landing page: its client-and-server pair with `policy: {}` on both, and its
+/// allow-list example, every criterion under `allow` (`email: ends_with`, `mcp_tool: in`,
+/// `groups: has`). Its route examples with a bare `and` are refused (see above).
+#[test]
+fn the_landing_page() {
+    let config = load(
+        "insecure_server: true
+runtime_flags:
+  mcp: true
+routes:
+  - from: https://assistant-demo.corp.test
+    to: http://assistant-demo:3000
+    mcp:
+      client: {}
+    policy: {}
+  - from: https://tools-mcp.corp.test
+    to: http://tools.internal:8080/mcp
+    name: Team tools
+    mcp:
+      server: {}
+    policy: {}
+  - from: https://warehouse-mcp.corp.test
+    to: http://warehouse.internal:8080/mcp
+    mcp:
+      server: {}
+    policy:
+      allow:
+        and:
+          - email:
+              ends_with: '@corp.test'
+          - mcp_tool:
+              in: ['database_query', 'list_tables', 'describe_table']
+          - groups:
+              has: 'data-analysts'
+",
+    );
+    assert_warnings(&config, &[]);
+    let [app, tools, warehouse] = &config.routes[..] else {
+        panic!("three routes");
+    };
+    assert!(matches!(app.mcp, Some(Mcp::Client)));
+    assert_eq!(tools.name.as_deref(), Some("Team tools"));
+    let kim = person("kim@corp.test", &["data-analysts"]);
+    assert!(!may(tools, &kim, None), "policy: {{}} allows nobody");
+    assert!(may(warehouse, &kim, Some("list_tables")));
+    assert!(!may(warehouse, &kim, Some("drop_table")));
+    assert!(!may(
+        warehouse,
+        &person("kim@corp.test.evil", &["data-analysts"]),
+        Some("list_tables")
+    ));
+    assert!(!may(
+        warehouse,
+        &person("lee@corp.test", &[]),
+        Some("list_tables")
+    ));
+}
