@@ -56,5 +56,6 @@ const consents = upstreamVisits.filter((v) => new URL(v).pathname.endsWith('/aut
 if (runs !== 1) throw new Error(`${runs} authorization runs, expected one (the upstream discovered during the first)`);
 if (consents !== 1) throw new Error(`the user went through the upstream's authorization ${consents} times, expected once`);
 if (!upstreamVisits.some((v) => new URL(v).searchParams.get('resource'))) throw new Error('the upstream authorization named no resource');
+if (process.env.TOKEN_OUT) (await import('node:fs')).writeFileSync(process.env.TOKEN_OUT, state.tokens.access_token);
 console.log(`ok: ${serverPath} greet -> ${text.slice(0, 100)}; ${runs} authorization runs, upstream consent ${consents} time`);
 await client.close();

@@ -6,7 +6,8 @@
 # 401s without metadata passes the 401 through. Then the official MCP Python SDK's OAuth client
 # (pinned in .ci/tools.sh), which does not retry an authorization within a connection, in ONE
 # connection on a fresh route: Postern's /authorize discovers the upstream and the user goes
-# through the upstream's consent in the same browser trip.
+# through the upstream's consent in the same browser trip. And a browser-based client: a page on
+# another origin in headless Chromium with the TypeScript client's TE.
 # Usage: tests/mcp-client/discovery.sh [target dir with postern]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -54,9 +55,11 @@ for _ in $(seq 1 100); do
   curl -fsS "http://127.0.0.1:$port/.pomerium/ping" >/dev/null 2>&1 && curl -s -o /dev/null "http://localhost:$mcp_port/mcp" && break
   sleep 0.1
 done
-node discovery-client.mjs "http://localhost:$port" ada@example.com discovery-password /remote || { tail -30 "$work/gateway.log"; tail -20 "$work/upstream.log"; exit 1; }
+TOKEN_OUT="$work/te" node discovery-client.mjs "http://localhost:$port" ada@example.com discovery-password /remote || { tail -30 "$work/gateway.log"; tail -20 "$work/upstream.log"; exit 1; }
 grep -q '"upstream_discovered"\|upstream_discovered' "$work/gateway.log" || { echo "no discovery in the audit log"; tail -20 "$work/gateway.log"; exit 1; }
 echo "ok: discovery logged: $(sed 's/\x1b\[[0-9;]*m//g' "$work/gateway.log" | grep -o 'client_id=[^ ]*' | head -1)"
+# A browser-based client (a page on another origin in headless Chromium) with that TE.
+node browser-client.mjs "http://localhost:$port/remote" "$work/te" || { tail -30 "$work/gateway.log"; exit 1; }
 if [ -z "${MCP_PYTHON:-}" ]; then
   if [ -n "${CI:-}" ]; then echo "MCP_PYTHON is not set: source .ci/tools.sh" >&2; exit 1; fi
   echo "SKIPPED: the MCP Python SDK is not installed (source .ci/tools.sh)" >&2
