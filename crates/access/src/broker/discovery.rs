@@ -448,9 +448,10 @@ impl Discovery {
         url: &url::Url,
         step: &'static str,
     ) -> Result<Value, DiscoveryError> {
-        let answer = fetch_json(url, None, self.trusted(route, url))
+        let trusted = self.trusted(route, url);
+        let answer = fetch_json(url, None, trusted)
             .await
-            .map_err(|e| fail(step, e.to_string()))?;
+            .map_err(|e| fail(step, with_listing_hint(&e, url, trusted)))?;
         if !answer.status.is_success() {
             return Err(fail(step, format!("{url} answered HTTP {}", answer.status)));
         }
@@ -1147,6 +1148,13 @@ impl crate::broker::UpstreamBroker {
                 found.is_some()
             }
             Err(error) => {
+                // Not again for a while: each attempt fetches metadata; the first request
+                // reports the failure to the client.
+                self.discovery
+                    .probed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(probe_key, Instant::now());
                 tracing::warn!(route = %route.id, %error, "upstream OAuth discovery during authorization failed; the first request will report it");
                 false
             }
@@ -1180,6 +1188,28 @@ impl crate::broker::UpstreamBroker {
                 ))
             }
         }
+    }
+}
+
+/// A refused request's text, with what an administrator can do when the refusal is only because
+/// the host is not trusted (plain http, or a private address, on a host and port that are
+/// neither the route's upstream nor listed).
+fn with_listing_hint(
+    error: &crate::web::safe_http::FetchError,
+    url: &url::Url,
+    trusted: bool,
+) -> String {
+    use crate::web::safe_http::FetchError;
+    let untrusted_refusal = matches!(
+        error,
+        FetchError::NotHttps { .. } | FetchError::PrivateAddress { .. }
+    );
+    match (untrusted_refusal && !trusted, url.port_or_known_default()) {
+        (true, Some(port)) => format!(
+            "{error} (it is not the route's upstream host and port); an administrator who trusts it can list {}:{port} in mcp_allowed_as_metadata_domains",
+            host_of(url)
+        ),
+        _ => error.to_string(),
     }
 }
 

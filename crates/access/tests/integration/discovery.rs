@@ -866,8 +866,15 @@ async fn another_port_of_the_upstream_s_host_is_not_trusted() {
     let (status, body) = w.call("otherport").await;
     assert_eq!(status, 502, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
+    let admin_base = w.upstream.lock().unwrap().admin_base.clone();
+    let admin = url::Url::parse(&admin_base).unwrap();
     assert!(
-        message.contains("authorization server metadata") && message.contains("https"),
+        message.contains("authorization server metadata")
+            && message.contains("https")
+            && message.contains(&format!(
+                "list 127.0.0.1:{} in mcp_allowed_as_metadata_domains",
+                admin.port().unwrap()
+            )),
         "{message}"
     );
     assert_eq!(
