@@ -1117,48 +1117,35 @@ impl crate::broker::UpstreamBroker {
         let Some(upstream) = route.config.to.to_vec().first().map(|to| to.0.clone()) else {
             return false;
         };
-        let challenge = match probe(&upstream).await {
-            Ok(Some(challenge)) => challenge,
-            Ok(None) => {
+        let outcome = match probe(&upstream).await {
+            Ok(Some(challenge)) => {
                 self.discovery
-                    .probed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(probe_key, Instant::now());
-                return false;
+                    .discover(route, &key, origin, &challenge)
+                    .await
             }
+            Ok(None) => Ok(None),
             Err(error) => {
                 tracing::warn!(route = %route.id, %error, "cannot probe the upstream for its own OAuth; its first 401 will discover it");
                 return false;
             }
         };
-        match self
-            .discovery
-            .discover(route, &key, origin, &challenge)
-            .await
-        {
-            Ok(found) => {
-                if found.is_none() {
-                    self.discovery
-                        .probed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(probe_key, Instant::now());
-                }
-                found.is_some()
-            }
+        let found = match outcome {
+            Ok(found) => found.is_some(),
             Err(error) => {
-                // Not again for a while: each attempt fetches metadata; the first request
-                // reports the failure to the client.
-                self.discovery
-                    .probed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(probe_key, Instant::now());
                 tracing::warn!(route = %route.id, %error, "upstream OAuth discovery during authorization failed; the first request will report it");
                 false
             }
+        };
+        // Not again for a while: no OAuth there, or discovery failed (each attempt fetches
+        // metadata; the client's first request reports the failure).
+        if !found {
+            self.discovery
+                .probed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(probe_key, Instant::now());
         }
+        found
     }
 
     /// The answer to an upstream 401 on a route not yet discovered: the client told to
@@ -1309,6 +1296,34 @@ mod tests {
         ];
         for (error, text) in cases {
             assert_eq!(error.to_string(), text);
+        }
+    }
+
+    /// RFC 9728 clients accept metadata for a same-origin path prefix of the server URL, by
+    /// whole segments; nothing on another origin (scheme, host or port).
+    #[test]
+    fn a_resource_covers_the_upstream_by_same_origin_path_prefix() {
+        let upstream = url::Url::parse("https://h.example/a/mcp").unwrap();
+        for yes in [
+            "https://h.example",
+            "https://h.example/",
+            "https://h.example/a",
+            "https://h.example/a/",
+            "https://h.example/a/mcp",
+            "https://h.example:443/a",
+        ] {
+            assert!(covers(yes, &upstream), "{yes}");
+        }
+        for no in [
+            "https://h.example/ab",
+            "https://h.example/a/mcp/more",
+            "http://h.example/a",
+            "https://h.example:8443/a",
+            "https://other.example/a",
+            "https://h.example/a?x=1",
+            "not a url",
+        ] {
+            assert!(!covers(no, &upstream), "{no}");
         }
     }
 
