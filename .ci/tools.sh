@@ -30,3 +30,10 @@ if [ ! -x "$tools/conformance-alpha/node_modules/.bin/conformance" ]; then
   (cd "$tools/conformance-alpha" && npm install --no-save --no-audit --no-fund --loglevel=error @modelcontextprotocol/conformance@0.2.0-alpha.12 >/dev/null)
 fi
 export CONFORMANCE_ALPHA="$tools/conformance-alpha/node_modules/.bin/conformance"
+# The official MCP Python SDK (its OAuth client connects through Postern in tests/mcp-client),
+# pinned, in a virtual environment of its own.
+if ! "$tools/py/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") != "2.3.0")' 2>/dev/null; then
+  python3 -m venv "$tools/py"
+  "$tools/py/bin/pip" install --quiet --disable-pip-version-check mcp==2.3.0
+fi
+export MCP_PYTHON="$tools/py/bin/python"

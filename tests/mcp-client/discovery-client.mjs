@@ -1,8 +1,8 @@
 // A real MCP client (the official TypeScript SDK) holding only a TE, through Postern, to an
 // upstream MCP server that runs its own OAuth (the SDK's example server with --oauth-strict):
-// the first authorization gives a TE; the first request makes Postern discover the upstream's
-// OAuth and answer 401; the next authorization takes the user through the upstream's consent
-// once; then tool calls carry the TI. Prints how many authorization runs it took.
+// Postern's /authorize discovers the upstream's OAuth and takes the user through its consent in
+// the same browser trip, so one authorization gives the TE and the first request carries the
+// TI. Prints how many authorization runs it took (one).
 //
 // node discovery-client.mjs GATEWAY_URL EMAIL PASSWORD SERVER_PATH
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -53,7 +53,9 @@ const text = JSON.stringify(result);
 if (result.isError || !text.includes('Hello, Ada')) throw new Error(`unexpected result: ${text}`);
 const upstreamVisits = state.visits.filter((v) => !v.startsWith(gateway) && !v.startsWith(redirectUrl));
 const consents = upstreamVisits.filter((v) => new URL(v).pathname.endsWith('/authorize')).length;
+if (runs !== 1) throw new Error(`${runs} authorization runs, expected one (the upstream discovered during the first)`);
 if (consents !== 1) throw new Error(`the user went through the upstream's authorization ${consents} times, expected once`);
 if (!upstreamVisits.some((v) => new URL(v).searchParams.get('resource'))) throw new Error('the upstream authorization named no resource');
+if (process.env.TOKEN_OUT) (await import('node:fs')).writeFileSync(process.env.TOKEN_OUT, state.tokens.access_token);
 console.log(`ok: ${serverPath} greet -> ${text.slice(0, 100)}; ${runs} authorization runs, upstream consent ${consents} time`);
 await client.close();

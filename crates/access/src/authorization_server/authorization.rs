@@ -370,14 +370,17 @@ impl AuthorizationServer {
         )
     }
 
-    /// Whether `route` needs the user's upstream account (TI) and the user has none yet.
+    /// Whether `route` needs the user's upstream account (TI) and the user has none yet (an
+    /// upstream with its own OAuth not discovered yet is probed first).
     async fn needs_upstream_account(
         &self,
         route: &Route,
         session: &postern_store::Session,
         origin: &str,
     ) -> bool {
-        if self.broker.upstream_oauth(route, origin).await.is_none() {
+        if self.broker.upstream_oauth(route, origin).await.is_none()
+            && !self.broker.probe_upstream(route, origin).await
+        {
             return false;
         }
         let key = crate::broker::upstream::route_key(route);

@@ -143,7 +143,7 @@ impl AuthorizationServer {
         if !pkce::verify(&verifier, &grant.code_challenge) {
             return Err(OAuthError::new(
                 ErrorCode::InvalidGrant,
-                "code_verifier does not match the code_challenge",
+                "code_verifier does not match the code_challenge; the code is spent: start the authorization again",
             ));
         }
         if let Some(resource) = form.get("resource")
@@ -198,21 +198,25 @@ impl AuthorizationServer {
             Redemption::Replayed { family_id } => {
                 // RFC 6749 §4.1.2: revoke what the first use issued. The answer is
                 // invalid_grant either way (the code is spent; no retry can redeem it),
-                // but it says the tokens were revoked only when the store recorded it:
-                // if it did not, this replica still refuses them (the cache), other
-                // replicas and the refresh token do not, and the operator must know.
-                let mut revoked = true;
+                // but it says the tokens were revoked only when the store revoked some:
+                // if it failed, this replica still refuses them (the cache), other
+                // replicas and the refresh token do not, and the operator must know; if
+                // the first use issued none (it failed, e.g. its PKCE check), there were
+                // none to revoke.
+                let mut revoked = false;
                 if let Some(family) = family_id {
-                    if let Err(error) = self.store.revoke_family(&family).await {
-                        tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
-                        revoked = false;
+                    match self.store.revoke_family(&family).await {
+                        Ok(found) => revoked = found,
+                        Err(error) => {
+                            tracing::error!(%error, request_id = %ctx.request_id, client = %client.client_id, family = %family, "authorization code replayed, and its token family could NOT be revoked in the store");
+                        }
                     }
                     self.revocations.insert(Revocation::Family(family));
                 }
                 if !revoked {
                     return Err(OAuthError::new(
                         ErrorCode::InvalidGrant,
-                        "the code was already used",
+                        "the code was already used (codes work once): start the authorization again",
                     ));
                 }
                 tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");

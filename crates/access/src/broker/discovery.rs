@@ -21,7 +21,7 @@
 //! `mcp_allowed_as_metadata_domains`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode, header};
@@ -40,6 +40,16 @@ use crate::web::untrusted::Untrusted;
 
 /// How long a route's discovery state is cached in memory before the store is read again.
 const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// At most this many fresh upstream authorizations for `insufficient_scope` per user and route
+/// within [`STEP_UP_WINDOW`]: a server that keeps refusing whatever it is given would otherwise
+/// send a reconnecting client through the provider forever.
+pub(crate) const STEP_UP_LIMIT: usize = 3;
+/// See [`STEP_UP_LIMIT`].
+pub(crate) const STEP_UP_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// How long an upstream found without its own OAuth is not probed again by `/authorize`.
+const PROBE_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// Which step of discovery failed, and why: shown to the user and logged.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +250,10 @@ pub struct Discovery {
     extra_trusted: Vec<String>,
     /// Route key, then origin: the hot path looks up without allocating and takes a read lock.
     cache: RwLock<HashMap<String, HashMap<String, CacheEntry>>>,
+    /// Step-ups granted per (user, route key), within [`STEP_UP_WINDOW`] (per replica).
+    step_ups: Mutex<HashMap<(String, String), Vec<Instant>>>,
+    /// When `/authorize` last probed an upstream that showed no OAuth, per route key and origin.
+    probed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Discovery {
@@ -252,6 +266,8 @@ impl Discovery {
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
             cache: RwLock::new(HashMap::new()),
+            step_ups: Mutex::new(HashMap::new()),
+            probed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -332,6 +348,25 @@ impl Discovery {
         }
     }
 
+    /// Takes one of the user's step-ups on `route_key` (a fresh upstream authorization for
+    /// `insufficient_scope`): `Err` with how long until the next one is allowed when
+    /// [`STEP_UP_LIMIT`] were taken within [`STEP_UP_WINDOW`]. Checked and taken under one lock.
+    pub(crate) fn take_step_up(&self, user_id: &str, route_key: &str) -> Result<(), Duration> {
+        let mut step_ups = self.step_ups.lock().unwrap_or_else(|e| e.into_inner());
+        step_ups.retain(|_, taken| {
+            taken.retain(|at| at.elapsed() < STEP_UP_WINDOW);
+            !taken.is_empty()
+        });
+        let taken = step_ups
+            .entry((user_id.to_owned(), route_key.to_owned()))
+            .or_default();
+        if taken.len() >= STEP_UP_LIMIT {
+            return Err(STEP_UP_WINDOW.saturating_sub(taken[0].elapsed()));
+        }
+        taken.push(Instant::now());
+        Ok(())
+    }
+
     /// Checks an endpoint that an authorization server's metadata names, as strictly as the
     /// metadata itself: no credentials; `https`, or `http` to a trusted loopback host; and on the
     /// issuer's own origin unless its host is listed in `mcp_allowed_as_metadata_domains`.
@@ -360,9 +395,17 @@ impl Discovery {
                 endpoint: endpoint.to_owned(),
             });
         }
+        if url.origin() != issuer.origin() && !self.listed(&url) {
+            return Err(EndpointError::OtherOrigin {
+                name,
+                endpoint: endpoint.to_owned(),
+                issuer_origin: issuer.origin().ascii_serialization(),
+                host: host.clone(),
+            });
+        }
         match url.scheme() {
             "https" => {}
-            "http" if self.trusted(route, &host) && is_loopback(&host) => {}
+            "http" if self.trusted(route, &url) && is_loopback(&host) => {}
             _ => {
                 return Err(EndpointError::NotHttps {
                     name,
@@ -370,27 +413,33 @@ impl Discovery {
                 });
             }
         }
-        let listed = self.extra_trusted.contains(&host);
-        if url.origin() != issuer.origin() && !listed {
-            return Err(EndpointError::OtherOrigin {
-                name,
-                endpoint: endpoint.to_owned(),
-                issuer_origin: issuer.origin().ascii_serialization(),
-                host,
-            });
-        }
         Ok(url)
     }
 
-    /// Whether requests to `host` are trusted for `route` (its upstream, or listed).
-    pub(crate) fn trusted(&self, route: &Route, host: &str) -> bool {
+    /// Whether requests to `url` are trusted for `route`: its host *and port* are those of one
+    /// of the route's upstream URLs (another port of the same machine is another service, such
+    /// as an internal admin API), or its host is listed in `mcp_allowed_as_metadata_domains`.
+    pub(crate) fn trusted(&self, route: &Route, url: &url::Url) -> bool {
+        let (host, port) = (host_of(url), url.port_or_known_default());
         route
             .config
             .to
             .to_vec()
             .iter()
-            .any(|to| host_of(&to.0) == host)
-            || self.extra_trusted.iter().any(|d| d == host)
+            .any(|to| host_of(&to.0) == host && to.0.port_or_known_default() == port)
+            || self.listed(url)
+    }
+
+    /// Whether `url`'s host is listed in `mcp_allowed_as_metadata_domains`: as `host` (any
+    /// port, the administrator named the machine) or `host:port` (that port only).
+    fn listed(&self, url: &url::Url) -> bool {
+        let host = host_of(url);
+        let with_port = url
+            .port_or_known_default()
+            .map(|port| format!("{host}:{port}"));
+        self.extra_trusted
+            .iter()
+            .any(|d| *d == host || Some(d) == with_port.as_ref())
     }
 
     async fn get_json(
@@ -399,9 +448,10 @@ impl Discovery {
         url: &url::Url,
         step: &'static str,
     ) -> Result<Value, DiscoveryError> {
-        let answer = fetch_json(url, None, self.trusted(route, &host_of(url)))
+        let trusted = self.trusted(route, url);
+        let answer = fetch_json(url, None, trusted)
             .await
-            .map_err(|e| fail(step, e.to_string()))?;
+            .map_err(|e| fail(step, with_listing_hint(&e, url, trusted)))?;
         if !answer.status.is_success() {
             return Err(fail(step, format!("{url} answered HTTP {}", answer.status)));
         }
@@ -439,8 +489,9 @@ impl Discovery {
         let (authorization_endpoint, token_endpoint) =
             self.authorization_server_endpoints(route, &issuer, &as_metadata)?;
 
-        // 3. Scopes: configured, else the challenge's, else what the resource lists.
-        let scopes = scopes_to_request(route, &params, &metadata);
+        // 3. Scopes: configured, else the challenge's, else what the resource lists (with
+        //    `offline_access` when the authorization server offers it).
+        let scopes = scopes_to_request(route, &params, &metadata, &as_metadata);
 
         // 4. A client id.
         let client = self.client(route, &issuer, origin, &as_metadata).await?;
@@ -622,7 +673,7 @@ impl Discovery {
             .check_endpoint(route, issuer, "registration_endpoint", registration)
             .map_err(|e| fail("registration", e.to_string()))?;
         let request = registration_request(origin);
-        let answer = fetch_json(&url, Some(&request), self.trusted(route, &host_of(&url)))
+        let answer = fetch_json(&url, Some(&request), self.trusted(route, &url))
             .await
             .map_err(|e| fail("registration", e.to_string()))?;
         if !answer.status.is_success()
@@ -738,7 +789,9 @@ fn resource_metadata_urls(
 }
 
 /// The `resource` of the protected resource metadata, checked to be one of the upstream URLs
-/// the route proxies to.
+/// the route proxies to, or a path prefix of one on the same origin (RFC 9728 §3.3 as both
+/// official MCP SDKs apply it in `checkResourceAllowed`: a server at `https://h/mcp` may publish
+/// root metadata for `https://h`). Another origin is refused.
 fn checked_resource(
     metadata: &Value,
     upstream: &[ToUrl],
@@ -747,16 +800,39 @@ fn checked_resource(
     let resource = metadata["resource"].as_str().unwrap_or_default().to_owned();
     if !upstream
         .iter()
-        .any(|to| same_resource(&resource, to.0.as_str()))
+        .any(|to| same_resource(&resource, to.0.as_str()) || covers(&resource, &to.0))
     {
         return Err(fail(
             "protected resource metadata",
             format!(
-                "its resource {resource} is not the upstream {upstream_url} this route proxies to"
+                "its resource {} is neither the upstream {upstream_url} this route proxies to nor a path prefix of it on the same origin",
+                Untrusted(&resource)
             ),
         ));
     }
     Ok(resource)
+}
+
+/// Whether `resource` names `upstream` or a path prefix of it, segment by segment, on the same
+/// origin (`https://h/a` covers `https://h/a/mcp`, not `https://h/ab`).
+fn covers(resource: &str, upstream: &url::Url) -> bool {
+    let Ok(resource) = url::Url::parse(resource) else {
+        return false;
+    };
+    if resource.origin() != upstream.origin()
+        || resource.query().is_some()
+        || resource.fragment().is_some()
+    {
+        return false;
+    }
+    let with_slash = |path: &str| {
+        if path.ends_with('/') {
+            path.to_owned()
+        } else {
+            format!("{path}/")
+        }
+    };
+    with_slash(upstream.path()).starts_with(&with_slash(resource.path()))
 }
 
 /// The authorization server: the first the resource metadata names, else the route's
@@ -812,19 +888,36 @@ fn check_authorization_server(as_metadata: &Value, issuer: &str) -> Result<(), D
     Ok(())
 }
 
-/// The scopes to request: configured, else the challenge's `scope`, else the resource's
-/// `scopes_supported`.
+/// The scopes to request: configured (exactly), else the challenge's `scope`, else the
+/// resource's `scopes_supported`; and then `offline_access` when the authorization server lists
+/// it in its `scopes_supported`, so the TI comes with a refresh token (as the official MCP SDKs
+/// ask for it) and the user is not sent back to the provider when it expires.
 fn scopes_to_request(
     route: &Route,
     params: &HashMap<String, String>,
     metadata: &Value,
+    as_metadata: &Value,
 ) -> Vec<String> {
     let configured_scopes = crate::broker::upstream::settings(route)
         .map(|c| c.scopes.clone())
         .filter(|s| !s.is_empty());
     if let Some(configured) = configured_scopes {
-        configured
-    } else if let Some(scope) = params.get("scope") {
+        return configured;
+    }
+    let mut scopes = discovered_scopes(params, metadata);
+    let offered = as_metadata
+        .get("scopes_supported")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|s| s == "offline_access"));
+    if offered && !scopes.iter().any(|s| s == "offline_access") {
+        scopes.push("offline_access".to_owned());
+    }
+    scopes
+}
+
+/// The challenge's `scope`, else the resource's `scopes_supported`.
+fn discovered_scopes(params: &HashMap<String, String>, metadata: &Value) -> Vec<String> {
+    if let Some(scope) = params.get("scope") {
         scope.split_whitespace().map(str::to_owned).collect()
     } else {
         metadata
@@ -903,9 +996,10 @@ impl crate::broker::UpstreamBroker {
             return None;
         }
         let token_trusted = found.settings.as_ref().is_some_and(|oauth| {
-            oauth.endpoint.as_ref().is_some_and(|endpoint| {
-                self.discovery.trusted(route, &host_of(&endpoint.token_url))
-            })
+            oauth
+                .endpoint
+                .as_ref()
+                .is_some_and(|endpoint| self.discovery.trusted(route, &endpoint.token_url))
         });
         Some(UpstreamSettings::Discovered {
             found,
@@ -956,6 +1050,14 @@ impl crate::broker::UpstreamBroker {
         let origin = ctx.origin();
         let key = crate::broker::upstream::route_key(route);
         if let Some(found) = self.discovery.get(&key, &origin).await {
+            // A server that keeps answering insufficient_scope to fresh authorizations: stop
+            // sending the user back to it, with an error that says why (not a loop).
+            if status == StatusCode::FORBIDDEN
+                && let Err(wait) = self.discovery.take_step_up(&session.user_id, &key)
+            {
+                tracing::warn!(target: "postern::audit", event = "upstream_step_up_limit", user = %session.email, route = %route.id, scope = %Untrusted(params.get("scope").map_or("", String::as_str)), "the upstream still answers insufficient_scope; no new authorization");
+                return Err(step_up_limit(ctx, params.get("scope"), wait));
+            }
             // The upstream refused the TI it was given: forget it (and widen the scopes when it
             // asked for more), so the next authorization gets a new one.
             if status == StatusCode::FORBIDDEN
@@ -988,6 +1090,64 @@ impl crate::broker::UpstreamBroker {
             .await
     }
 
+    /// For `/authorize` on an MCP server route without `upstream_oauth2` whose upstream was not
+    /// discovered (or last probed more than [`PROBE_TTL`] ago): asks the upstream, as an MCP
+    /// client would, with an unauthenticated `ping`; when it answers 401 with MCP authorization
+    /// metadata, runs discovery now, so the user goes through the upstream's consent in this
+    /// browser trip and the client's first request carries the TI (instead of a 401 that needs
+    /// a second authorization, which clients that do not retry within a connection fail on).
+    /// Returns whether the route now has discovered settings. Only signed-in users the route's
+    /// policy allows reach this, and the request goes to the route's own upstream.
+    pub(crate) async fn probe_upstream(&self, route: &Route, origin: &str) -> bool {
+        if !route.is_mcp_server() || crate::broker::upstream::static_settings(route).is_some() {
+            return false;
+        }
+        let key = crate::broker::upstream::route_key(route);
+        let probe_key = format!("{key}|{origin}");
+        let recently = self
+            .discovery
+            .probed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&probe_key)
+            .is_some_and(|at| at.elapsed() < PROBE_TTL);
+        if recently {
+            return false;
+        }
+        let Some(upstream) = route.config.to.to_vec().first().map(|to| to.0.clone()) else {
+            return false;
+        };
+        let outcome = match probe(&upstream).await {
+            Ok(Some(challenge)) => {
+                self.discovery
+                    .discover(route, &key, origin, &challenge)
+                    .await
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                tracing::warn!(route = %route.id, %error, "cannot probe the upstream for its own OAuth; its first 401 will discover it");
+                return false;
+            }
+        };
+        let found = match outcome {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::warn!(route = %route.id, %error, "upstream OAuth discovery during authorization failed; the first request will report it");
+                false
+            }
+        };
+        // Not again for a while: no OAuth there, or discovery failed (each attempt fetches
+        // metadata; the client's first request reports the failure).
+        if !found {
+            self.discovery
+                .probed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(probe_key, Instant::now());
+        }
+        found
+    }
+
     /// The answer to an upstream 401 on a route not yet discovered: the client told to
     /// authorize again once discovery succeeds, the 401 as it is when the upstream gave no MCP
     /// authorization metadata, a 502 when discovery failed.
@@ -1016,6 +1176,77 @@ impl crate::broker::UpstreamBroker {
             }
         }
     }
+}
+
+/// A refused request's text, with what an administrator can do when the refusal is only because
+/// the host is not trusted (plain http, or a private address, on a host and port that are
+/// neither the route's upstream nor listed).
+fn with_listing_hint(
+    error: &crate::web::safe_http::FetchError,
+    url: &url::Url,
+    trusted: bool,
+) -> String {
+    use crate::web::safe_http::FetchError;
+    let untrusted_refusal = matches!(
+        error,
+        FetchError::NotHttps { .. } | FetchError::PrivateAddress { .. }
+    );
+    match (untrusted_refusal && !trusted, url.port_or_known_default()) {
+        (true, Some(port)) => format!(
+            "{error} (it is not the route's upstream host and port); an administrator who trusts it can list {}:{port} in mcp_allowed_as_metadata_domains",
+            host_of(url)
+        ),
+        _ => error.to_string(),
+    }
+}
+
+/// The `WWW-Authenticate` of the upstream's 401 to an unauthenticated MCP `ping` (harmless: it
+/// opens no session), `"Bearer"` for a 401 without one (discovery then tries the well-known
+/// metadata URLs); `None` when the upstream does not ask for authorization.
+async fn probe(upstream: &url::Url) -> Result<Option<String>, crate::web::safe_http::FetchError> {
+    let http = crate::web::safe_http::pinned_client(upstream, true).await?;
+    let response = http
+        .post(upstream.clone())
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":"postern-probe","method":"ping"}"#)
+        .send()
+        .await
+        .map_err(|error| crate::web::safe_http::FetchError::Request {
+            url: upstream.to_string(),
+            error,
+        })?;
+    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(None);
+    }
+    let challenge = response
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| challenge_params(v).is_some())
+        .unwrap_or("Bearer")
+        .to_owned();
+    Ok(Some(challenge))
+}
+
+/// 403 for a user who reached [`STEP_UP_LIMIT`] on a route: what the server asks for, that
+/// Postern stopped, and what to do.
+fn step_up_limit(ctx: &RequestContext, scope: Option<&String>, wait: Duration) -> Response<Body> {
+    let asked = scope.map_or_else(
+        || "more scopes".to_owned(),
+        |s| format!("the scopes {}", Untrusted(s)),
+    );
+    crate::web::reply::json_error(
+        StatusCode::FORBIDDEN,
+        "upstream_step_up_limit",
+        &format!(
+            "the MCP server still refuses this request for lack of {asked} after {STEP_UP_LIMIT} new authorizations within {} minutes, so Postern stopped asking you to authorize again; your account at the server may not be allowed these scopes (ask its administrator), or try again in {} minutes",
+            STEP_UP_WINDOW.as_secs() / 60,
+            wait.as_secs().div_ceil(60).max(1)
+        ),
+        &ctx.request_id,
+    )
 }
 
 #[cfg(test)]
@@ -1065,6 +1296,34 @@ mod tests {
         ];
         for (error, text) in cases {
             assert_eq!(error.to_string(), text);
+        }
+    }
+
+    /// RFC 9728 clients accept metadata for a same-origin path prefix of the server URL, by
+    /// whole segments; nothing on another origin (scheme, host or port).
+    #[test]
+    fn a_resource_covers_the_upstream_by_same_origin_path_prefix() {
+        let upstream = url::Url::parse("https://h.example/a/mcp").unwrap();
+        for yes in [
+            "https://h.example",
+            "https://h.example/",
+            "https://h.example/a",
+            "https://h.example/a/",
+            "https://h.example/a/mcp",
+            "https://h.example:443/a",
+        ] {
+            assert!(covers(yes, &upstream), "{yes}");
+        }
+        for no in [
+            "https://h.example/ab",
+            "https://h.example/a/mcp/more",
+            "http://h.example/a",
+            "https://h.example:8443/a",
+            "https://other.example/a",
+            "https://h.example/a?x=1",
+            "not a url",
+        ] {
+            assert!(!covers(no, &upstream), "{no}");
         }
     }
 

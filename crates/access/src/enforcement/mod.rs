@@ -51,6 +51,8 @@ struct Allowed {
     filter_tools: Option<ToolLists>,
     /// With `authorize_log_fields`: what the request contributes to its audit records.
     facts: Option<Arc<RequestFacts>>,
+    /// A bearer-token request on an MCP server route: its answer carries CORS headers.
+    bearer: bool,
 }
 
 /// Which responses of a route with tool rules may carry a tool list a client would read.
@@ -115,12 +117,32 @@ impl Enforcement {
     }
 
     /// Decides whether the request may use `route`: who asks, what they ask (each MCP call on
-    /// its own), and the route's policy on each.
+    /// its own), and the route's policy on each. A refusal of a bearer-token request on an MCP
+    /// server route carries CORS headers, so a browser-based client can read why.
     pub(crate) async fn authorize(
         &self,
         ctx: &RequestContext,
         route: &Arc<Route>,
         request: Request<Body>,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        let bearer = bearer_cors(route, request.headers());
+        Box::pin(self.decide(ctx, route, request, bearer))
+            .await
+            .map_err(|mut refused| {
+                if bearer {
+                    cors(refused.headers_mut());
+                }
+                refused
+            })
+    }
+
+    /// [`Enforcement::authorize`], the decision.
+    async fn decide(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+        bearer: bool,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
         // downstream_mtls default deny: no valid certificate, no other question (as Pomerium,
         // 495 before a sign-in, a token check or a body read).
@@ -208,6 +230,7 @@ impl Enforcement {
             decision,
             filter_tools,
             facts,
+            bearer,
         });
         Ok((request, grant))
     }
@@ -494,7 +517,29 @@ impl Enforcement {
         }
     }
 
+    /// What the client gets back: the upstream's challenges handled, tool lists filtered, tool
+    /// calls audited; and, for a bearer-token request on an MCP server route, CORS headers
+    /// (browser-based MCP clients read the answer and its `mcp-session-id`).
     pub(crate) async fn filter_response(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let bearer = grant
+            .extensions
+            .get::<Allowed>()
+            .is_some_and(|allowed| allowed.bearer);
+        let mut response = Box::pin(self.answer(ctx, route, grant, response)).await;
+        if bearer {
+            cors(response.headers_mut());
+        }
+        response
+    }
+
+    /// [`Enforcement::filter_response`] but CORS.
+    async fn answer(
         &self,
         ctx: &RequestContext,
         route: &Arc<Route>,
@@ -592,6 +637,18 @@ fn is_preflight(request: &Request<Body>) -> bool {
         && present(header::ORIGIN)
         && present(header::ACCESS_CONTROL_REQUEST_METHOD)
         && !body
+}
+
+/// Whether a request's answer gets CORS headers: a bearer token on an MCP server route (what
+/// browser-based MCP clients send). Never a cookie-authenticated request: the headers allow any
+/// origin to read the answer, which is safe only when the caller had to hold the token.
+fn bearer_cors(route: &Route, headers: &HeaderMap) -> bool {
+    route.is_mcp_server()
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
 }
 
 fn original(uri: &http::Uri) -> String {

@@ -8,8 +8,11 @@ use postern_gateway::body::{Body, full};
 use postern_gateway::hooks::RequestContext;
 use serde_json::{Value, json};
 
-/// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens).
+/// CORS for browser-based MCP clients: any origin, no cookies (they use bearer tokens). An
+/// upstream's own `Access-Control-Allow-Credentials` is removed: with it, a browser would send
+/// cookies along.
 pub(crate) fn cors(headers: &mut HeaderMap) {
+    headers.remove("access-control-allow-credentials");
     headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
     headers.insert(
         "access-control-expose-headers",
@@ -113,7 +116,8 @@ pub(crate) fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-/// The answer to a CORS preflight on the OAuth endpoints and MCP routes.
+/// The answer to a CORS preflight on the OAuth endpoints and MCP routes: the headers MCP
+/// clients send, up to the 2026-07-28 revision's `mcp-method` and `mcp-name`.
 pub(crate) fn preflight() -> Response<Body> {
     let mut response = Response::new(postern_gateway::body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -125,7 +129,7 @@ pub(crate) fn preflight() -> Response<Body> {
     );
     h.insert(
         "access-control-allow-headers",
-        HeaderValue::from_static("authorization, content-type, mcp-session-id, mcp-protocol-version, last-event-id, accept"),
+        HeaderValue::from_static("authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name"),
     );
     h.insert("access-control-max-age", HeaderValue::from_static("600"));
     response

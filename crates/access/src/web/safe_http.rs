@@ -6,7 +6,8 @@
 //!   route's own upstream): only trusted hosts may resolve to private, loopback or link-local
 //!   addresses (such as the cloud metadata address 169.254.169.254);
 //! - `https` only, except `http` for a trusted host on loopback (development and tests);
-//! - the connection goes to the address that was checked (no second DNS lookup);
+//! - the connection goes to the addresses that were checked, each in turn (no second DNS
+//!   lookup);
 //! - no redirects, a 5 s time limit, at most 64 KiB of JSON.
 
 use std::net::{IpAddr, SocketAddr};
@@ -175,14 +176,21 @@ pub async fn pinned_client(url: &url::Url, trusted: bool) -> Result<reqwest::Cli
             error,
         })?
         .collect();
-    let address = addresses
-        .iter()
-        .find(|a| trusted || is_public(a.ip()))
-        .copied()
-        .ok_or_else(|| FetchError::PrivateAddress { host: host.clone() })?;
-    // Connect to the checked address, not to whatever a second lookup would say.
+    let allowed: Vec<SocketAddr> = addresses
+        .into_iter()
+        .filter(|a| trusted || is_public(a.ip()))
+        .collect();
+    if allowed.is_empty() {
+        return Err(FetchError::PrivateAddress { host: host.clone() });
+    }
+    client_for(&host, &allowed)
+}
+
+/// A client that connects to `host` at `addresses` only (each in turn, as `localhost` may be
+/// `::1` with nothing listening and then `127.0.0.1`), never at what a second lookup would say.
+fn client_for(host: &str, addresses: &[SocketAddr]) -> Result<reqwest::Client, FetchError> {
     postern_http::builder(TIME_LIMIT)
-        .resolve(&host, address)
+        .resolve_to_addrs(host, addresses)
         .build()
         .map_err(FetchError::Client)
 }
@@ -306,6 +314,39 @@ mod tests {
             FetchError::Unreadable { url }.to_string(),
             "https://example.com/doc: the answer could not be read whole"
         );
+    }
+
+    /// `localhost` resolving to `::1` (nothing listening) before `127.0.0.1`: the next allowed
+    /// address is tried. (Before, only the first was, and discovery failed.)
+    #[tokio::test]
+    async fn each_checked_address_is_tried_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                .await
+                .unwrap();
+        });
+        // The same port on ::1, where nothing listens (the URL's port is the one dialed).
+        let client = client_for(
+            "probe.test",
+            &[
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            ],
+        )
+        .unwrap();
+        let response = client
+            .get(format!("http://probe.test:{port}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
     }
 
     #[test]

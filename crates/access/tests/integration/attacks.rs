@@ -819,6 +819,8 @@ async fn a_server_te_cannot_use_the_app_endpoints() {
     let t = target().await;
     let ada = browser_as(&t, "ada@example.com", "correct horse").await;
     let te = te_for(&t, &ada, &format!("{}/other", t.base)).await;
+    // The authorization probed the upstream for its own OAuth (one anonymous ping).
+    let before = t.seen.lock().unwrap().calls;
     let listed = client()
         .get(format!("{}/.pomerium/mcp/routes", t.base))
         .bearer_auth(&te)
@@ -834,7 +836,7 @@ async fn a_server_te_cannot_use_the_app_endpoints() {
         .await
         .unwrap();
     assert_eq!(disconnect.status(), 401);
-    assert_eq!(t.seen.lock().unwrap().calls, 0);
+    assert_eq!(t.seen.lock().unwrap().calls, before);
 }
 
 /// `jwt_claims_headers`: the upstream gets the user's claims in the configured headers, and a
@@ -1030,4 +1032,81 @@ routes:
     assert_eq!(status(client().get(format!("{base}/here"))).await, 200);
     assert_ne!(status(client().get(format!("{base}/office"))).await, 200);
     stop.cancel();
+}
+
+/// Issue 14: browser-based MCP clients. A bearer-token request on an MCP server route gets the
+/// upstream's answer with CORS headers any origin may read (`mcp-session-id` among the exposed
+/// ones), never `Access-Control-Allow-Credentials`; a cookie-authenticated request gets none (any
+/// site could otherwise read a signed-in user's answers); the preflight allows the headers of
+/// the 2026-07-28 revision.
+#[tokio::test]
+async fn bearer_requests_on_mcp_routes_get_cors_and_cookie_requests_do_not() {
+    let t = target().await;
+    let ada = browser_as(&t, "ada@example.com", "correct horse").await;
+    let resource = format!("{}/tools", t.base);
+    let te = te_for(&t, &ada, &resource).await;
+    let list = |request: reqwest::RequestBuilder| {
+        request
+            .header("origin", "https://inspector.example")
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+    };
+    let with_token = list(client().post(&resource).bearer_auth(&te))
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let headers = with_token.headers();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    let exposed = headers["access-control-expose-headers"].to_str().unwrap();
+    for name in ["mcp-session-id", "mcp-protocol-version", "www-authenticate"] {
+        assert!(exposed.contains(name), "{exposed}");
+    }
+    assert!(headers.get("access-control-allow-credentials").is_none());
+
+    // A call the policy refuses: the client can read why.
+    let refused = client()
+        .post(&resource)
+        .bearer_auth(&te)
+        .header("origin", "https://inspector.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_query", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.headers()["access-control-allow-origin"], "*");
+
+    let with_cookie = list(ada.post(&resource)).await.unwrap();
+    assert_eq!(with_cookie.status(), 200, "the cookie works on this route");
+    assert!(
+        with_cookie
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "a cookie-authenticated answer must not be readable cross-origin"
+    );
+
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &resource)
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, mcp-method, mcp-name, mcp-protocol-version",
+        )
+        .send()
+        .await
+        .unwrap();
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    for name in ["authorization", "mcp-method", "mcp-name", "last-event-id"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert!(
+        preflight
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
 }

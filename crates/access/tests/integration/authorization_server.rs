@@ -255,6 +255,18 @@ async fn the_authorization_server_refuses_each_attack() {
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
     );
+    // The client's retry (with the right verifier) learns the code is spent, not that tokens
+    // were revoked: none were issued.
+    let (status, body) = exchange(&w, &a, &code).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains("already used") && !description.contains("revoked"),
+        "{description}"
+    );
     // The plain challenge as verifier.
     let code = code_for(&w, &jar, &a).await;
     let (status, _, _) = token(
@@ -287,6 +299,12 @@ async fn the_authorization_server_refuses_each_attack() {
     assert_eq!(
         (status, body["error"].as_str()),
         (400, Some("invalid_grant"))
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("revoked")),
+        "{body}"
     );
     assert_eq!(
         bearer_call(&w, "/sqlite", first["access_token"].as_str().unwrap())

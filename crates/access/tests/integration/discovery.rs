@@ -35,6 +35,10 @@ struct Upstream {
     admin_base: String,
     /// Requests the internal admin service received (path and body).
     admin_requests: Vec<String>,
+    /// The `resource` of the root protected resource metadata, when not `{base}/root/mcp`.
+    root_resource: Option<String>,
+    /// Unauthenticated requests the MCP endpoints received (the gateway's probes among them).
+    anonymous: usize,
 }
 
 type Shared = Arc<Mutex<Upstream>>;
@@ -64,6 +68,19 @@ async fn mcp(
     let mut up = up.lock().unwrap();
     let base = up.base.clone();
     match bearer {
+        // `greedy` wants a scope no authorization gets.
+        Some(token) if server == "greedy" => {
+            up.bearers.push(token);
+            (
+                StatusCode::FORBIDDEN,
+                [(
+                    "www-authenticate",
+                    "Bearer error=\"insufficient_scope\", scope=\"files:read files:admin\"",
+                )],
+                "",
+            )
+                .into_response()
+        }
         Some(token)
             if token.starts_with("good-")
                 || (token.starts_with("narrow-") && server != "stepup") =>
@@ -83,15 +100,20 @@ async fn mcp(
             )
                 .into_response()
         }
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(
-                "www-authenticate",
-                challenge(&base, &server, server != "root" && server != "plain"),
-            )],
-            "",
-        )
-            .into_response(),
+        _ => {
+            if bearer.is_none() {
+                up.anonymous += 1;
+            }
+            (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    "www-authenticate",
+                    challenge(&base, &server, server != "root" && server != "plain"),
+                )],
+                "",
+            )
+                .into_response()
+        }
     }
 }
 
@@ -107,8 +129,12 @@ async fn resource_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<St
     };
     // `untrusted`: the authorization server is on a host that is neither the route's upstream
     // host nor listed (the same machine under another name), over plain http.
+    // `otherport`: on another port of the upstream's host (the internal admin service).
+    let admin = up.lock().unwrap().admin_base.clone();
     let authorization_server = if server == "untrusted" {
         format!("{}/{server}", base.replace("127.0.0.1", "localhost"))
+    } else if server == "otherport" {
+        format!("{admin}/{server}")
     } else {
         format!("{base}/{server}")
     };
@@ -125,8 +151,12 @@ async fn root_metadata(State(up): State<Shared>) -> Response {
     if !up.serve_root {
         return StatusCode::NOT_FOUND.into_response();
     }
+    let resource = up
+        .root_resource
+        .clone()
+        .unwrap_or_else(|| format!("{}/root/mcp", up.base));
     axum::Json(json!({
-        "resource": format!("{}/root/mcp", up.base),
+        "resource": resource,
         "authorization_servers": [format!("{}/root", up.base)],
     }))
     .into_response()
@@ -160,6 +190,7 @@ async fn as_metadata(State(up): State<Shared>, UrlPath(server): UrlPath<String>)
         "code_challenge_methods_supported": ["S256"],
         "response_types_supported": ["code"],
         "client_id_metadata_document_supported": server == "cimd",
+        "scopes_supported": if server == "offline" { json!(["files:read", "offline_access"]) } else { json!(["files:read"]) },
     }))
     .into_response()
 }
@@ -243,6 +274,9 @@ async fn world() -> World {
         "untrusted",
         "ssrf",
         "ssrfreg",
+        "greedy",
+        "offline",
+        "otherport",
     ] {
         yaml.push_str(&format!(
             "  - {{from: http://localhost, prefix: /{server}, to: {up}/{server}/mcp, allow_any_authenticated_user: true, mcp: {{}}}}\n"
@@ -708,4 +742,231 @@ async fn upstream_oauth2_with_only_scopes_registers_postern_and_asks_for_those_s
         "no client configured: registered"
     );
     assert_eq!(w.call("scoped").await.0, 200);
+}
+
+/// Issue 14: a server whose root protected resource metadata names its origin (RFC 9728 clients
+/// accept a same-origin path prefix of the server URL) is discovered, with that `resource` sent
+/// upstream; one naming another origin (the same host on another port) or a look-alike prefix
+/// is refused.
+#[tokio::test]
+async fn root_metadata_for_the_upstream_s_origin_is_accepted_and_another_origin_refused() {
+    let w = world().await;
+    let upstream_base = w.upstream.lock().unwrap().base.clone();
+    let other_port = w.upstream.lock().unwrap().admin_base.clone();
+    for refused in [
+        other_port.clone(),
+        upstream_base.replace("127.0.0.1", "localhost"),
+        format!("{upstream_base}/ro"),
+    ] {
+        w.upstream.lock().unwrap().root_resource = Some(refused.clone());
+        let (status, body) = w.call("root").await;
+        assert_eq!(status, 502, "{refused}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("protected resource metadata")
+                && message.contains(&refused)
+                && message.contains("same origin"),
+            "{message}"
+        );
+        assert_eq!(w.server_state("root").await, (false, true), "{refused}");
+    }
+    drop(w);
+    for accepted in ["", "/", "/root"] {
+        let w = world().await;
+        let upstream_base = w.upstream.lock().unwrap().base.clone();
+        let accepted = format!("{upstream_base}{accepted}");
+        w.upstream.lock().unwrap().root_resource = Some(accepted.clone());
+        let (status, body) = w.call("root").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("upstream_not_connected")),
+            "{accepted}: {body}"
+        );
+        let authorize = w.connect("root").await;
+        let resource = authorize
+            .query_pairs()
+            .find(|(k, _)| k == "resource")
+            .unwrap()
+            .1
+            .into_owned();
+        assert_eq!(resource, accepted, "the resource the metadata names");
+        assert_eq!(w.call("root").await.0, 200, "{accepted}");
+    }
+}
+
+/// Issue 14: a server that answers `insufficient_scope` whatever it is given sends the user
+/// through a fresh authorization a few times, then the client gets a clear error instead of
+/// another 401 (a reconnecting client would otherwise loop forever).
+#[tokio::test]
+async fn repeated_insufficient_scope_stops_after_a_few_step_ups() {
+    let w = world().await;
+    assert_eq!(w.call("greedy").await.0, 401, "discovered");
+    for step_up in 1..=3 {
+        w.connect("greedy").await;
+        let (status, body) = w.call("greedy").await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("upstream_not_connected")),
+            "step-up {step_up}: {body}"
+        );
+    }
+    let authorizations = w.provider.token_requests().len();
+    w.connect("greedy").await;
+    let (status, body) = w.call("greedy").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("upstream_step_up_limit")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("files:admin")
+            && message.contains("3 new authorizations")
+            && message.contains("try again in"),
+        "{message}"
+    );
+    // The TI is kept (other calls may not need the scope): no new authorization is asked for.
+    assert_eq!(w.server_state("greedy").await, (true, true));
+    let (status, _) = w.call("greedy").await;
+    assert_eq!(status, 403);
+    assert_eq!(w.provider.token_requests().len(), authorizations + 1);
+}
+
+/// Issue 14: `offline_access` is requested when the upstream's authorization server lists it,
+/// so the TI comes with a refresh token.
+#[tokio::test]
+async fn offline_access_is_requested_when_the_authorization_server_offers_it() {
+    let w = world().await;
+    for (server, scope) in [
+        ("offline", "files:read offline_access"),
+        ("hint", "files:read"),
+    ] {
+        assert_eq!(w.call(server).await.0, 401);
+        let authorize = w.connect(server).await;
+        assert_eq!(
+            authorize
+                .query_pairs()
+                .find(|(k, _)| k == "scope")
+                .unwrap()
+                .1,
+            scope,
+            "{server}"
+        );
+    }
+}
+
+/// Issue 14: trusting the upstream's host means its host and port. A resource whose metadata
+/// names an authorization server on another port of the same machine (an internal service)
+/// gets no request: it is an untrusted host there (http and a private address are refused).
+/// (Before, every port of the upstream's host was trusted and the service was asked for its
+/// metadata.)
+#[tokio::test]
+async fn another_port_of_the_upstream_s_host_is_not_trusted() {
+    let w = world().await;
+    let (status, body) = w.call("otherport").await;
+    assert_eq!(status, 502, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    let admin_base = w.upstream.lock().unwrap().admin_base.clone();
+    let admin = url::Url::parse(&admin_base).unwrap();
+    assert!(
+        message.contains("authorization server metadata")
+            && message.contains("https")
+            && message.contains(&format!(
+                "list 127.0.0.1:{} in mcp_allowed_as_metadata_domains",
+                admin.port().unwrap()
+            )),
+        "{message}"
+    );
+    assert_eq!(
+        w.upstream.lock().unwrap().admin_requests,
+        Vec::<String>::new(),
+        "the internal service received requests"
+    );
+}
+
+/// Issue 14: the first connection of an MCP client to a server with its own OAuth. `/authorize`
+/// probes the upstream, discovers its OAuth and takes the user through its consent in the same
+/// browser trip, so the client's first MCP request carries the TI and succeeds. (Before, the
+/// first request was answered 401 `upstream_not_connected` and the client had to authorize a
+/// second time.)
+#[tokio::test]
+async fn the_first_authorization_discovers_the_upstream_and_the_first_request_works() {
+    use crate::support::oauth_client::{self, CALLBACK};
+    let w = world().await;
+    let registered: Value = support::client()
+        .post(format!("{}/.pomerium/mcp/register", w.base))
+        .json(&json!({"redirect_uris": [CALLBACK], "client_name": "First", "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let resource = format!("{}/hint", w.base);
+    let page = w
+        .browser
+        .get(oauth_client::authorize_url(
+            &w.base, client_id, CALLBACK, &resource,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let html = page.text().await.unwrap();
+    let mut next = support::clicked(
+        w.browser
+            .post(format!("{}/.pomerium/mcp/authorize", w.base)),
+        &w.base,
+    )
+    .form(&oauth_client::allow_fields(&html))
+    .send()
+    .await
+    .unwrap()
+    .headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut visits = Vec::new();
+    while !next.starts_with(CALLBACK) {
+        assert!(visits.len() < 6, "too many redirects: {visits:?}");
+        visits.push(next.clone());
+        let url = url::Url::parse(&w.base).unwrap().join(&next).unwrap();
+        let response = w.browser.get(url).send().await.unwrap();
+        let Some(location) = response.headers().get("location") else {
+            panic!(
+                "no redirect at {next}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        };
+        next = location.to_str().unwrap().to_owned();
+    }
+    let upstream_base = w.upstream.lock().unwrap().base.clone();
+    assert!(
+        visits
+            .iter()
+            .any(|v| v.starts_with(&format!("{upstream_base}/hint/authorize"))),
+        "the upstream's consent in the same trip: {visits:?}"
+    );
+    assert_eq!(w.upstream.lock().unwrap().anonymous, 1, "one probe");
+    let code = oauth_client::query_of(&next)["code"].clone();
+    let (status, tokens) = oauth_client::exchange_at(&w.base, client_id, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    let response = support::client()
+        .post(&resource)
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the first request works");
+    assert_eq!(
+        w.upstream
+            .lock()
+            .unwrap()
+            .bearers
+            .last()
+            .map(String::as_str),
+        Some("narrow-1")
+    );
 }
