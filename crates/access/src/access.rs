@@ -50,7 +50,8 @@ impl Access {
         ));
         Self {
             sign_in: SignIn::new(store.clone(), users, settings.cookie.clone())
-                .with_authenticate(settings.authenticate.clone()),
+                .with_authenticate(settings.authenticate.clone())
+                .with_email_hint(settings.sign_in_email.clone()),
             server: AuthorizationServer::new(
                 store.clone(),
                 settings.clone(),
@@ -288,6 +289,7 @@ impl Hooks for Access {
         path.starts_with("/.pomerium/")
             || path.starts_with("/.well-known/")
             || (request.method() == Method::OPTIONS && route.is_some_and(|r| r.is_mcp_server()))
+            || (route.is_some_and(|r| r.is_mcp_server()) && is_page_navigation(request))
     }
 
     async fn intercept(
@@ -303,6 +305,11 @@ impl Hooks for Access {
             return Ok(preflight());
         }
         let Some(endpoint) = dispatch::endpoint(path) else {
+            if let Some(route) = route.filter(|r| r.is_mcp_server())
+                && is_page_navigation(&request)
+            {
+                return Ok(mcp_server_page(ctx, route));
+            }
             return Err(request);
         };
         if let Some(elsewhere) = self.elsewhere(ctx, endpoint, &request) {
@@ -344,4 +351,41 @@ impl Hooks for Access {
             .filter_response(ctx, route, grant, response)
             .await
     }
+}
+
+/// Whether `request` is a person's browser loading a page (an address typed or a link
+/// followed), not an MCP client: a GET that asks for HTML and no event stream, carries no
+/// token and no MCP headers, and (where the browser says so) is a navigation. MCP clients
+/// POST JSON-RPC, or GET with `Accept: text/event-stream`, so they never match.
+fn is_page_navigation(request: &Request<Body>) -> bool {
+    let headers = request.headers();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let fetch_mode = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    matches!(*request.method(), Method::GET | Method::HEAD)
+        && accept.contains("text/html")
+        && !accept.contains("text/event-stream")
+        && !headers.contains_key(header::AUTHORIZATION)
+        && !headers.contains_key("mcp-session-id")
+        && !headers.contains_key("mcp-protocol-version")
+        && fetch_mode.is_none_or(|mode| mode == "navigate")
+}
+
+/// The page a browser gets on an MCP server's URL ([`pages::mcp_server_url`]).
+fn mcp_server_page(ctx: &RequestContext, route: &Route) -> Response<Body> {
+    let url = crate::oauth_server::route_resource(route, &ctx.origin());
+    let portal = match ctx.runtime.config.authenticate_service() {
+        Some(service) => format!("{}/.pomerium/", service.origin),
+        None => "/.pomerium/".to_owned(),
+    };
+    let mut response = crate::web::reply::html(
+        StatusCode::OK,
+        crate::web::pages::mcp_server_url(&url, &portal),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
