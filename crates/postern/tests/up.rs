@@ -463,3 +463,140 @@ fn a_rerun_keeps_the_files_the_user_edited() {
     });
     assert_eq!(ping, 200);
 }
+
+/// A free port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a child process when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `examples/postern.yaml` says how to run it: its `postern servers` and `postern serve` lines,
+/// run here as written from the repository root (on free ports instead of 8080 and 8081, and
+/// without the metrics port), then signed in as the demo user, whose identity `whoami` reads
+/// from the gateway's assertion.
+#[tokio::test]
+async fn examples_postern_yaml_runs_as_its_comment_says() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let yaml = std::fs::read_to_string(root.join("examples/postern.yaml")).unwrap();
+    let command = |ends: &str| {
+        yaml.lines()
+            .filter_map(|l| l.strip_prefix("#   "))
+            .find(|l| l.ends_with(ends))
+            .unwrap_or_else(|| panic!("no `{ends}` line in examples/postern.yaml"))
+            .to_owned()
+    };
+    let servers_line = command("postern servers");
+    assert_eq!(
+        command("--config examples/postern.yaml"),
+        "postern serve --config examples/postern.yaml"
+    );
+    let (gateway_port, servers_port) = (free_port(), free_port());
+    let ports = |text: &str| {
+        text.replace(":8080", &format!(":{gateway_port}"))
+            .replace("=8081", &format!("={servers_port}"))
+            .replace(":8081", &format!(":{servers_port}"))
+    };
+    // The servers, with the environment the line sets.
+    let mut servers = Command::new(BIN);
+    servers
+        .arg("servers")
+        .current_dir(&root)
+        .env("RUST_LOG", "warn");
+    let words: Vec<&str> = servers_line.split_whitespace().collect();
+    assert_eq!(words[words.len() - 2..], ["postern", "servers"]);
+    for assignment in &words[..words.len() - 2] {
+        let (name, value) = assignment.split_once('=').unwrap();
+        let value = if value == "8081" {
+            servers_port.to_string()
+        } else {
+            ports(value)
+        };
+        servers.env(name, value);
+    }
+    let _servers = Killed(servers.spawn().unwrap());
+    // The gateway, on a copy of the file with the ports changed.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = ports(&yaml)
+        .replace("metrics_address: 127.0.0.1:9090\n", "")
+        .replace(
+            "users_file: users/demo.yaml",
+            &format!(
+                "users_file: {}",
+                root.join("examples/users/demo.yaml").display()
+            ),
+        );
+    assert!(copy.contains(&format!("127.0.0.1:{servers_port}/sqlite")));
+    std::fs::write(dir.path().join("postern.yaml"), copy).unwrap();
+    let _gateway = Killed(
+        Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("postern.yaml"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://localhost:{gateway_port}");
+    let client = browser();
+    for _ in 0..100 {
+        let up = |port: u16, path: &str| {
+            let client = client.clone();
+            let url = format!("http://127.0.0.1:{port}{path}");
+            async move {
+                client
+                    .get(url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        };
+        if up(gateway_port, "/.pomerium/ping").await && up(servers_port, "/healthz").await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sign_in(&client, &base, "demo@example.com", "postern-demo").await;
+    // A signed-in browser session reaches the servers through the gateway: `whoami` verified
+    // the assertion with the line's JWKS URL and issuers; `sqlite` serves the demo database.
+    let call = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+    };
+    let whoami = call(
+        "/whoami",
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
+    )
+    .await
+    .unwrap();
+    let status = whoami.status();
+    let text = whoami.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("demo@example.com"), "{text}");
+    assert!(!text.contains("isError\":true"), "{text}");
+    let sqlite = call(
+        "/sqlite",
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "read_query", "arguments": {"query": "SELECT name FROM customers ORDER BY id LIMIT 1"}}}),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(sqlite.contains("Ada Lovelace"), "{sqlite}");
+}
