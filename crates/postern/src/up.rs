@@ -80,7 +80,7 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
         let yaml = gateway_config(&GeneratedConfig {
             dir: &dir,
             host: &host,
-            port,
+            address: std::net::SocketAddr::new(options.address, port),
             servers_port,
             notion: notion.as_ref(),
         });
@@ -98,6 +98,11 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
             "NOTION_CLIENT_ID is set but {} has no /notion route: delete the file to get one",
             config_path.display()
         ));
+    }
+    if options.address.is_unspecified() && options.host.is_none() {
+        notes.push(
+            "listening on every interface, but the routes answer only localhost names: add --host NAME for the name other machines use".to_owned(),
+        );
     }
     let gateway_url = local_url(options.address, port);
     let servers = match servers_listener {
@@ -415,7 +420,8 @@ struct GeneratedConfig<'a> {
     dir: &'a Path,
     /// The routes' host (IPv6 without brackets).
     host: &'a str,
-    port: u16,
+    /// Where the gateway listens.
+    address: std::net::SocketAddr,
     servers_port: u16,
     notion: Option<&'a Notion>,
 }
@@ -427,10 +433,11 @@ fn gateway_config(generated: &GeneratedConfig<'_>) -> String {
     let GeneratedConfig {
         dir,
         host,
-        port,
+        address,
         servers_port,
         notion,
     } = *generated;
+    let gateway_url = local_url(address.ip(), address.port());
     let from = if host.contains(':') {
         format!("http://[{host}]")
     } else {
@@ -446,16 +453,17 @@ fn gateway_config(generated: &GeneratedConfig<'_>) -> String {
     let mut yaml = format!(
         "# Written once by `postern up`, which keeps your edits (delete this file for a fresh one).\n\
 # To run it without `postern up`, start the reference servers, then the gateway:\n\
-#   PORT={servers_port} SQLITE_DB_FILE={database} ASSERTION_JWKS_URL=http://127.0.0.1:{port}/.well-known/pomerium/jwks.json ASSERTION_ISSUER={issuers} postern servers\n\
+#   PORT={servers_port} SQLITE_DB_FILE={database} ASSERTION_JWKS_URL={gateway_url}/.well-known/pomerium/jwks.json ASSERTION_ISSUER={issuers} postern servers\n\
 #   {secret}postern serve --config {config_file}\n\
 insecure_server: true\n\
-address: 127.0.0.1:{port}\n\
+address: {address}\n\
 data_dir: {dir}\n\
 users_file: {users}\n\
 pass_identity_headers: true\n\
 routes:\n",
         database = shell_quote(&database.to_string_lossy()),
         config_file = shell_quote(&config_file.to_string_lossy()),
+        address = yaml_string(&address.to_string()),
         issuers = issuers(host),
         dir = yaml_string(&dir.to_string_lossy()),
         users = yaml_string(&dir.join("users.yaml").to_string_lossy()),
@@ -650,7 +658,7 @@ mod tests {
             let yaml = gateway_config(&GeneratedConfig {
                 dir,
                 host: "localhost",
-                port: 8080,
+                address: "127.0.0.1:8080".parse().unwrap(),
                 servers_port: 8081,
                 notion,
             });
@@ -662,6 +670,58 @@ mod tests {
                 !yaml.contains("s3cret"),
                 "the secret stays in the environment"
             );
+        }
+    }
+    fn options(address: &str, host: Option<&str>) -> Options {
+        Options {
+            data_dir: PathBuf::from("d"),
+            port: 8080,
+            address: address.parse().unwrap(),
+            host: host.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn the_route_host_is_the_given_name_or_localhost() {
+        let host = |address: &str, host: Option<&str>| route_host(&options(address, host));
+        assert_eq!(host("127.0.0.1", None).unwrap(), "localhost");
+        assert_eq!(host("0.0.0.0", None).unwrap(), "localhost");
+        assert_eq!(host("192.168.1.5", None).unwrap(), "192.168.1.5");
+        assert_eq!(host("0.0.0.0", Some("MyBox.local")).unwrap(), "mybox.local");
+        assert_eq!(host("::", Some("[fd00::1]")).unwrap(), "fd00::1");
+        for bad in ["http://mybox", "mybox:8080/x", "my box", ""] {
+            let error = host("0.0.0.0", Some(bad)).unwrap_err().to_string();
+            assert!(
+                error.contains("--host") && error.contains("--port"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_for_another_host_and_address_loads_and_names_them() {
+        let dir = Path::new("/tmp/postern-up");
+        for (host, address, from) in [
+            ("mybox.local", "0.0.0.0:8080", "from: http://mybox.local\n"),
+            ("fd00::1", "[::]:8080", "from: http://[fd00::1]\n"),
+        ] {
+            let yaml = gateway_config(&GeneratedConfig {
+                dir,
+                host,
+                address: address.parse().unwrap(),
+                servers_port: 8081,
+                notion: None,
+            });
+            assert!(yaml.contains(from), "{yaml}");
+            assert!(yaml.contains(&format!("address: \"{address}\"\n")), "{yaml}");
+            assert!(
+                yaml.contains(&format!("ASSERTION_ISSUER={host} postern servers")),
+                "{yaml}"
+            );
+            let env = std::collections::HashMap::new();
+            let config =
+                postern_config::parse(&yaml, dir, &env).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+            assert_eq!(reference_servers_port(&config), Some(8081));
         }
     }
 }
