@@ -389,3 +389,78 @@ fn mcp_server_page(ctx: &RequestContext, route: &Route) -> Response<Body> {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
+
+#[cfg(test)]
+mod page_navigation_tests {
+    use super::*;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut builder = Request::builder().method(method).uri("/sqlite");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(postern_gateway::body::full(bytes::Bytes::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_browser_loading_a_page_gets_the_server_url_page() {
+        let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+        let page = [
+            (Method::GET, vec![("accept", html)]),
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "navigate")],
+            ),
+            (Method::HEAD, vec![("accept", html)]),
+        ];
+        for (method, headers) in page {
+            assert!(
+                is_page_navigation(&request(method.clone(), &headers)),
+                "{method} {headers:?}"
+            );
+        }
+        let not_page = [
+            // MCP clients: JSON-RPC posts and event streams.
+            (
+                Method::POST,
+                vec![("accept", "application/json, text/event-stream")],
+            ),
+            (Method::POST, vec![("accept", html)]),
+            (Method::GET, vec![("accept", "text/event-stream")]),
+            (
+                Method::GET,
+                vec![("accept", "text/html, text/event-stream")],
+            ),
+            (Method::GET, vec![("accept", "application/json")]),
+            (Method::GET, vec![]),
+            (Method::DELETE, vec![("accept", html)]),
+            // Anything carrying a token or an MCP session is a client, whatever it accepts.
+            (
+                Method::GET,
+                vec![("accept", html), ("authorization", "Bearer x")],
+            ),
+            (Method::GET, vec![("accept", html), ("mcp-session-id", "s")]),
+            (
+                Method::GET,
+                vec![("accept", html), ("mcp-protocol-version", "2025-06-18")],
+            ),
+            // A script's fetch from a page is not a navigation.
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "cors")],
+            ),
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "no-cors")],
+            ),
+        ];
+        for (method, headers) in not_page {
+            assert!(
+                !is_page_navigation(&request(method.clone(), &headers)),
+                "{method} {headers:?}"
+            );
+        }
+    }
+}

@@ -713,7 +713,10 @@ mod tests {
                 notion: None,
             });
             assert!(yaml.contains(from), "{yaml}");
-            assert!(yaml.contains(&format!("address: \"{address}\"\n")), "{yaml}");
+            assert!(
+                yaml.contains(&format!("address: \"{address}\"\n")),
+                "{yaml}"
+            );
             assert!(
                 yaml.contains(&format!("ASSERTION_ISSUER={host} postern servers")),
                 "{yaml}"
