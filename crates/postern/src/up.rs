@@ -43,6 +43,10 @@ pub struct Options {
 
 pub async fn up(options: Options) -> anyhow::Result<()> {
     let host = route_host(&options)?;
+    // Listen before anything else: a busy port is the first thing a user can get wrong, and a
+    // gateway that never ran must not have made (and hidden) a new password.
+    let listeners = listen(options.address, options.port).await?;
+    let port = listeners[0].local_addr()?.port();
     create_private_dir(&options.data_dir)?;
     let dir = options
         .data_dir
@@ -58,10 +62,6 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
     }
     let database = demo_database(&dir)?;
     let notion = notion_from_env()?;
-
-    // Listen before saying anything: a busy port is the first thing a user can get wrong.
-    let listeners = listen(options.address, options.port).await?;
-    let port = listeners[0].local_addr()?.port();
 
     let config_path = dir.join("postern.yaml");
     let servers_listener = if config_path.exists() {

@@ -431,6 +431,10 @@ fn a_busy_port_fails_before_the_banner_and_names_port() {
         stderr.contains("is in use") && stderr.contains("--port"),
         "{stderr}"
     );
+    assert!(
+        !other.path().join("credentials.txt").exists(),
+        "a gateway that never ran made no user whose password nobody saw"
+    );
 }
 
 #[test]
