@@ -1,7 +1,9 @@
 //! `postern up`: the whole system on localhost in one command. The reference servers run in this
-//! process on a loopback port of their own; the gateway runs in front of them on
-//! `http://localhost:PORT` with path routes, local sign-in for a generated user, and SQLite
-//! storage, all kept in the data directory so that a re-run finds the same user, keys and tokens.
+//! process on a loopback port of their own (the gateway's port + 1 when free); the gateway runs
+//! in front of them on `http://localhost:PORT` (and `127.0.0.1`, `[::1]`) with path routes,
+//! local sign-in for a generated user, and SQLite storage, all kept in the data directory so that
+//! a re-run finds the same user, keys and tokens. `users.yaml` and `postern.yaml` are written
+//! once and then left to the user: a re-run serves them as edited.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -41,6 +43,7 @@ pub struct Options {
     pub host: Option<String>,
 }
 
+/// Runs `postern up` until Ctrl-C.
 pub async fn up(options: Options) -> anyhow::Result<()> {
     let host = route_host(&options)?;
     // Listen before anything else: a busy port is the first thing a user can get wrong, and a
@@ -106,9 +109,10 @@ pub async fn up(options: Options) -> anyhow::Result<()> {
     }
     let gateway_url = local_url(options.address, port);
     let servers = match servers_listener {
-        Some(listener) => {
-            Some(ReferenceServers::start(listener, &database, &gateway_url, &issuers(&host)).await?)
-        }
+        Some(listener) => Some(
+            ReferenceServers::start(listener, &database, &gateway_url, &issuers_of(&config))
+                .await?,
+        ),
         None => None,
     };
 
@@ -173,6 +177,20 @@ fn issuers(host: &str) -> String {
     } else {
         host.to_owned()
     }
+}
+
+/// The issuers of the assertions the gateway sends for `config`'s routes: their hosts (with
+/// every loopback name for a loopback one), as a kept file may name other hosts than `--host`.
+fn issuers_of(config: &postern_config::Config) -> String {
+    let mut hosts: Vec<String> = Vec::new();
+    for route in &config.routes {
+        for host in issuers(&route.from.host).split(',') {
+            if !hosts.iter().any(|h| h == host) {
+                hosts.push(host.to_owned());
+            }
+        }
+    }
+    hosts.join(",")
 }
 
 /// The gateway's own URL from this machine (for the servers' JWKS).
@@ -666,6 +684,7 @@ mod tests {
                 postern_config::parse(&yaml, dir, &env).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             assert_eq!(config.routes.len(), 2 + usize::from(notion.is_some()));
             assert_eq!(config.data_dir(), dir);
+            assert_eq!(issuers_of(&config), "localhost,127.0.0.1,::1");
             assert!(
                 !yaml.contains("s3cret"),
                 "the secret stays in the environment"
@@ -725,6 +744,7 @@ mod tests {
             let config =
                 postern_config::parse(&yaml, dir, &env).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
             assert_eq!(reference_servers_port(&config), Some(8081));
+            assert_eq!(issuers_of(&config), host);
         }
     }
 }
