@@ -318,6 +318,8 @@ impl Hooks for Access {
         let mut response = self.answer(ctx, endpoint, request).await;
         if endpoint.is_api() {
             cors(response.headers_mut());
+        } else {
+            response = name_the_site(ctx, response).await;
         }
         Ok(response)
     }
@@ -388,6 +390,44 @@ fn mcp_server_page(ctx: &RequestContext, route: &Route) -> Response<Body> {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Puts "Postern · HOST" at the top of a page the gateway answers itself, so a person can tell
+/// which gateway (and host) a sign-in, consent or portal page belongs to. Pages that name the
+/// site themselves (`class="site"`, the sign-in form) are left as they are.
+async fn name_the_site(ctx: &RequestContext, response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !is_html {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The gateway's pages are whole strings in memory: collecting them waits for nothing.
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, postern_gateway::body::full(bytes::Bytes::new()));
+    };
+    let page = collected.to_bytes();
+    let text = String::from_utf8_lossy(&page);
+    if text.contains("class=\"site\"") || !text.contains("<body>") {
+        return Response::from_parts(parts, postern_gateway::body::full(page));
+    }
+    let origin = ctx.origin();
+    let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h);
+    let banner = format!(
+        "<body><p class=\"site\" style=\"color:#6b7280;margin:0 0 .5rem\">Postern · <span id=\"site\">{}</span></p>",
+        crate::web::pages::escape(host)
+    );
+    let named = text.replacen("<body>", &banner, 1);
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        postern_gateway::body::full(bytes::Bytes::from(named)),
+    )
 }
 
 #[cfg(test)]

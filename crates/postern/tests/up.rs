@@ -216,6 +216,8 @@ async fn up_works_at_127_0_0_1_for_the_portal_browsers_and_mcp_clients() {
     );
     let html = page.text().await.unwrap();
     assert!(html.contains("This is an MCP server"), "{html}");
+    let site = format!("Postern · <span id=\"site\">127.0.0.1:{port}</span>");
+    assert!(html.contains(&site), "{html}");
     assert!(html.contains(&format!("{base}/sqlite")), "{html}");
     assert!(html.contains("href=\"/.pomerium/\""), "{html}");
     // ... and MCP clients still get the 401 with the metadata at 127.0.0.1.
@@ -276,6 +278,10 @@ async fn up_works_at_127_0_0_1_for_the_portal_browsers_and_mcp_clients() {
         "{portal}"
     );
     assert!(!portal.contains("http://localhost/"), "{portal}");
+    assert!(
+        portal.contains(&site),
+        "every gateway page names the site: {portal}"
+    );
     // Signed in, the server URL is still a page (not the upstream's 405).
     let page = navigate(client.get(format!("{base}/whoami")))
         .send()
@@ -314,7 +320,9 @@ async fn up_works_at_127_0_0_1_for_the_portal_browsers_and_mcp_clients() {
         .await
         .unwrap();
     assert_eq!(consent.status(), 200);
-    let mut fields = hidden_fields(&consent.text().await.unwrap());
+    let consent = consent.text().await.unwrap();
+    assert!(consent.contains(&site), "{consent}");
+    let mut fields = hidden_fields(&consent);
     fields.push(("decision".into(), "allow".into()));
     let allowed = clicked(browser_post(&client, &base), &base)
         .form(&fields)

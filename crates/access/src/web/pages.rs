@@ -280,8 +280,8 @@ header{{display:flex;justify-content:space-between;align-items:baseline}}</style
 pub fn mcp_server_url(url: &str, portal: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>MCP server · Postern</title><style>{STYLE}body{{max-width:40rem}}code{{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px;overflow-wrap:anywhere}}</style></head><body>\
-<p class=\"site\">Postern</p><h1>This is an MCP server</h1>\
+<title>MCP server · Postern</title><style>{STYLE}body{{max-width:40rem}}.site{{color:#6b7280;margin:0}}code{{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px;overflow-wrap:anywhere}}</style></head><body>\
+<p class=\"site\">Postern · <span id=\"site\">{host}</span></p><h1>This is an MCP server</h1>\
 <p><code id=\"url\">{url}</code> is the address of an MCP (Model Context Protocol) server. It is meant for an MCP \
 client, not a browser: add it to your client and the client signs you in here.</p>\
 <ul><li>Claude Code: <code>claude mcp add --transport http NAME {url}</code></li>\
@@ -291,5 +291,9 @@ client, not a browser: add it to your client and the client signs you in here.</
 <p><a href=\"{portal}\">Your MCP servers</a> lists the servers you may use.</p></body></html>",
         url = escape(url),
         portal = escape(portal),
+        host = escape(
+            url.split_once("://")
+                .map_or(url, |(_, rest)| rest.split('/').next().unwrap_or(rest))
+        ),
     )
 }
