@@ -26,6 +26,14 @@ try {
   await attacker.close();
 
   const page = await context.newPage();
+  // A server URL opened in the browser is a page about it, signed out and (below) signed in.
+  const serverPage = async () => {
+    const response = await page.goto(`${gateway}/sqlite`);
+    check(response.status() === 200, `the server URL answered ${response.status()}`);
+    check((await page.textContent('h1')) === 'This is an MCP server', 'no page for a browser on a server URL');
+    check((await page.textContent('#url')) === `${gateway}/sqlite`, 'the page shows another URL');
+  };
+  await serverPage();
   await page.goto(`${gateway}/.pomerium/`);
   check(page.url().includes('/.pomerium/sign_in'), `not sent to sign in: ${page.url()}`);
   await page.fill('#email', email);
@@ -44,6 +52,8 @@ try {
     check(await server(name).count() === 1, `${name} is not listed`);
   }
   check((await server('Demo database').locator('code').textContent()) === `${gateway}/sqlite`, 'wrong sqlite URL');
+  await serverPage();
+  await page.goto(`${gateway}/.pomerium/`);
   // The MCP client's authorization connected Notion already (run.sh runs it first).
   check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected by the client flow');
 
@@ -79,7 +89,7 @@ try {
   await page.click('text=Sign out');
   await page.goto(`${gateway}/.pomerium/`);
   check(page.url().includes('/.pomerium/sign_in'), 'the portal is still open after signing out');
-  console.log(`ok: cross-site sign-in refused, portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);
+  console.log(`ok: server URL page, cross-site sign-in refused, portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);
 } finally {
   await browser.close();
 }

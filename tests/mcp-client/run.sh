@@ -38,6 +38,8 @@ grep -q "password: $password (shown once" "$work/up.out" || fail "the new passwo
 cd "$root/tests/mcp-client"
 TOKEN_OUT="$work/te" node client.mjs "$base" "$email" "$password" /whoami whoami '{}' "\"email\":\"$email\"" || fail "whoami"
 node client.mjs "$base" "$email" "$password" /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || fail "sqlite"
+# Every loopback name serves the routes: the same client at 127.0.0.1 (the portal runs there too).
+node client.mjs "http://127.0.0.1:$port" "$email" "$password" /sqlite read_query '{"query":"SELECT name FROM customers ORDER BY id LIMIT 1"}' 'Ada Lovelace' || fail "sqlite at 127.0.0.1"
 # Confidential clients: registered with a secret, sent in the form or as HTTP Basic.
 for auth in client_secret_post client_secret_basic; do
   CLIENT_AUTH=$auth node client.mjs "$base" "$email" "$password" /whoami whoami '{}' "\"email\":\"$email\"" >/dev/null || fail "whoami with $auth"
@@ -52,7 +54,7 @@ echo "the Notion API saw only the TI: $(grep -c 'Bearer ti-acceptance' "$work/no
 
 # The portal in headless Chromium.
 mkdir -p "$root/target"
-node portal.mjs "$base" "$email" "$password" "$root/target/portal.png" || fail "portal"
+node portal.mjs "http://127.0.0.1:$port" "$email" "$password" "$root/target/portal.png" || fail "portal"
 
 # Ctrl-C stops cleanly; a re-run keeps the user, the keys and the tokens.
 kill -INT $up

@@ -50,7 +50,8 @@ impl Access {
         ));
         Self {
             sign_in: SignIn::new(store.clone(), users, settings.cookie.clone())
-                .with_authenticate(settings.authenticate.clone()),
+                .with_authenticate(settings.authenticate.clone())
+                .with_email_hint(settings.sign_in_email.clone()),
             server: AuthorizationServer::new(
                 store.clone(),
                 settings.clone(),
@@ -288,6 +289,7 @@ impl Hooks for Access {
         path.starts_with("/.pomerium/")
             || path.starts_with("/.well-known/")
             || (request.method() == Method::OPTIONS && route.is_some_and(|r| r.is_mcp_server()))
+            || (route.is_some_and(|r| r.is_mcp_server()) && is_page_navigation(request))
     }
 
     async fn intercept(
@@ -303,6 +305,11 @@ impl Hooks for Access {
             return Ok(preflight());
         }
         let Some(endpoint) = dispatch::endpoint(path) else {
+            if let Some(route) = route.filter(|r| r.is_mcp_server())
+                && is_page_navigation(&request)
+            {
+                return Ok(mcp_server_page(ctx, route));
+            }
             return Err(request);
         };
         if let Some(elsewhere) = self.elsewhere(ctx, endpoint, &request) {
@@ -311,6 +318,8 @@ impl Hooks for Access {
         let mut response = self.answer(ctx, endpoint, request).await;
         if endpoint.is_api() {
             cors(response.headers_mut());
+        } else {
+            response = name_the_site(ctx, response).await;
         }
         Ok(response)
     }
@@ -343,5 +352,155 @@ impl Hooks for Access {
         self.enforcement
             .filter_response(ctx, route, grant, response)
             .await
+    }
+}
+
+/// Whether `request` is a person's browser loading a page (an address typed or a link
+/// followed), not an MCP client: a GET that asks for HTML and no event stream, carries no
+/// token and no MCP headers, and (where the browser says so) is a navigation. MCP clients
+/// POST JSON-RPC, or GET with `Accept: text/event-stream`, so they never match.
+fn is_page_navigation(request: &Request<Body>) -> bool {
+    let headers = request.headers();
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let fetch_mode = headers.get("sec-fetch-mode").and_then(|v| v.to_str().ok());
+    matches!(*request.method(), Method::GET | Method::HEAD)
+        && accept.contains("text/html")
+        && !accept.contains("text/event-stream")
+        && !headers.contains_key(header::AUTHORIZATION)
+        && !headers.contains_key("mcp-session-id")
+        && !headers.contains_key("mcp-protocol-version")
+        && fetch_mode.is_none_or(|mode| mode == "navigate")
+}
+
+/// The page a browser gets on an MCP server's URL ([`pages::mcp_server_url`]).
+fn mcp_server_page(ctx: &RequestContext, route: &Route) -> Response<Body> {
+    let url = crate::oauth_server::route_resource(route, &ctx.origin());
+    let portal = match ctx.runtime.config.authenticate_service() {
+        Some(service) => format!("{}/.pomerium/", service.origin),
+        None => "/.pomerium/".to_owned(),
+    };
+    let mut response = crate::web::reply::html(
+        StatusCode::OK,
+        crate::web::pages::mcp_server_url(&url, &portal),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Puts "Postern · HOST" at the top of a page the gateway answers itself, so a person can tell
+/// which gateway (and host) a sign-in, consent or portal page belongs to. Pages that name the
+/// site themselves (`class="site"`, the sign-in form) are left as they are.
+async fn name_the_site(ctx: &RequestContext, response: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if !is_html {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // The gateway's pages are whole strings in memory: collecting them waits for nothing.
+    let Ok(collected) = body.collect().await else {
+        return Response::from_parts(parts, postern_gateway::body::full(bytes::Bytes::new()));
+    };
+    let page = collected.to_bytes();
+    let text = String::from_utf8_lossy(&page);
+    if text.contains("class=\"site\"") || !text.contains("<body>") {
+        return Response::from_parts(parts, postern_gateway::body::full(page));
+    }
+    let origin = ctx.origin();
+    let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h);
+    let banner = format!(
+        "<body><p class=\"site\" style=\"color:#6b7280;margin:0 0 .5rem\">Postern · <span id=\"site\">{}</span></p>",
+        crate::web::pages::escape(host)
+    );
+    let named = text.replacen("<body>", &banner, 1);
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        postern_gateway::body::full(bytes::Bytes::from(named)),
+    )
+}
+
+#[cfg(test)]
+mod page_navigation_tests {
+    use super::*;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut builder = Request::builder().method(method).uri("/sqlite");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder
+            .body(postern_gateway::body::full(bytes::Bytes::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_browser_loading_a_page_gets_the_server_url_page() {
+        let html = "text/html,application/xhtml+xml,*/*;q=0.8";
+        let page = [
+            (Method::GET, vec![("accept", html)]),
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "navigate")],
+            ),
+            (Method::HEAD, vec![("accept", html)]),
+        ];
+        for (method, headers) in page {
+            assert!(
+                is_page_navigation(&request(method.clone(), &headers)),
+                "{method} {headers:?}"
+            );
+        }
+        let not_page = [
+            // MCP clients: JSON-RPC posts and event streams.
+            (
+                Method::POST,
+                vec![("accept", "application/json, text/event-stream")],
+            ),
+            (Method::POST, vec![("accept", html)]),
+            (Method::GET, vec![("accept", "text/event-stream")]),
+            (
+                Method::GET,
+                vec![("accept", "text/html, text/event-stream")],
+            ),
+            (Method::GET, vec![("accept", "application/json")]),
+            (Method::GET, vec![]),
+            (Method::DELETE, vec![("accept", html)]),
+            // Anything carrying a token or an MCP session is a client, whatever it accepts.
+            (
+                Method::GET,
+                vec![("accept", html), ("authorization", "Bearer x")],
+            ),
+            (Method::GET, vec![("accept", html), ("mcp-session-id", "s")]),
+            (
+                Method::GET,
+                vec![("accept", html), ("mcp-protocol-version", "2025-06-18")],
+            ),
+            // A script's fetch from a page is not a navigation.
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "cors")],
+            ),
+            (
+                Method::GET,
+                vec![("accept", html), ("sec-fetch-mode", "no-cors")],
+            ),
+        ];
+        for (method, headers) in not_page {
+            assert!(
+                !is_page_navigation(&request(method.clone(), &headers)),
+                "{method} {headers:?}"
+            );
+        }
     }
 }

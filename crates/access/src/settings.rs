@@ -42,6 +42,8 @@ pub struct AccessSettings {
     /// `authenticate_service_url`: the origin of sign-in, consent, the portal and the OAuth
     /// endpoints; `None`: every route host serves them.
     pub authenticate: Option<AuthenticateService>,
+    /// The email the sign-in form starts with (`postern up`'s generated user); `None`: empty.
+    pub sign_in_email: Option<String>,
 }
 
 impl AccessSettings {
@@ -97,6 +99,7 @@ impl AccessSettings {
                 })
                 .collect(),
             authenticate: config.authenticate_service(),
+            sign_in_email: None,
         }
     }
 }

@@ -395,21 +395,40 @@ fn resolve_secret(
             .strip_prefix("${")
             .and_then(|s| s.strip_suffix('}'))
         {
-            let value = env.var(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+            let value = env_secret(env, var, key)?.ok_or_else(|| {
                 ConfigError::at(
                     key,
-                    format!("refers to the environment variable {var}, which is not set"),
+                    format!("refers to the environment variable {var}, which is not set (nor {var}_FILE)"),
                 )
             })?;
             *secret = Secret::new(value);
         }
     } else if env_fallback {
         let var = key.to_ascii_uppercase();
-        if let Some(value) = env.var(&var).filter(|v| !v.is_empty()) {
+        if let Some(value) = env_secret(env, &var, key)? {
             *inline = Some(Secret::new(value));
         }
     }
     Ok(())
+}
+
+/// The environment variable `var`, or else the contents of the file `{var}_FILE` names (the
+/// Docker secrets convention: `/run/secrets/...`), without a final newline.
+fn env_secret(env: &dyn Env, var: &str, key: &str) -> Result<Option<String>, ConfigError> {
+    if let Some(value) = env.var(var).filter(|v| !v.is_empty()) {
+        return Ok(Some(value));
+    }
+    let file_var = format!("{var}_FILE");
+    let Some(path) = env.var(&file_var).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ConfigError::at(
+            key,
+            format!("{file_var} names {path}, which cannot be read: {e}"),
+        )
+    })?;
+    Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
 }
 
 /// Checks that need more than one key.

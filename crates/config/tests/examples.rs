@@ -108,17 +108,45 @@ fn the_compose_file_mounts_an_example_that_loads_where_the_image_reads_it() {
         dockerfile.contains(&format!("\"--config\", \"{target}\"")),
         "the image reads its configuration from {target}"
     );
-    for secret in [
-        "SHARED_SECRET",
-        "IDP_CLIENT_SECRET",
-        "NOTION_CLIENT_SECRET",
-        "DATABROKER_STORAGE_CONNECTION_STRING",
+    // Every secret comes from a Docker secret file, through its NAME_FILE variable.
+    for (secret, file) in [
+        ("SHARED_SECRET", "shared_secret"),
+        ("IDP_CLIENT_SECRET", "idp_client_secret"),
+        ("NOTION_CLIENT_SECRET", "notion_client_secret"),
+        ("DATABROKER_STORAGE_CONNECTION_STRING", "database_url"),
     ] {
         assert!(
-            compose.contains(&format!("{secret}:")),
-            "compose passes {secret}"
+            compose.contains(&format!("{secret}_FILE: /run/secrets/{file}\n")),
+            "compose passes {secret} as the Docker secret {file}"
+        );
+        assert!(
+            compose.contains(&format!("  {file}:\n    file: ./secrets/{file}\n")),
+            "compose declares the secret {file}"
         );
     }
+    assert!(
+        !compose.contains("${"),
+        "no secret is interpolated into the environment"
+    );
+    // One image for both services, each with a healthcheck the slim image can run.
+    assert_eq!(compose.matches("image: postern:latest").count(), 2);
+    assert_eq!(
+        compose
+            .matches("test: [\"CMD\", \"postern\", \"healthcheck\"")
+            .count(),
+        2
+    );
+    // Secrets and local state stay out of the build context and out of git.
+    let dockerignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let gitignore = std::fs::read_to_string(root().join(".gitignore")).unwrap();
+    for entry in [".env", "secrets", "postern-data"] {
+        assert!(
+            dockerignore.lines().any(|l| l == entry),
+            ".dockerignore lists {entry}"
+        );
+    }
+    assert!(gitignore.lines().any(|l| l == ".env"));
+    assert!(gitignore.lines().any(|l| l == "/secrets/"));
 }
 
 #[test]

@@ -434,10 +434,22 @@ impl RouteTable {
     }
 
     /// The route for `host` (lower-case, no port), `port` and `path`.
+    /// A route for one loopback name also answers the others (`localhost`, `127.0.0.1`, `::1`
+    /// all reach this machine, and clients and browsers use them interchangeably), unless a
+    /// route names that host itself.
     pub fn find(&self, host: &str, port: u16, path: &str) -> Option<Arc<Route>> {
         self.routes
             .iter()
             .find(|r| r.matches(host, port, path))
+            .or_else(|| {
+                if !is_loopback_name(host) {
+                    return None;
+                }
+                self.routes.iter().find(|r| {
+                    is_loopback_name(&r.config.from.host)
+                        && r.matches(&r.config.from.host, port, path)
+                })
+            })
             .cloned()
     }
 
@@ -449,7 +461,10 @@ impl RouteTable {
     /// Whether some route is for `host` (lower-case, no port), or it is the sign-in host.
     pub fn serves_host(&self, host: &str) -> bool {
         self.authenticate_host.as_deref() == Some(host)
-            || self.routes.iter().any(|r| r.config.from.host == host)
+            || self.routes.iter().any(|r| {
+                r.config.from.host == host
+                    || (is_loopback_name(host) && is_loopback_name(&r.config.from.host))
+            })
     }
 
     /// The distinct host names of all routes (for certificates).
@@ -464,6 +479,12 @@ impl RouteTable {
         hosts.dedup();
         hosts
     }
+}
+
+/// Whether `host` (lower-case, IPv6 without brackets) is one of the names of this machine that
+/// routes share: `localhost`, `127.0.0.1`, `::1`.
+pub fn is_loopback_name(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "::1")
 }
 
 /// Splits a `Host` value into lower-case host (IPv6 without brackets) and port.
@@ -532,6 +553,30 @@ mod tests {
         )
         .unwrap();
         RouteTable::new(&config)
+    }
+
+    #[test]
+    fn loopback_names_share_routes_unless_one_is_named() {
+        let t = table(
+            "insecure_server: true
+routes:
+  - {from: http://localhost, prefix: /sqlite, to: http://s:1/sqlite, name: sqlite}
+  - {from: http://127.0.0.1, prefix: /own, to: http://s:1, name: own}
+  - {from: http://example.com, prefix: /ex, to: http://e:1, name: ex}
+",
+        );
+        let name = |host: &str, path: &str| t.find(host, 8080, path).map(|r| r.id.clone());
+        for host in ["localhost", "127.0.0.1", "::1"] {
+            assert_eq!(name(host, "/sqlite").as_deref(), Some("sqlite"), "{host}");
+            assert_eq!(name(host, "/own").as_deref(), Some("own"), "{host}");
+            assert!(t.serves_host(host), "{host}");
+        }
+        // Only loopback names are aliases: another host, or a loopback route's path under a
+        // public name, finds nothing.
+        assert_eq!(name("example.com", "/sqlite"), None);
+        assert_eq!(name("localhost", "/ex"), None);
+        assert_eq!(name("127.0.0.2", "/sqlite"), None);
+        assert!(!t.serves_host("127.0.0.2"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - `postern up`: the gateway and the reference servers on localhost, ready to use;
 //! - `postern serve --config FILE`: the gateway;
 //! - `postern check-config FILE`: validate a gateway configuration;
+//! - `postern healthcheck URL`: a container healthcheck;
 //! - `postern servers`: the reference MCP servers (`whoami`, `sqlite`, `notion`) on one listener,
 //!   configured from the environment (see the README).
 // One audited `unsafe` call: `return_large_allocations` (allocator tuning).
@@ -32,9 +33,17 @@ enum Command {
         /// Where users, keys, tokens and the demo database are kept.
         #[arg(long, default_value = "postern-data")]
         data_dir: std::path::PathBuf,
-        /// The gateway's port on localhost.
+        /// The gateway's port (0: any free port; the banner shows the one it got).
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// The IP address to listen on: 127.0.0.1 (and ::1) by default, this machine only;
+        /// 0.0.0.0 (with --host) to serve other machines.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// The name clients use to reach this machine (a LAN or public name, e.g.
+        /// mybox.local); by default localhost, 127.0.0.1 and [::1] all work.
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Serve the reference MCP servers (whoami, sqlite, notion), configured from environment
     /// variables: PORT, BIND (default 127.0.0.1), SQLITE_DB_FILE, SQLITE_READ_WRITE, NOTION_API_BASE_URL, NOTION_VERSION,
@@ -48,6 +57,14 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for `users_file`.
     HashPassword,
+    /// Exit 0 when URL answers 2xx within 5 s, non-zero otherwise (a container healthcheck:
+    /// the image has no curl).
+    Healthcheck {
+        /// What to check: the gateway's metrics_address (/healthz) or `postern servers`
+        /// (/healthz).
+        #[arg(default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
     /// Check a gateway configuration file and exit (non-zero when it is invalid).
     CheckConfig {
         /// The configuration file (YAML).
@@ -74,6 +91,14 @@ fn main() -> anyhow::Result<()> {
         println!("{}", postern_access::users::hash_password(password)?);
         return Ok(());
     }
+    if let Command::Healthcheck { url } = &cli.command {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return runtime.block_on(serve::healthcheck(url));
+    }
     // The gateway's configuration names its own log level (RUST_LOG still wins).
     let serve_config = match &cli.command {
         Command::Serve { config } => {
@@ -93,12 +118,22 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Servers => runtime.block_on(servers()),
-        Command::Up { data_dir, port } => runtime.block_on(up::up(data_dir, port)),
+        Command::Up {
+            data_dir,
+            port,
+            address,
+            host,
+        } => runtime.block_on(up::up(up::Options {
+            data_dir,
+            port,
+            address,
+            host,
+        })),
         Command::Serve { config: path } => {
             let config = serve_config.expect("loaded above");
             runtime.block_on(serve::serve(path, config))
         }
-        Command::CheckConfig { .. } | Command::HashPassword => {
+        Command::CheckConfig { .. } | Command::HashPassword | Command::Healthcheck { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }

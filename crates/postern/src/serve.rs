@@ -127,7 +127,12 @@ fn generated_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Sign-in, sessions, policy and the identity assertion.
-async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Result<Arc<Access>> {
+async fn access_hooks(
+    config: &Config,
+    base: &Path,
+    store: &Store,
+    extras: Extras,
+) -> anyhow::Result<Arc<Access>> {
     let users = match &config.users_file {
         Some(file) => LocalUsers::load(&base.join(file))?,
         None => {
@@ -152,6 +157,7 @@ async fn access_hooks(config: &Config, base: &Path, store: &Store) -> anyhow::Re
         .reusing(config.jwt_assertion_reuse);
     let mut settings = AccessSettings::from_config(config);
     settings.audit_file = Some(base.join(config.audit_file()));
+    settings.sign_in_email = extras.sign_in_email;
     let mut access = Access::new(store.clone(), users, signer, settings);
     if let Some(settings) = OidcSettings::from_config(config) {
         access = access.with_oidc(Oidc::new(settings));
@@ -182,14 +188,33 @@ fn certificates(config: &Config, config_path: &Path) -> anyhow::Result<CertMap> 
     Ok(CertMap::new(&certs, &RouteTable::new(config).hosts()))
 }
 
-/// Runs the gateway until Ctrl-C or SIGTERM.
+/// What `postern up` adds to the configuration it serves.
+#[derive(Default)]
+pub struct Extras {
+    /// The email the sign-in form starts with (the generated user's).
+    pub sign_in_email: Option<String>,
+}
+
+/// Runs the gateway on its configured `address` until Ctrl-C or SIGTERM.
 pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let listener = listen(&config.listen_address()).await?;
+    serve_on(vec![listener], path, config, Extras::default()).await
+}
+
+/// Runs the gateway on `listeners` (bound by the caller, all serving the same thing) until
+/// Ctrl-C or SIGTERM.
+pub async fn serve_on(
+    listeners: Vec<tokio::net::TcpListener>,
+    path: PathBuf,
+    config: Config,
+    extras: Extras,
+) -> anyhow::Result<()> {
     log_warnings(&config);
     let shutdown = CancellationToken::new();
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let store = open_store(&config, &base).await?;
     store.spawn_collector(std::time::Duration::from_secs(300), shutdown.clone());
-    let hooks = access_hooks(&config, &base, &store).await?;
+    let hooks = access_hooks(&config, &base, &store, extras).await?;
     let gateway = Gateway::new(config.clone(), hooks);
 
     let resolver = Arc::new(CertResolver::default());
@@ -212,7 +237,8 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let autocert = (config.autocert && tls.is_some())
         .then(|| new_autocert(&config, &base, &challenges, &resolver));
 
-    let listener = listen(&config.listen_address()).await?;
+    let mut listeners = listeners.into_iter();
+    let listener = listeners.next().context("no listener to serve on")?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, tls = tls.is_some(), routes = config.routes.len(), "postern gateway listening");
 
@@ -254,6 +280,17 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
         idle: config.idle_connection_timeout(),
         ..server::ConnectionTimeouts::default()
     };
+    for extra in listeners {
+        tracing::info!(address = %extra.local_addr()?, "postern gateway listening");
+        tasks.spawn(server::serve_mtls(
+            extra,
+            tls.clone(),
+            client_auth.clone(),
+            gateway.clone(),
+            shutdown.clone(),
+            timeouts,
+        ));
+    }
     server::serve_mtls(
         listener,
         tls,
@@ -290,6 +327,30 @@ fn new_autocert(
         challenges.clone(),
         resolver.clone(),
     ))
+}
+
+/// `postern healthcheck URL`: exits 0 when `url` answers 2xx within 5 s (for container
+/// healthchecks: the image has no curl).
+pub async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| {
+        format!("{url:?} is not a URL; give e.g. http://127.0.0.1:9090/healthz (the gateway's metrics_address) or http://127.0.0.1:8080/healthz (postern servers)")
+    })?;
+    anyhow::ensure!(
+        matches!(parsed.scheme(), "http" | "https"),
+        "{url}: only http and https URLs can be checked"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let response = client.get(parsed).send().await.with_context(|| {
+        format!("{url}: no answer (is the service running and listening there?)")
+    })?;
+    let status = response.status();
+    anyhow::ensure!(status.is_success(), "{url}: unhealthy, answered {status}");
+    println!("{url}: {status}");
+    Ok(())
 }
 
 /// The main listener, on `address`.

@@ -560,4 +560,18 @@ mod tests {
         let r = redact_url("host=db user=postern password=hunter2 dbname=p");
         assert!(!r.contains("hunter2") && r.contains("host=db"), "{r}");
     }
+
+    /// docker-compose.yaml's connection string: the key=value form, where a base64 password
+    /// (with `/`, `+`, `=`) needs no percent-encoding.
+    #[test]
+    fn a_password_with_slash_and_plus_survives_the_key_value_form() {
+        let password = "p/ss+w0rd==";
+        let url =
+            format!("host=postgres port=5432 user=postern dbname=postern password='{password}'");
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        assert_eq!(config.get_password(), Some(password.as_bytes()));
+        assert_eq!(config.get_dbname(), Some("postern"));
+        let r = redact_url(&url);
+        assert!(!r.contains("p/ss"), "{r}");
+    }
 }

@@ -305,7 +305,11 @@ impl UpstreamBroker {
     /// its `from`, on this listener's port when `from` names none and the scheme is this one.
     fn route_origin(ctx: &RequestContext, route: &Route) -> String {
         let from = &route.config.from;
-        if from.host == ctx.host {
+        // A loopback route answers every loopback name: list it at the one in use.
+        let alias = postern_gateway::routes::is_loopback_name(&from.host)
+            && postern_gateway::routes::is_loopback_name(&ctx.host)
+            && from.port.is_none_or(|p| p == ctx.port);
+        if from.host == ctx.host || alias {
             return ctx.origin();
         }
         let default = if from.scheme == "https" { 443 } else { 80 };

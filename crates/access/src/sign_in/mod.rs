@@ -48,6 +48,8 @@ pub struct SignIn {
     idp: Option<IdentityProvider>,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
+    /// The email the sign-in form starts with (`postern up`'s generated user).
+    email_hint: Option<String>,
 }
 
 impl SignIn {
@@ -63,7 +65,14 @@ impl SignIn {
             limiter: SignInLimiter::default(),
             idp: None,
             authenticate: None,
+            email_hint: None,
         }
+    }
+
+    /// Starts the sign-in form with `email` filled in.
+    pub fn with_email_hint(mut self, email: Option<String>) -> Self {
+        self.email_hint = email;
+        self
     }
 
     /// Signs users in on the dedicated sign-in origin `service`, handing sessions to route hosts.
@@ -276,6 +285,7 @@ impl SignIn {
     /// beside it), with `status` and an optional error.
     fn sign_in_page(
         &self,
+        ctx: &RequestContext,
         status: StatusCode,
         redirect: &str,
         error: Option<&str>,
@@ -286,7 +296,11 @@ impl SignIn {
                 pages::message("Sign-in is unavailable", "No randomness available."),
             );
         };
-        let mut response = html(status, pages::sign_in(redirect, &field, error));
+        let site = pages::Site {
+            host: &ctx.origin(),
+            email: self.email_hint.as_deref(),
+        };
+        let mut response = html(status, pages::sign_in(&site, redirect, &field, error));
         crate::web::forms::csrf_cookie(self.cookie.secure).set(
             &mut response,
             &cookie,
@@ -339,7 +353,7 @@ impl SignIn {
             if let Some(oidc) = &self.idp {
                 return self.start_oidc(oidc, ctx, &redirect).await;
             }
-            return self.sign_in_page(StatusCode::OK, &redirect, None);
+            return self.sign_in_page(ctx, StatusCode::OK, &redirect, None);
         }
         let posted = match self.read_posted(ctx, request, redirect).await {
             Ok(posted) => posted,
@@ -392,6 +406,7 @@ impl SignIn {
             .await
         else {
             return self.sign_in_page(
+                ctx,
                 StatusCode::SERVICE_UNAVAILABLE,
                 &redirect,
                 Some(
@@ -419,6 +434,7 @@ impl SignIn {
         if let Err(why) = crate::web::forms::same_origin_post(request.headers(), &ctx.origin()) {
             tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-in refused");
             return Err(self.sign_in_page(
+                ctx,
                 StatusCode::FORBIDDEN,
                 &redirect,
                 Some(
@@ -431,6 +447,7 @@ impl SignIn {
             Ok(body) => body,
             Err(error) => {
                 return Err(self.sign_in_page(
+                    ctx,
                     error.status(),
                     &redirect,
                     Some(&format!("The form could not be read: {error}.")),
@@ -445,6 +462,7 @@ impl SignIn {
             self.store.keyring(),
         ) {
             return Err(self.sign_in_page(
+                ctx,
                 StatusCode::FORBIDDEN,
                 &redirect,
                 Some(
@@ -456,6 +474,7 @@ impl SignIn {
         let password = form_value(&form, "password").unwrap_or_default();
         if email.len() > crate::web::forms::MAX_EMAIL_BYTES || password.len() > 1024 {
             return Err(self.sign_in_page(
+                ctx,
                 StatusCode::BAD_REQUEST,
                 &redirect,
                 Some("Wrong email or password."),
@@ -484,6 +503,7 @@ impl SignIn {
             Err(refused) => {
                 tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
                 let mut response = self.sign_in_page(
+                ctx,
                     StatusCode::TOO_MANY_REQUESTS,
                     redirect,
                     Some(&format!(
@@ -504,6 +524,7 @@ impl SignIn {
         let Some(user) = self.check_password(email, password).await else {
             attempt.failed();
             return Err(self.sign_in_page(
+                ctx,
                 StatusCode::UNAUTHORIZED,
                 redirect,
                 Some("Wrong email or password."),

@@ -9,20 +9,36 @@ button{margin-top:1.2rem;width:100%;padding:.6rem;border:0;border-radius:6px;bac
 /// Escapes text for HTML (the gateway's one escape).
 pub use postern_gateway::html::escape;
 
+/// Where a page is shown: the gateway's origin (named on the page, so a user can tell which
+/// gateway asks for their password) and the email to start the sign-in form with.
+pub struct Site<'a> {
+    /// This request's origin, e.g. `http://localhost:8080`.
+    pub host: &'a str,
+    /// The email filled in (`postern up`'s generated user).
+    pub email: Option<&'a str>,
+}
+
 /// The sign-in form (fields `email`, `password`, `redirect_uri`, and the anti-forgery
 /// `csrf_token` that goes with the browser's `_postern_csrf` cookie).
-pub fn sign_in(redirect: &str, csrf: &str, error: Option<&str>) -> String {
+pub fn sign_in(site: &Site<'_>, redirect: &str, csrf: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e)))
         .unwrap_or_default();
+    // With the email known, the cursor goes to the password.
+    let (email_value, email_focus, password_focus) = match site.email {
+        Some(email) => (format!(" value=\"{}\"", escape(email)), "", " autofocus"),
+        None => (String::new(), " autofocus", ""),
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>Sign in · Postern</title><style>{STYLE}</style></head><body><h1>Sign in</h1>{error}\
+<title>Sign in to {host} · Postern</title><style>{STYLE}.site{{color:#6b7280;margin:0}}</style></head><body>\
+<p class=\"site\">Postern · <span id=\"site\">{host}</span></p><h1>Sign in</h1>{error}\
 <form method=\"post\" action=\"/.pomerium/sign_in\"><input type=\"hidden\" name=\"redirect_uri\" value=\"{redirect}\">\
 <input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
-<label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required autofocus>\
-<label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+<label for=\"email\">Email</label><input id=\"email\" name=\"email\" type=\"email\" autocomplete=\"username\" required{email_value}{email_focus}>\
+<label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required{password_focus}>\
 <button type=\"submit\">Sign in</button></form></body></html>",
+        host = escape(site.host.split_once("://").map_or(site.host, |(_, h)| h)),
         redirect = escape(redirect),
         csrf = escape(csrf),
     )
@@ -254,5 +270,30 @@ header{{display:flex;justify-content:space-between;align-items:baseline}}</style
 </body></html>",
         user = escape(user),
         email = escape(email),
+    )
+}
+
+/// What a browser gets on an MCP server's URL (a person opened it, or pasted it into the
+/// address bar instead of an MCP client): what the URL is, how to add it to a client, and a
+/// link to the portal. It says nothing about the server beyond its URL, which the visitor
+/// already has, so it is the same signed in or not.
+pub fn mcp_server_url(url: &str, portal: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>MCP server · Postern</title><style>{STYLE}body{{max-width:40rem}}.site{{color:#6b7280;margin:0}}code{{background:#f3f4f6;padding:.1rem .3rem;border-radius:4px;overflow-wrap:anywhere}}</style></head><body>\
+<p class=\"site\">Postern · <span id=\"site\">{host}</span></p><h1>This is an MCP server</h1>\
+<p><code id=\"url\">{url}</code> is the address of an MCP (Model Context Protocol) server. It is meant for an MCP \
+client, not a browser: add it to your client and the client signs you in here.</p>\
+<ul><li>Claude Code: <code>claude mcp add --transport http NAME {url}</code></li>\
+<li>Claude, ChatGPT: add a custom connector with this URL</li>\
+<li>VS Code: <code>MCP: Add Server</code>, type HTTP, this URL</li>\
+<li>MCP Inspector: transport Streamable HTTP, this URL</li></ul>\
+<p><a href=\"{portal}\">Your MCP servers</a> lists the servers you may use.</p></body></html>",
+        url = escape(url),
+        portal = escape(portal),
+        host = escape(
+            url.split_once("://")
+                .map_or(url, |(_, rest)| rest.split('/').next().unwrap_or(rest))
+        ),
     )
 }

@@ -41,6 +41,7 @@ pub fn settings() -> AccessSettings {
         registration: Default::default(),
         claim_headers: Vec::new(),
         authenticate: None,
+        sign_in_email: None,
     }
 }
 
