@@ -436,13 +436,14 @@ impl RouteTable {
     /// The route for `host` (lower-case, no port), `port` and `path`.
     /// A route for one loopback name also answers the others (`localhost`, `127.0.0.1`, `::1`
     /// all reach this machine, and clients and browsers use them interchangeably), unless a
-    /// route names that host itself.
+    /// route names that host itself or it is the sign-in origin's (`authenticate_service_url`:
+    /// no route's content may share its origin).
     pub fn find(&self, host: &str, port: u16, path: &str) -> Option<Arc<Route>> {
         self.routes
             .iter()
             .find(|r| r.matches(host, port, path))
             .or_else(|| {
-                if !is_loopback_name(host) {
+                if !is_loopback_name(host) || self.authenticate_host.as_deref() == Some(host) {
                     return None;
                 }
                 self.routes.iter().find(|r| {

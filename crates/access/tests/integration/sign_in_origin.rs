@@ -238,6 +238,17 @@ async fn sign_in_consent_and_the_authorization_server_are_only_on_the_sign_in_or
         .await
         .unwrap();
     assert_eq!(metadata.status(), 404);
+    // No route's content is served on the sign-in origin, even where loopback names are
+    // otherwise aliases of each other (the route is for localhost, the sign-in origin is
+    // 127.0.0.1).
+    for path in ["/app", "/mcp"] {
+        let proxied = client()
+            .get(format!("{}{path}", s.auth))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(proxied.status(), 404, "{path} on the sign-in origin");
+    }
     // ... and the sign-in origin serves no route host's endpoints.
     let resource = client()
         .get(format!(
