@@ -48,15 +48,18 @@ impl Access {
             http,
             revocations.clone(),
         ));
+        let sign_in = SignIn::new(store.clone(), users, settings.cookie.clone())
+            .with_authenticate(settings.authenticate.clone());
+        let mut server = AuthorizationServer::new(
+            store.clone(),
+            settings.clone(),
+            revocations.clone(),
+            broker.clone(),
+        );
+        server.users = sign_in.users();
         Self {
-            sign_in: SignIn::new(store.clone(), users, settings.cookie.clone())
-                .with_authenticate(settings.authenticate.clone()),
-            server: AuthorizationServer::new(
-                store.clone(),
-                settings.clone(),
-                revocations.clone(),
-                broker.clone(),
-            ),
+            sign_in,
+            server,
             enforcement: Enforcement {
                 audit: Audit::new(
                     settings.audit_file.clone(),
@@ -149,10 +152,11 @@ impl Access {
                 response
             }
             Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
-            Endpoint::SignOut => self.sign_in.sign_out(ctx, &request).await,
+            Endpoint::SignOut => self.sign_in.sign_out(ctx, request).await,
             Endpoint::Handoff => self.sign_in.handoff(ctx, &request).await,
             Endpoint::OidcCallback => self.sign_in.oidc_callback(ctx, &request).await,
             Endpoint::Portal | Endpoint::PortalDisconnect => self.broker.portal(ctx, request).await,
+            Endpoint::ConnectedApps => self.server.connected_apps(ctx, request).await,
             Endpoint::Routes | Endpoint::RoutesDisconnect | Endpoint::Connect => {
                 self.broker.routes_api(ctx, endpoint, request).await
             }
@@ -180,7 +184,10 @@ impl Access {
                     service.origin,
                     request.uri().path_and_query().map_or("/", |p| p.as_str())
                 );
-                let page = matches!(endpoint, Endpoint::Authorize | Endpoint::Portal);
+                let page = matches!(
+                    endpoint,
+                    Endpoint::Authorize | Endpoint::Portal | Endpoint::ConnectedApps
+                );
                 if page && matches!(*request.method(), Method::GET | Method::HEAD) {
                     return Some(redirect_to(&there));
                 }

@@ -42,6 +42,11 @@ pub struct AccessSettings {
     /// `authenticate_service_url`: the origin of sign-in, consent, the portal and the OAuth
     /// endpoints; `None`: every route host serves them.
     pub authenticate: Option<AuthenticateService>,
+    /// How long a client grant's refresh token lasts unused; each refresh starts it again
+    /// (`mcp_refresh_token_idle_ttl`).
+    pub refresh_idle_ttl: Duration,
+    /// How long a client grant lasts from its authorization (`mcp_refresh_token_max_ttl`).
+    pub refresh_max_ttl: Duration,
 }
 
 impl AccessSettings {
@@ -97,6 +102,8 @@ impl AccessSettings {
                 })
                 .collect(),
             authenticate: config.authenticate_service(),
+            refresh_idle_ttl: config.mcp_refresh_token_idle_ttl(),
+            refresh_max_ttl: config.mcp_refresh_token_max_ttl(),
         }
     }
 }

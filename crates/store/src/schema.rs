@@ -3,7 +3,7 @@
 //! records that end has `expires_at`, which the collector uses.
 
 /// `(version, statements separated by ';')`.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -94,4 +94,13 @@ CREATE TABLE used_ids (
     id TEXT PRIMARY KEY,
     expires_at BIGINT NOT NULL
 )
+";
+
+/// Client grants outlive browser sessions: families are found by user ("Connected apps",
+/// revoking a user) and record their last use. `user_id` of families stored before this is
+/// filled in at start-up from their data (see `Store::open`).
+const V3: &str = "
+ALTER TABLE token_families ADD COLUMN user_id TEXT;
+ALTER TABLE token_families ADD COLUMN last_used_at BIGINT;
+CREATE INDEX token_families_by_user ON token_families (user_id)
 ";
