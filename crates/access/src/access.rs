@@ -78,12 +78,14 @@ impl Access {
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
         self.sign_in = self.sign_in.with_oidc(oidc);
+        self.server.idp = self.sign_in.identity_provider();
         self
     }
 
     /// Signs users in with GitHub (local users may still post the form).
     pub fn with_github(mut self, github: crate::sign_in::github::GitHub) -> Self {
         self.sign_in = self.sign_in.with_github(github);
+        self.server.idp = self.sign_in.identity_provider();
         self
     }
 

@@ -248,6 +248,53 @@ impl Store {
         Ok(ended)
     }
 
+    /// Keeps the identity provider's refresh token of a session's sign-in (sealed) until
+    /// `expires_at` (the session's end).
+    pub async fn put_idp_refresh_token(
+        &self,
+        session_id: &str,
+        token: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .inner
+            .keys
+            .seal(&format!("idp-refresh|{session_id}"), token.as_bytes())?;
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO idp_tokens (session_id, data, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (session_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+                params![session_id, sealed, expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The identity provider's refresh token of a session's sign-in, if it gave one.
+    pub async fn idp_refresh_token(&self, session_id: &str) -> Result<Option<Secret>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM idp_tokens WHERE session_id = ?1 AND expires_at > ?2",
+                params![session_id, now_ms()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .keys
+            .open(&format!("idp-refresh|{session_id}"), &row.text(0)?)?;
+        String::from_utf8(plain)
+            .map(|t| Some(Secret::new(t)))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
     // ---- OAuth clients ---------------------------------------------------------------------
 
     /// Saves (or replaces) a client; its secret is sealed.
@@ -827,6 +874,7 @@ impl Store {
             "pending_authorizations",
             "consents",
             "used_ids",
+            "idp_tokens",
         ] {
             total += tx
                 .execute(

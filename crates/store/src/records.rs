@@ -132,10 +132,15 @@ pub struct GrantIdentity {
     pub claims: serde_json::Map<String, Value>,
     /// Which identity source signed the user in (`local`, `oidc`, `github`).
     pub idp: String,
+    /// The OpenID Connect provider's refresh token from the sign-in, sealed by the gateway
+    /// (context `idp-refresh-grant`): refreshed at each grant refresh to learn whether the
+    /// provider still vouches for the user. `None`: the provider gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_refresh_token: Option<String>,
 }
 
 impl GrantIdentity {
-    /// The identity of a browser session.
+    /// The identity of a browser session (without any provider token).
     pub fn of(session: &Session) -> Self {
         Self {
             email: session.email.clone(),
@@ -143,6 +148,7 @@ impl GrantIdentity {
             groups: session.groups.clone(),
             claims: session.claims.clone(),
             idp: session.idp.clone(),
+            idp_refresh_token: None,
         }
     }
 }

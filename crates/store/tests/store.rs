@@ -26,11 +26,11 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite: sessions, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
+suite!(sqlite: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
-suite!(postgres: sessions, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
+suite!(postgres: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
@@ -211,6 +211,29 @@ async fn user_grants_and_revocation(t: TestStore) {
     assert!(s.get_session("s2").await.unwrap().is_none());
     assert!(s.family_is_active("g-f1").await.unwrap());
     assert!(s.get_session("g1").await.unwrap().is_some());
+}
+
+async fn idp_refresh_tokens_are_kept_sealed_for_the_sessions_life(t: TestStore) {
+    let s = &t.store;
+    s.put_idp_refresh_token("s1", "idp-rt-secret", now_ms() + HOUR)
+        .await
+        .unwrap();
+    s.put_idp_refresh_token("s-old", "idp-rt-old", now_ms() - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.idp_refresh_token("s1")
+            .await
+            .unwrap()
+            .map(|t| t.expose().to_owned()),
+        Some("idp-rt-secret".into())
+    );
+    assert!(
+        s.idp_refresh_token("s-old").await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.idp_refresh_token("s2").await.unwrap().is_none());
+    assert_eq!(s.collect_expired().await.unwrap(), 1);
 }
 
 async fn idle_refresh_tokens_lapse(t: TestStore) {
@@ -785,6 +808,9 @@ async fn secrets_are_not_stored_in_clear(t: TestStore) {
     s.get_or_insert_key("signing", "SECRET-private-key")
         .await
         .unwrap();
+    s.put_idp_refresh_token("s1", "SECRET-idp-refresh", now_ms() + HOUR)
+        .await
+        .unwrap();
     let dump = backends::dump(&t).await;
     assert!(dump.contains("notion"), "the dump sees the rows");
     assert!(!dump.contains("SECRET"), "a secret is stored in clear");
@@ -1067,6 +1093,7 @@ async fn grants_from_before_migration_3_keep_working() {
     let db = rusqlite::Connection::open(path).unwrap();
     db.execute_batch(
         "DROP INDEX token_families_by_user;
+         DROP TABLE idp_tokens;
          ALTER TABLE token_families DROP COLUMN user_id;
          ALTER TABLE token_families DROP COLUMN last_used_at;
          DELETE FROM schema_migrations WHERE version = 3;",

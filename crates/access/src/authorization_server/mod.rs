@@ -51,6 +51,8 @@ pub struct AuthorizationServer {
     pub(crate) broker: Arc<UpstreamBroker>,
     /// The local users (`users_file`): a grant of a user no longer there is refused at refresh.
     pub(crate) users: Arc<crate::sign_in::users::LocalUsers>,
+    /// The identity provider: asked at refresh whether it still vouches for a grant's user.
+    pub(crate) idp: Option<Arc<crate::sign_in::provider::IdentityProvider>>,
 }
 
 impl AuthorizationServer {
@@ -71,6 +73,7 @@ impl AuthorizationServer {
             revocations,
             broker,
             users: Default::default(),
+            idp: None,
         }
     }
 

@@ -2,6 +2,8 @@
 //! grants, and the tokens they issue.
 
 use super::*;
+use crate::sign_in::oidc::Vouch;
+use crate::sign_in::provider::IdentityProvider;
 
 impl AuthorizationServer {
     pub(crate) async fn token(
@@ -172,7 +174,7 @@ impl AuthorizationServer {
             scope: grant.scope.clone(),
             created_at: now,
             expires_at: now + self.settings.refresh_max_ttl.as_millis() as i64,
-            identity: Some(GrantIdentity::of(&session)),
+            identity: Some(self.grant_identity(&session).await?),
             client_name: client
                 .metadata
                 .get("client_name")
@@ -306,6 +308,29 @@ impl AuthorizationServer {
         self.tokens(&family, &new)
     }
 
+    /// The identity a new grant carries: the session's, with the identity provider's refresh
+    /// token of the sign-in (sealed) when there is one.
+    async fn grant_identity(
+        &self,
+        session: &postern_store::Session,
+    ) -> Result<GrantIdentity, OAuthError> {
+        let mut identity = GrantIdentity::of(session);
+        if let Some(token) = self
+            .store
+            .idp_refresh_token(&session.id)
+            .await
+            .map_err(store_unavailable)?
+        {
+            identity.idp_refresh_token = Some(
+                self.store
+                    .keyring()
+                    .seal(IDP_REFRESH_CONTEXT, token.expose().as_bytes())
+                    .map_err(store_unavailable)?,
+            );
+        }
+        Ok(identity)
+    }
+
     /// When a refresh token issued now lapses unused (`mcp_refresh_token_idle_ttl`; the store
     /// caps it at the grant's end).
     fn refresh_token_expiry(&self) -> i64 {
@@ -330,7 +355,7 @@ impl AuthorizationServer {
                     "the sign-in behind this token has ended; authorize again",
                 )
                 .await?;
-            family.identity = Some(GrantIdentity::of(&session));
+            family.identity = Some(self.grant_identity(&session).await?);
             family.expires_at =
                 family.created_at + self.settings.refresh_max_ttl.as_millis() as i64;
             changed = true;
@@ -356,11 +381,18 @@ impl AuthorizationServer {
                 groups: user.groups.clone(),
                 claims: user.claims.clone(),
                 idp: identity.idp.clone(),
+                idp_refresh_token: identity.idp_refresh_token.clone(),
             };
             if current != identity {
                 family.identity = Some(current);
                 changed = true;
             }
+        }
+        if let Some(rotated) = self.provider_still_vouches(ctx, &family).await? {
+            if let Some(identity) = family.identity.as_mut() {
+                identity.idp_refresh_token = Some(rotated);
+            }
+            changed = true;
         }
         let Some(route) = oauth_server::route_for_resource(ctx, &family.resource) else {
             return Err(self
@@ -411,6 +443,70 @@ impl AuthorizationServer {
             ));
         }
         Ok(())
+    }
+
+    /// For a user signed in with OpenID Connect whose provider gave a refresh token: asks the
+    /// provider (a refresh) whether it still vouches for them. A refusal ends the grant; an
+    /// unreachable provider refuses this refresh with `temporarily_unavailable` (the client
+    /// keeps its refresh token and tries again). The provider's rotated refresh token, sealed,
+    /// when it rotated it.
+    async fn provider_still_vouches(
+        &self,
+        ctx: &RequestContext,
+        family: &TokenFamily,
+    ) -> Result<Option<String>, OAuthError> {
+        let Some(identity) = &family.identity else {
+            return Ok(None);
+        };
+        let (Some(sealed), Some(IdentityProvider::Oidc(oidc))) =
+            (identity.idp_refresh_token.as_deref(), self.idp.as_deref())
+        else {
+            return Ok(None);
+        };
+        let keys = self.store.keyring();
+        let token = keys
+            .open(IDP_REFRESH_CONTEXT, sealed)
+            .ok()
+            .and_then(|t| String::from_utf8(t).ok());
+        let Some(token) = token else {
+            return Err(self
+                .end_grant(
+                    ctx,
+                    family,
+                    "the sign-in behind this token cannot be checked with the identity provider any more: authorize again",
+                )
+                .await);
+        };
+        match oidc.vouches(&token).await {
+            Ok(Vouch::Yes(None)) => Ok(None),
+            Ok(Vouch::Yes(Some(rotated))) => keys
+                .seal(IDP_REFRESH_CONTEXT, rotated.as_bytes())
+                .map(Some)
+                .map_err(|error| {
+                    tracing::error!(%error, "cannot seal the identity provider's refresh token");
+                    OAuthError::new(
+                        ErrorCode::TemporarilyUnavailable,
+                        "the gateway cannot keep a token now; try again",
+                    )
+                }),
+            Ok(Vouch::No(_)) => Err(self
+                .end_grant(
+                    ctx,
+                    family,
+                    &format!(
+                        "the identity provider no longer vouches for {} (account disabled or removed, or its sign-in revoked): the authorization is revoked",
+                        identity.email
+                    ),
+                )
+                .await),
+            Err(error) => {
+                tracing::warn!(%error, request_id = %ctx.request_id, family = %family.family_id, "cannot re-check a grant's user with the identity provider");
+                Err(OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the identity provider cannot be reached to confirm your account; try again later",
+                ))
+            }
+        }
     }
 
     /// Revokes a grant whose user no longer may have it; the `invalid_grant` that says why.
@@ -497,6 +593,9 @@ impl AuthorizationServer {
         ))
     }
 }
+
+/// The sealing context of the identity provider's refresh token kept with a grant.
+const IDP_REFRESH_CONTEXT: &str = "idp-refresh-grant";
 
 /// The user of a grant as the policy sees them.
 fn family_user(family: &TokenFamily) -> postern_policy::User {

@@ -45,7 +45,7 @@ pub struct SignIn {
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
     /// The identity provider (OpenID Connect or GitHub), if one is configured.
-    idp: Option<IdentityProvider>,
+    idp: Option<Arc<IdentityProvider>>,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
 }
@@ -66,6 +66,11 @@ impl SignIn {
         }
     }
 
+    /// The identity provider, if any (the authorization server asks it about grants' users).
+    pub(crate) fn identity_provider(&self) -> Option<Arc<IdentityProvider>> {
+        self.idp.clone()
+    }
+
     /// The local users (the authorization server checks grants against them at refresh).
     pub(crate) fn users(&self) -> Arc<LocalUsers> {
         self.users.clone()
@@ -79,13 +84,13 @@ impl SignIn {
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
-        self.idp = Some(IdentityProvider::Oidc(oidc));
+        self.idp = Some(Arc::new(IdentityProvider::Oidc(oidc)));
         self
     }
 
     /// Signs users in with GitHub (local users may still post the form).
     pub fn with_github(mut self, github: GitHub) -> Self {
-        self.idp = Some(IdentityProvider::GitHub(github));
+        self.idp = Some(Arc::new(IdentityProvider::GitHub(github)));
         self
     }
 
@@ -249,16 +254,20 @@ impl SignIn {
                 pages::signed_in_as_other(&current.email),
             );
         }
+        let idp_refresh = identity.refresh_token.clone();
         let Some(cookie) = self
-            .start_session(Session {
-                user_id: identity.subject,
-                email: identity.email,
-                name: identity.name,
-                groups: identity.groups,
-                claims: identity.claims,
-                idp: oidc.name().into(),
-                ..Session::default()
-            })
+            .start_session_keeping(
+                Session {
+                    user_id: identity.subject,
+                    email: identity.email,
+                    name: identity.name,
+                    groups: identity.groups,
+                    claims: identity.claims,
+                    idp: oidc.name().into(),
+                    ..Session::default()
+                },
+                idp_refresh.as_ref(),
+            )
             .await
         else {
             return html(
@@ -521,7 +530,17 @@ impl SignIn {
     /// Stores a new session for the user described by `session` (its id and times are set
     /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
     /// the store (or the random source) failed.
-    async fn start_session(&self, mut session: Session) -> Option<String> {
+    async fn start_session(&self, session: Session) -> Option<String> {
+        self.start_session_keeping(session, None).await
+    }
+
+    /// [`Self::start_session`], keeping the identity provider's refresh token of the sign-in
+    /// with the session (for the grants authorized from it).
+    async fn start_session_keeping(
+        &self,
+        mut session: Session,
+        idp_refresh: Option<&postern_oauth::Secret>,
+    ) -> Option<String> {
         let now = now_ms();
         session.id = match self.store.keyring().random_token(24) {
             Ok(id) => id,
@@ -532,6 +551,17 @@ impl SignIn {
         };
         session.created_at = now;
         session.expires_at = now + self.cookie.expire.as_millis() as i64;
+        // Kept first: a session whose grants could not be re-checked with the provider is not
+        // started at all.
+        if let Some(token) = idp_refresh
+            && let Err(error) = self
+                .store
+                .put_idp_refresh_token(&session.id, token.expose(), session.expires_at)
+                .await
+        {
+            tracing::error!(%error, "cannot keep the identity provider's refresh token");
+            return None;
+        }
         if let Err(error) = self.store.put_session(&session).await {
             tracing::error!(%error, "cannot save the session");
             return None;
