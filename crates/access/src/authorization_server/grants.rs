@@ -26,6 +26,16 @@ impl AuthorizationServer {
             return redirect_to("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2Fapps");
         };
         let path = request.uri().path().to_owned();
+        let known = matches!(
+            path.as_str(),
+            "/.pomerium/apps" | "/.pomerium/apps/revoke" | "/.pomerium/apps/sign_out_everywhere"
+        );
+        if !known {
+            return html(
+                StatusCode::NOT_FOUND,
+                pages::message("Not found", "Connected apps are at /.pomerium/apps."),
+            );
+        }
         let mut response = match (path.as_str(), request.method()) {
             ("/.pomerium/apps", &Method::GET | &Method::HEAD) => {
                 self.apps_page(ctx, &session).await
