@@ -532,6 +532,28 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Undoes this caller's rotation of `old` to `new` (a check after the rotation could not be
+    /// made, so the client must keep `old`): `new` is deleted and `old` is current again. False
+    /// when `new` is no longer there unspent (nothing is undone then).
+    pub async fn undo_rotation(&self, old: &str, new: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let removed = tx
+            .execute(
+                "DELETE FROM refresh_tokens WHERE token_hash = ?1 AND used_at IS NULL",
+                params![hash_secret(new)],
+            )
+            .await?;
+        if removed == 1 {
+            tx.execute(
+                "UPDATE refresh_tokens SET used_at = NULL WHERE token_hash = ?1",
+                params![hash_secret(old)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(removed == 1)
+    }
+
     /// The family of a refresh token, if it is current (unspent, unexpired, family not revoked).
     pub async fn find_refresh_token(&self, token: &str) -> Result<Option<TokenFamily>, StoreError> {
         let now = now_ms();

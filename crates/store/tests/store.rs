@@ -255,6 +255,24 @@ async fn idle_refresh_tokens_lapse(t: TestStore) {
         s.user_grants("ada").await.unwrap().is_empty(),
         "an idle grant is not listed"
     );
+
+    // A rotation undone: the old token is current again, the new one gone.
+    s.create_family(&family("f2", "s1"), "rt-a", now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.rotate_refresh_token("rt-a", "rt-b", now_ms() + HOUR, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(s.undo_rotation("rt-a", "rt-b").await.unwrap());
+    assert!(s.find_refresh_token("rt-b").await.unwrap().is_none());
+    assert!(s.find_refresh_token("rt-a").await.unwrap().is_some());
+    assert!(
+        !s.undo_rotation("rt-a", "rt-b").await.unwrap(),
+        "nothing to undo twice"
+    );
 }
 
 async fn clients(t: TestStore) {

@@ -305,6 +305,31 @@ impl AuthorizationServer {
                 "the refresh token belongs to another client",
             ));
         }
+        // Only the rotation's winner asks the identity provider, so concurrent refreshes never
+        // present the provider's (rotating) refresh token twice.
+        let family = match self.provider_still_vouches(ctx, &family).await {
+            Ok(None) => family,
+            Ok(Some(rotated)) => {
+                let mut family = family;
+                if let Some(identity) = family.identity.as_mut() {
+                    identity.idp_refresh_token = Some(rotated);
+                }
+                self.store
+                    .update_family(&family)
+                    .await
+                    .map_err(store_unavailable)?;
+                family
+            }
+            Err(error) => {
+                if error.code == ErrorCode::TemporarilyUnavailable {
+                    // Nothing was decided: the client keeps its refresh token and tries again.
+                    if let Err(undo) = self.store.undo_rotation(old, &new).await {
+                        tracing::error!(error = %undo, request_id = %ctx.request_id, "cannot undo a refresh-token rotation");
+                    }
+                }
+                return Err(error);
+            }
+        };
         self.tokens(&family, &new)
     }
 
@@ -387,12 +412,6 @@ impl AuthorizationServer {
                 family.identity = Some(current);
                 changed = true;
             }
-        }
-        if let Some(rotated) = self.provider_still_vouches(ctx, &family).await? {
-            if let Some(identity) = family.identity.as_mut() {
-                identity.idp_refresh_token = Some(rotated);
-            }
-            changed = true;
         }
         let Some(route) = oauth_server::route_for_resource(ctx, &family.resource) else {
             return Err(self

@@ -373,8 +373,9 @@ async fn a_grant_ends_when_the_identity_provider_no_longer_vouches_for_the_user(
         scopes: vec!["openid".into(), "email".into(), "profile".into()],
         groups_claim: "groups".into(),
     });
+    let store = support::memory_store().await;
     let access = Access::new(
-        support::memory_store().await,
+        store.clone(),
         LocalUsers::default(),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
         support::settings(),
@@ -408,6 +409,11 @@ async fn a_grant_ends_when_the_identity_provider_no_longer_vouches_for_the_user(
     let code = query_of(allowed.headers()["location"].to_str().unwrap())["code"].clone();
     let (status, tokens) = exchange_at(&base, &id, &code).await;
     assert_eq!(status, 200, "{tokens}");
+    // A second grant (consent is remembered), for when the provider is down.
+    let again = ada.get(&url).send().await.unwrap();
+    let code = query_of(again.headers()["location"].to_str().unwrap())["code"].clone();
+    let (status, second) = exchange_at(&base, &id, &code).await;
+    assert_eq!(status, 200, "{second}");
     let refresh = |rt: String| {
         let (base, id) = (base.clone(), id.clone());
         async move {
@@ -441,6 +447,20 @@ async fn a_grant_ends_when_the_identity_provider_no_longer_vouches_for_the_user(
             .unwrap()
             .contains("no longer vouches for ada@example.com"),
         "{body}"
+    );
+
+    // The provider unreachable: the refresh says try again, and the client keeps its token.
+    drop(op);
+    let kept = second["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body, _) = refresh(kept.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert!(
+        store.find_refresh_token(&kept).await.unwrap().is_some(),
+        "the refresh token is still current"
     );
     stop.cancel();
 }
