@@ -86,7 +86,10 @@ try {
   check((await server('Notion').locator('.state').textContent()) === 'Connected', 'Notion not connected after Connect');
   await page.screenshot({ path: screenshot, fullPage: true });
 
-  await page.click('text=Sign out');
+  // Sign-out is a button on its own page (a link or image elsewhere cannot end the session).
+  await page.click('header >> text=Sign out');
+  await page.waitForURL(`${gateway}/.pomerium/sign_out`);
+  await page.click('#sign-out');
   await page.goto(`${gateway}/.pomerium/`);
   check(page.url().includes('/.pomerium/sign_in'), 'the portal is still open after signing out');
   console.log(`ok: server URL page, cross-site sign-in refused, portal sign-in, cross-site disconnect refused, disconnect, connect, sign-out (screenshot ${screenshot})`);

@@ -55,6 +55,7 @@ echo "the Notion API saw only the TI: $(grep -c 'Bearer ti-acceptance' "$work/no
 # The portal in headless Chromium.
 mkdir -p "$root/target"
 node portal.mjs "http://127.0.0.1:$port" "$email" "$password" "$root/target/portal.png" || fail "portal"
+node connected-apps.mjs "$base" "$email" "$password" "$root/target/connected-apps.png" || fail "connected apps"
 
 # Ctrl-C stops cleanly; a re-run keeps the user, the keys and the tokens.
 kill -INT $up

@@ -48,16 +48,19 @@ impl Access {
             http,
             revocations.clone(),
         ));
+        let sign_in = SignIn::new(store.clone(), users, settings.cookie.clone())
+            .with_authenticate(settings.authenticate.clone())
+            .with_email_hint(settings.sign_in_email.clone());
+        let mut server = AuthorizationServer::new(
+            store.clone(),
+            settings.clone(),
+            revocations.clone(),
+            broker.clone(),
+        );
+        server.users = sign_in.users();
         Self {
-            sign_in: SignIn::new(store.clone(), users, settings.cookie.clone())
-                .with_authenticate(settings.authenticate.clone())
-                .with_email_hint(settings.sign_in_email.clone()),
-            server: AuthorizationServer::new(
-                store.clone(),
-                settings.clone(),
-                revocations.clone(),
-                broker.clone(),
-            ),
+            sign_in,
+            server,
             enforcement: Enforcement {
                 audit: Audit::new(
                     settings.audit_file.clone(),
@@ -76,12 +79,14 @@ impl Access {
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
         self.sign_in = self.sign_in.with_oidc(oidc);
+        self.server.idp = self.sign_in.identity_provider();
         self
     }
 
     /// Signs users in with GitHub (local users may still post the form).
     pub fn with_github(mut self, github: crate::sign_in::github::GitHub) -> Self {
         self.sign_in = self.sign_in.with_github(github);
+        self.server.idp = self.sign_in.identity_provider();
         self
     }
 
@@ -150,10 +155,11 @@ impl Access {
                 response
             }
             Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
-            Endpoint::SignOut => self.sign_in.sign_out(ctx, &request).await,
+            Endpoint::SignOut => self.sign_in.sign_out(ctx, request).await,
             Endpoint::Handoff => self.sign_in.handoff(ctx, &request).await,
             Endpoint::OidcCallback => self.sign_in.oidc_callback(ctx, &request).await,
             Endpoint::Portal | Endpoint::PortalDisconnect => self.broker.portal(ctx, request).await,
+            Endpoint::ConnectedApps => self.server.connected_apps(ctx, request).await,
             Endpoint::Routes | Endpoint::RoutesDisconnect | Endpoint::Connect => {
                 self.broker.routes_api(ctx, endpoint, request).await
             }
@@ -181,7 +187,10 @@ impl Access {
                     service.origin,
                     request.uri().path_and_query().map_or("/", |p| p.as_str())
                 );
-                let page = matches!(endpoint, Endpoint::Authorize | Endpoint::Portal);
+                let page = matches!(
+                    endpoint,
+                    Endpoint::Authorize | Endpoint::Portal | Endpoint::ConnectedApps
+                );
                 if page && matches!(*request.method(), Method::GET | Method::HEAD) {
                     return Some(redirect_to(&there));
                 }

@@ -36,6 +36,9 @@ pub(crate) enum Endpoint {
     Portal,
     /// The portal's Disconnect form.
     PortalDisconnect,
+    /// The Connected apps page (the user's client grants), its Revoke and "Sign out everywhere"
+    /// forms.
+    ConnectedApps,
     /// The user's MCP servers and their connection state (apps).
     Routes,
     /// Disconnect upstream accounts (apps).
@@ -127,6 +130,10 @@ const TABLE: &[(Match, Endpoint)] = &[
         Match::Exact("/.pomerium/disconnect"),
         Endpoint::PortalDisconnect,
     ),
+    (
+        Match::WithSuffix("/.pomerium/apps"),
+        Endpoint::ConnectedApps,
+    ),
 ];
 
 /// The endpoint at `path`, if the gateway answers it itself.
@@ -162,7 +169,8 @@ impl Endpoint {
             | Endpoint::Revoke
             | Endpoint::OidcCallback
             | Endpoint::Portal
-            | Endpoint::PortalDisconnect => Place::SignInOrigin,
+            | Endpoint::PortalDisconnect
+            | Endpoint::ConnectedApps => Place::SignInOrigin,
             Endpoint::ProtectedResource
             | Endpoint::Routes
             | Endpoint::RoutesDisconnect
@@ -227,6 +235,9 @@ mod tests {
             ("/.pomerium/mcp/token/x", None),
             ("/.pomerium/", Some(Endpoint::Portal)),
             ("/.pomerium", None),
+            ("/.pomerium/apps", Some(Endpoint::ConnectedApps)),
+            ("/.pomerium/apps/revoke", Some(Endpoint::ConnectedApps)),
+            ("/.pomerium/appsx", None),
             ("/.pomerium/unknown", None),
         ] {
             assert_eq!(endpoint(path), expected, "{path}");

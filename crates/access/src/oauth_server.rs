@@ -2,9 +2,10 @@
 //! goes with them: the resource URL of a route, the RFC 6750 challenge, the token endpoint's
 //! form, the revocation cache.
 //!
-//! A TE is `pst_at_` + an AEAD-sealed JSON of the user, session, token family, client, resource
-//! and expiry: it is checked on every MCP request without a store round-trip. Revocation (sign-out,
-//! `/revoke`, refresh-token reuse) reaches every replica through the store's revocation list,
+//! A TE is `pst_at_` + an AEAD-sealed JSON of the user, its grant (token family), client, resource
+//! and expiry: it is checked on every MCP request without a store round-trip. Revocation (Revoke
+//! on Connected apps, sign out everywhere, `/revoke`, `postern revoke-user`, refresh-token reuse, a
+//! user no longer allowed at refresh) reaches every replica through the store's revocation list,
 //! which each gateway polls every [`REVOCATION_POLL`]: that is the longest a revoked TE keeps
 //! working.
 
@@ -19,8 +20,10 @@ use postern_store::{Keyring, Revocation, Session, Store, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// How often revocations are fetched from the store.
-pub const REVOCATION_POLL: Duration = Duration::from_secs(2);
+/// How often revocations are fetched from the store: a revoked TE stops on every replica within
+/// this plus one store query, well inside the 2 s a user who clicks Revoke is promised (one
+/// indexed query a second per replica).
+pub const REVOCATION_POLL: Duration = Duration::from_secs(1);
 /// Access token prefix.
 pub const ACCESS_PREFIX: &str = "pst_at_";
 /// Refresh token prefix.
@@ -73,7 +76,8 @@ pub struct AccessClaims {
     pub name: String,
     /// Groups.
     pub groups: Vec<String>,
-    /// Session id.
+    /// For a client's TE, its grant (the token family id: a TE rests on the grant, not on the
+    /// browser session it was authorized from); for an app route's TE, the browser session.
     pub sid: String,
     /// Refresh-token family.
     pub fam: String,

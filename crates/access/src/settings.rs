@@ -44,6 +44,11 @@ pub struct AccessSettings {
     pub authenticate: Option<AuthenticateService>,
     /// The email the sign-in form starts with (`postern up`'s generated user); `None`: empty.
     pub sign_in_email: Option<String>,
+    /// How long a client grant's refresh token lasts unused; each refresh starts it again
+    /// (`mcp_refresh_token_idle_ttl`).
+    pub refresh_idle_ttl: Duration,
+    /// How long a client grant lasts from its authorization (`mcp_refresh_token_max_ttl`).
+    pub refresh_max_ttl: Duration,
 }
 
 impl AccessSettings {
@@ -100,6 +105,8 @@ impl AccessSettings {
                 .collect(),
             authenticate: config.authenticate_service(),
             sign_in_email: None,
+            refresh_idle_ttl: config.mcp_refresh_token_idle_ttl(),
+            refresh_max_ttl: config.mcp_refresh_token_max_ttl(),
         }
     }
 }

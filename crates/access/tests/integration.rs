@@ -15,6 +15,8 @@ mod authorization_server;
 mod discovery;
 #[path = "integration/github.rs"]
 mod github;
+#[path = "integration/grants.rs"]
+mod grants;
 #[path = "integration/mtls.rs"]
 mod mtls;
 #[path = "integration/oidc.rs"]

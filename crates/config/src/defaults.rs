@@ -139,6 +139,10 @@ pub const MCP_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub const MCP_ACCESS_TOKEN_TTL_MIN: Duration = Duration::from_secs(60);
 /// The longest `mcp_access_token_ttl` accepted.
 pub const MCP_ACCESS_TOKEN_TTL_MAX: Duration = Duration::from_secs(24 * 3600);
+/// `mcp_refresh_token_idle_ttl`.
+pub const MCP_REFRESH_TOKEN_IDLE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// `mcp_refresh_token_max_ttl`.
+pub const MCP_REFRESH_TOKEN_MAX_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// `mcp_dynamic_client_registration`.
 pub const MCP_DYNAMIC_CLIENT_REGISTRATION: bool = true;
 /// `idp_scopes`.
@@ -323,6 +327,20 @@ impl Config {
     pub fn mcp_access_token_ttl(&self) -> Duration {
         self.mcp_access_token_ttl
             .map_or(MCP_ACCESS_TOKEN_TTL, |d| d.0)
+    }
+
+    /// How long a client grant's refresh token lasts unused (`mcp_refresh_token_idle_ttl`,
+    /// default [`MCP_REFRESH_TOKEN_IDLE_TTL`]); each refresh starts it again.
+    pub fn mcp_refresh_token_idle_ttl(&self) -> Duration {
+        self.mcp_refresh_token_idle_ttl
+            .map_or(MCP_REFRESH_TOKEN_IDLE_TTL, |d| d.0)
+    }
+
+    /// How long a client grant lasts from its authorization (`mcp_refresh_token_max_ttl`,
+    /// default [`MCP_REFRESH_TOKEN_MAX_TTL`]).
+    pub fn mcp_refresh_token_max_ttl(&self) -> Duration {
+        self.mcp_refresh_token_max_ttl
+            .map_or(MCP_REFRESH_TOKEN_MAX_TTL, |d| d.0)
     }
 
     /// Whether RFC 7591 dynamic client registration is accepted

@@ -16,6 +16,7 @@ mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Secrets in the configuration are the protocol core's [`postern_oauth::Secret`]: `Debug`
 /// redacted, no `Display`.
@@ -751,6 +752,43 @@ fn validate_logging_and_tokens(config: &Config) -> Result<(), ConfigError> {
             format!(
                 "{}s is out of range: use 1m to 24h (clients refresh with their refresh token; short is safer)",
                 ttl.0.as_secs()
+            ),
+        ));
+    }
+    validate_refresh_ttls(config)
+}
+
+/// `mcp_refresh_token_idle_ttl` and `mcp_refresh_token_max_ttl`: positive, and the idle time no
+/// longer than the grant's whole life.
+fn validate_refresh_ttls(config: &Config) -> Result<(), ConfigError> {
+    for (key, ttl) in [
+        (
+            "mcp_refresh_token_idle_ttl",
+            config.mcp_refresh_token_idle_ttl,
+        ),
+        (
+            "mcp_refresh_token_max_ttl",
+            config.mcp_refresh_token_max_ttl,
+        ),
+    ] {
+        if ttl.is_some_and(|t| t.0 < Duration::from_secs(1)) {
+            return Err(ConfigError::at(
+                key,
+                "must be at least 1s (e.g. 720h for 30 days)",
+            ));
+        }
+    }
+    let (idle, max) = (
+        config.mcp_refresh_token_idle_ttl(),
+        config.mcp_refresh_token_max_ttl(),
+    );
+    if idle > max {
+        return Err(ConfigError::at(
+            "mcp_refresh_token_idle_ttl",
+            format!(
+                "{}s is longer than mcp_refresh_token_max_ttl ({}s), the grant's whole life: shorten it or raise mcp_refresh_token_max_ttl",
+                idle.as_secs(),
+                max.as_secs()
             ),
         ));
     }

@@ -1311,3 +1311,30 @@ fn an_unknown_authorize_log_field_is_an_error_with_a_suggestion() {
     let err = parse_err("insecure_server: true\nauthorize_log_fields: ['headers.a b']\n");
     assert!(err.message.contains("`a b` is not a header name"), "{err}");
 }
+
+#[test]
+fn refresh_token_lifetimes_have_defaults_and_must_make_sense() {
+    use std::time::Duration;
+    let default = parse_ok("insecure_server: true\n");
+    assert_eq!(
+        default.mcp_refresh_token_idle_ttl(),
+        Duration::from_secs(30 * 24 * 3600)
+    );
+    assert_eq!(
+        default.mcp_refresh_token_max_ttl(),
+        Duration::from_secs(90 * 24 * 3600)
+    );
+    let set = parse_ok(
+        "insecure_server: true\nmcp_refresh_token_idle_ttl: 1h\nmcp_refresh_token_max_ttl: 48h\n",
+    );
+    assert_eq!(set.mcp_refresh_token_idle_ttl(), Duration::from_secs(3600));
+    assert_eq!(
+        set.mcp_refresh_token_max_ttl(),
+        Duration::from_secs(48 * 3600)
+    );
+    let err = parse_err("insecure_server: true\nmcp_refresh_token_idle_ttl: 2400h\n");
+    assert_eq!(err.path, "mcp_refresh_token_idle_ttl");
+    assert!(err.message.contains("mcp_refresh_token_max_ttl"), "{err}");
+    let err = parse_err("insecure_server: true\nmcp_refresh_token_max_ttl: 0s\n");
+    assert_eq!(err.path, "mcp_refresh_token_max_ttl");
+}

@@ -207,6 +207,14 @@ pub struct Config {
     /// Lifetime of the access tokens (TE) issued to MCP clients (default `1h`, 1 minute to 24 hours).
     #[serde(default)]
     pub mcp_access_token_ttl: Option<GoDuration>,
+    /// How long an MCP client's refresh token lasts unused (default `720h`, 30 days); each
+    /// refresh starts it again, up to `mcp_refresh_token_max_ttl`.
+    #[serde(default)]
+    pub mcp_refresh_token_idle_ttl: Option<GoDuration>,
+    /// How long a client grant lasts from its authorization, however often it is refreshed
+    /// (default `2160h`, 90 days).
+    #[serde(default)]
+    pub mcp_refresh_token_max_ttl: Option<GoDuration>,
     /// Accept RFC 7591 dynamic client registration (default on).
     #[serde(default)]
     pub mcp_dynamic_client_registration: Option<bool>,

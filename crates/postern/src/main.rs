@@ -4,6 +4,7 @@
 //! - `postern serve --config FILE`: the gateway;
 //! - `postern check-config FILE`: validate a gateway configuration;
 //! - `postern healthcheck URL`: a container healthcheck;
+//! - `postern revoke-user EMAIL`: end a user's browser sessions and client grants;
 //! - `postern servers`: the reference MCP servers (`whoami`, `sqlite`, `notion`) on one listener,
 //!   configured from the environment (see the README).
 // One audited `unsafe` call: `return_large_allocations` (allocator tuning).
@@ -70,6 +71,17 @@ enum Command {
         /// The configuration file (YAML).
         file: std::path::PathBuf,
     },
+    /// End everything of a user in the gateway's store: every browser session and every client
+    /// grant (their refresh tokens stop at once, their access tokens within 2 s on every
+    /// running gateway). The user can still sign in again unless removed from `users_file` or
+    /// the identity provider.
+    RevokeUser {
+        /// The user's email (or their user id, the identity provider's `sub`).
+        user: String,
+        /// The gateway's configuration file (YAML), for its store.
+        #[arg(long, short = 'c', default_value = "postern.yaml")]
+        config: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     }
     // The gateway's configuration names its own log level (RUST_LOG still wins).
     let serve_config = match &cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config } | Command::RevokeUser { config, .. } => {
             Some(postern_config::load(config, &postern_config::ProcessEnv)?)
         }
         _ => None,
@@ -132,6 +144,14 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config: path } => {
             let config = serve_config.expect("loaded above");
             runtime.block_on(serve::serve(path, config))
+        }
+        Command::RevokeUser { user, config: path } => {
+            let config = serve_config.expect("loaded above");
+            let (sessions, grants) = runtime.block_on(serve::revoke_user(&path, &config, &user))?;
+            println!(
+                "{user}: ended {sessions} browser session(s) and revoked {grants} client grant(s)"
+            );
+            Ok(())
         }
         Command::CheckConfig { .. } | Command::HashPassword | Command::Healthcheck { .. } => {
             unreachable!("handled before the runtime starts")

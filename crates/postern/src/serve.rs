@@ -195,6 +195,31 @@ pub struct Extras {
     pub sign_in_email: Option<String>,
 }
 
+/// `postern revoke-user`: ends every browser session and client grant of the user known by
+/// `user` (an email, or a user id) in the store `config` names; (sessions, grants) ended.
+/// Running gateways see it through the store (refresh at once, access tokens within the
+/// revocation poll).
+pub async fn revoke_user(path: &Path, config: &Config, user: &str) -> anyhow::Result<(u64, u64)> {
+    anyhow::ensure!(
+        config.storage_type() != StorageType::Memory,
+        "databroker_storage_type is memory: the state lives inside the running gateway, so there is nothing to revoke from here (restart the gateway to end every session and grant)"
+    );
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let store = open_store(config, &base).await?;
+    let mut ids = store.user_ids_by_email(user).await?;
+    if !ids.iter().any(|id| id == user) {
+        ids.push(user.to_owned());
+    }
+    let (mut sessions, mut grants) = (0, 0);
+    for id in ids {
+        let (s, g) = store.revoke_user(&id).await?;
+        sessions += s;
+        grants += g;
+    }
+    tracing::info!(target: "postern::audit", event = "user_revoked", user, sessions, grants, "user revoked by the operator");
+    Ok((sessions, grants))
+}
+
 /// Runs the gateway on its configured `address` until Ctrl-C or SIGTERM.
 pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let listener = listen(&config.listen_address()).await?;
@@ -490,6 +515,69 @@ mod tests {
     fn config(yaml: &str) -> Config {
         let env: std::collections::HashMap<String, String> = Default::default();
         postern_config::parse(yaml, Path::new("."), &env).unwrap()
+    }
+
+    #[tokio::test]
+    async fn revoke_user_ends_the_users_sessions_and_grants_in_the_configured_store() {
+        use postern_store::{GrantIdentity, Session, TokenFamily, now_ms};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("postern.yaml");
+        let config = config("insecure_server: true\n");
+        let store = open_store(&config, dir.path()).await.unwrap();
+        let session = |id: &str, user: &str| Session {
+            id: id.into(),
+            user_id: user.into(),
+            email: format!("{user}@example.com"),
+            idp: "oidc".into(),
+            expires_at: now_ms() + 60_000,
+            ..Default::default()
+        };
+        for (s, f, user) in [("s1", "f1", "sub-ada"), ("s2", "f2", "sub-grace")] {
+            let session = session(s, user);
+            store.put_session(&session).await.unwrap();
+            let family = TokenFamily {
+                family_id: f.into(),
+                client_id: "c".into(),
+                user_id: user.into(),
+                session_id: s.into(),
+                resource: "http://localhost/sqlite".into(),
+                scope: None,
+                created_at: now_ms(),
+                expires_at: now_ms() + 60_000,
+                identity: Some(GrantIdentity::of(&session)),
+                client_name: None,
+                redirect_uri: None,
+            };
+            store
+                .create_family(&family, &format!("rt-{f}"), now_ms() + 60_000)
+                .await
+                .unwrap();
+        }
+        drop(store);
+        assert_eq!(
+            revoke_user(&path, &config, "SUB-ADA@example.com")
+                .await
+                .unwrap(),
+            (1, 1)
+        );
+        let store = open_store(&config, dir.path()).await.unwrap();
+        assert!(store.find_refresh_token("rt-f1").await.unwrap().is_none());
+        assert!(store.get_session("s1").await.unwrap().is_none());
+        assert!(
+            store.find_refresh_token("rt-f2").await.unwrap().is_some(),
+            "other users keep theirs"
+        );
+        assert_eq!(
+            revoke_user(&path, &config, "sub-grace").await.unwrap(),
+            (1, 1),
+            "a user id works too"
+        );
+        let memory = self::config("insecure_server: true\ndatabroker_storage_type: memory\n");
+        let err = revoke_user(&path, &memory, "x")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory"), "{err}");
     }
 
     #[test]

@@ -186,6 +186,9 @@ async fn seed(store: &Store) {
             scope: None,
             created_at: now,
             expires_at: now + 3_600_000,
+            identity: None,
+            client_name: None,
+            redirect_uri: None,
         };
         store
             .create_family(&family, &format!("refresh-{i}"), now + 3_600_000)

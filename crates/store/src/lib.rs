@@ -148,14 +148,37 @@ impl Store {
                 reason: other.to_string(),
             },
         })?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 keys,
                 backend: format!("{backend:?}"),
                 refresh_locks: upstream::Locks::default(),
             }),
-        })
+        };
+        store.fill_family_users().await?;
+        Ok(store)
+    }
+
+    /// Fills `token_families.user_id` (migration 3) for families stored before it, from their
+    /// data; a no-op once done.
+    async fn fill_family_users(&self) -> Result<(), StoreError> {
+        let mut conn = self.db().conn().await?;
+        let rows = conn
+            .query(
+                "SELECT family_id, data FROM token_families WHERE user_id IS NULL",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            let family: TokenFamily = from_json(&row.text(1)?)?;
+            conn.execute(
+                "UPDATE token_families SET user_id = ?2, last_used_at = ?3 WHERE family_id = ?1",
+                params![&row.text(0)?, &family.user_id, family.created_at],
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The keyring (random tokens, sealing for callers that keep their own secrets).
@@ -208,7 +231,8 @@ impl Store {
         rows.first().map(|r| from_json(&r.text(0)?)).transpose()
     }
 
-    /// Ends a session (sign-out): deletes it and revokes the token families issued from it.
+    /// Ends a session (sign-out of one browser): deletes it. The client grants authorized from
+    /// it keep working (see [`Store::revoke_user`] to end those too).
     pub async fn end_session(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.db().begin().await?;
         let ended = end_sessions(&mut tx, "id", id).await?;
@@ -216,12 +240,59 @@ impl Store {
         Ok(ended > 0)
     }
 
-    /// Ends every session of a user ("sign out everywhere"); returns how many.
+    /// Ends every browser session of a user; returns how many. Client grants stay.
     pub async fn end_user_sessions(&self, user_id: &str) -> Result<u64, StoreError> {
         let mut tx = self.db().begin().await?;
         let ended = end_sessions(&mut tx, "user_id", user_id).await?;
         tx.commit().await?;
         Ok(ended)
+    }
+
+    /// Keeps the identity provider's refresh token of a session's sign-in (sealed) until
+    /// `expires_at` (the session's end).
+    pub async fn put_idp_refresh_token(
+        &self,
+        session_id: &str,
+        token: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let sealed = self
+            .inner
+            .keys
+            .seal(&format!("idp-refresh|{session_id}"), token.as_bytes())?;
+        self.db()
+            .conn()
+            .await?
+            .execute(
+                "INSERT INTO idp_tokens (session_id, data, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (session_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at",
+                params![session_id, sealed, expires_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The identity provider's refresh token of a session's sign-in, if it gave one.
+    pub async fn idp_refresh_token(&self, session_id: &str) -> Result<Option<Secret>, StoreError> {
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT data FROM idp_tokens WHERE session_id = ?1 AND expires_at > ?2",
+                params![session_id, now_ms()],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let plain = self
+            .inner
+            .keys
+            .open(&format!("idp-refresh|{session_id}"), &row.text(0)?)?;
+        String::from_utf8(plain)
+            .map(|t| Some(Secret::new(t)))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
     // ---- OAuth clients ---------------------------------------------------------------------
@@ -368,9 +439,16 @@ impl Store {
         let mut tx = self.db().begin().await?;
         tx.execute(
             // A code replayed before the family existed already revoked it: keep it revoked.
-            "INSERT INTO token_families (family_id, session_id, data, expires_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, (SELECT revoked_at FROM revocations WHERE kind = 'family' AND id = ?1))",
-            params![&family.family_id, &family.session_id, to_json(family)?, family.expires_at],
+            "INSERT INTO token_families (family_id, session_id, data, expires_at, user_id, last_used_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT revoked_at FROM revocations WHERE kind = 'family' AND id = ?1))",
+            params![
+                &family.family_id,
+                &family.session_id,
+                to_json(family)?,
+                family.expires_at,
+                &family.user_id,
+                family.created_at
+            ],
         )
         .await?;
         tx.execute(
@@ -419,12 +497,17 @@ impl Store {
             };
             let family: TokenFamily = from_json(&family.text(0)?)?;
             tx.execute(
+                "UPDATE token_families SET last_used_at = ?2 WHERE family_id = ?1",
+                params![&family_id, now],
+            )
+            .await?;
+            tx.execute(
                 "INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![hash_secret(new), &family_id, new_expires_at.min(family.expires_at)],
             )
             .await?;
             tx.commit().await?;
-            return Ok(Rotation::Rotated(family));
+            return Ok(Rotation::Rotated(Box::new(family)));
         }
         let rows = tx
             .query(
@@ -447,6 +530,28 @@ impl Store {
         };
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    /// Undoes this caller's rotation of `old` to `new` (a check after the rotation could not be
+    /// made, so the client must keep `old`): `new` is deleted and `old` is current again. False
+    /// when `new` is no longer there unspent (nothing is undone then).
+    pub async fn undo_rotation(&self, old: &str, new: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let removed = tx
+            .execute(
+                "DELETE FROM refresh_tokens WHERE token_hash = ?1 AND used_at IS NULL",
+                params![hash_secret(new)],
+            )
+            .await?;
+        if removed == 1 {
+            tx.execute(
+                "UPDATE refresh_tokens SET used_at = NULL WHERE token_hash = ?1",
+                params![hash_secret(old)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(removed == 1)
     }
 
     /// The family of a refresh token, if it is current (unspent, unexpired, family not revoked).
@@ -472,6 +577,137 @@ impl Store {
         let revoked = revoke_family(&mut tx, family_id, now_ms()).await?;
         tx.commit().await?;
         Ok(revoked)
+    }
+
+    /// Replaces a live family's data and end (a grant issued before grants outlived sessions,
+    /// given its identity and the new lifetime at its first refresh since). False when the
+    /// family is revoked or gone.
+    pub async fn update_family(&self, family: &TokenFamily) -> Result<bool, StoreError> {
+        let n = self
+            .db()
+            .conn()
+            .await?
+            .execute(
+                "UPDATE token_families SET data = ?2, expires_at = ?3, user_id = ?4
+                 WHERE family_id = ?1 AND revoked_at IS NULL",
+                params![
+                    &family.family_id,
+                    to_json(family)?,
+                    family.expires_at,
+                    &family.user_id
+                ],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The user's live client grants ("Connected apps"): not revoked, not expired, with an
+    /// unspent, unexpired refresh token (an idle grant has none). Newest first.
+    pub async fn user_grants(&self, user_id: &str) -> Result<Vec<Grant>, StoreError> {
+        let now = now_ms();
+        let rows = self
+            .db()
+            .conn()
+            .await?
+            .query(
+                "SELECT f.data, f.last_used_at FROM token_families f
+                 WHERE f.user_id = ?1 AND f.revoked_at IS NULL AND f.expires_at > ?2
+                   AND EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.family_id
+                               AND t.used_at IS NULL AND t.expires_at > ?2)",
+                params![user_id, now],
+            )
+            .await?;
+        let mut grants = rows
+            .iter()
+            .map(|r| {
+                let family: TokenFamily = from_json(&r.text(0)?)?;
+                let last_used_at = r.opt_int(1)?.unwrap_or(family.created_at);
+                Ok(Grant {
+                    family,
+                    last_used_at,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        grants.sort_by_key(|g| std::cmp::Reverse(g.family.created_at));
+        Ok(grants)
+    }
+
+    /// Revokes one of the user's grants; false when the user has no such live grant (another
+    /// user's family id revokes nothing).
+    pub async fn revoke_user_grant(
+        &self,
+        user_id: &str,
+        family_id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let owned = tx
+            .query(
+                "SELECT 1 FROM token_families WHERE family_id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+                params![family_id, user_id],
+            )
+            .await?;
+        if owned.is_empty() {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        revoke_family(&mut tx, family_id, now_ms()).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends everything of a user ("sign out everywhere", `postern revoke-user`): every browser
+    /// session and every client grant. Returns (sessions ended, grants revoked).
+    pub async fn revoke_user(&self, user_id: &str) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let mut tx = self.db().begin().await?;
+        let sessions = end_sessions(&mut tx, "user_id", user_id).await?;
+        let families = tx
+            .query(
+                "SELECT family_id FROM token_families WHERE user_id = ?1 AND revoked_at IS NULL",
+                params![user_id],
+            )
+            .await?;
+        for family in &families {
+            revoke_family(&mut tx, &family.text(0)?, now).await?;
+        }
+        tx.commit().await?;
+        Ok((sessions, families.len() as u64))
+    }
+
+    /// The user ids with a session or a grant under this email (case-insensitive), for
+    /// operators who know users by email (`postern revoke-user`).
+    pub async fn user_ids_by_email(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.db().conn().await?;
+        let mut ids = std::collections::BTreeSet::new();
+        let wanted = email.trim();
+        for row in conn
+            .query("SELECT user_id, data FROM sessions", params![])
+            .await?
+        {
+            let session: Session = from_json(&row.text(1)?)?;
+            if session.email.eq_ignore_ascii_case(wanted) {
+                ids.insert(row.text(0)?);
+            }
+        }
+        for row in conn
+            .query(
+                "SELECT data FROM token_families WHERE revoked_at IS NULL",
+                &[],
+            )
+            .await?
+        {
+            let family: TokenFamily = from_json(&row.text(0)?)?;
+            let matches = family
+                .identity
+                .as_ref()
+                .is_some_and(|i| i.email.eq_ignore_ascii_case(wanted))
+                // Local users' id is their email.
+                || family.user_id.eq_ignore_ascii_case(wanted);
+            if matches {
+                ids.insert(family.user_id);
+            }
+        }
+        Ok(ids.into_iter().collect())
     }
 
     /// Whether a family is revoked (or unknown, or expired).
@@ -660,6 +896,7 @@ impl Store {
             "pending_authorizations",
             "consents",
             "used_ids",
+            "idp_tokens",
         ] {
             total += tx
                 .execute(
@@ -707,17 +944,7 @@ async fn end_sessions(tx: &mut db::Conn<'_>, column: &str, value: &str) -> Resul
         )
         .await?;
     for row in &ids {
-        let id = row.text(0)?;
-        record_revocation(tx, "session", &id, now).await?;
-        let families = tx
-            .query(
-                "SELECT family_id FROM token_families WHERE session_id = ?1 AND revoked_at IS NULL",
-                params![&id],
-            )
-            .await?;
-        for family in families {
-            revoke_family(tx, &family.text(0)?, now).await?;
-        }
+        record_revocation(tx, "session", &row.text(0)?, now).await?;
     }
     Ok(ids.len() as u64)
 }

@@ -91,7 +91,8 @@ pub struct TokenFamily {
     pub client_id: String,
     /// The user.
     pub user_id: String,
-    /// The session (signing out revokes the family).
+    /// The browser session the user authorized from. The grant outlives it: signing out of
+    /// the browser does not end it.
     pub session_id: String,
     /// The resource the tokens are bound to.
     pub resource: String,
@@ -100,15 +101,72 @@ pub struct TokenFamily {
     pub scope: Option<String>,
     /// When the family started.
     pub created_at: i64,
-    /// When the whole family lapses, however often it is refreshed.
+    /// When the whole family lapses, however often it is refreshed
+    /// (`mcp_refresh_token_max_ttl` after `created_at`).
     pub expires_at: i64,
+    /// Who the grant is for, as they were at the last authorization or refresh: what its TEs
+    /// carry. `None` for grants issued before grants outlived browser sessions; those take it
+    /// from their session at their next refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<GrantIdentity>,
+    /// The client's name when it was authorized (`client_name`, if it gave one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// The redirect URI the client was authorized with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_uri: Option<String>,
+}
+
+/// The user a grant is for, kept with the grant so it works without a browser session.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrantIdentity {
+    /// Email address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Other identity-provider claims.
+    #[serde(default)]
+    pub claims: serde_json::Map<String, Value>,
+    /// Which identity source signed the user in (`local`, `oidc`, `github`).
+    pub idp: String,
+    /// The OpenID Connect provider's refresh token from the sign-in, sealed by the gateway
+    /// (context `idp-refresh-grant`): refreshed at each grant refresh to learn whether the
+    /// provider still vouches for the user. `None`: the provider gave none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp_refresh_token: Option<String>,
+}
+
+impl GrantIdentity {
+    /// The identity of a browser session (without any provider token).
+    pub fn of(session: &Session) -> Self {
+        Self {
+            email: session.email.clone(),
+            name: session.name.clone(),
+            groups: session.groups.clone(),
+            claims: session.claims.clone(),
+            idp: session.idp.clone(),
+            idp_refresh_token: None,
+        }
+    }
+}
+
+/// A live client grant, as "Connected apps" lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    /// The token family.
+    pub family: TokenFamily,
+    /// When a token was last issued from it (the authorization, or the last refresh).
+    pub last_used_at: i64,
 }
 
 /// The outcome of rotating a refresh token.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rotation {
     /// This call won: the old token is spent, the new one is stored.
-    Rotated(TokenFamily),
+    Rotated(Box<TokenFamily>),
     /// Another rotation of the same token won moments ago (within the grace period): refused,
     /// but the family stays valid.
     Concurrent,

@@ -3,7 +3,7 @@
 //! records that end has `expires_at`, which the collector uses.
 
 /// `(version, statements separated by ';')`.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 const V1: &str = "
 CREATE TABLE sessions (
@@ -92,6 +92,22 @@ CREATE TABLE keys (
 const V2: &str = "
 CREATE TABLE used_ids (
     id TEXT PRIMARY KEY,
+    expires_at BIGINT NOT NULL
+)
+";
+
+/// Client grants outlive browser sessions: families are found by user ("Connected apps",
+/// revoking a user) and record their last use. `user_id` of families stored before this is
+/// filled in at start-up from their data (see `Store::open`). `idp_tokens`: the identity
+/// provider's refresh token of an OpenID Connect sign-in (sealed), kept for the session's life
+/// so the grants authorized from it can ask the provider whether it still vouches for the user.
+const V3: &str = "
+ALTER TABLE token_families ADD COLUMN user_id TEXT;
+ALTER TABLE token_families ADD COLUMN last_used_at BIGINT;
+CREATE INDEX token_families_by_user ON token_families (user_id);
+CREATE TABLE idp_tokens (
+    session_id TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 )
 ";

@@ -26,11 +26,11 @@ macro_rules! suite {
     };
 }
 
-suite!(sqlite: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
+suite!(sqlite: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
-suite!(postgres: sessions, session_end_revokes_families, clients, codes_redeem_once, code_redemption_race,
+suite!(postgres: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
@@ -52,16 +52,19 @@ fn session(id: &str, user: &str) -> Session {
     }
 }
 
-fn family(id: &str, session: &str) -> TokenFamily {
+fn family(id: &str, session_id: &str) -> TokenFamily {
     TokenFamily {
         family_id: id.into(),
         client_id: "client-1".into(),
         user_id: "ada".into(),
-        session_id: session.into(),
+        session_id: session_id.into(),
         resource: "https://mcp.example.com/notion".into(),
         scope: None,
         created_at: now_ms(),
         expires_at: now_ms() + 24 * HOUR,
+        identity: Some(GrantIdentity::of(&session(session_id, "ada"))),
+        client_name: Some("Claude".into()),
+        redirect_uri: Some("http://127.0.0.1:4444/callback".into()),
     }
 }
 
@@ -119,20 +122,19 @@ async fn sessions(t: TestStore) {
     );
 }
 
-async fn session_end_revokes_families(t: TestStore) {
+async fn session_end_keeps_grants(t: TestStore) {
     let s = &t.store;
     s.put_session(&session("s1", "ada")).await.unwrap();
     s.create_family(&family("f1", "s1"), "rt-1", now_ms() + HOUR)
         .await
         .unwrap();
     let before = now_ms() - 1000;
-    assert!(s.family_is_active("f1").await.unwrap());
     s.end_session("s1").await.unwrap();
     assert!(
-        !s.family_is_active("f1").await.unwrap(),
-        "sign-out revokes the session's tokens"
+        s.family_is_active("f1").await.unwrap(),
+        "signing out of the browser leaves the client grant"
     );
-    assert!(s.find_refresh_token("rt-1").await.unwrap().is_none());
+    assert!(s.find_refresh_token("rt-1").await.unwrap().is_some());
     let revocations: Vec<Revocation> = s
         .revocations_since(before)
         .await
@@ -140,13 +142,136 @@ async fn session_end_revokes_families(t: TestStore) {
         .into_iter()
         .map(|r| r.0)
         .collect();
+    assert_eq!(revocations, vec![Revocation::Session("s1".into())]);
+}
+
+async fn user_grants_and_revocation(t: TestStore) {
+    let s = &t.store;
+    s.put_session(&session("s1", "ada")).await.unwrap();
+    s.put_session(&session("s2", "ada")).await.unwrap();
+    s.put_session(&session("g1", "grace")).await.unwrap();
+    for (id, rt) in [("f1", "rt-1"), ("f2", "rt-2")] {
+        s.create_family(&family(id, "s1"), rt, now_ms() + HOUR)
+            .await
+            .unwrap();
+    }
+    let mut graces = family("g-f1", "g1");
+    graces.user_id = "grace".into();
+    graces.identity = Some(GrantIdentity::of(&session("g1", "grace")));
+    s.create_family(&graces, "rt-g", now_ms() + HOUR)
+        .await
+        .unwrap();
+    let listed = s.user_grants("ada").await.unwrap();
+    let mut ids: Vec<_> = listed.iter().map(|g| g.family.family_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["f1", "f2"]);
+    assert_eq!(listed[0].family.client_name.as_deref(), Some("Claude"));
+    let first_use = listed[0].last_used_at;
+
+    // Rotation records the use.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert!(matches!(
+        s.rotate_refresh_token("rt-1", "rt-1b", now_ms() + HOUR, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    let f1 = s
+        .user_grants("ada")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| g.family.family_id == "f1")
+        .unwrap();
+    assert!(f1.last_used_at > first_use || listed[0].family.family_id != "f1");
+
+    // Another user's grant is not revoked by naming it.
+    assert!(!s.revoke_user_grant("ada", "g-f1").await.unwrap());
+    assert!(s.family_is_active("g-f1").await.unwrap());
+    let before = now_ms() - 1000;
+    assert!(s.revoke_user_grant("ada", "f1").await.unwrap());
+    assert!(!s.family_is_active("f1").await.unwrap());
+    assert!(s.find_refresh_token("rt-1b").await.unwrap().is_none());
     assert!(
-        revocations.contains(&Revocation::Session("s1".into())),
-        "{revocations:?}"
+        s.revocations_since(before)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(r, _)| *r == Revocation::Family("f1".into()))
+    );
+    assert_eq!(s.user_grants("ada").await.unwrap().len(), 1);
+
+    assert_eq!(
+        s.user_ids_by_email("ADA@example.com").await.unwrap(),
+        ["ada"]
+    );
+    // Everything of the user ends; other users keep theirs.
+    assert_eq!(s.revoke_user("ada").await.unwrap(), (2, 1));
+    assert!(s.user_grants("ada").await.unwrap().is_empty());
+    assert!(s.get_session("s2").await.unwrap().is_none());
+    assert!(s.family_is_active("g-f1").await.unwrap());
+    assert!(s.get_session("g1").await.unwrap().is_some());
+}
+
+async fn idp_refresh_tokens_are_kept_sealed_for_the_sessions_life(t: TestStore) {
+    let s = &t.store;
+    s.put_idp_refresh_token("s1", "idp-rt-secret", now_ms() + HOUR)
+        .await
+        .unwrap();
+    s.put_idp_refresh_token("s-old", "idp-rt-old", now_ms() - 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.idp_refresh_token("s1")
+            .await
+            .unwrap()
+            .map(|t| t.expose().to_owned()),
+        Some("idp-rt-secret".into())
     );
     assert!(
-        revocations.contains(&Revocation::Family("f1".into())),
-        "{revocations:?}"
+        s.idp_refresh_token("s-old").await.unwrap().is_none(),
+        "expired"
+    );
+    assert!(s.idp_refresh_token("s2").await.unwrap().is_none());
+    assert_eq!(s.collect_expired().await.unwrap(), 1);
+}
+
+async fn idle_refresh_tokens_lapse(t: TestStore) {
+    let s = &t.store;
+    s.create_family(&family("f1", "s1"), "rt-1", now_ms() + 300)
+        .await
+        .unwrap();
+    assert_eq!(s.user_grants("ada").await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.find_refresh_token("rt-1").await.unwrap().is_none());
+    assert_eq!(
+        s.rotate_refresh_token("rt-1", "rt-2", now_ms() + HOUR, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Rotation::Invalid,
+        "an idle grant cannot be refreshed"
+    );
+    assert!(
+        s.user_grants("ada").await.unwrap().is_empty(),
+        "an idle grant is not listed"
+    );
+
+    // A rotation undone: the old token is current again, the new one gone.
+    s.create_family(&family("f2", "s1"), "rt-a", now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.rotate_refresh_token("rt-a", "rt-b", now_ms() + HOUR, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(s.undo_rotation("rt-a", "rt-b").await.unwrap());
+    assert!(s.find_refresh_token("rt-b").await.unwrap().is_none());
+    assert!(s.find_refresh_token("rt-a").await.unwrap().is_some());
+    assert!(
+        !s.undo_rotation("rt-a", "rt-b").await.unwrap(),
+        "nothing to undo twice"
     );
 }
 
@@ -701,6 +826,9 @@ async fn secrets_are_not_stored_in_clear(t: TestStore) {
     s.get_or_insert_key("signing", "SECRET-private-key")
         .await
         .unwrap();
+    s.put_idp_refresh_token("s1", "SECRET-idp-refresh", now_ms() + HOUR)
+        .await
+        .unwrap();
     let dump = backends::dump(&t).await;
     assert!(dump.contains("notion"), "the dump sees the rows");
     assert!(!dump.contains("SECRET"), "a secret is stored in clear");
@@ -962,4 +1090,60 @@ async fn a_rotated_shared_secret_needs_the_previous_one() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not configured"), "{err}");
+}
+
+/// A database made before migration 3 (grants tied to sessions): its families get their user
+/// and keep refreshing.
+#[tokio::test]
+async fn grants_from_before_migration_3_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::Sqlite(dir.path().join("postern.db"));
+    let store = Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    drop(store);
+    let Backend::Sqlite(path) = &backend else {
+        unreachable!()
+    };
+    // Back to version 2, with a family as version 2 stored it (no identity, no user column).
+    let old_family = serde_json::json!({
+        "family_id": "f-old", "client_id": "client-1", "user_id": "ada", "session_id": "s1",
+        "resource": "https://mcp.example.com/notion", "created_at": now_ms(), "expires_at": now_ms() + HOUR,
+    });
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(
+        "DROP INDEX token_families_by_user;
+         DROP TABLE idp_tokens;
+         ALTER TABLE token_families DROP COLUMN user_id;
+         ALTER TABLE token_families DROP COLUMN last_used_at;
+         DELETE FROM schema_migrations WHERE version = 3;",
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO token_families (family_id, session_id, data, expires_at) VALUES ('f-old', 's1', ?1, ?2)",
+        rusqlite::params![old_family.to_string(), now_ms() + HOUR],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO refresh_tokens (token_hash, family_id, expires_at) VALUES (?1, 'f-old', ?2)",
+        rusqlite::params![hash_secret("rt-old"), now_ms() + HOUR],
+    )
+    .unwrap();
+    drop(db);
+
+    let store = Store::open(&backend, backends::SECRET, &[]).await.unwrap();
+    let found = store.find_refresh_token("rt-old").await.unwrap().unwrap();
+    assert_eq!(
+        found.identity, None,
+        "an old grant says it has no identity yet"
+    );
+    let grants = store.user_grants("ada").await.unwrap();
+    assert_eq!(grants.len(), 1, "the old grant is listed under its user");
+    assert_eq!(grants[0].last_used_at, grants[0].family.created_at);
+    assert!(matches!(
+        store
+            .rotate_refresh_token("rt-old", "rt-new", now_ms() + HOUR, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert_eq!(store.revoke_user("ada").await.unwrap(), (0, 1));
 }

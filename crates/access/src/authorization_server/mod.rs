@@ -5,6 +5,7 @@
 
 mod authorization;
 pub(crate) mod cimd;
+mod grants;
 pub mod registration;
 mod token;
 
@@ -21,7 +22,8 @@ use postern_oauth::client_auth::{self, ClientCredentials};
 use postern_oauth::pkce::PkceVerifier;
 use postern_oauth::{ErrorCode, OAuthError, Secret, metadata, pkce};
 use postern_store::{
-    CodeGrant, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store, TokenFamily, now_ms,
+    CodeGrant, GrantIdentity, Keyring, OAuthClient, Redemption, Revocation, Rotation, Store,
+    TokenFamily, now_ms,
 };
 use serde_json::{Value, json};
 
@@ -47,6 +49,10 @@ pub struct AuthorizationServer {
     pub(crate) cimd: crate::authorization_server::cimd::Cimd,
     pub(crate) registration_limiter: crate::web::limiter::AddressWindows,
     pub(crate) broker: Arc<UpstreamBroker>,
+    /// The local users (`users_file`): a grant of a user no longer there is refused at refresh.
+    pub(crate) users: Arc<crate::sign_in::users::LocalUsers>,
+    /// The identity provider: asked at refresh whether it still vouches for a grant's user.
+    pub(crate) idp: Option<Arc<crate::sign_in::provider::IdentityProvider>>,
 }
 
 impl AuthorizationServer {
@@ -66,6 +72,8 @@ impl AuthorizationServer {
             settings,
             revocations,
             broker,
+            users: Default::default(),
+            idp: None,
         }
     }
 

@@ -2,6 +2,8 @@
 //! grants, and the tokens they issue.
 
 use super::*;
+use crate::sign_in::oidc::Vouch;
+use crate::sign_in::provider::IdentityProvider;
 
 impl AuthorizationServer {
     pub(crate) async fn token(
@@ -160,6 +162,9 @@ impl AuthorizationServer {
                 "the sign-in this code came from has ended",
             )
             .await?;
+        // The grant is its own thing from here: it outlives the browser session (sign-out,
+        // `cookie_expire`) and lives by the refresh-token policy.
+        let now = now_ms();
         let family = TokenFamily {
             family_id: family_id.clone(),
             client_id: client.client_id.clone(),
@@ -167,13 +172,20 @@ impl AuthorizationServer {
             session_id: session.id.clone(),
             resource: grant.resource.clone(),
             scope: grant.scope.clone(),
-            created_at: now_ms(),
-            expires_at: session.expires_at,
+            created_at: now,
+            expires_at: now + self.settings.refresh_max_ttl.as_millis() as i64,
+            identity: Some(self.grant_identity(&session).await?),
+            client_name: client
+                .metadata
+                .get("client_name")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            redirect_uri: Some(grant.redirect_uri.clone()),
         };
         // Minted before the family is stored: a failure leaves nothing behind.
-        let tokens = self.tokens(&session, &family, &refresh)?;
+        let tokens = self.tokens(&family, &refresh)?;
         self.store
-            .create_family(&family, &refresh, family.expires_at)
+            .create_family(&family, &refresh, self.refresh_token_expiry())
             .await
             .map_err(store_unavailable)?;
         Ok(tokens)
@@ -255,12 +267,7 @@ impl AuthorizationServer {
                     "the refresh token belongs to another client",
                 ));
             }
-            if self.upstream_account_missing(ctx, &family).await {
-                return Err(OAuthError::new(
-                    ErrorCode::InvalidGrant,
-                    "your account at this MCP server's provider is not connected: authorize again",
-                ));
-            }
+            self.grant_still_holds(ctx, family).await?;
         }
         let new = format!("{REFRESH_PREFIX}{}", random_token(keys, 32)?);
         let family = match self
@@ -268,13 +275,13 @@ impl AuthorizationServer {
             .rotate_refresh_token(
                 old,
                 &new,
-                now_ms() + 30 * 24 * 3600 * 1000,
+                self.refresh_token_expiry(),
                 self.settings.refresh_reuse_grace,
             )
             .await
             .map_err(store_unavailable)?
         {
-            Rotation::Rotated(family) => family,
+            Rotation::Rotated(family) => *family,
             Rotation::Concurrent => {
                 return Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
@@ -302,13 +309,239 @@ impl AuthorizationServer {
                 "the refresh token belongs to another client",
             ));
         }
-        let session = self
-            .grant_session(
-                &family.session_id,
-                "the sign-in behind this token has ended; authorize again",
-            )
-            .await?;
-        self.tokens(&session, &family, &new)
+        // Only the rotation's winner asks the identity provider, so concurrent refreshes never
+        // present the provider's (rotating) refresh token twice.
+        let family = match self.provider_still_vouches(ctx, &family).await {
+            Ok(None) => family,
+            Ok(Some(rotated)) => {
+                let mut family = family;
+                if let Some(identity) = family.identity.as_mut() {
+                    identity.idp_refresh_token = Some(rotated);
+                }
+                self.store
+                    .update_family(&family)
+                    .await
+                    .map_err(store_unavailable)?;
+                family
+            }
+            Err(error) => {
+                if error.code == ErrorCode::TemporarilyUnavailable {
+                    // Nothing was decided: the client keeps its refresh token and tries again.
+                    if let Err(undo) = self.store.undo_rotation(old, &new).await {
+                        tracing::error!(error = %undo, request_id = %ctx.request_id, "cannot undo a refresh-token rotation");
+                    }
+                }
+                return Err(error);
+            }
+        };
+        self.tokens(&family, &new)
+    }
+
+    /// The identity a new grant carries: the session's, with the identity provider's refresh
+    /// token of the sign-in (sealed) when there is one.
+    async fn grant_identity(
+        &self,
+        session: &postern_store::Session,
+    ) -> Result<GrantIdentity, OAuthError> {
+        let mut identity = GrantIdentity::of(session);
+        if let Some(token) = self
+            .store
+            .idp_refresh_token(&session.id)
+            .await
+            .map_err(store_unavailable)?
+        {
+            identity.idp_refresh_token = Some(
+                self.store
+                    .keyring()
+                    .seal(IDP_REFRESH_CONTEXT, token.expose().as_bytes())
+                    .map_err(store_unavailable)?,
+            );
+        }
+        Ok(identity)
+    }
+
+    /// When a refresh token issued now lapses unused (`mcp_refresh_token_idle_ttl`; the store
+    /// caps it at the grant's end).
+    fn refresh_token_expiry(&self) -> i64 {
+        now_ms() + self.settings.refresh_idle_ttl.as_millis() as i64
+    }
+
+    /// Checks, before a refresh, that the grant still stands: the user is still who may use the
+    /// server (still in `users_file`, still allowed by the route's policy) and the server still
+    /// has what it needs. A user who no longer may is refused and the grant revoked, so its TEs
+    /// stop too. A grant issued before grants outlived sessions is given its identity from its
+    /// session here (and the grant lifetime), or refused when that session is gone.
+    async fn grant_still_holds(
+        &self,
+        ctx: &RequestContext,
+        mut family: TokenFamily,
+    ) -> Result<(), OAuthError> {
+        let mut changed = false;
+        if family.identity.is_none() {
+            let session = self
+                .grant_session(
+                    &family.session_id,
+                    "the sign-in behind this token has ended; authorize again",
+                )
+                .await?;
+            family.identity = Some(self.grant_identity(&session).await?);
+            family.expires_at =
+                family.created_at + self.settings.refresh_max_ttl.as_millis() as i64;
+            changed = true;
+        }
+        let identity = family.identity.clone().unwrap_or_default();
+        if identity.idp == "local" {
+            let Some(user) = self.users.find(&identity.email) else {
+                return Err(self
+                    .end_grant(
+                        ctx,
+                        &family,
+                        &format!(
+                            "{} is no longer a user of this gateway (not in users_file): the authorization is revoked",
+                            identity.email
+                        ),
+                    )
+                    .await);
+            };
+            // Name and groups follow the users file (the policy sees them as they are now).
+            let current = GrantIdentity {
+                email: identity.email.clone(),
+                name: user.name.clone(),
+                groups: user.groups.clone(),
+                claims: user.claims.clone(),
+                idp: identity.idp.clone(),
+                idp_refresh_token: identity.idp_refresh_token.clone(),
+            };
+            if current != identity {
+                family.identity = Some(current);
+                changed = true;
+            }
+        }
+        let Some(route) = oauth_server::route_for_resource(ctx, &family.resource) else {
+            return Err(self
+                .end_grant(
+                    ctx,
+                    &family,
+                    &format!(
+                        "{} is no longer an MCP server of this gateway: the authorization is revoked",
+                        family.resource
+                    ),
+                )
+                .await);
+        };
+        let user = family_user(&family);
+        if !crate::broker::routes_api::may_use(
+            &route,
+            &user,
+            ctx.client_addr.ip(),
+            ctx.client_certificate.as_deref(),
+        ) {
+            return Err(self
+                .end_grant(
+                    ctx,
+                    &family,
+                    &format!(
+                        "{} is no longer allowed to use {} (the route's policy): the authorization is revoked; ask the gateway's operator for access",
+                        user.email, family.resource
+                    ),
+                )
+                .await);
+        }
+        if self.upstream_account_missing(ctx, &family).await {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "your account at this MCP server's provider is not connected: authorize again",
+            ));
+        }
+        if changed
+            && !self
+                .store
+                .update_family(&family)
+                .await
+                .map_err(store_unavailable)?
+        {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "unknown, expired or revoked refresh token: authorize again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// For a user signed in with OpenID Connect whose provider gave a refresh token: asks the
+    /// provider (a refresh) whether it still vouches for them. A refusal ends the grant; an
+    /// unreachable provider refuses this refresh with `temporarily_unavailable` (the client
+    /// keeps its refresh token and tries again). The provider's rotated refresh token, sealed,
+    /// when it rotated it.
+    async fn provider_still_vouches(
+        &self,
+        ctx: &RequestContext,
+        family: &TokenFamily,
+    ) -> Result<Option<String>, OAuthError> {
+        let Some(identity) = &family.identity else {
+            return Ok(None);
+        };
+        let (Some(sealed), Some(IdentityProvider::Oidc(oidc))) =
+            (identity.idp_refresh_token.as_deref(), self.idp.as_deref())
+        else {
+            return Ok(None);
+        };
+        let keys = self.store.keyring();
+        let token = keys
+            .open(IDP_REFRESH_CONTEXT, sealed)
+            .ok()
+            .and_then(|t| String::from_utf8(t).ok());
+        let Some(token) = token else {
+            return Err(self
+                .end_grant(
+                    ctx,
+                    family,
+                    "the sign-in behind this token cannot be checked with the identity provider any more: authorize again",
+                )
+                .await);
+        };
+        match oidc.vouches(&token).await {
+            Ok(Vouch::Yes(None)) => Ok(None),
+            Ok(Vouch::Yes(Some(rotated))) => keys
+                .seal(IDP_REFRESH_CONTEXT, rotated.as_bytes())
+                .map(Some)
+                .map_err(|error| {
+                    tracing::error!(%error, "cannot seal the identity provider's refresh token");
+                    OAuthError::new(
+                        ErrorCode::TemporarilyUnavailable,
+                        "the gateway cannot keep a token now; try again",
+                    )
+                }),
+            Ok(Vouch::No(_)) => Err(self
+                .end_grant(
+                    ctx,
+                    family,
+                    &format!(
+                        "the identity provider no longer vouches for {} (account disabled or removed, or its sign-in revoked): the authorization is revoked",
+                        identity.email
+                    ),
+                )
+                .await),
+            Err(error) => {
+                tracing::warn!(%error, request_id = %ctx.request_id, family = %family.family_id, "cannot re-check a grant's user with the identity provider");
+                Err(OAuthError::new(
+                    ErrorCode::TemporarilyUnavailable,
+                    "the identity provider cannot be reached to confirm your account; try again later",
+                ))
+            }
+        }
+    }
+
+    /// Revokes a grant whose user no longer may have it; the `invalid_grant` that says why.
+    async fn end_grant(&self, ctx: &RequestContext, family: &TokenFamily, why: &str) -> OAuthError {
+        self.revocations
+            .insert(Revocation::Family(family.family_id.clone()));
+        if let Err(error) = self.store.revoke_family(&family.family_id).await {
+            tracing::error!(%error, request_id = %ctx.request_id, family = %family.family_id, "cannot revoke a grant whose user no longer may have it");
+            return store_unavailable(error);
+        }
+        tracing::info!(target: "postern::audit", event = "grant_revoked", request_id = %ctx.request_id, user = %family.user_id, client = %family.client_id, family = %family.family_id, reason = why, "client grant ended at refresh");
+        OAuthError::new(ErrorCode::InvalidGrant, why)
     }
 
     /// Whether the family's server needs the user's upstream account (TI) they no longer (or
@@ -344,24 +577,28 @@ impl AuthorizationServer {
             .ok_or_else(|| OAuthError::new(ErrorCode::InvalidGrant, ended))
     }
 
-    fn tokens(
-        &self,
-        session: &postern_store::Session,
-        family: &TokenFamily,
-        refresh: &str,
-    ) -> Result<Value, OAuthError> {
+    /// A TE for the grant's user (and the refresh token), bound to the grant: its `sid` is the
+    /// grant, not the browser session, so signing out of the browser leaves it working and
+    /// revoking the grant stops it.
+    fn tokens(&self, family: &TokenFamily, refresh: &str) -> Result<Value, OAuthError> {
         let ttl = self.settings.access_token_ttl;
+        let Some(identity) = &family.identity else {
+            return Err(OAuthError::new(
+                ErrorCode::InvalidGrant,
+                "the sign-in behind this token has ended; authorize again",
+            ));
+        };
         let claims = AccessClaims {
-            sub: session.user_id.clone(),
-            email: session.email.clone(),
-            name: session.name.clone(),
-            groups: session.groups.clone(),
-            sid: session.id.clone(),
+            sub: family.user_id.clone(),
+            email: identity.email.clone(),
+            name: identity.name.clone(),
+            groups: identity.groups.clone(),
+            sid: family.family_id.clone(),
             fam: family.family_id.clone(),
             cid: family.client_id.clone(),
             aud: family.resource.clone(),
-            exp: (now_ms() + ttl.as_millis() as i64).min(session.expires_at),
-            clm: session.claims.clone(),
+            exp: (now_ms() + ttl.as_millis() as i64).min(family.expires_at),
+            clm: identity.claims.clone(),
         };
         let access =
             oauth_server::mint_access_token(self.store.keyring(), &claims).map_err(|error| {
@@ -377,6 +614,20 @@ impl AuthorizationServer {
             refresh,
             family.scope.as_deref(),
         ))
+    }
+}
+
+/// The sealing context of the identity provider's refresh token kept with a grant.
+const IDP_REFRESH_CONTEXT: &str = "idp-refresh-grant";
+
+/// The user of a grant as the policy sees them.
+fn family_user(family: &TokenFamily) -> postern_policy::User {
+    let identity = family.identity.clone().unwrap_or_default();
+    postern_policy::User {
+        id: family.user_id.clone(),
+        email: identity.email,
+        groups: identity.groups,
+        claims: identity.claims,
     }
 }
 

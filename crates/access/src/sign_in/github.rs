@@ -506,6 +506,8 @@ fn identity(user: User, email: String, groups: Vec<String>) -> OidcIdentity {
         name,
         groups,
         claims,
+        // GitHub's app tokens do not expire and come without a refresh token.
+        refresh_token: None,
     }
 }
 

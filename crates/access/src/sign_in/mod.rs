@@ -45,7 +45,7 @@ pub struct SignIn {
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
     /// The identity provider (OpenID Connect or GitHub), if one is configured.
-    idp: Option<IdentityProvider>,
+    idp: Option<Arc<IdentityProvider>>,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
     /// The email the sign-in form starts with (`postern up`'s generated user).
@@ -75,6 +75,16 @@ impl SignIn {
         self
     }
 
+    /// The identity provider, if any (the authorization server asks it about grants' users).
+    pub(crate) fn identity_provider(&self) -> Option<Arc<IdentityProvider>> {
+        self.idp.clone()
+    }
+
+    /// The local users (the authorization server checks grants against them at refresh).
+    pub(crate) fn users(&self) -> Arc<LocalUsers> {
+        self.users.clone()
+    }
+
     /// Signs users in on the dedicated sign-in origin `service`, handing sessions to route hosts.
     pub fn with_authenticate(mut self, service: Option<AuthenticateService>) -> Self {
         self.authenticate = service;
@@ -83,13 +93,13 @@ impl SignIn {
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
     pub fn with_oidc(mut self, oidc: Oidc) -> Self {
-        self.idp = Some(IdentityProvider::Oidc(oidc));
+        self.idp = Some(Arc::new(IdentityProvider::Oidc(oidc)));
         self
     }
 
     /// Signs users in with GitHub (local users may still post the form).
     pub fn with_github(mut self, github: GitHub) -> Self {
-        self.idp = Some(IdentityProvider::GitHub(github));
+        self.idp = Some(Arc::new(IdentityProvider::GitHub(github)));
         self
     }
 
@@ -253,16 +263,20 @@ impl SignIn {
                 pages::signed_in_as_other(&current.email),
             );
         }
+        let idp_refresh = identity.refresh_token.clone();
         let Some(cookie) = self
-            .start_session(Session {
-                user_id: identity.subject,
-                email: identity.email,
-                name: identity.name,
-                groups: identity.groups,
-                claims: identity.claims,
-                idp: oidc.name().into(),
-                ..Session::default()
-            })
+            .start_session_keeping(
+                Session {
+                    user_id: identity.subject,
+                    email: identity.email,
+                    name: identity.name,
+                    groups: identity.groups,
+                    claims: identity.claims,
+                    idp: oidc.name().into(),
+                    ..Session::default()
+                },
+                idp_refresh.as_ref(),
+            )
             .await
         else {
             return html(
@@ -537,7 +551,17 @@ impl SignIn {
     /// Stores a new session for the user described by `session` (its id and times are set
     /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
     /// the store (or the random source) failed.
-    async fn start_session(&self, mut session: Session) -> Option<String> {
+    async fn start_session(&self, session: Session) -> Option<String> {
+        self.start_session_keeping(session, None).await
+    }
+
+    /// [`Self::start_session`], keeping the identity provider's refresh token of the sign-in
+    /// with the session (for the grants authorized from it).
+    async fn start_session_keeping(
+        &self,
+        mut session: Session,
+        idp_refresh: Option<&postern_oauth::Secret>,
+    ) -> Option<String> {
         let now = now_ms();
         session.id = match self.store.keyring().random_token(24) {
             Ok(id) => id,
@@ -548,6 +572,17 @@ impl SignIn {
         };
         session.created_at = now;
         session.expires_at = now + self.cookie.expire.as_millis() as i64;
+        // Kept first: a session whose grants could not be re-checked with the provider is not
+        // started at all.
+        if let Some(token) = idp_refresh
+            && let Err(error) = self
+                .store
+                .put_idp_refresh_token(&session.id, token.expose(), session.expires_at)
+                .await
+        {
+            tracing::error!(%error, "cannot keep the identity provider's refresh token");
+            return None;
+        }
         if let Err(error) = self.store.put_session(&session).await {
             tracing::error!(%error, "cannot save the session");
             return None;
@@ -556,28 +591,104 @@ impl SignIn {
         session::seal(&session.id, self.store.keyring())
     }
 
+    /// `/.pomerium/sign_out`: GET shows a page with the sign-out button (a link or image on
+    /// another site ends nothing); a POST from a page of this site, with the session's form
+    /// token, ends this browser's session. Client grants keep working: the page says how many
+    /// and where to revoke them. `redirect_uri` is honoured on this origin only.
     pub(crate) async fn sign_out(
         &self,
         ctx: &RequestContext,
-        request: &Request<Body>,
+        request: Request<Body>,
     ) -> Response<Body> {
-        if let Some(id) = session::session_id(request.headers(), &self.cookie, self.store.keyring())
-        {
-            match self.store.end_session(&id).await {
-                Ok(_) => {
-                    tracing::info!(target: "postern::audit", event = "sign_out", session = %id, "signed out")
-                }
-                Err(error) => tracing::error!(%error, "cannot end the session"),
-            }
-        }
-        let target = request
+        let keys = self.store.keyring();
+        let session = session::current(request.headers(), &self.cookie, &self.store).await;
+        let query_redirect = request
             .uri()
             .query()
-            .and_then(|q| form_value(q, "redirect_uri"))
+            .and_then(|q| form_value(q, "redirect_uri"));
+        if request.method() != Method::POST {
+            let csrf = session
+                .as_ref()
+                .and_then(|s| crate::web::forms::session_form_token(keys, &s.id));
+            let mut response = html(
+                StatusCode::OK,
+                pages::sign_out(
+                    session.as_ref().map(|s| s.email.as_str()),
+                    csrf.as_deref(),
+                    query_redirect.as_deref(),
+                ),
+            );
+            if session.is_none() {
+                // A stale or forged cookie is cleared; nothing is ended.
+                self.cookie.spec().clear(&mut response);
+            }
+            return response;
+        }
+        if let Err(why) = crate::web::forms::same_origin_post(request.headers(), &ctx.origin()) {
+            tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), why, "cross-site sign-out refused");
+            return html(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Not signed out",
+                    "This sign-out came from another site, so nothing was ended. Open /.pomerium/sign_out on this site to sign out.",
+                ),
+            );
+        }
+        let body = match crate::web::forms::read_form(request).await {
+            Ok(body) => body,
+            Err(error) => {
+                return html(
+                    error.status(),
+                    pages::message(
+                        "Not signed out",
+                        &format!("The form could not be read: {error}."),
+                    ),
+                );
+            }
+        };
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let target = form_value(&form, "redirect_uri")
+            .or(query_redirect)
             .map(|r| safe_redirect(&r, ctx));
+        let apps = match &session {
+            None => None,
+            Some(session) => {
+                if !crate::web::forms::session_form_token_matches(
+                    keys,
+                    form_value(&form, "csrf_token").as_deref(),
+                    &session.id,
+                ) {
+                    tracing::warn!(request_id = %ctx.request_id, user = %session.email, "sign-out without this session's form token refused");
+                    return html(
+                        StatusCode::FORBIDDEN,
+                        pages::message(
+                            "Not signed out",
+                            "This sign-out form is not from this session, so nothing was ended. Open /.pomerium/sign_out and use its button.",
+                        ),
+                    );
+                }
+                if let Err(error) = self.store.end_session(&session.id).await {
+                    tracing::error!(%error, "cannot end the session");
+                    return html(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::message(
+                            "Not signed out",
+                            "The gateway's store is unavailable, so the session could not be ended; try again.",
+                        ),
+                    );
+                }
+                tracing::info!(target: "postern::audit", event = "sign_out", user = %session.email, session = %session.id, "signed out");
+                Some(
+                    self.store
+                        .user_grants(&session.user_id)
+                        .await
+                        .map_or(0, |g| g.len()),
+                )
+            }
+        };
         let mut response = match target {
             Some(target) => redirect_to(&target),
-            None => html(StatusCode::OK, pages::signed_out()),
+            None => html(StatusCode::OK, pages::signed_out(apps)),
         };
         self.cookie.spec().clear(&mut response);
         response

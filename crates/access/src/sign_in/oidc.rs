@@ -100,6 +100,18 @@ pub struct OidcIdentity {
     pub groups: Vec<String>,
     /// Every claim.
     pub claims: Map<String, Value>,
+    /// The provider's refresh token, when it gave one (kept so client grants can ask the
+    /// provider, at each refresh, whether it still vouches for the user).
+    pub refresh_token: Option<postern_oauth::Secret>,
+}
+
+/// What the provider says when asked again about a signed-in user (a refresh of its token).
+#[derive(Debug)]
+pub enum Vouch {
+    /// It still vouches; its new refresh token, when it rotated it.
+    Yes(Option<String>),
+    /// It refuses (`invalid_grant`: the account is disabled or gone, or the grant revoked).
+    No(String),
 }
 
 /// An OpenID Connect client.
@@ -279,7 +291,65 @@ impl Oidc {
             _ => identity,
         };
         check_email(&identity)?;
-        Ok(identity)
+        let refresh_token = body
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(|t| postern_oauth::Secret::new(t.to_owned()));
+        Ok(OidcIdentity {
+            refresh_token,
+            ..identity
+        })
+    }
+
+    /// Asks the provider whether it still vouches for the user of `refresh_token`: a refresh
+    /// (RFC 6749 §6) that succeeds, or `invalid_grant` (the account disabled or deleted, the
+    /// user's grant revoked). Any other failure (the provider unreachable, a 5xx) is an error:
+    /// the caller cannot tell, and must not decide either way.
+    pub async fn vouches(&self, refresh_token: &str) -> Result<Vouch, OidcError> {
+        let discovery = self.discovery().await?;
+        let fail = |reason: String| OidcError::Provider {
+            url: discovery.token_endpoint.clone(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(&discovery.token_endpoint)
+            .basic_auth(
+                &self.settings.client_id,
+                Some(self.settings.client_secret.expose()),
+            )
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ])
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        let token_url = url::Url::parse(&discovery.token_endpoint)
+            .map_err(|e| fail(format!("not a URL: {e}")))?;
+        let bytes =
+            crate::web::safe_http::read_capped(&token_url, response, MAX_TOKEN_RESPONSE_BYTES)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(Vouch::Yes(
+                body.get("refresh_token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            ));
+        }
+        if status == reqwest::StatusCode::BAD_REQUEST
+            && body.get("error").and_then(Value::as_str) == Some("invalid_grant")
+        {
+            tracing::info!(body = %Untrusted(&String::from_utf8_lossy(&bytes)), "the identity provider no longer vouches for a user");
+            return Ok(Vouch::No("invalid_grant".into()));
+        }
+        tracing::warn!(%status, body = %Untrusted(&String::from_utf8_lossy(&bytes)), "the identity provider's refresh failed");
+        Err(fail(format!(
+            "HTTP {status} (details in the gateway's log)"
+        )))
     }
 
     /// The provider's token response for `code` (RFC 6749 §4.1.3, with the PKCE verifier).
@@ -502,6 +572,7 @@ pub fn validate_id_token(
         name: text("name"),
         groups,
         claims,
+        refresh_token: None,
     })
 }
 
@@ -781,6 +852,7 @@ mod tests {
                 name: String::new(),
                 groups: vec![],
                 claims,
+                refresh_token: None,
             }
         };
         for verified in [None, Some(json!(true)), Some(json!("true"))] {

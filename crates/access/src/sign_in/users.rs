@@ -107,6 +107,13 @@ impl LocalUsers {
         Self { users, decoy }
     }
 
+    /// The user with this email (whether they are still in the file), without a password.
+    pub fn find(&self, email: &str) -> Option<&LocalUser> {
+        self.users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email.trim()))
+    }
+
     /// The user with this email and password. A wrong password and an unknown email take the
     /// same time and give the same answer.
     pub fn verify(&self, email: &str, password: &str) -> Option<&LocalUser> {

@@ -100,6 +100,25 @@ pub fn csrf_matches(headers: &HeaderMap, field: Option<&str>, keys: &Keyring) ->
         .any(|value| postern_oauth::Secret::new(value).matches(&String::from_utf8_lossy(&expected)))
 }
 
+const SESSION_FORM_CONTEXT: &str = "session-form";
+
+/// The anti-forgery field of a signed-in page's forms (sign-out, Connected apps): the session id
+/// sealed with the gateway's key. Another site can neither read it (same-origin policy) nor
+/// make one (it has no key), and it is good for this session only.
+pub fn session_form_token(keys: &Keyring, session_id: &str) -> Option<String> {
+    keys.seal(SESSION_FORM_CONTEXT, session_id.as_bytes()).ok()
+}
+
+/// Whether a posted `field` was made by [`session_form_token`] for this session.
+pub fn session_form_token_matches(keys: &Keyring, field: Option<&str>, session_id: &str) -> bool {
+    field
+        .and_then(|f| keys.open(SESSION_FORM_CONTEXT, f).ok())
+        .is_some_and(|sealed| {
+            postern_oauth::Secret::new(session_id.to_owned())
+                .matches(&String::from_utf8_lossy(&sealed))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +133,31 @@ mod tests {
     }
 
     const HERE: &str = "https://gw.example";
+
+    #[test]
+    fn session_form_tokens_work_for_their_session_only() {
+        let keys = Keyring::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap();
+        let token = session_form_token(&keys, "session-1").unwrap();
+        assert!(session_form_token_matches(&keys, Some(&token), "session-1"));
+        assert!(!session_form_token_matches(
+            &keys,
+            Some(&token),
+            "session-2"
+        ));
+        assert!(!session_form_token_matches(&keys, None, "session-1"));
+        assert!(!session_form_token_matches(
+            &keys,
+            Some("session-1"),
+            "session-1"
+        ));
+        let other = Keyring::new(b"fedcba9876543210fedcba9876543210", &[]).unwrap();
+        let forged = session_form_token(&other, "session-1").unwrap();
+        assert!(!session_form_token_matches(
+            &keys,
+            Some(&forged),
+            "session-1"
+        ));
+    }
 
     #[test]
     fn cross_site_posts_are_refused() {

@@ -96,11 +96,25 @@ at their provider:</p><ul>{items}</ul><p><a href=\"/.pomerium/\">Cancel</a></p><
     )
 }
 
-/// After sign-out.
-pub fn signed_out() -> String {
+/// After sign-out: what it ended. `apps`: how many connected apps (client grants) the user
+/// has, which keep working; `None` when nobody was signed in.
+pub fn signed_out(apps: Option<usize>) -> String {
+    let what = match apps {
+        None => "<p>This browser was not signed in.</p>".to_owned(),
+        Some(0) => {
+            "<p>You are signed out of this browser. You have no connected apps.</p>".to_owned()
+        }
+        Some(n) => format!(
+            "<p>You are signed out of this browser. Your {n} connected app{s} keep{verb} working; \
+to stop {them}, sign in and revoke {them} on <a href=\"/.pomerium/apps\">Connected apps</a>.</p>",
+            s = if n == 1 { "" } else { "s" },
+            verb = if n == 1 { "s" } else { "" },
+            them = if n == 1 { "it" } else { "them" },
+        ),
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Signed out · Postern</title><style>{STYLE}</style></head>\
-<body><h1>You are signed out</h1><p><a href=\"/.pomerium/sign_in\">Sign in again</a></p></body></html>"
+<body><h1>Signed out</h1>{what}<p><a href=\"/.pomerium/sign_in\">Sign in again</a></p></body></html>"
     )
 }
 
@@ -263,7 +277,7 @@ body{{max-width:44rem;margin:3rem auto}}ul{{list-style:none;padding:0}}\
 button,.button{{width:auto;margin:0;padding:.45rem .9rem;display:inline-block;text-decoration:none;border-radius:6px;background:#1d4ed8;color:#fff}}\
 .secondary{{background:#e5e7eb;color:#111}}.muted{{color:#6b7280;margin:.3rem 0}}\
 header{{display:flex;justify-content:space-between;align-items:baseline}}</style></head><body>\
-<header><h1>Your MCP servers</h1><p>Signed in as <strong id=\"user\">{user}</strong> ({email}) · <a href=\"/.pomerium/sign_out\">Sign out</a></p></header>\
+<header><h1>Your MCP servers</h1><p>Signed in as <strong id=\"user\">{user}</strong> ({email}) · <a href=\"/.pomerium/apps\">Connected apps</a> · <a href=\"/.pomerium/sign_out\">Sign out</a></p></header>\
 <p class=\"muted\">Paste a server's URL into your MCP client (Claude, ChatGPT, VS Code, MCP Inspector); it signs in here.</p>\
 <ul>{rows}</ul>\
 <script>for(const b of document.querySelectorAll('.copy'))b.onclick=()=>navigator.clipboard.writeText(b.dataset.url).then(()=>{{b.textContent='Copied'}});</script>\
@@ -296,4 +310,155 @@ client, not a browser: add it to your client and the client signs you in here.</
                 .map_or(url, |(_, rest)| rest.split('/').next().unwrap_or(rest))
         ),
     )
+}
+
+/// `GET /.pomerium/sign_out`: a page with the sign-out button (signing out is a POST from this
+/// site, so a link or image on another site cannot end anything). `csrf`: the session's form
+/// token; `None` when nobody is signed in.
+pub fn sign_out(user: Option<&str>, csrf: Option<&str>, redirect: Option<&str>) -> String {
+    let (Some(user), Some(csrf)) = (user, csrf) else {
+        return signed_out(None);
+    };
+    let redirect = redirect
+        .map(|r| {
+            format!(
+                "<input type=\"hidden\" name=\"redirect_uri\" value=\"{}\">",
+                escape(r)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Sign out · Postern</title><style>{STYLE}</style></head><body><h1>Sign out</h1>\
+<p>Signed in as <strong>{user}</strong>. Signing out ends this browser's session; your connected apps keep working \
+(<a href=\"/.pomerium/apps\">manage them</a>).</p>\
+<form method=\"post\" action=\"/.pomerium/sign_out\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">{redirect}\
+<button type=\"submit\" id=\"sign-out\">Sign out of this browser</button></form></body></html>",
+        user = escape(user),
+        csrf = escape(csrf),
+    )
+}
+
+/// One client grant on the Connected apps page.
+pub struct AppEntry {
+    /// The grant (token family) id, posted to revoke it.
+    pub id: String,
+    /// The name the client gave, or its client id.
+    pub name: String,
+    /// The host its authorization codes went to.
+    pub redirect_host: String,
+    /// The host of its client ID metadata document on an allowed domain; `None`: registered
+    /// dynamically, so its name is its own claim.
+    pub verified_by: Option<String>,
+    /// The MCP server it may use (name, URL).
+    pub server: (String, String),
+    /// When it was authorized (ms).
+    pub first_used: i64,
+    /// When it last got a token (ms).
+    pub last_used: i64,
+}
+
+/// The Connected apps page (`/.pomerium/apps`): each client grant with a Revoke button, and
+/// "Sign out everywhere". Every form carries the session's form token.
+pub fn connected_apps(user: &str, email: &str, apps: &[AppEntry], csrf: &str) -> String {
+    let mut rows = String::new();
+    for app in apps {
+        let trust = match &app.verified_by {
+            Some(host) => format!("<span class=\"state ready\">verified by {}</span>", escape(host)),
+            None => "<span class=\"state off\" title=\"registered itself: its name is its own claim\">unverified</span>".to_owned(),
+        };
+        rows.push_str(&format!(
+            "<li class=\"app\" data-grant=\"{id}\"><div class=\"head\"><h2>{name}</h2>{trust}</div>\
+<p class=\"muted\">Sends you back to <strong>{host}</strong> · uses <strong>{server}</strong> (<code>{url}</code>)</p>\
+<p class=\"muted\">Authorized {first} · last used {last}</p>\
+<form method=\"post\" action=\"/.pomerium/apps/revoke\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
+<input type=\"hidden\" name=\"grant\" value=\"{id}\"><button type=\"submit\" class=\"secondary revoke\">Revoke</button></form></li>",
+            id = escape(&app.id),
+            name = escape(&app.name),
+            host = escape(&app.redirect_host),
+            server = escape(&app.server.0),
+            url = escape(&app.server.1),
+            first = utc(app.first_used),
+            last = utc(app.last_used),
+            csrf = escape(csrf),
+        ));
+    }
+    if apps.is_empty() {
+        rows.push_str("<li class=\"muted\" id=\"no-apps\">No apps are connected.</li>");
+    }
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>Connected apps · Postern</title><style>{STYLE}\
+body{{max-width:44rem;margin:3rem auto}}ul{{list-style:none;padding:0}}\
+.app{{border:1px solid #ddd;border-radius:10px;padding:1rem 1.2rem;margin:1rem 0}}\
+.head{{display:flex;justify-content:space-between;align-items:center}}h2{{font-size:1.1rem;margin:0}}\
+.state{{font-size:.85rem;padding:.15rem .6rem;border-radius:99px}}.ready{{background:#dcfce7;color:#166534}}.off{{background:#fef3c7;color:#92400e}}\
+button{{width:auto;margin:.3rem 0 0;padding:.45rem .9rem}}.secondary{{background:#e5e7eb;color:#111}}.muted{{color:#6b7280;margin:.3rem 0}}</style></head><body>\
+<h1>Connected apps</h1><p>Signed in as <strong>{user}</strong> ({email}) · <a href=\"/.pomerium/\">Your servers</a></p>\
+<p class=\"muted\">These MCP clients can use your servers until you revoke them; signing out of this browser does not stop them.</p>\
+<ul>{rows}</ul>\
+<form method=\"post\" action=\"/.pomerium/apps/sign_out_everywhere\"><input type=\"hidden\" name=\"csrf_token\" value=\"{csrf}\">\
+<button type=\"submit\" id=\"sign-out-everywhere\">Sign out everywhere</button></form>\
+<p class=\"muted\">Sign out everywhere ends every browser session of yours and revokes every app above.</p></body></html>",
+        user = escape(user),
+        email = escape(email),
+        csrf = escape(csrf),
+    )
+}
+
+/// A time (ms since the epoch) as `YYYY-MM-DD HH:MM UTC`.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod grant_page_tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(1_709_210_096_000), "2024-02-29 12:34 UTC");
+    }
+
+    #[test]
+    fn dynamically_registered_clients_are_marked_unverified_and_names_are_escaped() {
+        let app = |verified_by: Option<String>| AppEntry {
+            id: "fam-1".into(),
+            name: "<script>Claude</script>".into(),
+            redirect_host: "127.0.0.1".into(),
+            verified_by,
+            server: ("SQLite".into(), "https://mcp.example.com/sqlite".into()),
+            first_used: 0,
+            last_used: 0,
+        };
+        let page = connected_apps("Ada", "ada@example.com", &[app(None)], "tok");
+        assert!(page.contains(">unverified<"), "{page}");
+        assert!(!page.contains("<script>Claude"), "{page}");
+        assert!(page.contains("name=\"grant\" value=\"fam-1\""), "{page}");
+        let page = connected_apps(
+            "Ada",
+            "ada@example.com",
+            &[app(Some("apps.example".into()))],
+            "tok",
+        );
+        assert!(page.contains("verified by apps.example"), "{page}");
+        assert!(!page.contains(">unverified<"), "{page}");
+    }
 }

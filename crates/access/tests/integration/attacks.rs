@@ -433,12 +433,14 @@ async fn redirects_never_leave_the_gateway() {
         "/%09/evil.example/",
         "javascript:alert(1)",
     ] {
-        let response = client()
-            .get(format!("{}/.pomerium/sign_out", t.base))
-            .query(&[("redirect_uri", evil)])
-            .send()
-            .await
-            .unwrap();
+        let response = support::clicked(
+            client().post(format!("{}/.pomerium/sign_out", t.base)),
+            &t.base,
+        )
+        .form(&[("redirect_uri", evil)])
+        .send()
+        .await
+        .unwrap();
         let location = response.headers()["location"].to_str().unwrap().to_owned();
         let resolved = url::Url::parse(&t.base).unwrap().join(&location).unwrap();
         assert_eq!(
@@ -485,14 +487,7 @@ async fn redirects_never_leave_the_gateway() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    let plain = ada
-        .get(format!(
-            "{}/.pomerium/sign_out?redirect_uri=/tools/a?b=1",
-            t.base
-        ))
-        .send()
-        .await
-        .unwrap();
+    let plain = support::sign_out(&ada, &t.base, "?redirect_uri=/tools/a?b=1", None).await;
     assert_eq!(plain.headers()["location"], "/tools/a?b=1");
 }
 

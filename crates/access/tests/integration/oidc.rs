@@ -24,6 +24,11 @@ impl Drop for Provider {
 /// Starts tests/oidc-provider; `None` (loudly) when it is not installed outside CI.
 /// `conform`: claims requested by scope only from UserInfo (OpenID Connect Core §5.4).
 async fn provider(callback: &str, conform: bool) -> Option<Provider> {
+    provider_with(callback, conform, None).await
+}
+
+/// [`provider`], with the accounts listed in the file `disabled` refused (`OIDC_DISABLED_ACCOUNTS`).
+async fn provider_with(callback: &str, conform: bool, disabled: Option<&Path>) -> Option<Provider> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider");
     if !dir.join("node_modules/oidc-provider").exists() {
         if std::env::var_os("CI").is_some() {
@@ -45,6 +50,7 @@ async fn provider(callback: &str, conform: bool) -> Option<Provider> {
         .arg(dir.join("provider.mjs"))
         .args([port.to_string(), callback.to_owned()])
         .args(conform.then_some("conform"))
+        .envs(disabled.map(|d| ("OIDC_DISABLED_ACCOUNTS", d)))
         .stdout(std::process::Stdio::piped())
         .stderr(
             std::fs::File::create(std::env::temp_dir().join(format!("oidc-provider-{port}.log")))
@@ -326,5 +332,135 @@ async fn every_oidc_preset_signs_in_and_reads_groups_from_its_claim() {
         assert_eq!(claims["groups"], serde_json::json!(expected), "{name}");
         assert_eq!(claims["email"], "ada@example.com", "{name}");
     }
+    stop.cancel();
+}
+
+/// A client grant of a user signed in with OpenID Connect is re-checked with the provider at
+/// each refresh (a refresh of the provider's token from the sign-in): it keeps working while
+/// the provider vouches for the user, and ends once the provider refuses (account disabled).
+#[tokio::test]
+async fn a_grant_ends_when_the_identity_provider_no_longer_vouches_for_the_user() {
+    use crate::support::oauth_client::{
+        self, CALLBACK, allow_fields, exchange_at, query_of, token,
+    };
+    use postern_access::oidc::{Oidc, OidcSettings};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let disabled = dir.path().join("disabled");
+    let Some(op) = provider_with(
+        &format!("{base}/.pomerium/callback"),
+        false,
+        Some(&disabled),
+    )
+    .await
+    else {
+        return;
+    };
+    let stop = CancellationToken::new();
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = upstream.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { "{}" });
+    tokio::spawn(async move { axum::serve(upstream, app).await });
+    let yaml = format!(
+        "insecure_server: true\nroutes:\n  - {{from: http://localhost, prefix: /mcp, to: http://{up}, allow_any_authenticated_user: true, mcp: {{}}}}\n"
+    );
+    let oidc = Oidc::new(OidcSettings {
+        issuer: op.issuer.clone(),
+        client_id: "postern".into(),
+        client_secret: "postern-test-secret".into(),
+        scopes: vec!["openid".into(), "email".into(), "profile".into()],
+        groups_claim: "groups".into(),
+    });
+    let store = support::memory_store().await;
+    let access = Access::new(
+        store.clone(),
+        LocalUsers::default(),
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        support::settings(),
+    )
+    .with_oidc(oidc);
+    support::serve(listener, &yaml, access, &stop);
+
+    let ada = support::browser();
+    let callback = sign_in_at_provider(&ada, &base, &op.issuer).await;
+    assert_eq!(ada.get(&callback).send().await.unwrap().status(), 303);
+
+    let registered: serde_json::Value = support::client()
+        .post(format!("{base}/.pomerium/mcp/register"))
+        .json(
+            &serde_json::json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = registered["client_id"].as_str().unwrap().to_owned();
+    let url = oauth_client::authorize_url(&base, &id, CALLBACK, &format!("{base}/mcp"));
+    let page = ada.get(&url).send().await.unwrap().text().await.unwrap();
+    let allowed = support::clicked(ada.post(format!("{base}/.pomerium/mcp/authorize")), &base)
+        .form(&allow_fields(&page))
+        .send()
+        .await
+        .unwrap();
+    let code = query_of(allowed.headers()["location"].to_str().unwrap())["code"].clone();
+    let (status, tokens) = exchange_at(&base, &id, &code).await;
+    assert_eq!(status, 200, "{tokens}");
+    // A second grant (consent is remembered), for when the provider is down.
+    let again = ada.get(&url).send().await.unwrap();
+    let code = query_of(again.headers()["location"].to_str().unwrap())["code"].clone();
+    let (status, second) = exchange_at(&base, &id, &code).await;
+    assert_eq!(status, 200, "{second}");
+    let refresh = |rt: String| {
+        let (base, id) = (base.clone(), id.clone());
+        async move {
+            token(
+                &base,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                    ("client_id", id.as_str()),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    let (status, body, _) = refresh(tokens["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 200, "the provider still vouches for Ada: {body}");
+    let (status, body, _) = refresh(body["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(status, 200, "and again, with its rotated token: {body}");
+
+    std::fs::write(&disabled, "ada\n").unwrap();
+    let (status, body, _) = refresh(body["refresh_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("no longer vouches for ada@example.com"),
+        "{body}"
+    );
+
+    // The provider unreachable: the refresh says try again, and the client keeps its token.
+    drop(op);
+    let kept = second["refresh_token"].as_str().unwrap().to_owned();
+    let (status, body, _) = refresh(kept.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("temporarily_unavailable")),
+        "{body}"
+    );
+    assert!(
+        store.find_refresh_token(&kept).await.unwrap().is_some(),
+        "the refresh token is still current"
+    );
     stop.cancel();
 }

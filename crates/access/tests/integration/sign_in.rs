@@ -147,12 +147,7 @@ async fn a_signed_in_user_gets_their_own_identity_from_whoami_and_sign_out_ends_
     assert_eq!(identity["groups"], json!(["staff"]));
     assert_eq!(identity["issuer"], json!("localhost"));
 
-    let out = client()
-        .get(format!("{}/.pomerium/sign_out", w.base))
-        .header("cookie", &jar)
-        .send()
-        .await
-        .unwrap();
+    let out = crate::support::sign_out(&client(), &w.base, "", Some(&jar)).await;
     assert!(
         out.headers()["set-cookie"]
             .to_str()

@@ -196,7 +196,7 @@ async fn route_hosts_get_the_session_from_the_sign_in_origin_in_the_browser_that
     }
 
     // Signing out on the route host ends the one session everywhere.
-    let out = get(&ada, &format!("{}/.pomerium/sign_out", s.host)).await;
+    let out = crate::support::sign_out(&ada, &s.host, "", None).await;
     assert_eq!(out.status(), 200);
     let portal = get(&ada, &format!("{}/.pomerium/", s.auth)).await;
     assert_eq!(portal.status(), 303, "signed out on the sign-in origin too");

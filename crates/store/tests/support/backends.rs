@@ -109,7 +109,7 @@ fn rand_suffix() -> String {
 
 /// Everything stored, as text, to check that no secret appears in it.
 pub async fn dump(test: &TestStore) -> String {
-    const TABLES: [&str; 10] = [
+    const TABLES: [&str; 11] = [
         "sessions",
         "oauth_clients",
         "authorization_codes",
@@ -120,6 +120,7 @@ pub async fn dump(test: &TestStore) -> String {
         "pending_authorizations",
         "consents",
         "keys",
+        "idp_tokens",
     ];
     let mut out = String::new();
     match &test.backend {

@@ -42,6 +42,8 @@ pub fn settings() -> AccessSettings {
         claim_headers: Vec::new(),
         authenticate: None,
         sign_in_email: None,
+        refresh_idle_ttl: Duration::from_secs(30 * 24 * 3600),
+        refresh_max_ttl: Duration::from_secs(90 * 24 * 3600),
     }
 }
 
@@ -251,4 +253,33 @@ pub fn assert_reference_app_accepts(body: &serde_json::Value) {
             }
         }
     }
+}
+
+/// Signs out as a click on the button of `/.pomerium/sign_out{query}` does (GET the page, POST
+/// its form from this site), with `cookie` as the session when given (else the browser's jar).
+pub async fn sign_out(
+    browser: &reqwest::Client,
+    base: &str,
+    query: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let with_cookie = |request: reqwest::RequestBuilder| match cookie {
+        Some(cookie) => request.header("cookie", cookie),
+        None => request,
+    };
+    let page = with_cookie(browser.get(format!("{base}/.pomerium/sign_out{query}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    with_cookie(clicked(
+        browser.post(format!("{base}/.pomerium/sign_out")),
+        base,
+    ))
+    .form(&hidden_fields(&page))
+    .send()
+    .await
+    .unwrap()
 }
