@@ -1,8 +1,10 @@
 //! What the access services take from the configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use postern_config::defaults::AuthenticateService;
 use postern_config::{AuthorizeLogField, Config, IssuerFormat};
 use postern_gateway::hooks::RequestContext;
@@ -42,6 +44,29 @@ pub struct AccessSettings {
     /// `authenticate_service_url`: the origin of sign-in, consent, the portal and the OAuth
     /// endpoints; `None`: every route host serves them.
     pub authenticate: Option<AuthenticateService>,
+}
+
+/// The settings in force, shared by the services: a reload swaps them whole, and each use reads
+/// the ones current then (a request may see two versions across its steps, never a mix within
+/// one read).
+#[derive(Clone, Debug)]
+pub struct Live(Arc<ArcSwap<AccessSettings>>);
+
+impl Live {
+    /// Starting with `settings`.
+    pub fn new(settings: AccessSettings) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(settings)))
+    }
+
+    /// The settings in force now.
+    pub fn get(&self) -> Arc<AccessSettings> {
+        self.0.load_full()
+    }
+
+    /// Puts `settings` in force for what happens from now on.
+    pub fn set(&self, settings: AccessSettings) {
+        self.0.store(Arc::new(settings));
+    }
 }
 
 impl AccessSettings {

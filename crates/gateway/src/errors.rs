@@ -130,10 +130,26 @@ impl GatewayError {
         }
     }
 
+    /// What the client is told. An upstream failure is only "upstream unavailable": its
+    /// address and the OS error (`tcp connect error: Connection refused`, an internal IP) are
+    /// for the log, which the request id leads to, not for whoever sent the request.
+    pub fn public_message(&self) -> String {
+        match self {
+            GatewayError::BadGateway { .. } => {
+                "upstream unavailable; try again later, or give an administrator the request id"
+                    .into()
+            }
+            GatewayError::GatewayTimeout { seconds, .. } => format!(
+                "upstream unavailable: no answer within {seconds} s (route `timeout`); try again later, or give an administrator the request id"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The response: JSON, or HTML when the client is a browser.
     pub fn into_response(self, request_id: &str, browser: bool) -> Response<Body> {
         let status = self.status();
-        let message = self.to_string();
+        let message = self.public_message();
         let allow = match &self {
             GatewayError::MethodNotAllowed { allowed } => Some(*allowed),
             _ => None,

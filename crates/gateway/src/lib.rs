@@ -22,6 +22,7 @@ pub mod path;
 pub mod proxy;
 pub mod reload;
 mod request_log;
+pub use request_log::millis;
 pub mod routes;
 pub mod server;
 pub mod tls;

@@ -52,6 +52,15 @@ pub struct Metrics {
     pub open_streams: Gauge<i64, AtomicI64>,
     /// Configuration reloads.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// 1 for each key whose change in the file is not in force until a restart.
+    pub needs_restart: Family<KeyLabel, Gauge>,
+}
+
+/// A configuration key (from the fixed list of keys that need a restart).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    /// The key.
+    pub key: &'static str,
 }
 
 /// A route label.
@@ -77,6 +86,12 @@ impl Default for Metrics {
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let open_streams = Gauge::<i64, AtomicI64>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let needs_restart = Family::<KeyLabel, Gauge>::default();
+        registry.register(
+            "config_needs_restart",
+            "1 for each configuration key changed in the file but not in force until a restart",
+            needs_restart.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route, method and status",
@@ -109,6 +124,7 @@ impl Default for Metrics {
             upstream_errors,
             open_streams,
             reloads,
+            needs_restart,
         }
     }
 }

@@ -203,13 +203,18 @@ impl Line {
             path = &*capped(&self.path, 2048),
             status = status.as_u16(),
             bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(self.started.elapsed()),
             upstream = &*self.upstream,
             user = self.user.as_deref().unwrap_or("-"),
             note,
             "request"
         );
     }
+}
+
+/// A duration in milliseconds, rounded to 10 µs: `duration_ms=1.23`, not `1.2345678910000001`.
+pub fn millis(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 /// At most `max` bytes of `text` (cut on a character boundary, `…` marking the cut).
@@ -226,6 +231,18 @@ fn capped(text: &str, max: usize) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_are_rounded_to_ten_microseconds() {
+        use std::time::Duration;
+        assert_eq!(super::millis(Duration::from_nanos(1_234_567_891)), 1234.57);
+        assert_eq!(super::millis(Duration::from_nanos(4_999)), 0.0);
+        assert_eq!(super::millis(Duration::from_micros(15)), 0.02);
+        assert_eq!(
+            format!("{}", super::millis(Duration::from_nanos(2_345_678))),
+            "2.35"
+        );
+    }
+
     #[test]
     fn client_chosen_log_fields_are_capped() {
         assert_eq!(super::capped("GET", 24), "GET");

@@ -62,7 +62,7 @@ impl AuthorizationServer {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
         };
         let state = request.state.as_deref();
-        let sign_in_origin = self.settings.authenticate.is_some();
+        let sign_in_origin = self.settings.get().authenticate.is_some();
         let (route, resource) =
             match target_route(ctx, issuer, request.resource.as_deref(), sign_in_origin) {
                 Ok(found) => found,
@@ -70,7 +70,8 @@ impl AuthorizationServer {
             };
 
         // Who is asking: a browser session (sign in first if needed).
-        let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
+        let Some(session) =
+            session::current(headers, &self.settings.get().cookie, &self.store).await
         else {
             return sign_in_first(&query);
         };
@@ -186,7 +187,7 @@ impl AuthorizationServer {
         // A client ID metadata document is fetched for signed-in users only: an anonymous
         // request must not make the gateway fetch URLs or fill its cache.
         if document_client
-            && session::current(headers, &self.settings.cookie, &self.store)
+            && session::current(headers, &self.settings.get().cookie, &self.store)
                 .await
                 .is_none()
         {

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use crate::broker::UpstreamBroker;
 use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX, RevocationCache};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::pages;
 use crate::web::reply::{encode, html, json_response, redirect_to};
@@ -42,7 +42,7 @@ const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
 /// document cache; asks the broker whether a route needs the user's upstream account.
 pub struct AuthorizationServer {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) cimd: crate::authorization_server::cimd::Cimd,
     pub(crate) registration_limiter: crate::web::limiter::AddressWindows,
@@ -53,13 +53,13 @@ impl AuthorizationServer {
     /// The authorization server over `store`.
     pub fn new(
         store: Store,
-        settings: AccessSettings,
+        settings: Live,
         revocations: Arc<RevocationCache>,
         broker: Arc<UpstreamBroker>,
     ) -> Self {
         Self {
             cimd: crate::authorization_server::cimd::Cimd::new(
-                settings.allowed_client_id_domains.clone(),
+                settings.get().allowed_client_id_domains.clone(),
             ),
             registration_limiter: Default::default(),
             store,
@@ -75,7 +75,7 @@ impl AuthorizationServer {
             StatusCode::OK,
             &metadata::authorization_server(
                 &ctx.origin(),
-                self.settings.dynamic_registration,
+                self.settings.get().dynamic_registration,
                 &["mcp"],
             ),
         )
@@ -101,7 +101,7 @@ impl AuthorizationServer {
             StatusCode::OK,
             &metadata::protected_resource(
                 &resource,
-                &self.settings.issuer(ctx),
+                &self.settings.get().issuer(ctx),
                 route.config.name.as_deref(),
                 &["mcp"],
             ),

@@ -265,7 +265,7 @@ impl AuthorizationServer {
                 old,
                 &new,
                 now_ms() + 30 * 24 * 3600 * 1000,
-                self.settings.refresh_reuse_grace,
+                self.settings.get().refresh_reuse_grace,
             )
             .await
             .map_err(store_unavailable)?
@@ -346,7 +346,7 @@ impl AuthorizationServer {
         family: &TokenFamily,
         refresh: &str,
     ) -> Result<Value, OAuthError> {
-        let ttl = self.settings.access_token_ttl;
+        let ttl = self.settings.get().access_token_ttl;
         let claims = AccessClaims {
             sub: session.user_id.clone(),
             email: session.email.clone(),

@@ -23,7 +23,7 @@ use postern_store::{PendingAuthorization, Session, Store, UpstreamToken, now_ms}
 
 use crate::broker::discovery::UpstreamSettings;
 use crate::oauth_server::{self, RevocationCache};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::pages;
 use crate::web::reply::{cors, html, json_error, redirect_to};
@@ -32,7 +32,7 @@ use crate::web::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 /// The broker. Shared (`Arc`) by the authorization server, enforcement and the endpoints.
 pub struct UpstreamBroker {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     /// Token endpoint calls (and what was learned about them).
     pub(crate) tokens: crate::broker::upstream::TokenEndpoints,
     pub(crate) discovery: crate::broker::discovery::Discovery,
@@ -51,13 +51,13 @@ impl UpstreamBroker {
     /// A broker over `store`, calling providers with `http`.
     pub fn new(
         store: Store,
-        settings: AccessSettings,
+        settings: Live,
         http: reqwest::Client,
         revocations: Arc<RevocationCache>,
     ) -> Self {
         let discovery = crate::broker::discovery::Discovery::new(
             store.clone(),
-            settings.allowed_as_metadata_domains.clone(),
+            settings.get().allowed_as_metadata_domains.clone(),
         );
         Self {
             store,
@@ -106,9 +106,8 @@ impl UpstreamBroker {
                 Err(json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_token_refresh_failed",
-                    &format!(
-                        "the upstream provider could not refresh your token, try again shortly: {error}"
-                    ),
+                    // The provider's address and error are for the log (above), not the caller.
+                    "upstream unavailable: the upstream provider could not refresh your token; try again shortly, or give an administrator the request id",
                     &ctx.request_id,
                 ))
             }
@@ -168,7 +167,7 @@ impl UpstreamBroker {
         ) {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                UPSTREAM.set(&mut response, &state, self.settings.cookie.secure);
+                UPSTREAM.set(&mut response, &state, self.settings.get().cookie.secure);
                 response
             }
             Err(error) => html(
@@ -241,7 +240,7 @@ impl UpstreamBroker {
     ) -> Result<(Session, PendingAuthorization, Resume), Response<Body>> {
         let bound = UPSTREAM.matches(request.headers(), state);
         let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await
         else {
             return Err(failed(
                 StatusCode::UNAUTHORIZED,

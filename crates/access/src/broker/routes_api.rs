@@ -96,7 +96,7 @@ impl UpstreamBroker {
         request: Request<Body>,
     ) -> Response<Body> {
         let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await
         else {
             return redirect_to("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2F");
         };
@@ -292,7 +292,9 @@ impl UpstreamBroker {
                     .filter(|c| c.aud.starts_with(APP_AUDIENCE_PREFIX))
                     .map(|c| c.session())
             }
-            None => session::current(request.headers(), &self.settings.cookie, &self.store).await,
+            None => {
+                session::current(request.headers(), &self.settings.get().cookie, &self.store).await
+            }
         }
     }
 

@@ -106,8 +106,8 @@ impl AuditEvent {
 #[derive(Clone)]
 pub struct Audit {
     writer: Option<Arc<Writer>>,
-    /// `authorize_log_fields`, compiled; `None`: the fixed record.
-    fields: Option<Arc<LogFields>>,
+    /// `authorize_log_fields`, compiled; `None`: the fixed record. Swapped on reload.
+    fields: Arc<arc_swap::ArcSwapOption<LogFields>>,
 }
 
 /// The queue into the writer thread; its drop writes what is queued and joins the thread.
@@ -138,20 +138,29 @@ impl Audit {
                 })
         });
         let fields = selected.map(|s| Arc::new(LogFields::compile(s)));
-        Self { writer, fields }
+        Self {
+            writer,
+            fields: Arc::new(arc_swap::ArcSwapOption::new(fields)),
+        }
     }
 
     /// The fields records carry besides their essentials, when `authorize_log_fields` is set.
-    pub fn fields(&self) -> Option<&LogFields> {
-        self.fields.as_deref()
+    pub fn fields(&self) -> Option<Arc<LogFields>> {
+        self.fields.load_full()
+    }
+
+    /// Puts a reloaded `authorize_log_fields` in force for the records made from now on.
+    pub fn set_fields(&self, selected: Option<&[AuthorizeLogField]>) {
+        self.fields
+            .store(selected.map(|s| Arc::new(LogFields::compile(s))));
     }
 
     /// Records `event`, its client-chosen fields cut to [`FIELD_CAP`] bytes (see
     /// [`AuditEvent::cap_fields`]).
     pub fn record(&self, mut event: AuditEvent) {
         let truncated = event.cap_fields();
-        if let Some(fields) = &self.fields {
-            self.record_selected(&event, fields, &truncated);
+        if let Some(fields) = self.fields.load_full() {
+            self.record_selected(&event, &fields, &truncated);
             return;
         }
         tracing::info!(target: "postern::audit", user = %Untrusted(event.user.as_deref().unwrap_or("-")), route = %event.route,

@@ -28,14 +28,14 @@ use crate::enforcement::audit::fields::{Bounded, RequestFacts};
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::reply::{cors, encode, json_error, json_response, redirect_to};
 
 /// The enforcement service: owns the assertion signer and the audit log.
 pub struct Enforcement {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     pub(crate) signer: Signer,
     pub(crate) audit: Audit,
     pub(crate) revocations: Arc<RevocationCache>,
@@ -248,7 +248,7 @@ impl Enforcement {
             }
             _ if request.headers().contains_key(header::COOKIE) => Ok(Box::pin(session::current(
                 request.headers(),
-                &self.settings.cookie,
+                &self.settings.get().cookie,
                 &self.store,
             ))
             .await),
@@ -431,14 +431,14 @@ impl Enforcement {
         let format = route
             .config
             .jwt_issuer_format
-            .unwrap_or(self.settings.issuer_format);
+            .unwrap_or(self.settings.get().issuer_format);
         let groups = session.map(|s| assertion_groups(s, route));
         let groups = groups.as_deref().unwrap_or_default();
         self.claim_headers(ctx, session, groups, format, &mut headers);
         let pass = route
             .config
             .pass_identity_headers
-            .unwrap_or(self.settings.pass_identity_headers);
+            .unwrap_or(self.settings.get().pass_identity_headers);
         if let (true, Some(session)) = (pass, session) {
             let issuer = match format {
                 IssuerFormat::HostOnly => ctx.host.clone(),
@@ -480,7 +480,7 @@ impl Enforcement {
         format: IssuerFormat,
         headers: &mut HeaderMap,
     ) {
-        for (header, claim) in &self.settings.claim_headers {
+        for (header, claim) in &self.settings.get().claim_headers {
             let text = session
                 .map(|s| claim_text(s, claim, groups, ctx, format))
                 .unwrap_or_default();
@@ -568,7 +568,7 @@ impl Enforcement {
                     event.facts = facts.clone();
                     event.tool_arguments = arguments.clone();
                     event.status = Some(status.as_u16());
-                    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    event.latency_ms = Some(postern_gateway::millis(started.elapsed()));
                     event.complete = Some(complete);
                     audit.record(event);
                 }

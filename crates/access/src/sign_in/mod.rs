@@ -10,6 +10,8 @@ pub mod users;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use postern_config::defaults::AuthenticateService;
@@ -17,10 +19,10 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
+use crate::settings::Live;
 use crate::sign_in::github::GitHub;
 use crate::sign_in::oidc::Oidc;
 use crate::sign_in::provider::IdentityProvider;
-use crate::sign_in::session::CookieSettings;
 use crate::sign_in::users::{LocalUser, LocalUsers};
 use crate::web::limiter::SignInLimiter;
 use crate::web::pages;
@@ -39,8 +41,10 @@ struct Posted {
 /// the identity provider.
 pub struct SignIn {
     store: Store,
-    cookie: CookieSettings,
-    users: Arc<LocalUsers>,
+    /// The settings in force (the cookie's follow reloads).
+    settings: Live,
+    /// The local users in force: `users_file` is read again on reload.
+    users: Arc<ArcSwap<LocalUsers>>,
     /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
@@ -52,11 +56,11 @@ pub struct SignIn {
 
 impl SignIn {
     /// Signs `users` in, sessions kept in `store`.
-    pub fn new(store: Store, users: LocalUsers, cookie: CookieSettings) -> Self {
+    pub fn new(store: Store, users: LocalUsers, settings: Live) -> Self {
         Self {
             store,
-            cookie,
-            users: Arc::new(users),
+            settings,
+            users: Arc::new(ArcSwap::from_pointee(users)),
             password_checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -70,6 +74,12 @@ impl SignIn {
     pub fn with_authenticate(mut self, service: Option<AuthenticateService>) -> Self {
         self.authenticate = service;
         self
+    }
+
+    /// Puts a new list of local users in force (a reload read `users_file` again): sign-ins from
+    /// now on check it.
+    pub(crate) fn set_users(&self, users: LocalUsers) {
+        self.users.store(Arc::new(users));
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
@@ -89,7 +99,7 @@ impl SignIn {
     /// so a burst of sign-ins cannot take 19 MiB each without bound.
     async fn check_password(&self, email: &str, password: &str) -> Option<LocalUser> {
         let _permit = self.password_checks.acquire().await.ok()?;
-        let users = self.users.clone();
+        let users = self.users.load_full();
         let (email, password) = (email.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || users.verify(&email, &password).cloned())
             .await
@@ -142,7 +152,7 @@ impl SignIn {
         {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                OIDC_SIGN_IN.set(&mut response, &state, self.cookie.secure);
+                OIDC_SIGN_IN.set(&mut response, &state, self.settings.get().cookie.secure);
                 response
             }
             Err(error) => {
@@ -235,9 +245,10 @@ impl SignIn {
                 );
             }
         };
-        if let Some(current) = session::current(request.headers(), &self.cookie, &self.store)
-            .await
-            .filter(|c| c.user_id != identity.subject)
+        if let Some(current) =
+            session::current(request.headers(), &self.settings.get().cookie, &self.store)
+                .await
+                .filter(|c| c.user_id != identity.subject)
         {
             return html(
                 StatusCode::CONFLICT,
@@ -264,11 +275,13 @@ impl SignIn {
                 ),
             );
         };
-        let mut response = self.cookie.arrive(&redirect);
-        self.cookie
-            .spec()
-            .set(&mut response, &cookie, self.cookie.expire);
-        OIDC_SIGN_IN.clear(&mut response, self.cookie.secure);
+        let mut response = self.settings.get().cookie.arrive(&redirect);
+        self.settings.get().cookie.spec().set(
+            &mut response,
+            &cookie,
+            self.settings.get().cookie.expire,
+        );
+        OIDC_SIGN_IN.clear(&mut response, self.settings.get().cookie.secure);
         response
     }
 
@@ -287,7 +300,7 @@ impl SignIn {
             );
         };
         let mut response = html(status, pages::sign_in(redirect, &field, error));
-        crate::web::forms::csrf_cookie(self.cookie.secure).set(
+        crate::web::forms::csrf_cookie(self.settings.get().cookie.secure).set(
             &mut response,
             &cookie,
             crate::web::forms::CSRF_COOKIE_TTL,
@@ -327,7 +340,8 @@ impl SignIn {
                 && let Some(to) = self.handoff_target(ctx, &redirect)
             {
                 if let Some(session) =
-                    session::current(request.headers(), &self.cookie, &self.store).await
+                    session::current(request.headers(), &self.settings.get().cookie, &self.store)
+                        .await
                 {
                     return self.issue_handoff(&session, &to, &state).await;
                 }
@@ -353,7 +367,7 @@ impl SignIn {
         } = posted;
         // Signing in over another user's session would silently switch accounts under the
         // pages and clients of the first one.
-        let current = session::current(&headers, &self.cookie, &self.store).await;
+        let current = session::current(&headers, &self.settings.get().cookie, &self.store).await;
         if let Some(current) = current
             .as_ref()
             .filter(|c| !c.email.eq_ignore_ascii_case(&email))
@@ -401,9 +415,11 @@ impl SignIn {
         };
         let target = safe_redirect(&redirect, ctx);
         let mut response = redirect_to(&target);
-        self.cookie
-            .spec()
-            .set(&mut response, &cookie, self.cookie.expire);
+        self.settings.get().cookie.spec().set(
+            &mut response,
+            &cookie,
+            self.settings.get().cookie.expire,
+        );
         response
     }
 
@@ -526,7 +542,7 @@ impl SignIn {
             }
         };
         session.created_at = now;
-        session.expires_at = now + self.cookie.expire.as_millis() as i64;
+        session.expires_at = now + self.settings.get().cookie.expire.as_millis() as i64;
         if let Err(error) = self.store.put_session(&session).await {
             tracing::error!(%error, "cannot save the session");
             return None;
@@ -540,8 +556,11 @@ impl SignIn {
         ctx: &RequestContext,
         request: &Request<Body>,
     ) -> Response<Body> {
-        if let Some(id) = session::session_id(request.headers(), &self.cookie, self.store.keyring())
-        {
+        if let Some(id) = session::session_id(
+            request.headers(),
+            &self.settings.get().cookie,
+            self.store.keyring(),
+        ) {
             match self.store.end_session(&id).await {
                 Ok(_) => {
                     tracing::info!(target: "postern::audit", event = "sign_out", session = %id, "signed out")
@@ -558,7 +577,7 @@ impl SignIn {
             Some(target) => redirect_to(&target),
             None => html(StatusCode::OK, pages::signed_out()),
         };
-        self.cookie.spec().clear(&mut response);
+        self.settings.get().cookie.spec().clear(&mut response);
         response
     }
 }

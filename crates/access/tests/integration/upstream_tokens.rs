@@ -364,6 +364,12 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         json!("upstream_token_refresh_failed"),
         "{body}"
     );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("upstream unavailable") && !m.contains("127.0.0.1")),
+        "the provider's address and error stay in the log: {body}"
+    );
     assert_eq!(
         w.routes().await["servers"][0]["connected"],
         json!(true),
