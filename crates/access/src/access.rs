@@ -48,21 +48,23 @@ impl Access {
         let revocations = Arc::new(RevocationCache::default());
         RevocationCache::spawn_sync(&revocations, store.clone());
         let http = postern_http::client(Duration::from_secs(15));
-        let broker = Arc::new(UpstreamBroker::new(
+        let mut broker =
+            UpstreamBroker::new(store.clone(), settings.clone(), http, revocations.clone());
+        broker.audit = audit.clone();
+        let broker = Arc::new(broker);
+        let mut sign_in =
+            SignIn::new(store.clone(), users, settings.clone()).with_authenticate(authenticate);
+        sign_in.audit = audit.clone();
+        let mut server = AuthorizationServer::new(
             store.clone(),
             settings.clone(),
-            http,
             revocations.clone(),
-        ));
+            broker.clone(),
+        );
+        server.audit = audit.clone();
         Self {
-            sign_in: SignIn::new(store.clone(), users, settings.clone())
-                .with_authenticate(authenticate),
-            server: AuthorizationServer::new(
-                store.clone(),
-                settings.clone(),
-                revocations.clone(),
-                broker.clone(),
-            ),
+            sign_in,
+            server,
             enforcement: Enforcement {
                 audit,
                 store,
@@ -147,7 +149,7 @@ impl Access {
             Endpoint::Register => self.server.register(ctx, request).await,
             Endpoint::Authorize => self.server.authorize_endpoint(ctx, request).await,
             Endpoint::Token => self.server.token(ctx, request).await,
-            Endpoint::Revoke => self.server.revoke(request).await,
+            Endpoint::Revoke => self.server.revoke(ctx, request).await,
             Endpoint::UpstreamCallback => {
                 if let Some(relayed) = self.relay_upstream_callback(ctx, &request) {
                     return relayed;

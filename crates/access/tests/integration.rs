@@ -19,6 +19,8 @@ mod github;
 mod mtls;
 #[path = "integration/oidc.rs"]
 mod oidc;
+#[path = "integration/operations.rs"]
+mod operations;
 #[path = "integration/policy_and_mcp.rs"]
 mod policy_and_mcp;
 #[path = "integration/registration_abuse.rs"]

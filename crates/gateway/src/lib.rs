@@ -223,6 +223,7 @@ impl Gateway {
             browser,
             runtime,
             client_certificate: conn.client_certificate.clone(),
+            metrics: self.inner.metrics.clone(),
         };
         // One canonical path for routing, the hooks (policy, the gateway's own endpoints) and
         // the upstream.

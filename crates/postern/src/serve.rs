@@ -374,6 +374,10 @@ pub async fn serve(path: PathBuf, config: Config) -> anyhow::Result<()> {
     let hooks = access_hooks(&config, &base, &store, users).await?;
     let gateway = Gateway::new(config.clone(), hooks.clone());
     report_restart(&gateway, &[]);
+    let metrics = gateway.metrics().clone();
+    postern_store::observe_operations(Box::new(move |op, elapsed, ok| {
+        metrics.store_operation(op, elapsed, ok)
+    }));
 
     let resolver = Arc::new(CertResolver::default());
     let challenges = Arc::new(server::Challenges::default());

@@ -87,6 +87,14 @@ impl AuthorizationServer {
             ctx.client_addr.ip(),
             ctx.client_certificate.as_deref(),
         ) {
+            ctx.metrics.policy_denied("authorize");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("authorize_denied", ctx)
+                    .user(&session.email)
+                    .client(client_id.as_str())
+                    .route(&route.id)
+                    .reason("the route's policy does not allow this user"),
+            );
             return back.error(
                 OAuthError::new(
                     ErrorCode::AccessDenied,
@@ -402,7 +410,12 @@ impl AuthorizationServer {
             .await
             .map_err(store_unavailable)?;
         self.renew_registration(client).await;
-        tracing::info!(target: "postern::audit", event = "authorized", client = %grant.client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
+        self.audit.event(
+            crate::enforcement::audit::IdentityEvent::new("code_issued", ctx)
+                .user(&session.email)
+                .client(&grant.client_id)
+                .reason(format!("resource={}", grant.resource)),
+        );
         Ok(code)
     }
 }

@@ -47,6 +47,8 @@ pub struct AuthorizationServer {
     pub(crate) cimd: crate::authorization_server::cimd::Cimd,
     pub(crate) registration_limiter: crate::web::limiter::AddressWindows,
     pub(crate) broker: Arc<UpstreamBroker>,
+    /// Where denials, codes, tokens and revocations are recorded.
+    pub(crate) audit: crate::enforcement::audit::Audit,
 }
 
 impl AuthorizationServer {
@@ -66,6 +68,7 @@ impl AuthorizationServer {
             settings,
             revocations,
             broker,
+            audit: crate::enforcement::audit::Audit::new(None, None),
         }
     }
 
@@ -117,13 +120,17 @@ impl AuthorizationServer {
     /// token was known (§2.2); 503 `temporarily_unavailable` when the store could not look it
     /// up or record the revocation, so the client keeps the token and tries again (§2.2.1)
     /// instead of believing it is revoked.
-    pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn revoke(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
         let Some(body) = read_body(request).await else {
             return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
         let token = form.get("token").map(String::as_str).unwrap_or_default();
-        match self.revoke_token(token).await {
+        match self.revoke_token(ctx, token).await {
             Ok(()) => {
                 let mut response = Response::new(postern_gateway::body::full(""));
                 no_store(&mut response);
@@ -133,24 +140,32 @@ impl AuthorizationServer {
         }
     }
 
-    async fn revoke_token(&self, token: &str) -> Result<(), OAuthError> {
+    async fn revoke_token(&self, ctx: &RequestContext, token: &str) -> Result<(), OAuthError> {
+        // The family, and whose it is (for the audit record).
         let family = if token.starts_with(REFRESH_PREFIX) {
             self.store
                 .find_refresh_token(token)
                 .await
                 .map_err(store_unavailable)?
-                .map(|f| f.family_id)
+                .map(|f| (f.family_id, f.user_id, f.client_id))
         } else if let Some(sealed) = token.strip_prefix(oauth_server::ACCESS_PREFIX) {
             self.store
                 .keyring()
                 .open("access-token", sealed)
                 .ok()
                 .and_then(|json| serde_json::from_slice::<AccessClaims>(&json).ok())
-                .map(|c| c.fam)
+                .map(|c| (c.fam, c.email, c.cid))
         } else {
             None
         };
-        if let Some(family) = family {
+        if let Some((family, user, client)) = family {
+            ctx.metrics.token("revoked");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("token_revoked", ctx)
+                    .user(user)
+                    .client(client)
+                    .reason(format!("revoked by the client (family {family})")),
+            );
             // This replica refuses the family's tokens at once, whatever the store says.
             self.revocations.insert(Revocation::Family(family.clone()));
             self.store

@@ -52,6 +52,7 @@ impl crate::authorization_server::AuthorizationServer {
         };
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "client registrations rate limited");
+        ctx.metrics.rate_limit_hit("registration");
         Err(OAuthError::new(
             ErrorCode::TooManyRequests,
             format!(

@@ -2,6 +2,7 @@
 //! grants, and the tokens they issue.
 
 use super::*;
+use crate::enforcement::audit::IdentityEvent;
 
 impl AuthorizationServer {
     pub(crate) async fn token(
@@ -23,7 +24,19 @@ impl AuthorizationServer {
                 no_store(&mut response);
                 response
             }
-            Err(error) => EndpointError::OAuth(error).into_response(),
+            Err(error) => {
+                ctx.metrics.token("refused");
+                let mut event = IdentityEvent::new("token_refused", ctx).reason(format!(
+                    "{}: {}",
+                    error.code.as_str(),
+                    error.description
+                ));
+                if let Some(client) = form.get("client_id") {
+                    event = event.client(client.as_str());
+                }
+                self.audit.event(event);
+                EndpointError::OAuth(error).into_response()
+            }
         }
     }
 
@@ -171,7 +184,7 @@ impl AuthorizationServer {
             expires_at: session.expires_at,
         };
         // Minted before the family is stored: a failure leaves nothing behind.
-        let tokens = self.tokens(&session, &family, &refresh)?;
+        let tokens = self.tokens((ctx, "token_issued"), &session, &family, &refresh)?;
         self.store
             .create_family(&family, &refresh, family.expires_at)
             .await
@@ -216,6 +229,11 @@ impl AuthorizationServer {
                     ));
                 }
                 tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
+                self.audit.event(
+                    IdentityEvent::new("grant_revoked", ctx)
+                        .client(client.client_id.as_str())
+                        .reason("authorization code replayed"),
+                );
                 Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
                     "the code was already used; the tokens it gave were revoked",
@@ -280,6 +298,13 @@ impl AuthorizationServer {
             Rotation::Reused { family_id } => {
                 self.revocations.insert(Revocation::Family(family_id));
                 tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
+                self.audit.event(
+                    IdentityEvent::new("grant_revoked", ctx)
+                        .client(client.client_id.as_str())
+                        .reason(
+                            "refresh token reuse: every token of this authorization is revoked",
+                        ),
+                );
                 return Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
                     "the refresh token was already used; all tokens from this authorization are revoked",
@@ -304,7 +329,7 @@ impl AuthorizationServer {
                 "the sign-in behind this token has ended; authorize again",
             )
             .await?;
-        self.tokens(&session, &family, &new)
+        self.tokens((ctx, "token_refreshed"), &session, &family, &new)
     }
 
     /// Whether the family's server needs the user's upstream account (TI) they no longer (or
@@ -342,6 +367,7 @@ impl AuthorizationServer {
 
     fn tokens(
         &self,
+        (ctx, event): (&RequestContext, &'static str),
         session: &postern_store::Session,
         family: &TokenFamily,
         refresh: &str,
@@ -367,6 +393,17 @@ impl AuthorizationServer {
                     "the gateway cannot issue a token now; try again",
                 )
             })?;
+        ctx.metrics.token(if event == "token_issued" {
+            "issued"
+        } else {
+            "refreshed"
+        });
+        self.audit.event(
+            IdentityEvent::new(event, ctx)
+                .user(&session.email)
+                .client(family.client_id.as_str())
+                .reason(format!("resource={}", family.resource)),
+        );
         Ok(oauth_server::token_response(
             &access,
             ttl,

@@ -37,6 +37,8 @@ pub struct UpstreamBroker {
     pub(crate) tokens: crate::broker::upstream::TokenEndpoints,
     pub(crate) discovery: crate::broker::discovery::Discovery,
     pub(crate) revocations: Arc<RevocationCache>,
+    /// Where upstream accounts connected and disconnected are recorded.
+    pub(crate) audit: crate::enforcement::audit::Audit,
 }
 
 /// What the provider's callback leads to.
@@ -65,6 +67,7 @@ impl UpstreamBroker {
             tokens: crate::broker::upstream::TokenEndpoints::new(http),
             discovery,
             revocations,
+            audit: crate::enforcement::audit::Audit::new(None, None),
         }
     }
 
@@ -87,7 +90,18 @@ impl UpstreamBroker {
                 &key,
                 crate::broker::upstream::needs_refresh,
                 crate::broker::upstream::KEEP_WITH_REFRESH,
-                |old| crate::broker::upstream::refresh(&self.tokens, &oauth, old),
+                |old| {
+                    let refreshing = crate::broker::upstream::refresh(&self.tokens, &oauth, old);
+                    async {
+                        let outcome = refreshing.await;
+                        ctx.metrics.upstream_token_refresh(match &outcome {
+                            Ok(postern_store::RefreshOutcome::Refreshed(_)) => "ok",
+                            Ok(_) => "rejected",
+                            Err(_) => "failed",
+                        });
+                        outcome
+                    }
+                },
             )
             .await;
         match result {
@@ -225,7 +239,11 @@ impl UpstreamBroker {
             .exchange_code(ctx, &route, &oauth, code, &pending, &resume)
             .await?;
         self.keep_token(&session, &pending, &token).await?;
-        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
+        self.audit.event(
+            crate::enforcement::audit::IdentityEvent::new("upstream_connected", ctx)
+                .user(&session.email)
+                .route(&route.id),
+        );
         Ok(resumed(resume))
     }
 

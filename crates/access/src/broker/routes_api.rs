@@ -183,7 +183,11 @@ impl UpstreamBroker {
                 .inspect_err(|error| {
                     tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, route = %route.id, "cannot disconnect an upstream account");
                 })?;
-            tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("upstream_disconnected", ctx)
+                    .user(&session.email)
+                    .route(&route.id),
+            );
         }
         Ok(())
     }
@@ -677,6 +681,7 @@ mod tests {
             browser: true,
             runtime: Arc::new(Runtime::new(config)),
             client_certificate: None,
+            metrics: Default::default(),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Enforcement {
 #[derive(Clone)]
 struct Allowed {
     session: Option<Session>,
+    /// The MCP client whose token made the request.
+    client_id: Option<String>,
     calls: Vec<Call>,
     decision: String,
     filter_tools: Option<ToolLists>,
@@ -140,7 +142,7 @@ impl Enforcement {
             return Err(GatewayError::ClientCertificateRequired { presented }
                 .into_response(&ctx.request_id, ctx.browser));
         }
-        let session = self.identify(ctx, route, &request).await?;
+        let (session, client_id) = self.identify(ctx, route, &request).await?;
         // Taken now: the request's parts are gone by the time its response ends.
         let facts = self.audit.fields().map(|fields| {
             let removed = session.as_ref().map_or(0, |s| removed_groups(s, route));
@@ -176,14 +178,21 @@ impl Enforcement {
         };
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
         if !denied.is_empty() {
-            return Err(self.refuse(
+            let mut refused = self.refuse(
                 ctx,
                 route,
-                (session.as_ref(), facts.as_ref()),
+                (session.as_ref(), facts.as_ref(), client_id.as_deref()),
                 &denied,
                 &calls,
                 request.uri(),
-            ));
+            );
+            if let Some(session) = &session {
+                // The access log names who was refused.
+                refused
+                    .extensions_mut()
+                    .insert(postern_gateway::hooks::RefusedUser(session.email.clone()));
+            }
+            return Err(refused);
         }
         let decision = decisions
             .first()
@@ -204,6 +213,7 @@ impl Enforcement {
         };
         grant.extensions.insert(Allowed {
             session,
+            client_id,
             calls,
             decision,
             filter_tools,
@@ -219,7 +229,7 @@ impl Enforcement {
         ctx: &RequestContext,
         route: &Route,
         request: &Request<Body>,
-    ) -> Result<Option<Session>, Response<Body>> {
+    ) -> Result<(Option<Session>, Option<String>), Response<Body>> {
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -236,7 +246,8 @@ impl Enforcement {
                     token,
                     &resource,
                 ) {
-                    Ok(claims) => Ok(Some(claims.session())),
+                    // The client id goes into the audit records of the request's calls.
+                    Ok(claims) => Ok((Some(claims.session()), Some(claims.cid))),
                     Err(error) => {
                         let used = postern_oauth::metadata::resource_url(
                             &ctx.origin(),
@@ -246,13 +257,16 @@ impl Enforcement {
                     }
                 }
             }
-            _ if request.headers().contains_key(header::COOKIE) => Ok(Box::pin(session::current(
-                request.headers(),
-                &self.settings.get().cookie,
-                &self.store,
-            ))
-            .await),
-            _ => Ok(None),
+            _ if request.headers().contains_key(header::COOKIE) => Ok((
+                Box::pin(session::current(
+                    request.headers(),
+                    &self.settings.get().cookie,
+                    &self.store,
+                ))
+                .await,
+                None,
+            )),
+            _ => Ok((None, None)),
         }
     }
 
@@ -330,7 +344,7 @@ impl Enforcement {
         &self,
         ctx: &RequestContext,
         route: &Route,
-        (session, facts): (Option<&Session>, Option<&Arc<RequestFacts>>),
+        (session, facts, client_id): (Option<&Session>, Option<&Arc<RequestFacts>>, Option<&str>),
         denied: &[&(Option<&Call>, postern_policy::Decision)],
         calls: &[Call],
         uri: &http::Uri,
@@ -363,8 +377,14 @@ impl Enforcement {
             );
             event.facts = facts.cloned();
             event.tool_arguments = call.and_then(|c| c.arguments.clone());
+            event.client_id = client_id.map(str::to_owned);
+            if let Some(call) = call.filter(|c| c.request.method == "tools/call") {
+                let tool = call.request.tool.as_deref().unwrap_or("");
+                ctx.metrics.tool_call(&route.id, tool, false);
+            }
             self.audit.record(event);
         }
+        ctx.metrics.policy_denied("request");
         if !calls.is_empty() {
             let errors: Vec<Value> = denied
                 .iter()
@@ -551,6 +571,11 @@ impl Enforcement {
             response.status(),
         );
         let session = allowed.session.clone();
+        let client_id = allowed.client_id.clone();
+        for (call, _) in &tool_calls {
+            let tool = call.tool.as_deref().unwrap_or("");
+            ctx.metrics.tool_call(&route_id, tool, true);
+        }
         let decision = allowed.decision.clone();
         let facts = allowed.facts.clone();
         let started = ctx.started;
@@ -570,6 +595,7 @@ impl Enforcement {
                     event.status = Some(status.as_u16());
                     event.latency_ms = Some(postern_gateway::millis(started.elapsed()));
                     event.complete = Some(complete);
+                    event.client_id = client_id.clone();
                     audit.record(event);
                 }
             };

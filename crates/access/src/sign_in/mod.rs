@@ -19,6 +19,7 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
+use crate::enforcement::audit::{Audit, IdentityEvent};
 use crate::settings::Live;
 use crate::sign_in::github::GitHub;
 use crate::sign_in::oidc::Oidc;
@@ -50,6 +51,8 @@ pub struct SignIn {
     limiter: SignInLimiter,
     /// The identity provider (OpenID Connect or GitHub), if one is configured.
     idp: Option<IdentityProvider>,
+    /// Where sign-ins, failed ones and rate-limit hits are recorded.
+    pub(crate) audit: Audit,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
 }
@@ -67,6 +70,7 @@ impl SignIn {
             limiter: SignInLimiter::default(),
             idp: None,
             authenticate: None,
+            audit: Audit::new(None, None),
         }
     }
 
@@ -239,6 +243,11 @@ impl SignIn {
             Ok(identity) => identity,
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, idp = oidc.name(), "sign-in refused");
+                ctx.metrics.sign_in("failed");
+                self.audit.event(
+                    IdentityEvent::new("sign_in_failed", ctx)
+                        .reason(format!("{}: {error}", oidc.name())),
+                );
                 return html(
                     StatusCode::UNAUTHORIZED,
                     pages::message("Sign-in failed", &error.to_string()),
@@ -256,15 +265,18 @@ impl SignIn {
             );
         }
         let Some(cookie) = self
-            .start_session(Session {
-                user_id: identity.subject,
-                email: identity.email,
-                name: identity.name,
-                groups: identity.groups,
-                claims: identity.claims,
-                idp: oidc.name().into(),
-                ..Session::default()
-            })
+            .start_session(
+                ctx,
+                Session {
+                    user_id: identity.subject,
+                    email: identity.email,
+                    name: identity.name,
+                    groups: identity.groups,
+                    claims: identity.claims,
+                    idp: oidc.name().into(),
+                    ..Session::default()
+                },
+            )
             .await
         else {
             return html(
@@ -394,15 +406,18 @@ impl SignIn {
                 .or_insert_with(|| serde_json::Value::String(user.name.clone()));
         }
         let Some(cookie) = self
-            .start_session(Session {
-                user_id: email.clone(),
-                email,
-                name: user.name,
-                groups: user.groups,
-                claims,
-                idp: "local".into(),
-                ..Session::default()
-            })
+            .start_session(
+                ctx,
+                Session {
+                    user_id: email.clone(),
+                    email,
+                    name: user.name,
+                    groups: user.groups,
+                    claims,
+                    idp: "local".into(),
+                    ..Session::default()
+                },
+            )
             .await
         else {
             return self.sign_in_page(
@@ -499,6 +514,9 @@ impl SignIn {
             Ok(attempt) => attempt,
             Err(refused) => {
                 tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
+                ctx.metrics.rate_limit_hit("sign_in");
+                self.audit
+                    .event(IdentityEvent::new("sign_in_rate_limited", ctx).user(email));
                 let mut response = self.sign_in_page(
                     StatusCode::TOO_MANY_REQUESTS,
                     redirect,
@@ -519,6 +537,14 @@ impl SignIn {
         }
         let Some(user) = self.check_password(email, password).await else {
             attempt.failed();
+            // What was typed, capped and escaped: a guess at a name, or a password typed in
+            // the wrong box; the file is readable by the gateway's user only.
+            ctx.metrics.sign_in("failed");
+            self.audit.event(
+                IdentityEvent::new("sign_in_failed", ctx)
+                    .user(email)
+                    .reason("wrong email or password"),
+            );
             return Err(self.sign_in_page(
                 StatusCode::UNAUTHORIZED,
                 redirect,
@@ -532,7 +558,7 @@ impl SignIn {
     /// Stores a new session for the user described by `session` (its id and times are set
     /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
     /// the store (or the random source) failed.
-    async fn start_session(&self, mut session: Session) -> Option<String> {
+    async fn start_session(&self, ctx: &RequestContext, mut session: Session) -> Option<String> {
         let now = now_ms();
         session.id = match self.store.keyring().random_token(24) {
             Ok(id) => id,
@@ -547,7 +573,12 @@ impl SignIn {
             tracing::error!(%error, "cannot save the session");
             return None;
         }
-        tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
+        ctx.metrics.sign_in("ok");
+        self.audit.event(
+            IdentityEvent::new("sign_in", ctx)
+                .user(&session.email)
+                .reason(format!("idp={}", session.idp)),
+        );
         session::seal(&session.id, self.store.keyring())
     }
 
