@@ -277,6 +277,31 @@ async fn reload_puts_new_users_in_force_and_names_the_keys_that_need_a_restart()
         before.contains("postern_config_needs_restart{key=\"address\"} 0"),
         "{before}"
     );
+    // The identity metrics, scraped: two sign-ins, one failure, the store at work.
+    for series in [
+        "postern_sign_ins_total{result=\"ok\"} 2",
+        "postern_sign_ins_total{result=\"failed\"} 1",
+        "postern_mcp_tokens_total{event=\"issued\"} 0",
+        "postern_rate_limited_total{limit=\"sign_in\"} 0",
+    ] {
+        assert!(before.contains(series), "no {series} in\n{before}");
+    }
+    let store_ops = before
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("postern_store_operation_duration_seconds_count{op=\"execute\"} ")
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(store_ops.is_some_and(|n| n > 0), "{before}");
+    // And the audit file has the failed sign-in, with the email that was typed.
+    let audit = std::fs::read_to_string(serve.path("postern-data/audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"event\":\"sign_in_failed\"")
+                && l.contains("\"user\":\"bob@example.com\"")),
+        "{audit}"
+    );
     // A key that needs a restart: said in the log and the gauge; the rest applies.
     let moved = free_port();
     std::fs::write(

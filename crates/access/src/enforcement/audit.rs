@@ -34,7 +34,9 @@ pub struct AuditEvent {
     pub user: Option<String>,
     /// The session.
     pub session: Option<String>,
-    /// The MCP client whose token made the request (`null`: a browser session or anonymous).
+    /// The MCP client whose token made the request; absent for a browser session or anonymous
+    /// (so those records keep the shape they always had).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// The route.
     pub route: String,
