@@ -647,6 +647,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_names_the_keys_that_need_a_restart_secrets_included() {
+        let running = config("insecure_server: true\naddress: 127.0.0.1:8080\n");
+        assert!(needs_restart(&running, &running.clone()).is_empty());
+        let changed = config(
+            "insecure_server: true\naddress: 127.0.0.1:9090\nshared_secret: MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\nmcp_access_token_ttl: 5m\n",
+        );
+        // A secret prints as [redacted] in both, and is compared by value; the token lifetime
+        // applies on reload.
+        assert_eq!(
+            needs_restart(&running, &changed),
+            ["address", "shared_secret"]
+        );
+        for key in needs_restart(&running, &changed) {
+            assert!(RESTART_KEYS.contains(&key), "{key} has a gauge series");
+        }
+    }
+
+    #[test]
+    fn addresses_need_a_port_that_fits() {
+        for ok in ["127.0.0.1:0", ":443", "[::1]:8080", "localhost:65535"] {
+            assert!(check_address("address", ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1:99999", "0 to 65535"),
+            ("127.0.0.1", "no port"),
+            ("::1:80", "brackets"),
+            ("host:http", "0 to 65535"),
+        ] {
+            let error = check_address("address", bad).unwrap_err().to_string();
+            assert!(
+                error.contains(says) && error.starts_with("address:"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn a_file_store_lives_where_the_connection_string_says() {
         let base = Path::new("/etc/postern");
         let data = Path::new("/etc/postern/postern-data");

@@ -252,3 +252,107 @@ routes:
     }
     stop.cancel();
 }
+
+/// Reload: the per-request settings and the users swapped in with `Access::reload` are what the
+/// next requests get: a new access-token lifetime, a new user, a removed user refused.
+#[tokio::test]
+async fn a_reload_puts_the_token_lifetime_and_the_users_in_force() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let yaml = "insecure_server: true
+routes:
+  - {from: http://localhost, prefix: /mcp, to: 'http://127.0.0.1:9', allow_any_authenticated_user: true, mcp: {}}
+";
+    let config = postern_config::parse(yaml, Path::new("."), &HashMap::new()).unwrap();
+    let ada = support::user("ada@example.com", "Ada", &[], "pw");
+    let access = Arc::new(postern_access::Access::new(
+        support::memory_store().await,
+        LocalUsers::new(vec![ada.clone()]),
+        Signer::from_pem(&Signer::generate_pem()).unwrap(),
+        support::settings(),
+    ));
+    let gateway = postern_gateway::Gateway::new(config, access.clone());
+    let stop = CancellationToken::new();
+    tokio::spawn(postern_gateway::server::serve(
+        listener,
+        None,
+        gateway,
+        stop.clone(),
+    ));
+
+    let browser = support::browser();
+    support::sign_in(&browser, &base, "ada@example.com", "pw").await;
+    let registered: Value = client()
+        .post(format!("{base}/.pomerium/mcp/register"))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let client_id = registered["client_id"].as_str().unwrap();
+    let url = oauth_client::authorize_url(&base, client_id, CALLBACK, &format!("{base}/mcp"));
+    let page = browser
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let response = browser
+        .post(format!("{base}/.pomerium/mcp/authorize"))
+        .form(&allow_fields(&page))
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let (status, body) =
+        oauth_client::exchange_at(&base, client_id, &query_of(&location)["code"]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], json!(3600), "{body}");
+
+    // The file now says 5 minutes, and Bob replaces Ada.
+    let reloaded = postern_config::parse(
+        &format!("{yaml}mcp_access_token_ttl: 5m\n"),
+        Path::new("."),
+        &HashMap::new(),
+    )
+    .unwrap();
+    access.reload(
+        AccessSettings {
+            access_token_ttl: reloaded.mcp_access_token_ttl(),
+            ..support::settings()
+        },
+        LocalUsers::new(vec![support::user("bob@example.com", "Bob", &[], "pw")]),
+    );
+    let (status, rotated, _) = token(
+        &base,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["refresh_token"].as_str().unwrap()),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_eq!(rotated["expires_in"], json!(300), "{rotated}");
+    support::sign_in(&support::browser(), &base, "bob@example.com", "pw").await;
+    let (cookie, csrf) = support::sign_in_form(&base).await;
+    let refused = support::clicked(client().post(format!("{base}/.pomerium/sign_in")), &base)
+        .header("cookie", cookie)
+        .form(&[
+            ("email", "ada@example.com"),
+            ("password", "pw"),
+            ("redirect_uri", "/"),
+            ("csrf_token", csrf.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "a user removed from the file");
+    stop.cancel();
+}
