@@ -117,6 +117,15 @@ impl UpstreamBroker {
             Ok(None) => Err(not_connected(ctx, route)),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
+                self.audit.event(
+                    crate::enforcement::audit::IdentityEvent::new(
+                        "upstream_token_refresh_failed",
+                        ctx,
+                    )
+                    .user(&session.email)
+                    .route(&route.id)
+                    .reason(error.to_string()),
+                );
                 Err(json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_token_refresh_failed",
