@@ -241,8 +241,22 @@ routes:
         denied[0]
     );
 
+    // A proxied call the policy refuses counts too; its tool was never allowed, so `other`.
+    let refused = browser
+        .post(format!("{base}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(7, "read_query", json!({})))
+        .send()
+        .await
+        .unwrap();
+    // An MCP call refused is a JSON-RPC error (200).
+    let answer = refused.text().await.unwrap();
+    assert!(answer.contains("\"error\""), "{answer}");
+
     let metrics = gateway.metrics().render();
     for series in [
+        "postern_policy_denials_total{place=\"request\"} 1",
+        "postern_mcp_tool_calls_total{route=\"http://localhost/mcp\",tool=\"other\",decision=\"deny\"} 1",
         "postern_policy_denials_total{place=\"authorize\"} 1",
         "postern_sign_ins_total{result=\"ok\"} 1",
         "postern_sign_ins_total{result=\"failed\"} 0",
