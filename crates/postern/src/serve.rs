@@ -592,7 +592,7 @@ fn apply_reload(reload: Reload) -> Box<dyn Fn(Config) -> Result<(), String> + Se
         log_warnings(&new);
         if !pending.is_empty() {
             tracing::warn!(
-                keys = %pending.join(", "),
+                keys = ?pending.join(","),
                 "needs restart: {}: the rest of the configuration is in force",
                 pending.join(", ")
             );
