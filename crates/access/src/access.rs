@@ -22,7 +22,7 @@ use crate::enforcement::Enforcement;
 use crate::enforcement::assertion::Signer;
 use crate::enforcement::audit::Audit;
 use crate::oauth_server::RevocationCache;
-use crate::settings::AccessSettings;
+use crate::settings::{AccessSettings, Live};
 use crate::sign_in::SignIn;
 use crate::sign_in::oidc::Oidc;
 use crate::sign_in::users::LocalUsers;
@@ -39,33 +39,37 @@ pub struct Access {
 impl Access {
     /// Hooks over `store` with `users` signing in and `signer` making assertions.
     pub fn new(store: Store, users: LocalUsers, signer: Signer, settings: AccessSettings) -> Self {
+        let audit = Audit::new(
+            settings.audit_file.clone(),
+            settings.authorize_log_fields.as_deref(),
+        );
+        let authenticate = settings.authenticate.clone();
+        let email_hint = settings.sign_in_email.clone();
+        let settings = Live::new(settings);
         let revocations = Arc::new(RevocationCache::default());
         RevocationCache::spawn_sync(&revocations, store.clone());
         let http = postern_http::client(Duration::from_secs(15));
-        let broker = Arc::new(UpstreamBroker::new(
-            store.clone(),
-            settings.clone(),
-            http,
-            revocations.clone(),
-        ));
-        let sign_in = SignIn::new(store.clone(), users, settings.cookie.clone())
-            .with_authenticate(settings.authenticate.clone())
-            .with_email_hint(settings.sign_in_email.clone());
+        let mut broker =
+            UpstreamBroker::new(store.clone(), settings.clone(), http, revocations.clone());
+        broker.audit = audit.clone();
+        let broker = Arc::new(broker);
+        let mut sign_in = SignIn::new(store.clone(), users, settings.clone())
+            .with_authenticate(authenticate)
+            .with_email_hint(email_hint);
+        sign_in.audit = audit.clone();
         let mut server = AuthorizationServer::new(
             store.clone(),
             settings.clone(),
             revocations.clone(),
             broker.clone(),
         );
+        server.audit = audit.clone();
         server.users = sign_in.users();
         Self {
             sign_in,
             server,
             enforcement: Enforcement {
-                audit: Audit::new(
-                    settings.audit_file.clone(),
-                    settings.authorize_log_fields.as_deref(),
-                ),
+                audit,
                 store,
                 settings,
                 signer,
@@ -74,6 +78,20 @@ impl Access {
             },
             broker,
         }
+    }
+
+    /// Puts a reloaded configuration in force for the requests that start from now on: its
+    /// per-request `settings` (token lifetimes, cookie, claim headers, `authorize_log_fields`,
+    /// ...) and the local `users` read again from `users_file`. The audit file stays where it
+    /// was opened; what is built once at start (identity provider, signing key, sign-in origin,
+    /// client-ID and discovery domain lists) the caller reports as needing a restart.
+    pub fn reload(&self, mut settings: AccessSettings, users: LocalUsers) {
+        settings.audit_file = self.enforcement.settings.get().audit_file.clone();
+        self.enforcement
+            .audit
+            .set_fields(settings.authorize_log_fields.as_deref());
+        self.enforcement.settings.set(settings);
+        self.sign_in.set_users(users);
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
@@ -110,7 +128,7 @@ impl Access {
             Endpoint::Jwks => self.jwks(request.headers()),
             Endpoint::PomeriumWellKnown => {
                 let origin = ctx.origin();
-                let sign_in = self.enforcement.settings.issuer(ctx);
+                let sign_in = self.enforcement.settings.get().issuer(ctx);
                 cached(
                     json_response(
                         StatusCode::OK,
@@ -136,7 +154,7 @@ impl Access {
             Endpoint::Register => self.server.register(ctx, request).await,
             Endpoint::Authorize => self.server.authorize_endpoint(ctx, request).await,
             Endpoint::Token => self.server.token(ctx, request).await,
-            Endpoint::Revoke => self.server.revoke(request).await,
+            Endpoint::Revoke => self.server.revoke(ctx, request).await,
             Endpoint::UpstreamCallback => {
                 if let Some(relayed) = self.relay_upstream_callback(ctx, &request) {
                     return relayed;
@@ -151,7 +169,7 @@ impl Access {
                 };
                 // The trip is over, whichever way it ended.
                 crate::web::round_trip::UPSTREAM
-                    .clear(&mut response, self.broker.settings.cookie.secure);
+                    .clear(&mut response, self.broker.settings.get().cookie.secure);
                 response
             }
             Endpoint::SignIn => self.sign_in.sign_in_form(ctx, request).await,
@@ -178,8 +196,9 @@ impl Access {
         endpoint: Endpoint,
         request: &Request<Body>,
     ) -> Option<Response<Body>> {
-        let service = self.enforcement.settings.authenticate.as_ref()?;
-        let on_sign_in_origin = self.enforcement.settings.on_authenticate(ctx);
+        let settings = self.enforcement.settings.get();
+        let service = settings.authenticate.as_ref()?;
+        let on_sign_in_origin = self.enforcement.settings.get().on_authenticate(ctx);
         match endpoint.place() {
             Place::SignInOrigin if !on_sign_in_origin => {
                 let there = format!(
@@ -224,8 +243,9 @@ impl Access {
         ctx: &RequestContext,
         request: &Request<Body>,
     ) -> Option<Response<Body>> {
-        let service = self.enforcement.settings.authenticate.as_ref()?;
-        if self.enforcement.settings.on_authenticate(ctx) {
+        let settings = self.enforcement.settings.get();
+        let service = settings.authenticate.as_ref()?;
+        if self.enforcement.settings.get().on_authenticate(ctx) {
             return None;
         }
         let query = request.uri().query().unwrap_or("");

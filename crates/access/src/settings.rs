@@ -1,8 +1,10 @@
 //! What the access services take from the configuration.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use postern_config::defaults::AuthenticateService;
 use postern_config::{AuthorizeLogField, Config, IssuerFormat};
 use postern_gateway::hooks::RequestContext;
@@ -49,6 +51,29 @@ pub struct AccessSettings {
     pub refresh_idle_ttl: Duration,
     /// How long a client grant lasts from its authorization (`mcp_refresh_token_max_ttl`).
     pub refresh_max_ttl: Duration,
+}
+
+/// The settings in force, shared by the services: a reload swaps them whole, and each use reads
+/// the ones current then (a request may see two versions across its steps, never a mix within
+/// one read).
+#[derive(Clone, Debug)]
+pub struct Live(Arc<ArcSwap<AccessSettings>>);
+
+impl Live {
+    /// Starting with `settings`.
+    pub fn new(settings: AccessSettings) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(settings)))
+    }
+
+    /// The settings in force now.
+    pub fn get(&self) -> Arc<AccessSettings> {
+        self.0.load_full()
+    }
+
+    /// Puts `settings` in force for what happens from now on.
+    pub fn set(&self, settings: AccessSettings) {
+        self.0.store(Arc::new(settings));
+    }
 }
 
 impl AccessSettings {

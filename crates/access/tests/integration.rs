@@ -21,6 +21,8 @@ mod grants;
 mod mtls;
 #[path = "integration/oidc.rs"]
 mod oidc;
+#[path = "integration/operations.rs"]
+mod operations;
 #[path = "integration/policy_and_mcp.rs"]
 mod policy_and_mcp;
 #[path = "integration/pomerium_configs.rs"]

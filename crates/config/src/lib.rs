@@ -811,6 +811,7 @@ fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), Config
         ));
     }
     validate_regex_keys(route, &at)?;
+    validate_public_route(route, &at)?;
     for (key, value) in [("prefix", &route.prefix), ("path", &route.path)] {
         if let Some(v) = value
             && !v.starts_with('/')
@@ -828,6 +829,33 @@ fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), Config
         validate_mcp_server(server, &at)?;
     }
     validate_request_rewrites(route, &at)
+}
+
+/// A public route lists nobody: with `allow_public_unauthenticated_access` everyone is allowed,
+/// so `allowed_users` & co. would restrict nothing while the file reads as if they did. An
+/// error, not a warning (as Pomerium: "policy route marked as public but contains
+/// whitelists"): the author meant one of two opposite things, and guessing "public" opens the
+/// route. Deny rules of a `policy` still apply to a public route, so `policy` is allowed.
+fn validate_public_route(route: &Route, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    if !route.allow_public_unauthenticated_access {
+        return Ok(());
+    }
+    let listed = [
+        (
+            "allow_any_authenticated_user",
+            route.allow_any_authenticated_user,
+        ),
+        ("allowed_users", !route.allowed_users.is_empty()),
+        ("allowed_domains", !route.allowed_domains.is_empty()),
+        ("allowed_idp_claims", !route.allowed_idp_claims.is_empty()),
+    ];
+    match listed.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(ConfigError::at(
+            at(key),
+            "contradicts allow_public_unauthenticated_access: true (everyone is allowed, so this restricts nothing); remove allow_public_unauthenticated_access to require sign-in, or remove this key",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `regex`, `regex_rewrite_pattern` and `regex_rewrite_substitution` (the patterns themselves

@@ -1338,3 +1338,31 @@ fn refresh_token_lifetimes_have_defaults_and_must_make_sense() {
     let err = parse_err("insecure_server: true\nmcp_refresh_token_max_ttl: 0s\n");
     assert_eq!(err.path, "mcp_refresh_token_max_ttl");
 }
+
+#[test]
+fn a_public_route_that_lists_users_is_refused_as_contradictory() {
+    let route = |extra: &str| {
+        format!(
+            "insecure_server: true\nroutes:\n  - from: http://mcp.localhost\n    to: http://127.0.0.1:9\n    allow_public_unauthenticated_access: true\n{extra}"
+        )
+    };
+    let error = parse_err(&route("    allowed_users: [ada@example.com]\n")).to_string();
+    assert!(
+        error.contains("routes[0].allowed_users")
+            && error.contains("contradicts allow_public_unauthenticated_access"),
+        "{error}"
+    );
+    for key in [
+        "    allow_any_authenticated_user: true\n",
+        "    allowed_domains: [example.com]\n",
+        "    allowed_idp_claims: {groups: [admin]}\n",
+    ] {
+        let error = parse_err(&route(key)).to_string();
+        assert!(error.contains("contradicts"), "{key}: {error}");
+    }
+    // A public route's deny rules still do something: allowed.
+    parse_ok(&route(
+        "    policy: {deny: {or: [{invalid_client_certificate: true}]}}\n",
+    ));
+    parse_ok(&route(""));
+}

@@ -49,7 +49,7 @@ impl<F: FnOnce(u64, bool) + Send + Sync + 'static> OnEnd for F {
 }
 
 /// Streams an upstream body through, frame by frame.
-pub struct Observed<B> {
+pub struct Observed<B: HttpBody> {
     inner: B,
     bytes: u64,
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
@@ -57,7 +57,7 @@ pub struct Observed<B> {
     complete: bool,
 }
 
-impl<B> Observed<B> {
+impl<B: HttpBody> Observed<B> {
     /// Wraps `inner`; `idle_timeout` ends a quiet stream; `on_end` runs once at the end.
     pub fn new(inner: B, idle_timeout: Option<Duration>, on_end: Box<dyn OnEnd>) -> Self {
         Self {
@@ -123,10 +123,13 @@ where
     }
 }
 
-impl<B> Drop for Observed<B> {
+impl<B: HttpBody> Drop for Observed<B> {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end.ended(self.bytes, self.complete);
+            // An empty body (a 202, a 204) is never polled: the server sees it has ended and
+            // drops it. That is a complete response, not one that "ended early".
+            let complete = self.complete || self.inner.is_end_stream();
+            on_end.ended(self.bytes, complete);
         }
     }
 }
@@ -376,6 +379,33 @@ mod tests {
             Err(ReadError::TooSlow(deadline)),
             "the request's own read deadline counts as too slow, not as unreadable"
         );
+    }
+
+    fn observed<B: HttpBody<Data = Bytes> + Unpin>(
+        inner: B,
+    ) -> (Observed<B>, std::sync::Arc<std::sync::Mutex<Option<bool>>>) {
+        let ended = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = ended.clone();
+        let on_end = move |_bytes: u64, complete: bool| {
+            *seen.lock().unwrap() = Some(complete);
+        };
+        (Observed::new(inner, None, Box::new(on_end)), ended)
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_dropped_unpolled_is_complete_and_a_cut_stream_is_not() {
+        // What the server does with a 202's empty body: sees it has ended, never polls it.
+        let (empty_body, ended) = observed(http_body_util::Empty::<Bytes>::new());
+        drop(empty_body);
+        assert_eq!(*ended.lock().unwrap(), Some(true), "no false 'ended early'");
+        // A stream the client walked away from is still reported.
+        let (stream, ended) = observed(Never);
+        drop(stream);
+        assert_eq!(*ended.lock().unwrap(), Some(false));
+        let (sized, ended) = observed(http_body_util::Full::new(Bytes::from_static(b"abc")));
+        let read = sized.collect().await.unwrap().to_bytes();
+        assert_eq!(read, Bytes::from_static(b"abc"));
+        assert_eq!(*ended.lock().unwrap(), Some(true));
     }
 
     /// A client that never sends its body.

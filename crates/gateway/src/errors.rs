@@ -36,6 +36,15 @@ pub enum GatewayError {
         /// What failed.
         reason: String,
     },
+    /// The upstream answered something the gateway will not pass on (a protocol violation the
+    /// gateway names: the reason is one of its own fixed texts, never the upstream's words).
+    #[error("the upstream {upstream} answered with a response that cannot be passed on: {reason}")]
+    BadUpstreamResponse {
+        /// The upstream URL.
+        upstream: String,
+        /// What was wrong, in the gateway's words.
+        reason: &'static str,
+    },
     /// The upstream did not answer in time.
     #[error("the upstream {upstream} did not answer within {seconds} s (route `timeout`)")]
     GatewayTimeout {
@@ -96,7 +105,9 @@ impl GatewayError {
             GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
             GatewayError::Unauthenticated => StatusCode::UNAUTHORIZED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::BadGateway { .. } | GatewayError::BadUpstreamResponse { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             GatewayError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -114,7 +125,9 @@ impl GatewayError {
             GatewayError::NoRoute { .. } => "no_route",
             GatewayError::Unauthenticated => "unauthenticated",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
-            GatewayError::BadGateway { .. } => "bad_gateway",
+            GatewayError::BadGateway { .. } | GatewayError::BadUpstreamResponse { .. } => {
+                "bad_gateway"
+            }
             GatewayError::GatewayTimeout { .. } => "gateway_timeout",
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -130,10 +143,29 @@ impl GatewayError {
         }
     }
 
+    /// What the client is told. An upstream failure is only "upstream unavailable": its
+    /// address and the OS error (`tcp connect error: Connection refused`, an internal IP) are
+    /// for the log, which the request id leads to, not for whoever sent the request.
+    pub fn public_message(&self) -> String {
+        match self {
+            GatewayError::BadGateway { .. } => {
+                "upstream unavailable; try again later, or give an administrator the request id"
+                    .into()
+            }
+            GatewayError::BadUpstreamResponse { reason, .. } => {
+                format!("upstream unavailable: {reason}; give an administrator the request id")
+            }
+            GatewayError::GatewayTimeout { seconds, .. } => format!(
+                "upstream unavailable: no answer within {seconds} s (route `timeout`); try again later, or give an administrator the request id"
+            ),
+            other => other.to_string(),
+        }
+    }
+
     /// The response: JSON, or HTML when the client is a browser.
     pub fn into_response(self, request_id: &str, browser: bool) -> Response<Body> {
         let status = self.status();
-        let message = self.to_string();
+        let message = self.public_message();
         let allow = match &self {
             GatewayError::MethodNotAllowed { allowed } => Some(*allowed),
             _ => None,

@@ -44,6 +44,8 @@ pub struct RequestContext {
     pub runtime: Arc<crate::Runtime>,
     /// The client certificate of the connection (`downstream_mtls`), if one was presented.
     pub client_certificate: Option<Arc<postern_policy::ClientCertificate>>,
+    /// The gateway's metrics, for the hooks' events (sign-ins, tokens, denials, tool calls).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl RequestContext {
@@ -71,6 +73,11 @@ pub struct Grant {
     /// Anything later hooks need (the session, the policy decision, ...).
     pub extensions: http::Extensions,
 }
+
+/// Who made a request the hooks refused (a response extension): the access log names them, as
+/// it does the user of an allowed request.
+#[derive(Clone, Debug)]
+pub struct RefusedUser(pub String);
 
 /// The extension points of the data path.
 #[async_trait]

@@ -22,6 +22,7 @@ pub mod path;
 pub mod proxy;
 pub mod reload;
 mod request_log;
+pub use request_log::millis;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -222,6 +223,7 @@ impl Gateway {
             browser,
             runtime,
             client_certificate: conn.client_certificate.clone(),
+            metrics: self.inner.metrics.clone(),
         };
         // One canonical path for routing, the hooks (policy, the gateway's own endpoints) and
         // the upstream.

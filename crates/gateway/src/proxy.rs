@@ -220,9 +220,9 @@ pub async fn forward(
             match response_for_client(response, gateway_cookie, &ctx.request_id, upgrade) {
                 Ok(response) => Ok((response, outcome)),
                 Err(reason) => Err((
-                    GatewayError::BadGateway {
+                    GatewayError::BadUpstreamResponse {
                         upstream: outcome.upstream.clone(),
-                        reason: reason.into(),
+                        reason,
                     },
                     outcome,
                     "upstream",

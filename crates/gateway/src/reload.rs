@@ -1,4 +1,5 @@
-//! Configuration reload: when the file's contents change (checked every second) or on SIGHUP,
+//! Configuration reload: when the file's contents or its `users_file`'s change (checked every
+//! second) or on SIGHUP,
 //! the new configuration is parsed and, if valid, put in force without dropping connections. A
 //! broken file is logged and the configuration in force stays.
 
@@ -20,7 +21,7 @@ pub async fn watch(
     apply: Box<dyn Fn(Config) -> Result<(), String> + Send + Sync>,
     shutdown: CancellationToken,
 ) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = contents(&path, &gateway);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -40,7 +41,7 @@ pub async fn watch(
             _ = signal => true,
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
         };
-        let current = std::fs::read(&path).ok();
+        let current = contents(&path, &gateway);
         if !forced && current == last {
             continue;
         }
@@ -66,4 +67,18 @@ pub async fn watch(
             })
             .inc();
     }
+}
+
+/// The bytes of the configuration file and of the `users_file` of the configuration in force
+/// (relative to the configuration file): a new user is a reload, without touching the config.
+fn contents(path: &std::path::Path, gateway: &Gateway) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let users = gateway.runtime().config.users_file.clone().map(|file| {
+        path.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(file)
+    });
+    (
+        std::fs::read(path).ok(),
+        users.and_then(|file| std::fs::read(file).ok()),
+    )
 }

@@ -115,6 +115,10 @@ impl RequestLog {
                 stream(line, metrics, idle_timeout, response)
             }
             answer => {
+                line.user = response
+                    .extensions()
+                    .get::<crate::hooks::RefusedUser>()
+                    .map(|u| u.0.clone());
                 line.upstream = match answer {
                     Answer::Endpoint => Cow::Borrowed("gateway"),
                     Answer::UpstreamFailed(url) => Cow::Owned(url),
@@ -203,13 +207,18 @@ impl Line {
             path = &*capped(&self.path, 2048),
             status = status.as_u16(),
             bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(self.started.elapsed()),
             upstream = &*self.upstream,
-            user = self.user.as_deref().unwrap_or("-"),
+            user = &*capped(self.user.as_deref().unwrap_or("-"), 256),
             note,
             "request"
         );
     }
+}
+
+/// A duration in milliseconds, rounded to 10 µs: `duration_ms=1.23`, not `1.2345678910000001`.
+pub fn millis(elapsed: std::time::Duration) -> f64 {
+    (elapsed.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
 /// At most `max` bytes of `text` (cut on a character boundary, `…` marking the cut).
@@ -226,6 +235,66 @@ fn capped(text: &str, max: usize) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    /// What `f` logs, as the text format writes it without colours, time, level or target.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_access_log_names_the_user_of_a_refused_request() {
+        use std::sync::Arc;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let mut refused = http::Response::new(crate::body::full("denied"));
+        *refused.status_mut() = http::StatusCode::FORBIDDEN;
+        refused
+            .extensions_mut()
+            .insert(crate::hooks::RefusedUser("mallory@example.com".into()));
+        let anonymous = http::Response::new(crate::body::full("no"));
+        let line = logged(|| {
+            for response in [refused, anonymous] {
+                let log = super::RequestLog::new(http::Method::POST, std::time::Instant::now());
+                log.finish(&metrics, "r1".into(), "h".into(), "/mcp".into(), response);
+            }
+        });
+        let lines: Vec<&str> = line.lines().collect();
+        assert!(
+            lines[0].contains("status=403") && lines[0].contains("user=\"mallory@example.com\""),
+            "{line}"
+        );
+        assert!(lines[1].contains("user=\"-\""), "{line}");
+    }
+
+    #[test]
+    fn durations_are_rounded_to_ten_microseconds() {
+        use std::time::Duration;
+        assert_eq!(super::millis(Duration::from_nanos(1_234_567_891)), 1234.57);
+        assert_eq!(super::millis(Duration::from_nanos(4_999)), 0.0);
+        assert_eq!(super::millis(Duration::from_micros(15)), 0.02);
+        assert_eq!(
+            format!("{}", super::millis(Duration::from_nanos(2_345_678))),
+            "2.35"
+        );
+    }
+
     #[test]
     fn client_chosen_log_fields_are_capped() {
         assert_eq!(super::capped("GET", 24), "GET");

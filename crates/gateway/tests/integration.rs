@@ -286,6 +286,17 @@ async fn upstream_failures_are_502_and_504_with_a_request_id() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], json!("bad_gateway"));
     assert_eq!(body["request_id"], json!(id));
+    // The attack: probing internal addresses through the gateway. The caller learns neither
+    // the upstream's address nor the OS error; the log has both.
+    let text = body.to_string();
+    let port = dead.port().to_string();
+    assert!(
+        text.contains("upstream unavailable")
+            && !text.contains("127.0.0.1")
+            && !text.contains(&port)
+            && !text.to_lowercase().contains("refused"),
+        "{text}"
+    );
 
     let response = client()
         .get(gw.url("/dead"))
@@ -299,10 +310,19 @@ async fn upstream_failures_are_502_and_504_with_a_request_id() {
         page.contains("<h1>502 Bad Gateway</h1>") && page.contains("Request id"),
         "{page}"
     );
+    assert!(
+        page.contains("upstream unavailable") && !page.contains(&port),
+        "{page}"
+    );
 
     let started = Instant::now();
     let response = client().get(gw.url("/slow")).send().await.unwrap();
     assert_eq!(response.status(), 504);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("upstream unavailable") && !text.contains(&up.url("/slow")),
+        "{text}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 

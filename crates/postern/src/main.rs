@@ -228,16 +228,52 @@ pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
 
 /// Logs to stderr; `RUST_LOG` sets the filter (default `default_level`), `LOG_FORMAT=json` gives one JSON
 /// object per line.
+/// Colours only on a terminal (a file, journald or `docker logs` would get escape codes) and
+/// never with `NO_COLOR` set.
 fn init_logging(default_level: &str) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_filter(default_level)));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// The log filter for `level` when `RUST_LOG` is not set. rmcp logs each MCP session's start
+/// at INFO with the client's whole `peer_info` (138 lines per 163 requests of `postern up`):
+/// below `debug` only its warnings show.
+fn default_filter(level: &str) -> String {
+    let verbose = ["debug", "trace"]
+        .iter()
+        .any(|l| level.eq_ignore_ascii_case(l));
+    if verbose {
+        level.to_owned()
+    } else {
+        format!("{level},rmcp=warn")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rmcp_session_dumps_show_only_when_debugging() {
+        assert_eq!(super::default_filter("info"), "info,rmcp=warn");
+        assert_eq!(super::default_filter("warn"), "warn,rmcp=warn");
+        assert_eq!(super::default_filter("debug"), "debug");
+        for level in ["info", "error", "debug", "trace"] {
+            let filter = super::default_filter(level);
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(&filter).is_ok(),
+                "{filter}"
+            );
+        }
     }
 }

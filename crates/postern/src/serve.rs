@@ -16,16 +16,11 @@ use postern_gateway::{Gateway, routes::RouteTable, server};
 use postern_store::{Backend, Store};
 use tokio_util::sync::CancellationToken;
 
-/// Loads and checks `path`, including the certificate files; prints a summary.
+/// Loads and checks `path` as `serve` would before it starts (see [`preflight`]); prints a
+/// summary.
 pub fn check_config(path: &Path) -> anyhow::Result<()> {
     let config = postern_config::load(path, &ProcessEnv)?;
-    if !config.insecure_server {
-        certificates(&config, path)?;
-    }
-    // What `serve` would refuse, `check-config` refuses too.
-    if let Some(key) = &config.signing_key {
-        Signer::from_pem(key.expose()).map_err(anyhow::Error::new)?;
-    }
+    preflight(&config, path)?;
     for warning in &config.warnings {
         println!("warning: {warning}");
     }
@@ -38,6 +33,208 @@ pub fn check_config(path: &Path) -> anyhow::Result<()> {
         config.listen_address()
     );
     Ok(())
+}
+
+/// What `serve` refuses before binding a port or opening the store, beyond what parsing the
+/// file checked: listen addresses, `users_file`, certificate and CA files, keys and secrets.
+/// `check-config` runs exactly this, so it says OK only for what `serve` starts with. Returns the
+/// local users, read once.
+pub(crate) fn preflight(config: &Config, path: &Path) -> anyhow::Result<LocalUsers> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let addresses = [
+        ("address", Some(config.listen_address())),
+        ("metrics_address", config.metrics_address.clone()),
+        (
+            "http_redirect_address",
+            config.http_redirect_address().map(str::to_owned),
+        ),
+    ];
+    for (key, address) in addresses {
+        if let Some(address) = address {
+            check_address(key, &address)?;
+        }
+    }
+    let users = load_users(config, base)?;
+    if !config.insecure_server {
+        certificates(config, path)?;
+        if let Some(mtls) = &config.downstream_mtls {
+            postern_gateway::mtls::ClientAuth::new(mtls)?;
+        }
+    }
+    if let Some(ca) = &config.autocert_trusted_ca_file {
+        let file = base.join(ca);
+        std::fs::read(&file).with_context(|| {
+            format!(
+                "autocert_trusted_ca_file: cannot read {}; give a readable PEM file",
+                file.display()
+            )
+        })?;
+    }
+    if let Some(key) = &config.signing_key {
+        Signer::from_pem(key.expose()).map_err(|e| anyhow::anyhow!("signing_key: {e}"))?;
+    }
+    shared_secrets(config)?;
+    Ok(users)
+}
+
+/// `host:port` with a port from 0 to 65535 (`:port` listens on every address); not resolved.
+fn check_address(key: &str, address: &str) -> anyhow::Result<()> {
+    let example = "write host:port, e.g. 127.0.0.1:8080, [::1]:8080 or :443";
+    let Some((host, port)) = address.rsplit_once(':') else {
+        anyhow::bail!("{key}: {address:?} has no port; {example}");
+    };
+    if port.parse::<u16>().is_err() {
+        anyhow::bail!(
+            "{key}: {address:?}: the port {port:?} is not a number from 0 to 65535; {example}"
+        );
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        anyhow::bail!("{key}: {address:?}: an IPv6 address goes in brackets; {example}");
+    }
+    Ok(())
+}
+
+/// The local users of `users_file` (relative to the configuration file), or none.
+fn load_users(config: &Config, base: &Path) -> anyhow::Result<LocalUsers> {
+    match &config.users_file {
+        Some(file) => Ok(LocalUsers::load(&base.join(file))?),
+        None => Ok(LocalUsers::default()),
+    }
+}
+
+/// The shared secret, if configured, and the previous ones.
+type SharedSecrets = (Option<Vec<u8>>, Vec<Vec<u8>>);
+
+/// The shared secret, if configured, and the previous ones, decoded; PostgreSQL storage requires
+/// one.
+fn shared_secrets(config: &Config) -> anyhow::Result<SharedSecrets> {
+    let secret = match &config.shared_secret {
+        Some(secret) => Some(
+            postern_config::decode_base64(secret.expose())
+                .context("shared_secret is not base64")?,
+        ),
+        None if config.databroker_storage_type == Some(StorageType::Postgres) => anyhow::bail!(
+            "shared_secret: required with databroker_storage_type: postgres (every replica needs the same one)"
+        ),
+        None => None,
+    };
+    let previous = config
+        .previous_shared_secrets
+        .iter()
+        .map(|s| {
+            postern_config::decode_base64(s.expose()).context("previous_shared_secrets: not base64")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((secret, previous))
+}
+
+/// The keys whose change in the file a running gateway does not put in force: listeners, TLS,
+/// storage, keys and what is built once at start. Everything else (routes, policies, users,
+/// token lifetimes, cookie and header settings, `authorize_log_fields`, ...) applies on reload.
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    macro_rules! compare {
+        ($($key:ident),* $(,)?) => {
+            $(if format!("{:?}", running.$key) != format!("{:?}", new.$key) {
+                keys.push(stringify!($key));
+            })*
+        };
+    }
+    compare!(
+        address,
+        insecure_server,
+        http_redirect_address,
+        metrics_address,
+        autocert,
+        autocert_dir,
+        autocert_ca,
+        autocert_email,
+        autocert_trusted_ca_file,
+        downstream_mtls,
+        data_dir,
+        databroker_storage_type,
+        authenticate_service_url,
+        idp_provider,
+        idp_provider_url,
+        idp_client_id,
+        idp_scopes,
+        idp_groups_claim,
+        jwt_assertion_reuse,
+        log_level,
+        timeout_read,
+        timeout_idle,
+        max_connections,
+        mcp_allowed_client_id_domains,
+        mcp_allowed_as_metadata_domains,
+    );
+    // Secrets print as `[redacted]`: compared by value.
+    for (key, changed) in [
+        ("shared_secret", running.shared_secret != new.shared_secret),
+        (
+            "previous_shared_secrets",
+            running.previous_shared_secrets != new.previous_shared_secrets,
+        ),
+        ("signing_key", running.signing_key != new.signing_key),
+        (
+            "idp_client_secret",
+            running.idp_client_secret != new.idp_client_secret,
+        ),
+        (
+            "databroker_storage_connection_string",
+            running.databroker_storage_connection_string
+                != new.databroker_storage_connection_string,
+        ),
+    ] {
+        if changed {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Every key [`needs_restart`] may name, for the gauge's series (present from start, at 0).
+const RESTART_KEYS: &[&str] = &[
+    "address",
+    "insecure_server",
+    "http_redirect_address",
+    "metrics_address",
+    "autocert",
+    "autocert_dir",
+    "autocert_ca",
+    "autocert_email",
+    "autocert_trusted_ca_file",
+    "downstream_mtls",
+    "data_dir",
+    "databroker_storage_type",
+    "authenticate_service_url",
+    "idp_provider",
+    "idp_provider_url",
+    "idp_client_id",
+    "idp_scopes",
+    "idp_groups_claim",
+    "jwt_assertion_reuse",
+    "log_level",
+    "timeout_read",
+    "timeout_idle",
+    "max_connections",
+    "mcp_allowed_client_id_domains",
+    "mcp_allowed_as_metadata_domains",
+    "shared_secret",
+    "previous_shared_secrets",
+    "signing_key",
+    "idp_client_secret",
+    "databroker_storage_connection_string",
+];
+
+/// Sets the needs-restart gauge: 1 for the `pending` keys, 0 for the others.
+fn report_restart(gateway: &Gateway, pending: &[&'static str]) {
+    for key in RESTART_KEYS {
+        gateway
+            .metrics()
+            .needs_restart
+            .get_or_create(&postern_gateway::metrics::KeyLabel { key })
+            .set(i64::from(pending.contains(key)));
+    }
 }
 
 /// What loading the configuration noticed but did not refuse (Pomerium keys Postern ignores).
@@ -63,26 +260,11 @@ fn file_store_dir(config: &Config, base: &Path, data_dir: &Path) -> PathBuf {
 /// gateway, is generated once and kept in the data directory.
 async fn open_store(config: &Config, base: &Path) -> anyhow::Result<Store> {
     let data_dir = base.join(config.data_dir());
-    let secret = match &config.shared_secret {
-        Some(secret) => {
-            postern_config::decode_base64(secret.expose()).context("shared_secret is not base64")?
-        }
-        None => {
-            if config.databroker_storage_type == Some(StorageType::Postgres) {
-                anyhow::bail!(
-                    "shared_secret: required with databroker_storage_type: postgres (every replica needs the same one)"
-                );
-            }
-            generated_secret(&data_dir.join("shared_secret"))?
-        }
+    let (secret, previous) = shared_secrets(config)?;
+    let secret = match secret {
+        Some(secret) => secret,
+        None => generated_secret(&data_dir.join("shared_secret"))?,
     };
-    let previous = config
-        .previous_shared_secrets
-        .iter()
-        .map(|s| {
-            postern_config::decode_base64(s.expose()).context("previous_shared_secrets: not base64")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
     let backend = match config.storage_type() {
         StorageType::Sqlite => Backend::sqlite_in(&data_dir),
         StorageType::File => Backend::sqlite_in(&file_store_dir(config, base, &data_dir)),
@@ -131,19 +313,14 @@ async fn access_hooks(
     config: &Config,
     base: &Path,
     store: &Store,
+    users: LocalUsers,
     extras: Extras,
 ) -> anyhow::Result<Arc<Access>> {
-    let users = match &config.users_file {
-        Some(file) => LocalUsers::load(&base.join(file))?,
-        None => {
-            if config.idp_provider.is_none() {
-                tracing::warn!(
-                    "no users_file and no idp_provider: nobody can sign in, only public routes work"
-                );
-            }
-            LocalUsers::default()
-        }
-    };
+    if config.users_file.is_none() && config.idp_provider.is_none() {
+        tracing::warn!(
+            "no users_file and no idp_provider: nobody can sign in, only public routes work"
+        );
+    }
     let pem = match &config.signing_key {
         Some(key) => key.expose().to_owned(),
         None => {
@@ -235,12 +412,18 @@ pub async fn serve_on(
     extras: Extras,
 ) -> anyhow::Result<()> {
     log_warnings(&config);
+    let users = preflight(&config, &path)?;
     let shutdown = CancellationToken::new();
     let base = path.parent().unwrap_or(Path::new(".")).to_owned();
     let store = open_store(&config, &base).await?;
     store.spawn_collector(std::time::Duration::from_secs(300), shutdown.clone());
-    let hooks = access_hooks(&config, &base, &store, extras).await?;
-    let gateway = Gateway::new(config.clone(), hooks);
+    let hooks = access_hooks(&config, &base, &store, users, extras).await?;
+    let gateway = Gateway::new(config.clone(), hooks.clone());
+    report_restart(&gateway, &[]);
+    let metrics = gateway.metrics().clone();
+    postern_store::observe_operations(Box::new(move |op, elapsed, ok| {
+        metrics.store_operation(op, elapsed, ok)
+    }));
 
     let resolver = Arc::new(CertResolver::default());
     let challenges = Arc::new(server::Challenges::default());
@@ -283,14 +466,14 @@ pub async fn serve_on(
     if let Some(autocert) = &autocert {
         tasks.spawn(run_autocert(autocert, &gateway, &shutdown));
     }
-    let apply = apply_reload(
-        path.clone(),
-        gateway.clone(),
-        resolver.clone(),
-        autocert.clone(),
-        tls.is_some(),
-        config.downstream_mtls.clone(),
-    );
+    let apply = apply_reload(Reload {
+        config_path: path.clone(),
+        running: config.clone(),
+        gateway: gateway.clone(),
+        access: hooks,
+        resolver: resolver.clone(),
+        autocert: autocert.clone(),
+    });
     tasks.spawn(postern_gateway::reload::watch(
         path.clone(),
         Box::new(ProcessEnv),
@@ -442,17 +625,35 @@ fn run_autocert(
         .run(move || acme_hosts(&hosts_gateway), shutdown.clone())
 }
 
-/// What a configuration reload does once the new file has parsed: reload the certificate
-/// files and swap the configuration in. Switching TLS on or off needs a restart.
-fn apply_reload(
+/// What a reload works on: the configuration the process started with and what it built.
+struct Reload {
     config_path: PathBuf,
+    /// The configuration the listeners, store and keys were made from.
+    running: Config,
     gateway: Gateway,
+    access: Arc<Access>,
     resolver: Arc<CertResolver>,
     autocert: Option<Arc<Autocert>>,
-    tls_on: bool,
-    mtls: Option<postern_config::DownstreamMtls>,
-) -> Box<dyn Fn(Config) -> Result<(), String> + Send + Sync> {
+}
+
+/// What a configuration reload does once the new file has parsed: read `users_file` and the
+/// certificate files again, then put the routes, the users and every per-request setting in
+/// force. The keys that need a restart ([`needs_restart`]) are logged and counted in the
+/// `postern_config_needs_restart` gauge; switching TLS on or off, or changing the client
+/// certificate settings, refuses the whole reload instead.
+fn apply_reload(reload: Reload) -> Box<dyn Fn(Config) -> Result<(), String> + Send + Sync> {
     Box::new(move |new: Config| -> Result<(), String> {
+        let Reload {
+            config_path,
+            running,
+            gateway,
+            access,
+            resolver,
+            autocert,
+        } = &reload;
+        let pending = needs_restart(running, &new);
+        report_restart(gateway, &pending);
+        let tls_on = !running.insecure_server;
         if new.insecure_server == tls_on {
             return Err(
                 "insecure_server changed: restart to switch between TLS and plain HTTP".into(),
@@ -460,19 +661,29 @@ fn apply_reload(
         }
         // The listener's client-certificate verifier is built once; the routes' policies
         // (default deny) must keep agreeing with it.
-        if new.downstream_mtls != mtls {
+        if new.downstream_mtls != running.downstream_mtls {
             return Err(
                 "downstream_mtls (or client_ca) changed: restart to put the new client-certificate settings in force".into(),
             );
         }
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        let users = load_users(&new, base).map_err(|e| e.to_string())?;
         if tls_on {
-            resolver.set(certificates(&new, &config_path).map_err(|e| e.to_string())?);
+            resolver.set(certificates(&new, config_path).map_err(|e| e.to_string())?);
         }
         log_warnings(&new);
+        if !pending.is_empty() {
+            tracing::warn!(
+                keys = ?pending.join(","),
+                "needs restart: {}: the rest of the configuration is in force",
+                pending.join(", ")
+            );
+        }
+        access.reload(AccessSettings::from_config(&new), users);
         gateway.replace(new);
         if let Some(autocert) = &autocert {
             // Certificate files were reloaded: put the ACME ones back and look for new hosts.
-            autocert.load_cached(&acme_hosts(&gateway));
+            autocert.load_cached(&acme_hosts(gateway));
             autocert.wake();
         }
         Ok(())
@@ -578,6 +789,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_names_the_keys_that_need_a_restart_secrets_included() {
+        let running = config("insecure_server: true\naddress: 127.0.0.1:8080\n");
+        assert!(needs_restart(&running, &running.clone()).is_empty());
+        let changed = config(
+            "insecure_server: true\naddress: 127.0.0.1:9090\nshared_secret: MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=\nmcp_access_token_ttl: 5m\n",
+        );
+        // A secret prints as [redacted] in both, and is compared by value; the token lifetime
+        // applies on reload.
+        assert_eq!(
+            needs_restart(&running, &changed),
+            ["address", "shared_secret"]
+        );
+        for key in needs_restart(&running, &changed) {
+            assert!(RESTART_KEYS.contains(&key), "{key} has a gauge series");
+        }
+    }
+
+    #[test]
+    fn addresses_need_a_port_that_fits() {
+        for ok in ["127.0.0.1:0", ":443", "[::1]:8080", "localhost:65535"] {
+            assert!(check_address("address", ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("127.0.0.1:99999", "0 to 65535"),
+            ("127.0.0.1", "no port"),
+            ("::1:80", "brackets"),
+            ("host:http", "0 to 65535"),
+        ] {
+            let error = check_address("address", bad).unwrap_err().to_string();
+            assert!(
+                error.contains(says) && error.starts_with("address:"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

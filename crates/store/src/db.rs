@@ -297,9 +297,42 @@ impl Db {
     }
 }
 
+/// What is told of every statement: its kind (`query`, `execute`), its time, and whether it
+/// succeeded (the gateway's store latency and error metrics).
+pub type Observer = Box<dyn Fn(&'static str, std::time::Duration, bool) + Send + Sync>;
+
+static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Tells `observer` about every statement of every store of this process from now on (a
+/// process has one store; the first observer set stays).
+pub fn observe_operations(observer: Observer) {
+    let _ = OBSERVER.set(observer);
+}
+
+fn observed<T>(kind: &'static str, started: std::time::Instant, result: &Result<T, StoreError>) {
+    if let Some(observer) = OBSERVER.get() {
+        observer(kind, started.elapsed(), result.is_ok());
+    }
+}
+
 impl Conn<'_> {
     /// Runs a statement; returns the number of rows changed.
     pub(crate) async fn execute(&mut self, sql: &str, params: &[P]) -> Result<u64, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.execute_unobserved(sql, params).await;
+        observed("execute", started, &result);
+        result
+    }
+
+    /// Runs a query; returns its rows.
+    pub(crate) async fn query(&mut self, sql: &str, params: &[P]) -> Result<Vec<Row>, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.query_unobserved(sql, params).await;
+        observed("query", started, &result);
+        result
+    }
+
+    async fn execute_unobserved(&mut self, sql: &str, params: &[P]) -> Result<u64, StoreError> {
         match self {
             Conn::Sqlite { conn, .. } => {
                 let mut stmt = conn.prepare_cached(sql).map_err(sqlite_error)?;
@@ -323,8 +356,7 @@ impl Conn<'_> {
         }
     }
 
-    /// Runs a query; returns its rows.
-    pub(crate) async fn query(&mut self, sql: &str, params: &[P]) -> Result<Vec<Row>, StoreError> {
+    async fn query_unobserved(&mut self, sql: &str, params: &[P]) -> Result<Vec<Row>, StoreError> {
         match self {
             Conn::Sqlite { conn, .. } => {
                 let mut stmt = conn.prepare_cached(sql).map_err(sqlite_error)?;

@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 pub use crypto::{Keyring, hash_secret};
+pub use db::{Observer, observe_operations};
 pub use records::*;
 pub use upstream::{RefreshError, RefreshOutcome};
 

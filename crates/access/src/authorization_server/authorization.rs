@@ -62,7 +62,7 @@ impl AuthorizationServer {
             Err(AuthorizeError::Page(message)) => return page_error(&message),
         };
         let state = request.state.as_deref();
-        let sign_in_origin = self.settings.authenticate.is_some();
+        let sign_in_origin = self.settings.get().authenticate.is_some();
         let (route, resource) =
             match target_route(ctx, issuer, request.resource.as_deref(), sign_in_origin) {
                 Ok(found) => found,
@@ -70,7 +70,8 @@ impl AuthorizationServer {
             };
 
         // Who is asking: a browser session (sign in first if needed).
-        let Some(session) = session::current(headers, &self.settings.cookie, &self.store).await
+        let Some(session) =
+            session::current(headers, &self.settings.get().cookie, &self.store).await
         else {
             return sign_in_first(&query);
         };
@@ -86,6 +87,14 @@ impl AuthorizationServer {
             ctx.client_addr.ip(),
             ctx.client_certificate.as_deref(),
         ) {
+            ctx.metrics.policy_denied("authorize");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("authorize_denied", ctx)
+                    .user(&session.email)
+                    .client(client_id.as_str())
+                    .route(&route.id)
+                    .reason("the route's policy does not allow this user"),
+            );
             return back.error(
                 OAuthError::new(
                     ErrorCode::AccessDenied,
@@ -186,7 +195,7 @@ impl AuthorizationServer {
         // A client ID metadata document is fetched for signed-in users only: an anonymous
         // request must not make the gateway fetch URLs or fill its cache.
         if document_client
-            && session::current(headers, &self.settings.cookie, &self.store)
+            && session::current(headers, &self.settings.get().cookie, &self.store)
                 .await
                 .is_none()
         {
@@ -404,7 +413,12 @@ impl AuthorizationServer {
             .await
             .map_err(store_unavailable)?;
         self.renew_registration(client).await;
-        tracing::info!(target: "postern::audit", event = "authorized", client = %grant.client_id, user = %session.email, resource = %grant.resource, request_id = %ctx.request_id, "code issued");
+        self.audit.event(
+            crate::enforcement::audit::IdentityEvent::new("code_issued", ctx)
+                .user(&session.email)
+                .client(&grant.client_id)
+                .reason(format!("resource={}", grant.resource)),
+        );
         Ok(code)
     }
 }

@@ -21,7 +21,7 @@ impl AuthorizationServer {
         request: Request<Body>,
     ) -> Response<Body> {
         let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await
         else {
             return redirect_to("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2Fapps");
         };
@@ -201,7 +201,7 @@ impl AuthorizationServer {
                         ),
                     ),
                 );
-                self.settings.cookie.spec().clear(&mut response);
+                self.settings.get().cookie.spec().clear(&mut response);
                 response
             }
             Err(error) => {

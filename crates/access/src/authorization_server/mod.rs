@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::broker::UpstreamBroker;
 use crate::oauth_server::{self, AccessClaims, CODE_PREFIX, REFRESH_PREFIX, RevocationCache};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::pages;
 use crate::web::reply::{encode, html, json_response, redirect_to};
@@ -44,28 +44,30 @@ const CONSENT_TTL_MS: i64 = 365 * 24 * 3600 * 1000;
 /// document cache; asks the broker whether a route needs the user's upstream account.
 pub struct AuthorizationServer {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     pub(crate) revocations: Arc<RevocationCache>,
     pub(crate) cimd: crate::authorization_server::cimd::Cimd,
     pub(crate) registration_limiter: crate::web::limiter::AddressWindows,
     pub(crate) broker: Arc<UpstreamBroker>,
     /// The local users (`users_file`): a grant of a user no longer there is refused at refresh.
-    pub(crate) users: Arc<crate::sign_in::users::LocalUsers>,
+    pub(crate) users: Arc<arc_swap::ArcSwap<crate::sign_in::users::LocalUsers>>,
     /// The identity provider: asked at refresh whether it still vouches for a grant's user.
     pub(crate) idp: Option<Arc<crate::sign_in::provider::IdentityProvider>>,
+    /// Where denials, codes, tokens and revocations are recorded.
+    pub(crate) audit: crate::enforcement::audit::Audit,
 }
 
 impl AuthorizationServer {
     /// The authorization server over `store`.
     pub fn new(
         store: Store,
-        settings: AccessSettings,
+        settings: Live,
         revocations: Arc<RevocationCache>,
         broker: Arc<UpstreamBroker>,
     ) -> Self {
         Self {
             cimd: crate::authorization_server::cimd::Cimd::new(
-                settings.allowed_client_id_domains.clone(),
+                settings.get().allowed_client_id_domains.clone(),
             ),
             registration_limiter: Default::default(),
             store,
@@ -74,6 +76,7 @@ impl AuthorizationServer {
             broker,
             users: Default::default(),
             idp: None,
+            audit: crate::enforcement::audit::Audit::new(None, None),
         }
     }
 
@@ -83,7 +86,7 @@ impl AuthorizationServer {
             StatusCode::OK,
             &metadata::authorization_server(
                 &ctx.origin(),
-                self.settings.dynamic_registration,
+                self.settings.get().dynamic_registration,
                 &["mcp"],
             ),
         )
@@ -109,7 +112,7 @@ impl AuthorizationServer {
             StatusCode::OK,
             &metadata::protected_resource(
                 &resource,
-                &self.settings.issuer(ctx),
+                &self.settings.get().issuer(ctx),
                 route.config.name.as_deref(),
                 &["mcp"],
             ),
@@ -125,13 +128,17 @@ impl AuthorizationServer {
     /// token was known (§2.2); 503 `temporarily_unavailable` when the store could not look it
     /// up or record the revocation, so the client keeps the token and tries again (§2.2.1)
     /// instead of believing it is revoked.
-    pub(crate) async fn revoke(&self, request: Request<Body>) -> Response<Body> {
+    pub(crate) async fn revoke(
+        &self,
+        ctx: &RequestContext,
+        request: Request<Body>,
+    ) -> Response<Body> {
         let Some(body) = read_body(request).await else {
             return EndpointError::TooLarge("the request is too large").into_response();
         };
         let form = oauth_server::form(&body);
         let token = form.get("token").map(String::as_str).unwrap_or_default();
-        match self.revoke_token(token).await {
+        match self.revoke_token(ctx, token).await {
             Ok(()) => {
                 let mut response = Response::new(postern_gateway::body::full(""));
                 no_store(&mut response);
@@ -141,24 +148,32 @@ impl AuthorizationServer {
         }
     }
 
-    async fn revoke_token(&self, token: &str) -> Result<(), OAuthError> {
+    async fn revoke_token(&self, ctx: &RequestContext, token: &str) -> Result<(), OAuthError> {
+        // The family, and whose it is (for the audit record).
         let family = if token.starts_with(REFRESH_PREFIX) {
             self.store
                 .find_refresh_token(token)
                 .await
                 .map_err(store_unavailable)?
-                .map(|f| f.family_id)
+                .map(|f| (f.family_id, f.user_id, f.client_id))
         } else if let Some(sealed) = token.strip_prefix(oauth_server::ACCESS_PREFIX) {
             self.store
                 .keyring()
                 .open("access-token", sealed)
                 .ok()
                 .and_then(|json| serde_json::from_slice::<AccessClaims>(&json).ok())
-                .map(|c| c.fam)
+                .map(|c| (c.fam, c.email, c.cid))
         } else {
             None
         };
-        if let Some(family) = family {
+        if let Some((family, user, client)) = family {
+            ctx.metrics.token("revoked");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("token_revoked", ctx)
+                    .user(user)
+                    .client(client)
+                    .reason(format!("revoked by the client (family {family})")),
+            );
             // This replica refuses the family's tokens at once, whatever the store says.
             self.revocations.insert(Revocation::Family(family.clone()));
             self.store

@@ -41,7 +41,8 @@ impl crate::authorization_server::AuthorizationServer {
     /// Counts a registration from the request's address; `too_many_requests` (429, with when
     /// to try again) when it is over the limit.
     pub(crate) fn admit_registration(&self, ctx: &RequestContext) -> Result<(), OAuthError> {
-        let limits = &self.settings.registration;
+        let settings = self.settings.get();
+        let limits = &settings.registration;
         let Err(retry_after) = self.registration_limiter.admit(
             ctx.client_addr.ip(),
             limits.per_address,
@@ -51,6 +52,7 @@ impl crate::authorization_server::AuthorizationServer {
         };
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         tracing::warn!(request_id = %ctx.request_id, client = %ctx.client_addr.ip(), "client registrations rate limited");
+        ctx.metrics.rate_limit_hit("registration");
         Err(OAuthError::new(
             ErrorCode::TooManyRequests,
             format!(
@@ -64,7 +66,7 @@ impl crate::authorization_server::AuthorizationServer {
 
     /// When a registration expires that nobody has used yet.
     pub(crate) fn unused_registration_expiry(&self, now: i64) -> i64 {
-        now + self.settings.registration.unused_ttl.as_millis() as i64
+        now + self.settings.get().registration.unused_ttl.as_millis() as i64
     }
 
     /// Gives a registered client the normal lifetime when it is used (an authorization issued
@@ -105,7 +107,7 @@ impl crate::authorization_server::AuthorizationServer {
         if request.method() != Method::POST {
             return Err(EndpointError::NotPost("register with POST"));
         }
-        if !self.settings.dynamic_registration {
+        if !self.settings.get().dynamic_registration {
             return Err(OAuthError::new(
                 ErrorCode::AccessDenied,
                 "dynamic client registration is turned off (mcp_dynamic_client_registration)",

@@ -2,6 +2,7 @@
 //! grants, and the tokens they issue.
 
 use super::*;
+use crate::enforcement::audit::IdentityEvent;
 use crate::sign_in::oidc::Vouch;
 use crate::sign_in::provider::IdentityProvider;
 
@@ -25,7 +26,19 @@ impl AuthorizationServer {
                 no_store(&mut response);
                 response
             }
-            Err(error) => EndpointError::OAuth(error).into_response(),
+            Err(error) => {
+                ctx.metrics.token("refused");
+                let mut event = IdentityEvent::new("token_refused", ctx).reason(format!(
+                    "{}: {}",
+                    error.code.as_str(),
+                    error.description
+                ));
+                if let Some(client) = form.get("client_id") {
+                    event = event.client(client.as_str());
+                }
+                self.audit.event(event);
+                EndpointError::OAuth(error).into_response()
+            }
         }
     }
 
@@ -173,7 +186,7 @@ impl AuthorizationServer {
             resource: grant.resource.clone(),
             scope: grant.scope.clone(),
             created_at: now,
-            expires_at: now + self.settings.refresh_max_ttl.as_millis() as i64,
+            expires_at: now + self.settings.get().refresh_max_ttl.as_millis() as i64,
             identity: Some(self.grant_identity(&session).await?),
             client_name: client
                 .metadata
@@ -183,7 +196,7 @@ impl AuthorizationServer {
             redirect_uri: Some(grant.redirect_uri.clone()),
         };
         // Minted before the family is stored: a failure leaves nothing behind.
-        let tokens = self.tokens(&family, &refresh)?;
+        let tokens = self.tokens((ctx, "token_issued"), &family, &refresh)?;
         self.store
             .create_family(&family, &refresh, self.refresh_token_expiry())
             .await
@@ -232,6 +245,11 @@ impl AuthorizationServer {
                     ));
                 }
                 tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "authorization code replayed: its tokens are revoked");
+                self.audit.event(
+                    IdentityEvent::new("grant_revoked", ctx)
+                        .client(client.client_id.as_str())
+                        .reason("authorization code replayed"),
+                );
                 Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
                     "the code was already used; the tokens it gave were revoked",
@@ -276,7 +294,7 @@ impl AuthorizationServer {
                 old,
                 &new,
                 self.refresh_token_expiry(),
-                self.settings.refresh_reuse_grace,
+                self.settings.get().refresh_reuse_grace,
             )
             .await
             .map_err(store_unavailable)?
@@ -291,6 +309,13 @@ impl AuthorizationServer {
             Rotation::Reused { family_id } => {
                 self.revocations.insert(Revocation::Family(family_id));
                 tracing::warn!(request_id = %ctx.request_id, client = %client.client_id, "refresh token reuse: the token family is revoked");
+                self.audit.event(
+                    IdentityEvent::new("grant_revoked", ctx)
+                        .client(client.client_id.as_str())
+                        .reason(
+                            "refresh token reuse: every token of this authorization is revoked",
+                        ),
+                );
                 return Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
                     "the refresh token was already used; all tokens from this authorization are revoked",
@@ -334,7 +359,7 @@ impl AuthorizationServer {
                 return Err(error);
             }
         };
-        self.tokens(&family, &new)
+        self.tokens((ctx, "token_refreshed"), &family, &new)
     }
 
     /// The identity a new grant carries: the session's, with the identity provider's refresh
@@ -363,7 +388,7 @@ impl AuthorizationServer {
     /// When a refresh token issued now lapses unused (`mcp_refresh_token_idle_ttl`; the store
     /// caps it at the grant's end).
     fn refresh_token_expiry(&self) -> i64 {
-        now_ms() + self.settings.refresh_idle_ttl.as_millis() as i64
+        now_ms() + self.settings.get().refresh_idle_ttl.as_millis() as i64
     }
 
     /// Checks, before a refresh, that the grant still stands: the user is still who may use the
@@ -386,12 +411,13 @@ impl AuthorizationServer {
                 .await?;
             family.identity = Some(self.grant_identity(&session).await?);
             family.expires_at =
-                family.created_at + self.settings.refresh_max_ttl.as_millis() as i64;
+                family.created_at + self.settings.get().refresh_max_ttl.as_millis() as i64;
             changed = true;
         }
         let identity = family.identity.clone().unwrap_or_default();
         if identity.idp == "local" {
-            let Some(user) = self.users.find(&identity.email) else {
+            let users = self.users.load();
+            let Some(user) = users.find(&identity.email) else {
                 return Err(self
                     .end_grant(
                         ctx,
@@ -579,9 +605,14 @@ impl AuthorizationServer {
 
     /// A TE for the grant's user (and the refresh token), bound to the grant: its `sid` is the
     /// grant, not the browser session, so signing out of the browser leaves it working and
-    /// revoking the grant stops it.
-    fn tokens(&self, family: &TokenFamily, refresh: &str) -> Result<Value, OAuthError> {
-        let ttl = self.settings.access_token_ttl;
+    /// revoking the grant stops it. `event`: the audit event (`token_issued`, `token_refreshed`).
+    fn tokens(
+        &self,
+        (ctx, event): (&RequestContext, &'static str),
+        family: &TokenFamily,
+        refresh: &str,
+    ) -> Result<Value, OAuthError> {
+        let ttl = self.settings.get().access_token_ttl;
         let Some(identity) = &family.identity else {
             return Err(OAuthError::new(
                 ErrorCode::InvalidGrant,
@@ -608,6 +639,17 @@ impl AuthorizationServer {
                     "the gateway cannot issue a token now; try again",
                 )
             })?;
+        ctx.metrics.token(if event == "token_issued" {
+            "issued"
+        } else {
+            "refreshed"
+        });
+        self.audit.event(
+            IdentityEvent::new(event, ctx)
+                .user(&identity.email)
+                .client(family.client_id.as_str())
+                .reason(format!("resource={}", family.resource)),
+        );
         Ok(oauth_server::token_response(
             &access,
             ttl,

@@ -23,7 +23,7 @@ use postern_store::{PendingAuthorization, Session, Store, UpstreamToken, now_ms}
 
 use crate::broker::discovery::UpstreamSettings;
 use crate::oauth_server::{self, RevocationCache};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::pages;
 use crate::web::reply::{cors, html, json_error, redirect_to};
@@ -32,11 +32,13 @@ use crate::web::round_trip::{ROUND_TRIP_TTL_MS, Resume, UPSTREAM};
 /// The broker. Shared (`Arc`) by the authorization server, enforcement and the endpoints.
 pub struct UpstreamBroker {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     /// Token endpoint calls (and what was learned about them).
     pub(crate) tokens: crate::broker::upstream::TokenEndpoints,
     pub(crate) discovery: crate::broker::discovery::Discovery,
     pub(crate) revocations: Arc<RevocationCache>,
+    /// Where upstream accounts connected and disconnected are recorded.
+    pub(crate) audit: crate::enforcement::audit::Audit,
 }
 
 /// What the provider's callback leads to.
@@ -51,13 +53,13 @@ impl UpstreamBroker {
     /// A broker over `store`, calling providers with `http`.
     pub fn new(
         store: Store,
-        settings: AccessSettings,
+        settings: Live,
         http: reqwest::Client,
         revocations: Arc<RevocationCache>,
     ) -> Self {
         let discovery = crate::broker::discovery::Discovery::new(
             store.clone(),
-            settings.allowed_as_metadata_domains.clone(),
+            settings.get().allowed_as_metadata_domains.clone(),
         );
         Self {
             store,
@@ -65,6 +67,7 @@ impl UpstreamBroker {
             tokens: crate::broker::upstream::TokenEndpoints::new(http),
             discovery,
             revocations,
+            audit: crate::enforcement::audit::Audit::new(None, None),
         }
     }
 
@@ -87,7 +90,18 @@ impl UpstreamBroker {
                 &key,
                 crate::broker::upstream::needs_refresh,
                 crate::broker::upstream::KEEP_WITH_REFRESH,
-                |old| crate::broker::upstream::refresh(&self.tokens, &oauth, old),
+                |old| {
+                    let refreshing = crate::broker::upstream::refresh(&self.tokens, &oauth, old);
+                    async {
+                        let outcome = refreshing.await;
+                        ctx.metrics.upstream_token_refresh(match &outcome {
+                            Ok(postern_store::RefreshOutcome::Refreshed(_)) => "ok",
+                            Ok(_) => "rejected",
+                            Err(_) => "failed",
+                        });
+                        outcome
+                    }
+                },
             )
             .await;
         match result {
@@ -103,12 +117,20 @@ impl UpstreamBroker {
             Ok(None) => Err(not_connected(ctx, route)),
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, "upstream token refresh failed");
+                self.audit.event(
+                    crate::enforcement::audit::IdentityEvent::new(
+                        "upstream_token_refresh_failed",
+                        ctx,
+                    )
+                    .user(&session.email)
+                    .route(&route.id)
+                    .reason(error.to_string()),
+                );
                 Err(json_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_token_refresh_failed",
-                    &format!(
-                        "the upstream provider could not refresh your token, try again shortly: {error}"
-                    ),
+                    // The provider's address and error are for the log (above), not the caller.
+                    "upstream unavailable: the upstream provider could not refresh your token; try again shortly, or give an administrator the request id",
                     &ctx.request_id,
                 ))
             }
@@ -168,7 +190,7 @@ impl UpstreamBroker {
         ) {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                UPSTREAM.set(&mut response, &state, self.settings.cookie.secure);
+                UPSTREAM.set(&mut response, &state, self.settings.get().cookie.secure);
                 response
             }
             Err(error) => html(
@@ -226,7 +248,11 @@ impl UpstreamBroker {
             .exchange_code(ctx, &route, &oauth, code, &pending, &resume)
             .await?;
         self.keep_token(&session, &pending, &token).await?;
-        tracing::info!(target: "postern::audit", event = "upstream_connected", user = %session.email, route = %route.id, "upstream account connected");
+        self.audit.event(
+            crate::enforcement::audit::IdentityEvent::new("upstream_connected", ctx)
+                .user(&session.email)
+                .route(&route.id),
+        );
         Ok(resumed(resume))
     }
 
@@ -241,7 +267,7 @@ impl UpstreamBroker {
     ) -> Result<(Session, PendingAuthorization, Resume), Response<Body>> {
         let bound = UPSTREAM.matches(request.headers(), state);
         let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await
         else {
             return Err(failed(
                 StatusCode::UNAUTHORIZED,

@@ -96,7 +96,7 @@ impl UpstreamBroker {
         request: Request<Body>,
     ) -> Response<Body> {
         let Some(session) =
-            session::current(request.headers(), &self.settings.cookie, &self.store).await
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await
         else {
             return redirect_to("/.pomerium/sign_in?redirect_uri=%2F.pomerium%2F");
         };
@@ -183,7 +183,11 @@ impl UpstreamBroker {
                 .inspect_err(|error| {
                     tracing::error!(%error, request_id = %ctx.request_id, user = %session.email, route = %route.id, "cannot disconnect an upstream account");
                 })?;
-            tracing::info!(target: "postern::audit", event = "upstream_disconnected", user = %session.email, route = %route.id, "disconnected");
+            self.audit.event(
+                crate::enforcement::audit::IdentityEvent::new("upstream_disconnected", ctx)
+                    .user(&session.email)
+                    .route(&route.id),
+            );
         }
         Ok(())
     }
@@ -292,7 +296,9 @@ impl UpstreamBroker {
                     .filter(|c| c.aud.starts_with(APP_AUDIENCE_PREFIX))
                     .map(|c| c.session())
             }
-            None => session::current(request.headers(), &self.settings.cookie, &self.store).await,
+            None => {
+                session::current(request.headers(), &self.settings.get().cookie, &self.store).await
+            }
         }
     }
 
@@ -679,6 +685,7 @@ mod tests {
             browser: true,
             runtime: Arc::new(Runtime::new(config)),
             client_certificate: None,
+            metrics: Default::default(),
         }
     }
 

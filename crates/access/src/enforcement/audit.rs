@@ -34,6 +34,10 @@ pub struct AuditEvent {
     pub user: Option<String>,
     /// The session.
     pub session: Option<String>,
+    /// The MCP client whose token made the request; absent for a browser session or anonymous
+    /// (so those records keep the shape they always had).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The route.
     pub route: String,
     /// The JSON-RPC method.
@@ -85,6 +89,7 @@ impl AuditEvent {
             request_id: ctx.request_id.clone(),
             user: session.map(|s| s.email.clone()),
             session: session.map(|s| s.id.clone()),
+            client_id: None,
             route: route.to_owned(),
             method: call.map(|c| c.method.clone()),
             tool: call.and_then(|c| c.tool.clone()),
@@ -99,6 +104,88 @@ impl AuditEvent {
     }
 }
 
+/// An identity event: a sign-in (or a failed one), a sign-out, a token issued, refreshed,
+/// refused or revoked, a grant revoked, an OAuth denial, an upstream account connected or
+/// disconnected. One line of the audit file whose `"event"` names it (the MCP records have no
+/// `event`), and one `postern::audit` line in the text log. Fields a client or user chose
+/// (`user` on a failed sign-in is what was typed, `client_id`, `reason`) are cut to
+/// [`FIELD_CAP`] bytes; the JSON escapes them and the text log quotes and escapes them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IdentityEvent {
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// What happened: `sign_in`, `sign_in_failed`, `sign_in_rate_limited`, `sign_out`,
+    /// `authorize_denied`, `code_issued`, `token_issued`, `token_refreshed`, `token_refused`,
+    /// `token_revoked`, `grant_revoked`, `upstream_connected`, `upstream_disconnected`,
+    /// `upstream_token_refresh_failed`.
+    pub event: &'static str,
+    /// The gateway's request id.
+    pub request_id: String,
+    /// The user (email); on `sign_in_failed`, the email that was typed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The MCP client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// Why (a refusal's error code, the rule that denied, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The client's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+}
+
+impl IdentityEvent {
+    /// `event` during the request `ctx`.
+    pub fn new(event: &'static str, ctx: &RequestContext) -> Self {
+        Self {
+            time_ms: now_ms(),
+            event,
+            request_id: ctx.request_id.clone(),
+            client_addr: Some(ctx.client_addr.ip().to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// For `user`.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(capped(user.into()));
+        self
+    }
+
+    /// For the MCP client `client_id`.
+    pub fn client(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(capped(client_id.into()));
+        self
+    }
+
+    /// On `route`.
+    pub fn route(mut self, route: impl Into<String>) -> Self {
+        self.route = Some(capped(route.into()));
+        self
+    }
+
+    /// Because of `reason`.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(capped(reason.into()));
+        self
+    }
+}
+
+/// At most [`FIELD_CAP`] bytes of `value`, `…` marking a cut.
+fn capped(mut value: String) -> String {
+    let (kept, cut) = truncate(&value, FIELD_CAP);
+    if cut > 0 {
+        let kept = kept.len();
+        value.truncate(kept);
+        value.push('…');
+    }
+    value
+}
+
 /// The audit log. Lines go to a writer thread that appends them in batches (one `write` per
 /// batch, flushed as soon as the queue is empty), so a tool call costs the request path no file
 /// I/O or lock; when the queue is full (the disk is slower than the traffic) callers wait rather
@@ -106,8 +193,8 @@ impl AuditEvent {
 #[derive(Clone)]
 pub struct Audit {
     writer: Option<Arc<Writer>>,
-    /// `authorize_log_fields`, compiled; `None`: the fixed record.
-    fields: Option<Arc<LogFields>>,
+    /// `authorize_log_fields`, compiled; `None`: the fixed record. Swapped on reload.
+    fields: Arc<arc_swap::ArcSwapOption<LogFields>>,
 }
 
 /// The queue into the writer thread; its drop writes what is queued and joins the thread.
@@ -138,24 +225,46 @@ impl Audit {
                 })
         });
         let fields = selected.map(|s| Arc::new(LogFields::compile(s)));
-        Self { writer, fields }
+        Self {
+            writer,
+            fields: Arc::new(arc_swap::ArcSwapOption::new(fields)),
+        }
     }
 
     /// The fields records carry besides their essentials, when `authorize_log_fields` is set.
-    pub fn fields(&self) -> Option<&LogFields> {
-        self.fields.as_deref()
+    pub fn fields(&self) -> Option<Arc<LogFields>> {
+        self.fields.load_full()
+    }
+
+    /// Puts a reloaded `authorize_log_fields` in force for the records made from now on.
+    pub fn set_fields(&self, selected: Option<&[AuthorizeLogField]>) {
+        self.fields
+            .store(selected.map(|s| Arc::new(LogFields::compile(s))));
+    }
+
+    /// Records an identity event: the audit file and the text log.
+    pub fn event(&self, event: IdentityEvent) {
+        let text = |v: &Option<String>| Untrusted(v.as_deref().unwrap_or("-")).to_string();
+        tracing::info!(target: "postern::audit", event = event.event, user = %text(&event.user),
+            client_id = %text(&event.client_id), route = %text(&event.route), reason = %text(&event.reason),
+            client = %text(&event.client_addr), request_id = %event.request_id, "identity");
+        if let Some(sender) = self.writer.as_ref().and_then(|w| w.sender.as_ref()) {
+            self.send(sender, serde_json::to_string(&event).unwrap_or_default());
+        }
     }
 
     /// Records `event`, its client-chosen fields cut to [`FIELD_CAP`] bytes (see
     /// [`AuditEvent::cap_fields`]).
     pub fn record(&self, mut event: AuditEvent) {
         let truncated = event.cap_fields();
-        if let Some(fields) = &self.fields {
-            self.record_selected(&event, fields, &truncated);
+        if let Some(fields) = self.fields.load_full() {
+            self.record_selected(&event, &fields, &truncated);
             return;
         }
-        tracing::info!(target: "postern::audit", user = %Untrusted(event.user.as_deref().unwrap_or("-")), route = %event.route,
-            tool = %Untrusted(event.tool.as_deref().unwrap_or("-")), decision = event.decision, rule = %event.rule,
+        // logfmt: every value a user, client or configuration chose is quoted and escaped.
+        tracing::info!(target: "postern::audit", user = %Untrusted(event.user.as_deref().unwrap_or("-")), route = %Untrusted(&event.route),
+            client_id = %Untrusted(event.client_id.as_deref().unwrap_or("-")),
+            tool = %Untrusted(event.tool.as_deref().unwrap_or("-")), decision = event.decision, rule = %Untrusted(&event.rule),
             status = event.status.unwrap_or(0), latency_ms = event.latency_ms.unwrap_or(0.0), request_id = %event.request_id, "mcp");
         if let Some(sender) = self.writer.as_ref().and_then(|w| w.sender.as_ref()) {
             let mut line = serde_json::to_string(&event).unwrap_or_default();
@@ -179,7 +288,7 @@ impl Audit {
             truncated,
         })
         .unwrap_or_default();
-        tracing::info!(target: "postern::audit", route = %event.route, decision = event.decision,
+        tracing::info!(target: "postern::audit", route = %Untrusted(&event.route), decision = event.decision,
             record = %LogSafe(&line), "mcp");
         if let Some(sender) = self.writer.as_ref().and_then(|w| w.sender.as_ref()) {
             self.send(sender, line);
@@ -325,6 +434,7 @@ mod tests {
             request_id: format!("r{n}"),
             user: Some("ada@example.com".into()),
             session: None,
+            client_id: Some("client-1".into()),
             route: "sqlite".into(),
             method: Some("tools/call".into()),
             tool: Some("read_query".into()),
@@ -336,6 +446,133 @@ mod tests {
             facts: None,
             tool_arguments: None,
         }
+    }
+
+    /// The `key=value` pairs of a logfmt line: a value is a bare word or a double-quoted string
+    /// with backslash escapes; words without `=` (the level, the message) are skipped. Panics on
+    /// anything else, e.g. an unquoted space inside a value.
+    fn logfmt(line: &str) -> std::collections::HashMap<String, String> {
+        let mut pairs = std::collections::HashMap::new();
+        let mut rest = line.trim();
+        while !rest.is_empty() {
+            let word_end = rest.find([' ', '=']).unwrap_or(rest.len());
+            let (key, after) = rest.split_at(word_end);
+            let Some(after) = after.strip_prefix('=') else {
+                rest = after.trim_start();
+                continue;
+            };
+            let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => {
+                            let (_, c) = chars.next().expect("an escape ends the line");
+                            value.push('\\');
+                            value.push(c);
+                        }
+                        Some((i, '"')) => break i + 1,
+                        Some((_, c)) => value.push(c),
+                        None => panic!("unterminated quote in {line}"),
+                    }
+                };
+                (value, &quoted[end..])
+            } else {
+                let end = after.find(' ').unwrap_or(after.len());
+                (after[..end].to_owned(), &after[end..])
+            };
+            assert!(
+                after.is_empty() || after.starts_with(' '),
+                "a value runs on after its end in {line}"
+            );
+            assert!(!key.is_empty(), "an empty key in {line}");
+            pairs.insert(key.to_owned(), value);
+            rest = after.trim_start();
+        }
+        pairs
+    }
+
+    /// What `f` logs, in the text format without colours, time or target.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn test_ctx() -> RequestContext {
+        let env: std::collections::HashMap<String, String> = Default::default();
+        let config =
+            postern_config::parse("insecure_server: true\n", Path::new("."), &env).unwrap();
+        RequestContext {
+            request_id: "0123456789abcdef".into(),
+            client_addr: "10.0.0.7:5000".parse().unwrap(),
+            scheme: "http",
+            host: "localhost".into(),
+            port: 80,
+            started: std::time::Instant::now(),
+            browser: false,
+            runtime: Arc::new(postern_gateway::Runtime::new(config)),
+            client_certificate: None,
+            metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn audit_text_lines_are_logfmt_whatever_the_values() {
+        let audit = Audit::new(None, None);
+        let forged = "evil\" user=admin@corp\n2026 INFO postern::audit: x=y \u{1b}[2J";
+        let long = "é".repeat(400);
+        let text = logged(|| {
+            let mut call = event(1);
+            call.rule = "allow: policy.allow or[0] (mcp_tool)".into();
+            call.tool = Some(forged.into());
+            audit.record(call);
+            audit.event(
+                IdentityEvent::new("sign_in_failed", &test_ctx())
+                    .user(forged)
+                    .reason(long.as_str()),
+            );
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            2,
+            "one line each, a newline in a value forges none: {text}"
+        );
+        let mcp = logfmt(lines[0]);
+        assert_eq!(mcp["rule"], "allow: policy.allow or[0] (mcp_tool)");
+        assert_eq!(mcp["client_id"], "client-1");
+        assert_eq!(mcp["decision"], "allow");
+        assert!(mcp["tool"].starts_with("evil\\\""), "{}", mcp["tool"]);
+        let identity = logfmt(lines[1]);
+        assert_eq!(identity["event"], "sign_in_failed");
+        assert_eq!(identity["client"], "10.0.0.7");
+        assert_eq!(identity["request_id"], "0123456789abcdef");
+        assert!(identity["user"].contains("\\n2026"), "{}", identity["user"]);
+        assert!(
+            identity["reason"].ends_with("bytes)"),
+            "a cut value says so inside its quotes: {}",
+            identity["reason"]
+        );
+        assert!(!text.contains('\u{1b}'), "{text}");
     }
 
     #[test]

@@ -28,14 +28,14 @@ use crate::enforcement::audit::fields::{Bounded, RequestFacts};
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
-use crate::settings::AccessSettings;
+use crate::settings::Live;
 use crate::sign_in::session;
 use crate::web::reply::{cors, encode, json_error, json_response, redirect_to};
 
 /// The enforcement service: owns the assertion signer and the audit log.
 pub struct Enforcement {
     pub(crate) store: Store,
-    pub(crate) settings: AccessSettings,
+    pub(crate) settings: Live,
     pub(crate) signer: Signer,
     pub(crate) audit: Audit,
     pub(crate) revocations: Arc<RevocationCache>,
@@ -46,6 +46,8 @@ pub struct Enforcement {
 #[derive(Clone)]
 struct Allowed {
     session: Option<Session>,
+    /// The MCP client whose token made the request.
+    client_id: Option<String>,
     calls: Vec<Call>,
     decision: String,
     filter_tools: Option<ToolLists>,
@@ -162,7 +164,7 @@ impl Enforcement {
             return Err(GatewayError::ClientCertificateRequired { presented }
                 .into_response(&ctx.request_id, ctx.browser));
         }
-        let session = self.identify(ctx, route, &request).await?;
+        let (session, client_id) = self.identify(ctx, route, &request).await?;
         // Taken now: the request's parts are gone by the time its response ends.
         let facts = self.audit.fields().map(|fields| {
             let removed = session.as_ref().map_or(0, |s| removed_groups(s, route));
@@ -198,14 +200,21 @@ impl Enforcement {
         };
         let denied: Vec<_> = decisions.iter().filter(|(_, d)| !d.allowed).collect();
         if !denied.is_empty() {
-            return Err(self.refuse(
+            let mut refused = self.refuse(
                 ctx,
                 route,
-                (session.as_ref(), facts.as_ref()),
+                (session.as_ref(), facts.as_ref(), client_id.as_deref()),
                 &denied,
                 &calls,
                 request.uri(),
-            ));
+            );
+            if let Some(session) = &session {
+                // The access log names who was refused.
+                refused
+                    .extensions_mut()
+                    .insert(postern_gateway::hooks::RefusedUser(session.email.clone()));
+            }
+            return Err(refused);
         }
         let decision = decisions
             .first()
@@ -226,6 +235,7 @@ impl Enforcement {
         };
         grant.extensions.insert(Allowed {
             session,
+            client_id,
             calls,
             decision,
             filter_tools,
@@ -242,7 +252,7 @@ impl Enforcement {
         ctx: &RequestContext,
         route: &Route,
         request: &Request<Body>,
-    ) -> Result<Option<Session>, Response<Body>> {
+    ) -> Result<(Option<Session>, Option<String>), Response<Body>> {
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -259,7 +269,8 @@ impl Enforcement {
                     token,
                     &resource,
                 ) {
-                    Ok(claims) => Ok(Some(claims.session())),
+                    // The client id goes into the audit records of the request's calls.
+                    Ok(claims) => Ok((Some(claims.session()), Some(claims.cid))),
                     Err(error) => {
                         let used = postern_oauth::metadata::resource_url(
                             &ctx.origin(),
@@ -269,13 +280,16 @@ impl Enforcement {
                     }
                 }
             }
-            _ if request.headers().contains_key(header::COOKIE) => Ok(Box::pin(session::current(
-                request.headers(),
-                &self.settings.cookie,
-                &self.store,
-            ))
-            .await),
-            _ => Ok(None),
+            _ if request.headers().contains_key(header::COOKIE) => Ok((
+                Box::pin(session::current(
+                    request.headers(),
+                    &self.settings.get().cookie,
+                    &self.store,
+                ))
+                .await,
+                None,
+            )),
+            _ => Ok((None, None)),
         }
     }
 
@@ -353,7 +367,7 @@ impl Enforcement {
         &self,
         ctx: &RequestContext,
         route: &Route,
-        (session, facts): (Option<&Session>, Option<&Arc<RequestFacts>>),
+        (session, facts, client_id): (Option<&Session>, Option<&Arc<RequestFacts>>, Option<&str>),
         denied: &[&(Option<&Call>, postern_policy::Decision)],
         calls: &[Call],
         uri: &http::Uri,
@@ -386,8 +400,14 @@ impl Enforcement {
             );
             event.facts = facts.cloned();
             event.tool_arguments = call.and_then(|c| c.arguments.clone());
+            event.client_id = client_id.map(str::to_owned);
+            if let Some(call) = call.filter(|c| c.request.method == "tools/call") {
+                let tool = call.request.tool.as_deref().unwrap_or("");
+                ctx.metrics.tool_call(&route.id, tool, false);
+            }
             self.audit.record(event);
         }
+        ctx.metrics.policy_denied("request");
         if !calls.is_empty() {
             let errors: Vec<Value> = denied
                 .iter()
@@ -454,14 +474,14 @@ impl Enforcement {
         let format = route
             .config
             .jwt_issuer_format
-            .unwrap_or(self.settings.issuer_format);
+            .unwrap_or(self.settings.get().issuer_format);
         let groups = session.map(|s| assertion_groups(s, route));
         let groups = groups.as_deref().unwrap_or_default();
         self.claim_headers(ctx, session, groups, format, &mut headers);
         let pass = route
             .config
             .pass_identity_headers
-            .unwrap_or(self.settings.pass_identity_headers);
+            .unwrap_or(self.settings.get().pass_identity_headers);
         if let (true, Some(session)) = (pass, session) {
             let issuer = match format {
                 IssuerFormat::HostOnly => ctx.host.clone(),
@@ -503,7 +523,7 @@ impl Enforcement {
         format: IssuerFormat,
         headers: &mut HeaderMap,
     ) {
-        for (header, claim) in &self.settings.claim_headers {
+        for (header, claim) in &self.settings.get().claim_headers {
             let text = session
                 .map(|s| claim_text(s, claim, groups, ctx, format))
                 .unwrap_or_default();
@@ -596,6 +616,11 @@ impl Enforcement {
             response.status(),
         );
         let session = allowed.session.clone();
+        let client_id = allowed.client_id.clone();
+        for (call, _) in &tool_calls {
+            let tool = call.tool.as_deref().unwrap_or("");
+            ctx.metrics.tool_call(&route_id, tool, true);
+        }
         let decision = allowed.decision.clone();
         let facts = allowed.facts.clone();
         let started = ctx.started;
@@ -613,8 +638,9 @@ impl Enforcement {
                     event.facts = facts.clone();
                     event.tool_arguments = arguments.clone();
                     event.status = Some(status.as_u16());
-                    event.latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    event.latency_ms = Some(postern_gateway::millis(started.elapsed()));
                     event.complete = Some(complete);
+                    event.client_id = client_id.clone();
                     audit.record(event);
                 }
             };

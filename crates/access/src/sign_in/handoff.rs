@@ -53,7 +53,7 @@ impl SignIn {
             encode(&back),
             encode(&state)
         ));
-        HANDOFF.set(&mut response, &state, self.cookie.secure);
+        HANDOFF.set(&mut response, &state, self.settings.get().cookie.secure);
         response
     }
 
@@ -128,7 +128,7 @@ impl SignIn {
     ) -> Response<Body> {
         let failed = |status, text: &str| {
             let mut response = html(status, pages::message("Sign-in failed", text));
-            HANDOFF.clear(&mut response, self.cookie.secure);
+            HANDOFF.clear(&mut response, self.settings.get().cookie.secure);
             response
         };
         if self.authenticate.is_none() {
@@ -198,11 +198,13 @@ impl SignIn {
                 "Your sign-in has ended. Open the page you wanted again to sign in.",
             );
         };
-        let mut response = self.cookie.arrive(&redirect);
-        self.cookie
-            .spec()
-            .set(&mut response, &sealed, self.cookie.expire);
-        HANDOFF.clear(&mut response, self.cookie.secure);
+        let mut response = self.settings.get().cookie.arrive(&redirect);
+        self.settings.get().cookie.spec().set(
+            &mut response,
+            &sealed,
+            self.settings.get().cookie.expire,
+        );
+        HANDOFF.clear(&mut response, self.settings.get().cookie.secure);
         response
     }
 

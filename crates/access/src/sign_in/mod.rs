@@ -10,6 +10,8 @@ pub mod users;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use postern_config::defaults::AuthenticateService;
@@ -17,10 +19,11 @@ use postern_gateway::body::Body;
 use postern_gateway::hooks::RequestContext;
 use postern_store::{PendingAuthorization, Session, Store, now_ms};
 
+use crate::enforcement::audit::{Audit, IdentityEvent};
+use crate::settings::Live;
 use crate::sign_in::github::GitHub;
 use crate::sign_in::oidc::Oidc;
 use crate::sign_in::provider::IdentityProvider;
-use crate::sign_in::session::CookieSettings;
 use crate::sign_in::users::{LocalUser, LocalUsers};
 use crate::web::limiter::SignInLimiter;
 use crate::web::pages;
@@ -39,13 +42,17 @@ struct Posted {
 /// the identity provider.
 pub struct SignIn {
     store: Store,
-    cookie: CookieSettings,
-    users: Arc<LocalUsers>,
+    /// The settings in force (the cookie's follow reloads).
+    settings: Live,
+    /// The local users in force: `users_file` is read again on reload.
+    users: Arc<ArcSwap<LocalUsers>>,
     /// Password checks at once (argon2id takes 19 MiB and tens of ms of CPU each).
     password_checks: Arc<tokio::sync::Semaphore>,
     limiter: SignInLimiter,
     /// The identity provider (OpenID Connect or GitHub), if one is configured.
     idp: Option<Arc<IdentityProvider>>,
+    /// Where sign-ins, failed ones and rate-limit hits are recorded.
+    pub(crate) audit: Audit,
     /// `authenticate_service_url`: sign-in happens there, route hosts get the session handed.
     authenticate: Option<AuthenticateService>,
     /// The email the sign-in form starts with (`postern up`'s generated user).
@@ -54,11 +61,11 @@ pub struct SignIn {
 
 impl SignIn {
     /// Signs `users` in, sessions kept in `store`.
-    pub fn new(store: Store, users: LocalUsers, cookie: CookieSettings) -> Self {
+    pub fn new(store: Store, users: LocalUsers, settings: Live) -> Self {
         Self {
             store,
-            cookie,
-            users: Arc::new(users),
+            settings,
+            users: Arc::new(ArcSwap::from_pointee(users)),
             password_checks: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -66,6 +73,7 @@ impl SignIn {
             idp: None,
             authenticate: None,
             email_hint: None,
+            audit: Audit::new(None, None),
         }
     }
 
@@ -81,7 +89,7 @@ impl SignIn {
     }
 
     /// The local users (the authorization server checks grants against them at refresh).
-    pub(crate) fn users(&self) -> Arc<LocalUsers> {
+    pub(crate) fn users(&self) -> Arc<ArcSwap<LocalUsers>> {
         self.users.clone()
     }
 
@@ -89,6 +97,12 @@ impl SignIn {
     pub fn with_authenticate(mut self, service: Option<AuthenticateService>) -> Self {
         self.authenticate = service;
         self
+    }
+
+    /// Puts a new list of local users in force (a reload read `users_file` again): sign-ins from
+    /// now on check it.
+    pub(crate) fn set_users(&self, users: LocalUsers) {
+        self.users.store(Arc::new(users));
     }
 
     /// Signs users in with an OpenID Connect provider (local users may still post the form).
@@ -108,7 +122,7 @@ impl SignIn {
     /// so a burst of sign-ins cannot take 19 MiB each without bound.
     async fn check_password(&self, email: &str, password: &str) -> Option<LocalUser> {
         let _permit = self.password_checks.acquire().await.ok()?;
-        let users = self.users.clone();
+        let users = self.users.load_full();
         let (email, password) = (email.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || users.verify(&email, &password).cloned())
             .await
@@ -161,7 +175,7 @@ impl SignIn {
         {
             Ok(url) => {
                 let mut response = redirect_to(&url);
-                OIDC_SIGN_IN.set(&mut response, &state, self.cookie.secure);
+                OIDC_SIGN_IN.set(&mut response, &state, self.settings.get().cookie.secure);
                 response
             }
             Err(error) => {
@@ -248,15 +262,21 @@ impl SignIn {
             Ok(identity) => identity,
             Err(error) => {
                 tracing::warn!(request_id = %ctx.request_id, %error, idp = oidc.name(), "sign-in refused");
+                ctx.metrics.sign_in("failed");
+                self.audit.event(
+                    IdentityEvent::new("sign_in_failed", ctx)
+                        .reason(format!("{}: {error}", oidc.name())),
+                );
                 return html(
                     StatusCode::UNAUTHORIZED,
                     pages::message("Sign-in failed", &error.to_string()),
                 );
             }
         };
-        if let Some(current) = session::current(request.headers(), &self.cookie, &self.store)
-            .await
-            .filter(|c| c.user_id != identity.subject)
+        if let Some(current) =
+            session::current(request.headers(), &self.settings.get().cookie, &self.store)
+                .await
+                .filter(|c| c.user_id != identity.subject)
         {
             return html(
                 StatusCode::CONFLICT,
@@ -266,6 +286,7 @@ impl SignIn {
         let idp_refresh = identity.refresh_token.clone();
         let Some(cookie) = self
             .start_session_keeping(
+                ctx,
                 Session {
                     user_id: identity.subject,
                     email: identity.email,
@@ -287,11 +308,13 @@ impl SignIn {
                 ),
             );
         };
-        let mut response = self.cookie.arrive(&redirect);
-        self.cookie
-            .spec()
-            .set(&mut response, &cookie, self.cookie.expire);
-        OIDC_SIGN_IN.clear(&mut response, self.cookie.secure);
+        let mut response = self.settings.get().cookie.arrive(&redirect);
+        self.settings.get().cookie.spec().set(
+            &mut response,
+            &cookie,
+            self.settings.get().cookie.expire,
+        );
+        OIDC_SIGN_IN.clear(&mut response, self.settings.get().cookie.secure);
         response
     }
 
@@ -315,7 +338,7 @@ impl SignIn {
             email: self.email_hint.as_deref(),
         };
         let mut response = html(status, pages::sign_in(&site, redirect, &field, error));
-        crate::web::forms::csrf_cookie(self.cookie.secure).set(
+        crate::web::forms::csrf_cookie(self.settings.get().cookie.secure).set(
             &mut response,
             &cookie,
             crate::web::forms::CSRF_COOKIE_TTL,
@@ -355,7 +378,8 @@ impl SignIn {
                 && let Some(to) = self.handoff_target(ctx, &redirect)
             {
                 if let Some(session) =
-                    session::current(request.headers(), &self.cookie, &self.store).await
+                    session::current(request.headers(), &self.settings.get().cookie, &self.store)
+                        .await
                 {
                     return self.issue_handoff(&session, &to, &state).await;
                 }
@@ -381,7 +405,7 @@ impl SignIn {
         } = posted;
         // Signing in over another user's session would silently switch accounts under the
         // pages and clients of the first one.
-        let current = session::current(&headers, &self.cookie, &self.store).await;
+        let current = session::current(&headers, &self.settings.get().cookie, &self.store).await;
         if let Some(current) = current
             .as_ref()
             .filter(|c| !c.email.eq_ignore_ascii_case(&email))
@@ -408,15 +432,18 @@ impl SignIn {
                 .or_insert_with(|| serde_json::Value::String(user.name.clone()));
         }
         let Some(cookie) = self
-            .start_session(Session {
-                user_id: email.clone(),
-                email,
-                name: user.name,
-                groups: user.groups,
-                claims,
-                idp: "local".into(),
-                ..Session::default()
-            })
+            .start_session(
+                ctx,
+                Session {
+                    user_id: email.clone(),
+                    email,
+                    name: user.name,
+                    groups: user.groups,
+                    claims,
+                    idp: "local".into(),
+                    ..Session::default()
+                },
+            )
             .await
         else {
             return self.sign_in_page(
@@ -430,9 +457,11 @@ impl SignIn {
         };
         let target = safe_redirect(&redirect, ctx);
         let mut response = redirect_to(&target);
-        self.cookie
-            .spec()
-            .set(&mut response, &cookie, self.cookie.expire);
+        self.settings.get().cookie.spec().set(
+            &mut response,
+            &cookie,
+            self.settings.get().cookie.expire,
+        );
         response
     }
 
@@ -516,6 +545,9 @@ impl SignIn {
             Ok(attempt) => attempt,
             Err(refused) => {
                 tracing::warn!(request_id = %ctx.request_id, client = %address, "sign-in rate limited");
+                ctx.metrics.rate_limit_hit("sign_in");
+                self.audit
+                    .event(IdentityEvent::new("sign_in_rate_limited", ctx).user(email));
                 let mut response = self.sign_in_page(
                 ctx,
                     StatusCode::TOO_MANY_REQUESTS,
@@ -537,6 +569,14 @@ impl SignIn {
         }
         let Some(user) = self.check_password(email, password).await else {
             attempt.failed();
+            // What was typed, capped and escaped: a guess at a name, or a password typed in
+            // the wrong box; the file is readable by the gateway's user only.
+            ctx.metrics.sign_in("failed");
+            self.audit.event(
+                IdentityEvent::new("sign_in_failed", ctx)
+                    .user(email)
+                    .reason("wrong email or password"),
+            );
             return Err(self.sign_in_page(
                 ctx,
                 StatusCode::UNAUTHORIZED,
@@ -551,14 +591,15 @@ impl SignIn {
     /// Stores a new session for the user described by `session` (its id and times are set
     /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
     /// the store (or the random source) failed.
-    async fn start_session(&self, session: Session) -> Option<String> {
-        self.start_session_keeping(session, None).await
+    async fn start_session(&self, ctx: &RequestContext, session: Session) -> Option<String> {
+        self.start_session_keeping(ctx, session, None).await
     }
 
     /// [`Self::start_session`], keeping the identity provider's refresh token of the sign-in
     /// with the session (for the grants authorized from it).
     async fn start_session_keeping(
         &self,
+        ctx: &RequestContext,
         mut session: Session,
         idp_refresh: Option<&postern_oauth::Secret>,
     ) -> Option<String> {
@@ -571,7 +612,7 @@ impl SignIn {
             }
         };
         session.created_at = now;
-        session.expires_at = now + self.cookie.expire.as_millis() as i64;
+        session.expires_at = now + self.settings.get().cookie.expire.as_millis() as i64;
         // Kept first: a session whose grants could not be re-checked with the provider is not
         // started at all.
         if let Some(token) = idp_refresh
@@ -587,7 +628,12 @@ impl SignIn {
             tracing::error!(%error, "cannot save the session");
             return None;
         }
-        tracing::info!(target: "postern::audit", event = "sign_in", idp = %session.idp, user = %session.email, session = %session.id, "signed in");
+        ctx.metrics.sign_in("ok");
+        self.audit.event(
+            IdentityEvent::new("sign_in", ctx)
+                .user(&session.email)
+                .reason(format!("idp={}", session.idp)),
+        );
         session::seal(&session.id, self.store.keyring())
     }
 
@@ -601,7 +647,8 @@ impl SignIn {
         request: Request<Body>,
     ) -> Response<Body> {
         let keys = self.store.keyring();
-        let session = session::current(request.headers(), &self.cookie, &self.store).await;
+        let session =
+            session::current(request.headers(), &self.settings.get().cookie, &self.store).await;
         let query_redirect = request
             .uri()
             .query()
@@ -620,7 +667,7 @@ impl SignIn {
             );
             if session.is_none() {
                 // A stale or forged cookie is cleared; nothing is ended.
-                self.cookie.spec().clear(&mut response);
+                self.settings.get().cookie.spec().clear(&mut response);
             }
             return response;
         }
@@ -690,7 +737,7 @@ impl SignIn {
             Some(target) => redirect_to(&target),
             None => html(StatusCode::OK, pages::signed_out(apps)),
         };
-        self.cookie.spec().clear(&mut response);
+        self.settings.get().cookie.spec().clear(&mut response);
         response
     }
 }

@@ -31,11 +31,11 @@ impl fmt::Display for Untrusted<'_> {
                 c => f.write_char(c)?,
             }
         }
-        f.write_char('"')?;
+        // Inside the quotes: the line stays logfmt (`key="value"` pairs).
         if cut > 0 {
             write!(f, "…(+{cut} bytes)")?;
         }
-        Ok(())
+        f.write_char('"')
     }
 }
 
@@ -87,7 +87,7 @@ mod tests {
         let shown = Untrusted(&long).to_string();
         assert!(shown.len() < LOG_CAP + 32, "{}", shown.len());
         assert!(
-            shown.ends_with("…(+899744 bytes)"),
+            shown.ends_with("…(+899744 bytes)\""),
             "{}",
             &shown[shown.len() - 30..]
         );

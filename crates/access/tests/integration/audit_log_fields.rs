@@ -22,15 +22,17 @@ fn selection(names: &str) -> AccessSettings {
     }
 }
 
-/// The audit file's records once `done` holds for them (the writer thread appends them, allowed
-/// calls when their response has ended), and the file's text.
+/// The audit file's MCP records once `done` holds for them (the writer thread appends them,
+/// allowed calls when their response has ended), and the file's text. Identity events (sign-in,
+/// codes, tokens: `"event"`) share the file and are left out.
 async fn records(path: &PathBuf, done: impl Fn(&[Value]) -> bool) -> (Vec<Value>, String) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<Value> = text
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|record| record.get("event").is_none())
             .collect();
         if done(&lines) || Instant::now() > deadline {
             return (lines, text);

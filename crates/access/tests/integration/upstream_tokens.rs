@@ -364,6 +364,34 @@ async fn upstream_refresh_failures_are_502_then_401_when_the_provider_revokes() 
         json!("upstream_token_refresh_failed"),
         "{body}"
     );
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("upstream unavailable") && !m.contains("127.0.0.1")),
+        "the provider's address and error stay in the log: {body}"
+    );
+    // ... and in the audit file, with the connection before it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let audit = loop {
+        let text = std::fs::read_to_string(&w.audit).unwrap_or_default();
+        if text.contains("upstream_token_refresh_failed") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let events: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let event = |name: &str| events.iter().find(|e| e["event"] == json!(name)).cloned();
+    let failed = event("upstream_token_refresh_failed").unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(failed["user"], json!("ada@example.com"), "{failed}");
+    assert!(
+        failed["route"].is_string() && failed["reason"].is_string(),
+        "{failed}"
+    );
+    let connected = event("upstream_connected").unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(connected["user"], json!("ada@example.com"));
     assert_eq!(
         w.routes().await["servers"][0]["connected"],
         json!(true),

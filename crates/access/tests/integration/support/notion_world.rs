@@ -27,6 +27,9 @@ pub struct NotionWorld {
     pub redirect_uris: std::sync::Mutex<Vec<String>>,
     /// The provider's authorization URL of every trip `connect` made.
     pub authorizations: std::sync::Mutex<Vec<url::Url>>,
+    /// The audit file (in a directory removed with the world).
+    pub audit: std::path::PathBuf,
+    pub _audit_dir: tempfile::TempDir,
 }
 
 impl NotionWorld {
@@ -161,11 +164,16 @@ routes:
     mcp: {{client: {{}}}}
 "
     );
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_dir.path().join("audit.jsonl");
     let access = Access::new(
         support::memory_store().await,
         LocalUsers::new(vec![support::user("ada@example.com", "Ada", &[], "pw")]),
         Signer::from_pem(&Signer::generate_pem()).unwrap(),
-        support::settings(),
+        postern_access::AccessSettings {
+            audit_file: Some(audit.clone()),
+            ..support::settings()
+        },
     );
     support::serve(listener, &yaml, access, &stop);
 
@@ -181,5 +189,7 @@ routes:
         stop,
         redirect_uris: Default::default(),
         authorizations: Default::default(),
+        audit,
+        _audit_dir: audit_dir,
     }
 }

@@ -30,6 +30,7 @@ fn ctx() -> RequestContext {
         browser: false,
         runtime: Arc::new(Runtime::new(config)),
         client_certificate: None,
+        metrics: Default::default(),
     }
 }
 
@@ -79,6 +80,7 @@ fn event(facts: Option<Arc<RequestFacts>>) -> AuditEvent {
         request_id: "req-1".into(),
         user: Some("ada@example.com".into()),
         session: Some("sess-1".into()),
+        client_id: None,
         route: "sqlite".into(),
         method: Some("tools/call".into()),
         tool: Some("read_query".into()),
