@@ -899,3 +899,128 @@ fn client_certificate_criteria_are_checked_when_compiled() {
     let e = err(json!({"deny": {"or": [{"invalid_client_certificate": false}]}}));
     assert!(e.message.contains("expected `true`"), "{e}");
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated policies per run
+/// (`PROPTEST_CASES` raises it).
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const WORDS: &[&str] = &[
+        "allow",
+        "deny",
+        "and",
+        "or",
+        "not",
+        "nor",
+        "accept",
+        "reject",
+        "authenticated_user",
+        "email",
+        "user",
+        "domain",
+        "groups",
+        "claim/department",
+        "claim/",
+        "claim",
+        "mcp_tool",
+        "http_path",
+        "http_method",
+        "source_ip",
+        "client_certificate",
+        "cors_preflight",
+        "invalid_client_certificate",
+        "is",
+        "in",
+        "not_in",
+        "has",
+        "contains",
+        "starts_with",
+        "ends_with",
+        "exclude",
+        "fingerprint",
+        "spki_hash",
+        "sub",
+        "10.0.0.0/8",
+        "::1/200",
+        "300.1.1.1",
+        "",
+        "*",
+        "/",
+        "GET",
+        "ada@example.com",
+        "tools/call",
+    ];
+
+    fn ppl() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(WORDS).prop_map(|w| Value::String(w.into())),
+        ];
+        leaf.prop_recursive(6, 48, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(WORDS), inner), 0..3).prop_map(
+                    |pairs| Value::Object(
+                        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    fn evaluate_everywhere(policy: &Policy) {
+        let ada = user("u-ada", "ada@example.com", &["admins"]);
+        let call = tool("write");
+        let certificate = ClientCertificate {
+            valid: true,
+            fingerprint: "ab".into(),
+            spki_hash: "cd".into(),
+        };
+        for signed_in in [None, Some(&ada)] {
+            for mcp in [None, Some(&call)] {
+                let _ = policy.evaluate(&Input {
+                    user: signed_in,
+                    method: "GET",
+                    path: "/x",
+                    mcp,
+                    source_ip: Some("10.1.2.3".parse().unwrap()),
+                    preflight: mcp.is_none(),
+                    client_certificate: signed_in.map(|_| &certificate),
+                });
+                let _ = policy.allows_anonymous("POST", "/");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000)
+        ))]
+
+        /// Any JSON made of PPL's words compiles or is refused with an error, never a panic,
+        /// and what compiles evaluates without one.
+        #[test]
+        fn any_document_compiles_or_is_refused(document in ppl()) {
+            if let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) {
+                evaluate_everywhere(&policy);
+            }
+        }
+
+        /// The same for the policy wrapped as a rule (`allow:`/`deny:` at the top).
+        #[test]
+        fn any_rule_compiles_or_is_refused(
+            action in prop::sample::select(&["allow", "deny"][..]),
+            operator in prop::sample::select(&["and", "or", "not", "nor"][..]),
+            criteria in prop::collection::vec(ppl(), 0..4),
+        ) {
+            let document = serde_json::json!({action: {operator: criteria}});
+            if let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) {
+                evaluate_everywhere(&policy);
+            }
+        }
+    }
+}
