@@ -549,10 +549,14 @@ mod properties {
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let mut events = Vec::new();
         let mut data = String::new();
-        let mut rest = &*text;
+        let mut rest = text;
         while let Some(end) = rest.find(['\r', '\n']) {
             let line = &rest[..end];
-            let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+            let skip = if rest[end..].starts_with("\r\n") {
+                2
+            } else {
+                1
+            };
             rest = &rest[end + skip..];
             if line.is_empty() {
                 if !data.is_empty() {
@@ -622,7 +626,11 @@ mod properties {
                     .collect::<Vec<_>>()
                     .join(",");
                 let message = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{result}}}}}"#);
-                if batch { format!("[{message}]") } else { message }
+                if batch {
+                    format!("[{message}]")
+                } else {
+                    message
+                }
             })
     }
 
@@ -663,7 +671,11 @@ mod properties {
             ),
         )
             .prop_map(|(bom, events)| {
-                let mut out = if bom { "\u{feff}".to_owned() } else { String::new() };
+                let mut out = if bom {
+                    "\u{feff}".to_owned()
+                } else {
+                    String::new()
+                };
                 for (lines, eol) in events {
                     for line in lines {
                         out.push_str(&line.replace('\n', eol));

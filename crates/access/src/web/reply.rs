@@ -197,12 +197,54 @@ mod properties {
     /// What open-redirect payloads are made of: separators of every spelling, whitespace,
     /// userinfo, schemes, dot segments, IDNA look-alikes of the gateway's host and of `.`.
     const PIECES: &[&str] = &[
-        "/", "//", "\\", "%2f", "%2F", "%5c", "%09", " ", "\t", "\n", "\r", "\u{0}", "\u{a0}",
-        "\u{2028}", "\u{3000}", "@", ":", "user:pw@", "evil.example", "gw.example", "gw.example.",
-        "GW.EXAMPLE", "g\u{ff57}.example", "gw\u{3002}example", "evil\u{3002}example",
-        "xn--gw-example", ".", "..", "./", "../", "?", "#", "&", "=", "https:", "http:",
-        "HTTPS:", "javascript:", "data:", "https://", "https://gw.example", ":443", ":8443",
-        "a", "%", "%2e%2e", "\u{ff0f}", "\u{2215}",
+        "/",
+        "//",
+        "\\",
+        "%2f",
+        "%2F",
+        "%5c",
+        "%09",
+        " ",
+        "\t",
+        "\n",
+        "\r",
+        "\u{0}",
+        "\u{a0}",
+        "\u{2028}",
+        "\u{3000}",
+        "@",
+        ":",
+        "user:pw@",
+        "evil.example",
+        "gw.example",
+        "gw.example.",
+        "GW.EXAMPLE",
+        "g\u{ff57}.example",
+        "gw\u{3002}example",
+        "evil\u{3002}example",
+        "xn--gw-example",
+        ".",
+        "..",
+        "./",
+        "../",
+        "?",
+        "#",
+        "&",
+        "=",
+        "https:",
+        "http:",
+        "HTTPS:",
+        "javascript:",
+        "data:",
+        "https://",
+        "https://gw.example",
+        ":443",
+        ":8443",
+        "a",
+        "%",
+        "%2e%2e",
+        "\u{ff0f}",
+        "\u{2215}",
     ];
 
     fn target() -> impl Strategy<Value = String> {
@@ -222,18 +264,24 @@ mod properties {
             target,
             path
         );
-        prop_assert!(!super::has_ambiguous_chars(&path), "{:?} -> {:?}", target, path);
+        prop_assert!(
+            !super::has_ambiguous_chars(&path),
+            "{:?} -> {:?}",
+            target,
+            path
+        );
         let base = url::Url::parse(ORIGIN).unwrap();
         let resolved = base.join(&path).unwrap();
-        prop_assert_eq!(resolved.origin(), base.origin(), "{:?} -> {:?}", target, path);
+        prop_assert_eq!(
+            resolved.origin(),
+            base.origin(),
+            "{:?} -> {:?}",
+            target,
+            path
+        );
         // Round trip: the answer is its own answer.
         let again = super::same_origin_target(&path, ORIGIN);
-        prop_assert_eq!(
-            again.as_deref(),
-            Some(&*path),
-            "{:?}",
-            target
-        );
+        prop_assert_eq!(again.as_deref(), Some(&*path), "{:?}", target);
         Ok(())
     }
 

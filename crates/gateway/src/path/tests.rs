@@ -151,7 +151,12 @@ mod properties {
         prop_assert!(out.starts_with('/'));
         prop_assert!(!out.contains("//"), "{:?} -> {:?}", path, out);
         prop_assert!(!out.contains('\\'), "{:?} -> {:?}", path, out);
-        prop_assert!(!has_escaped_separator_or_dot(&out), "{:?} -> {:?}", path, out);
+        prop_assert!(
+            !has_escaped_separator_or_dot(&out),
+            "{:?} -> {:?}",
+            path,
+            out
+        );
         for segment in out.split('/') {
             let dots = segment.split([';', '%']).next().unwrap_or("");
             prop_assert!(dots != "." && dots != "..", "{:?} -> {:?}", path, out);
@@ -170,7 +175,12 @@ mod properties {
         // The upstream's decode, and a second one by a server that decodes twice, find no
         // separator or dot segment the gateway did not route by.
         let once = decode(&out);
-        prop_assert!(!has_escaped_separator_or_dot(&once), "{:?} -> {:?}", path, out);
+        prop_assert!(
+            !has_escaped_separator_or_dot(&once),
+            "{:?} -> {:?}",
+            path,
+            out
+        );
         prop_assert_eq!(
             once.matches('/').count(),
             out.matches('/').count(),
