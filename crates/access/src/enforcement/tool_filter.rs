@@ -419,6 +419,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_byte_order_mark_hides_no_tool_list() {
+        // Clients drop a BOM at the start of what they read: the filter must see the event the
+        // client sees (issue 17's properties found both).
+        for stream in [
+            format!("\u{feff}data: {LIST}\n\n"),
+            format!("\u{feff}\u{feff}data: {LIST}\n\n"),
+            format!("data: not json\n\n\u{feff}data: {LIST}\n\n"),
+        ] {
+            let bytes = stream.as_bytes();
+            for cut in [1, 2, 3, 4, bytes.len() - 1] {
+                let (status, sse) =
+                    filtered("text/event-stream", None, &[&bytes[..cut], &bytes[cut..]]).await;
+                assert_eq!(status, 200);
+                assert!(
+                    !sse.contains("write_query"),
+                    "{stream:?} cut at {cut}: {sse:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn what_cannot_be_filtered_is_not_passed_on() {
         let (status, body) = filtered("application/json", Some("gzip"), &[b"\x1f\x8b..."]).await;
         assert_eq!(status, 502, "{body}");
