@@ -76,9 +76,11 @@ pub async fn filter_response(
             if !might_list_tools(&bytes) {
                 return Response::from_parts(parts, full(bytes));
             }
-            let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+            // Strictly: with a key given twice, clients that take the first (the filter, like
+            // serde_json, reads the last) would see a list the filter did not.
+            let Ok(mut message) = mcp::parse_strict(&bytes) else {
                 return unfilterable(
-                    "the MCP server's response is not JSON, so its tool list cannot be filtered",
+                    "the MCP server's response is not JSON (or gives a key twice), so its tool list cannot be filtered",
                     request_id,
                 );
             };
@@ -193,8 +195,15 @@ pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<Stri
         // Comments, `retry:`, an id with empty data (a resumption point): nothing to filter.
         return Some(event.to_owned());
     };
-    let mut message = serde_json::from_str::<Value>(&data).ok()?;
-    if !might_list_tools(data.as_bytes()) || !filter_message(&mut message, may_call) {
+    let might_list = might_list_tools(data.as_bytes());
+    // A message that may hold a tool list is read strictly: with a key given twice, clients
+    // that take the first would see a list the filter (taking the last) did not.
+    let mut message = if might_list {
+        mcp::parse_strict(data.as_bytes()).ok()?
+    } else {
+        serde_json::from_str::<Value>(&data).ok()?
+    };
+    if !might_list || !filter_message(&mut message, may_call) {
         return Some(event.to_owned());
     }
     let mut out = String::new();
@@ -330,7 +339,7 @@ impl HttpBody for SseFilter {
                                 out.push_str("\n\n");
                             }
                             None => tracing::warn!(
-                                "dropped an SSE event whose data is not a JSON message (tool lists are filtered on this route)"
+                                "dropped an SSE event whose data is not a JSON message, or gives a key twice (tool lists are filtered on this route)"
                             ),
                         }
                     }
@@ -438,6 +447,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_tool_list_giving_a_key_twice_is_not_passed_on() {
+        // serde_json (and the filter) read the last `tools`, a client taking the first would
+        // read `write_query`.
+        let twice = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"write_query"}],"tools":[{"name":"read_query"}]}}"#;
+        let (status, json) = filtered("application/json", None, &[twice.as_bytes()]).await;
+        assert_eq!(status, 502, "{json}");
+        assert!(json.contains("gives a key twice"), "{json}");
+        let event = format!("data: {twice}\n\n");
+        let (status, sse) = filtered("text/event-stream", None, &[event.as_bytes()]).await;
+        assert_eq!(status, 200);
+        assert!(!sse.contains("write_query"), "{sse:?}");
     }
 
     #[tokio::test]
@@ -723,13 +746,24 @@ mod properties {
                 for tool in listed_tools(&data) {
                     prop_assert!(may_call(&tool), "{:?} reached the client from {:?}", tool, String::from_utf8_lossy(&stream));
                 }
+                // No key given twice: a client taking the first of two reads the same list.
+                if serde_json::from_str::<Value>(&data).is_ok() && might_list_tools(data.as_bytes()) {
+                    prop_assert!(mcp::parse_strict(data.as_bytes()).is_ok(), "{:?} passed on", data);
+                }
             }
             // Where the cuts fall changes nothing.
             prop_assert_eq!(&out, &filter(&stream, &[]).unwrap());
             // Every JSON event the client would have read still arrives (but for events with
             // a byte order mark inside, which are dropped: fail closed).
             let bom = stream.windows(3).any(|w| w == b"\xef\xbb\xbf");
-            let before = client_reads(&stream).iter().filter(|d| serde_json::from_str::<Value>(d).is_ok()).count();
+            let before = client_reads(&stream)
+                .iter()
+                .filter(|d| if might_list_tools(d.as_bytes()) {
+                    mcp::parse_strict(d.as_bytes()).is_ok()
+                } else {
+                    serde_json::from_str::<Value>(d).is_ok()
+                })
+                .count();
             let after = client_reads(&out).len();
             prop_assert!(bom || after >= before, "{} events became {}", before, after);
         }
