@@ -403,3 +403,131 @@ mod tests {
         );
     }
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated TEs and session
+/// cookies per run (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use http::{HeaderMap, HeaderValue, header};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sign_in::session::{CookieSettings, session_id};
+
+    fn keys() -> Keyring {
+        Keyring::new(b"0123456789abcdef0123456789abcdef", &[]).unwrap()
+    }
+
+    fn claims() -> impl Strategy<Value = AccessClaims> {
+        (
+            "\\PC{0,12}",
+            "\\PC{0,12}",
+            prop::collection::vec("\\PC{0,6}", 0..3),
+            "[a-z0-9]{1,8}",
+            "https://[a-z]{1,6}\\.example/[a-z]{0,6}",
+            prop::collection::btree_map("[a-z]{1,5}", "\\PC{0,5}", 0..3),
+        )
+            .prop_map(|(sub, email, groups, sid, aud, clm)| AccessClaims {
+                name: sub.to_uppercase(),
+                sub,
+                email,
+                groups,
+                fam: format!("fam-{sid}"),
+                sid,
+                cid: "client".into(),
+                aud,
+                exp: now_ms() + 600_000,
+                clm: clm
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            })
+    }
+
+    /// `token` with one byte's bit flipped, one character replaced, cut short or extended.
+    fn altered(token: &str, how: u8, at: prop::sample::Index, bit: u8) -> Option<String> {
+        let mut bytes = token.as_bytes().to_vec();
+        let i = at.index(bytes.len());
+        match how % 4 {
+            0 => bytes[i] ^= 1 << (bit % 8),
+            1 => bytes[i] = b"AB_-.0az"[usize::from(bit) % 8],
+            2 => bytes.truncate(i),
+            _ => bytes.extend_from_slice(&b"AAAA"[..usize::from(bit % 4) + 1]),
+        }
+        String::from_utf8(bytes).ok().filter(|t| t != token)
+    }
+
+    fn cookie_settings() -> CookieSettings {
+        CookieSettings {
+            name: "_postern".into(),
+            expire: Duration::from_secs(3600),
+            secure: true,
+            same_site: cookie::SameSite::Lax,
+            domain: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// A TE opens to the claims it was minted with, for its resource only; altered in any
+        /// way, it never verifies.
+        #[test]
+        fn access_tokens_round_trip_and_resist_alteration(
+            claims in claims(),
+            how in any::<u8>(),
+            at in any::<prop::sample::Index>(),
+            bit in any::<u8>(),
+        ) {
+            let keys = keys();
+            let cache = RevocationCache::default();
+            let token = mint_access_token(&keys, &claims).unwrap();
+            prop_assert_eq!(check_identity_token(&keys, &cache, &token).unwrap(), claims.clone());
+            prop_assert_eq!(check_access_token(&keys, &cache, &token, &claims.aud).unwrap(), claims.clone());
+            if let Some(forged) = altered(&token, how, at, bit) {
+                prop_assert_eq!(check_identity_token(&keys, &cache, &forged), Err(TokenError::Invalid), "{}", forged);
+            }
+        }
+
+        /// Arbitrary bearer values never verify, and never panic.
+        #[test]
+        fn arbitrary_tokens_never_verify(token in "(pst_at_)?(v1\\.[0-9a-f]{0,16}\\.)?[A-Za-z0-9_=.-]{0,120}") {
+            let keys = keys();
+            let cache = RevocationCache::default();
+            prop_assert_eq!(check_identity_token(&keys, &cache, &token), Err(TokenError::Invalid));
+        }
+
+        /// The session cookie gives back the id sealed in it; altered, it gives nothing; any
+        /// Cookie header never panics.
+        #[test]
+        fn session_cookies_round_trip_and_resist_alteration(
+            id in "[A-Za-z0-9_-]{1,40}",
+            how in any::<u8>(),
+            at in any::<prop::sample::Index>(),
+            bit in any::<u8>(),
+            junk in "\\PC{0,60}",
+        ) {
+            let keys = keys();
+            let settings = cookie_settings();
+            let sealed = crate::sign_in::session::seal(&id, &keys).unwrap();
+            let with = |value: &str| {
+                let mut headers = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(&format!("other=1; _postern={value}")) {
+                    headers.insert(header::COOKIE, v);
+                }
+                headers
+            };
+            prop_assert_eq!(session_id(&with(&sealed), &settings, &keys), Some(id.clone()));
+            if let Some(forged) = altered(&sealed, how, at, bit) {
+                // A cookie value cut at `;` or with a space is another cookie, not a forgery.
+                if HeaderValue::from_str(&forged).is_ok() {
+                    prop_assert_ne!(session_id(&with(&forged), &settings, &keys), Some(id.clone()));
+                    prop_assert_eq!(session_id(&with(&forged), &settings, &keys), None);
+                }
+            }
+            prop_assert_eq!(session_id(&with(&junk), &settings, &keys), None);
+        }
+    }
+}

@@ -1366,3 +1366,102 @@ fn a_public_route_that_lists_users_is_refused_as_contradictory() {
     ));
     parse_ok(&route(""));
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated configuration
+/// files per run (`PROPTEST_CASES` raises it).
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines of configuration, right and wrong: keys at several depths, YAML's tricky
+    /// scalars, anchors and aliases, tags, flow collections, `${ENV}` references.
+    const LINES: &[&str] = &[
+        "routes:",
+        "- from: https://a.example",
+        "  to: http://127.0.0.1:1",
+        "  mcp: {}",
+        "  mcp:",
+        "    server: {}",
+        "    client: {}",
+        "  policy:",
+        "    allow:",
+        "      or:",
+        "        - email: {is: a@b.c}",
+        "        - mcp_tool: {in: [a, b]}",
+        "  prefix: /x",
+        "  path: /x",
+        "  regex: '^/(a|b)$'",
+        "  regex: '('",
+        "address: :0",
+        "address: ''",
+        "shared_secret: c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==",
+        "shared_secret: ${SECRET}",
+        "shared_secret: ${",
+        "idp_provider: oidc",
+        "authenticate_service_url: https://auth.example",
+        "authenticate_service_url: ::",
+        "cookie_expire: 8h",
+        "cookie_expire: -1s",
+        "cookie_expire: 99999999999999999999h",
+        "timeout: 1e400",
+        "databroker_storage_type: postgres",
+        "x: &a [*a]",
+        "y: *a",
+        "z: !!binary AAAA",
+        "- ? [a]\n  : b",
+        "{",
+        "[",
+        "'",
+        "\"\\u",
+        "\t",
+        "  ",
+        "---",
+        "...",
+        "~",
+        "null",
+        "0x10",
+        "1_000",
+        ".inf",
+        "yes",
+        "no",
+        "<<: *a",
+        "%YAML 1.2",
+        "\u{feff}",
+        "\u{0}",
+        "a: \u{10ffff}",
+    ];
+
+    #[test]
+    fn a_duration_too_long_to_hold_is_refused() {
+        // Found by the properties below: it panicked converting to a `Duration`.
+        for yaml in [
+            "cookie_expire: 99999999999999999999h",
+            "cookie_expire: 18446744073709551615s18446744073709551615s",
+        ] {
+            let error = parse(yaml, Path::new("."), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("too long a duration"), "{yaml}: {error}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(3000)
+        ))]
+
+        /// Any text loads or is refused with an error: never a panic.
+        #[test]
+        fn any_text_loads_or_is_refused(lines in prop::collection::vec(prop::sample::select(LINES), 0..20)) {
+            let text = lines.join("\n");
+            let _ = parse(&text, Path::new("."), &env(&[("SECRET", SECRET)]));
+        }
+
+        /// Arbitrary text, too.
+        #[test]
+        fn arbitrary_text_loads_or_is_refused(text in "\\PC{0,200}") {
+            let _ = parse(&text, Path::new("."), &env(&[]));
+        }
+    }
+}

@@ -137,7 +137,11 @@ impl GoDuration {
                 "d" => value * 86400.0,
                 _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m, h)")),
             };
-            total += Duration::from_secs_f64(seconds);
+            // A duration too long to hold panicked here (`99999999999999999999h`).
+            total = Duration::try_from_secs_f64(seconds)
+                .ok()
+                .and_then(|d| total.checked_add(d))
+                .ok_or_else(|| format!("{text:?} is too long a duration (use e.g. 8h, 30d)"))?;
             rest = next;
         }
         Ok(GoDuration(total))

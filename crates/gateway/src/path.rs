@@ -10,7 +10,8 @@ use std::borrow::Cow;
 /// backslash (some servers read `\` or `%2F` as `/`, others don't).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// `%2F`, `%5C`, `\`, or a dot segment written with `%2E` (or followed by `;`).
+    /// `%2F`, `%5C`, `\`, a dot segment written with `%2E` (or followed by `;` or an escape),
+    /// or one of those escaped twice (`%252F`).
     #[error("the path contains an encoded '/', '\\' or '.' segment; send the plain path")]
     AmbiguousSegment,
     /// Not an absolute path (`*`, authority-form).
@@ -38,9 +39,10 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     for (i, written) in raw.iter().enumerate() {
         let is_last = i + 1 == raw.len();
         let (segment, encoded_dot) = decode_segment(written)?;
-        let dots = segment.split(';').next().unwrap_or("");
+        let dots = segment.split([';', '%']).next().unwrap_or("");
         if (dots == "." || dots == "..") && (encoded_dot || segment.len() != dots.len()) {
-            // `%2e%2e` or `..;x`: servers differ on whether that climbs (Tomcat's `..;/` does).
+            // `%2e%2e`, `..;x` or `..%3B`, `..%00`: servers differ on whether that climbs
+            // (Tomcat's `..;/` does; a C server stops at the NUL).
             return Err(PathError::AmbiguousSegment);
         }
         match segment.as_str() {
@@ -82,8 +84,14 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         let Some(value) = escaped else {
-            // A plain byte (or a stray `%`, which the URI parser let through).
-            out.push(bytes[i]);
+            if bytes[i] == b'%' {
+                // A stray `%`, which the URI parser let through, written as the `%25` it means:
+                // left bare, it would join the decoded characters after it into a new escape
+                // (`/%%361dmin` would become `/%61dmin`, which the upstream reads as `/admin`).
+                out.extend_from_slice(b"%25");
+            } else {
+                out.push(bytes[i]);
+            }
             i += 1;
             continue;
         };
@@ -100,6 +108,17 @@ fn decode_segment(raw: &str) -> Result<(String, bool), PathError> {
             ]),
         }
         i += 3;
+    }
+    // `%252F`, `%255C`, `%252E`: a server that decodes twice (some proxies and frameworks do)
+    // reads a separator or a dot segment the gateway did not see.
+    if out.windows(5).any(|w| {
+        w[..3] == *b"%25"
+            && matches!(
+                [w[3].to_ascii_uppercase(), w[4].to_ascii_uppercase()],
+                [b'2', b'F' | b'E'] | [b'5', b'C']
+            )
+    }) {
+        return Err(PathError::AmbiguousSegment);
     }
     // Only ASCII was decoded into a valid UTF-8 string: still valid.
     let out = String::from_utf8(out).map_err(|_| PathError::AmbiguousSegment)?;

@@ -62,6 +62,11 @@ pub fn redirect_uri_matches(registered: &str, presented: &str) -> bool {
         && a.host_str() == b.host_str()
         && a.path() == b.path()
         && a.query() == b.query()
+        // Found by the property tests: `http://[::1]/cb#` matched (RFC 6749 §3.1.2: a
+        // redirection endpoint has no fragment), and so did another userinfo.
+        && b.fragment().is_none()
+        && a.username() == b.username()
+        && a.password() == b.password()
 }
 
 /// The client metadata fields kept (RFC 7591 §2), each string with its largest size in bytes.
@@ -295,6 +300,17 @@ mod tests {
             "http://127.0.0.1/callback",
             "http://localhost:51234/callback"
         ));
+        for other in [
+            "http://127.0.0.1:51234/callback#",
+            "http://127.0.0.1:51234/callback#x",
+            "http://eve@127.0.0.1:51234/callback",
+            "http://:pw@127.0.0.1/callback",
+        ] {
+            assert!(
+                !redirect_uri_matches("http://127.0.0.1/callback", other),
+                "{other}"
+            );
+        }
     }
 
     #[test]
@@ -396,5 +412,131 @@ mod tests {
             )
             .is_err()
         );
+    }
+}
+
+/// Property-based tests (issue 17, hostile input): thousands of generated redirect URIs per
+/// run (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const REGISTERED: &[&str] = &[
+        "https://app.example.com/cb",
+        "http://127.0.0.1/callback",
+        "http://localhost:8080/cb?x=1",
+        "http://[::1]/cb",
+        "com.example.app:/oauth2redirect",
+    ];
+
+    /// Pieces of redirect URIs an attacker presents: the registered one's parts and tricks
+    /// (userinfo, backslashes, encoded separators, whitespace, IDNA, other ports and hosts).
+    const PIECES: &[&str] = &[
+        "http://",
+        "https://",
+        "HTTP://",
+        "com.example.app:",
+        "127.0.0.1",
+        "localhost",
+        "[::1]",
+        "app.example.com",
+        "evil.example",
+        "@",
+        "user:pw@",
+        ":",
+        ":8080",
+        ":1",
+        ":65536",
+        "/",
+        "//",
+        "\\",
+        "%2f",
+        "%2F",
+        "%40",
+        "cb",
+        "callback",
+        "oauth2redirect",
+        "?x=1",
+        "?",
+        "#",
+        "#frag",
+        " ",
+        "\t",
+        "\u{3002}",
+        "\u{ff0e}",
+        "app\u{3002}example\u{3002}com",
+        "xn--",
+        ".",
+        "..",
+        "%2e",
+        "127.0.0.1.evil.example",
+        "0x7f000001",
+        "2130706433",
+        "[::ffff:127.0.0.1]",
+    ];
+
+    fn presented() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(prop::sample::select(PIECES), 0..10).prop_map(|p| p.concat()),
+            (
+                prop::sample::select(REGISTERED),
+                prop::collection::vec(prop::sample::select(PIECES), 0..3),
+                any::<prop::sample::Index>()
+            )
+                .prop_map(|(r, p, at)| {
+                    let at = at.index(r.len() + 1);
+                    let at = (0..=at).rev().find(|&i| r.is_char_boundary(i)).unwrap_or(0);
+                    format!("{}{}{}", &r[..at], p.concat(), &r[at..])
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000)
+        ))]
+
+        /// A presented redirect URI that matches a registered one sends the browser to the
+        /// same place: same scheme, host, userinfo, path and query, no fragment; only the port
+        /// of a loopback `http` URI may differ (RFC 8252 §7.3).
+        #[test]
+        fn a_matching_redirect_uri_goes_where_the_registered_one_goes(
+            registered in prop::sample::select(REGISTERED),
+            presented in presented(),
+        ) {
+            prop_assert!(check_redirect_uri(registered).is_ok());
+            if !redirect_uri_matches(registered, &presented) || presented == registered {
+                return Ok(());
+            }
+            let a = url::Url::parse(registered).unwrap();
+            let b = url::Url::parse(&presented).unwrap();
+            prop_assert_eq!(a.scheme(), b.scheme(), "{}", presented);
+            prop_assert_eq!(a.host_str(), b.host_str(), "{}", presented);
+            prop_assert!(is_loopback(b.host_str().unwrap_or("")), "{}", presented);
+            prop_assert_eq!(a.username(), b.username(), "{}", presented);
+            prop_assert_eq!(a.password(), b.password(), "{}", presented);
+            prop_assert_eq!(a.path(), b.path(), "{}", presented);
+            prop_assert_eq!(a.query(), b.query(), "{}", presented);
+            prop_assert_eq!(b.fragment(), None, "{}", presented);
+        }
+
+        /// What `check_redirect_uri` accepts is an absolute URI without a fragment, `https`
+        /// with a host, `http` on a loopback host, or a reversed-domain private-use scheme.
+        #[test]
+        fn only_safe_redirect_uris_are_accepted(uri in presented()) {
+            if check_redirect_uri(&uri).is_err() {
+                return Ok(());
+            }
+            let url = url::Url::parse(&uri).unwrap();
+            prop_assert_eq!(url.fragment(), None);
+            let ok = match url.scheme() {
+                "https" => url.host_str().is_some_and(|h| !h.is_empty()),
+                "http" => is_loopback(url.host_str().unwrap_or("")),
+                scheme => scheme.contains('.'),
+            };
+            prop_assert!(ok, "{}", uri);
+        }
     }
 }

@@ -899,3 +899,226 @@ fn client_certificate_criteria_are_checked_when_compiled() {
     let e = err(json!({"deny": {"or": [{"invalid_client_certificate": false}]}}));
     assert!(e.message.contains("expected `true`"), "{e}");
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated policies per run
+/// (`PROPTEST_CASES` raises it).
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn the_generated_criteria_mostly_compile() {
+        // The properties below are only as good as the policies that compile: most must.
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let compiled = (0..1000)
+            .filter(|_| {
+                let allow = criterion().new_tree(&mut runner).unwrap().current();
+                let document = serde_json::json!({"allow": {"and": [allow]}});
+                Policy::compile(Some(&document), &Shorthands::default()).is_ok()
+            })
+            .count();
+        assert!(compiled > 300, "only {compiled} of 1000 compiled");
+    }
+
+    const WORDS: &[&str] = &[
+        "allow",
+        "deny",
+        "and",
+        "or",
+        "not",
+        "nor",
+        "accept",
+        "reject",
+        "authenticated_user",
+        "email",
+        "user",
+        "domain",
+        "groups",
+        "claim/department",
+        "claim/",
+        "claim",
+        "mcp_tool",
+        "http_path",
+        "http_method",
+        "source_ip",
+        "client_certificate",
+        "cors_preflight",
+        "invalid_client_certificate",
+        "is",
+        "in",
+        "not_in",
+        "has",
+        "contains",
+        "starts_with",
+        "ends_with",
+        "exclude",
+        "fingerprint",
+        "spki_hash",
+        "sub",
+        "10.0.0.0/8",
+        "::1/200",
+        "300.1.1.1",
+        "",
+        "*",
+        "/",
+        "GET",
+        "ada@example.com",
+        "tools/call",
+    ];
+
+    fn ppl() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop::sample::select(WORDS).prop_map(|w| Value::String(w.into())),
+        ];
+        leaf.prop_recursive(6, 48, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((prop::sample::select(WORDS), inner), 0..3).prop_map(
+                    |pairs| Value::Object(
+                        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                    )
+                ),
+            ]
+        })
+    }
+
+    fn evaluate_everywhere(policy: &Policy) {
+        let ada = user("u-ada", "ada@example.com", &["admins"]);
+        let call = tool("write");
+        let certificate = ClientCertificate {
+            valid: true,
+            fingerprint: "ab".into(),
+            spki_hash: "cd".into(),
+        };
+        for signed_in in [None, Some(&ada)] {
+            for mcp in [None, Some(&call)] {
+                let _ = policy.evaluate(&Input {
+                    user: signed_in,
+                    method: "GET",
+                    path: "/x",
+                    mcp,
+                    source_ip: Some("10.1.2.3".parse().unwrap()),
+                    preflight: mcp.is_none(),
+                    client_certificate: signed_in.map(|_| &certificate),
+                });
+                let _ = policy.allows_anonymous("POST", "/");
+            }
+        }
+    }
+
+    /// Criteria as the docs write them (each right for its criterion), some of them wrong.
+    const CRITERIA: &[&str] = &[
+        r#"{"accept": true}"#,
+        r#"{"reject": true}"#,
+        r#"{"authenticated_user": true}"#,
+        r#"{"cors_preflight": true}"#,
+        r#"{"email": "ada@example.com"}"#,
+        r#"{"email": {"is": "ada@example.com"}}"#,
+        r#"{"email": {"starts_with": "ada@"}}"#,
+        r#"{"email": {"ends_with": "@example.com"}}"#,
+        r#"{"email": {"contains": "a"}}"#,
+        r#"{"email": {"in": ["ada@example.com", "x@y.z"]}}"#,
+        r#"{"user": {"is": "u-ada"}}"#,
+        r#"{"domain": {"is": "example.com"}}"#,
+        r#"{"groups": {"has": "admins"}}"#,
+        r#"{"claim/department": "engineering"}"#,
+        r#"{"mcp_tool": {"is": "write"}}"#,
+        r#"{"mcp_tool": {"in": ["read", "write"]}}"#,
+        r#"{"mcp_tool": {"not_in": ["write"]}}"#,
+        r#"{"mcp_tool": {"starts_with": "wr"}}"#,
+        r#"{"http_path": {"starts_with": "/x"}}"#,
+        r#"{"http_path": {"is": "/x"}}"#,
+        r#"{"http_method": {"is": "GET"}}"#,
+        r#"{"source_ip": "10.0.0.0/8"}"#,
+        r#"{"source_ip": "::1/200"}"#,
+        r#"{"email": {"is": 1}}"#,
+        r#"{"nonsense": true}"#,
+    ];
+
+    /// A criterion (PPL does not nest `and`/`or` inside a rule's list).
+    fn criterion() -> impl Strategy<Value = Value> {
+        prop::sample::select(CRITERIA).prop_map(|c| serde_json::from_str(c).unwrap())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000)
+        ))]
+
+        /// Whatever an allow rule says, a `deny` that matches everything wins, for every input.
+        #[test]
+        fn a_matching_deny_always_wins(allow in prop::collection::vec(criterion(), 0..4)) {
+            let document = serde_json::json!([
+                {"allow": {"or": allow}},
+                {"deny": {"or": [{"accept": true}]}},
+            ]);
+            let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) else {
+                return Ok(());
+            };
+            let ada = user("u-ada", "ada@example.com", &["admins"]);
+            let call = tool("write");
+            for signed_in in [None, Some(&ada)] {
+                for mcp in [None, Some(&call)] {
+                    let decision = policy.evaluate(&Input {
+                        user: signed_in,
+                        method: "GET",
+                        path: "/x",
+                        mcp,
+                        source_ip: Some("10.1.2.3".parse().unwrap()),
+                        ..Input::default()
+                    });
+                    prop_assert!(!decision.allowed, "{} allowed {:?}", document, decision);
+                }
+            }
+        }
+
+        /// Well-formed criteria, nested: compiled or refused, evaluated without a panic.
+        #[test]
+        fn well_formed_rules_evaluate(
+            rules in prop::collection::vec(
+                (
+                    prop::sample::select(&["allow", "deny"][..]),
+                    prop::sample::select(&["and", "or", "not", "nor"][..]),
+                    prop::collection::vec(criterion(), 0..4),
+                ),
+                1..4,
+            ),
+        ) {
+            let document: Vec<Value> = rules
+                .into_iter()
+                .map(|(action, op, criteria)| serde_json::json!({action: {op: criteria}}))
+                .collect();
+            let document = Value::Array(document);
+            if let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) {
+                evaluate_everywhere(&policy);
+            }
+        }
+
+        /// Any JSON made of PPL's words compiles or is refused with an error, never a panic,
+        /// and what compiles evaluates without one.
+        #[test]
+        fn any_document_compiles_or_is_refused(document in ppl()) {
+            if let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) {
+                evaluate_everywhere(&policy);
+            }
+        }
+
+        /// The same for the policy wrapped as a rule (`allow:`/`deny:` at the top).
+        #[test]
+        fn any_rule_compiles_or_is_refused(
+            action in prop::sample::select(&["allow", "deny"][..]),
+            operator in prop::sample::select(&["and", "or", "not", "nor"][..]),
+            criteria in prop::collection::vec(ppl(), 0..4),
+        ) {
+            let document = serde_json::json!({action: {operator: criteria}});
+            if let Ok(policy) = Policy::compile(Some(&document), &Shorthands::default()) {
+                evaluate_everywhere(&policy);
+            }
+        }
+    }
+}

@@ -213,3 +213,94 @@ mod tests {
         assert_ne!(hash_secret("abc"), hash_secret("abd"));
     }
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated values and
+/// alterations per run (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    /// Ways to alter a sealed value: flip one bit of one byte, replace one character, cut it
+    /// short, add to it, splice another sealed value in.
+    #[derive(Clone, Debug)]
+    enum Alteration {
+        FlipBit(prop::sample::Index, u8),
+        Replace(prop::sample::Index, char),
+        Truncate(prop::sample::Index),
+        Extend(String),
+    }
+
+    fn alteration() -> impl Strategy<Value = Alteration> {
+        prop_oneof![
+            (any::<prop::sample::Index>(), 0..8u8).prop_map(|(i, b)| Alteration::FlipBit(i, b)),
+            (
+                any::<prop::sample::Index>(),
+                prop::sample::select(&b"AB_-.=+/0v1aZz "[..]).prop_map(char::from)
+            )
+                .prop_map(|(i, c)| Alteration::Replace(i, c)),
+            any::<prop::sample::Index>().prop_map(Alteration::Truncate),
+            "[A-Za-z0-9_.=-]{1,8}".prop_map(Alteration::Extend),
+        ]
+    }
+
+    fn alter(sealed: &str, alteration: &Alteration) -> Option<String> {
+        let mut bytes = sealed.as_bytes().to_vec();
+        match alteration {
+            Alteration::FlipBit(at, bit) => {
+                let at = at.index(bytes.len());
+                bytes[at] ^= 1 << bit;
+            }
+            Alteration::Replace(at, c) => {
+                let at = at.index(bytes.len());
+                bytes[at] = u8::try_from(*c).ok()?;
+            }
+            Alteration::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+            Alteration::Extend(more) => bytes.extend_from_slice(more.as_bytes()),
+        }
+        String::from_utf8(bytes).ok().filter(|s| s != sealed)
+    }
+
+    fn cases() -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2000),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        /// What is sealed opens to itself, only with its own context; altered in any way, it
+        /// never opens.
+        #[test]
+        fn sealed_values_round_trip_and_resist_alteration(
+            plaintext in prop::collection::vec(any::<u8>(), 0..64),
+            context in "\\PC{0,16}",
+            other_context in "\\PC{0,16}",
+            alteration in alteration(),
+        ) {
+            let ring = Keyring::new(SECRET, &[]).unwrap();
+            let sealed = ring.seal(&context, &plaintext).unwrap();
+            prop_assert_eq!(ring.open(&context, &sealed).unwrap(), plaintext);
+            if other_context != context {
+                prop_assert!(ring.open(&other_context, &sealed).is_err());
+            }
+            if let Some(altered) = alter(&sealed, &alteration) {
+                prop_assert!(ring.open(&context, &altered).is_err(), "{:?} opened", altered);
+            }
+        }
+
+        /// Arbitrary text never panics `open`, and never opens.
+        #[test]
+        fn arbitrary_text_never_opens(text in "(v1\\.[0-9a-f]{0,16}\\.)?[A-Za-z0-9_=.-]{0,80}") {
+            let ring = Keyring::new(SECRET, &[]).unwrap();
+            prop_assert!(ring.open("c", &text).is_err());
+        }
+    }
+}

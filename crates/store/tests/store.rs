@@ -1147,3 +1147,62 @@ async fn grants_from_before_migration_3_keep_working() {
     ));
     assert_eq!(store.revoke_user("ada").await.unwrap(), (0, 1));
 }
+
+/// Property (issue 17, hostile input): a refresh token is found only as issued; one with a bit
+/// flipped, a character changed, cut short or extended, or in another case, finds nothing.
+#[test]
+fn refresh_tokens_are_found_only_as_issued() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let test = runtime.block_on(backends::memory()).unwrap();
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    let issued = AtomicUsize::new(0);
+    let strategy = (
+        "pst_rt_[A-Za-z0-9_-]{43}",
+        0..5u8,
+        any::<prop::sample::Index>(),
+        0..8u8,
+    );
+    runner
+        .run(&strategy, |(token, how, at, bit)| {
+            let n = issued.fetch_add(1, Ordering::Relaxed);
+            let s = &test.store;
+            let mut bytes = token.clone().into_bytes();
+            let i = at.index(bytes.len());
+            match how {
+                0 => bytes[i] ^= 1 << bit,
+                1 => bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' },
+                2 => bytes.truncate(i),
+                3 => bytes.push(b'A'),
+                _ => bytes.make_ascii_uppercase(),
+            }
+            let altered = String::from_utf8(bytes).ok().filter(|a| *a != token);
+            runtime.block_on(async {
+                let family_id = format!("f-prop-{n}");
+                s.create_family(&family(&family_id, "s1"), &token, now_ms() + HOUR)
+                    .await
+                    .unwrap();
+                let found = s.find_refresh_token(&token).await.unwrap();
+                prop_assert_eq!(found.map(|f| f.family_id), Some(family_id));
+                if let Some(altered) = altered {
+                    prop_assert!(
+                        s.find_refresh_token(&altered).await.unwrap().is_none(),
+                        "{} found as {}",
+                        token,
+                        altered
+                    );
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}

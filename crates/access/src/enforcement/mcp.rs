@@ -291,3 +291,297 @@ mod tests {
         assert_eq!(message["result"]["tools"], json!([{"name": "read_query"}]));
     }
 }
+
+/// Property-based tests (issue 17, hostile input): thousands of generated bodies per run
+/// (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    const JSON: Option<&str> = Some("application/json");
+
+    fn cases() -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(3000),
+        )
+    }
+
+    /// JSON text for `value` with every character of every string (keys too) written as a
+    /// `\uXXXX` escape where `escape` says so: what the server's parser decodes the same way.
+    fn write(value: &Value, escape: &dyn Fn(usize) -> bool, at: &mut usize, out: &mut String) {
+        let string = |s: &str, at: &mut usize, out: &mut String| {
+            out.push('"');
+            for c in s.chars() {
+                *at += 1;
+                if escape(*at) || c == '"' || c == '\\' || c.is_control() {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push('"');
+        };
+        match value {
+            Value::Object(map) => {
+                out.push('{');
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    string(k, at, out);
+                    out.push(':');
+                    write(v, escape, at, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(v, escape, at, out);
+                }
+                out.push(']');
+            }
+            Value::String(s) => string(s, at, out),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    fn method() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("tools/call".to_owned()),
+            Just("TOOLS/Call".to_owned()),
+            Just("tools/list".to_owned()),
+            Just("initialize".to_owned()),
+            Just("notifications/initialized".to_owned()),
+            "[a-zA-Z/_]{0,12}",
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            // Exactly representable: serde_json's default float parsing does not round-trip
+            // every f64 (that is not what is tested here).
+            (-4000i32..4000).prop_map(|n| Value::from(f64::from(n) / 8.0)),
+            "\\PC{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// One JSON-RPC message: a request (sometimes without params or name), a notification or
+    /// a response.
+    fn message() -> impl Strategy<Value = Value> {
+        (
+            method(),
+            prop::option::of("\\PC{0,10}"),
+            json_value(),
+            0..4u8,
+        )
+            .prop_map(|(method, name, arguments, kind)| match kind {
+                0 => json!({"jsonrpc": "2.0", "id": 7, "result": arguments}),
+                1 => json!({"jsonrpc": "2.0", "method": method}),
+                _ => {
+                    let mut params = json!({"arguments": arguments});
+                    if let Some(name) = name {
+                        params["name"] = Value::String(name);
+                    }
+                    json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+                }
+            })
+    }
+
+    /// What a server reads from `messages`: each request's method and, for a tool call, the
+    /// tool it runs.
+    fn server_reads(messages: &[Value]) -> Vec<(String, Option<String>)> {
+        messages
+            .iter()
+            .filter_map(|m| {
+                let method = m.get("method")?.as_str()?;
+                let tool = m
+                    .pointer("/params/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let call = method.eq_ignore_ascii_case("tools/call");
+                Some((method.to_owned(), if call { tool } else { None }))
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        /// Whatever the spelling (escapes anywhere, batches), the inspector either refuses the
+        /// body or sees every request, and for every tool call the tool the server runs.
+        #[test]
+        fn sees_what_the_server_runs(
+            messages in prop::collection::vec(message(), 1..5),
+            batch in any::<bool>(),
+            escapes in any::<u64>(),
+        ) {
+            let value = if batch || messages.len() > 1 {
+                Value::Array(messages.clone())
+            } else {
+                messages[0].clone()
+            };
+            let mut body = String::new();
+            write(&value, &|i| escapes >> (i % 64) & 1 == 1, &mut 0, &mut body);
+            // The text decodes to the value a server reads.
+            prop_assert_eq!(&serde_json::from_str::<Value>(&body).unwrap(), &value);
+            let expected = server_reads(&messages);
+            match inspect(JSON, body.as_bytes(), false) {
+                Ok(calls) => {
+                    let seen: Vec<_> = calls
+                        .iter()
+                        .map(|c| (c.request.method.clone(), c.request.tool.clone()))
+                        .collect();
+                    prop_assert_eq!(seen.len(), expected.len());
+                    for ((method, tool), (server_method, server_tool)) in seen.iter().zip(&expected) {
+                        prop_assert!(method.eq_ignore_ascii_case(server_method));
+                        prop_assert_eq!(tool, server_tool);
+                    }
+                }
+                // Only a tool call without a string name is refused here.
+                Err(e) => {
+                    prop_assert!(
+                        messages.iter().any(|m| {
+                            m.get("method").and_then(Value::as_str).is_some_and(|x| x.eq_ignore_ascii_case("tools/call"))
+                                && m.pointer("/params/name").and_then(Value::as_str).is_none()
+                        }),
+                        "refused {}: {}", body, e
+                    );
+                }
+            }
+        }
+
+        /// A key given twice, at any depth and however it is spelled, is refused: parsers
+        /// disagree on which one wins (serde_json and JavaScript take the last, others the
+        /// first), so the gateway could check one tool and the server run another.
+        #[test]
+        fn duplicate_keys_are_refused_at_any_depth(
+            key in prop_oneof![Just("method"), Just("name"), Just("params"), Just("id"), Just("arguments")],
+            depth in 0..3usize,
+            escapes in any::<u64>(),
+            first in "[a-z/]{1,10}",
+            second in "[a-z/]{1,10}",
+        ) {
+            let mut escape_key = String::new();
+            for (i, c) in key.chars().enumerate() {
+                if escapes >> i & 1 == 1 {
+                    escape_key.push_str(&format!("\\u{:04x}", c as u32));
+                } else {
+                    escape_key.push(c);
+                }
+            }
+            let mut inner = format!(r#"{{"{key}":"{first}","{escape_key}":"{second}"}}"#);
+            for _ in 0..depth {
+                inner = format!(r#"{{"x":{inner}}}"#);
+            }
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{}},"nested":{inner}}}}}"#
+            );
+            prop_assert!(inspect(JSON, body.as_bytes(), false).is_err(), "{}", body);
+            let top = format!(r#"{{"jsonrpc":"2.0","{key}":"a","id":1,"method":"tools/call","params":{{"name":"t"}},"{escape_key}":"b"}}"#);
+            prop_assert!(inspect(JSON, top.as_bytes(), true).is_err(), "{}", top);
+            let batched = format!(r#"[{{"jsonrpc":"2.0","method":"ping"}},{body}]"#);
+            prop_assert!(inspect(JSON, batched.as_bytes(), false).is_err(), "{}", batched);
+        }
+
+        /// Anything the inspector accepts parses to the same value under serde_json's
+        /// (last-key-wins) reading: the strict parser and a lenient server agree.
+        #[test]
+        fn what_is_accepted_reads_the_same_everywhere(body in prop::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(strict) = parse_strict(&body) {
+                prop_assert_eq!(Some(strict), serde_json::from_slice::<Value>(&body).ok());
+            }
+            let _ = inspect(JSON, &body, true);
+        }
+
+        /// Bytes that are nearly JSON-RPC (pieces of it, non-UTF-8, lone surrogates, huge
+        /// numbers, deep nesting) never panic the inspector.
+        #[test]
+        fn hostile_bodies_never_panic(pieces in prop::collection::vec(prop::sample::select(PIECES), 0..40)) {
+            let body: Vec<u8> = pieces.concat();
+            if let Ok(strict) = parse_strict(&body) {
+                prop_assert_eq!(Some(strict), serde_json::from_slice::<Value>(&body).ok());
+            }
+            let _ = inspect(JSON, &body, true);
+        }
+
+        /// Numbers of any size, as ids and arguments, never panic and never hide the tool.
+        #[test]
+        fn huge_numbers(digits in "-?[0-9]{1,400}(\\.[0-9]{1,50})?([eE][-+]?[0-9]{1,5})?") {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":{digits},"method":"tools/call","params":{{"name":"t","arguments":{{"n":{digits}}}}}}}"#);
+            if let Ok(calls) = inspect(JSON, body.as_bytes(), true) {
+                prop_assert_eq!(calls[0].request.tool.as_deref(), Some("t"));
+            }
+        }
+    }
+
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"\"method\"",
+        b"\"m\\u0065thod\"",
+        b"\"tools/call\"",
+        b"\"\\u0074ools/call\"",
+        b"\"params\"",
+        b"\"name\"",
+        b"\"x\"",
+        b"\\",
+        b"\\u",
+        b"\\ud800",
+        b"\\udc00",
+        b"\\u0000",
+        b"1e999999",
+        b"-0",
+        b"1e-400",
+        b"18446744073709551616",
+        b"null",
+        b"true",
+        b" ",
+        b"\xff",
+        b"\xc3",
+        b"\xef\xbb\xbf",
+        b"\x00",
+    ];
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        for depth in [127, 128, 129, 1_000, 100_000] {
+            for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+                let nested = format!("{}1{}", open.repeat(depth), close.repeat(depth));
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{nested}}}}}"#
+                );
+                // serde_json's recursion limit (128) refuses the deep ones with an error.
+                let result = inspect(JSON, body.as_bytes(), true);
+                assert_eq!(result.is_ok(), depth < 126, "depth {depth}: {result:?}");
+            }
+        }
+    }
+}

@@ -76,9 +76,11 @@ pub async fn filter_response(
             if !might_list_tools(&bytes) {
                 return Response::from_parts(parts, full(bytes));
             }
-            let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+            // Strictly: with a key given twice, clients that take the first (the filter, like
+            // serde_json, reads the last) would see a list the filter did not.
+            let Ok(mut message) = mcp::parse_strict(&bytes) else {
                 return unfilterable(
-                    "the MCP server's response is not JSON, so its tool list cannot be filtered",
+                    "the MCP server's response is not JSON (or gives a key twice), so its tool list cannot be filtered",
                     request_id,
                 );
             };
@@ -167,6 +169,12 @@ fn unfilterable(why: &str, request_id: &str) -> Response<Body> {
 
 /// Filters one SSE event (its lines, without the blank line that ends it); `None` drops it.
 pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<String> {
+    if event.starts_with('\u{feff}') {
+        // A byte order mark (other than the stream's first, which the splitter drops) makes the
+        // first field no field here, but a client drops one at the start of what it reads: were
+        // this event the first the filter sends on, the client would read its data unfiltered.
+        return None;
+    }
     let mut data: Option<String> = None;
     for line in event.split('\n') {
         let (field, value) = match line.split_once(':') {
@@ -187,8 +195,15 @@ pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<Stri
         // Comments, `retry:`, an id with empty data (a resumption point): nothing to filter.
         return Some(event.to_owned());
     };
-    let mut message = serde_json::from_str::<Value>(&data).ok()?;
-    if !might_list_tools(data.as_bytes()) || !filter_message(&mut message, may_call) {
+    let might_list = might_list_tools(data.as_bytes());
+    // A message that may hold a tool list is read strictly: with a key given twice, clients
+    // that take the first would see a list the filter (taking the last) did not.
+    let mut message = if might_list {
+        mcp::parse_strict(data.as_bytes()).ok()?
+    } else {
+        serde_json::from_str::<Value>(&data).ok()?
+    };
+    if !might_list || !filter_message(&mut message, may_call) {
         return Some(event.to_owned());
     }
     let mut out = String::new();
@@ -211,6 +226,8 @@ pub struct EventSplitter {
     pending: Vec<u8>,
     /// The last byte seen was a CR (a following LF belongs to it).
     after_cr: bool,
+    /// An event (or blank line) has been taken: a byte order mark is no longer the stream's.
+    past_start: bool,
 }
 
 impl EventSplitter {
@@ -254,6 +271,12 @@ impl EventSplitter {
 
     fn take_event(&mut self) -> Option<String> {
         let mut bytes = std::mem::take(&mut self.pending);
+        if !std::mem::replace(&mut self.past_start, true) && bytes.starts_with(b"\xef\xbb\xbf") {
+            // Clients decode the stream as UTF-8, which drops a leading byte order mark: left
+            // on, it hid the first event's `data` field from the filter (`\u{feff}data`), and
+            // the client read its tool list unfiltered.
+            bytes.drain(..3);
+        }
         if bytes.last() == Some(&b'\n') {
             bytes.pop();
         }
@@ -316,7 +339,7 @@ impl HttpBody for SseFilter {
                                 out.push_str("\n\n");
                             }
                             None => tracing::warn!(
-                                "dropped an SSE event whose data is not a JSON message (tool lists are filtered on this route)"
+                                "dropped an SSE event whose data is not a JSON message, or gives a key twice (tool lists are filtered on this route)"
                             ),
                         }
                     }
@@ -405,6 +428,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_byte_order_mark_hides_no_tool_list() {
+        // Clients drop a BOM at the start of what they read: the filter must see the event the
+        // client sees (issue 17's properties found both).
+        for stream in [
+            format!("\u{feff}data: {LIST}\n\n"),
+            format!("\u{feff}\u{feff}data: {LIST}\n\n"),
+            format!("data: not json\n\n\u{feff}data: {LIST}\n\n"),
+        ] {
+            let bytes = stream.as_bytes();
+            for cut in [1, 2, 3, 4, bytes.len() - 1] {
+                let (status, sse) =
+                    filtered("text/event-stream", None, &[&bytes[..cut], &bytes[cut..]]).await;
+                assert_eq!(status, 200);
+                assert!(
+                    !sse.contains("write_query"),
+                    "{stream:?} cut at {cut}: {sse:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tool_list_giving_a_key_twice_is_not_passed_on() {
+        // serde_json (and the filter) read the last `tools`, a client taking the first would
+        // read `write_query`.
+        let twice = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"write_query"}],"tools":[{"name":"read_query"}]}}"#;
+        let (status, json) = filtered("application/json", None, &[twice.as_bytes()]).await;
+        assert_eq!(status, 502, "{json}");
+        assert!(json.contains("gives a key twice"), "{json}");
+        let event = format!("data: {twice}\n\n");
+        let (status, sse) = filtered("text/event-stream", None, &[event.as_bytes()]).await;
+        assert_eq!(status, 200);
+        assert!(!sse.contains("write_query"), "{sse:?}");
+    }
+
+    #[tokio::test]
     async fn what_cannot_be_filtered_is_not_passed_on() {
         let (status, body) = filtered("application/json", Some("gzip"), &[b"\x1f\x8b..."]).await;
         assert_eq!(status, 502, "{body}");
@@ -483,5 +542,271 @@ mod tests {
             Some(": keep-alive")
         );
         assert_eq!(filter_event("data: not json", &allow_all), None);
+    }
+}
+
+/// Property-based tests (issue 17, hostile input): thousands of generated event streams per
+/// run (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn cases() -> ProptestConfig {
+        ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(3000),
+        )
+    }
+
+    fn may_call(name: &str) -> bool {
+        name != "write"
+    }
+
+    /// What the filter sends on for `stream` cut into chunks at `cuts`, as `SseFilter` does.
+    fn filter(stream: &[u8], cuts: &[usize]) -> Result<Vec<u8>, &'static str> {
+        let mut splitter = EventSplitter::default();
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut ends: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        ends.sort_unstable();
+        ends.push(stream.len());
+        for end in ends {
+            for event in splitter.push(&stream[start..end])? {
+                if let Some(kept) = filter_event(&event, &may_call) {
+                    out.extend_from_slice(kept.as_bytes());
+                    out.extend_from_slice(b"\n\n");
+                }
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// The events' data a client reads from `stream`, as the HTML standard's SSE parser does
+    /// (UTF-8 decode dropping a leading BOM; CRLF, LF or CR; an unfinished event is dropped).
+    fn client_reads(stream: &[u8]) -> Vec<String> {
+        let text = String::from_utf8_lossy(stream);
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let mut events = Vec::new();
+        let mut data = String::new();
+        let mut rest = text;
+        while let Some(end) = rest.find(['\r', '\n']) {
+            let line = &rest[..end];
+            let skip = if rest[end..].starts_with("\r\n") {
+                2
+            } else {
+                1
+            };
+            rest = &rest[end + skip..];
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    events.push(std::mem::take(&mut data));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            if field == "data" {
+                data.push_str(value);
+                data.push('\n');
+            }
+        }
+        events
+    }
+
+    /// The names of the tools a client finds in a message's `result.tools` (batches too).
+    fn listed_tools(data: &str) -> Vec<String> {
+        let Ok(message) = serde_json::from_str::<Value>(data) else {
+            return Vec::new();
+        };
+        let messages = match message {
+            Value::Array(batch) => batch,
+            single => vec![single],
+        };
+        messages
+            .iter()
+            .filter_map(|m| m.pointer("/result/tools")?.as_array().cloned())
+            .flatten()
+            .filter_map(|t| t.get("name")?.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    const TOOLS_KEYS: &[&str] = &["tools", "\\u0074ools", "t\\u006fols"];
+    const TOOLS: &[&str] = &[
+        r#"{"name":"read"}"#,
+        r#"{"name":"write"}"#,
+        r#"{"name":"wr\u0069te"}"#,
+        r#"{"name":"read","name":"write"}"#,
+        r#"{"name":"write","name":"read"}"#,
+        r#"{"title":"write"}"#,
+    ];
+
+    /// A `tools/list` answer, sometimes with its `tools` key twice or escaped.
+    fn tool_list() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(
+                (
+                    prop::sample::select(TOOLS_KEYS),
+                    prop::collection::vec(prop::sample::select(TOOLS), 0..4),
+                ),
+                1..3,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(lists, batch)| {
+                let result = lists
+                    .iter()
+                    .map(|(key, tools)| format!(r#""{key}":[{}]"#, tools.join(",")))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let message = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{{result}}}}}"#);
+                if batch {
+                    format!("[{message}]")
+                } else {
+                    message
+                }
+            })
+    }
+
+    /// One line of an event.
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (tool_list(), prop::sample::select(&["data: ", "data:", "data:  "][..]))
+                .prop_map(|(list, field)| format!("{field}{list}")),
+            // A list cut over several data lines (joined with a newline, JSON whitespace).
+            2 => (tool_list(), any::<prop::sample::Index>()).prop_map(|(list, at)| {
+                let cut = list.char_indices().map(|(i, _)| i).filter(|&i| list[..i].ends_with(',')).collect::<Vec<_>>();
+                match cut.get(at.index(cut.len().max(1))) {
+                    Some(&i) => format!("data: {}\ndata: {}", &list[..i], &list[i..]),
+                    None => format!("data: {list}"),
+                }
+            }),
+            1 => Just("data".to_owned()),
+            1 => Just(": a comment".to_owned()),
+            1 => Just("id: 42".to_owned()),
+            1 => Just("event: message".to_owned()),
+            1 => Just("retry: 100".to_owned()),
+            1 => Just("\u{feff}data: {\"result\":{\"tools\":[{\"name\":\"write\"}]}}".to_owned()),
+            1 => Just("DATA: x".to_owned()),
+            1 => "\\PC{0,12}",
+        ]
+    }
+
+    /// A stream: events of lines, with any line endings, an optional BOM.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<bool>(),
+            prop::collection::vec(
+                (
+                    prop::collection::vec(line(), 1..4),
+                    prop::sample::select(&["\n", "\r\n", "\r"][..]),
+                ),
+                0..5,
+            ),
+        )
+            .prop_map(|(bom, events)| {
+                let mut out = if bom {
+                    "\u{feff}".to_owned()
+                } else {
+                    String::new()
+                };
+                for (lines, eol) in events {
+                    for line in lines {
+                        out.push_str(&line.replace('\n', eol));
+                        out.push_str(eol);
+                    }
+                    out.push_str(eol);
+                }
+                out.into_bytes()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        /// However the stream is written and cut, the client finds no tool it may not call.
+        #[test]
+        fn no_forbidden_tool_reaches_the_client(
+            stream in stream(),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let out = filter(&stream, &cuts).unwrap();
+            for data in client_reads(&out) {
+                for tool in listed_tools(&data) {
+                    prop_assert!(may_call(&tool), "{:?} reached the client from {:?}", tool, String::from_utf8_lossy(&stream));
+                }
+                // No key given twice: a client taking the first of two reads the same list.
+                if serde_json::from_str::<Value>(&data).is_ok() && might_list_tools(data.as_bytes()) {
+                    prop_assert!(mcp::parse_strict(data.as_bytes()).is_ok(), "{:?} passed on", data);
+                }
+            }
+            // Where the cuts fall changes nothing.
+            prop_assert_eq!(&out, &filter(&stream, &[]).unwrap());
+            // Every JSON event the client would have read still arrives (but for events with
+            // a byte order mark inside, which are dropped: fail closed).
+            let bom = stream.windows(3).any(|w| w == b"\xef\xbb\xbf");
+            let before = client_reads(&stream)
+                .iter()
+                .filter(|d| if might_list_tools(d.as_bytes()) {
+                    mcp::parse_strict(d.as_bytes()).is_ok()
+                } else {
+                    serde_json::from_str::<Value>(d).is_ok()
+                })
+                .count();
+            let after = client_reads(&out).len();
+            prop_assert!(bom || after >= before, "{} events became {}", before, after);
+        }
+
+        /// Arbitrary bytes, cut anywhere, never panic the splitter or the filter, and what
+        /// comes out is the same wherever the cuts fall.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            stream in prop::collection::vec(prop::sample::select(&b"data: {}[]\"tools\r\n:\xef\xbb\xbf\xff"[..]), 0..200),
+            cuts in prop::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let out = filter(&stream, &cuts).unwrap();
+            prop_assert_eq!(&out, &filter(&stream, &[]).unwrap());
+            for data in client_reads(&out) {
+                for tool in listed_tools(&data) {
+                    prop_assert!(may_call(&tool));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_hide_an_event() {
+        // Found by the properties above: two BOMs (the filter dropped one, the client the
+        // other), or one after a dropped event (the first the client reads).
+        for stream in [
+            &b"\xef\xbb\xbf\xef\xbb\xbfdata: {\"result\":{\"tools\":[{\"name\":\"write\"}]}}\n\n"[..],
+            b"data: not json\n\n\xef\xbb\xbfdata: {\"result\":{\"tools\":[{\"name\":\"write\"}]}}\n\n",
+        ] {
+            let out = filter(stream, &[]).unwrap();
+            assert_eq!(client_reads(&out), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_hide_the_first_event() {
+        let stream = b"\xef\xbb\xbfdata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"read\"},{\"name\":\"write\"}]}}\n\n";
+        // The BOM split from the rest, too.
+        for cuts in [vec![], vec![1], vec![2], vec![3]] {
+            let out = filter(stream, &cuts).unwrap();
+            let read = client_reads(&out);
+            assert_eq!(read.len(), 1, "{cuts:?}");
+            assert_eq!(listed_tools(&read[0]), ["read"], "{cuts:?}");
+        }
     }
 }

@@ -103,7 +103,13 @@ pub(crate) fn same_origin_target(target: &str, origin: &str) -> Option<String> {
     if resolved.origin() != base.origin() {
         return None;
     }
-    Some(resolved[url::Position::BeforePath..].to_owned())
+    let path = &resolved[url::Position::BeforePath..];
+    // `.//evil.example/` resolves to the path `//evil.example/` on this origin, which a browser
+    // given it as `Location` reads as another host.
+    if path.starts_with("//") {
+        return None;
+    }
+    Some(path.to_owned())
 }
 
 pub(crate) fn form_value(form: &str, key: &str) -> Option<String> {
@@ -154,6 +160,10 @@ mod tests {
             "javascript:alert(1)",
             "data:text/html,x",
             "/a\u{2028}/b",
+            // Found by the properties below: the path `//evil.example/` on this origin.
+            ".//evil.example/",
+            "/.//evil.example/",
+            "/a/..//evil.example/",
             "",
         ] {
             assert_eq!(super::same_origin_target(evil, origin), None, "{evil:?}");
@@ -172,6 +182,122 @@ mod tests {
                 Some(path),
                 "{fine:?}"
             );
+        }
+    }
+}
+
+/// Property-based tests (issue 17, hostile input): thousands of generated redirect targets per
+/// run (`PROPTEST_CASES` raises it).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    const ORIGIN: &str = "https://gw.example";
+
+    /// What open-redirect payloads are made of: separators of every spelling, whitespace,
+    /// userinfo, schemes, dot segments, IDNA look-alikes of the gateway's host and of `.`.
+    const PIECES: &[&str] = &[
+        "/",
+        "//",
+        "\\",
+        "%2f",
+        "%2F",
+        "%5c",
+        "%09",
+        " ",
+        "\t",
+        "\n",
+        "\r",
+        "\u{0}",
+        "\u{a0}",
+        "\u{2028}",
+        "\u{3000}",
+        "@",
+        ":",
+        "user:pw@",
+        "evil.example",
+        "gw.example",
+        "gw.example.",
+        "GW.EXAMPLE",
+        "g\u{ff57}.example",
+        "gw\u{3002}example",
+        "evil\u{3002}example",
+        "xn--gw-example",
+        ".",
+        "..",
+        "./",
+        "../",
+        "?",
+        "#",
+        "&",
+        "=",
+        "https:",
+        "http:",
+        "HTTPS:",
+        "javascript:",
+        "data:",
+        "https://",
+        "https://gw.example",
+        ":443",
+        ":8443",
+        "a",
+        "%",
+        "%2e%2e",
+        "\u{ff0f}",
+        "\u{2215}",
+    ];
+
+    fn target() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..10).prop_map(|p| p.concat())
+    }
+
+    fn check(target: &str) -> Result<(), TestCaseError> {
+        let Some(path) = super::same_origin_target(target, ORIGIN) else {
+            return Ok(());
+        };
+        // A path on this origin, which a browser given it as `Location` keeps on this origin:
+        // one leading `/`, never `//` or `/\` (a network-path reference to another host).
+        prop_assert!(path.starts_with('/'), "{:?} -> {:?}", target, path);
+        prop_assert!(
+            !path.starts_with("//") && !path.starts_with("/\\"),
+            "{:?} -> {:?}",
+            target,
+            path
+        );
+        prop_assert!(
+            !super::has_ambiguous_chars(&path),
+            "{:?} -> {:?}",
+            target,
+            path
+        );
+        let base = url::Url::parse(ORIGIN).unwrap();
+        let resolved = base.join(&path).unwrap();
+        prop_assert_eq!(
+            resolved.origin(),
+            base.origin(),
+            "{:?} -> {:?}",
+            target,
+            path
+        );
+        // Round trip: the answer is its own answer.
+        let again = super::same_origin_target(&path, ORIGIN);
+        prop_assert_eq!(again.as_deref(), Some(&*path), "{:?}", target);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(4000)
+        ))]
+
+        #[test]
+        fn hostile_redirect_targets_stay_on_the_origin(target in target()) {
+            check(&target)?;
+        }
+
+        #[test]
+        fn arbitrary_redirect_targets_stay_on_the_origin(target in "\\PC{0,30}") {
+            check(&target)?;
         }
     }
 }

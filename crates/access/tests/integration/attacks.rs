@@ -432,6 +432,10 @@ async fn redirects_never_leave_the_gateway() {
         "https://evil.example/",
         "/%09/evil.example/",
         "javascript:alert(1)",
+        // Dot segments that resolve to the path `//evil.example/` (issue 17's properties).
+        ".//evil.example/",
+        "/.//evil.example/",
+        "/x/..//evil.example/",
     ] {
         let response = support::clicked(
             client().post(format!("{}/.pomerium/sign_out", t.base)),

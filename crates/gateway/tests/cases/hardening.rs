@@ -171,6 +171,12 @@ async fn path_tricks_through_a_public_route_never_reach_the_private_area() {
             "/pub/..%2Fadmin/panel",
             "/pub/..%5cadmin/panel",
             "/pub/..;/admin/panel",
+            // Escaped twice (a server that decodes twice reads `..`), a dot segment followed by
+            // an escape (`..%3B` is `..;`; C stops at the NUL).
+            "/pub/%252e%252e/admin/panel",
+            "/pub/%%32%65%%32%65/admin/panel",
+            "/pub/..%3b/admin/panel",
+            "/pub/..%00/admin/panel",
         ] {
             let response = get(version, gw.addr, path).await;
             assert_eq!(
@@ -297,6 +303,11 @@ async fn routing_policy_and_upstream_all_see_one_canonical_path() {
         let seen = response.json();
         assert_eq!(seen["path"], json!("/app/open/~doc"));
         assert_eq!(seen["query"], json!("q=%2F..%2F&a=b"));
+        // A stray `%` stays the literal `%` it is (`%25`): it used to join the decoded `73`
+        // into `%73`, so the deny rule saw `/app/%73ecret` and the upstream read `/app/secret`.
+        let response = get(version, gw.addr, "/app/%%373ecret").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(response.json()["path"], json!("/app/%2573ecret"));
         // The gateway's own endpoints are matched on the canonical path too.
         for path in ["/app/../.pomerium/x", "/%2epomerium/x", "//.pomerium//x"] {
             let response = get(version, gw.addr, path).await;
@@ -305,12 +316,13 @@ async fn routing_policy_and_upstream_all_see_one_canonical_path() {
     }
     let authorized = hooks.authorized.lock().unwrap().clone();
     assert!(
-        authorized
-            .iter()
-            .all(|p| p == "/app/secret" || p == "/app/secret/" || p == "/app/open/~doc"),
+        authorized.iter().all(|p| p == "/app/secret"
+            || p == "/app/secret/"
+            || p == "/app/open/~doc"
+            || p == "/app/%2573ecret"),
         "{authorized:?}"
     );
-    assert_eq!(up.seen.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(up.seen.requests.load(Ordering::SeqCst), 4);
 }
 
 // ---------------------------------------------------------------------------------------------
