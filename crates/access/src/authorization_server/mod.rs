@@ -236,12 +236,20 @@ impl EndpointError {
                 HeaderValue::from_static("Basic realm=\"postern\""),
             );
         }
-        if let Some(after) = error.retry_after {
+        // A 503 is always worth retrying (the store or the identity provider is back within
+        // seconds): say when, so clients wait instead of dropping their grant.
+        let retry_after = error.retry_after.or_else(|| {
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(UNAVAILABLE_RETRY_AFTER)
+        });
+        if let Some(after) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
         }
         response
     }
 }
+
+/// `Retry-After` of a 503 that names no other time.
+const UNAVAILABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn no_store(response: &mut Response<Body>) {
     response
@@ -305,7 +313,7 @@ mod tests {
                 OAuthError::new(ErrorCode::TemporarilyUnavailable, "t").into(),
                 503,
                 None,
-                None,
+                Some("5"),
             ),
             (EndpointError::NotPost("use POST"), 405, None, None),
             (EndpointError::TooLarge("too large"), 413, None, None),
