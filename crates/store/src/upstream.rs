@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -39,25 +40,38 @@ pub enum RefreshError<E> {
     /// Another replica held the refresh lease for longer than a lease lasts.
     #[error("timed out waiting for another gateway replica to refresh the upstream token")]
     LeaseTimeout,
+    /// The refresh this caller waited for (another request's, in this process) failed: the
+    /// failure is shared rather than tried again once per queued caller, which would make the
+    /// last of N callers wait N provider timeouts.
+    #[error("the upstream token refresh this request waited for failed")]
+    SharedFailure,
 }
 
 /// One async lock per (user, route) with a refresh in flight; entries go when unused.
-type LockMap = HashMap<(String, String), Weak<tokio::sync::Mutex<()>>>;
+type LockMap = HashMap<(String, String), Weak<RefreshSlot>>;
+
+/// The refresh lock of one (user, route), and how many refreshes under it failed: a caller
+/// that sees the count change while it waited shares that failure.
+#[derive(Default)]
+struct RefreshSlot {
+    lock: tokio::sync::Mutex<()>,
+    failures: AtomicU64,
+}
 
 #[derive(Default)]
 pub(crate) struct Locks(Mutex<LockMap>);
 
 impl Locks {
-    fn get(&self, user: &str, route: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn get(&self, user: &str, route: &str) -> Arc<RefreshSlot> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, weak| weak.strong_count() > 0);
         let key = (user.to_owned(), route.to_owned());
-        if let Some(lock) = map.get(&key).and_then(Weak::upgrade) {
-            return lock;
+        if let Some(slot) = map.get(&key).and_then(Weak::upgrade) {
+            return slot;
         }
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        map.insert(key, Arc::downgrade(&lock));
-        lock
+        let slot = Arc::new(RefreshSlot::default());
+        map.insert(key, Arc::downgrade(&slot));
+        slot
     }
 }
 
@@ -153,8 +167,12 @@ impl Store {
         F: FnOnce(UpstreamToken) -> Fut,
         Fut: Future<Output = Result<RefreshOutcome, E>>,
     {
-        let lock = self.inner.refresh_locks.get(user_id, route_id);
-        let _local = lock.lock().await;
+        let slot = self.inner.refresh_locks.get(user_id, route_id);
+        let failures = slot.failures.load(Ordering::Acquire);
+        let _local = slot.lock.lock().await;
+        if slot.failures.load(Ordering::Acquire) != failures {
+            return Err(RefreshError::SharedFailure);
+        }
         let waited_since = tokio::time::Instant::now();
         let mut refresh = Some(refresh);
         loop {
@@ -188,6 +206,7 @@ impl Store {
                         Ok(None)
                     }
                     Err(error) => {
+                        slot.failures.fetch_add(1, Ordering::Release);
                         self.release_lease(user_id, route_id, &owner).await?;
                         Err(RefreshError::Upstream(error))
                     }
@@ -195,6 +214,7 @@ impl Store {
             }
             // Another replica is refreshing: wait for its result.
             if waited_since.elapsed() > LEASE {
+                slot.failures.fetch_add(1, Ordering::Release);
                 return Err(RefreshError::LeaseTimeout);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

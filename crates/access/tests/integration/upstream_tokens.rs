@@ -725,3 +725,149 @@ async fn a_disconnect_posted_from_another_origin_with_the_cookie_is_refused() {
     assert_eq!(w.routes().await["servers"][0]["connected"], json!(false));
     w.stop.cancel();
 }
+
+/// Ada's TE for the app route of a Notion world, with her Notion account connected (its TI
+/// expires within the refresh skew: the next call refreshes it); and a function that calls
+/// Notion's `search` with it.
+async fn connected_te(w: &NotionWorld) -> String {
+    w.connect().await;
+    w.browser
+        .get(format!("{}/app/x", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_owned()
+}
+
+async fn search_notion(base: &str, te: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base}/notion"))
+        .bearer_auth(te)
+        .header("accept", "application/json, text/event-stream")
+        .json(&call(1, "search", json!({"query": "r"})))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_a_provider_outage_the_kept_ti_is_refreshed_on_the_next_call() {
+    let w = notion_world().await;
+    let te = connected_te(&w).await;
+    w.provider.answer_refreshes_with(503);
+    for _ in 0..3 {
+        let outage = search_notion(&w.base, &te).await;
+        assert_eq!(outage.status(), 502);
+        let body: Value = outage.json().await.unwrap();
+        assert_eq!(
+            body["error"],
+            json!("upstream_token_refresh_failed"),
+            "{body}"
+        );
+    }
+    assert_eq!(w.routes().await["servers"][0]["connected"], json!(true));
+
+    // The provider is back: the next call refreshes the kept TI and reaches Notion with the new
+    // one, without the user reconnecting.
+    w.provider.answer_refreshes_with(200);
+    let back = search_notion(&w.base, &te).await;
+    assert_eq!(back.status(), 200);
+    let text = back.text().await.unwrap();
+    assert!(text.contains("Roadmap"), "{text}");
+    assert_eq!(
+        w.provider.grants().last().map(String::as_str),
+        Some("refresh_token rt-1"),
+        "the refresh token from before the outage was used"
+    );
+    let refreshes = w.provider.refreshes();
+    // Refreshed: the next call needs no refresh.
+    assert_eq!(search_notion(&w.base, &te).await.status(), 200);
+    assert_eq!(w.provider.refreshes(), refreshes);
+    w.stop.cancel();
+}
+
+#[tokio::test]
+async fn concurrent_calls_on_a_slow_provider_share_one_refresh() {
+    let w = notion_world().await;
+    let te = connected_te(&w).await;
+    w.provider
+        .answer_refreshes_after(std::time::Duration::from_secs(2));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, te) = (w.base.clone(), te.clone());
+            tokio::spawn(async move {
+                let response = search_notion(&base, &te).await;
+                (response.status(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (status, text) = call.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("Roadmap"), "{text}");
+    }
+    assert_eq!(
+        w.provider.refreshes(),
+        1,
+        "eight calls, one refresh at the provider: {:?}",
+        w.provider.grants()
+    );
+    w.stop.cancel();
+}
+
+/// The upstream token endpoint gets 15 s (the broker's HTTP client limit, not configurable); a
+/// provider that never answers costs every waiting caller that once, not once per caller
+/// queued behind it.
+#[tokio::test]
+async fn a_provider_that_hangs_is_cut_off_and_every_waiting_caller_gets_502_at_once() {
+    let w = notion_world().await;
+    let te = connected_te(&w).await;
+    w.provider
+        .answer_refreshes_after(std::time::Duration::from_secs(3600));
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, te) = (w.base.clone(), te.clone());
+            tokio::spawn(async move {
+                let response = tokio::time::timeout(
+                    std::time::Duration::from_secs(45),
+                    search_notion(&base, &te),
+                )
+                .await
+                .expect("a caller still waiting after 45 s: the hang reached the client");
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                (status, body, started.elapsed())
+            })
+        })
+        .collect();
+    for call in calls {
+        let (status, body, took) = call.await.unwrap();
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(
+            body["error"],
+            json!("upstream_token_refresh_failed"),
+            "{body}"
+        );
+        // 15 s, and room for a loaded machine; a second 15 s (a caller that queued behind the
+        // first and then asked the hanging provider again) is 30 s.
+        assert!(
+            took < std::time::Duration::from_secs(25),
+            "a caller waited {took:?}"
+        );
+    }
+    assert_eq!(w.provider.refreshes(), 1, "{:?}", w.provider.grants());
+    assert_eq!(
+        w.routes().await["servers"][0]["connected"],
+        json!(true),
+        "a hang keeps the TI"
+    );
+    // And when the provider answers again, so does the gateway.
+    w.provider.answer_refreshes_after(std::time::Duration::ZERO);
+    assert_eq!(search_notion(&w.base, &te).await.status(), 200);
+    w.stop.cancel();
+}

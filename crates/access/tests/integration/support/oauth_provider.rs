@@ -65,6 +65,8 @@ struct Provider {
     issued: usize,
     token_requests: Vec<HashMap<String, String>>,
     registrations: u32,
+    /// How long a refresh grant waits before it is answered (a slow or hanging provider).
+    refresh_delay: std::time::Duration,
 }
 
 /// What a code stands for.
@@ -95,6 +97,7 @@ impl FakeOAuthProvider {
             issued: 0,
             token_requests: Vec::new(),
             registrations: 0,
+            refresh_delay: std::time::Duration::ZERO,
         })))
     }
 
@@ -150,6 +153,20 @@ impl FakeOAuthProvider {
     /// From now on, refresh grants get `status` (200: refreshed; otherwise `invalid_grant`).
     pub fn answer_refreshes_with(&self, status: u16) {
         self.0.lock().unwrap().refresh_status = status;
+    }
+
+    /// From now on, refresh grants are answered only after `delay` (a slow provider; a long
+    /// one is a provider that hangs).
+    pub fn answer_refreshes_after(&self, delay: std::time::Duration) {
+        self.0.lock().unwrap().refresh_delay = delay;
+    }
+
+    /// How many refresh grants reached the token endpoint.
+    pub fn refreshes(&self) -> usize {
+        self.grants()
+            .iter()
+            .filter(|g| g.starts_with("refresh_token "))
+            .count()
     }
 
     /// From now on, the token endpoint knows no client (or again knows them).
@@ -278,8 +295,18 @@ async fn token(
     if let Some(basic) = &basic {
         form.insert("(authorization header)".into(), basic.clone());
     }
+    if form.get("grant_type").is_some_and(|g| g == "refresh_token") {
+        let delay = {
+            let mut p = provider.0.lock().unwrap();
+            p.token_requests.push(form.clone());
+            p.refresh_delay
+        };
+        tokio::time::sleep(delay).await;
+    }
     let mut p = provider.0.lock().unwrap();
-    p.token_requests.push(form.clone());
+    if form.get("grant_type").is_none_or(|g| g != "refresh_token") {
+        p.token_requests.push(form.clone());
+    }
     if p.forgot_clients {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
