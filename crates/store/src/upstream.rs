@@ -214,7 +214,6 @@ impl Store {
             }
             // Another replica is refreshing: wait for its result.
             if waited_since.elapsed() > LEASE {
-                slot.failures.fetch_add(1, Ordering::Release);
                 return Err(RefreshError::LeaseTimeout);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
