@@ -171,7 +171,11 @@ impl Store {
         let failures = slot.failures.load(Ordering::Acquire);
         let _local = slot.lock.lock().await;
         if slot.failures.load(Ordering::Acquire) != failures {
-            return Err(RefreshError::SharedFailure);
+            // Unless another replica has refreshed it meanwhile.
+            return match self.get_upstream_token(user_id, route_id).await? {
+                Some(current) if !needs_refresh(&current.token) => Ok(Some(current.token)),
+                _ => Err(RefreshError::SharedFailure),
+            };
         }
         let waited_since = tokio::time::Instant::now();
         let mut refresh = Some(refresh);
