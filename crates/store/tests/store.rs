@@ -727,6 +727,54 @@ async fn upstream_refresh_failures(t: TestStore) {
             .unwrap()
             .is_none()
     );
+
+    // Callers queued behind a refresh that fails share its failure: one call to the provider,
+    // not one each after the other (with a provider that hangs, N timeouts for the last).
+    s.put_upstream_token("ada", "notion", &stale, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, calls) = (s.clone(), calls.clone());
+            tokio::spawn(async move {
+                store
+                    .refresh_upstream_token(
+                        "ada",
+                        "notion",
+                        |tok: &UpstreamToken| tok.expires_at.is_some_and(|e| e < now_ms()),
+                        Duration::from_secs(60),
+                        |_| async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            Err::<RefreshOutcome, _>("timed out")
+                        },
+                    )
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for call in waiting {
+        errors.push(call.await.unwrap().unwrap_err().to_string());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "{errors:?}");
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.contains("waited for failed"))
+            .count(),
+        3,
+        "{errors:?}"
+    );
+    assert!(
+        s.get_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+            .is_some(),
+        "the TI is kept"
+    );
 }
 
 async fn pending_authorizations(t: TestStore) {
