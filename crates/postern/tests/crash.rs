@@ -29,7 +29,7 @@ const REUSE_GRACE: Duration = Duration::from_secs(5);
 
 fn mcp_route(upstream: &str) -> String {
     format!(
-        "  - {{from: http://localhost, prefix: /mcp, to: '{upstream}/mcp', allow_any_authenticated_user: true, mcp: {{}}}}\n"
+        "  - {{from: http://localhost, prefix: /mcp, to: '{upstream}/open', allow_any_authenticated_user: true, mcp: {{}}}}\n"
     )
 }
 

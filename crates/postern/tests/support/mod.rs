@@ -614,10 +614,19 @@ impl Upstream {
                 )
             }
         };
+        // The MCP server of routes without upstream OAuth: answers every call.
+        let open = |body: axum::body::Bytes| async move {
+            let id = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .unwrap_or(Value::Null);
+            axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+        };
         let app = axum::Router::new()
             .route("/authorize", axum::routing::get(authorize))
             .route("/token", axum::routing::post(token))
-            .route("/mcp", axum::routing::post(mcp));
+            .route("/mcp", axum::routing::post(mcp))
+            .route("/open", axum::routing::post(open));
         tokio::spawn(async move { axum::serve(listener, app).await });
         format!("http://{addr}")
     }
