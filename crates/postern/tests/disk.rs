@@ -108,12 +108,10 @@ fn fill(dir: &Path) -> PathBuf {
 }
 
 fn integrity_check(db: &Path) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg("PRAGMA integrity_check;")
-        .output()
-        .expect("the sqlite3 command line (apt-get install sqlite3)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap()
 }
 
 /// A sign-in attempt in a new browser: the status, `Retry-After` and the page.
