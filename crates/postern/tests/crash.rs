@@ -290,10 +290,10 @@ async fn ti_refresh(storage: Storage, test: &str) {
 
     // Each user: signed in, connected, with a TE.
     let mut users = Vec::new();
+    let client = register(&base).await;
     for i in 0..=kills {
         let browser = browser();
         assert_eq!(sign_in_as(&browser, &base, &support::email(i)).await, 303);
-        let client = register(&base).await;
         let code = authorize(&browser, &base, &client, &resource).await;
         let te = match redeem(&base, &client, &code).await {
             TokenOutcome::Tokens { access, .. } => access,
@@ -308,6 +308,12 @@ async fn ti_refresh(storage: Storage, test: &str) {
 
     let mut rotated_in_kill = Vec::new();
     for (i, te) in users.iter().take(kills).enumerate() {
+        // A call that refreshes undisturbed first: the TI the gateway holds at the kill is fresh
+        // (the provider's access tokens last 30 s, and the kills come minutes after connecting
+        // in a long run). A TI whose access token has expired cannot be served while a dead
+        // replica's lease holds; that call waits for the lease (30 s) instead.
+        let (status, body) = ping(&base, "/notion", te).await;
+        assert_eq!(status, 200, "user {i} before the kill: {body}");
         let rotations = provider.state.lock().unwrap().rotations[i];
         let call = tokio::spawn({
             let (base, te) = (base.clone(), te.clone());

@@ -314,7 +314,10 @@ pub async fn register(base: &str) -> String {
         .json()
         .await
         .unwrap();
-    registered["client_id"].as_str().unwrap().to_owned()
+    registered["client_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("registration refused: {registered}"))
+        .to_owned()
 }
 
 /// An authorization code for `client_id` on `resource`: `/authorize`, the consent (when
