@@ -517,7 +517,20 @@ fn sqlite_error(e: rusqlite::Error) -> StoreError {
 }
 
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
     match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::DiskFull(format!(
+            "PostgreSQL: the database server's disk is full ({}): free space on it; once there is, writes work again (the gateway needs no restart)",
+            db.message()
+        )),
+        // A standby (the connection string reached a replica, e.g. after a failover) or a
+        // database set read-only.
+        Some(db) if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION => {
+            StoreError::ReadOnly(format!(
+                "PostgreSQL: the database refuses writes ({}): point databroker_storage_connection_string at the primary (list every host and add target_session_attrs=read-write to follow a failover); once it accepts writes, writes work again (a running gateway needs no restart)",
+                db.message()
+            ))
+        }
         Some(db) => StoreError::Backend(format!(
             "PostgreSQL: {}: {}",
             db.code().code(),

@@ -1267,3 +1267,31 @@ fn refresh_tokens_are_found_only_as_issued() {
         })
         .unwrap();
 }
+
+/// A PostgreSQL database that refuses writes (a standby reached after a failover, or a database
+/// set read-only) is named as such, with what to do: here at start (the migrations write), and
+/// with the same `StoreError::ReadOnly` for a write while serving.
+#[tokio::test]
+async fn postgres_refusing_writes_is_named_as_such() {
+    let Some(t) = backends::postgres().await else {
+        return;
+    };
+    let Backend::Postgres(url) = &t.backend else {
+        unreachable!()
+    };
+    let error = Store::open(
+        &Backend::Postgres(format!("{url}%20-c%20default_transaction_read_only%3Don")),
+        backends::SECRET,
+        &[],
+    )
+    .await
+    .err()
+    .expect("a read-only database refuses the migrations");
+    let text = error.to_string();
+    assert!(
+        text.contains("the database refuses writes")
+            && text.contains("target_session_attrs=read-write")
+            && !text.contains(":postern@"),
+        "{text}"
+    );
+}
