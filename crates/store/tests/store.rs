@@ -1279,14 +1279,15 @@ async fn postgres_refusing_writes_is_named_as_such() {
     let Backend::Postgres(url) = &t.backend else {
         unreachable!()
     };
-    let error = Store::open(
+    let Err(error) = Store::open(
         &Backend::Postgres(format!("{url}%20-c%20default_transaction_read_only%3Don")),
         backends::SECRET,
         &[],
     )
     .await
-    .err()
-    .expect("a read-only database refuses the migrations");
+    else {
+        panic!("a read-only database refuses the migrations");
+    };
     let text = error.to_string();
     assert!(
         text.contains("the database refuses writes")
