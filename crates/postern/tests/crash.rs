@@ -221,6 +221,7 @@ async fn refresh_rotation(storage: Storage, test: &str) {
                     TokenOutcome::Refused(400, body)
                         if body.contains("just used by a concurrent request") =>
                     {
+                        assert!(body.contains("authorize again"), "says what to do: {body}");
                         rotated_unseen += 1;
                         live += 1;
                         rt = new_grant(&browser, &base, &client, &resource).await;
