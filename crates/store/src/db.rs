@@ -128,7 +128,11 @@ impl Db {
     pub(crate) fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         let fail = |e: rusqlite::Error| StoreError::Open {
             target: format!("SQLite database {}", path.display()),
-            reason: e.to_string(),
+            // SQLite says only "unable to open database file" for a read-only file, directory
+            // or filesystem (WAL needs to write its -wal and -shm files beside the database).
+            reason: format!(
+                "{e}: the gateway's user must be able to write the database, its -wal and -shm files and their directory (data_dir), on a filesystem that is read-write and not full"
+            ),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
@@ -501,11 +505,32 @@ fn pg_sql(sql: &str) -> String {
 }
 
 fn sqlite_error(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(format!("SQLite: {e}"))
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(format!(
+            "SQLite: the disk holding the database is full ({e}): free space in data_dir's filesystem; once there is, writes work again (a running gateway needs no restart)"
+        )),
+        Some(rusqlite::ErrorCode::ReadOnly) => StoreError::ReadOnly(format!(
+            "SQLite: the database cannot be written ({e}): make data_dir and postern.db* writable by the gateway's user (and the filesystem read-write); once it is, writes work again (a running gateway needs no restart)"
+        )),
+        _ => StoreError::Backend(format!("SQLite: {e}")),
+    }
 }
 
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
     match e.as_db_error() {
+        Some(db) if *db.code() == SqlState::DISK_FULL => StoreError::DiskFull(format!(
+            "PostgreSQL: the database server's disk is full ({}): free space on it; once there is, writes work again (the gateway needs no restart)",
+            db.message()
+        )),
+        // A standby (the connection string reached a replica, e.g. after a failover) or a
+        // database set read-only.
+        Some(db) if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION => {
+            StoreError::ReadOnly(format!(
+                "PostgreSQL: the database refuses writes ({}): point databroker_storage_connection_string at the primary (list every host and add target_session_attrs=read-write to follow a failover); once it accepts writes, writes work again (a running gateway needs no restart)",
+                db.message()
+            ))
+        }
         Some(db) => StoreError::Backend(format!(
             "PostgreSQL: {}: {}",
             db.code().code(),
@@ -579,6 +604,26 @@ pub(crate) fn sqlite_path(data_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write the database refuses names the cause and what to do, and tells users why.
+    #[test]
+    fn a_read_only_database_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let ro = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let error = sqlite_error(ro.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(matches!(error, StoreError::ReadOnly(_)), "{error}");
+        assert!(error.to_string().contains("data_dir"), "{error}");
+        assert_eq!(error.public_reason(), "the gateway's database is read-only");
+    }
 
     #[test]
     fn placeholders_are_rewritten_for_postgres() {

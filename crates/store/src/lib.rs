@@ -104,6 +104,25 @@ pub enum StoreError {
     /// Sealing or opening a secret failed.
     #[error("store encryption: {0}")]
     Crypto(String),
+    /// The disk holding the database is full: writes fail until space is freed (reads go on);
+    /// they work again by themselves, without a restart.
+    #[error("{0}")]
+    DiskFull(String),
+    /// The database (its file, directory or filesystem) cannot be written: writes fail until it
+    /// is writable again (reads go on); they work again by themselves, without a restart.
+    #[error("{0}")]
+    ReadOnly(String),
+}
+
+impl StoreError {
+    /// Why the store failed, as a user or client may be told it (the log has the detail).
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            StoreError::DiskFull(_) => "the gateway's database disk is full",
+            StoreError::ReadOnly(_) => "the gateway's database is read-only",
+            _ => "the gateway's store is unavailable",
+        }
+    }
 }
 
 /// The gateway's state. Cheap to clone.

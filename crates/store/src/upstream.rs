@@ -2,7 +2,9 @@
 //! coalescing the gateway relies on: providers such as Notion rotate refresh tokens, so two
 //! refreshes with the same refresh token would leave the user disconnected. Within a process a
 //! per-(user, route) mutex makes concurrent callers wait for one refresh; across replicas a
-//! lease on the row does the same (the holder refreshes, the others wait for the new version).
+//! lease on the row does the same (the holder refreshes, the others wait for the new version, or
+//! use the current one while it still works: a holder killed mid-refresh keeps its lease until it
+//! lapses).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +21,10 @@ use crate::{
 /// How long a refresh lease lasts: longer than a provider call takes, short enough that a
 /// crashed replica's lease soon lapses.
 const LEASE: Duration = Duration::from_secs(30);
+
+/// While another holder has the refresh lease, the current token is used if it still works for
+/// this long (a request's time upstream), rather than waiting for the new one.
+const STILL_VALID_FOR: Duration = Duration::from_secs(5);
 
 /// How a refresh attempt ended.
 pub enum RefreshOutcome {
@@ -216,7 +222,17 @@ impl Store {
                     }
                 };
             }
-            // Another replica is refreshing: wait for its result.
+            // Another replica is refreshing, or crashed while it did (its lease then lapses only
+            // after LEASE). A token that still works is used meanwhile: waiting would stall the
+            // user up to LEASE after a `kill -9` for nothing, and nothing is refreshed twice.
+            if current
+                .token
+                .expires_at
+                .is_some_and(|at| at > now_ms() + STILL_VALID_FOR.as_millis() as i64)
+            {
+                return Ok(Some(current.token));
+            }
+            // An expired token: wait for the other replica's result.
             if waited_since.elapsed() > LEASE {
                 return Err(RefreshError::LeaseTimeout);
             }

@@ -29,11 +29,13 @@ macro_rules! suite {
 suite!(sqlite: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
-    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
+    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances,
+    upstream_refresh_lease_of_a_crashed_replica);
 suite!(postgres: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
     upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
-    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances);
+    expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances,
+    upstream_refresh_lease_of_a_crashed_replica);
 suite!(memory: sessions, clients, codes_redeem_once, refresh_rotation_and_reuse, upstream_tokens);
 
 const HOUR: i64 = 3600 * 1000;
@@ -663,6 +665,65 @@ async fn upstream_refresh_never_uses_a_stale_read(t: TestStore) {
     );
 }
 
+/// A replica killed while it refreshes keeps its lease until the lease lapses (30 s). Another
+/// replica (or the same one restarted) serves the TI it has while that still works, at once and
+/// without calling the provider (the dead replica may have spent the refresh token), instead of
+/// stalling the user until the lease lapses.
+async fn upstream_refresh_lease_of_a_crashed_replica(t: TestStore) {
+    let mut expiring = ti("at-valid-for-30s");
+    expiring.expires_at = Some(now_ms() + 30_000);
+    t.store
+        .put_upstream_token("ada", "notion", &expiring, now_ms() + HOUR)
+        .await
+        .unwrap();
+    let within_skew = |tok: &UpstreamToken| tok.expires_at.is_some_and(|e| e < now_ms() + 60_000);
+    // Replica A takes the lease and "dies" during the provider call (its task is dropped: no
+    // release, as with kill -9).
+    let (called, mut provider_called) = tokio::sync::mpsc::channel::<()>(1);
+    let crashed = tokio::spawn({
+        let store = t.store.clone();
+        async move {
+            store
+                .refresh_upstream_token(
+                    "ada",
+                    "notion",
+                    within_skew,
+                    Duration::from_secs(60),
+                    |_| async move {
+                        called.send(()).await.unwrap();
+                        std::future::pending::<Result<RefreshOutcome, String>>().await
+                    },
+                )
+                .await
+        }
+    });
+    provider_called.recv().await.unwrap();
+    crashed.abort();
+    let _ = crashed.await;
+
+    let b = t.another().await;
+    let started = std::time::Instant::now();
+    let got = b
+        .refresh_upstream_token(
+            "ada",
+            "notion",
+            within_skew,
+            Duration::from_secs(60),
+            |_| async {
+                Err::<RefreshOutcome, _>("the provider must not be called while A's lease holds")
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.access_token.expose(), "at-valid-for-30s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served at once, not after the lease: {:?}",
+        started.elapsed()
+    );
+}
+
 async fn upstream_refresh_failures(t: TestStore) {
     let s = &t.store;
     let mut stale = ti("at-old");
@@ -1253,4 +1314,33 @@ fn refresh_tokens_are_found_only_as_issued() {
             })
         })
         .unwrap();
+}
+
+/// A PostgreSQL database that refuses writes (a standby reached after a failover, or a database
+/// set read-only) is named as such, with what to do: here at start (the migrations write), and
+/// with the same `StoreError::ReadOnly` for a write while serving.
+#[tokio::test]
+async fn postgres_refusing_writes_is_named_as_such() {
+    let Some(t) = backends::postgres().await else {
+        return;
+    };
+    let Backend::Postgres(url) = &t.backend else {
+        unreachable!()
+    };
+    let Err(error) = Store::open(
+        &Backend::Postgres(format!("{url}%20-c%20default_transaction_read_only%3Don")),
+        backends::SECRET,
+        &[],
+    )
+    .await
+    else {
+        panic!("a read-only database refuses the migrations");
+    };
+    let text = error.to_string();
+    assert!(
+        text.contains("the database refuses writes")
+            && text.contains("target_session_attrs=read-write")
+            && !text.contains(":postern@"),
+        "{text}"
+    );
 }

@@ -278,7 +278,7 @@ fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
     tracing::error!(%error, "store unavailable at the authorization server");
     OAuthError::new(
         ErrorCode::TemporarilyUnavailable,
-        "the gateway's store is unavailable",
+        format!("{}; try again shortly", error.public_reason()),
     )
 }
 

@@ -303,7 +303,7 @@ impl AuthorizationServer {
             Rotation::Concurrent => {
                 return Err(OAuthError::new(
                     ErrorCode::InvalidGrant,
-                    "this refresh token was just used by a concurrent request: use the tokens that request got",
+                    "this refresh token was just used by a concurrent request: use the tokens that request got (if its answer was lost, authorize again)",
                 ));
             }
             Rotation::Reused { family_id } => {

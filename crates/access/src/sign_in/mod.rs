@@ -284,7 +284,7 @@ impl SignIn {
             );
         }
         let idp_refresh = identity.refresh_token.clone();
-        let Some(cookie) = self
+        let cookie = match self
             .start_session_keeping(
                 ctx,
                 Session {
@@ -299,14 +299,19 @@ impl SignIn {
                 idp_refresh.as_ref(),
             )
             .await
-        else {
-            return html(
-                StatusCode::SERVICE_UNAVAILABLE,
-                pages::message(
-                    "Sign-in failed",
-                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
-                ),
-            );
+        {
+            Ok(cookie) => cookie,
+            Err(reason) => {
+                return html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::message(
+                        "Sign-in failed",
+                        &format!(
+                            "Sign-in is unavailable right now ({reason}); try again in a moment."
+                        ),
+                    ),
+                );
+            }
         };
         let mut response = self.settings.get().cookie.arrive(&redirect);
         self.settings.get().cookie.spec().set(
@@ -431,7 +436,7 @@ impl SignIn {
                 .entry("name")
                 .or_insert_with(|| serde_json::Value::String(user.name.clone()));
         }
-        let Some(cookie) = self
+        let cookie = match self
             .start_session(
                 ctx,
                 Session {
@@ -445,15 +450,18 @@ impl SignIn {
                 },
             )
             .await
-        else {
-            return self.sign_in_page(
-                ctx,
-                StatusCode::SERVICE_UNAVAILABLE,
-                &redirect,
-                Some(
-                    "Sign-in is unavailable right now (the gateway's store failed); try again in a moment.",
-                ),
-            );
+        {
+            Ok(cookie) => cookie,
+            Err(reason) => {
+                return self.sign_in_page(
+                    ctx,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &redirect,
+                    Some(&format!(
+                        "Sign-in is unavailable right now ({reason}); try again in a moment."
+                    )),
+                );
+            }
         };
         let target = safe_redirect(&redirect, ctx);
         let mut response = redirect_to(&target);
@@ -589,9 +597,13 @@ impl SignIn {
     }
 
     /// Stores a new session for the user described by `session` (its id and times are set
-    /// here) and records the sign-in; the sealed cookie value that carries it, or `None` when
-    /// the store (or the random source) failed.
-    async fn start_session(&self, ctx: &RequestContext, session: Session) -> Option<String> {
+    /// here) and records the sign-in; the sealed cookie value that carries it, or why it could
+    /// not be stored (the store or the random source failed), as a user may be told.
+    async fn start_session(
+        &self,
+        ctx: &RequestContext,
+        session: Session,
+    ) -> Result<String, &'static str> {
         self.start_session_keeping(ctx, session, None).await
     }
 
@@ -602,13 +614,13 @@ impl SignIn {
         ctx: &RequestContext,
         mut session: Session,
         idp_refresh: Option<&postern_oauth::Secret>,
-    ) -> Option<String> {
+    ) -> Result<String, &'static str> {
         let now = now_ms();
         session.id = match self.store.keyring().random_token(24) {
             Ok(id) => id,
             Err(error) => {
                 tracing::error!(%error, "cannot make a session id");
-                return None;
+                return Err(error.public_reason());
             }
         };
         session.created_at = now;
@@ -622,11 +634,11 @@ impl SignIn {
                 .await
         {
             tracing::error!(%error, "cannot keep the identity provider's refresh token");
-            return None;
+            return Err(error.public_reason());
         }
         if let Err(error) = self.store.put_session(&session).await {
             tracing::error!(%error, "cannot save the session");
-            return None;
+            return Err(error.public_reason());
         }
         ctx.metrics.sign_in("ok");
         self.audit.event(
@@ -634,7 +646,7 @@ impl SignIn {
                 .user(&session.email)
                 .reason(format!("idp={}", session.idp)),
         );
-        session::seal(&session.id, self.store.keyring())
+        session::seal(&session.id, self.store.keyring()).ok_or("the gateway cannot seal a session")
     }
 
     /// `/.pomerium/sign_out`: GET shows a page with the sign-out button (a link or image on

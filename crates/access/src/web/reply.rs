@@ -31,6 +31,10 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Every unavailable page is a wait (the store, the identity provider): say how long.
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     // The pages are never framed (clickjacking a consent), and run no script but the portal's
     // one inline copy button.
