@@ -103,6 +103,10 @@ impl Row {
     }
 }
 
+/// Time limit of one TCP connection attempt to one PostgreSQL host, unless the connection string
+/// sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// An open database.
 pub(crate) enum Db {
     Sqlite(tokio::sync::Mutex<rusqlite::Connection>),
@@ -175,10 +179,15 @@ impl Db {
     /// Connects to PostgreSQL and checks the connection.
     pub(crate) async fn open_postgres(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let target = format!("PostgreSQL database {}", redact_url(url));
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             target: target.clone(),
             reason: format!("invalid connection string: {e}"),
         })?;
+        if config.get_connect_timeout().is_none() {
+            // Per host: a host that is gone without a trace (no refusal) must not hold the
+            // connection attempt until the pool's own limit, so the next listed host is tried.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -533,27 +542,45 @@ fn describe_pool_error(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// A connection string with its password replaced, for messages and logs.
+/// A connection string as messages and logs show it: user, hosts, ports, database and the
+/// required session kind, never a password (whatever form or place the password was given in:
+/// URL user info, a `password=` query parameter or key=value pair, quoted or not).
 pub(crate) fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        // key=value form: drop any password=... pair.
-        Err(_) => url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=REDACTED"
-                } else {
-                    kv
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "(a connection string that does not parse; not shown, it may hold a password)"
+            .into();
+    };
+    let ports = config.get_ports();
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) if name.contains(':') => {
+                    format!("[{name}]")
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or_default();
+    let session = match config.get_target_session_attrs() {
+        tokio_postgres::config::TargetSessionAttrs::ReadWrite => "?target_session_attrs=read-write",
+        _ => "",
+    };
+    format!("postgres://{user}{hosts}/{dbname}{session}")
 }
 
 /// Creates the database file, if it does not exist yet, readable by the gateway's user only
@@ -590,7 +617,43 @@ mod tests {
         let r = redact_url("postgres://postern:hunter2@db.internal:5432/postern");
         assert!(!r.contains("hunter2") && r.contains("db.internal"), "{r}");
         let r = redact_url("host=db user=postern password=hunter2 dbname=p");
-        assert!(!r.contains("hunter2") && r.contains("host=db"), "{r}");
+        assert!(!r.contains("hunter2") && r.contains("@db/p"), "{r}");
+    }
+
+    /// Every way a password can be written, including the multi-host URL form (which
+    /// `url::Url` cannot parse: the password used to be printed whole) and a quoted key=value
+    /// password with spaces.
+    #[test]
+    fn no_form_of_connection_string_shows_its_password() {
+        let cases = [
+            (
+                "postgres://postern:hunter2@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+                "postgres://postern@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+            ),
+            (
+                "postgresql://postern@db1,db2/postern?password=hunter2",
+                "postgres://postern@db1:5432,db2:5432/postern",
+            ),
+            (
+                "host=db1,db2 port=5432,5433 user=postern password='hunter2 with spaces' dbname=postern target_session_attrs=read-write",
+                "postgres://postern@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+            ),
+            (
+                "host = db1 password = hunter2 user = postern",
+                "postgres://postern@db1/",
+            ),
+            (
+                "postgres://postern:hunter2@[::1]:5432/postern",
+                "postgres://postern@[::1]:5432/postern",
+            ),
+            (
+                "postgres://postern:hunter2@db1:notaport/postern",
+                "(a connection string that does not parse; not shown, it may hold a password)",
+            ),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redact_url(given), shown, "{given}");
+        }
     }
 
     /// docker-compose.yaml's connection string: the key=value form, where a base64 password
