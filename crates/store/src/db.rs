@@ -228,10 +228,15 @@ impl Db {
                 open_tx: false,
             }),
             Db::Postgres(pool) => {
-                let client = pool
+                // Observed as `connect`: an unreachable server fails here, before any
+                // statement, and must show in the store error metric all the same.
+                let started = std::time::Instant::now();
+                let got = pool
                     .get()
                     .await
-                    .map_err(|e| StoreError::Backend(describe_pool_error(&e)))?;
+                    .map_err(|e| StoreError::Backend(describe_pool_error(&e)));
+                observed("connect", started, &got);
+                let client = got?;
                 Ok(Conn::Postgres {
                     client: Some(client),
                     open_tx: false,
@@ -306,8 +311,9 @@ impl Db {
     }
 }
 
-/// What is told of every statement: its kind (`query`, `execute`), its time, and whether it
-/// succeeded (the gateway's store latency and error metrics).
+/// What is told of every statement: its kind (`query`, `execute`; `connect` for taking a
+/// PostgreSQL connection from the pool), its time, and whether it succeeded (the gateway's
+/// store latency and error metrics).
 pub type Observer = Box<dyn Fn(&'static str, std::time::Duration, bool) + Send + Sync>;
 
 static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();

@@ -278,7 +278,7 @@ fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
     tracing::error!(%error, "store unavailable at the authorization server");
     OAuthError::new(
         ErrorCode::TemporarilyUnavailable,
-        "the gateway's store is unavailable",
+        "the gateway's store is unavailable; try again in a few seconds (see Retry-After): nothing was used up",
     )
 }
 

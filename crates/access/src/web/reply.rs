@@ -42,7 +42,25 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
     );
     // Not `no-referrer`: with it, browsers send `Origin: null` on the pages' own form posts.
     headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    retry_after_if_unavailable(&mut response);
     response
+}
+
+/// `Retry-After` of a 503 that names no other time: the store or the identity provider is
+/// usually back within seconds, and a client told when waits instead of giving up.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Gives a 503 a `Retry-After` (unless it has one): every page and JSON answer of the gateway
+/// that says "unavailable" also says when to try again.
+fn retry_after_if_unavailable(response: &mut Response<Body>) {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+        );
+    }
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -52,6 +70,7 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    retry_after_if_unavailable(&mut response);
     response
 }
 
