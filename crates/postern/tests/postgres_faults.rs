@@ -768,3 +768,78 @@ fn distinct_warnings(logs: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `databroker_storage_connection_string` listing a primary and its streaming standby, with
+/// `target_session_attrs=read-write`: the primary stops, and until the standby is promoted the
+/// gateways do not touch it (writes wait with 503); once it is promoted they use it by
+/// themselves, with everything issued before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_fails_over_to_a_promoted_standby_under_load() {
+    let Some(a) = Cluster::start() else { return };
+    let b = Cluster::replica_of(&a);
+    let site = Arc::new(Site::start(
+        &format!(
+            "postgres://postern:{PASSWORD}@127.0.0.1:{},127.0.0.1:{}/postern?target_session_attrs=read-write",
+            a.port(),
+            b.port()
+        ),
+        2,
+    ));
+    let user = User {
+        site: &site,
+        browser: browser(),
+    };
+    let issued = issue(&user).await;
+    let http = client();
+    // Everything issued is on the standby before the primary goes.
+    let written = a.psql("SELECT pg_current_wal_lsn()").trim().to_owned();
+    let started = Instant::now();
+    while b
+        .psql(&format!(
+            "SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn"
+        ))
+        .trim()
+        != "t"
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "standby lags");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let traffic = Traffic::start(&site, &issued.te);
+
+    a.stop();
+    let down = Instant::now();
+    let served_before = traffic.served();
+    writes_wait(&user, &issued).await;
+    assert_eq!(
+        b.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'postern'")
+            .trim(),
+        "0",
+        "a gateway connected to the standby before it was promoted"
+    );
+    b.promote();
+    let promoted = Instant::now();
+    for i in 0..site.ports.len() {
+        let (_, took) = recovered("sign-in on the promoted standby", async || {
+            let fresh = User {
+                site: &site,
+                browser: browser(),
+            };
+            (fresh.sign_in(i).await.status == 303).then_some(())
+        })
+        .await;
+        println!(
+            "replica {i}: sign-in worked on the promoted standby {took:?} after the promotion"
+        );
+    }
+    nothing_lost(&user, &issued, &http).await;
+    let (served, failures) = traffic.stop().await;
+    println!(
+        "tool calls with a TE: {served} served, {} of them from the primary's stop on (the promotion came {:?} after it), {} failed; everything recovered {:?} after the promotion",
+        served - served_before,
+        promoted - down,
+        failures.len(),
+        promoted.elapsed()
+    );
+    assert!(failures.is_empty(), "TE calls failed: {failures:?}");
+    drop((a, b));
+}

@@ -162,6 +162,22 @@ pub(crate) fn preflight() -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    /// A 503 page or JSON answer (the store or the identity provider down) says when to try
+    /// again; the sign-in page's 503 used to say nothing.
+    #[test]
+    fn every_unavailable_answer_says_when_to_retry() {
+        use http::header::RETRY_AFTER;
+        let unavailable = [
+            super::html(super::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            super::json_error(super::StatusCode::SERVICE_UNAVAILABLE, "c", "m", "r"),
+        ];
+        for response in unavailable {
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+        }
+        let other = super::html(super::StatusCode::BAD_REQUEST, String::new());
+        assert!(!other.headers().contains_key(RETRY_AFTER));
+    }
+
     #[test]
     fn redirect_targets_resolve_as_a_browser_resolves_them() {
         let origin = "https://gw.example";
