@@ -107,6 +107,11 @@ impl Row {
 /// sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Time limit of one statement (or BEGIN, COMMIT, ROLLBACK) on PostgreSQL: the store's
+/// statements take milliseconds, and the pool's own limits (waiting for a connection, making
+/// one) are 10 s too.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An open database.
 pub(crate) enum Db {
     Sqlite(tokio::sync::Mutex<rusqlite::Connection>),
@@ -231,10 +236,9 @@ impl Db {
                 // Observed as `connect`: an unreachable server fails here, before any
                 // statement, and must show in the store error metric all the same.
                 let started = std::time::Instant::now();
-                let got = pool
-                    .get()
-                    .await
-                    .map_err(|e| StoreError::Backend(describe_pool_error(&e)));
+                let got = pool.get().await.map_err(|e| {
+                    StoreError::Backend(format!("PostgreSQL: {}", describe_pool_error(&e)))
+                });
                 observed("connect", started, &got);
                 let client = got?;
                 Ok(Conn::Postgres {
@@ -256,8 +260,10 @@ impl Db {
                 *open_tx = true;
             }
             Conn::Postgres { client, open_tx } => {
-                let client = client.as_ref().expect("client present until drop");
-                client.batch_execute("BEGIN").await.map_err(pg_error)?;
+                bounded(client, async |c| {
+                    c.batch_execute("BEGIN").await.map_err(pg_error)
+                })
+                .await?;
                 *open_tx = true;
             }
         }
@@ -357,16 +363,18 @@ impl Conn<'_> {
                 Ok(changed as u64)
             }
             Conn::Postgres { client, .. } => {
-                let client = client.as_ref().expect("client present until drop");
                 let sql = pg_sql(sql);
-                let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                let values: Vec<Box<dyn ToSql + Sync + Send>> =
-                    params.iter().map(pg_param).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = values
-                    .iter()
-                    .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                client.execute(&stmt, &refs).await.map_err(pg_error)
+                bounded(client, async |client| {
+                    let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    let values: Vec<Box<dyn ToSql + Sync + Send>> =
+                        params.iter().map(pg_param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values
+                        .iter()
+                        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                        .collect();
+                    client.execute(&stmt, &refs).await.map_err(pg_error)
+                })
+                .await
             }
         }
     }
@@ -401,16 +409,18 @@ impl Conn<'_> {
                 Ok(out)
             }
             Conn::Postgres { client, .. } => {
-                let client = client.as_ref().expect("client present until drop");
                 let sql = pg_sql(sql);
-                let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                let values: Vec<Box<dyn ToSql + Sync + Send>> =
-                    params.iter().map(pg_param).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = values
-                    .iter()
-                    .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
+                let rows = bounded(client, async |client| {
+                    let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    let values: Vec<Box<dyn ToSql + Sync + Send>> =
+                        params.iter().map(pg_param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values
+                        .iter()
+                        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                        .collect();
+                    client.query(&stmt, &refs).await.map_err(pg_error)
+                })
+                .await?;
                 rows.iter()
                     .map(|row| {
                         (0..row.len())
@@ -449,8 +459,10 @@ impl Conn<'_> {
                 *open_tx = false;
             }
             Conn::Postgres { client, open_tx } => {
-                let client = client.as_ref().expect("client present until drop");
-                client.batch_execute("COMMIT").await.map_err(pg_error)?;
+                bounded(client, async |c| {
+                    c.batch_execute("COMMIT").await.map_err(pg_error)
+                })
+                .await?;
                 *open_tx = false;
             }
         }
@@ -475,13 +487,46 @@ impl Drop for Conn<'_> {
                 if let Some(client) = client.take() {
                     // The pooled connection goes back only after the rollback finished.
                     tokio::spawn(async move {
-                        if client.batch_execute("ROLLBACK").await.is_err() {
+                        let rolled_back = tokio::time::timeout(
+                            STATEMENT_TIMEOUT,
+                            client.batch_execute("ROLLBACK"),
+                        )
+                        .await;
+                        if !matches!(rolled_back, Ok(Ok(()))) {
                             let _ = deadpool_postgres::Object::take(client);
                         }
                     });
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Runs `work` on the PostgreSQL connection in `slot`, within [`STATEMENT_TIMEOUT`]. A
+/// connection that does not answer in time (a frozen server, a network path that silently
+/// drops packets) is closed, never handed out again, and the operation fails instead of
+/// hanging the request that waits on it.
+async fn bounded<T>(
+    slot: &mut Option<deadpool_postgres::Object>,
+    work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let outcome = {
+        let client = slot.as_ref().ok_or_else(|| {
+            StoreError::Backend("PostgreSQL: the connection was closed after a timeout".into())
+        })?;
+        tokio::time::timeout(STATEMENT_TIMEOUT, work(client)).await
+    };
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            if let Some(client) = slot.take() {
+                let _ = deadpool_postgres::Object::take(client);
+            }
+            Err(StoreError::Backend(format!(
+                "PostgreSQL did not answer within {} s (server frozen or unreachable); the connection was closed",
+                STATEMENT_TIMEOUT.as_secs()
+            )))
         }
     }
 }
@@ -544,6 +589,12 @@ fn describe_pool_error(e: &deadpool_postgres::PoolError) -> String {
                 message
             }
         },
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => {
+            "no connection accepted within 10 s (server frozen or unreachable)".into()
+        }
+        deadpool_postgres::PoolError::Timeout(_) => {
+            "no connection free within 10 s (all busy, or the server frozen or unreachable)".into()
+        }
         other => other.to_string(),
     }
 }

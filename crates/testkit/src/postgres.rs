@@ -186,6 +186,42 @@ impl Cluster {
         }
     }
 
+    /// Freezes the server and every backend (SIGSTOP), as a paused VM or a network path that
+    /// silently drops packets looks to a client: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Undoes [`Cluster::freeze`].
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("the server runs")
+            .lines()
+            .next()
+            .expect("postmaster.pid names the server")
+            .trim()
+            .to_owned();
+        let children = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &pid])
+            .output()
+            .expect("run ps");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pid);
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pids:?}");
+    }
+
     /// Runs `sql` as the superuser in the `postern` database (over the unix socket); its
     /// unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
@@ -288,6 +324,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A frozen server (a test that failed before thawing it) would not stop.
+        if self.data().join("postmaster.pid").exists() {
+            self.thaw();
+        }
         // Immediate: the directory goes next, nothing there needs to survive.
         let _ = self
             .command("pg_ctl")
