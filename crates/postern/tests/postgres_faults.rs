@@ -686,6 +686,21 @@ async fn postgres_stopped_for_ten_seconds_under_load() {
     let down = Instant::now();
     let served_before = traffic.served();
     writes_wait(&user, &issued).await;
+    // What an operator's probes see: the process is alive (/healthz stays 200: restarting it
+    // would not help), and the store errors climb, connection failures included.
+    let health = reqwest::get(format!("http://127.0.0.1:{}/healthz", site.metrics[0]))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = site.scrape(0).await;
+    let connect_errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("postern_store_errors_total{op=\"connect\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(connect_errors.is_some_and(|n| n > 0), "{metrics}");
+    println!(
+        "with PostgreSQL down: /healthz 200, postern_store_errors_total{{op=\"connect\"}} {connect_errors:?}"
+    );
     let wait = OUTAGE.saturating_sub(down.elapsed());
     tokio::time::sleep(wait).await;
     // The TE path makes no store round-trip: 200 calls (at the end of the outage, when every
