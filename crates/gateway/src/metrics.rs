@@ -131,7 +131,7 @@ const SIGN_IN_RESULTS: [&str; 2] = ["ok", "failed"];
 const LIMITS: [&str; 2] = ["sign_in", "registration"];
 const TOKEN_EVENTS: [&str; 4] = ["issued", "refreshed", "revoked", "refused"];
 const PLACES: [&str; 2] = ["authorize", "request"];
-const STORE_OPS: [&str; 2] = ["query", "execute"];
+const STORE_OPS: [&str; 3] = ["query", "execute", "connect"];
 const REFRESH_RESULTS: [&str; 3] = ["ok", "failed", "rejected"];
 
 /// A configuration key (from the fixed list of keys that need a restart).

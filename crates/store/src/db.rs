@@ -103,6 +103,15 @@ impl Row {
     }
 }
 
+/// Time limit of one TCP connection attempt to one PostgreSQL host, unless the connection string
+/// sets `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Time limit of one statement (or BEGIN, COMMIT, ROLLBACK) on PostgreSQL: the store's
+/// statements take milliseconds, and the pool's own limits (waiting for a connection, making
+/// one) are 10 s too.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An open database.
 pub(crate) enum Db {
     Sqlite(tokio::sync::Mutex<rusqlite::Connection>),
@@ -179,10 +188,15 @@ impl Db {
     /// Connects to PostgreSQL and checks the connection.
     pub(crate) async fn open_postgres(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let target = format!("PostgreSQL database {}", redact_url(url));
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Open {
             target: target.clone(),
             reason: format!("invalid connection string: {e}"),
         })?;
+        if config.get_connect_timeout().is_none() {
+            // Per host: a host that is gone without a trace (no refusal) must not hold the
+            // connection attempt until the pool's own limit, so the next listed host is tried.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,
@@ -223,10 +237,14 @@ impl Db {
                 open_tx: false,
             }),
             Db::Postgres(pool) => {
-                let client = pool
-                    .get()
-                    .await
-                    .map_err(|e| StoreError::Backend(describe_pool_error(&e)))?;
+                // Observed as `connect`: an unreachable server fails here, before any
+                // statement, and must show in the store error metric all the same.
+                let started = std::time::Instant::now();
+                let got = pool.get().await.map_err(|e| {
+                    StoreError::Backend(format!("PostgreSQL: {}", describe_pool_error(&e)))
+                });
+                observed("connect", started, &got);
+                let client = got?;
                 Ok(Conn::Postgres {
                     client: Some(client),
                     open_tx: false,
@@ -246,8 +264,10 @@ impl Db {
                 *open_tx = true;
             }
             Conn::Postgres { client, open_tx } => {
-                let client = client.as_ref().expect("client present until drop");
-                client.batch_execute("BEGIN").await.map_err(pg_error)?;
+                bounded(client, async |c| {
+                    c.batch_execute("BEGIN").await.map_err(pg_error)
+                })
+                .await?;
                 *open_tx = true;
             }
         }
@@ -301,8 +321,9 @@ impl Db {
     }
 }
 
-/// What is told of every statement: its kind (`query`, `execute`), its time, and whether it
-/// succeeded (the gateway's store latency and error metrics).
+/// What is told of every statement: its kind (`query`, `execute`; `connect` for taking a
+/// PostgreSQL connection from the pool), its time, and whether it succeeded (the gateway's
+/// store latency and error metrics).
 pub type Observer = Box<dyn Fn(&'static str, std::time::Duration, bool) + Send + Sync>;
 
 static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
@@ -346,16 +367,18 @@ impl Conn<'_> {
                 Ok(changed as u64)
             }
             Conn::Postgres { client, .. } => {
-                let client = client.as_ref().expect("client present until drop");
                 let sql = pg_sql(sql);
-                let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                let values: Vec<Box<dyn ToSql + Sync + Send>> =
-                    params.iter().map(pg_param).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = values
-                    .iter()
-                    .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                client.execute(&stmt, &refs).await.map_err(pg_error)
+                bounded(client, async |client| {
+                    let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    let values: Vec<Box<dyn ToSql + Sync + Send>> =
+                        params.iter().map(pg_param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values
+                        .iter()
+                        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                        .collect();
+                    client.execute(&stmt, &refs).await.map_err(pg_error)
+                })
+                .await
             }
         }
     }
@@ -390,16 +413,18 @@ impl Conn<'_> {
                 Ok(out)
             }
             Conn::Postgres { client, .. } => {
-                let client = client.as_ref().expect("client present until drop");
                 let sql = pg_sql(sql);
-                let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
-                let values: Vec<Box<dyn ToSql + Sync + Send>> =
-                    params.iter().map(pg_param).collect();
-                let refs: Vec<&(dyn ToSql + Sync)> = values
-                    .iter()
-                    .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-                    .collect();
-                let rows = client.query(&stmt, &refs).await.map_err(pg_error)?;
+                let rows = bounded(client, async |client| {
+                    let stmt = client.prepare_cached(&sql).await.map_err(pg_error)?;
+                    let values: Vec<Box<dyn ToSql + Sync + Send>> =
+                        params.iter().map(pg_param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values
+                        .iter()
+                        .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+                        .collect();
+                    client.query(&stmt, &refs).await.map_err(pg_error)
+                })
+                .await?;
                 rows.iter()
                     .map(|row| {
                         (0..row.len())
@@ -438,8 +463,10 @@ impl Conn<'_> {
                 *open_tx = false;
             }
             Conn::Postgres { client, open_tx } => {
-                let client = client.as_ref().expect("client present until drop");
-                client.batch_execute("COMMIT").await.map_err(pg_error)?;
+                bounded(client, async |c| {
+                    c.batch_execute("COMMIT").await.map_err(pg_error)
+                })
+                .await?;
                 *open_tx = false;
             }
         }
@@ -464,13 +491,46 @@ impl Drop for Conn<'_> {
                 if let Some(client) = client.take() {
                     // The pooled connection goes back only after the rollback finished.
                     tokio::spawn(async move {
-                        if client.batch_execute("ROLLBACK").await.is_err() {
+                        let rolled_back = tokio::time::timeout(
+                            STATEMENT_TIMEOUT,
+                            client.batch_execute("ROLLBACK"),
+                        )
+                        .await;
+                        if !matches!(rolled_back, Ok(Ok(()))) {
                             let _ = deadpool_postgres::Object::take(client);
                         }
                     });
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Runs `work` on the PostgreSQL connection in `slot`, within [`STATEMENT_TIMEOUT`]. A
+/// connection that does not answer in time (a frozen server, a network path that silently
+/// drops packets) is closed, never handed out again, and the operation fails instead of
+/// hanging the request that waits on it.
+async fn bounded<T>(
+    slot: &mut Option<deadpool_postgres::Object>,
+    work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let outcome = {
+        let client = slot.as_ref().ok_or_else(|| {
+            StoreError::Backend("PostgreSQL: the connection was closed after a timeout".into())
+        })?;
+        tokio::time::timeout(STATEMENT_TIMEOUT, work(client)).await
+    };
+    match outcome {
+        Ok(result) => result,
+        Err(_) => {
+            if let Some(client) = slot.take() {
+                let _ = deadpool_postgres::Object::take(client);
+            }
+            Err(StoreError::Backend(format!(
+                "PostgreSQL did not answer within {} s (server frozen or unreachable); the connection was closed",
+                STATEMENT_TIMEOUT.as_secs()
+            )))
         }
     }
 }
@@ -554,31 +614,55 @@ fn describe_pool_error(e: &deadpool_postgres::PoolError) -> String {
                 message
             }
         },
+        deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => {
+            "no connection accepted within 10 s (server frozen or unreachable)".into()
+        }
+        deadpool_postgres::PoolError::Timeout(_) => {
+            "no connection free within 10 s (all busy, or the server frozen or unreachable)".into()
+        }
         other => other.to_string(),
     }
 }
 
-/// A connection string with its password replaced, for messages and logs.
+/// A connection string as messages and logs show it: user, hosts, ports, database and the
+/// required session kind, never a password (whatever form or place the password was given in:
+/// URL user info, a `password=` query parameter or key=value pair, quoted or not).
 pub(crate) fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        // key=value form: drop any password=... pair.
-        Err(_) => url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=REDACTED"
-                } else {
-                    kv
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "(a connection string that does not parse; not shown, it may hold a password)"
+            .into();
+    };
+    let ports = config.get_ports();
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                tokio_postgres::config::Host::Tcp(name) if name.contains(':') => {
+                    format!("[{name}]")
                 }
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let dbname = config.get_dbname().unwrap_or_default();
+    let session = match config.get_target_session_attrs() {
+        tokio_postgres::config::TargetSessionAttrs::ReadWrite => "?target_session_attrs=read-write",
+        _ => "",
+    };
+    format!("postgres://{user}{hosts}/{dbname}{session}")
 }
 
 /// Creates the database file, if it does not exist yet, readable by the gateway's user only
@@ -635,7 +719,43 @@ mod tests {
         let r = redact_url("postgres://postern:hunter2@db.internal:5432/postern");
         assert!(!r.contains("hunter2") && r.contains("db.internal"), "{r}");
         let r = redact_url("host=db user=postern password=hunter2 dbname=p");
-        assert!(!r.contains("hunter2") && r.contains("host=db"), "{r}");
+        assert!(!r.contains("hunter2") && r.contains("@db/p"), "{r}");
+    }
+
+    /// Every way a password can be written, including the multi-host URL form (which
+    /// `url::Url` cannot parse: the password used to be printed whole) and a quoted key=value
+    /// password with spaces.
+    #[test]
+    fn no_form_of_connection_string_shows_its_password() {
+        let cases = [
+            (
+                "postgres://postern:hunter2@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+                "postgres://postern@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+            ),
+            (
+                "postgresql://postern@db1,db2/postern?password=hunter2",
+                "postgres://postern@db1:5432,db2:5432/postern",
+            ),
+            (
+                "host=db1,db2 port=5432,5433 user=postern password='hunter2 with spaces' dbname=postern target_session_attrs=read-write",
+                "postgres://postern@db1:5432,db2:5433/postern?target_session_attrs=read-write",
+            ),
+            (
+                "host = db1 password = hunter2 user = postern",
+                "postgres://postern@db1/",
+            ),
+            (
+                "postgres://postern:hunter2@[::1]:5432/postern",
+                "postgres://postern@[::1]:5432/postern",
+            ),
+            (
+                "postgres://postern:hunter2@db1:notaport/postern",
+                "(a connection string that does not parse; not shown, it may hold a password)",
+            ),
+        ];
+        for (given, shown) in cases {
+            assert_eq!(redact_url(given), shown, "{given}");
+        }
     }
 
     /// docker-compose.yaml's connection string: the key=value form, where a base64 password

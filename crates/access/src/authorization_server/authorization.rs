@@ -219,7 +219,18 @@ impl AuthorizationServer {
                         "Unknown client: the MCP client is not registered here (it may have been registered with another gateway or expired). Remove the server in the client and add it again.",
                     ));
                 }
-                Err(_) => return Err(page_error("The gateway's store is unavailable; try again.")),
+                Err(error) => {
+                    // A wait, not a refusal: 503 (with Retry-After), so nothing gives up on
+                    // the client.
+                    tracing::error!(%error, "store unavailable at the authorization endpoint");
+                    return Err(html(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        pages::message(
+                            "Authorization failed",
+                            "The gateway's store is unavailable; try again in a few seconds.",
+                        ),
+                    ));
+                }
             }
         };
         let registered: Vec<&str> = client

@@ -278,7 +278,10 @@ fn store_unavailable(error: postern_store::StoreError) -> OAuthError {
     tracing::error!(%error, "store unavailable at the authorization server");
     OAuthError::new(
         ErrorCode::TemporarilyUnavailable,
-        format!("{}; try again shortly", error.public_reason()),
+        format!(
+            "{}; try again in a few seconds (see Retry-After): nothing was used up",
+            error.public_reason()
+        ),
     )
 }
 

@@ -143,8 +143,7 @@ impl crate::authorization_server::AuthorizationServer {
             expires_at: self.unused_registration_expiry(now),
         };
         if let Err(error) = self.store.put_client(&client).await {
-            tracing::error!(%error, "cannot store a client registration");
-            return Err(OAuthError::new(ErrorCode::TemporarilyUnavailable, "try again").into());
+            return Err(store_unavailable(error).into());
         }
         let name = metadata
             .get("client_name")

@@ -295,8 +295,18 @@ impl Discovery {
                 .map(Arc::new),
             Ok(None) => None,
             Err(error) => {
-                tracing::warn!(%error, "cannot read discovered upstream settings");
-                return None;
+                // Keep what was read before, and ask the store again only after CACHE_TTL:
+                // requests on this route must not each wait on (and log) a store that is down.
+                let known = self
+                    .cache
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(route_key)
+                    .and_then(|origins| origins.get(origin))
+                    .and_then(|(found, _)| found.clone());
+                tracing::warn!(%error, retry_in = ?CACHE_TTL, kept = known.is_some(), "cannot read discovered upstream settings; keeping what was read before");
+                self.remember(route_key, origin, known.clone());
+                return known;
             }
         };
         self.remember(route_key, origin, found.clone());

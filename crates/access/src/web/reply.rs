@@ -31,10 +31,6 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        // Every unavailable page is a wait (the store, the identity provider): say how long.
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     // The pages are never framed (clickjacking a consent), and run no script but the portal's
     // one inline copy button.
@@ -46,7 +42,25 @@ pub(crate) fn html(status: StatusCode, page: String) -> Response<Body> {
     );
     // Not `no-referrer`: with it, browsers send `Origin: null` on the pages' own form posts.
     headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    retry_after_if_unavailable(&mut response);
     response
+}
+
+/// `Retry-After` of a 503 that names no other time: the store or the identity provider is
+/// usually back within seconds, and a client told when waits instead of giving up.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Gives a 503 a `Retry-After` (unless it has one): every page and JSON answer of the gateway
+/// that says "unavailable" also says when to try again.
+fn retry_after_if_unavailable(response: &mut Response<Body>) {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+        );
+    }
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -56,6 +70,7 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Body> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    retry_after_if_unavailable(&mut response);
     response
 }
 
@@ -147,6 +162,22 @@ pub(crate) fn preflight() -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    /// A 503 page or JSON answer (the store or the identity provider down) says when to try
+    /// again; the sign-in page's 503 used to say nothing.
+    #[test]
+    fn every_unavailable_answer_says_when_to_retry() {
+        use http::header::RETRY_AFTER;
+        let unavailable = [
+            super::html(super::StatusCode::SERVICE_UNAVAILABLE, String::new()),
+            super::json_error(super::StatusCode::SERVICE_UNAVAILABLE, "c", "m", "r"),
+        ];
+        for response in unavailable {
+            assert_eq!(response.headers()[RETRY_AFTER], "5");
+        }
+        let other = super::html(super::StatusCode::BAD_REQUEST, String::new());
+        assert!(!other.headers().contains_key(RETRY_AFTER));
+    }
+
     #[test]
     fn redirect_targets_resolve_as_a_browser_resolves_them() {
         let origin = "https://gw.example";
