@@ -498,8 +498,11 @@ impl Aggregator<'_> {
             result["supportedVersions"] = json!([version]);
         }
         let mut response = json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
-        if sessions.iter().any(Option::is_some) {
-            let state = SessionState::new(members, sessions);
+        let url_elicitation = message
+            .pointer("/params/capabilities/elicitation/url")
+            .is_some();
+        if sessions.iter().any(Option::is_some) || url_elicitation {
+            let state = SessionState::new(members, sessions, url_elicitation);
             let binding = Binding::new(route, delegated);
             match state.seal(self.enforcement.store.keyring(), &binding) {
                 Some(sealed) => {
@@ -615,26 +618,42 @@ impl Aggregator<'_> {
             }
             request["params"] = params;
             let sid = scope.state.and_then(|s| s.member(member));
-            let call = self.member_request(
-                scope.ctx,
-                member,
-                scope.delegated,
-                Method::POST,
-                Some(request),
-                scope.incoming,
-                sid,
-            );
             let id = id.clone();
             let timeout = member.timeout;
             async move {
-                match call.await {
+                let call = |with_ti| {
+                    self.member_call(
+                        scope.ctx,
+                        member,
+                        scope.delegated,
+                        (Method::POST, Some(request.clone())),
+                        scope.incoming,
+                        sid.clone(),
+                        with_ti,
+                    )
+                };
+                match call(true).await {
                     Outcome::Answered(response) => {
                         match read_answer(response, &id, timeout).await {
-                            Ok(answer) => Ok(answer),
-                            Err(why) => Err(Outcome::Unavailable(why)),
+                            Ok(answer) => (Ok(answer), None),
+                            Err(why) => (Err(Outcome::Unavailable(why)), None),
                         }
                     }
-                    other => Err(other),
+                    // Not connected: what the member lists without the user's account (many
+                    // list their tools to anyone and need the account only to run them), each
+                    // item noted with where to connect; else only the report.
+                    Outcome::NotConnected { connect_url } => match call(false).await {
+                        Outcome::Answered(response) => {
+                            match read_answer(response, &id, timeout).await {
+                                Ok(answer) if answer.get("result").is_some() => {
+                                    (Ok(answer), Some(connect_url))
+                                }
+                                _ => (Err(Outcome::NotConnected { connect_url }), None),
+                            }
+                        }
+                        _ => (Err(Outcome::NotConnected { connect_url }), None),
+                    },
+                    other => (Err(other), None),
                 }
             }
         });
@@ -642,7 +661,7 @@ impl Aggregator<'_> {
         let mut items: Vec<Value> = Vec::new();
         let mut next = Cursor::default();
         let mut report: Vec<Value> = Vec::new();
-        for ((member, _), answer) in asked.iter().zip(answers) {
+        for ((member, _), (answer, unconnected)) in asked.iter().zip(answers) {
             let mut entry =
                 json!({"member": member.route.id, "name": member.name(), "prefix": member.prefix});
             match answer {
@@ -650,7 +669,10 @@ impl Aggregator<'_> {
                     if let Some(result) = answer.get("result") {
                         let listed = result.get(kind.key).and_then(Value::as_array);
                         for item in listed.into_iter().flatten() {
-                            if let Some(item) = map_item(item, member, kind) {
+                            if let Some(mut item) = map_item(item, member, kind) {
+                                if let Some(url) = &unconnected {
+                                    note_unconnected(&mut item, member, url);
+                                }
                                 items.push(item);
                             }
                         }
@@ -658,6 +680,10 @@ impl Aggregator<'_> {
                             next.set(member, c.to_owned());
                         }
                         entry["state"] = json!("ok");
+                        if let Some(url) = unconnected {
+                            entry["state"] = json!("not_connected");
+                            entry["connect_url"] = json!(url);
+                        }
                     } else {
                         // A JSON-RPC error: the member's policy refused, or it does not list
                         // this kind (no prompts, say).
@@ -747,9 +773,25 @@ impl Aggregator<'_> {
                 sid,
             )
             .await;
+        let url_elicitation = scope.state.is_some_and(SessionState::url_elicitation);
         match outcome {
             Outcome::Answered(response) | Outcome::Refused(response) => {
                 map_answer(response, member.clone()).await
+            }
+            // A client that declared URL-mode elicitation is sent to the connect page by the
+            // client itself (MCP 2025-11-25, URLElicitationRequiredError).
+            Outcome::NotConnected { connect_url } if url_elicitation => {
+                let text = format!("Connect your {} account to use {name}", member.name());
+                json_answer(&json!({"jsonrpc": "2.0", "id": id, "error": {
+                    "code": -32042,
+                    "message": format!("{text}: open {connect_url}"),
+                    "data": {"elicitations": [{
+                        "mode": "url",
+                        "elicitationId": format!("postern-connect-{}-{}", member.route.id, scope.ctx.request_id),
+                        "url": connect_url,
+                        "message": text,
+                    }]},
+                }}))
             }
             Outcome::NotConnected { connect_url } if is_tool => tool_error(
                 id,
@@ -796,6 +838,32 @@ impl Aggregator<'_> {
         message: Option<Value>,
         incoming: &Incoming,
         member_session: Option<String>,
+    ) -> Outcome {
+        let session = member_session;
+        self.member_call(
+            ctx,
+            member,
+            delegated,
+            (method, message),
+            incoming,
+            session,
+            true,
+        )
+        .await
+    }
+
+    /// [`Aggregator::member_request`], with the user's TI or (`with_ti: false`, to list what
+    /// a member offers before the user connected it) without.
+    #[allow(clippy::too_many_arguments)]
+    async fn member_call(
+        &self,
+        ctx: &RequestContext,
+        member: &Member,
+        delegated: &Delegated,
+        (method, message): (Method, Option<Value>),
+        incoming: &Incoming,
+        member_session: Option<String>,
+        with_ti: bool,
     ) -> Outcome {
         let route = &member.route;
         // The member's own request context: its host is the assertion's audience.
@@ -847,7 +915,7 @@ impl Aggregator<'_> {
             };
             let extra = match self
                 .enforcement
-                .upstream_headers(&member_ctx, route, &grant)
+                .headers_for(&member_ctx, route, &grant, with_ti)
                 .await
             {
                 Ok(extra) => extra,
@@ -957,6 +1025,20 @@ fn map_item(item: &Value, member: &Member, kind: ListKind) -> Option<Value> {
     let mut item = item.clone();
     item[kind.field] = Value::String(mapped);
     Some(item)
+}
+
+/// Adds to a listed item's description that its member needs the user's upstream account,
+/// and where to connect it.
+fn note_unconnected(item: &mut Value, member: &Member, url: &str) {
+    let note = format!(
+        "[Needs your {} account, not connected yet: connect it at {url}]",
+        member.name()
+    );
+    let described = match item.get("description").and_then(Value::as_str) {
+        Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
+        _ => note,
+    };
+    item["description"] = Value::String(described);
 }
 
 /// MCP 2025-11-25: a tool name is 1 to 128 of `A-Z a-z 0-9 _ - .`.

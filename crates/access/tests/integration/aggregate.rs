@@ -643,7 +643,11 @@ async fn a_forged_or_borrowed_session_id_adopts_no_member_session() {
     // A made-up session id, or Ada's altered: refused.
     let (status, _, _) = w.post(ADA, Some("v1.k.forged"), list.clone()).await;
     assert_eq!(status, 404);
-    let altered = format!("{}A", &session[..session.len() - 1]);
+    // (A character in the middle: the last one of unpadded base64 may carry unused bits.)
+    let mut altered = session.clone().into_bytes();
+    let at = altered.len() / 2;
+    altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
     let (status, _, _) = w.post(ADA, Some(&altered), list).await;
     assert_eq!(status, 404);
     assert_eq!(w.alpha.sessions("tools/list"), ["alpha-session"]);
@@ -706,6 +710,19 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
         connect.contains("/.pomerium/mcp/connect?resource="),
         "{connect}"
     );
+    let search = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "alpha_search")
+        .unwrap_or_else(|| panic!("{list}"));
+    let description = search["description"].as_str().unwrap();
+    assert!(
+        description.contains("not connected yet") && description.contains(connect),
+        "{description}"
+    );
+    // Still filtered by alpha's tool rule.
+    assert!(!list.to_string().contains("alpha_secret_tool"), "{list}");
     let answer = w.call(MALLORY, "alpha_search").await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     let text = answer["result"]["content"][0]["text"].as_str().unwrap();
@@ -713,12 +730,38 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
         text.contains("not connected") && text.contains(connect),
         "{text}"
     );
-    assert!(
-        w.alpha
-            .authorizations()
-            .iter()
-            .all(|a| a == "Bearer ti-alpha")
+    assert_eq!(
+        answer["result"]["_meta"]["dev.postern/connect_url"], connect,
+        "{answer}"
     );
+    // alpha only ever got Ada's token, or (listing for Mallory) none; Mallory's call never
+    // reached it.
+    let tokens = w.alpha.authorizations();
+    assert!(
+        tokens
+            .iter()
+            .all(|a| a == "Bearer ti-alpha" || a.is_empty()),
+        "{tokens:?}"
+    );
+    assert!(tokens.contains(&String::new()), "{tokens:?}");
+    assert!(w.alpha.calls().is_empty());
+
+    // A client that declared URL-mode elicitation is sent to the connect page by its client.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"url": {}}}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (_, headers, _) = w.post(MALLORY, None, init).await;
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let (_, _, answer) = w
+        .post(
+            MALLORY,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "alpha_search", "arguments": {}}}),
+        )
+        .await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let elicitation = &answer["error"]["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    assert_eq!(elicitation["url"], connect);
+    assert!(w.alpha.calls().is_empty());
 }
 
 #[tokio::test]
