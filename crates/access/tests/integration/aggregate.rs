@@ -370,6 +370,11 @@ routes:
         mint_access_token(self.store.keyring(), &claims).unwrap()
     }
 
+    /// An MCP client app's TE for `user` (what `/.pomerium/mcp/routes` takes).
+    fn app_token(&self, user: &str) -> String {
+        self.token_for(user, &format!("app:{}", self.base))
+    }
+
     fn token(&self, user: &str) -> String {
         self.token_for(user, &format!("{}/tools", self.base))
     }
@@ -792,4 +797,68 @@ async fn audit_records_name_the_aggregate_the_member_and_the_tool() {
     let denied = records.iter().find(|r| r["decision"] == "deny").unwrap();
     assert_eq!(denied["route"], "alpha");
     assert_eq!(denied["tool"], "secret_tool");
+}
+
+#[tokio::test]
+async fn the_routes_api_lists_the_aggregate_with_its_members_state() {
+    let w = AggregateWorld::new().await;
+    let routes = |user: &'static str| {
+        let request = support::client()
+            .get(format!("{}/.pomerium/mcp/routes", w.base))
+            .bearer_auth(w.app_token(user));
+        async move {
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            body["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "All tools")
+                .unwrap_or_else(|| panic!("{body}"))
+                .clone()
+        }
+    };
+    let ada = routes(ADA).await;
+    assert!(ada["url"].as_str().unwrap().ends_with("/tools"), "{ada}");
+    let member = |entry: &Value, name: &str| {
+        entry["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{entry}"))
+            .clone()
+    };
+    let alpha = member(&ada, "Alpha");
+    assert_eq!(
+        (
+            &alpha["allowed"],
+            &alpha["needs_oauth"],
+            &alpha["connected"]
+        ),
+        (&json!(true), &json!(true), &json!(true)),
+        "{alpha}"
+    );
+    assert_eq!(alpha["prefix"], "alpha_");
+    // Mallory: beta's policy refuses her; alpha is not connected.
+    let mallory = routes(MALLORY).await;
+    assert_eq!(member(&mallory, "beta")["allowed"], false, "{mallory}");
+    assert_eq!(member(&mallory, "Alpha")["connected"], false, "{mallory}");
+    // Other routes' entries keep their shape (no `members` key).
+    let body: Value = support::client()
+        .get(format!("{}/.pomerium/mcp/routes", w.base))
+        .bearer_auth(w.app_token(ADA))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plain = body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "Alpha")
+        .unwrap()
+        .clone();
+    assert!(plain.get("members").is_none(), "{plain}");
 }
