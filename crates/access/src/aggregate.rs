@@ -198,7 +198,12 @@ impl Aggregator<'_> {
                     postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None)
                         .await
                         .unwrap_or_default();
-                self.post(ctx, route, &members, &delegated, &incoming, &bytes)
+                let response = self
+                    .post(ctx, route, &members, &delegated, &incoming, &bytes)
+                    .await;
+                // The aggregate's own tool rules apply to what it lists, as to what it calls.
+                self.enforcement
+                    .filter_own_tool_lists(ctx, route, &grant, response)
                     .await
             }
             Method::DELETE => {

@@ -624,6 +624,31 @@ impl Enforcement {
         response
     }
 
+    /// The tool lists in a response the gateway made itself for `route` (an aggregate's merged
+    /// list, or a member's answer it passes on) filtered by `route`'s own `mcp_tool` rules, as
+    /// [`Enforcement::filter_response`] filters an upstream's.
+    pub(crate) async fn filter_own_tool_lists(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        match grant.extensions.get::<Allowed>() {
+            Some(allowed) if route.policy.uses_mcp_tool() => {
+                Box::pin(filter_tool_lists(
+                    ctx,
+                    route,
+                    allowed,
+                    ToolLists::Everywhere,
+                    response,
+                ))
+                .await
+            }
+            _ => response,
+        }
+    }
+
     /// [`Enforcement::filter_response`] but CORS.
     async fn answer(
         &self,

@@ -181,7 +181,7 @@ async fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A gateway with the aggregate `/tools` over:
+/// A gateway with the aggregate `/tools` (its own rule denies `alpha_fetch`) over:
 /// - `alpha` (prefix `alpha_`, upstream account `ti-alpha`): tools `search`, `fetch`,
 ///   `secret_tool` (denied by its `mcp_tool` rule), `list_more`, listed two at a time;
 /// - `beta` (prefix `b_`, on host 127.0.0.1, account `ti-beta`): Ada only, tool `query`;
@@ -256,7 +256,9 @@ routes:
     path: /tools
     id: tools
     name: All tools
-    allow_any_authenticated_user: true
+    policy:
+      allow: {{and: [{{authenticated_user: true}}]}}
+      deny: {{or: [{{mcp_tool: {{is: alpha_fetch}}}}]}}
     mcp:
       aggregate:
         servers:
@@ -474,8 +476,13 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     // Ada sees each member's tools, prefixed, except the one alpha's tool rule denies.
     assert_eq!(
         w.all_tools(ADA).await,
-        ["alpha_fetch", "alpha_list_more", "alpha_search", "b_query"]
+        ["alpha_list_more", "alpha_search", "b_query"]
     );
+    // The aggregate's own tool rule (deny alpha_fetch) hides the tool and refuses its call
+    // before alpha hears of it.
+    let denied = w.call(ADA, "alpha_fetch").await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    assert!(w.alpha.calls().is_empty());
     // Calling the denied tool through the aggregate is refused by alpha's rule: alpha never
     // hears of it.
     let denied = w.call(ADA, "alpha_secret_tool").await;
@@ -501,7 +508,7 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     );
     assert_eq!(
         w.all_tools(MALLORY).await,
-        ["alpha_fetch", "alpha_list_more", "alpha_search"]
+        ["alpha_list_more", "alpha_search"]
     );
     let refused = w.call(MALLORY, "b_query").await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
@@ -527,7 +534,7 @@ async fn each_member_gets_only_its_own_upstream_token_and_assertion() {
         .await;
     assert!(headers.contains_key("mcp-session-id"));
     w.all_tools(ADA).await;
-    w.call(ADA, "alpha_fetch").await;
+    w.call(ADA, "alpha_search").await;
     w.call(ADA, "b_query").await;
     let alpha = w.alpha.authorizations();
     let beta = w.beta.authorizations();
