@@ -140,8 +140,26 @@ async fn fake_member(
             }
             result
         }
+        "tools/call" if message["params"]["name"] == "ask" => {
+            // An event stream: a request to the client (sampling), a progress notification,
+            // then the answer.
+            let events = [
+                json!({"jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 1}}),
+                json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": message["params"]["_meta"]["progressToken"], "progress": 1}}),
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "asked"}]}}),
+            ];
+            let body: String = events
+                .iter()
+                .map(|e| format!("event: message\ndata: {e}\n\n"))
+                .collect();
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" => {
             json!({"content": [{"type": "text", "text": format!("{} ran {}", member.name, message["params"]["name"].as_str().unwrap_or(""))}]})
+        }
+        // The client's answer to the member's request.
+        "" if message.get("result").is_some() => {
+            return axum::http::StatusCode::ACCEPTED.into_response();
         }
         method if method.starts_with("notifications/") => {
             return axum::http::StatusCode::ACCEPTED.into_response();
@@ -225,7 +243,7 @@ impl AggregateWorld {
         let beta_url = serve_member(
             FakeMember {
                 name: "beta",
-                tools: vec!["query"],
+                tools: vec!["query", "ask"],
                 page: 10,
                 delay: Duration::ZERO,
                 seen: beta.clone(),
@@ -476,7 +494,7 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     // Ada sees each member's tools, prefixed, except the one alpha's tool rule denies.
     assert_eq!(
         w.all_tools(ADA).await,
-        ["alpha_list_more", "alpha_search", "b_query"]
+        ["alpha_list_more", "alpha_search", "b_ask", "b_query"]
     );
     // The aggregate's own tool rule (deny alpha_fetch) hides the tool and refuses its call
     // before alpha hears of it.
@@ -868,4 +886,232 @@ async fn the_routes_api_lists_the_aggregate_with_its_members_state() {
         .unwrap()
         .clone();
     assert!(plain.get("members").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn a_member_event_stream_passes_with_its_requests_ids_mapped_back() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "b_ask", "arguments": {}, "_meta": {"progressToken": "p-1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let messages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 3, "{text}");
+    // beta's request to the client carries an id that names beta (member 1).
+    let request = &messages[0];
+    assert_eq!(request["method"], "sampling/createMessage");
+    let mapped = request["id"].as_str().unwrap().to_owned();
+    assert_eq!(mapped, "postern:1:\"srv-1\"");
+    assert_eq!(messages[1]["params"]["progressToken"], "p-1");
+    assert_eq!(messages[2]["id"], 3);
+    assert_eq!(messages[2]["result"]["content"][0]["text"], "asked");
+    // The client's answer goes back to beta with beta's own id, and to no other member.
+    let alpha_before = w.alpha.0.lock().unwrap().len();
+    let (status, _, _) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": mapped, "result": {"role": "assistant", "content": {"type": "text", "text": "hi"}}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let answered = w
+        .beta
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m["id"] == "srv-1" && m["result"]["content"]["text"] == "hi");
+    assert!(answered);
+    assert_eq!(w.alpha.0.lock().unwrap().len(), alpha_before);
+    // An answer whose id no member gave is refused.
+    let (_, _, refused) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": "srv-1", "result": {}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+}
+
+#[tokio::test]
+async fn the_reference_servers_work_through_an_aggregate() {
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("people.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO people(name) VALUES ('Ada');")
+        .unwrap();
+    let env: std::collections::HashMap<String, String> = [
+        ("SQLITE_DB_FILE", db.display().to_string()),
+        (
+            "ASSERTION_JWKS_URL",
+            format!("http://localhost:{port}/.well-known/pomerium/jwks.json"),
+        ),
+        ("ASSERTION_ISSUER", "localhost".into()),
+        ("ASSERTION_AUDIENCE", "localhost".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let servers = postern_servers::build(
+        &postern_servers::ServersConfig::from_env(&env).unwrap(),
+        &stop,
+    )
+    .unwrap();
+    let servers_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = servers_listener.local_addr().unwrap();
+    tokio::spawn(postern_servers::serve(
+        servers_listener,
+        servers.router,
+        stop.clone(),
+    ));
+    let yaml = format!(
+        "insecure_server: true
+pass_identity_headers: true
+routes:
+  - from: http://localhost
+    path: /tools
+    allow_any_authenticated_user: true
+    mcp: {{aggregate: {{servers: [whoami, sqlite]}}}}
+  - from: http://localhost
+    prefix: /whoami
+    id: whoami
+    to: http://{up}/whoami
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /sqlite
+    id: sqlite
+    to: http://{up}/sqlite
+    policy:
+      allow: {{and: [{{authenticated_user: true}}]}}
+      deny: {{or: [{{mcp_tool: {{in: [write_query]}}}}]}}
+    mcp: {{}}
+"
+    );
+    let store = support::memory_store().await;
+    let access = Access::new(
+        store.clone(),
+        postern_access::users::LocalUsers::new(vec![]),
+        postern_access::assertion::Signer::from_pem(
+            &postern_access::assertion::Signer::generate_pem(),
+        )
+        .unwrap(),
+        AccessSettings {
+            pass_identity_headers: true,
+            ..support::settings()
+        },
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let base = format!("http://localhost:{port}");
+    let token = mint_access_token(
+        store.keyring(),
+        &AccessClaims {
+            sub: ADA.into(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            groups: vec!["staff".into()],
+            sid: "g".into(),
+            fam: "f".into(),
+            cid: "c".into(),
+            aud: format!("{base}/tools"),
+            exp: i64::MAX / 2,
+            clm: Default::default(),
+        },
+    )
+    .unwrap();
+    let post = |session: Option<String>, message: Value| {
+        let mut request = support::client()
+            .post(format!("{base}/tools"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&message);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let session = response
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let body = serde_json::from_str::<Value>(&text).unwrap_or_else(|_| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find(|m| m.get("id").is_some())
+                    .unwrap_or(Value::Null)
+            });
+            (status, session, body)
+        }
+    };
+    let (status, session, init) = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{init}");
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    let (status, _, _) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (_, _, list) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    let mut names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"whoami_whoami"), "{names:?}");
+    assert!(names.contains(&"sqlite_read_query"), "{names:?}");
+    assert!(!names.contains(&"sqlite_write_query"), "{names:?}");
+    // whoami verifies the assertion (audience localhost) and says who called.
+    let (_, _, who) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami_whoami", "arguments": {}}}),
+    )
+    .await;
+    assert!(who.to_string().contains("ada@example.com"), "{who}");
+    let (_, _, rows) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "sqlite_read_query", "arguments": {"query": "SELECT name FROM people"}}}),
+    )
+    .await;
+    assert!(rows.to_string().contains("Ada"), "{rows}");
+    let (_, _, denied) = post(
+        session,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "sqlite_write_query", "arguments": {"query": "DELETE FROM people"}}}),
+    )
+    .await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    stop.cancel();
 }
