@@ -148,6 +148,8 @@ pub(crate) struct Aggregator<'a> {
 /// The client request's facts the handler needs after the body was read.
 struct Incoming {
     protocol: Option<HeaderValue>,
+    /// The client's `Mcp-Param-*` headers (SEP-2243), passed to the member it calls.
+    params: Vec<(header::HeaderName, HeaderValue)>,
     session: Option<String>,
     bearer: bool,
 }
@@ -162,6 +164,12 @@ impl Aggregator<'_> {
     ) -> Response<Body> {
         let incoming = Incoming {
             protocol: request.headers().get("mcp-protocol-version").cloned(),
+            params: request
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("mcp-param-"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             session: request
                 .headers()
                 .get("mcp-session-id")
@@ -421,6 +429,13 @@ impl Aggregator<'_> {
         let mut sessions: Vec<Option<String>> = vec![None; members.len()];
         let mut missing: Vec<String> = Vec::new();
         let mut single_info: Option<Value> = None;
+        // `server/discover` (2026-07-28): the versions every member supports, the shortest
+        // freshness, the first member's result type.
+        let mut supported: Option<Vec<Value>> = None;
+        let mut ttl_ms: Option<u64> = None;
+        let mut result_type: Option<Value> = None;
+        let mut answered = false;
+        let mut first_error: Option<Value> = None;
         for (member, outcome) in members.iter().zip(outcomes) {
             let (answer, sid) = match outcome {
                 Outcome::Answered(response) => {
@@ -443,9 +458,17 @@ impl Aggregator<'_> {
                 }
             };
             let Some(result) = answer.get("result") else {
-                missing.push(format!("{} (it refused to initialize)", member.name()));
+                if first_error.is_none() {
+                    first_error = answer.get("error").cloned();
+                }
+                let why = answer
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no result");
+                missing.push(format!("{} (it answered: {why})", member.name()));
                 continue;
             };
+            answered = true;
             sessions[member.pos] = sid;
             if let Some(version) = result.get("protocolVersion").and_then(Value::as_str) {
                 versions.push(version.to_owned());
@@ -459,8 +482,32 @@ impl Aggregator<'_> {
             }
             merge_capabilities(&mut capabilities, result.get("capabilities"));
             if members.len() == 1 {
-                single_info = result.get("serverInfo").cloned();
+                single_info = result.get("serverInfo").cloned().or_else(|| {
+                    result
+                        .pointer("/_meta/io.modelcontextprotocol~1serverInfo")
+                        .cloned()
+                });
             }
+            if let Some(versions) = result.get("supportedVersions").and_then(Value::as_array) {
+                supported = Some(match supported.take() {
+                    None => versions.clone(),
+                    Some(so_far) => so_far
+                        .into_iter()
+                        .filter(|v| versions.contains(v))
+                        .collect(),
+                });
+            }
+            if let Some(ttl) = result.get("ttlMs").and_then(Value::as_u64) {
+                ttl_ms = Some(ttl_ms.map_or(ttl, |t| t.min(ttl)));
+            }
+            if result_type.is_none() {
+                result_type = result.get("resultType").cloned();
+            }
+        }
+        // No member could start, and one said why (a parameter the revision requires, say):
+        // the client hears that, as it would from the member itself.
+        if let (false, Some(error)) = (answered, first_error) {
+            return json_answer(&json!({"jsonrpc": "2.0", "id": id, "error": error}));
         }
         for gone in &missing {
             tracing::warn!(request_id = %ctx.request_id, route = %route.id, member = %gone, "aggregate member unavailable at initialize");
@@ -500,7 +547,22 @@ impl Aggregator<'_> {
             result["instructions"] = Value::String(instructions.join("\n\n"));
         }
         if message.get("method").and_then(Value::as_str) == Some("server/discover") {
-            result["supportedVersions"] = json!([version]);
+            // The discover result names the server in `_meta`, and is the user's own (its
+            // members and their lists depend on who asks): private.
+            let info = result
+                .as_object_mut()
+                .and_then(|r| r.remove("serverInfo"))
+                .unwrap_or(Value::Null);
+            if let Some(r) = result.as_object_mut() {
+                r.remove("protocolVersion");
+            }
+            result["supportedVersions"] = Value::Array(supported.unwrap_or_default());
+            result["ttlMs"] = json!(ttl_ms.unwrap_or(0));
+            result["cacheScope"] = json!("private");
+            if let Some(kind) = result_type {
+                result["resultType"] = kind;
+            }
+            result["_meta"] = json!({"io.modelcontextprotocol/serverInfo": info});
         }
         let mut response = json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
         let url_elicitation = message
@@ -766,6 +828,14 @@ impl Aggregator<'_> {
         if let Some(slot) = message.pointer_mut(pointer) {
             *slot = Value::String(own.clone());
         }
+        // Declared in `initialize` (kept in the session) or, without sessions (2026-07-28), in
+        // the request's own `_meta`.
+        let url_elicitation = scope.state.is_some_and(SessionState::url_elicitation)
+            || message
+                .pointer(
+                    "/params/_meta/io.modelcontextprotocol~1clientCapabilities/elicitation/url",
+                )
+                .is_some();
         let sid = scope.state.and_then(|s| s.member(member));
         let outcome = self
             .member_request(
@@ -778,7 +848,7 @@ impl Aggregator<'_> {
                 sid,
             )
             .await;
-        let url_elicitation = scope.state.is_some_and(SessionState::url_elicitation);
+
         match outcome {
             Outcome::Answered(response) | Outcome::Refused(response) => {
                 map_answer(response, member.clone()).await
@@ -901,6 +971,26 @@ impl Aggregator<'_> {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
                 if let Some(method) = message.get("method").and_then(Value::as_str) {
                     builder = builder.header("mcp-method", method);
+                    // SEP-2243 (2026-07-28): the member checks `Mcp-Name` against the body,
+                    // which now holds its own name for the tool, prompt or resource.
+                    let key = match method {
+                        "tools/call" | "prompts/get" => Some("name"),
+                        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                            Some("uri")
+                        }
+                        _ => None,
+                    };
+                    if let Some(name) = key
+                        .and_then(|k| message.pointer(&format!("/params/{k}")))
+                        .and_then(Value::as_str)
+                    {
+                        builder = builder.header("mcp-name", header_text(name));
+                    }
+                    if method == "tools/call" {
+                        for (name, value) in &incoming.params {
+                            builder = builder.header(name, value);
+                        }
+                    }
                 }
                 full(message.to_string())
             }
@@ -1209,6 +1299,23 @@ fn map_message(message: &mut Value, member: &Member) {
         && let Some(uri) = message.pointer("/params/uri").and_then(Value::as_str)
     {
         message["params"]["uri"] = Value::String(format!("{}{uri}", member.prefix));
+    }
+}
+
+/// `text` as a header value, in SEP-2243's form: as it is when printable ASCII without edge
+/// blanks, else `=?base64?...?=`.
+fn header_text(text: &str) -> String {
+    use base64::Engine;
+    let plain = !text.starts_with([' ', '\t'])
+        && !text.ends_with([' ', '\t'])
+        && text.chars().all(|c| (' '..='~').contains(&c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text)
+        )
     }
 }
 

@@ -1113,5 +1113,52 @@ routes:
     )
     .await;
     assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    // The stateless 2026-07-28 lifecycle: `server/discover`, no session.
+    let discover = support::client()
+        .post(format!("{base}/tools"))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 5, "method": "server/discover", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+            }}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(!discover.headers().contains_key("mcp-session-id"));
+    let discover: Value = discover.json().await.unwrap();
+    let versions = discover["result"]["supportedVersions"].to_string();
+    assert!(versions.contains("2026-07-28"), "{discover}");
+    assert!(
+        discover["result"]["capabilities"]["tools"].is_object(),
+        "{discover}"
+    );
+    assert_eq!(discover["result"]["cacheScope"], "private", "{discover}");
+    // A stateless call: the member checks `Mcp-Name` against its own name for the tool.
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+    });
+    let call: Value = support::client()
+        .post(format!("{base}/tools"))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "sqlite_read_query")
+        .json(&json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "sqlite_read_query", "arguments": {"query": "SELECT name FROM people"}, "_meta": meta}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(call.to_string().contains("Ada"), "{call}");
     stop.cancel();
 }
