@@ -44,8 +44,19 @@
 //!   roots) get ids `"postern:<member>:<id>"`, so the client's answer goes back to that member
 //!   with its own id; progress notifications pass through (the client's progress token is the
 //!   member's); `notifications/cancelled` goes to every member of the session (only the one that
-//!   has the request acts on it). There is no GET stream (405): members' `list_changed`
-//!   notifications reach the client on the streams of its requests.
+//!   has the request acts on it). `GET` merges the members' own server-to-client streams
+//!   (`list_changed` and other notifications, requests) into one, event by event; with more
+//!   than one member the members' event ids are left out (they would name nothing).
+//! - **Members not connected.** A member whose upstream account the user has not connected is
+//!   asked for its lists without the TI (many servers list to anyone and need the account only
+//!   to run a tool); its items are listed with a note naming the connect URL. Its tool calls
+//!   answer a tool error with that URL, or, for a client that declared URL-mode elicitation,
+//!   the JSON-RPC error `-32042` whose elicitation opens it.
+//! - **The aggregate's own rules.** Its policy decides every request before any member hears
+//!   of it, with the prefixed names (`mcp_tool`), and its tool rules filter its merged lists.
+//! - **Revisions.** 2025-06-18 and 2025-11-25 (`initialize`, sessions) and the stateless
+//!   2026-07-28 (`server/discover` merged; each member request gets `Mcp-Method` and `Mcp-Name`
+//!   with the member's own name, SEP-2243, and the client's `Mcp-Param-*`).
 
 mod seal;
 
@@ -218,22 +229,85 @@ impl Aggregator<'_> {
                 self.delete(ctx, route, &members, &delegated, &incoming)
                     .await
             }
+            Method::GET => {
+                let response = self
+                    .streams(ctx, route, &members, &delegated, &incoming)
+                    .await;
+                self.enforcement
+                    .filter_own_tool_lists(ctx, route, &grant, response)
+                    .await
+            }
             _ => {
                 let mut response = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    "an aggregate MCP route offers no server-initiated stream (GET): members' notifications arrive on the streams of requests; POST JSON-RPC messages",
+                    "an aggregate MCP route takes POST (JSON-RPC messages), GET (its members' event streams) and DELETE (end the session)",
                     &ctx.request_id,
                 );
                 response
                     .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
                 response
             }
         };
         if incoming.bearer {
             cors(response.headers_mut());
         }
+        response
+    }
+
+    /// `GET`: the members' server-to-client event streams, merged into one (each event mapped
+    /// as on a call's stream). 405 when no member offers one.
+    async fn streams(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+    ) -> Response<Body> {
+        let state = match self.open_session(route, delegated, incoming) {
+            Ok(state) => state,
+            Err(response) => return *response,
+        };
+        let calls = members.iter().map(|member| {
+            let sid = state.as_ref().and_then(|s| s.member(member));
+            self.member_request(ctx, member, delegated, Method::GET, None, incoming, sid)
+        });
+        let outcomes = join_all(calls.collect()).await;
+        let mut streams: Vec<MapEvents> = Vec::new();
+        for (member, outcome) in members.iter().zip(outcomes) {
+            if let Outcome::Answered(response) = outcome
+                && response.status().is_success()
+                && Media::of(response.headers()) == Media::EventStream
+            {
+                let mut stream = MapEvents::new(response.into_body(), member.clone());
+                // Event ids (for `Last-Event-ID`) are each member's own: with several streams
+                // merged they would name nothing, so they are left out.
+                stream.drop_ids = members.len() > 1;
+                streams.push(stream);
+            }
+        }
+        if streams.is_empty() {
+            let mut response = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "no member of this route offers a server-initiated stream: notifications arrive on the streams of requests",
+                &ctx.request_id,
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            return response;
+        }
+        let mut response = Response::new(Merged { streams, next: 0 }.boxed());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
 
@@ -1411,6 +1485,8 @@ struct MapEvents {
     inner: Body,
     splitter: EventSplitter,
     member: Member,
+    /// Leave out `id:` fields (streams merged).
+    drop_ids: bool,
 }
 
 impl MapEvents {
@@ -1419,6 +1495,7 @@ impl MapEvents {
             inner,
             splitter: EventSplitter::default(),
             member,
+            drop_ids: false,
         }
     }
 }
@@ -1445,6 +1522,18 @@ impl HttpBody for MapEvents {
                     };
                     let mut out = String::new();
                     for event in events {
+                        let event = if this.drop_ids {
+                            event
+                                .split('\n')
+                                .filter(|l| l.split_once(':').map_or(*l, |(f, _)| f) != "id")
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        } else {
+                            event
+                        };
+                        if event.is_empty() {
+                            continue;
+                        }
                         out.push_str(&map_event(&event, &this.member));
                         out.push_str("\n\n");
                     }
@@ -1454,6 +1543,47 @@ impl HttpBody for MapEvents {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+/// Several members' event streams as one: whole events, from whichever has one; it ends
+/// when all have ended.
+struct Merged {
+    streams: Vec<MapEvents>,
+    next: usize,
+}
+
+impl HttpBody for Merged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut i = 0;
+        while i < this.streams.len() {
+            // Round-robin, so one busy member cannot starve the others.
+            let at = (this.next + i) % this.streams.len();
+            match Pin::new(&mut this.streams[at]).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.next = at + 1;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // A member's stream that ended or failed leaves the others running.
+                Poll::Ready(_) => {
+                    this.streams.remove(at);
+                    continue;
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if this.streams.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }

@@ -94,9 +94,26 @@ struct FakeMember {
 
 async fn fake_member(
     State(member): State<FakeMember>,
+    method: axum::http::Method,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
+    if method == axum::http::Method::GET {
+        // The server-initiated stream: one `list_changed`, then the end.
+        member
+            .seen
+            .0
+            .lock()
+            .unwrap()
+            .push((headers, json!({"method": "GET"})));
+        tokio::time::sleep(member.delay).await;
+        let event = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        return (
+            [("content-type", "text/event-stream")],
+            format!("id: {}-1\ndata: {event}\n\n", member.name),
+        )
+            .into_response();
+    }
     let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     member
         .seen
@@ -1161,4 +1178,41 @@ routes:
         .unwrap();
     assert!(call.to_string().contains("Ada"), "{call}");
     stop.cancel();
+}
+
+#[tokio::test]
+async fn the_members_event_streams_merge_into_one_get_stream() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .get(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = text
+        .lines()
+        .filter(|l| l.contains("notifications/tools/list_changed"))
+        .count();
+    // alpha's and beta's (down and slow offer none within their timeouts).
+    assert_eq!(changed, 2, "{text}");
+    // Each member's event ids name nothing in the merged stream: left out.
+    assert!(!text.lines().any(|l| l.starts_with("id:")), "{text}");
+    // Mallory's stream has no beta (its policy refuses her).
+    let before = w.beta.0.lock().unwrap().len();
+    let response = support::client()
+        .get(format!("{}/tools", w.base))
+        .bearer_auth(w.token(MALLORY))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let _ = response.text().await;
+    assert_eq!(w.beta.0.lock().unwrap().len(), before);
 }
