@@ -27,11 +27,12 @@
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
-//!   timeout: lists carry `_meta["dev.postern/members"]`, one entry per member with its `state`
-//!   (`ok`, `refused`: its policy does not let the user list, `not_connected`: the user's
-//!   upstream account is not connected, with `connect_url`, `unavailable`: down, slow or
-//!   broken, with `reason`), `initialize`'s `instructions` name the members missing, and a log
-//!   line is written. A call to a missing or unconnected member's tool is a tool error
+//!   timeout: lists carry `_meta["dev.postern/members"]`, one entry per member the user may use
+//!   with its `state` (`ok`; `not_connected`: the user's upstream account is not connected,
+//!   with `connect_url`; `unavailable`: down, slow or broken, with `reason`, which never holds
+//!   the member's address or an OS error, as on the member's own URL), `initialize`'s
+//!   `instructions` name the members missing, and a log line is written. A member whose policy
+//!   refuses the user is named nowhere: not in lists, reports, instructions or the portal. A call to a missing or unconnected member's tool is a tool error
 //!   (`isError: true`) saying why and, for an unconnected account, where to connect it.
 //! - **State without a store.** The aggregate session id (`Mcp-Session-Id`) and pagination
 //!   cursors are sealed (AES-GCM, the store's keys, see `postern_store::Keyring`): the session
@@ -526,6 +527,8 @@ impl Aggregator<'_> {
                         }
                     }
                 }
+                // A member the user may not use is not named to them at all.
+                Outcome::Refused(_) => continue,
                 other => {
                     missing.push(format!("{} ({})", member.name(), describe(&other)));
                     continue;
@@ -834,7 +837,10 @@ impl Aggregator<'_> {
                                 .pointer("/error/message")
                                 .and_then(Value::as_str)
                                 .is_some_and(|m| m.starts_with("access denied"));
-                        entry["state"] = json!(if refused { "refused" } else { "ok" });
+                        if refused {
+                            continue;
+                        }
+                        entry["state"] = json!("ok");
                         if !refused {
                             entry["note"] = answer
                                 .pointer("/error/message")
@@ -843,7 +849,8 @@ impl Aggregator<'_> {
                         }
                     }
                 }
-                Err(Outcome::Refused(_)) => entry["state"] = json!("refused"),
+                // A member the user may not use is not named to them at all.
+                Err(Outcome::Refused(_)) => continue,
                 Err(Outcome::NotConnected { connect_url }) => {
                     entry["state"] = json!("not_connected");
                     entry["connect_url"] = json!(connect_url);
@@ -1129,7 +1136,12 @@ impl Aggregator<'_> {
                     }
                     Outcome::Answered(response)
                 }
-                Err((error, _, _)) => Outcome::Unavailable(error.to_string()),
+                Err((error, _, _)) => {
+                    // The member's address and the OS error are for the log, as on the
+                    // member's own URL.
+                    tracing::warn!(request_id = %member_ctx.request_id, route = %route.id, %error, "aggregate member request failed");
+                    Outcome::Unavailable(error.public_message())
+                }
             }
         };
         match tokio::time::timeout(member.timeout, work).await {

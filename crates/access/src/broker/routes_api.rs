@@ -362,6 +362,10 @@ impl UpstreamBroker {
                         ctx.client_addr.ip(),
                         ctx.client_certificate.as_deref(),
                     );
+                    if !allowed {
+                        // Not named to a user who may not use it (as routes are not).
+                        continue;
+                    }
                     let (needs_oauth, connected) =
                         self.connection(ctx, session, member_route).await;
                     members.push(pages::MemberEntry {

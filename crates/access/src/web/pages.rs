@@ -238,8 +238,8 @@ pub struct MemberEntry {
     pub url: String,
     /// Its tool-name prefix in the aggregate.
     pub prefix: String,
-    /// Whether the member's policy lets this user use it (else it is absent from the
-    /// aggregate's lists for them).
+    /// Whether the member's policy lets this user use it (always true: members a user may not
+    /// use are not listed to them).
     pub allowed: bool,
     /// Whether the user's upstream account for it is connected (true without upstream OAuth).
     pub connected: bool,

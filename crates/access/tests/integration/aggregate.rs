@@ -531,16 +531,26 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     );
     assert_eq!(ran["id"], 7);
 
-    // Mallory may use the aggregate, but beta's policy (Ada only) refuses her: beta is absent
-    // from her list and reported as refused; calling its tool is refused by beta's policy.
+    // Mallory may use the aggregate, but beta's policy (Ada only) refuses her: beta is named
+    // nowhere to her (list, report, instructions); calling its tool is refused by beta's
+    // policy.
     w.connect(MALLORY, "http://localhost/alpha", "ti-mallory")
         .await;
     let before = w.beta.0.lock().unwrap().len();
     let list = w.list(MALLORY, None).await;
     assert!(
-        member_states(&list).contains(&("beta".into(), "refused".into())),
+        !member_states(&list).iter().any(|(m, _)| m == "beta"),
         "{list}"
     );
+    assert!(!list.to_string().contains("beta"), "{list}");
+    let (_, _, init) = w
+        .post(
+            MALLORY,
+            None,
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+        )
+        .await;
+    assert!(!init.to_string().contains("beta"), "{init}");
     assert_eq!(
         w.all_tools(MALLORY).await,
         ["alpha_list_more", "alpha_search"]
@@ -725,6 +735,14 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
         slow["reason"].as_str().unwrap().contains("within 1s"),
         "{slow}"
     );
+    // A member that is down is unavailable, without its internal address or the OS error
+    // (they are for the log, as on the member's own URL).
+    let report = list["result"]["_meta"].to_string();
+    assert!(!report.contains("127.0.0.1:"), "{report}");
+    assert!(
+        !report.contains("os error") && !report.contains("tcp connect"),
+        "{report}"
+    );
     // The others' tools are there.
     assert!(
         list["result"]["tools"]
@@ -883,7 +901,7 @@ async fn the_routes_api_lists_the_aggregate_with_its_members_state() {
     assert_eq!(alpha["prefix"], "alpha_");
     // Mallory: beta's policy refuses her; alpha is not connected.
     let mallory = routes(MALLORY).await;
-    assert_eq!(member(&mallory, "beta")["allowed"], false, "{mallory}");
+    assert!(!mallory.to_string().contains("beta"), "{mallory}");
     assert_eq!(member(&mallory, "Alpha")["connected"], false, "{mallory}");
     // Other routes' entries keep their shape (no `members` key).
     let body: Value = support::client()
