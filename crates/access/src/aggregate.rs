@@ -160,6 +160,8 @@ pub(crate) struct Aggregator<'a> {
 /// The client request's facts the handler needs after the body was read.
 struct Incoming {
     protocol: Option<HeaderValue>,
+    /// The client accepts an event stream as the answer to a POST.
+    accepts_sse: bool,
     /// The client's `Mcp-Param-*` headers (SEP-2243), passed to the member it calls.
     params: Vec<(header::HeaderName, HeaderValue)>,
     session: Option<String>,
@@ -176,6 +178,12 @@ impl Aggregator<'_> {
     ) -> Response<Body> {
         let incoming = Incoming {
             protocol: request.headers().get("mcp-protocol-version").cloned(),
+            accepts_sse: request
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("text/event-stream")),
             params: request
                 .headers()
                 .iter()
@@ -751,6 +759,10 @@ impl Aggregator<'_> {
                 Some(c) => c.get(m).map(|mc| (m, Some(mc))),
             })
             .collect();
+        // Whether a member answered with an event stream: the merged answer then is one too
+        // (for a client that takes one), so the aggregate answers as its members do.
+        let streamed = std::sync::atomic::AtomicBool::new(false);
+        let streamed = &streamed;
         let calls = asked.iter().map(|(member, member_cursor)| {
             let mut request = json!({"jsonrpc": "2.0", "id": id.clone(), "method": kind.method});
             let mut params = message.get("params").cloned().unwrap_or_else(|| json!({}));
@@ -778,6 +790,9 @@ impl Aggregator<'_> {
                 };
                 match call(true).await {
                     Outcome::Answered(response) => {
+                        if Media::of(response.headers()) == Media::EventStream {
+                            streamed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         match read_answer(response, &id, timeout).await {
                             Ok(answer) => (Ok(answer), None),
                             Err(why) => (Err(Outcome::Unavailable(why)), None),
@@ -877,7 +892,11 @@ impl Aggregator<'_> {
                 }
             }
         }
-        json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        if scope.incoming.accepts_sse && streamed.load(std::sync::atomic::Ordering::Relaxed) {
+            return sse_answer(&answer);
+        }
+        json_answer(&answer)
     }
 
     /// A request about one named tool, prompt or resource: sent to its owner, name unmapped,
@@ -1446,6 +1465,19 @@ fn json_answer(message: &Value) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// One message as an event stream of one event.
+fn sse_answer(message: &Value) -> Response<Body> {
+    let mut response = Response::new(full(format!("event: message\ndata: {message}\n\n")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
