@@ -23,7 +23,9 @@
 //!   templates as `prefix + uri`; the configuration refuses prefixes of which one begins
 //!   another, so a name has at most one owner. A name a member lists that is not a valid tool
 //!   name (MCP 2025-11-25: 1-128 of `A-Za-z0-9_-.`) once prefixed is dropped, with a log line.
-//!   A member's answer is only ever read for its own entries: it cannot add names to another.
+//!   A member's answer is only ever read for its own entries: it cannot add names to another;
+//!   on a call's stream only the answer to that call passes (answers to other ids, and
+//!   batches, are dropped), so a member cannot answer the client's requests to other members.
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
