@@ -159,6 +159,20 @@ pub async fn forward(
     gateway_cookie: &str,
     forwarded_for: &str,
 ) -> Result<(Response<hyper::body::Incoming>, Outcome), (GatewayError, Outcome, &'static str)> {
+    if route.upstreams.is_empty() {
+        // An aggregate MCP route has no upstream: the access hooks answer it. Without them
+        // (no identity configured) it has nothing to proxy to.
+        return Err((
+            GatewayError::BadGateway {
+                upstream: "-".into(),
+                reason: "this route has no upstream of its own (an aggregate MCP route needs sign-in configured)".into(),
+            },
+            Outcome {
+                upstream: "-".into(),
+            },
+            "request",
+        ));
+    }
     let upstream = route.pick_upstream();
     let outcome = Outcome {
         upstream: upstream.url.to_string(),

@@ -1032,3 +1032,19 @@ routes:
         "the private CA is not trusted elsewhere"
     );
 }
+
+/// An aggregate MCP route has no upstream: without the access hooks (no identity configured)
+/// a request that reaches the proxy is a 502 saying so, never a panic on an empty upstream list.
+#[tokio::test]
+async fn an_aggregate_route_without_access_hooks_answers_502() {
+    let yaml = "insecure_server: true
+routes:
+  - {from: http://localhost, path: /tools, allow_public_unauthenticated_access: true, mcp: {aggregate: {servers: [member]}}}
+  - {from: http://localhost, prefix: /member, id: member, to: 'http://127.0.0.1:9', allow_public_unauthenticated_access: true, mcp: {}}
+";
+    let gw = Running::start(yaml).await;
+    let response = client().get(gw.url("/tools")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let again = client().get(gw.url("/tools")).send().await.unwrap();
+    assert_eq!(again.status(), 502, "the gateway still answers");
+}
