@@ -1,6 +1,6 @@
 // A headless user agent for Postern's pages: keeps cookies, follows redirects by hand, signs in
-// on the sign-in form and approves the consent form, until the browser would be sent to
-// `redirectPrefix`; returns that URL.
+// on the sign-in form, approves the consent form and confirms connecting an upstream account,
+// until the browser would be sent to `redirectPrefix`; returns that URL.
 //
 // As a command: node browser.mjs AUTHORIZATION_URL GATEWAY EMAIL PASSWORD REDIRECT_PREFIX
 // prints the final URL and then opens it (delivering the code to a local callback server).
@@ -51,6 +51,15 @@ export async function userAgent(start, { gateway, email, password, redirectPrefi
       form.set('decision', 'allow');
       const approved = await browse(new URL('/.pomerium/mcp/authorize', gateway), { method: 'POST', body: form });
       next = new URL(approved.headers.get('location'), gateway).href;
+      continue;
+    }
+    if (html.includes('name="decision" value="connect"')) {
+      // The confirmation before an upstream account is connected (/.pomerium/mcp/connect).
+      const form = hiddenFields(html);
+      form.set('decision', 'connect');
+      const confirmed = await browse(new URL('/.pomerium/mcp/connect', gateway), { method: 'POST', body: form });
+      if (confirmed.status < 300 || confirmed.status >= 400) throw new Error(`connect confirmation answered ${confirmed.status}`);
+      next = new URL(confirmed.headers.get('location'), gateway).href;
       continue;
     }
     const text = html.replace(/<style[\s\S]*?<\/style>/g, '').replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim();

@@ -1,0 +1,161 @@
+// One URL for all your tools: the official MCP TypeScript SDK as a client of an aggregating route
+// (aggregate.sh sets it up), through the full OAuth flow (discovery, registration, sign-in,
+// consent, PKCE, token), then:
+// - tools/list shows exactly the tools Ada could call on each member's own URL, prefixed: not
+//   sqlite's describe_table (an mcp_tool deny rule on the sqlite route), nothing of the admin
+//   member (its policy refuses her); calling those through the aggregate is refused too;
+// - one tool of each member answers through the one URL; whoami shows the member got her identity;
+// - notion before she connected her Notion account: a tool error that carries the connect URL;
+//   this script follows that URL as her browser would (confirm, the provider's consent), and the
+//   same call then returns her Notion results;
+// - the sqlite member's process is stopped (SQLITE_PID): its tool answers a clear tool error
+//   naming it, the other members still answer, and tools/list says sqlite is missing.
+//
+// node aggregate-client.mjs GATEWAY_URL EMAIL PASSWORD AGGREGATE_PATH
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+import { userAgent } from './browser.mjs';
+
+const [gateway, email, password, aggregatePath] = process.argv.slice(2);
+const redirectUrl = 'http://127.0.0.1:33419/callback';
+const state = {};
+const provider = {
+  get redirectUrl() { return redirectUrl; },
+  get clientMetadata() {
+    return {
+      client_name: 'postern-aggregate-client',
+      redirect_uris: [redirectUrl],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    };
+  },
+  clientInformation() { return state.client; },
+  saveClientInformation(info) { state.client = info; },
+  tokens() { return state.tokens; },
+  saveTokens(tokens) { state.tokens = tokens; },
+  redirectToAuthorization(url) { state.authorizationUrl = url; },
+  saveCodeVerifier(verifier) { state.verifier = verifier; },
+  codeVerifier() { return state.verifier; },
+};
+const check = (ok, message) => { if (!ok) throw new Error(message); };
+const show = (value) => JSON.stringify(value).slice(0, 600);
+
+// The OAuth flow, as client.mjs runs it against a single server.
+const url = new URL(aggregatePath, gateway);
+try {
+  await new Client({ name: 'postern-aggregate', version: '1.0.0' })
+    .connect(new StreamableHTTPClientTransport(url, { authProvider: provider }));
+  throw new Error('the aggregate let an unauthenticated client in');
+} catch (error) {
+  if (!(error instanceof UnauthorizedError)) throw error;
+}
+check(new URL(state.authorizationUrl).searchParams.get('resource') === url.href,
+  `the client was not sent to authorize for the aggregate's URL: ${state.authorizationUrl}`);
+const landing = await userAgent(state.authorizationUrl, { gateway, email, password, redirectPrefix: redirectUrl });
+const transport = new StreamableHTTPClientTransport(url, { authProvider: provider });
+await transport.finishAuth(landing.searchParams.get('code'));
+check(state.tokens?.access_token?.startsWith('pst_at_'), 'no TE from the token endpoint');
+const client = new Client({ name: 'postern-aggregate', version: '1.0.0' });
+await client.connect(transport);
+console.log(`ok: signed in through the aggregate ${url.href} (server ${client.getServerVersion()?.name})`);
+
+async function listAll() {
+  const tools = [];
+  const pages = [];
+  let cursor;
+  do {
+    const page = await client.listTools(cursor ? { cursor } : {});
+    pages.push(page);
+    tools.push(...page.tools);
+    cursor = page.nextCursor;
+  } while (cursor);
+  return { tools, pages, names: tools.map((t) => t.name).sort() };
+}
+const text = (result) => (result.content ?? []).map((c) => c.text ?? '').join('\n');
+// A call the gateway refuses may come back as a JSON-RPC error or as a tool error; both count.
+async function call(name, args = {}) {
+  try {
+    const result = await client.callTool({ name, arguments: args });
+    return { isError: !!result.isError, text: text(result), result };
+  } catch (error) {
+    return { isError: true, text: String(error.message ?? error), rpcError: true };
+  }
+}
+
+// 1. Exactly the tools Ada may call, each member's under its prefix.
+const before = await listAll();
+const expected = ['docs_fetch', 'docs_search', 'sqlite_list_tables', 'sqlite_read_query', 'whoami_whoami'];
+check(JSON.stringify(before.names) === JSON.stringify(expected),
+  `tools/list through the aggregate: ${before.names.join(', ')}; expected exactly ${expected.join(', ')}`);
+console.log(`ok: tools/list shows exactly ${before.names.join(', ')} (no sqlite_describe_table: mcp_tool deny; no admin_*: not allowed)`);
+// Not connected yet: notion's tools say so in the list, not a silent gap.
+for (const name of ['docs_search', 'docs_fetch']) {
+  const tool = before.tools.find((t) => t.name === name);
+  check(/connect/i.test(JSON.stringify(tool)), `${name} is listed without a note that Notion is not connected: ${show(tool)}`);
+}
+console.log('ok: the notion tools are listed with a note that the account is not connected');
+
+// 2. Denied tools are refused when called by name, not just hidden.
+for (const name of ['sqlite_describe_table', 'admin_whoami']) {
+  const refused = await call(name, { table_name: 'customers' });
+  check(refused.isError, `${name} through the aggregate was not refused: ${show(refused)}`);
+  check(!/CREATE TABLE|"email"/.test(refused.text), `${name} leaked the member's answer: ${refused.text}`);
+  console.log(`ok: ${name} refused: ${refused.text.slice(0, 160)}`);
+}
+
+// 3. One tool of each member through the one URL.
+const me = await call('whoami_whoami');
+check(!me.isError && me.text.includes(`"email":"${email}"`), `whoami_whoami: ${show(me)}`);
+console.log(`ok: whoami_whoami -> ${me.text.slice(0, 120)}`);
+const query = { query: 'SELECT name FROM customers ORDER BY id LIMIT 1' };
+const row = await call('sqlite_read_query', query);
+check(!row.isError && row.text.includes('Ada Lovelace'), `sqlite_read_query: ${show(row)}`);
+console.log(`ok: sqlite_read_query -> ${row.text.slice(0, 120)}`);
+
+// 4. Notion before connecting: told how, in the client.
+const unconnected = await call('docs_search', { query: 'road' });
+check(unconnected.isError && !unconnected.rpcError, `docs_search before connecting Notion is not a tool error: ${show(unconnected)}`);
+const connectUrl = unconnected.text.match(/https?:\/\/[^\s"'<>)]*\/\.pomerium\/mcp\/connect[^\s"'<>)]*/)?.[0];
+check(connectUrl, `the tool error does not carry the connect URL: ${unconnected.text}`);
+check(new URL(connectUrl).origin === new URL(gateway).origin, `the connect URL is not on the gateway: ${connectUrl}`);
+console.log(`ok: docs_search before connecting -> tool error with ${connectUrl}`);
+// Her browser opens it: confirm, the provider's consent (the fake approves at once), back.
+const back = new URL(connectUrl).searchParams.get('redirect_url');
+check(back, `the connect URL has no redirect_url: ${connectUrl}`);
+const backUrl = new URL(back, gateway).href;
+await userAgent(connectUrl, { gateway, email, password, redirectPrefix: backUrl });
+const connected = await call('docs_search', { query: 'road' });
+check(!connected.isError && connected.text.includes('Roadmap'), `docs_search after connecting: ${show(connected)}`);
+console.log(`ok: after connecting, docs_search -> ${connected.text.slice(0, 120)}`);
+const afterConnect = await listAll();
+check(!/not connected/i.test(JSON.stringify(afterConnect.tools.find((t) => t.name === 'docs_search'))),
+  'docs_search still listed as not connected after connecting');
+
+// 5. A member goes down mid-session.
+process.kill(Number(process.env.SQLITE_PID), 'SIGKILL');
+for (let i = 0; i < 50; i++) {
+  try { process.kill(Number(process.env.SQLITE_PID), 0); } catch { break; }
+  await new Promise((r) => setTimeout(r, 100));
+}
+const down = await call('sqlite_read_query', query);
+check(down.isError && !down.rpcError, `sqlite_read_query with its member down is not a tool error: ${show(down)}`);
+check(/sqlite/i.test(down.text) && /unavailable|not respond|down|unreachable|failed|could not|error/i.test(down.text),
+  `the tool error does not say the sqlite member is unavailable: ${down.text}`);
+console.log(`ok: sqlite down: sqlite_read_query -> tool error: ${down.text.slice(0, 200)}`);
+const stillMe = await call('whoami_whoami');
+check(!stillMe.isError && stillMe.text.includes(email), `whoami with sqlite down: ${show(stillMe)}`);
+const stillNotion = await call('docs_search', { query: 'road' });
+check(!stillNotion.isError && stillNotion.text.includes('Roadmap'), `notion with sqlite down: ${show(stillNotion)}`);
+console.log('ok: sqlite down: whoami_whoami and docs_search still answer');
+const degraded = await listAll();
+for (const name of ['whoami_whoami', 'docs_search', 'docs_fetch']) {
+  check(degraded.names.includes(name), `${name} missing from tools/list with sqlite down: ${degraded.names}`);
+}
+const listed = JSON.stringify(degraded.pages);
+const saysMissing = degraded.tools.filter((t) => t.name.startsWith('sqlite_')).every((t) => /sqlite/i.test(t.description ?? ''))
+  && /sqlite/i.test(listed.replace(/"name":"sqlite_[a-z_]+"/g, '')) && /unavailable|not respond|missing|down|unreachable|failed/i.test(listed);
+check(saysMissing, `tools/list with sqlite down does not say sqlite is missing: ${listed.slice(0, 800)}`);
+console.log(`ok: sqlite down: tools/list still answers (${degraded.names.join(', ')}) and says sqlite is missing`);
+await client.close();
