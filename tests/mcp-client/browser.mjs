@@ -26,10 +26,12 @@ function hiddenFields(html) {
   return fields;
 }
 
-export async function userAgent(start, { gateway, email, password, redirectPrefix, visits = [] }) {
+// `until(url)`, if given, says where to stop instead of `redirectPrefix`.
+export async function userAgent(start, { gateway, email, password, redirectPrefix, until, visits = [] }) {
+  const done = until ?? ((url) => url.startsWith(redirectPrefix));
   let next = start.toString();
   for (let step = 0; step < 20; step++) {
-    if (next.startsWith(redirectPrefix)) return new URL(next);
+    if (done(next)) return new URL(next);
     visits.push(next);
     const response = await browse(next);
     if (response.status >= 300 && response.status < 400) {
