@@ -11,6 +11,9 @@
 // - the sqlite member's process is stopped (SQLITE_PID): its tool answers a clear tool error
 //   naming it, the other members still answer, and tools/list says sqlite is missing.
 //
+// With EXPECT_REFUSED set, only checks that EMAIL, whom the aggregate's policy refuses, gets no
+// authorization.
+//
 // node aggregate-client.mjs GATEWAY_URL EMAIL PASSWORD AGGREGATE_PATH
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
@@ -53,6 +56,21 @@ try {
 }
 check(new URL(state.authorizationUrl).searchParams.get('resource') === url.href,
   `the client was not sent to authorize for the aggregate's URL: ${state.authorizationUrl}`);
+if (process.env.EXPECT_REFUSED) {
+  // A user the aggregate's own policy refuses (though every member's policy would let her in)
+  // gets no code: a refusal page, or the client's redirect with an error.
+  let outcome;
+  try {
+    const landing = await userAgent(state.authorizationUrl, { gateway, email, password, redirectPrefix: redirectUrl });
+    check(!landing.searchParams.get('code'), `the aggregate's policy refuses ${email}, but she got a code: ${landing.href}`);
+    outcome = `redirected with error=${landing.searchParams.get('error')}`;
+  } catch (error) {
+    check(/unexpected page \(403\)/.test(error.message), `${email}: ${error.message}`);
+    outcome = error.message.slice(0, 200);
+  }
+  console.log(`ok: ${email} (outside the aggregate's policy) is refused at authorization: ${outcome}`);
+  process.exit(0);
+}
 const landing = await userAgent(state.authorizationUrl, { gateway, email, password, redirectPrefix: redirectUrl });
 const transport = new StreamableHTTPClientTransport(url, { authProvider: provider });
 await transport.finishAuth(landing.searchParams.get('code'));
@@ -60,6 +78,16 @@ check(state.tokens?.access_token?.startsWith('pst_at_'), 'no TE from the token e
 const client = new Client({ name: 'postern-aggregate', version: '1.0.0' });
 await client.connect(transport);
 console.log(`ok: signed in through the aggregate ${url.href} (server ${client.getServerVersion()?.name})`);
+// The TE is bound to the aggregate's URL: it opens no member's own URL.
+for (const path of ['/sqlite', '/whoami']) {
+  const direct = await fetch(new URL(path, gateway), {
+    method: 'POST',
+    headers: { authorization: `Bearer ${state.tokens.access_token}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
+    body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }),
+  });
+  check(direct.status === 401, `the aggregate's TE opened the member's own URL ${path}: ${direct.status}`);
+}
+console.log("ok: the aggregate's TE is refused (401) at the members' own URLs");
 
 async function listAll() {
   const tools = [];

@@ -3,7 +3,9 @@
 # client of an aggregating route (`mcp: {aggregate: ...}`) whose members are the reference
 # servers `whoami`, `sqlite` and `notion` (upstream OAuth against the fake provider and the fake
 # Notion API), plus a member the user may not use at all. aggregate-client.mjs checks what the
-# client sees and can call (see there); mid-test it stops the sqlite member's process.
+# client sees and can call (see there); mid-test it stops the sqlite member's process. First, a
+# user outside the aggregate's policy (every member's policy would let her in) gets no
+# authorization for it.
 # Usage: tests/mcp-client/aggregate.sh [target dir with postern and fakes]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -28,7 +30,10 @@ PORT=$sqlite_port SQLITE_DB_FILE="$work/demo.db" RUST_LOG=warn "$bin/postern" se
 sqlite_pid=$!; pids+=($sqlite_pid)
 
 hash=$(echo -n ada-password | "$bin/postern" hash-password)
-echo "- {email: ada@example.com, name: Ada, groups: [staff], password_hash: \"$hash\"}" >"$work/users.yaml"
+{
+  echo "- {email: ada@example.com, name: Ada, groups: [staff], password_hash: \"$hash\"}"
+  echo "- {email: eve@elsewhere.test, name: Eve, groups: [admin], password_hash: \"$hash\"}"
+} >"$work/users.yaml"
 cat >"$work/postern.yaml" <<YAML
 insecure_server: true
 address: 127.0.0.1:$port
@@ -99,6 +104,7 @@ for p in $servers_port $sqlite_port; do
 done
 
 cd "$root/tests/mcp-client"
+EXPECT_REFUSED=1 node aggregate-client.mjs "http://localhost:$port" eve@elsewhere.test ada-password /tools || fail "eve"
 SQLITE_PID=$sqlite_pid node aggregate-client.mjs "http://localhost:$port" ada@example.com ada-password /tools || fail "aggregate client"
 grep -q "POST /v1/search Bearer ti-acceptance" "$work/notion.log" || { echo "the Notion API never saw the TI"; cat "$work/notion.log"; exit 1; }
 if grep -q "pst_" "$work/notion.log"; then echo "a TE reached the Notion API through the aggregate"; exit 1; fi
