@@ -34,6 +34,8 @@ pub struct Access {
     server: AuthorizationServer,
     broker: Arc<UpstreamBroker>,
     enforcement: Enforcement,
+    /// Aggregate routes' connections to their members' upstreams.
+    members: postern_gateway::proxy::UpstreamClient,
 }
 
 impl Access {
@@ -77,6 +79,7 @@ impl Access {
                 broker: broker.clone(),
             },
             broker,
+            members: postern_gateway::proxy::UpstreamClient::new(),
         }
     }
 
@@ -319,6 +322,7 @@ impl Hooks for Access {
             || path.starts_with("/.well-known/")
             || (request.method() == Method::OPTIONS && route.is_some_and(|r| r.is_mcp_server()))
             || (route.is_some_and(|r| r.is_mcp_server()) && is_page_navigation(request))
+            || route.is_some_and(|r| crate::aggregate::is_aggregate(r))
     }
 
     async fn intercept(
@@ -338,6 +342,14 @@ impl Hooks for Access {
                 && is_page_navigation(&request)
             {
                 return Ok(mcp_server_page(ctx, route));
+            }
+            // An aggregate route has no upstream: its MCP requests are answered here.
+            if let Some(route) = route.filter(|r| crate::aggregate::is_aggregate(r)) {
+                let aggregator = crate::aggregate::Aggregator {
+                    enforcement: &self.enforcement,
+                    client: &self.members,
+                };
+                return Ok(Box::pin(aggregator.serve(ctx, route, request)).await);
             }
             return Err(request);
         };

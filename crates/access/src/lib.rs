@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod aggregate;
 mod authorization_server;
 mod broker;
 mod dispatch;

@@ -449,7 +449,184 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     for (i, route) in config.routes.iter().enumerate() {
         validate_route(config, i, route)?;
     }
-    validate_route_ids(config)
+    validate_route_ids(config)?;
+    for (i, route) in config.routes.iter().enumerate() {
+        if matches!(&route.mcp, Some(Mcp::Server(s)) if s.aggregate.is_some()) {
+            aggregate_members(config, i)?;
+        }
+    }
+    Ok(())
+}
+
+/// One member of an aggregate route, resolved.
+#[derive(Clone, Debug)]
+pub struct ResolvedMember {
+    /// The member route's index in `routes`.
+    pub route: usize,
+    /// Its tool/prompt-name prefix (and resource-URI prefix).
+    pub prefix: String,
+    /// How long each call to it may take.
+    pub timeout: std::time::Duration,
+}
+
+/// The members of the aggregate route `routes[index]`, resolved and checked: each names an MCP
+/// server route of this configuration (by `id`, else `name`) that is not itself an aggregate,
+/// at most once, and no member's prefix begins another's (else a name could belong to two
+/// members: `""` next to `docs_`, or two `sqlite_`).
+pub fn aggregate_members(
+    config: &Config,
+    index: usize,
+) -> Result<Vec<ResolvedMember>, ConfigError> {
+    let Some(Some(Mcp::Server(McpServer {
+        aggregate: Some(aggregate),
+        ..
+    }))) = config.routes.get(index).map(|r| &r.mcp)
+    else {
+        return Ok(Vec::new());
+    };
+    let at = |j: usize, key: &str| format!("routes[{index}].mcp.aggregate.servers[{j}]{key}");
+    if aggregate.servers.is_empty() {
+        return Err(ConfigError::at(
+            format!("routes[{index}].mcp.aggregate.servers"),
+            "lists no member: name the MCP server routes (by id or name) this route federates",
+        ));
+    }
+    let mut members: Vec<ResolvedMember> = Vec::new();
+    for (j, member) in aggregate.servers.iter().enumerate() {
+        let reference = member.route();
+        let by_id = config
+            .routes
+            .iter()
+            .position(|r| r.id.as_deref() == Some(reference));
+        let by_name: Vec<usize> = config
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.name.as_deref() == Some(reference))
+            .map(|(k, _)| k)
+            .collect();
+        let found = match (by_id, by_name.as_slice()) {
+            (Some(k), _) => k,
+            (None, [k]) => *k,
+            (None, []) => {
+                let known = config
+                    .routes
+                    .iter()
+                    .filter(|r| matches!(&r.mcp, Some(Mcp::Server(s)) if s.aggregate.is_none()))
+                    .flat_map(|r| r.id.iter().chain(r.name.iter()))
+                    .map(String::as_str);
+                let hint = pomerium::closest(reference, known)
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                return Err(ConfigError::at(
+                    at(j, ""),
+                    format!(
+                        "no route has the id or name {reference:?}{hint}: name an MCP server route of this file"
+                    ),
+                ));
+            }
+            (None, _) => {
+                return Err(ConfigError::at(
+                    at(j, ""),
+                    format!(
+                        "{reference:?} is the name of several routes: give the member route an `id` and use it"
+                    ),
+                ));
+            }
+        };
+        let target = &config.routes[found];
+        let server = match &target.mcp {
+            Some(Mcp::Server(server)) => server,
+            Some(Mcp::Client) => {
+                return Err(ConfigError::at(
+                    at(j, ""),
+                    format!(
+                        "routes[{found}] ({reference}) is an MCP client app route; a member must be an MCP server route (mcp: {{server: ...}})"
+                    ),
+                ));
+            }
+            None => {
+                return Err(ConfigError::at(
+                    at(j, ""),
+                    format!(
+                        "routes[{found}] ({reference}) is not an MCP route; a member must be an MCP server route (mcp: {{server: ...}})"
+                    ),
+                ));
+            }
+        };
+        if server.aggregate.is_some() {
+            return Err(ConfigError::at(
+                at(j, ""),
+                format!(
+                    "routes[{found}] ({reference}) is itself an aggregate; list its members here instead"
+                ),
+            ));
+        }
+        if found == index {
+            return Err(ConfigError::at(
+                at(j, ""),
+                "an aggregate cannot list itself",
+            ));
+        }
+        if target.regex.is_some() {
+            return Err(ConfigError::at(
+                at(j, ""),
+                format!(
+                    "routes[{found}] ({reference}) matches a regex; a member needs one URL (prefix or path)"
+                ),
+            ));
+        }
+        let name = target
+            .name
+            .as_deref()
+            .or(target.id.as_deref())
+            .unwrap_or(reference);
+        let prefix = member
+            .prefix()
+            .map_or_else(|| types::aggregate_prefix(name), str::to_owned);
+        if let Some(bad) = prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(ConfigError::at(
+                at(j, ".prefix"),
+                format!(
+                    "{prefix:?} has {bad:?}: a tool name holds only A-Z, a-z, 0-9, _, - and . (MCP 2025-11-25)"
+                ),
+            ));
+        }
+        if member.timeout().is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::at(at(j, ".timeout"), "must be more than 0s"));
+        }
+        for (k, other) in members.iter().enumerate() {
+            if other.route == found {
+                return Err(ConfigError::at(
+                    at(j, ""),
+                    format!("{reference:?} is already servers[{k}]"),
+                ));
+            }
+            if other.prefix.starts_with(&prefix) || prefix.starts_with(&other.prefix) {
+                let other_name = config.routes[other.route]
+                    .id
+                    .clone()
+                    .or_else(|| config.routes[other.route].name.clone())
+                    .unwrap_or_default();
+                return Err(ConfigError::at(
+                    at(j, ".prefix"),
+                    format!(
+                        "the prefixes {prefix:?} ({reference}) and {:?} ({other_name}, servers[{k}]) can give two members' tools the same name: give each member a prefix that does not begin the other's",
+                        other.prefix
+                    ),
+                ));
+            }
+        }
+        members.push(ResolvedMember {
+            route: found,
+            prefix,
+            timeout: member.timeout().unwrap_or(types::AGGREGATE_MEMBER_TIMEOUT),
+        });
+    }
+    Ok(members)
 }
 
 /// Route `id`s, where given, name one route each.
@@ -798,10 +975,17 @@ fn validate_refresh_ttls(config: &Config) -> Result<(), ConfigError> {
 /// `routes[i]`: where it goes, how it matches, and its MCP server block.
 fn validate_route(config: &Config, i: usize, route: &Route) -> Result<(), ConfigError> {
     let at = |key: &str| format!("routes[{i}].{key}");
-    if route.to.to_vec().is_empty() {
+    let aggregate = matches!(&route.mcp, Some(Mcp::Server(s)) if s.aggregate.is_some());
+    if route.to.to_vec().is_empty() && !aggregate {
         return Err(ConfigError::at(
             at("to"),
             "at least one upstream URL is required",
+        ));
+    }
+    if aggregate && !route.to.to_vec().is_empty() {
+        return Err(ConfigError::at(
+            at("to"),
+            "an aggregate route (mcp.aggregate) has no upstream of its own: remove `to` (its members' routes say where they go)",
         ));
     }
     if route.prefix.is_some() && route.path.is_some() {

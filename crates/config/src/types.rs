@@ -400,7 +400,9 @@ pub enum IssuerFormat {
 pub struct Route {
     /// `scheme://host[:port]` matched against the request's host.
     pub from: FromUrl,
-    /// One or more upstream URLs; a path in `to` replaces the matched prefix.
+    /// One or more upstream URLs; a path in `to` replaces the matched prefix. Empty only on an
+    /// aggregate MCP route (`mcp.aggregate`), which has no upstream of its own.
+    #[serde(default = "OneOrMany::none")]
     pub to: OneOrMany<ToUrl>,
     /// Match requests whose path starts with this (on a segment boundary).
     #[serde(default)]
@@ -528,6 +530,11 @@ pub enum OneOrMany<T> {
 }
 
 impl<T: Clone> OneOrMany<T> {
+    /// No value (a route without `to`: an aggregate MCP route).
+    pub fn none() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+
     /// The values as a list.
     pub fn to_vec(&self) -> Vec<T> {
         match self {
@@ -566,6 +573,87 @@ pub struct McpServer {
     /// Largest request body accepted; larger get 413 (default 1 MiB).
     #[serde(default)]
     pub max_request_bytes: Option<u64>,
+    /// `mcp.aggregate`: this route federates other MCP server routes of the configuration
+    /// instead of proxying to an upstream of its own (given as `mcp: {aggregate: ...}`).
+    #[serde(skip)]
+    pub aggregate: Option<Aggregate>,
+}
+
+/// `mcp.aggregate`: the MCP server routes an aggregate route federates behind its one URL.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// The members: routes of this configuration, each by `id`, else by `name`.
+    pub servers: Vec<AggregateMember>,
+}
+
+/// One member of an aggregate route: a route reference, or the reference with options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum AggregateMember {
+    /// `- sqlite`: the route with that id (else name), default prefix and timeout.
+    Route(String),
+    /// `- {route: notion, prefix: docs_, timeout: 20s}`.
+    Detailed(AggregateMemberOptions),
+}
+
+/// A member with options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateMemberOptions {
+    /// The member route's `id`, else its `name`.
+    pub route: String,
+    /// Put before the member's tool and prompt names (and resource URIs, as `prefix+uri`);
+    /// default the slug of the member's name (else id) and `_`; `""` keeps them as they are.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// How long each call to this member may take (default 30s).
+    #[serde(default)]
+    pub timeout: Option<GoDuration>,
+}
+
+impl AggregateMember {
+    /// The member route's reference (`id`, else `name`).
+    pub fn route(&self) -> &str {
+        match self {
+            AggregateMember::Route(route) => route,
+            AggregateMember::Detailed(options) => &options.route,
+        }
+    }
+
+    /// The prefix given, if any.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            AggregateMember::Route(_) => None,
+            AggregateMember::Detailed(options) => options.prefix.as_deref(),
+        }
+    }
+
+    /// The per-call timeout given, if any.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            AggregateMember::Route(_) => None,
+            AggregateMember::Detailed(options) => options.timeout.map(|t| t.0),
+        }
+    }
+}
+
+/// A member's per-call timeout when the configuration gives none.
+pub const AGGREGATE_MEMBER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The default tool-name prefix of a member named `name`: lower-case letters and digits, every
+/// other run of characters one `_`, then `_` (`"Notion Docs"` -> `notion_docs_`).
+pub fn aggregate_prefix(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('_') && !slug.is_empty() {
+            slug.push('_');
+        }
+    }
+    let slug = slug.trim_end_matches('_');
+    format!("{slug}_")
 }
 
 /// A statically configured upstream OAuth client.
@@ -657,6 +745,8 @@ struct RawMcp {
     upstream_oauth2: Option<UpstreamOAuth2>,
     #[serde(default)]
     pass_upstream_access_token: Option<bool>,
+    #[serde(default)]
+    aggregate: Option<Aggregate>,
 }
 
 impl TryFrom<RawMcp> for Mcp {
@@ -665,6 +755,15 @@ impl TryFrom<RawMcp> for Mcp {
     fn try_from(raw: RawMcp) -> Result<Self, String> {
         let client = raw.client.is_some() || raw.pass_upstream_access_token == Some(true);
         let server = raw.server.is_some() || raw.upstream_oauth2.is_some();
+        if let Some(aggregate) = raw.aggregate {
+            if client || server {
+                return Err("an aggregate route (`aggregate`) has no upstream of its own: remove `server`, `client`, `upstream_oauth2` and `pass_upstream_access_token` (each member keeps its own on its route)".into());
+            }
+            return Ok(Mcp::Server(McpServer {
+                aggregate: Some(aggregate),
+                ..McpServer::default()
+            }));
+        }
         if let Some(extra) = raw.client.as_ref().and_then(|c| c.keys().next()) {
             return Err(format!("mcp.client takes no options (found `{extra}`)"));
         }

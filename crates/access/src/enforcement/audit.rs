@@ -60,6 +60,10 @@ pub struct AuditEvent {
     /// With `mcp-tool-parameters` selected: the `tools/call`'s arguments.
     #[serde(skip)]
     pub tool_arguments: Option<Bounded>,
+    /// The aggregate route the call came through (`route` is then the member, `tool` the
+    /// member's own name for the tool); absent for a call made on the member's own URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<String>,
 }
 
 impl AuditEvent {
@@ -100,6 +104,7 @@ impl AuditEvent {
             complete: None,
             facts: None,
             tool_arguments: None,
+            aggregate: None,
         }
     }
 }
@@ -445,6 +450,7 @@ mod tests {
             complete: Some(true),
             facts: None,
             tool_arguments: None,
+            aggregate: None,
         }
     }
 

@@ -55,6 +55,35 @@ struct Allowed {
     facts: Option<Arc<RequestFacts>>,
     /// A bearer-token request on an MCP server route: its answer carries CORS headers.
     bearer: bool,
+    /// The aggregate route the request came through, for a member call (audit records).
+    via: Option<String>,
+}
+
+/// Who made a refused request, for its audit records: the session, the request's
+/// `authorize_log_fields` facts, the MCP client and the aggregate route it came through.
+type Asker<'a> = (
+    Option<&'a Session>,
+    Option<&'a Arc<RequestFacts>>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// A member call made by an aggregate route for the user its TE identified: the member's
+/// policy is checked with this identity, as if the user had called the member's own URL.
+pub(crate) struct Delegated {
+    /// The user's session, from the aggregate's TE.
+    pub session: Session,
+    /// The MCP client that holds the aggregate's TE.
+    pub client_id: Option<String>,
+    /// The aggregate route's id.
+    pub aggregate: String,
+}
+
+/// What an allowed request's grant says about who is asking (for an aggregate route, which
+/// calls its members for that user).
+pub(crate) fn granted_identity(grant: &Grant) -> Option<(Session, Option<String>)> {
+    let allowed = grant.extensions.get::<Allowed>()?;
+    Some((allowed.session.clone()?, allowed.client_id.clone()))
 }
 
 /// Which responses of a route with tool rules may carry a tool list a client would read.
@@ -128,7 +157,7 @@ impl Enforcement {
         request: Request<Body>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
         let bearer = bearer_cors(route, request.headers());
-        Box::pin(self.decide(ctx, route, request, bearer))
+        Box::pin(self.decide(ctx, route, request, bearer, None))
             .await
             .map_err(|mut refused| {
                 if bearer {
@@ -138,6 +167,18 @@ impl Enforcement {
             })
     }
 
+    /// [`Enforcement::authorize`] for a member of an aggregate route: the same decision (the
+    /// member's policy and tool rules on each call), for the user the aggregate identified.
+    pub(crate) async fn authorize_member(
+        &self,
+        ctx: &RequestContext,
+        member: &Arc<Route>,
+        request: Request<Body>,
+        delegated: &Delegated,
+    ) -> Result<(Request<Body>, Grant), Response<Body>> {
+        Box::pin(self.decide(ctx, member, request, false, Some(delegated))).await
+    }
+
     /// [`Enforcement::authorize`], the decision.
     async fn decide(
         &self,
@@ -145,6 +186,7 @@ impl Enforcement {
         route: &Arc<Route>,
         request: Request<Body>,
         bearer: bool,
+        delegated: Option<&Delegated>,
     ) -> Result<(Request<Body>, Grant), Response<Body>> {
         // downstream_mtls default deny: no valid certificate, no other question (as Pomerium,
         // 495 before a sign-in, a token check or a body read).
@@ -164,7 +206,11 @@ impl Enforcement {
             return Err(GatewayError::ClientCertificateRequired { presented }
                 .into_response(&ctx.request_id, ctx.browser));
         }
-        let (session, client_id) = self.identify(ctx, route, &request).await?;
+        let (session, client_id) = match delegated {
+            Some(d) => (Some(d.session.clone()), d.client_id.clone()),
+            None => self.identify(ctx, route, &request).await?,
+        };
+        let via = delegated.map(|d| d.aggregate.clone());
         // Taken now: the request's parts are gone by the time its response ends.
         let facts = self.audit.fields().map(|fields| {
             let removed = session.as_ref().map_or(0, |s| removed_groups(s, route));
@@ -203,7 +249,12 @@ impl Enforcement {
             let mut refused = self.refuse(
                 ctx,
                 route,
-                (session.as_ref(), facts.as_ref(), client_id.as_deref()),
+                (
+                    session.as_ref(),
+                    facts.as_ref(),
+                    client_id.as_deref(),
+                    via.as_deref(),
+                ),
                 &denied,
                 &calls,
                 request.uri(),
@@ -241,6 +292,7 @@ impl Enforcement {
             filter_tools,
             facts,
             bearer,
+            via,
         });
         Ok((request, grant))
     }
@@ -367,7 +419,7 @@ impl Enforcement {
         &self,
         ctx: &RequestContext,
         route: &Route,
-        (session, facts, client_id): (Option<&Session>, Option<&Arc<RequestFacts>>, Option<&str>),
+        (session, facts, client_id, via): Asker<'_>,
         denied: &[&(Option<&Call>, postern_policy::Decision)],
         calls: &[Call],
         uri: &http::Uri,
@@ -401,6 +453,7 @@ impl Enforcement {
             event.facts = facts.cloned();
             event.tool_arguments = call.and_then(|c| c.arguments.clone());
             event.client_id = client_id.map(str::to_owned);
+            event.aggregate = via.map(str::to_owned);
             if let Some(call) = call.filter(|c| c.request.method == "tools/call") {
                 let tool = call.request.tool.as_deref().unwrap_or("");
                 ctx.metrics.tool_call(&route.id, tool, false);
@@ -617,6 +670,7 @@ impl Enforcement {
         );
         let session = allowed.session.clone();
         let client_id = allowed.client_id.clone();
+        let via = allowed.via.clone();
         for (call, _) in &tool_calls {
             let tool = call.tool.as_deref().unwrap_or("");
             ctx.metrics.tool_call(&route_id, tool, true);
@@ -641,6 +695,7 @@ impl Enforcement {
                     event.latency_ms = Some(postern_gateway::millis(started.elapsed()));
                     event.complete = Some(complete);
                     event.client_id = client_id.clone();
+                    event.aggregate = via.clone();
                     audit.record(event);
                 }
             };

@@ -91,6 +91,7 @@ fn event(facts: Option<Arc<RequestFacts>>) -> AuditEvent {
         complete: Some(true),
         facts,
         tool_arguments: Some(Bounded::of(&json!({"query": "SELECT 1"}))),
+        aggregate: None,
     }
 }
 

@@ -1,0 +1,1290 @@
+//! The aggregate MCP route (`mcp: {aggregate: {servers: [...]}}`): one URL that federates
+//! several MCP server routes of the configuration (its members), each still called with the
+//! user's own upstream account (TI), its own identity assertion and its own policy.
+//!
+//! # Design
+//!
+//! - **No upstream of its own.** An aggregate route is an MCP server route for clients
+//!   (protected resource metadata, OAuth through the gateway's authorization server, a TE whose
+//!   audience is the aggregate's resource, consent naming it), but [`Access`](crate::Access)
+//!   answers its requests itself (`intercept`) instead of proxying them.
+//! - **Authorized twice, with the same code as a direct call.** The client's request is first
+//!   decided by the aggregate's own policy ([`Enforcement::authorize`]). Each member call is
+//!   then built as the request the user would have sent to the member's own URL and goes
+//!   through the same functions as the proxy path: [`Enforcement::authorize_member`] (the
+//!   member's policy and `mcp_tool` rules, evaluated for the identity the aggregate's TE
+//!   proved), [`Enforcement::upstream_headers`] (the member's TI and an identity assertion
+//!   whose audience is the member's host), the gateway's own [`forward`](postern_gateway::proxy::forward)
+//!   to the member's upstream, and [`Enforcement::filter_response`] (tool lists filtered by the
+//!   member's rules, tool calls audited with `route` = the member and `aggregate` = this
+//!   route). Each call's headers are built afresh for that member: one member's TI or
+//!   assertion never reaches another.
+//! - **Names.** A member's tools and prompts are listed as `prefix + name`, its resources and
+//!   templates as `prefix + uri`; the configuration refuses prefixes of which one begins
+//!   another, so a name has at most one owner. A name a member lists that is not a valid tool
+//!   name (MCP 2025-11-25: 1-128 of `A-Za-z0-9_-.`) once prefixed is dropped, with a log line.
+//!   A member's answer is only ever read for its own entries: it cannot add names to another.
+//! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
+//!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
+//!   the owner only. A member that fails or is slow is reported, never waited on beyond its
+//!   timeout: lists carry `_meta["dev.postern/members"]`, one entry per member with its `state`
+//!   (`ok`, `refused`: its policy does not let the user list, `not_connected`: the user's
+//!   upstream account is not connected, with `connect_url`, `unavailable`: down, slow or
+//!   broken, with `reason`), `initialize`'s `instructions` name the members missing, and a log
+//!   line is written. A call to a missing or unconnected member's tool is a tool error
+//!   (`isError: true`) saying why and, for an unconnected account, where to connect it.
+//! - **State without a store.** The aggregate session id (`Mcp-Session-Id`) and pagination
+//!   cursors are sealed (AES-GCM, the store's keys, see `postern_store::Keyring`): the session
+//!   holds each member's session id, bound to the user, the client and the route; a cursor holds
+//!   each member's own cursor, bound the same way. Any replica with the same shared secret can
+//!   serve the next request; a forged or altered value is refused, and a session sealed for one
+//!   user is not accepted from another's token.
+//! - **Streams.** A call's answer is streamed from the member to the client (SSE events are
+//!   rewritten one by one, never buffered): server-to-client requests (sampling, elicitation,
+//!   roots) get ids `"postern:<member>:<id>"`, so the client's answer goes back to that member
+//!   with its own id; progress notifications pass through (the client's progress token is the
+//!   member's); `notifications/cancelled` goes to every member of the session (only the one that
+//!   has the request acts on it). There is no GET stream (405): members' `list_changed`
+//!   notifications reach the client on the streams of its requests.
+
+mod seal;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::BodyExt;
+use postern_gateway::body::{Body, BoxError, full};
+use postern_gateway::hooks::RequestContext;
+use postern_gateway::routes::Route;
+use postern_store::Session;
+use serde_json::{Value, json};
+
+use crate::enforcement::tool_filter::{EventSplitter, MAX_MESSAGE_BYTES, Media};
+use crate::enforcement::{Delegated, Enforcement};
+use crate::web::reply::{cors, json_error};
+
+use self::seal::{Binding, Cursor, SessionState};
+
+/// The `_meta` key of a list's per-member report.
+pub const MEMBERS_META: &str = "dev.postern/members";
+
+/// One member, resolved for this request.
+#[derive(Clone)]
+pub(crate) struct Member {
+    /// Position in `mcp.aggregate.servers`.
+    pub pos: usize,
+    /// The member's route.
+    pub route: Arc<Route>,
+    /// Its name and URI prefix.
+    pub prefix: String,
+    /// How long each call may take.
+    pub timeout: Duration,
+}
+
+impl Member {
+    /// The member's name for people (its route's name, else id).
+    fn name(&self) -> String {
+        self.route
+            .config
+            .name
+            .clone()
+            .unwrap_or_else(|| self.route.id.clone())
+    }
+}
+
+/// Whether `route` is an aggregate route.
+pub(crate) fn is_aggregate(route: &Route) -> bool {
+    matches!(&route.kind, postern_gateway::routes::Kind::McpServer(s) if s.aggregate.is_some())
+}
+
+/// The members of the aggregate `route`, in configuration order.
+pub(crate) fn members(ctx: &RequestContext, route: &Route) -> Vec<Member> {
+    let config = &ctx.runtime.config;
+    let Ok(resolved) = postern_config::aggregate_members(config, route.index) else {
+        // Checked when the configuration was read.
+        return Vec::new();
+    };
+    let routes = ctx.runtime.routes.all();
+    resolved
+        .into_iter()
+        .enumerate()
+        .filter_map(|(pos, m)| {
+            let member = routes.iter().find(|r| r.index == m.route)?.clone();
+            Some(Member {
+                pos,
+                route: member,
+                prefix: m.prefix,
+                timeout: m.timeout,
+            })
+        })
+        .collect()
+}
+
+/// What came of one call to a member.
+pub(crate) enum Outcome {
+    /// The member answered (already filtered and audited as a direct call is).
+    Answered(Response<Body>),
+    /// The member's policy refused the request (its answer: a JSON-RPC denial or a 403).
+    Refused(Response<Body>),
+    /// The user's upstream account for the member is not connected.
+    NotConnected { connect_url: String },
+    /// The member is down, slow or broken.
+    Unavailable(String),
+}
+
+/// The aggregate route's request handler.
+pub(crate) struct Aggregator<'a> {
+    pub enforcement: &'a Enforcement,
+    pub client: &'a postern_gateway::proxy::UpstreamClient,
+}
+
+/// The client request's facts the handler needs after the body was read.
+struct Incoming {
+    protocol: Option<HeaderValue>,
+    session: Option<String>,
+    bearer: bool,
+}
+
+impl Aggregator<'_> {
+    /// Answers a request to the aggregate `route`.
+    pub(crate) async fn serve(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let incoming = Incoming {
+            protocol: request.headers().get("mcp-protocol-version").cloned(),
+            session: request
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            bearer: request.headers().contains_key(header::AUTHORIZATION),
+        };
+        let method = request.method().clone();
+        let (request, grant) = match self.enforcement.authorize(ctx, route, request).await {
+            Ok(allowed) => allowed,
+            Err(refused) => return refused,
+        };
+        let (session, client_id) = match crate::enforcement::granted_identity(&grant) {
+            Some(identity) => identity,
+            None => {
+                return json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "an aggregate route calls its members as a signed-in user: present the access token the gateway issued for this URL",
+                    &ctx.request_id,
+                );
+            }
+        };
+        let delegated = Delegated {
+            session,
+            client_id,
+            aggregate: route.id.clone(),
+        };
+        let members = members(ctx, route);
+        let mut response = match method {
+            Method::POST => {
+                let body = request.into_body();
+                let bytes =
+                    postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None)
+                        .await
+                        .unwrap_or_default();
+                self.post(ctx, route, &members, &delegated, &incoming, &bytes)
+                    .await
+            }
+            Method::DELETE => {
+                self.delete(ctx, route, &members, &delegated, &incoming)
+                    .await
+            }
+            _ => {
+                let mut response = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "an aggregate MCP route offers no server-initiated stream (GET): members' notifications arrive on the streams of requests; POST JSON-RPC messages",
+                    &ctx.request_id,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                response
+            }
+        };
+        if incoming.bearer {
+            cors(response.headers_mut());
+        }
+        response
+    }
+
+    async fn delete(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+    ) -> Response<Body> {
+        let state = match self.open_session(route, delegated, incoming) {
+            Ok(Some(state)) => state,
+            Ok(None) => return status_only(StatusCode::METHOD_NOT_ALLOWED),
+            Err(response) => return *response,
+        };
+        let calls = members.iter().filter_map(|member| {
+            let sid = state.member(member)?;
+            Some(self.member_request(
+                ctx,
+                member,
+                delegated,
+                Method::DELETE,
+                None,
+                incoming,
+                Some(sid),
+            ))
+        });
+        join_all(calls.collect()).await;
+        status_only(StatusCode::OK)
+    }
+
+    /// The aggregate session the client named, checked: `Ok(None)` when it named none.
+    fn open_session(
+        &self,
+        route: &Route,
+        delegated: &Delegated,
+        incoming: &Incoming,
+    ) -> Result<Option<SessionState>, Box<Response<Body>>> {
+        let Some(sealed) = &incoming.session else {
+            return Ok(None);
+        };
+        let binding = Binding::new(route, delegated);
+        match SessionState::open(self.enforcement.store.keyring(), &binding, sealed) {
+            Some(state) => Ok(Some(state)),
+            None => Err(Box::new(json_error(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                "this MCP session is unknown, expired or not yours: initialize a new one (send initialize without Mcp-Session-Id)",
+                "",
+            ))),
+        }
+    }
+
+    /// A POSTed JSON-RPC message.
+    async fn post(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+        bytes: &[u8],
+    ) -> Response<Body> {
+        let Ok(message) = serde_json::from_slice::<Value>(bytes) else {
+            return rpc_error(Value::Null, -32700, "the body is not JSON");
+        };
+        if !message.is_object() {
+            return rpc_error(
+                Value::Null,
+                -32600,
+                "an aggregate MCP route takes one JSON-RPC message per POST (no batches)",
+            );
+        }
+        let id = message.get("id").cloned();
+        let method = message
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let Some(method) = method else {
+            // The client's answer to a member's request.
+            return self
+                .answer_to_member(ctx, route, members, delegated, incoming, message)
+                .await;
+        };
+        if method == "initialize" || method == "server/discover" {
+            return self
+                .initialize(ctx, route, members, delegated, incoming, &message)
+                .await;
+        }
+        let state = match self.open_session(route, delegated, incoming) {
+            Ok(state) => state,
+            Err(response) => return *response,
+        };
+        let Some(id) = id else {
+            // A notification: every member of the session hears it.
+            let calls = members.iter().map(|member| {
+                let sid = state.as_ref().and_then(|s| s.member(member));
+                self.member_request(
+                    ctx,
+                    member,
+                    delegated,
+                    Method::POST,
+                    Some(message.clone()),
+                    incoming,
+                    sid,
+                )
+            });
+            join_all(calls.collect()).await;
+            return status_only(StatusCode::ACCEPTED);
+        };
+        let scope = Scope {
+            ctx,
+            route,
+            members,
+            delegated,
+            incoming,
+            state: state.as_ref(),
+        };
+        match method.as_str() {
+            "tools/list" => self.list(&scope, id, &message, LIST_TOOLS).await,
+            "prompts/list" => self.list(&scope, id, &message, LIST_PROMPTS).await,
+            "resources/list" => self.list(&scope, id, &message, LIST_RESOURCES).await,
+            "resources/templates/list" => self.list(&scope, id, &message, LIST_TEMPLATES).await,
+            "tools/call" | "prompts/get" => {
+                self.call_named(&scope, id, message, "/params/name").await
+            }
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                self.call_named(&scope, id, message, "/params/uri").await
+            }
+            "completion/complete" => {
+                let pointer = if message.pointer("/params/ref/type").and_then(Value::as_str)
+                    == Some("ref/prompt")
+                {
+                    "/params/ref/name"
+                } else {
+                    "/params/ref/uri"
+                };
+                self.call_named(&scope, id, message, pointer).await
+            }
+            "ping" => json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": {}})),
+            "logging/setLevel" => {
+                let calls = members.iter().map(|member| {
+                    let sid = state.as_ref().and_then(|s| s.member(member));
+                    self.member_request(
+                        ctx,
+                        member,
+                        delegated,
+                        Method::POST,
+                        Some(message.clone()),
+                        incoming,
+                        sid,
+                    )
+                });
+                join_all(calls.collect()).await;
+                json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+            }
+            other => rpc_error(
+                id,
+                -32601,
+                &format!("the aggregate route does not serve the method {other:?}"),
+            ),
+        }
+    }
+
+    /// `initialize` or `server/discover`: every member asked, capabilities merged, member
+    /// sessions sealed into the aggregate's.
+    async fn initialize(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+        message: &Value,
+    ) -> Response<Body> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        let calls = members.iter().map(|member| {
+            self.member_request(
+                ctx,
+                member,
+                delegated,
+                Method::POST,
+                Some(message.clone()),
+                incoming,
+                None,
+            )
+        });
+        let outcomes = join_all(calls.collect()).await;
+        let mut capabilities = serde_json::Map::new();
+        let mut versions: Vec<String> = Vec::new();
+        let mut instructions: Vec<String> = Vec::new();
+        let mut sessions: Vec<Option<String>> = vec![None; members.len()];
+        let mut missing: Vec<String> = Vec::new();
+        let mut single_info: Option<Value> = None;
+        for (member, outcome) in members.iter().zip(outcomes) {
+            let (answer, sid) = match outcome {
+                Outcome::Answered(response) => {
+                    let sid = response
+                        .headers()
+                        .get("mcp-session-id")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match read_answer(response, &id, member.timeout).await {
+                        Ok(answer) => (answer, sid),
+                        Err(why) => {
+                            missing.push(format!("{} ({why})", member.name()));
+                            continue;
+                        }
+                    }
+                }
+                other => {
+                    missing.push(format!("{} ({})", member.name(), describe(&other)));
+                    continue;
+                }
+            };
+            let Some(result) = answer.get("result") else {
+                missing.push(format!("{} (it refused to initialize)", member.name()));
+                continue;
+            };
+            sessions[member.pos] = sid;
+            if let Some(version) = result.get("protocolVersion").and_then(Value::as_str) {
+                versions.push(version.to_owned());
+            }
+            if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+                instructions.push(if member.prefix.is_empty() {
+                    text.to_owned()
+                } else {
+                    format!("{} (tools named {}*): {text}", member.name(), member.prefix)
+                });
+            }
+            merge_capabilities(&mut capabilities, result.get("capabilities"));
+            if members.len() == 1 {
+                single_info = result.get("serverInfo").cloned();
+            }
+        }
+        for gone in &missing {
+            tracing::warn!(request_id = %ctx.request_id, route = %route.id, member = %gone, "aggregate member unavailable at initialize");
+        }
+        if !missing.is_empty() {
+            instructions.push(format!(
+                "Not available now (their tools are missing from this session): {}.",
+                missing.join(", ")
+            ));
+        }
+        let requested = message
+            .pointer("/params/protocolVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        // The revision every member answered, else the oldest one answered (which each member
+        // of an older revision then speaks).
+        let version = match (&requested, versions.first()) {
+            (Some(asked), _) if !versions.is_empty() && versions.iter().all(|v| v == asked) => {
+                asked.clone()
+            }
+            (_, Some(_)) => versions.iter().min().cloned().unwrap_or_default(),
+            (Some(asked), None) => asked.clone(),
+            (None, None) => "2025-06-18".to_owned(),
+        };
+        let server_info = single_info.unwrap_or_else(|| {
+            json!({
+                "name": route.config.name.clone().unwrap_or_else(|| route.id.clone()),
+                "version": env!("CARGO_PKG_VERSION"),
+            })
+        });
+        let mut result = json!({
+            "protocolVersion": version,
+            "capabilities": capabilities,
+            "serverInfo": server_info,
+        });
+        if !instructions.is_empty() {
+            result["instructions"] = Value::String(instructions.join("\n\n"));
+        }
+        if message.get("method").and_then(Value::as_str) == Some("server/discover") {
+            result["supportedVersions"] = json!([version]);
+        }
+        let mut response = json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        if sessions.iter().any(Option::is_some) {
+            let state = SessionState::new(members, sessions);
+            let binding = Binding::new(route, delegated);
+            match state.seal(self.enforcement.store.keyring(), &binding) {
+                Some(sealed) => {
+                    if let Ok(value) = HeaderValue::from_str(&sealed) {
+                        response.headers_mut().insert("mcp-session-id", value);
+                    }
+                }
+                None => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        "the gateway cannot seal the session now; try again",
+                        &ctx.request_id,
+                    );
+                }
+            }
+        }
+        response
+    }
+
+    /// The client's answer to a request a member made (its id `postern:<pos>:<member's id>`).
+    async fn answer_to_member(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+        mut message: Value,
+    ) -> Response<Body> {
+        let Some((pos, original)) = message.get("id").and_then(Value::as_str).and_then(unmap_id)
+        else {
+            return rpc_error(
+                Value::Null,
+                -32600,
+                "this answer's id is not one the aggregate route gave a request of a member",
+            );
+        };
+        let Some(member) = members.iter().find(|m| m.pos == pos) else {
+            return rpc_error(Value::Null, -32600, "no member has that request");
+        };
+        let state = match self.open_session(route, delegated, incoming) {
+            Ok(state) => state,
+            Err(response) => return *response,
+        };
+        message["id"] = original;
+        let sid = state.as_ref().and_then(|s| s.member(member));
+        match self
+            .member_request(
+                ctx,
+                member,
+                delegated,
+                Method::POST,
+                Some(message),
+                incoming,
+                sid,
+            )
+            .await
+        {
+            Outcome::Answered(_) => status_only(StatusCode::ACCEPTED),
+            other => json_error(
+                StatusCode::BAD_GATEWAY,
+                "member_unavailable",
+                &format!(
+                    "the answer could not be passed to {}: {}",
+                    member.name(),
+                    describe(&other)
+                ),
+                &ctx.request_id,
+            ),
+        }
+    }
+
+    /// A list request: each member's page (from the cursor), merged with names mapped.
+    async fn list(
+        &self,
+        scope: &Scope<'_>,
+        id: Value,
+        message: &Value,
+        kind: ListKind,
+    ) -> Response<Body> {
+        let binding = Binding::new(scope.route, scope.delegated);
+        let keyring = self.enforcement.store.keyring();
+        let cursor = match message.pointer("/params/cursor").and_then(Value::as_str) {
+            None => None,
+            Some(sealed) => match Cursor::open(keyring, &binding, sealed) {
+                Some(cursor) => Some(cursor),
+                None => {
+                    return rpc_error(
+                        id,
+                        -32602,
+                        "invalid cursor: it was not issued by this route for you (or was altered); list again without a cursor",
+                    );
+                }
+            },
+        };
+        let asked: Vec<(&Member, Option<String>)> = scope
+            .members
+            .iter()
+            .filter_map(|m| match &cursor {
+                None => Some((m, None)),
+                Some(c) => c.get(m).map(|mc| (m, Some(mc))),
+            })
+            .collect();
+        let calls = asked.iter().map(|(member, member_cursor)| {
+            let mut request = json!({"jsonrpc": "2.0", "id": id.clone(), "method": kind.method});
+            let mut params = message.get("params").cloned().unwrap_or_else(|| json!({}));
+            if let Some(params) = params.as_object_mut() {
+                params.remove("cursor");
+                if let Some(c) = member_cursor {
+                    params.insert("cursor".into(), Value::String(c.clone()));
+                }
+            }
+            request["params"] = params;
+            let sid = scope.state.and_then(|s| s.member(member));
+            let call = self.member_request(
+                scope.ctx,
+                member,
+                scope.delegated,
+                Method::POST,
+                Some(request),
+                scope.incoming,
+                sid,
+            );
+            let id = id.clone();
+            let timeout = member.timeout;
+            async move {
+                match call.await {
+                    Outcome::Answered(response) => {
+                        match read_answer(response, &id, timeout).await {
+                            Ok(answer) => Ok(answer),
+                            Err(why) => Err(Outcome::Unavailable(why)),
+                        }
+                    }
+                    other => Err(other),
+                }
+            }
+        });
+        let answers = join_all(calls.collect()).await;
+        let mut items: Vec<Value> = Vec::new();
+        let mut next = Cursor::default();
+        let mut report: Vec<Value> = Vec::new();
+        for ((member, _), answer) in asked.iter().zip(answers) {
+            let mut entry =
+                json!({"member": member.route.id, "name": member.name(), "prefix": member.prefix});
+            match answer {
+                Ok(answer) => {
+                    if let Some(result) = answer.get("result") {
+                        let listed = result.get(kind.key).and_then(Value::as_array);
+                        for item in listed.into_iter().flatten() {
+                            if let Some(item) = map_item(item, member, kind) {
+                                items.push(item);
+                            }
+                        }
+                        if let Some(c) = result.get("nextCursor").and_then(Value::as_str) {
+                            next.set(member, c.to_owned());
+                        }
+                        entry["state"] = json!("ok");
+                    } else {
+                        // A JSON-RPC error: the member's policy refused, or it does not list
+                        // this kind (no prompts, say).
+                        let refused = answer.pointer("/error/code").and_then(Value::as_i64)
+                            == Some(-32602)
+                            && answer
+                                .pointer("/error/message")
+                                .and_then(Value::as_str)
+                                .is_some_and(|m| m.starts_with("access denied"));
+                        entry["state"] = json!(if refused { "refused" } else { "ok" });
+                        if !refused {
+                            entry["note"] = answer
+                                .pointer("/error/message")
+                                .cloned()
+                                .unwrap_or(Value::Null);
+                        }
+                    }
+                }
+                Err(Outcome::Refused(_)) => entry["state"] = json!("refused"),
+                Err(Outcome::NotConnected { connect_url }) => {
+                    entry["state"] = json!("not_connected");
+                    entry["connect_url"] = json!(connect_url);
+                }
+                Err(other) => {
+                    let reason = describe(&other);
+                    tracing::warn!(request_id = %scope.ctx.request_id, route = %scope.route.id, member = %member.route.id, %reason, "aggregate member missing from a list");
+                    entry["state"] = json!("unavailable");
+                    entry["reason"] = json!(reason);
+                }
+            }
+            report.push(entry);
+        }
+        let mut result = json!({ kind.key: items, "_meta": { MEMBERS_META: report } });
+        if !next.is_empty() {
+            match next.seal(keyring, &binding) {
+                Some(sealed) => result["nextCursor"] = Value::String(sealed),
+                None => {
+                    return rpc_error(
+                        id,
+                        -32603,
+                        "the gateway cannot seal the cursor now; try again",
+                    );
+                }
+            }
+        }
+        json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+    }
+
+    /// A request about one named tool, prompt or resource: sent to its owner, name unmapped,
+    /// the answer streamed back.
+    async fn call_named(
+        &self,
+        scope: &Scope<'_>,
+        id: Value,
+        mut message: Value,
+        pointer: &str,
+    ) -> Response<Body> {
+        let Some(name) = message
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return rpc_error(id, -32602, &format!("{pointer} is required"));
+        };
+        let owner = scope
+            .members
+            .iter()
+            .filter(|m| name.starts_with(&m.prefix))
+            .max_by_key(|m| m.prefix.len());
+        let is_tool = message.get("method").and_then(Value::as_str) == Some("tools/call");
+        let Some(member) = owner else {
+            return rpc_error(id, -32602, &format!("no member of this route has {name:?}"));
+        };
+        let own = name[member.prefix.len()..].to_owned();
+        if let Some(slot) = message.pointer_mut(pointer) {
+            *slot = Value::String(own.clone());
+        }
+        let sid = scope.state.and_then(|s| s.member(member));
+        let outcome = self
+            .member_request(
+                scope.ctx,
+                member,
+                scope.delegated,
+                Method::POST,
+                Some(message),
+                scope.incoming,
+                sid,
+            )
+            .await;
+        match outcome {
+            Outcome::Answered(response) | Outcome::Refused(response) => {
+                map_answer(response, member.clone()).await
+            }
+            Outcome::NotConnected { connect_url } if is_tool => tool_error(
+                id,
+                &format!(
+                    "{} needs your account at its provider, which is not connected: open {connect_url} to connect it, then call {name} again",
+                    member.name()
+                ),
+                Some(&connect_url),
+            ),
+            Outcome::Unavailable(why) if is_tool => tool_error(
+                id,
+                &format!(
+                    "{} is not available now ({why}); try again later",
+                    member.name()
+                ),
+                None,
+            ),
+            Outcome::NotConnected { connect_url } => rpc_error(
+                id,
+                -32603,
+                &format!(
+                    "{} needs your account at its provider, which is not connected: open {connect_url}",
+                    member.name()
+                ),
+            ),
+            Outcome::Unavailable(why) => rpc_error(
+                id,
+                -32603,
+                &format!("{} is not available now ({why})", member.name()),
+            ),
+        }
+    }
+
+    /// Sends one request to `member` as the user would on its own URL, through the same
+    /// enforcement functions as the proxy path (policy, TI and assertion, response filter and
+    /// audit), within the member's timeout.
+    #[allow(clippy::too_many_arguments)]
+    async fn member_request(
+        &self,
+        ctx: &RequestContext,
+        member: &Member,
+        delegated: &Delegated,
+        method: Method,
+        message: Option<Value>,
+        incoming: &Incoming,
+        member_session: Option<String>,
+    ) -> Outcome {
+        let route = &member.route;
+        // The member's own request context: its host is the assertion's audience.
+        let mut member_ctx = ctx.clone();
+        member_ctx.scheme = if route.config.from.scheme == "https" {
+            "https"
+        } else {
+            "http"
+        };
+        member_ctx.host = route.config.from.host.clone();
+        // A `from` without a port is served on every listener: the one this request came in on.
+        member_ctx.port = route.config.from.port.unwrap_or(ctx.port);
+        let resource = crate::oauth_server::route_resource(route, &member_ctx.origin());
+        let path = url::Url::parse(&resource)
+            .map(|u| u.path().to_owned())
+            .unwrap_or_else(|_| "/".to_owned());
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(&path)
+            .header(header::HOST, member_ctx.host.as_str())
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if let Some(protocol) = &incoming.protocol {
+            builder = builder.header("mcp-protocol-version", protocol.clone());
+        }
+        if let Some(sid) = member_session.as_deref() {
+            builder = builder.header("mcp-session-id", sid);
+        }
+        let body = match &message {
+            Some(message) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                if let Some(method) = message.get("method").and_then(Value::as_str) {
+                    builder = builder.header("mcp-method", method);
+                }
+                full(message.to_string())
+            }
+            None => postern_gateway::body::empty(),
+        };
+        let Ok(request) = builder.body(body) else {
+            return Outcome::Unavailable("the request could not be built".into());
+        };
+        let work = async {
+            let (request, grant) = match self
+                .enforcement
+                .authorize_member(&member_ctx, route, request, delegated)
+                .await
+            {
+                Ok(allowed) => allowed,
+                Err(refused) => return Outcome::Refused(refused),
+            };
+            let extra = match self
+                .enforcement
+                .upstream_headers(&member_ctx, route, &grant)
+                .await
+            {
+                Ok(extra) => extra,
+                Err(refused) if refused.status() == StatusCode::UNAUTHORIZED => {
+                    return Outcome::NotConnected {
+                        connect_url: connect_url(&member_ctx, route),
+                    };
+                }
+                Err(refused) => {
+                    return Outcome::Unavailable(format!(
+                        "its upstream account could not be used ({})",
+                        refused.status()
+                    ));
+                }
+            };
+            let cookie = member_ctx.runtime.config.cookie_name();
+            let forwarded_for = member_ctx.client_addr.ip().to_string();
+            match postern_gateway::proxy::forward(
+                self.client,
+                &member_ctx,
+                route,
+                request,
+                extra,
+                cookie,
+                &forwarded_for,
+            )
+            .await
+            {
+                Ok((response, _)) => {
+                    let response = response.map(|b| b.map_err(BoxError::from).boxed());
+                    let response = self
+                        .enforcement
+                        .filter_response(&member_ctx, route, &grant, response)
+                        .await;
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        return Outcome::NotConnected {
+                            connect_url: connect_url(&member_ctx, route),
+                        };
+                    }
+                    if response.status().is_server_error() {
+                        return Outcome::Unavailable(format!("it answered {}", response.status()));
+                    }
+                    Outcome::Answered(response)
+                }
+                Err((error, _, _)) => Outcome::Unavailable(error.to_string()),
+            }
+        };
+        match tokio::time::timeout(member.timeout, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Unavailable(format!(
+                "it did not answer within {}s",
+                member.timeout.as_secs_f64()
+            )),
+        }
+    }
+}
+
+/// What a request handler needs about the request.
+struct Scope<'a> {
+    ctx: &'a RequestContext,
+    route: &'a Route,
+    members: &'a [Member],
+    delegated: &'a Delegated,
+    incoming: &'a Incoming,
+    state: Option<&'a SessionState>,
+}
+
+/// A list method: its name and the key of its items.
+#[derive(Clone, Copy)]
+struct ListKind {
+    method: &'static str,
+    key: &'static str,
+    /// The item's field that is prefixed.
+    field: &'static str,
+}
+
+const LIST_TOOLS: ListKind = ListKind {
+    method: "tools/list",
+    key: "tools",
+    field: "name",
+};
+const LIST_PROMPTS: ListKind = ListKind {
+    method: "prompts/list",
+    key: "prompts",
+    field: "name",
+};
+const LIST_RESOURCES: ListKind = ListKind {
+    method: "resources/list",
+    key: "resources",
+    field: "uri",
+};
+const LIST_TEMPLATES: ListKind = ListKind {
+    method: "resources/templates/list",
+    key: "resourceTemplates",
+    field: "uriTemplate",
+};
+
+/// A member's list item with its name (or URI) prefixed; `None` (logged) when the name is
+/// missing or, for a tool, not a valid tool name once prefixed.
+fn map_item(item: &Value, member: &Member, kind: ListKind) -> Option<Value> {
+    let name = item.get(kind.field).and_then(Value::as_str)?;
+    let mapped = format!("{}{name}", member.prefix);
+    if kind.key == "tools" && !valid_tool_name(&mapped) {
+        tracing::warn!(member = %member.route.id, tool = %crate::web::untrusted::Untrusted(name), "aggregate: dropped a tool whose name is not a valid MCP tool name once prefixed");
+        return None;
+    }
+    let mut item = item.clone();
+    item[kind.field] = Value::String(mapped);
+    Some(item)
+}
+
+/// MCP 2025-11-25: a tool name is 1 to 128 of `A-Z a-z 0-9 _ - .`.
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Capabilities of all members: each kind offered by one is offered, with its flags or-ed.
+fn merge_capabilities(into: &mut serde_json::Map<String, Value>, from: Option<&Value>) {
+    let Some(from) = from.and_then(Value::as_object) else {
+        return;
+    };
+    for (kind, flags) in from {
+        let slot = into
+            .entry(kind.clone())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let (Some(slot), Some(flags)) = (slot.as_object_mut(), flags.as_object()) {
+            for (flag, value) in flags {
+                let on = value.as_bool().unwrap_or(false);
+                match slot.get(flag) {
+                    Some(Value::Bool(true)) => {}
+                    _ if value.is_boolean() => {
+                        slot.insert(flag.clone(), Value::Bool(on));
+                    }
+                    _ => {
+                        slot.entry(flag.clone()).or_insert_with(|| value.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The JSON-RPC response with `id` in a member's answer (JSON, or the first such message of an
+/// event stream), read within `timeout`.
+async fn read_answer(
+    response: Response<Body>,
+    id: &Value,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let media = Media::of(response.headers());
+    let status = response.status();
+    let body = response.into_body();
+    let read = async {
+        match media {
+            Media::Json => {
+                let bytes =
+                    postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None)
+                        .await
+                        .map_err(|_| "its answer could not be read".to_owned())?;
+                serde_json::from_slice::<Value>(&bytes)
+                    .map_err(|_| "its answer is not JSON".to_owned())
+            }
+            Media::EventStream => {
+                let mut body = body;
+                let mut splitter = EventSplitter::default();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| format!("its stream failed: {e}"))?;
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    for event in splitter.push(&data).map_err(str::to_owned)? {
+                        if let Some(message) =
+                            event_data(&event).and_then(|d| serde_json::from_str::<Value>(&d).ok())
+                            && message.get("method").is_none()
+                            && message.get("id") == Some(id)
+                        {
+                            return Ok(message);
+                        }
+                    }
+                }
+                Err("its stream ended without an answer".to_owned())
+            }
+            Media::Other => Err(format!("it answered {status} without an MCP message")),
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "it did not answer within {}s",
+                timeout.as_secs_f64()
+            ))
+        })
+}
+
+/// The `data` of an SSE event (its lines joined), if any.
+fn event_data(event: &str) -> Option<String> {
+    let mut data: Option<String> = None;
+    for line in event.split('\n') {
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            }
+        }
+    }
+    data.filter(|d| !d.is_empty())
+}
+
+/// A member's answer to a routed request, as the client gets it: JSON (one message) mapped
+/// whole, an event stream mapped event by event as it arrives.
+async fn map_answer(response: Response<Body>, member: Member) -> Response<Body> {
+    let media = Media::of(response.headers());
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    // The member's session is its own; the client keeps the aggregate's.
+    parts.headers.remove("mcp-session-id");
+    match media {
+        Media::EventStream => Response::from_parts(parts, MapEvents::new(body, member).boxed()),
+        Media::Json => {
+            let Ok(bytes) =
+                postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None).await
+            else {
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "member_unavailable",
+                    "the member's answer could not be read whole",
+                    "",
+                );
+            };
+            let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+                return Response::from_parts(parts, full(bytes));
+            };
+            map_message(&mut message, &member);
+            Response::from_parts(parts, full(message.to_string()))
+        }
+        Media::Other => Response::from_parts(parts, body),
+    }
+}
+
+/// A member's message on its way to the client: its requests' ids mapped (the client's answer
+/// comes back to this member), resource URIs prefixed.
+fn map_message(message: &mut Value, member: &Member) {
+    let is_request = message.get("method").is_some() && message.get("id").is_some();
+    if is_request && let Some(id) = message.get("id").cloned() {
+        message["id"] = Value::String(map_id(member.pos, &id));
+    }
+    if member.prefix.is_empty() {
+        return;
+    }
+    if let Some(contents) = message
+        .pointer_mut("/result/contents")
+        .and_then(Value::as_array_mut)
+    {
+        for content in contents {
+            if let Some(uri) = content.get("uri").and_then(Value::as_str) {
+                content["uri"] = Value::String(format!("{}{uri}", member.prefix));
+            }
+        }
+    }
+    if message.get("method").and_then(Value::as_str) == Some("notifications/resources/updated")
+        && let Some(uri) = message.pointer("/params/uri").and_then(Value::as_str)
+    {
+        message["params"]["uri"] = Value::String(format!("{}{uri}", member.prefix));
+    }
+}
+
+/// The id a member's request gets toward the client.
+fn map_id(pos: usize, id: &Value) -> String {
+    format!("postern:{pos}:{id}")
+}
+
+/// The member and its own id, from a mapped id.
+fn unmap_id(mapped: &str) -> Option<(usize, Value)> {
+    let rest = mapped.strip_prefix("postern:")?;
+    let (pos, id) = rest.split_once(':')?;
+    Some((pos.parse().ok()?, serde_json::from_str(id).ok()?))
+}
+
+/// Why a member did not answer, for people.
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Answered(_) => "it answered".into(),
+        Outcome::Refused(_) => "your access to it is refused by its policy".into(),
+        Outcome::NotConnected { connect_url } => {
+            format!("your account at its provider is not connected: {connect_url}")
+        }
+        Outcome::Unavailable(why) => why.clone(),
+    }
+}
+
+/// Where the user connects their upstream account for `route` (the gateway's connect page).
+fn connect_url(ctx: &RequestContext, route: &Route) -> String {
+    let origin = ctx.origin();
+    let resource = crate::oauth_server::route_resource(route, &origin);
+    format!(
+        "{origin}/.pomerium/mcp/connect?resource={}&redirect_url={}",
+        crate::web::reply::encode(&resource),
+        crate::web::reply::encode(&format!("{origin}/.pomerium/"))
+    )
+}
+
+fn json_answer(message: &Value) -> Response<Body> {
+    let mut response = Response::new(full(message.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn rpc_error(id: Value, code: i64, message: &str) -> Response<Body> {
+    json_answer(&json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
+}
+
+/// A tool result that is an error (the model reads it), with the connect URL in `_meta`.
+fn tool_error(id: Value, text: &str, connect_url: Option<&str>) -> Response<Body> {
+    let mut result = json!({"content": [{"type": "text", "text": text}], "isError": true});
+    if let Some(url) = connect_url {
+        result["_meta"] = json!({"dev.postern/connect_url": url});
+    }
+    json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+}
+
+fn status_only(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(postern_gateway::body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// Runs `futures` concurrently; their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// A member's event stream, each event's message mapped ([`map_message`]) as it completes.
+struct MapEvents {
+    inner: Body,
+    splitter: EventSplitter,
+    member: Member,
+}
+
+impl MapEvents {
+    fn new(inner: Body, member: Member) -> Self {
+        Self {
+            inner,
+            splitter: EventSplitter::default(),
+            member,
+        }
+    }
+}
+
+impl HttpBody for MapEvents {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    let events = match this.splitter.push(&data) {
+                        Ok(events) => events,
+                        Err(why) => return Poll::Ready(Some(Err(why.into()))),
+                    };
+                    let mut out = String::new();
+                    for event in events {
+                        out.push_str(&map_event(&event, &this.member));
+                        out.push_str("\n\n");
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// One SSE event of a member, its message mapped; other fields (`id`, `retry`, comments) kept.
+fn map_event(event: &str, member: &Member) -> String {
+    let Some(mut message) = event_data(event).and_then(|d| serde_json::from_str::<Value>(&d).ok())
+    else {
+        return event.to_owned();
+    };
+    map_message(&mut message, member);
+    let mut out = String::new();
+    for line in event
+        .split('\n')
+        .filter(|l| l.split_once(':').map_or(*l, |(f, _)| f) != "data")
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&message.to_string());
+    out
+}
+
+/// The user a delegated call is made for (for the binding of sealed values).
+pub(crate) fn user_of(delegated: &Delegated) -> &Session {
+    &delegated.session
+}
