@@ -9,7 +9,8 @@
 //   this script follows that URL as her browser would (confirm, the provider's consent), and the
 //   same call then returns her Notion results;
 // - the sqlite member's process is stopped (SQLITE_PID): its tool answers a clear tool error
-//   naming it, the other members still answer, and tools/list says sqlite is missing.
+//   naming it (but not its internal address), the other members still answer, and tools/list
+//   says sqlite is missing.
 //
 // With EXPECT_REFUSED set, only checks that EMAIL, whom the aggregate's policy refuses, gets no
 // authorization.
@@ -201,4 +202,20 @@ check(!degraded.names.some((n) => n.startsWith('sqlite_')) || degraded.tools.fil
 const gone = member(degraded, 'sqlite');
 check(gone?.state === 'unavailable' && gone.reason, `tools/list with sqlite down does not say sqlite is missing: ${show(degraded.pages.map((p) => p._meta))}`);
 console.log(`ok: sqlite down: tools/list still answers (${degraded.names.join(', ')}) and says sqlite is unavailable: ${gone.reason}`);
+// What the client may learn about members, checked last so that every check above has run:
+// - about a member that is down, what it is told on the member's own URL
+//   (crates/gateway/src/errors.rs, `public_message`): unavailable, not the member's internal
+//   address or the OS error, which are for the log;
+// - nothing about a member whose policy refuses the user: like /.pomerium/mcp/routes and the
+//   portal, which neither list nor name servers a user may not use.
+const findings = [];
+const internal = /127\.0\.0\.1:\d+|tcp connect error|os error \d+/;
+for (const [what, said] of [['the tool error', down.text], ["the list's report", gone.reason]]) {
+  if (internal.test(said)) findings.push(`${what} for the sqlite member that is down shows its internal address or OS error: ${said}`);
+}
+const instructions = client.getInstructions() ?? '';
+if (/admin/i.test(instructions)) findings.push(`initialize's instructions name the member Ada may not use: ${instructions}`);
+if (member(degraded, 'admin')) findings.push(`tools/list's report names the member Ada may not use: ${show(member(degraded, 'admin'))}`);
+check(!findings.length, `the aggregate tells the client more than it should:\n- ${findings.join('\n- ')}`);
+console.log("ok: the client learns neither a down member's internal address nor of a member it may not use");
 await client.close();
