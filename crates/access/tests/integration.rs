@@ -5,6 +5,8 @@
 #[path = "integration/support/mod.rs"]
 mod support;
 
+#[path = "integration/aggregate.rs"]
+mod aggregate;
 #[path = "integration/attacks.rs"]
 mod attacks;
 #[path = "integration/audit_log_fields.rs"]

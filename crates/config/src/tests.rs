@@ -1465,3 +1465,128 @@ mod properties {
         }
     }
 }
+
+/// A config with the aggregate `/tools` over `servers` (YAML flow list) and four routes:
+/// `sqlite` (by id), `Notion Docs` (by name only), an MCP client app and a web route.
+fn aggregate_config(servers: &str) -> String {
+    format!(
+        "insecure_server: true
+routes:
+  - from: http://mcp.example.com
+    path: /tools
+    name: All tools
+    id: tools
+    allow_any_authenticated_user: true
+    mcp:
+      aggregate:
+        servers: {servers}
+  - from: http://mcp.example.com
+    prefix: /sqlite
+    id: sqlite
+    to: http://sqlite:8080
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://mcp.example.com
+    prefix: /notion
+    name: Notion Docs
+    to: http://notion:8080
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://app.example.com
+    id: app
+    to: http://app:3000
+    allow_any_authenticated_user: true
+    mcp: {{client: {{}}}}
+  - from: http://web.example.com
+    id: web
+    to: http://web:3000
+    allow_any_authenticated_user: true
+"
+    )
+}
+
+#[test]
+fn aggregate_members_resolve_by_id_or_name_with_default_prefixes() {
+    let config = parse_ok(&aggregate_config(
+        "[sqlite, {route: Notion Docs, timeout: 20s}]",
+    ));
+    let members = aggregate_members(&config, 0).unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(
+        (members[0].route, members[0].prefix.as_str()),
+        (1, "sqlite_")
+    );
+    assert_eq!(members[0].timeout, AGGREGATE_MEMBER_TIMEOUT);
+    assert_eq!(
+        (members[1].route, members[1].prefix.as_str()),
+        (2, "notion_docs_")
+    );
+    assert_eq!(members[1].timeout, std::time::Duration::from_secs(20));
+    // No `to`: an aggregate has no upstream of its own.
+    assert!(config.routes[0].to.to_vec().is_empty());
+    let config = parse_ok(&aggregate_config("[{route: sqlite, prefix: ''}]"));
+    assert_eq!(aggregate_members(&config, 0).unwrap()[0].prefix, "");
+}
+
+#[test]
+fn aggregate_members_that_cannot_be_federated_are_refused_with_the_reason() {
+    let cases = [
+        ("[sqlit]", "servers[0]", "did you mean `sqlite`?"),
+        ("[app]", "servers[0]", "MCP client app route"),
+        ("[web]", "servers[0]", "is not an MCP route"),
+        ("[tools]", "servers[0]", "itself an aggregate"),
+        ("[sqlite, sqlite]", "servers[1]", "already servers[0]"),
+        ("[]", "servers", "lists no member"),
+        (
+            "[{route: sqlite, prefix: ''}, Notion Docs]",
+            "servers[1].prefix",
+            "(sqlite, servers[0])",
+        ),
+        (
+            "[{route: sqlite, prefix: x_}, {route: Notion Docs, prefix: x_}]",
+            "servers[1].prefix",
+            "same name",
+        ),
+        (
+            "[{route: sqlite, prefix: 'a b'}]",
+            "servers[0].prefix",
+            "A-Z",
+        ),
+        (
+            "[{route: sqlite, timeout: 0s}]",
+            "servers[0].timeout",
+            "more than 0s",
+        ),
+    ];
+    for (servers, path, message) in cases {
+        let err = parse_err(&aggregate_config(servers));
+        assert!(
+            err.path.ends_with(path) && err.message.contains(message),
+            "{servers}: {err}"
+        );
+    }
+    // An aggregate with an upstream, or with server options of its own.
+    let with_to = aggregate_config("[sqlite]").replace(
+        "    path: /tools\n",
+        "    path: /tools\n    to: http://x:1\n",
+    );
+    assert!(
+        parse_err(&with_to)
+            .message
+            .contains("no upstream of its own")
+    );
+    let with_server = aggregate_config("[sqlite]")
+        .replace("      aggregate:\n", "      server: {}\n      aggregate:\n");
+    assert!(
+        parse_err(&with_server)
+            .to_string()
+            .contains("no upstream of its own")
+    );
+    // Any other route still needs `to`.
+    let without_to = aggregate_config("[sqlite]").replace("    to: http://web:3000\n", "");
+    assert!(
+        parse_err(&without_to)
+            .message
+            .contains("at least one upstream URL")
+    );
+}

@@ -1,0 +1,752 @@
+//! The aggregate MCP route (`mcp.aggregate`), attacked: a member's policy and tool rules hold
+//! through the aggregate (listing and calling), each member gets only its own upstream token and
+//! an assertion for its own host, cursors and session ids cannot be forged or borrowed, and a
+//! member that is down, slow or not connected degrades as documented instead of failing the
+//! others.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use postern_access::oauth_server::{AccessClaims, mint_access_token};
+use postern_access::{Access, AccessSettings};
+use postern_store::{Store, UpstreamToken};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+/// What a fake member server saw: each request's headers and message.
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
+
+impl Seen {
+    fn authorizations(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| {
+                h.get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn assertion_audiences(&self) -> Vec<String> {
+        use base64::Engine;
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(h, _)| h.get("x-pomerium-jwt-assertion"))
+            .map(|jwt| {
+                let payload = jwt.to_str().unwrap().split('.').nth(1).unwrap().to_owned();
+                let claims: Value = serde_json::from_slice(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(payload)
+                        .unwrap(),
+                )
+                .unwrap();
+                claims["aud"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m["method"] == "tools/call")
+            .map(|(_, m)| m["params"]["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn sessions(&self, method: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, m)| m["method"] == method)
+            .map(|(h, _)| {
+                h.get("mcp-session-id")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+/// A fake MCP server: `tools`, listed `page` at a time, each call answered with its name;
+/// `initialize` opens session `<name>-session`; `delay` before every answer.
+#[derive(Clone)]
+struct FakeMember {
+    name: &'static str,
+    tools: Vec<&'static str>,
+    page: usize,
+    delay: Duration,
+    seen: Seen,
+}
+
+async fn fake_member(
+    State(member): State<FakeMember>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    member
+        .seen
+        .0
+        .lock()
+        .unwrap()
+        .push((headers, message.clone()));
+    tokio::time::sleep(member.delay).await;
+    let id = message["id"].clone();
+    let result = match message["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            let result = json!({
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {"listChanged": true}},
+                "serverInfo": {"name": member.name, "version": "1"},
+                "instructions": format!("{} instructions", member.name),
+            });
+            let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
+            return (
+                [
+                    ("content-type", "application/json"),
+                    ("mcp-session-id", &format!("{}-session", member.name)),
+                ],
+                body.to_string(),
+            )
+                .into_response();
+        }
+        "tools/list" => {
+            let start: usize = message["params"]["cursor"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let end = (start + member.page).min(member.tools.len());
+            let tools: Vec<Value> = member.tools[start..end]
+                .iter()
+                .map(|t| json!({"name": t, "description": t, "inputSchema": {"type": "object"}}))
+                .collect();
+            let mut result = json!({"tools": tools});
+            if end < member.tools.len() {
+                result["nextCursor"] = json!(end.to_string());
+            }
+            result
+        }
+        "tools/call" => {
+            json!({"content": [{"type": "text", "text": format!("{} ran {}", member.name, message["params"]["name"].as_str().unwrap_or(""))}]})
+        }
+        method if method.starts_with("notifications/") => {
+            return axum::http::StatusCode::ACCEPTED.into_response();
+        }
+        _ => {
+            return (
+                [("content-type", "application/json")],
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no such method"}}).to_string(),
+            )
+                .into_response();
+        }
+    };
+    (
+        [("content-type", "application/json")],
+        json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string(),
+    )
+        .into_response()
+}
+
+async fn serve_member(member: FakeMember, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(fake_member).with_state(member);
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
+    });
+    format!("http://{address}")
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A gateway with the aggregate `/tools` over:
+/// - `alpha` (prefix `alpha_`, upstream account `ti-alpha`): tools `search`, `fetch`,
+///   `secret_tool` (denied by its `mcp_tool` rule), `list_more`, listed two at a time;
+/// - `beta` (prefix `b_`, on host 127.0.0.1, account `ti-beta`): Ada only, tool `query`;
+/// - `down` (prefix `down_`): nothing listens;
+/// - `slow` (prefix `slow_`, timeout 1s): answers after 5 s.
+struct AggregateWorld {
+    base: String,
+    store: Store,
+    alpha: Seen,
+    beta: Seen,
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for AggregateWorld {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+const ADA: &str = "ada-id";
+const MALLORY: &str = "mallory-id";
+
+impl AggregateWorld {
+    async fn new() -> Self {
+        let stop = CancellationToken::new();
+        let alpha = Seen::default();
+        let beta = Seen::default();
+        let alpha_url = serve_member(
+            FakeMember {
+                name: "alpha",
+                tools: vec!["search", "fetch", "secret_tool", "list_more"],
+                page: 2,
+                delay: Duration::ZERO,
+                seen: alpha.clone(),
+            },
+            &stop,
+        )
+        .await;
+        let beta_url = serve_member(
+            FakeMember {
+                name: "beta",
+                tools: vec!["query"],
+                page: 10,
+                delay: Duration::ZERO,
+                seen: beta.clone(),
+            },
+            &stop,
+        )
+        .await;
+        let slow_url = serve_member(
+            FakeMember {
+                name: "slow",
+                tools: vec!["wait"],
+                page: 10,
+                delay: Duration::from_secs(5),
+                seen: Seen::default(),
+            },
+            &stop,
+        )
+        .await;
+        let down = closed_port().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let oauth = "upstream_oauth2: {client_id: c, client_secret: s, endpoint: {auth_url: 'https://idp.example/authorize', token_url: 'https://idp.example/token'}}";
+        let yaml = format!(
+            "insecure_server: true
+pass_identity_headers: true
+routes:
+  - from: http://localhost
+    path: /tools
+    id: tools
+    name: All tools
+    allow_any_authenticated_user: true
+    mcp:
+      aggregate:
+        servers:
+          - Alpha
+          - route: beta
+            prefix: b_
+          - down
+          - route: slow
+            timeout: 1s
+  - from: http://localhost
+    prefix: /alpha
+    id: alpha
+    name: Alpha
+    to: {alpha_url}
+    policy:
+      allow: {{and: [{{authenticated_user: true}}]}}
+      deny: {{or: [{{mcp_tool: {{is: secret_tool}}}}]}}
+    mcp: {{server: {{{oauth}}}}}
+  - from: http://127.0.0.1
+    prefix: /beta
+    id: beta
+    to: {beta_url}
+    allowed_users: [ada@example.com]
+    mcp: {{server: {{{oauth}}}}}
+  - from: http://localhost
+    prefix: /down
+    id: down
+    to: http://127.0.0.1:{down}
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /slow
+    id: slow
+    to: {slow_url}
+    allow_any_authenticated_user: true
+    mcp: {{}}
+"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit.jsonl");
+        let settings = AccessSettings {
+            pass_identity_headers: true,
+            audit_file: Some(audit.clone()),
+            ..support::settings()
+        };
+        let store = support::memory_store().await;
+        let access = Access::new(
+            store.clone(),
+            postern_access::users::LocalUsers::new(vec![]),
+            postern_access::assertion::Signer::from_pem(
+                &postern_access::assertion::Signer::generate_pem(),
+            )
+            .unwrap(),
+            settings,
+        );
+        support::serve(listener, &yaml, access, &stop);
+        let base = format!("http://localhost:{port}");
+        let world = Self {
+            base,
+            store,
+            alpha,
+            beta,
+            audit,
+            _dir: dir,
+            stop,
+        };
+        world
+            .connect(ADA, "http://localhost/alpha", "ti-alpha")
+            .await;
+        world.connect(ADA, "http://127.0.0.1/beta", "ti-beta").await;
+        world
+    }
+
+    /// Stores `user`'s upstream token for the route keyed `route_key`.
+    async fn connect(&self, user: &str, route_key: &str, token: &str) {
+        let token = UpstreamToken {
+            access_token: token.to_owned().into(),
+            refresh_token: None,
+            token_type: Some("Bearer".into()),
+            expires_at: None,
+            scope: None,
+            token_endpoint: None,
+            client_id: None,
+        };
+        let far = i64::MAX / 2;
+        self.store
+            .put_upstream_token(user, route_key, &token, far)
+            .await
+            .unwrap();
+    }
+
+    /// A TE for `user` on `resource` (what the gateway's token endpoint issues).
+    fn token_for(&self, user: &str, resource: &str) -> String {
+        let email = if user == ADA {
+            "ada@example.com"
+        } else {
+            "mallory@other.test"
+        };
+        let claims = AccessClaims {
+            sub: user.into(),
+            email: email.into(),
+            name: user.into(),
+            groups: vec![],
+            sid: format!("grant-{user}"),
+            fam: format!("family-{user}"),
+            cid: "client-1".into(),
+            aud: resource.into(),
+            exp: i64::MAX / 2,
+            clm: Default::default(),
+        };
+        mint_access_token(self.store.keyring(), &claims).unwrap()
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.token_for(user, &format!("{}/tools", self.base))
+    }
+
+    /// POSTs `message` to the aggregate as `user` (with `session`): status, headers, body.
+    async fn post(
+        &self,
+        user: &str,
+        session: Option<&str>,
+        message: Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = support::client()
+            .post(format!("{}/tools", self.base))
+            .bearer_auth(self.token(user))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&message);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    async fn list(&self, user: &str, cursor: Option<&str>) -> Value {
+        let params = match cursor {
+            Some(c) => json!({"cursor": c}),
+            None => json!({}),
+        };
+        let (status, _, body) = self
+            .post(
+                user,
+                None,
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": params}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Every tool name `user` is listed, following cursors.
+    async fn all_tools(&self, user: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list(user, cursor.as_deref()).await;
+            names.extend(
+                page["result"]["tools"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t["name"].as_str().unwrap().to_owned()),
+            );
+            match page["result"]["nextCursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        names.sort();
+        names
+    }
+
+    async fn call(&self, user: &str, tool: &str) -> Value {
+        let (status, _, body) = self
+            .post(
+                user,
+                None,
+                json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool, "arguments": {}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// The members' report in a list's `_meta`, as member id -> state.
+fn member_states(list: &Value) -> Vec<(String, String)> {
+    list["result"]["_meta"]["dev.postern/members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["member"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
+    let w = AggregateWorld::new().await;
+    // Ada sees each member's tools, prefixed, except the one alpha's tool rule denies.
+    assert_eq!(
+        w.all_tools(ADA).await,
+        ["alpha_fetch", "alpha_list_more", "alpha_search", "b_query"]
+    );
+    // Calling the denied tool through the aggregate is refused by alpha's rule: alpha never
+    // hears of it.
+    let denied = w.call(ADA, "alpha_secret_tool").await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    assert!(!w.alpha.calls().contains(&"secret_tool".to_owned()));
+    // An allowed call reaches alpha under its own name.
+    let ran = w.call(ADA, "alpha_search").await;
+    assert_eq!(
+        ran["result"]["content"][0]["text"], "alpha ran search",
+        "{ran}"
+    );
+    assert_eq!(ran["id"], 7);
+
+    // Mallory may use the aggregate, but beta's policy (Ada only) refuses her: beta is absent
+    // from her list and reported as refused; calling its tool is refused by beta's policy.
+    w.connect(MALLORY, "http://localhost/alpha", "ti-mallory")
+        .await;
+    let before = w.beta.0.lock().unwrap().len();
+    let list = w.list(MALLORY, None).await;
+    assert!(
+        member_states(&list).contains(&("beta".into(), "refused".into())),
+        "{list}"
+    );
+    assert_eq!(
+        w.all_tools(MALLORY).await,
+        ["alpha_fetch", "alpha_list_more", "alpha_search"]
+    );
+    let refused = w.call(MALLORY, "b_query").await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert_eq!(
+        w.beta.0.lock().unwrap().len(),
+        before,
+        "beta heard a request its policy refuses"
+    );
+    // A name no member owns.
+    let unknown = w.call(ADA, "nobody_tool").await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+}
+
+#[tokio::test]
+async fn each_member_gets_only_its_own_upstream_token_and_assertion() {
+    let w = AggregateWorld::new().await;
+    let (_, headers, _) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+        )
+        .await;
+    assert!(headers.contains_key("mcp-session-id"));
+    w.all_tools(ADA).await;
+    w.call(ADA, "alpha_fetch").await;
+    w.call(ADA, "b_query").await;
+    let alpha = w.alpha.authorizations();
+    let beta = w.beta.authorizations();
+    assert!(alpha.len() >= 4 && beta.len() >= 3, "{alpha:?} {beta:?}");
+    // The client's TE for the aggregate never reaches a member; each member gets its own TI.
+    assert!(alpha.iter().all(|a| a == "Bearer ti-alpha"), "{alpha:?}");
+    assert!(beta.iter().all(|a| a == "Bearer ti-beta"), "{beta:?}");
+    // The assertion names each member's own host as its audience.
+    let alpha_aud = w.alpha.assertion_audiences();
+    let beta_aud = w.beta.assertion_audiences();
+    assert!(
+        !alpha_aud.is_empty() && alpha_aud.iter().all(|a| a == "localhost"),
+        "{alpha_aud:?}"
+    );
+    assert!(
+        !beta_aud.is_empty() && beta_aud.iter().all(|a| a == "127.0.0.1"),
+        "{beta_aud:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_aggregate_refuses_a_token_for_another_resource() {
+    let w = AggregateWorld::new().await;
+    // A TE for the member alpha is not a TE for the aggregate.
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token_for(ADA, &format!("{}/alpha", w.base)))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // Nor does the aggregate answer without a token.
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    assert!(w.alpha.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_tampered_or_borrowed_cursor_is_refused() {
+    let w = AggregateWorld::new().await;
+    w.connect(MALLORY, "http://localhost/alpha", "ti-mallory")
+        .await;
+    let first = w.list(ADA, None).await;
+    let cursor = first["result"]["nextCursor"].as_str().unwrap().to_owned();
+    // The cursor is opaque: the member's own cursor is not readable in it.
+    assert!(!cursor.contains("alpha"), "{cursor}");
+    let second = w.list(ADA, Some(&cursor)).await;
+    assert_eq!(
+        second["result"]["tools"][0]["name"], "alpha_list_more",
+        "{second}"
+    );
+    // One character changed: refused, and no member is asked.
+    let mut altered = cursor.clone().into_bytes();
+    let at = altered.len() / 2;
+    altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let asked = w.alpha.0.lock().unwrap().len();
+    let (_, _, refused) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": altered}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cursor")
+    );
+    // Ada's cursor in Mallory's hands: refused too.
+    let (_, _, borrowed) = w
+        .post(
+            MALLORY,
+            None,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"cursor": cursor}}),
+        )
+        .await;
+    assert_eq!(borrowed["error"]["code"], -32602, "{borrowed}");
+    assert_eq!(w.alpha.0.lock().unwrap().len(), asked);
+}
+
+#[tokio::test]
+async fn a_forged_or_borrowed_session_id_adopts_no_member_session() {
+    let w = AggregateWorld::new().await;
+    w.connect(MALLORY, "http://localhost/alpha", "ti-mallory")
+        .await;
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (status, headers, body) = w.post(ADA, None, init).await;
+    assert_eq!(status, 200, "{body}");
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    // The members' session ids are sealed in it, not readable.
+    assert!(!session.contains("alpha-session"), "{session}");
+    assert_eq!(body["result"]["protocolVersion"], "2025-06-18");
+    assert!(
+        body["result"]["capabilities"]["tools"]["listChanged"] == true,
+        "{body}"
+    );
+    // Ada's next request carries her session: alpha gets its own session id back.
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (status, _, _) = w.post(ADA, Some(&session), list.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(w.alpha.sessions("tools/list"), ["alpha-session"]);
+    // Mallory presenting Ada's aggregate session: refused (404: initialize your own), and
+    // alpha never sees Ada's session id on Mallory's behalf.
+    let (status, _, _) = w.post(MALLORY, Some(&session), list.clone()).await;
+    assert_eq!(status, 404);
+    // A made-up session id, or Ada's altered: refused.
+    let (status, _, _) = w.post(ADA, Some("v1.k.forged"), list.clone()).await;
+    assert_eq!(status, 404);
+    let altered = format!("{}A", &session[..session.len() - 1]);
+    let (status, _, _) = w.post(ADA, Some(&altered), list).await;
+    assert_eq!(status, 404);
+    assert_eq!(w.alpha.sessions("tools/list"), ["alpha-session"]);
+}
+
+#[tokio::test]
+async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
+    let w = AggregateWorld::new().await;
+    let list = w.list(ADA, None).await;
+    let states = member_states(&list);
+    assert!(states.contains(&("alpha".into(), "ok".into())), "{list}");
+    assert!(
+        states.contains(&("down".into(), "unavailable".into())),
+        "{list}"
+    );
+    assert!(
+        states.contains(&("slow".into(), "unavailable".into())),
+        "{list}"
+    );
+    let slow = list["result"]["_meta"]["dev.postern/members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == "slow")
+        .unwrap()
+        .clone();
+    assert!(
+        slow["reason"].as_str().unwrap().contains("within 1s"),
+        "{slow}"
+    );
+    // The others' tools are there.
+    assert!(
+        list["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "b_query"),
+        "{list}"
+    );
+    // The missing members' tools answer a tool error that says why.
+    for tool in ["down_anything", "slow_wait"] {
+        let answer = w.call(ADA, tool).await;
+        assert_eq!(answer["result"]["isError"], true, "{answer}");
+        let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("not available now"), "{text}");
+    }
+    // Mallory has not connected her alpha account: alpha is reported with where to connect
+    // it, and calling its tool says so (never a silent gap).
+    let list = w.list(MALLORY, None).await;
+    let alpha = list["result"]["_meta"]["dev.postern/members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == "alpha")
+        .unwrap()
+        .clone();
+    assert_eq!(alpha["state"], "not_connected", "{list}");
+    let connect = alpha["connect_url"].as_str().unwrap();
+    assert!(
+        connect.contains("/.pomerium/mcp/connect?resource="),
+        "{connect}"
+    );
+    let answer = w.call(MALLORY, "alpha_search").await;
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains("not connected") && text.contains(connect),
+        "{text}"
+    );
+    assert!(
+        w.alpha
+            .authorizations()
+            .iter()
+            .all(|a| a == "Bearer ti-alpha")
+    );
+}
+
+#[tokio::test]
+async fn audit_records_name_the_aggregate_the_member_and_the_tool() {
+    let w = AggregateWorld::new().await;
+    w.call(ADA, "alpha_search").await;
+    w.call(ADA, "alpha_secret_tool").await;
+    let records = async {
+        loop {
+            let text = std::fs::read_to_string(&w.audit).unwrap_or_default();
+            let records: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|r: &Value| r["aggregate"] == "tools")
+                .collect();
+            if records.len() >= 2 {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let records = tokio::time::timeout(Duration::from_secs(20), records)
+        .await
+        .expect("the audit records of the aggregate's calls");
+    let allowed = records.iter().find(|r| r["decision"] == "allow").unwrap();
+    assert_eq!(allowed["route"], "alpha");
+    assert_eq!(allowed["tool"], "search");
+    let denied = records.iter().find(|r| r["decision"] == "deny").unwrap();
+    assert_eq!(denied["route"], "alpha");
+    assert_eq!(denied["tool"], "secret_tool");
+}
