@@ -9,12 +9,17 @@
 # sign-in and policy, so the difference is the aggregate's own work. Prints; asserts nothing.
 #
 # Usage: bench/aggregate.sh [SECONDS_PER_POINT]   (loopback only; stops by itself)
+# BENCH_BIN=DIR uses the binaries there instead of building release ones (to check the script).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-5}"
 cd "$root"
-cargo build --release --locked -q -p postern -p postern-testkit
-bin="$root/target/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$(cd "$BENCH_BIN" && pwd)"
+else
+  cargo build --release --locked -q -p postern -p postern-testkit
+  bin="$root/target/release"
+fi
 work="$(mktemp -d)"
 up=$((20000 + RANDOM % 5000)); pst=$((30000 + RANDOM % 5000))
 pids=()
@@ -106,7 +111,7 @@ printf '\nAggregate route: tools/call of a member tool, member route vs aggregat
 printf '%-4s %-10s %9s %8s %8s %8s %7s | %9s %9s %8s\n' conc path req/s p50µs p90µs p99µs errors "+p50" "+p99" "rps/mem"
 for c in 1 16 64; do
   for target in member aggregate; do
-    printf '%-4s %-10s %9s %8s %8s %8s %7s | %+8sµs %+8sµs %8.2f\n' "$c" "$target" "$(field "$target,$c" rps)" \
+    printf '%-4s %-10s %9s %8s %8s %8s %7s | %+8dµs %+8dµs %8.2f\n' "$c" "$target" "$(field "$target,$c" rps)" \
       "$(field "$target,$c" p50_us)" "$(field "$target,$c" p90_us)" "$(field "$target,$c" p99_us)" "$(field "$target,$c" errors)" \
       "$(($(field "$target,$c" p50_us) - $(field "member,$c" p50_us)))" "$(($(field "$target,$c" p99_us) - $(field "member,$c" p99_us)))" \
       "$(echo "$(field "$target,$c" rps) / $(field "member,$c" rps)" | bc -l)"
