@@ -27,11 +27,12 @@
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
-//!   timeout: lists carry `_meta["dev.postern/members"]`, one entry per member with its `state`
-//!   (`ok`, `refused`: its policy does not let the user list, `not_connected`: the user's
-//!   upstream account is not connected, with `connect_url`, `unavailable`: down, slow or
-//!   broken, with `reason`), `initialize`'s `instructions` name the members missing, and a log
-//!   line is written. A call to a missing or unconnected member's tool is a tool error
+//!   timeout: lists carry `_meta["dev.postern/members"]`, one entry per member the user may use
+//!   with its `state` (`ok`; `not_connected`: the user's upstream account is not connected,
+//!   with `connect_url`; `unavailable`: down, slow or broken, with `reason`, which never holds
+//!   the member's address or an OS error, as on the member's own URL), `initialize`'s
+//!   `instructions` name the members missing, and a log line is written. A member whose policy
+//!   refuses the user is named nowhere: not in lists, reports, instructions or the portal. A call to a missing or unconnected member's tool is a tool error
 //!   (`isError: true`) saying why and, for an unconnected account, where to connect it.
 //! - **State without a store.** The aggregate session id (`Mcp-Session-Id`) and pagination
 //!   cursors are sealed (AES-GCM, the store's keys, see `postern_store::Keyring`): the session
@@ -44,8 +45,19 @@
 //!   roots) get ids `"postern:<member>:<id>"`, so the client's answer goes back to that member
 //!   with its own id; progress notifications pass through (the client's progress token is the
 //!   member's); `notifications/cancelled` goes to every member of the session (only the one that
-//!   has the request acts on it). There is no GET stream (405): members' `list_changed`
-//!   notifications reach the client on the streams of its requests.
+//!   has the request acts on it). `GET` merges the members' own server-to-client streams
+//!   (`list_changed` and other notifications, requests) into one, event by event; with more
+//!   than one member the members' event ids are left out (they would name nothing).
+//! - **Members not connected.** A member whose upstream account the user has not connected is
+//!   asked for its lists without the TI (many servers list to anyone and need the account only
+//!   to run a tool); its items are listed with a note naming the connect URL. Its tool calls
+//!   answer a tool error with that URL, or, for a client that declared URL-mode elicitation,
+//!   the JSON-RPC error `-32042` whose elicitation opens it.
+//! - **The aggregate's own rules.** Its policy decides every request before any member hears
+//!   of it, with the prefixed names (`mcp_tool`), and its tool rules filter its merged lists.
+//! - **Revisions.** 2025-06-18 and 2025-11-25 (`initialize`, sessions) and the stateless
+//!   2026-07-28 (`server/discover` merged; each member request gets `Mcp-Method` and `Mcp-Name`
+//!   with the member's own name, SEP-2243, and the client's `Mcp-Param-*`).
 
 mod seal;
 
@@ -148,6 +160,10 @@ pub(crate) struct Aggregator<'a> {
 /// The client request's facts the handler needs after the body was read.
 struct Incoming {
     protocol: Option<HeaderValue>,
+    /// The client accepts an event stream as the answer to a POST.
+    accepts_sse: bool,
+    /// The client's `Mcp-Param-*` headers (SEP-2243), passed to the member it calls.
+    params: Vec<(header::HeaderName, HeaderValue)>,
     session: Option<String>,
     bearer: bool,
 }
@@ -162,6 +178,18 @@ impl Aggregator<'_> {
     ) -> Response<Body> {
         let incoming = Incoming {
             protocol: request.headers().get("mcp-protocol-version").cloned(),
+            accepts_sse: request
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("text/event-stream")),
+            params: request
+                .headers()
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("mcp-param-"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             session: request
                 .headers()
                 .get("mcp-session-id")
@@ -198,29 +226,97 @@ impl Aggregator<'_> {
                     postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None)
                         .await
                         .unwrap_or_default();
-                self.post(ctx, route, &members, &delegated, &incoming, &bytes)
+                let response = self
+                    .post(ctx, route, &members, &delegated, &incoming, &bytes)
+                    .await;
+                // The aggregate's own tool rules apply to what it lists, as to what it calls.
+                self.enforcement
+                    .filter_own_tool_lists(ctx, route, &grant, response)
                     .await
             }
             Method::DELETE => {
                 self.delete(ctx, route, &members, &delegated, &incoming)
                     .await
             }
+            Method::GET => {
+                let response = self
+                    .streams(ctx, route, &members, &delegated, &incoming)
+                    .await;
+                self.enforcement
+                    .filter_own_tool_lists(ctx, route, &grant, response)
+                    .await
+            }
             _ => {
                 let mut response = json_error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "method_not_allowed",
-                    "an aggregate MCP route offers no server-initiated stream (GET): members' notifications arrive on the streams of requests; POST JSON-RPC messages",
+                    "an aggregate MCP route takes POST (JSON-RPC messages), GET (its members' event streams) and DELETE (end the session)",
                     &ctx.request_id,
                 );
                 response
                     .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
                 response
             }
         };
         if incoming.bearer {
             cors(response.headers_mut());
         }
+        response
+    }
+
+    /// `GET`: the members' server-to-client event streams, merged into one (each event mapped
+    /// as on a call's stream). 405 when no member offers one.
+    async fn streams(
+        &self,
+        ctx: &RequestContext,
+        route: &Route,
+        members: &[Member],
+        delegated: &Delegated,
+        incoming: &Incoming,
+    ) -> Response<Body> {
+        let state = match self.open_session(route, delegated, incoming) {
+            Ok(state) => state,
+            Err(response) => return *response,
+        };
+        let calls = members.iter().map(|member| {
+            let sid = state.as_ref().and_then(|s| s.member(member));
+            self.member_request(ctx, member, delegated, Method::GET, None, incoming, sid)
+        });
+        let outcomes = join_all(calls.collect()).await;
+        let mut streams: Vec<MapEvents> = Vec::new();
+        for (member, outcome) in members.iter().zip(outcomes) {
+            if let Outcome::Answered(response) = outcome
+                && response.status().is_success()
+                && Media::of(response.headers()) == Media::EventStream
+            {
+                let mut stream = MapEvents::new(response.into_body(), member.clone());
+                // Event ids (for `Last-Event-ID`) are each member's own: with several streams
+                // merged they would name nothing, so they are left out.
+                stream.drop_ids = members.len() > 1;
+                streams.push(stream);
+            }
+        }
+        if streams.is_empty() {
+            let mut response = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "no member of this route offers a server-initiated stream: notifications arrive on the streams of requests",
+                &ctx.request_id,
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            return response;
+        }
+        let mut response = Response::new(Merged { streams, next: 0 }.boxed());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         response
     }
 
@@ -416,6 +512,13 @@ impl Aggregator<'_> {
         let mut sessions: Vec<Option<String>> = vec![None; members.len()];
         let mut missing: Vec<String> = Vec::new();
         let mut single_info: Option<Value> = None;
+        // `server/discover` (2026-07-28): the versions every member supports, the shortest
+        // freshness, the first member's result type.
+        let mut supported: Option<Vec<Value>> = None;
+        let mut ttl_ms: Option<u64> = None;
+        let mut result_type: Option<Value> = None;
+        let mut answered = false;
+        let mut first_error: Option<Value> = None;
         for (member, outcome) in members.iter().zip(outcomes) {
             let (answer, sid) = match outcome {
                 Outcome::Answered(response) => {
@@ -432,15 +535,25 @@ impl Aggregator<'_> {
                         }
                     }
                 }
+                // A member the user may not use is not named to them at all.
+                Outcome::Refused(_) => continue,
                 other => {
                     missing.push(format!("{} ({})", member.name(), describe(&other)));
                     continue;
                 }
             };
             let Some(result) = answer.get("result") else {
-                missing.push(format!("{} (it refused to initialize)", member.name()));
+                if first_error.is_none() {
+                    first_error = answer.get("error").cloned();
+                }
+                let why = answer
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no result");
+                missing.push(format!("{} (it answered: {why})", member.name()));
                 continue;
             };
+            answered = true;
             sessions[member.pos] = sid;
             if let Some(version) = result.get("protocolVersion").and_then(Value::as_str) {
                 versions.push(version.to_owned());
@@ -454,8 +567,32 @@ impl Aggregator<'_> {
             }
             merge_capabilities(&mut capabilities, result.get("capabilities"));
             if members.len() == 1 {
-                single_info = result.get("serverInfo").cloned();
+                single_info = result.get("serverInfo").cloned().or_else(|| {
+                    result
+                        .pointer("/_meta/io.modelcontextprotocol~1serverInfo")
+                        .cloned()
+                });
             }
+            if let Some(versions) = result.get("supportedVersions").and_then(Value::as_array) {
+                supported = Some(match supported.take() {
+                    None => versions.clone(),
+                    Some(so_far) => so_far
+                        .into_iter()
+                        .filter(|v| versions.contains(v))
+                        .collect(),
+                });
+            }
+            if let Some(ttl) = result.get("ttlMs").and_then(Value::as_u64) {
+                ttl_ms = Some(ttl_ms.map_or(ttl, |t| t.min(ttl)));
+            }
+            if result_type.is_none() {
+                result_type = result.get("resultType").cloned();
+            }
+        }
+        // No member could start, and one said why (a parameter the revision requires, say):
+        // the client hears that, as it would from the member itself.
+        if let (false, Some(error)) = (answered, first_error) {
+            return json_answer(&json!({"jsonrpc": "2.0", "id": id, "error": error}));
         }
         for gone in &missing {
             tracing::warn!(request_id = %ctx.request_id, route = %route.id, member = %gone, "aggregate member unavailable at initialize");
@@ -495,11 +632,29 @@ impl Aggregator<'_> {
             result["instructions"] = Value::String(instructions.join("\n\n"));
         }
         if message.get("method").and_then(Value::as_str) == Some("server/discover") {
-            result["supportedVersions"] = json!([version]);
+            // The discover result names the server in `_meta`, and is the user's own (its
+            // members and their lists depend on who asks): private.
+            let info = result
+                .as_object_mut()
+                .and_then(|r| r.remove("serverInfo"))
+                .unwrap_or(Value::Null);
+            if let Some(r) = result.as_object_mut() {
+                r.remove("protocolVersion");
+            }
+            result["supportedVersions"] = Value::Array(supported.unwrap_or_default());
+            result["ttlMs"] = json!(ttl_ms.unwrap_or(0));
+            result["cacheScope"] = json!("private");
+            if let Some(kind) = result_type {
+                result["resultType"] = kind;
+            }
+            result["_meta"] = json!({"io.modelcontextprotocol/serverInfo": info});
         }
         let mut response = json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}));
-        if sessions.iter().any(Option::is_some) {
-            let state = SessionState::new(members, sessions);
+        let url_elicitation = message
+            .pointer("/params/capabilities/elicitation/url")
+            .is_some();
+        if sessions.iter().any(Option::is_some) || url_elicitation {
+            let state = SessionState::new(members, sessions, url_elicitation);
             let binding = Binding::new(route, delegated);
             match state.seal(self.enforcement.store.keyring(), &binding) {
                 Some(sealed) => {
@@ -604,6 +759,10 @@ impl Aggregator<'_> {
                 Some(c) => c.get(m).map(|mc| (m, Some(mc))),
             })
             .collect();
+        // Whether a member answered with an event stream: the merged answer then is one too
+        // (for a client that takes one), so the aggregate answers as its members do.
+        let streamed = std::sync::atomic::AtomicBool::new(false);
+        let streamed = &streamed;
         let calls = asked.iter().map(|(member, member_cursor)| {
             let mut request = json!({"jsonrpc": "2.0", "id": id.clone(), "method": kind.method});
             let mut params = message.get("params").cloned().unwrap_or_else(|| json!({}));
@@ -615,26 +774,45 @@ impl Aggregator<'_> {
             }
             request["params"] = params;
             let sid = scope.state.and_then(|s| s.member(member));
-            let call = self.member_request(
-                scope.ctx,
-                member,
-                scope.delegated,
-                Method::POST,
-                Some(request),
-                scope.incoming,
-                sid,
-            );
             let id = id.clone();
             let timeout = member.timeout;
             async move {
-                match call.await {
+                let call = |with_ti| {
+                    self.member_call(
+                        scope.ctx,
+                        member,
+                        scope.delegated,
+                        (Method::POST, Some(request.clone())),
+                        scope.incoming,
+                        sid.clone(),
+                        with_ti,
+                    )
+                };
+                match call(true).await {
                     Outcome::Answered(response) => {
+                        if Media::of(response.headers()) == Media::EventStream {
+                            streamed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         match read_answer(response, &id, timeout).await {
-                            Ok(answer) => Ok(answer),
-                            Err(why) => Err(Outcome::Unavailable(why)),
+                            Ok(answer) => (Ok(answer), None),
+                            Err(why) => (Err(Outcome::Unavailable(why)), None),
                         }
                     }
-                    other => Err(other),
+                    // Not connected: what the member lists without the user's account (many
+                    // list their tools to anyone and need the account only to run them), each
+                    // item noted with where to connect; else only the report.
+                    Outcome::NotConnected { connect_url } => match call(false).await {
+                        Outcome::Answered(response) => {
+                            match read_answer(response, &id, timeout).await {
+                                Ok(answer) if answer.get("result").is_some() => {
+                                    (Ok(answer), Some(connect_url))
+                                }
+                                _ => (Err(Outcome::NotConnected { connect_url }), None),
+                            }
+                        }
+                        _ => (Err(Outcome::NotConnected { connect_url }), None),
+                    },
+                    other => (Err(other), None),
                 }
             }
         });
@@ -642,7 +820,7 @@ impl Aggregator<'_> {
         let mut items: Vec<Value> = Vec::new();
         let mut next = Cursor::default();
         let mut report: Vec<Value> = Vec::new();
-        for ((member, _), answer) in asked.iter().zip(answers) {
+        for ((member, _), (answer, unconnected)) in asked.iter().zip(answers) {
             let mut entry =
                 json!({"member": member.route.id, "name": member.name(), "prefix": member.prefix});
             match answer {
@@ -650,7 +828,10 @@ impl Aggregator<'_> {
                     if let Some(result) = answer.get("result") {
                         let listed = result.get(kind.key).and_then(Value::as_array);
                         for item in listed.into_iter().flatten() {
-                            if let Some(item) = map_item(item, member, kind) {
+                            if let Some(mut item) = map_item(item, member, kind) {
+                                if let Some(url) = &unconnected {
+                                    note_unconnected(&mut item, member, url);
+                                }
                                 items.push(item);
                             }
                         }
@@ -658,6 +839,10 @@ impl Aggregator<'_> {
                             next.set(member, c.to_owned());
                         }
                         entry["state"] = json!("ok");
+                        if let Some(url) = unconnected {
+                            entry["state"] = json!("not_connected");
+                            entry["connect_url"] = json!(url);
+                        }
                     } else {
                         // A JSON-RPC error: the member's policy refused, or it does not list
                         // this kind (no prompts, say).
@@ -667,7 +852,10 @@ impl Aggregator<'_> {
                                 .pointer("/error/message")
                                 .and_then(Value::as_str)
                                 .is_some_and(|m| m.starts_with("access denied"));
-                        entry["state"] = json!(if refused { "refused" } else { "ok" });
+                        if refused {
+                            continue;
+                        }
+                        entry["state"] = json!("ok");
                         if !refused {
                             entry["note"] = answer
                                 .pointer("/error/message")
@@ -676,7 +864,8 @@ impl Aggregator<'_> {
                         }
                     }
                 }
-                Err(Outcome::Refused(_)) => entry["state"] = json!("refused"),
+                // A member the user may not use is not named to them at all.
+                Err(Outcome::Refused(_)) => continue,
                 Err(Outcome::NotConnected { connect_url }) => {
                     entry["state"] = json!("not_connected");
                     entry["connect_url"] = json!(connect_url);
@@ -703,7 +892,11 @@ impl Aggregator<'_> {
                 }
             }
         }
-        json_answer(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        if scope.incoming.accepts_sse && streamed.load(std::sync::atomic::Ordering::Relaxed) {
+            return sse_answer(&answer);
+        }
+        json_answer(&answer)
     }
 
     /// A request about one named tool, prompt or resource: sent to its owner, name unmapped,
@@ -735,6 +928,14 @@ impl Aggregator<'_> {
         if let Some(slot) = message.pointer_mut(pointer) {
             *slot = Value::String(own.clone());
         }
+        // Declared in `initialize` (kept in the session) or, without sessions (2026-07-28), in
+        // the request's own `_meta`.
+        let url_elicitation = scope.state.is_some_and(SessionState::url_elicitation)
+            || message
+                .pointer(
+                    "/params/_meta/io.modelcontextprotocol~1clientCapabilities/elicitation/url",
+                )
+                .is_some();
         let sid = scope.state.and_then(|s| s.member(member));
         let outcome = self
             .member_request(
@@ -747,9 +948,25 @@ impl Aggregator<'_> {
                 sid,
             )
             .await;
+
         match outcome {
             Outcome::Answered(response) | Outcome::Refused(response) => {
                 map_answer(response, member.clone()).await
+            }
+            // A client that declared URL-mode elicitation is sent to the connect page by the
+            // client itself (MCP 2025-11-25, URLElicitationRequiredError).
+            Outcome::NotConnected { connect_url } if url_elicitation => {
+                let text = format!("Connect your {} account to use {name}", member.name());
+                json_answer(&json!({"jsonrpc": "2.0", "id": id, "error": {
+                    "code": -32042,
+                    "message": format!("{text}: open {connect_url}"),
+                    "data": {"elicitations": [{
+                        "mode": "url",
+                        "elicitationId": format!("postern-connect-{}-{}", member.route.id, scope.ctx.request_id),
+                        "url": connect_url,
+                        "message": text,
+                    }]},
+                }}))
             }
             Outcome::NotConnected { connect_url } if is_tool => tool_error(
                 id,
@@ -797,6 +1014,32 @@ impl Aggregator<'_> {
         incoming: &Incoming,
         member_session: Option<String>,
     ) -> Outcome {
+        let session = member_session;
+        self.member_call(
+            ctx,
+            member,
+            delegated,
+            (method, message),
+            incoming,
+            session,
+            true,
+        )
+        .await
+    }
+
+    /// [`Aggregator::member_request`], with the user's TI or (`with_ti: false`, to list what
+    /// a member offers before the user connected it) without.
+    #[allow(clippy::too_many_arguments)]
+    async fn member_call(
+        &self,
+        ctx: &RequestContext,
+        member: &Member,
+        delegated: &Delegated,
+        (method, message): (Method, Option<Value>),
+        incoming: &Incoming,
+        member_session: Option<String>,
+        with_ti: bool,
+    ) -> Outcome {
         let route = &member.route;
         // The member's own request context: its host is the assertion's audience.
         let mut member_ctx = ctx.clone();
@@ -828,6 +1071,26 @@ impl Aggregator<'_> {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
                 if let Some(method) = message.get("method").and_then(Value::as_str) {
                     builder = builder.header("mcp-method", method);
+                    // SEP-2243 (2026-07-28): the member checks `Mcp-Name` against the body,
+                    // which now holds its own name for the tool, prompt or resource.
+                    let key = match method {
+                        "tools/call" | "prompts/get" => Some("name"),
+                        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                            Some("uri")
+                        }
+                        _ => None,
+                    };
+                    if let Some(name) = key
+                        .and_then(|k| message.pointer(&format!("/params/{k}")))
+                        .and_then(Value::as_str)
+                    {
+                        builder = builder.header("mcp-name", header_text(name));
+                    }
+                    if method == "tools/call" {
+                        for (name, value) in &incoming.params {
+                            builder = builder.header(name, value);
+                        }
+                    }
                 }
                 full(message.to_string())
             }
@@ -847,7 +1110,7 @@ impl Aggregator<'_> {
             };
             let extra = match self
                 .enforcement
-                .upstream_headers(&member_ctx, route, &grant)
+                .headers_for(&member_ctx, route, &grant, with_ti)
                 .await
             {
                 Ok(extra) => extra,
@@ -892,7 +1155,12 @@ impl Aggregator<'_> {
                     }
                     Outcome::Answered(response)
                 }
-                Err((error, _, _)) => Outcome::Unavailable(error.to_string()),
+                Err((error, _, _)) => {
+                    // The member's address and the OS error are for the log, as on the
+                    // member's own URL.
+                    tracing::warn!(request_id = %member_ctx.request_id, route = %route.id, %error, "aggregate member request failed");
+                    Outcome::Unavailable(error.public_message())
+                }
             }
         };
         match tokio::time::timeout(member.timeout, work).await {
@@ -957,6 +1225,20 @@ fn map_item(item: &Value, member: &Member, kind: ListKind) -> Option<Value> {
     let mut item = item.clone();
     item[kind.field] = Value::String(mapped);
     Some(item)
+}
+
+/// Adds to a listed item's description that its member needs the user's upstream account,
+/// and where to connect it.
+fn note_unconnected(item: &mut Value, member: &Member, url: &str) {
+    let note = format!(
+        "[Needs your {} account, not connected yet: connect it at {url}]",
+        member.name()
+    );
+    let described = match item.get("description").and_then(Value::as_str) {
+        Some(text) if !text.is_empty() => format!("{text}\n\n{note}"),
+        _ => note,
+    };
+    item["description"] = Value::String(described);
 }
 
 /// MCP 2025-11-25: a tool name is 1 to 128 of `A-Z a-z 0-9 _ - .`.
@@ -1125,6 +1407,23 @@ fn map_message(message: &mut Value, member: &Member) {
     }
 }
 
+/// `text` as a header value, in SEP-2243's form: as it is when printable ASCII without edge
+/// blanks, else `=?base64?...?=`.
+fn header_text(text: &str) -> String {
+    use base64::Engine;
+    let plain = !text.starts_with([' ', '\t'])
+        && !text.ends_with([' ', '\t'])
+        && text.chars().all(|c| (' '..='~').contains(&c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(text)
+        )
+    }
+}
+
 /// The id a member's request gets toward the client.
 fn map_id(pos: usize, id: &Value) -> String {
     format!("postern:{pos}:{id}")
@@ -1166,6 +1465,19 @@ fn json_answer(message: &Value) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// One message as an event stream of one event.
+fn sse_answer(message: &Value) -> Response<Body> {
+    let mut response = Response::new(full(format!("event: message\ndata: {message}\n\n")));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 
@@ -1217,6 +1529,8 @@ struct MapEvents {
     inner: Body,
     splitter: EventSplitter,
     member: Member,
+    /// Leave out `id:` fields (streams merged).
+    drop_ids: bool,
 }
 
 impl MapEvents {
@@ -1225,6 +1539,7 @@ impl MapEvents {
             inner,
             splitter: EventSplitter::default(),
             member,
+            drop_ids: false,
         }
     }
 }
@@ -1251,6 +1566,18 @@ impl HttpBody for MapEvents {
                     };
                     let mut out = String::new();
                     for event in events {
+                        let event = if this.drop_ids {
+                            event
+                                .split('\n')
+                                .filter(|l| l.split_once(':').map_or(*l, |(f, _)| f) != "id")
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        } else {
+                            event
+                        };
+                        if event.is_empty() {
+                            continue;
+                        }
                         out.push_str(&map_event(&event, &this.member));
                         out.push_str("\n\n");
                     }
@@ -1260,6 +1587,47 @@ impl HttpBody for MapEvents {
                 }
                 other => return other,
             }
+        }
+    }
+}
+
+/// Several members' event streams as one: whole events, from whichever has one; it ends
+/// when all have ended.
+struct Merged {
+    streams: Vec<MapEvents>,
+    next: usize,
+}
+
+impl HttpBody for Merged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let mut i = 0;
+        while i < this.streams.len() {
+            // Round-robin, so one busy member cannot starve the others.
+            let at = (this.next + i) % this.streams.len();
+            match Pin::new(&mut this.streams[at]).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.next = at + 1;
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                // A member's stream that ended or failed leaves the others running.
+                Poll::Ready(_) => {
+                    this.streams.remove(at);
+                    continue;
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        if this.streams.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }

@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod access;
-mod aggregate;
+pub(crate) mod aggregate;
 mod authorization_server;
 mod broker;
 mod dispatch;

@@ -40,16 +40,31 @@ impl Binding {
 pub(crate) struct SessionState {
     /// Member route id -> its session id.
     m: BTreeMap<String, String>,
+    /// The client declared URL-mode elicitation (MCP 2025-11-25) in `initialize`.
+    #[serde(default)]
+    e: bool,
 }
 
 impl SessionState {
-    pub(crate) fn new(members: &[Member], sessions: Vec<Option<String>>) -> Self {
+    pub(crate) fn new(
+        members: &[Member],
+        sessions: Vec<Option<String>>,
+        url_elicitation: bool,
+    ) -> Self {
         let m = members
             .iter()
             .zip(sessions)
             .filter_map(|(member, sid)| Some((member.route.id.clone(), sid?)))
             .collect();
-        Self { m }
+        Self {
+            m,
+            e: url_elicitation,
+        }
+    }
+
+    /// Whether the client can be sent to a URL (URL-mode elicitation).
+    pub(crate) fn url_elicitation(&self) -> bool {
+        self.e
     }
 
     /// The member's session id, if it has one.

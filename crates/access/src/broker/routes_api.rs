@@ -351,17 +351,37 @@ impl UpstreamBroker {
             ) {
                 continue;
             }
-            let needs_oauth = self
-                .upstream_oauth(route, &Self::route_origin(ctx, route))
-                .await
-                .is_some();
-            let connected = !needs_oauth
-                || matches!(
-                    self.store
-                        .get_upstream_token(&session.user_id, &upstream::route_key(route))
-                        .await,
-                    Ok(Some(_))
-                );
+            let (needs_oauth, connected) = self.connection(ctx, session, route).await;
+            let mut members = Vec::new();
+            if crate::aggregate::is_aggregate(route) {
+                for member in crate::aggregate::members(ctx, route) {
+                    let member_route = &member.route;
+                    let allowed = may_use(
+                        member_route,
+                        &user,
+                        ctx.client_addr.ip(),
+                        ctx.client_certificate.as_deref(),
+                    );
+                    if !allowed {
+                        // Not named to a user who may not use it (as routes are not).
+                        continue;
+                    }
+                    let (needs_oauth, connected) =
+                        self.connection(ctx, session, member_route).await;
+                    members.push(pages::MemberEntry {
+                        name: member_route
+                            .config
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| member_route.id.clone()),
+                        url: Self::route_url(ctx, member_route),
+                        prefix: member.prefix.clone(),
+                        allowed,
+                        connected,
+                        needs_oauth,
+                    });
+                }
+            }
             servers.push(pages::ServerEntry {
                 name: route
                     .config
@@ -373,9 +393,31 @@ impl UpstreamBroker {
                 url: Self::route_url(ctx, route),
                 connected,
                 needs_oauth,
+                members,
             });
         }
         servers
+    }
+
+    /// Whether `route` needs the user's upstream account, and whether it is connected.
+    async fn connection(
+        &self,
+        ctx: &RequestContext,
+        session: &Session,
+        route: &Route,
+    ) -> (bool, bool) {
+        let needs_oauth = self
+            .upstream_oauth(route, &Self::route_origin(ctx, route))
+            .await
+            .is_some();
+        let connected = !needs_oauth
+            || matches!(
+                self.store
+                    .get_upstream_token(&session.user_id, &upstream::route_key(route))
+                    .await,
+                Ok(Some(_))
+            );
+        (needs_oauth, connected)
     }
 
     /// `/.pomerium/mcp/routes`'s answer.

@@ -496,6 +496,19 @@ impl Enforcement {
         route: &Arc<Route>,
         grant: &Grant,
     ) -> Result<HeaderMap, Response<Body>> {
+        self.headers_for(ctx, route, grant, true).await
+    }
+
+    /// [`Enforcement::upstream_headers`] without the user's TI (`with_ti: false`): how an
+    /// aggregate route lists the tools of a member whose upstream account the user has not
+    /// connected yet (the member sees who asks, with no account of theirs).
+    pub(crate) async fn headers_for(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        with_ti: bool,
+    ) -> Result<HeaderMap, Response<Body>> {
         let mut headers = HeaderMap::new();
         let session = grant
             .extensions
@@ -508,7 +521,7 @@ impl Enforcement {
                 HeaderValue::from_static("identity"),
             );
         }
-        if let (Some(session), true) = (session, route.is_mcp_server()) {
+        if let (Some(session), true) = (session, route.is_mcp_server() && with_ti) {
             // Boxed: the TI path (discovery, store, provider refresh) is a large future that
             // requests without a session never need.
             if let Some(value) =
@@ -609,6 +622,31 @@ impl Enforcement {
             cors(response.headers_mut());
         }
         response
+    }
+
+    /// The tool lists in a response the gateway made itself for `route` (an aggregate's merged
+    /// list, or a member's answer it passes on) filtered by `route`'s own `mcp_tool` rules, as
+    /// [`Enforcement::filter_response`] filters an upstream's.
+    pub(crate) async fn filter_own_tool_lists(
+        &self,
+        ctx: &RequestContext,
+        route: &Arc<Route>,
+        grant: &Grant,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        match grant.extensions.get::<Allowed>() {
+            Some(allowed) if route.policy.uses_mcp_tool() => {
+                Box::pin(filter_tool_lists(
+                    ctx,
+                    route,
+                    allowed,
+                    ToolLists::Everywhere,
+                    response,
+                ))
+                .await
+            }
+            _ => response,
+        }
     }
 
     /// [`Enforcement::filter_response`] but CORS.

@@ -223,6 +223,55 @@ pub struct ServerEntry {
     pub connected: bool,
     /// Whether the server needs an upstream account (`upstream_oauth2` or discovered).
     pub needs_oauth: bool,
+    /// For an aggregate route, its members and their state for this user (left out for
+    /// other routes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberEntry>,
+}
+
+/// A member of an aggregate route, as `/.pomerium/mcp/routes` and the portal show it.
+#[derive(serde::Serialize)]
+pub struct MemberEntry {
+    /// Display name.
+    pub name: String,
+    /// The member's own URL.
+    pub url: String,
+    /// Its tool-name prefix in the aggregate.
+    pub prefix: String,
+    /// Whether the member's policy lets this user use it (always true: members a user may not
+    /// use are not listed to them).
+    pub allowed: bool,
+    /// Whether the user's upstream account for it is connected (true without upstream OAuth).
+    pub connected: bool,
+    /// Whether the member needs an upstream account.
+    pub needs_oauth: bool,
+}
+
+/// An aggregate route's members in the portal: each with its state, and Connect where the
+/// user's upstream account is missing.
+fn aggregate_members(members: &[MemberEntry]) -> String {
+    if members.is_empty() {
+        return String::new();
+    }
+    let mut items = String::new();
+    for member in members {
+        let state = match (member.allowed, member.needs_oauth, member.connected) {
+            (false, _, _) => "<span class=\"state off\">Not available to you</span>".to_owned(),
+            (true, false, _) => "<span class=\"state ready\">Ready</span>".to_owned(),
+            (true, true, true) => "<span class=\"state ready\">Connected</span>".to_owned(),
+            (true, true, false) => format!(
+                "<span class=\"state off\">Not connected</span> <a class=\"button\" href=\"{origin}/.pomerium/mcp/connect?resource={resource}&amp;redirect_url=%2F.pomerium%2F\">Connect</a>",
+                origin = escape(&crate::oauth_server::origin_of(&member.url).unwrap_or_default()),
+                resource = escape(&crate::web::reply::encode(&member.url))
+            ),
+        };
+        items.push_str(&format!(
+            "<li class=\"member\">{name} <span class=\"muted\">(tools <code>{prefix}*</code>)</span> {state}</li>",
+            name = escape(&member.name),
+            prefix = escape(&member.prefix),
+        ));
+    }
+    format!("<p class=\"muted\">One URL for these servers:</p><ul class=\"members\">{items}</ul>")
 }
 
 /// The portal at `/.pomerium/`: the signed-in user and their MCP servers, with Connect and
@@ -256,6 +305,7 @@ pub fn portal(user: &str, email: &str, servers: &[ServerEntry]) -> String {
             .as_deref()
             .map(|d| format!("<p class=\"muted\">{}</p>", escape(d)))
             .unwrap_or_default();
+        let action = action + &aggregate_members(&server.members);
         rows.push_str(&format!(
             "<li class=\"server\"><div class=\"head\"><h2>{name}</h2>{state}</div>{description}\
 <div class=\"url\"><code>{url}</code><button type=\"button\" class=\"copy secondary\" data-url=\"{url}\">Copy</button></div>{action}</li>",

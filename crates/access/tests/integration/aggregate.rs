@@ -94,9 +94,26 @@ struct FakeMember {
 
 async fn fake_member(
     State(member): State<FakeMember>,
+    method: axum::http::Method,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
+    if method == axum::http::Method::GET {
+        // The server-initiated stream: one `list_changed`, then the end.
+        member
+            .seen
+            .0
+            .lock()
+            .unwrap()
+            .push((headers, json!({"method": "GET"})));
+        tokio::time::sleep(member.delay).await;
+        let event = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        return (
+            [("content-type", "text/event-stream")],
+            format!("id: {}-1\ndata: {event}\n\n", member.name),
+        )
+            .into_response();
+    }
     let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     member
         .seen
@@ -140,8 +157,26 @@ async fn fake_member(
             }
             result
         }
+        "tools/call" if message["params"]["name"] == "ask" => {
+            // An event stream: a request to the client (sampling), a progress notification,
+            // then the answer.
+            let events = [
+                json!({"jsonrpc": "2.0", "id": "srv-1", "method": "sampling/createMessage", "params": {"messages": [], "maxTokens": 1}}),
+                json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": message["params"]["_meta"]["progressToken"], "progress": 1}}),
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "asked"}]}}),
+            ];
+            let body: String = events
+                .iter()
+                .map(|e| format!("event: message\ndata: {e}\n\n"))
+                .collect();
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" => {
             json!({"content": [{"type": "text", "text": format!("{} ran {}", member.name, message["params"]["name"].as_str().unwrap_or(""))}]})
+        }
+        // The client's answer to the member's request.
+        "" if message.get("result").is_some() => {
+            return axum::http::StatusCode::ACCEPTED.into_response();
         }
         method if method.starts_with("notifications/") => {
             return axum::http::StatusCode::ACCEPTED.into_response();
@@ -181,7 +216,7 @@ async fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// A gateway with the aggregate `/tools` over:
+/// A gateway with the aggregate `/tools` (its own rule denies `alpha_fetch`) over:
 /// - `alpha` (prefix `alpha_`, upstream account `ti-alpha`): tools `search`, `fetch`,
 ///   `secret_tool` (denied by its `mcp_tool` rule), `list_more`, listed two at a time;
 /// - `beta` (prefix `b_`, on host 127.0.0.1, account `ti-beta`): Ada only, tool `query`;
@@ -225,7 +260,7 @@ impl AggregateWorld {
         let beta_url = serve_member(
             FakeMember {
                 name: "beta",
-                tools: vec!["query"],
+                tools: vec!["query", "ask"],
                 page: 10,
                 delay: Duration::ZERO,
                 seen: beta.clone(),
@@ -256,7 +291,9 @@ routes:
     path: /tools
     id: tools
     name: All tools
-    allow_any_authenticated_user: true
+    policy:
+      allow: {{and: [{{authenticated_user: true}}]}}
+      deny: {{or: [{{mcp_tool: {{is: alpha_fetch}}}}]}}
     mcp:
       aggregate:
         servers:
@@ -370,6 +407,11 @@ routes:
         mint_access_token(self.store.keyring(), &claims).unwrap()
     }
 
+    /// An MCP client app's TE for `user` (what `/.pomerium/mcp/routes` takes).
+    fn app_token(&self, user: &str) -> String {
+        self.token_for(user, &format!("app:{}", self.base))
+    }
+
     fn token(&self, user: &str) -> String {
         self.token_for(user, &format!("{}/tools", self.base))
     }
@@ -469,8 +511,13 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     // Ada sees each member's tools, prefixed, except the one alpha's tool rule denies.
     assert_eq!(
         w.all_tools(ADA).await,
-        ["alpha_fetch", "alpha_list_more", "alpha_search", "b_query"]
+        ["alpha_list_more", "alpha_search", "b_ask", "b_query"]
     );
+    // The aggregate's own tool rule (deny alpha_fetch) hides the tool and refuses its call
+    // before alpha hears of it.
+    let denied = w.call(ADA, "alpha_fetch").await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    assert!(w.alpha.calls().is_empty());
     // Calling the denied tool through the aggregate is refused by alpha's rule: alpha never
     // hears of it.
     let denied = w.call(ADA, "alpha_secret_tool").await;
@@ -484,19 +531,29 @@ async fn a_member_policy_and_its_tool_rules_hold_through_the_aggregate() {
     );
     assert_eq!(ran["id"], 7);
 
-    // Mallory may use the aggregate, but beta's policy (Ada only) refuses her: beta is absent
-    // from her list and reported as refused; calling its tool is refused by beta's policy.
+    // Mallory may use the aggregate, but beta's policy (Ada only) refuses her: beta is named
+    // nowhere to her (list, report, instructions); calling its tool is refused by beta's
+    // policy.
     w.connect(MALLORY, "http://localhost/alpha", "ti-mallory")
         .await;
     let before = w.beta.0.lock().unwrap().len();
     let list = w.list(MALLORY, None).await;
     assert!(
-        member_states(&list).contains(&("beta".into(), "refused".into())),
+        !member_states(&list).iter().any(|(m, _)| m == "beta"),
         "{list}"
     );
+    assert!(!list.to_string().contains("beta"), "{list}");
+    let (_, _, init) = w
+        .post(
+            MALLORY,
+            None,
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+        )
+        .await;
+    assert!(!init.to_string().contains("beta"), "{init}");
     assert_eq!(
         w.all_tools(MALLORY).await,
-        ["alpha_fetch", "alpha_list_more", "alpha_search"]
+        ["alpha_list_more", "alpha_search"]
     );
     let refused = w.call(MALLORY, "b_query").await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
@@ -522,7 +579,7 @@ async fn each_member_gets_only_its_own_upstream_token_and_assertion() {
         .await;
     assert!(headers.contains_key("mcp-session-id"));
     w.all_tools(ADA).await;
-    w.call(ADA, "alpha_fetch").await;
+    w.call(ADA, "alpha_search").await;
     w.call(ADA, "b_query").await;
     let alpha = w.alpha.authorizations();
     let beta = w.beta.authorizations();
@@ -643,7 +700,11 @@ async fn a_forged_or_borrowed_session_id_adopts_no_member_session() {
     // A made-up session id, or Ada's altered: refused.
     let (status, _, _) = w.post(ADA, Some("v1.k.forged"), list.clone()).await;
     assert_eq!(status, 404);
-    let altered = format!("{}A", &session[..session.len() - 1]);
+    // (A character in the middle: the last one of unpadded base64 may carry unused bits.)
+    let mut altered = session.clone().into_bytes();
+    let at = altered.len() / 2;
+    altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
     let (status, _, _) = w.post(ADA, Some(&altered), list).await;
     assert_eq!(status, 404);
     assert_eq!(w.alpha.sessions("tools/list"), ["alpha-session"]);
@@ -673,6 +734,14 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
     assert!(
         slow["reason"].as_str().unwrap().contains("within 1s"),
         "{slow}"
+    );
+    // A member that is down is unavailable, without its internal address or the OS error
+    // (they are for the log, as on the member's own URL).
+    let report = list["result"]["_meta"].to_string();
+    assert!(!report.contains("127.0.0.1:"), "{report}");
+    assert!(
+        !report.contains("os error") && !report.contains("tcp connect"),
+        "{report}"
     );
     // The others' tools are there.
     assert!(
@@ -706,6 +775,19 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
         connect.contains("/.pomerium/mcp/connect?resource="),
         "{connect}"
     );
+    let search = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "alpha_search")
+        .unwrap_or_else(|| panic!("{list}"));
+    let description = search["description"].as_str().unwrap();
+    assert!(
+        description.contains("not connected yet") && description.contains(connect),
+        "{description}"
+    );
+    // Still filtered by alpha's tool rule.
+    assert!(!list.to_string().contains("alpha_secret_tool"), "{list}");
     let answer = w.call(MALLORY, "alpha_search").await;
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     let text = answer["result"]["content"][0]["text"].as_str().unwrap();
@@ -713,12 +795,38 @@ async fn a_member_down_slow_or_not_connected_degrades_and_says_so() {
         text.contains("not connected") && text.contains(connect),
         "{text}"
     );
-    assert!(
-        w.alpha
-            .authorizations()
-            .iter()
-            .all(|a| a == "Bearer ti-alpha")
+    assert_eq!(
+        answer["result"]["_meta"]["dev.postern/connect_url"], connect,
+        "{answer}"
     );
+    // alpha only ever got Ada's token, or (listing for Mallory) none; Mallory's call never
+    // reached it.
+    let tokens = w.alpha.authorizations();
+    assert!(
+        tokens
+            .iter()
+            .all(|a| a == "Bearer ti-alpha" || a.is_empty()),
+        "{tokens:?}"
+    );
+    assert!(tokens.contains(&String::new()), "{tokens:?}");
+    assert!(w.alpha.calls().is_empty());
+
+    // A client that declared URL-mode elicitation is sent to the connect page by its client.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"url": {}}}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (_, headers, _) = w.post(MALLORY, None, init).await;
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let (_, _, answer) = w
+        .post(
+            MALLORY,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "alpha_search", "arguments": {}}}),
+        )
+        .await;
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let elicitation = &answer["error"]["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    assert_eq!(elicitation["url"], connect);
+    assert!(w.alpha.calls().is_empty());
 }
 
 #[tokio::test]
@@ -749,4 +857,380 @@ async fn audit_records_name_the_aggregate_the_member_and_the_tool() {
     let denied = records.iter().find(|r| r["decision"] == "deny").unwrap();
     assert_eq!(denied["route"], "alpha");
     assert_eq!(denied["tool"], "secret_tool");
+}
+
+#[tokio::test]
+async fn the_routes_api_lists_the_aggregate_with_its_members_state() {
+    let w = AggregateWorld::new().await;
+    let routes = |user: &'static str| {
+        let request = support::client()
+            .get(format!("{}/.pomerium/mcp/routes", w.base))
+            .bearer_auth(w.app_token(user));
+        async move {
+            let body: Value = request.send().await.unwrap().json().await.unwrap();
+            body["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "All tools")
+                .unwrap_or_else(|| panic!("{body}"))
+                .clone()
+        }
+    };
+    let ada = routes(ADA).await;
+    assert!(ada["url"].as_str().unwrap().ends_with("/tools"), "{ada}");
+    let member = |entry: &Value, name: &str| {
+        entry["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{entry}"))
+            .clone()
+    };
+    let alpha = member(&ada, "Alpha");
+    assert_eq!(
+        (
+            &alpha["allowed"],
+            &alpha["needs_oauth"],
+            &alpha["connected"]
+        ),
+        (&json!(true), &json!(true), &json!(true)),
+        "{alpha}"
+    );
+    assert_eq!(alpha["prefix"], "alpha_");
+    // Mallory: beta's policy refuses her; alpha is not connected.
+    let mallory = routes(MALLORY).await;
+    assert!(!mallory.to_string().contains("beta"), "{mallory}");
+    assert_eq!(member(&mallory, "Alpha")["connected"], false, "{mallory}");
+    // Other routes' entries keep their shape (no `members` key).
+    let body: Value = support::client()
+        .get(format!("{}/.pomerium/mcp/routes", w.base))
+        .bearer_auth(w.app_token(ADA))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plain = body["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "Alpha")
+        .unwrap()
+        .clone();
+    assert!(plain.get("members").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn a_member_event_stream_passes_with_its_requests_ids_mapped_back() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "b_ask", "arguments": {}, "_meta": {"progressToken": "p-1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let messages: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 3, "{text}");
+    // beta's request to the client carries an id that names beta (member 1).
+    let request = &messages[0];
+    assert_eq!(request["method"], "sampling/createMessage");
+    let mapped = request["id"].as_str().unwrap().to_owned();
+    assert_eq!(mapped, "postern:1:\"srv-1\"");
+    assert_eq!(messages[1]["params"]["progressToken"], "p-1");
+    assert_eq!(messages[2]["id"], 3);
+    assert_eq!(messages[2]["result"]["content"][0]["text"], "asked");
+    // The client's answer goes back to beta with beta's own id, and to no other member.
+    let alpha_before = w.alpha.0.lock().unwrap().len();
+    let (status, _, _) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": mapped, "result": {"role": "assistant", "content": {"type": "text", "text": "hi"}}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let answered = w
+        .beta
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m["id"] == "srv-1" && m["result"]["content"]["text"] == "hi");
+    assert!(answered);
+    assert_eq!(w.alpha.0.lock().unwrap().len(), alpha_before);
+    // An answer whose id no member gave is refused.
+    let (_, _, refused) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": "srv-1", "result": {}}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32600, "{refused}");
+}
+
+#[tokio::test]
+async fn the_reference_servers_work_through_an_aggregate() {
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("people.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO people(name) VALUES ('Ada');")
+        .unwrap();
+    let env: std::collections::HashMap<String, String> = [
+        ("SQLITE_DB_FILE", db.display().to_string()),
+        (
+            "ASSERTION_JWKS_URL",
+            format!("http://localhost:{port}/.well-known/pomerium/jwks.json"),
+        ),
+        ("ASSERTION_ISSUER", "localhost".into()),
+        ("ASSERTION_AUDIENCE", "localhost".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let servers = postern_servers::build(
+        &postern_servers::ServersConfig::from_env(&env).unwrap(),
+        &stop,
+    )
+    .unwrap();
+    let servers_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = servers_listener.local_addr().unwrap();
+    tokio::spawn(postern_servers::serve(
+        servers_listener,
+        servers.router,
+        stop.clone(),
+    ));
+    let yaml = format!(
+        "insecure_server: true
+pass_identity_headers: true
+routes:
+  - from: http://localhost
+    path: /tools
+    allow_any_authenticated_user: true
+    mcp: {{aggregate: {{servers: [whoami, sqlite]}}}}
+  - from: http://localhost
+    prefix: /whoami
+    id: whoami
+    to: http://{up}/whoami
+    allow_any_authenticated_user: true
+    mcp: {{}}
+  - from: http://localhost
+    prefix: /sqlite
+    id: sqlite
+    to: http://{up}/sqlite
+    policy:
+      allow: {{and: [{{authenticated_user: true}}]}}
+      deny: {{or: [{{mcp_tool: {{in: [write_query]}}}}]}}
+    mcp: {{}}
+"
+    );
+    let store = support::memory_store().await;
+    let access = Access::new(
+        store.clone(),
+        postern_access::users::LocalUsers::new(vec![]),
+        postern_access::assertion::Signer::from_pem(
+            &postern_access::assertion::Signer::generate_pem(),
+        )
+        .unwrap(),
+        AccessSettings {
+            pass_identity_headers: true,
+            ..support::settings()
+        },
+    );
+    support::serve(listener, &yaml, access, &stop);
+    let base = format!("http://localhost:{port}");
+    let token = mint_access_token(
+        store.keyring(),
+        &AccessClaims {
+            sub: ADA.into(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            groups: vec!["staff".into()],
+            sid: "g".into(),
+            fam: "f".into(),
+            cid: "c".into(),
+            aud: format!("{base}/tools"),
+            exp: i64::MAX / 2,
+            clm: Default::default(),
+        },
+    )
+    .unwrap();
+    let post = |session: Option<String>, message: Value| {
+        let mut request = support::client()
+            .post(format!("{base}/tools"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&message);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let session = response
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let body = serde_json::from_str::<Value>(&text).unwrap_or_else(|_| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find(|m| m.get("id").is_some())
+                    .unwrap_or(Value::Null)
+            });
+            (status, session, body)
+        }
+    };
+    let (status, session, init) = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{init}");
+    assert!(
+        init["result"]["capabilities"]["tools"].is_object(),
+        "{init}"
+    );
+    let (status, _, _) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let (_, _, list) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+    )
+    .await;
+    let mut names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert!(names.contains(&"whoami_whoami"), "{names:?}");
+    assert!(names.contains(&"sqlite_read_query"), "{names:?}");
+    assert!(!names.contains(&"sqlite_write_query"), "{names:?}");
+    // whoami verifies the assertion (audience localhost) and says who called.
+    let (_, _, who) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami_whoami", "arguments": {}}}),
+    )
+    .await;
+    assert!(who.to_string().contains("ada@example.com"), "{who}");
+    let (_, _, rows) = post(
+        session.clone(),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "sqlite_read_query", "arguments": {"query": "SELECT name FROM people"}}}),
+    )
+    .await;
+    assert!(rows.to_string().contains("Ada"), "{rows}");
+    let (_, _, denied) = post(
+        session,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "sqlite_write_query", "arguments": {"query": "DELETE FROM people"}}}),
+    )
+    .await;
+    assert_eq!(denied["error"]["code"], -32602, "{denied}");
+    // The stateless 2026-07-28 lifecycle: `server/discover`, no session.
+    let discover = support::client()
+        .post(format!("{base}/tools"))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 5, "method": "server/discover", "params": {"_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+            }}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(!discover.headers().contains_key("mcp-session-id"));
+    let discover: Value = discover.json().await.unwrap();
+    let versions = discover["result"]["supportedVersions"].to_string();
+    assert!(versions.contains("2026-07-28"), "{discover}");
+    assert!(
+        discover["result"]["capabilities"]["tools"].is_object(),
+        "{discover}"
+    );
+    assert_eq!(discover["result"]["cacheScope"], "private", "{discover}");
+    // A stateless call: the member checks `Mcp-Name` against its own name for the tool.
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+    });
+    let call: Value = support::client()
+        .post(format!("{base}/tools"))
+        .bearer_auth(&token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "sqlite_read_query")
+        .json(&json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "sqlite_read_query", "arguments": {"query": "SELECT name FROM people"}, "_meta": meta}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(call.to_string().contains("Ada"), "{call}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_members_event_streams_merge_into_one_get_stream() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .get(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = text
+        .lines()
+        .filter(|l| l.contains("notifications/tools/list_changed"))
+        .count();
+    // alpha's and beta's (down and slow offer none within their timeouts).
+    assert_eq!(changed, 2, "{text}");
+    // Each member's event ids name nothing in the merged stream: left out.
+    assert!(!text.lines().any(|l| l.starts_with("id:")), "{text}");
+    // Mallory's stream has no beta (its policy refuses her).
+    let before = w.beta.0.lock().unwrap().len();
+    let response = support::client()
+        .get(format!("{}/tools", w.base))
+        .bearer_auth(w.token(MALLORY))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let _ = response.text().await;
+    assert_eq!(w.beta.0.lock().unwrap().len(), before);
 }
