@@ -8,6 +8,9 @@
 //!   authorization servers, the app-facing connect/disconnect/routes endpoints and the portal;
 //! - `enforcement/` (`Enforcement`): identity from a TE or the cookie, the route's policy, MCP
 //!   call inspection, tool-list filtering, the identity assertion, the audit log.
+//! - `aggregate` (`Aggregator`): aggregate MCP routes (`mcp.aggregate`), one URL federating
+//!   several MCP server routes; each member call goes through `Enforcement` as a direct call
+//!   would (its design is in the module's doc comment).
 //!
 //! Under them, shared by all: [`oauth_server`], the TE format and its revocation cache, and
 //! `web/`, browser and HTTP plumbing (responses, forms and their anti-forgery pair, cookies,
