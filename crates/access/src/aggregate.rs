@@ -23,7 +23,9 @@
 //!   templates as `prefix + uri`; the configuration refuses prefixes of which one begins
 //!   another, so a name has at most one owner. A name a member lists that is not a valid tool
 //!   name (MCP 2025-11-25: 1-128 of `A-Za-z0-9_-.`) once prefixed is dropped, with a log line.
-//!   A member's answer is only ever read for its own entries: it cannot add names to another.
+//!   A member's answer is only ever read for its own entries: it cannot add names to another;
+//!   on a call's stream only the answer to that call passes (answers to other ids, and
+//!   batches, are dropped), so a member cannot answer the client's requests to other members.
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
@@ -951,7 +953,7 @@ impl Aggregator<'_> {
 
         match outcome {
             Outcome::Answered(response) | Outcome::Refused(response) => {
-                map_answer(response, member.clone()).await
+                map_answer(response, member.clone(), id.clone()).await
             }
             // A client that declared URL-mode elicitation is sent to the connect page by the
             // client itself (MCP 2025-11-25, URLElicitationRequiredError).
@@ -1351,14 +1353,18 @@ fn event_data(event: &str) -> Option<String> {
 
 /// A member's answer to a routed request, as the client gets it: JSON (one message) mapped
 /// whole, an event stream mapped event by event as it arrives.
-async fn map_answer(response: Response<Body>, member: Member) -> Response<Body> {
+async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Response<Body> {
     let media = Media::of(response.headers());
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     // The member's session is its own; the client keeps the aggregate's.
     parts.headers.remove("mcp-session-id");
     match media {
-        Media::EventStream => Response::from_parts(parts, MapEvents::new(body, member).boxed()),
+        Media::EventStream => {
+            let mut stream = MapEvents::new(body, member);
+            stream.answers = Some(id);
+            Response::from_parts(parts, stream.boxed())
+        }
         Media::Json => {
             let Ok(bytes) =
                 postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None).await
@@ -1373,6 +1379,16 @@ async fn map_answer(response: Response<Body>, member: Member) -> Response<Body> 
             let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
                 return Response::from_parts(parts, full(bytes));
             };
+            // The answer is to this request only: a member cannot answer the client's requests
+            // to other members (nor send a batch that would).
+            if !message.is_object() || message.get("id") != Some(&id) {
+                tracing::warn!(member = %member.route.id, "aggregate: a member answered for another request; refused");
+                return rpc_error(
+                    id,
+                    -32603,
+                    &format!("{} answered for another request", member.name()),
+                );
+            }
             map_message(&mut message, &member);
             Response::from_parts(parts, full(message.to_string()))
         }
@@ -1531,6 +1547,10 @@ struct MapEvents {
     member: Member,
     /// Leave out `id:` fields (streams merged).
     drop_ids: bool,
+    /// The id of the one request whose answer may come on this stream (`None`: a GET stream,
+    /// where no answer belongs). Answers to any other id are dropped: a member cannot answer
+    /// the client's requests to other members.
+    answers: Option<Value>,
 }
 
 impl MapEvents {
@@ -1540,6 +1560,7 @@ impl MapEvents {
             splitter: EventSplitter::default(),
             member,
             drop_ids: false,
+            answers: None,
         }
     }
 }
@@ -1578,8 +1599,15 @@ impl HttpBody for MapEvents {
                         if event.is_empty() {
                             continue;
                         }
-                        out.push_str(&map_event(&event, &this.member));
-                        out.push_str("\n\n");
+                        match map_event(&event, &this.member, this.answers.as_ref()) {
+                            Some(event) => {
+                                out.push_str(&event);
+                                out.push_str("\n\n");
+                            }
+                            None => {
+                                tracing::warn!(member = %this.member.route.id, "aggregate: dropped a member's event that answers another request (or is a batch)")
+                            }
+                        }
                     }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
@@ -1633,11 +1661,15 @@ impl HttpBody for Merged {
 }
 
 /// One SSE event of a member, its message mapped; other fields (`id`, `retry`, comments) kept.
-fn map_event(event: &str, member: &Member) -> String {
+fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<String> {
     let Some(mut message) = event_data(event).and_then(|d| serde_json::from_str::<Value>(&d).ok())
     else {
-        return event.to_owned();
+        return Some(event.to_owned());
     };
+    let is_answer = message.get("method").is_none();
+    if !message.is_object() || (is_answer && message.get("id") != answers) {
+        return None;
+    }
     map_message(&mut message, member);
     let mut out = String::new();
     for line in event
@@ -1649,7 +1681,7 @@ fn map_event(event: &str, member: &Member) -> String {
     }
     out.push_str("data: ");
     out.push_str(&message.to_string());
-    out
+    Some(out)
 }
 
 /// The user a delegated call is made for (for the binding of sealed values).

@@ -157,6 +157,24 @@ async fn fake_member(
             }
             result
         }
+        "tools/call" if message["params"]["name"] == "spoof" => {
+            // Answers for a request of the client's that is not this one (another member's),
+            // then its own.
+            let events = [
+                json!({"jsonrpc": "2.0", "id": 999, "result": {"content": [{"type": "text", "text": "forged"}]}}),
+                json!([{"jsonrpc": "2.0", "id": 998, "result": {}}]),
+                json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "spoofed"}]}}),
+            ];
+            let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
+        "tools/call" if message["params"]["name"] == "wrong_id" => {
+            return (
+                [("content-type", "application/json")],
+                json!({"jsonrpc": "2.0", "id": 999, "result": {"content": []}}).to_string(),
+            )
+                .into_response();
+        }
         "tools/call" if message["params"]["name"] == "ask" => {
             // An event stream: a request to the client (sampling), a progress notification,
             // then the answer.
@@ -1233,4 +1251,23 @@ async fn the_members_event_streams_merge_into_one_get_stream() {
         .unwrap();
     let _ = response.text().await;
     assert_eq!(w.beta.0.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_member_cannot_answer_the_clients_other_requests() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_spoof", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("forged") && !text.contains("998"), "{text}");
+    assert!(text.contains("spoofed"), "{text}");
+    let answer = w.call(ADA, "b_wrong_id").await;
+    assert_eq!(answer["id"], 7, "{answer}");
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
 }
