@@ -150,3 +150,4 @@ printf '\ntools/call through Postern (4 connections) while sign-ins run: %s req/
   "$(sed -E 's/.*"p99_us":([0-9]+).*/\1/' <<<"$during_signins")"
 printf '\nPostern memory (RSS): idle %s MiB, after 8 concurrent sign-ins %s MiB, under 64-way load %s MiB, with %s open SSE streams %s MiB\n' \
   "$idle_rss" "$signin_rss" "$load_rss" "$open" "$streams_rss"
+bash "$root/bench/aggregate.sh" "$seconds"  # the aggregate route rows

@@ -1,6 +1,6 @@
 // A headless user agent for Postern's pages: keeps cookies, follows redirects by hand, signs in
-// on the sign-in form and approves the consent form, until the browser would be sent to
-// `redirectPrefix`; returns that URL.
+// on the sign-in form, approves the consent form and confirms connecting an upstream account,
+// until the browser would be sent to `redirectPrefix`; returns that URL.
 //
 // As a command: node browser.mjs AUTHORIZATION_URL GATEWAY EMAIL PASSWORD REDIRECT_PREFIX
 // prints the final URL and then opens it (delivering the code to a local callback server).
@@ -26,10 +26,12 @@ function hiddenFields(html) {
   return fields;
 }
 
-export async function userAgent(start, { gateway, email, password, redirectPrefix, visits = [] }) {
+// `until(url)`, if given, says where to stop instead of `redirectPrefix`.
+export async function userAgent(start, { gateway, email, password, redirectPrefix, until, visits = [] }) {
+  const done = until ?? ((url) => url.startsWith(redirectPrefix));
   let next = start.toString();
   for (let step = 0; step < 20; step++) {
-    if (next.startsWith(redirectPrefix)) return new URL(next);
+    if (done(next)) return new URL(next);
     visits.push(next);
     const response = await browse(next);
     if (response.status >= 300 && response.status < 400) {
@@ -51,6 +53,15 @@ export async function userAgent(start, { gateway, email, password, redirectPrefi
       form.set('decision', 'allow');
       const approved = await browse(new URL('/.pomerium/mcp/authorize', gateway), { method: 'POST', body: form });
       next = new URL(approved.headers.get('location'), gateway).href;
+      continue;
+    }
+    if (html.includes('name="decision" value="connect"')) {
+      // The confirmation before an upstream account is connected (/.pomerium/mcp/connect).
+      const form = hiddenFields(html);
+      form.set('decision', 'connect');
+      const confirmed = await browse(new URL('/.pomerium/mcp/connect', gateway), { method: 'POST', body: form });
+      if (confirmed.status < 300 || confirmed.status >= 400) throw new Error(`connect confirmation answered ${confirmed.status}`);
+      next = new URL(confirmed.headers.get('location'), gateway).href;
       continue;
     }
     const text = html.replace(/<style[\s\S]*?<\/style>/g, '').replace(/<[^>]+>/g, ' ').replace(/\s+/g, ' ').trim();
