@@ -74,5 +74,15 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const [start, gateway, email, password, redirectPrefix] = process.argv.slice(2);
   const landing = await userAgent(start, { gateway, email, password, redirectPrefix });
   console.log(landing.href);
-  await fetch(landing, { redirect: 'manual' });
+  // The callback server may still be starting (it prints the URL before it listens): retry a
+  // refused connection for a few seconds.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await fetch(landing, { redirect: 'manual' });
+      break;
+    } catch (error) {
+      if (error?.cause?.code !== 'ECONNREFUSED' || attempt >= 50) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
 }

@@ -73,7 +73,9 @@ echo "ok: after a restart the same user signs in and the earlier TE still works"
 # The conformance suite's authorization mode (alpha) against Postern's authorization server: it
 # checks the metadata, runs an authorization-code grant with PKCE and `resource` (this script
 # plays the browser), and checks the callback and the token response.
-callback_port=$((40000 + RANDOM % 10000))
+# Below the kernel's ephemeral range (32768-60999 here), where an outgoing connection of any
+# other process could hold the port first.
+callback_port=$((5000 + RANDOM % 5000))
 client_id=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: application/json' \
   -d "{\"redirect_uris\":[\"http://127.0.0.1:$callback_port/callback\"],\"token_endpoint_auth_method\":\"none\",\"client_name\":\"conformance\"}" \
   | sed -E 's/.*"client_id":"([^"]+)".*/\1/')
@@ -81,7 +83,8 @@ client_id=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: a
 authz=$!
 for _ in $(seq 1 100); do grep -q "^$base/.pomerium/mcp/authorize" "$work/authz.out" && break; sleep 0.1; done
 authorization_url=$(grep -m1 "^$base/.pomerium/mcp/authorize" "$work/authz.out")
-node browser.mjs "$authorization_url" "$base" "$email" "$password" "http://127.0.0.1:$callback_port/callback" >/dev/null
+node browser.mjs "$authorization_url" "$base" "$email" "$password" "http://127.0.0.1:$callback_port/callback" >/dev/null ||
+  { echo "the browser could not complete the conformance authorization; the suite said:"; cat "$work/authz.out"; exit 1; }
 if ! wait $authz; then cat "$work/authz.out"; exit 1; fi
 grep -E "SUCCESS|WARNING|FAILURE|passed|failed" "$work/authz.out" | grep -v '^Total:' || true
 if grep -qE "WARNING|FAILURE" "$work/authz.out"; then echo "authorization mode reported warnings or failures"; cat "$work/authz.out"; exit 1; fi
