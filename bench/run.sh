@@ -2,7 +2,7 @@
 # The data-path benchmark, on loopback, in one run on this machine (load generator, upstream and
 # proxies share the cores): prints tables, asserts nothing, stops by itself.
 #
-# Usage: bench/run.sh [SECONDS_PER_POINT] [SECTION...]   (default 5 s, every section)
+# Usage: bench/run.sh [SECONDS_PER_POINT] [SECTION...]   (default 5 s, every section but profile)
 #
 # Sections (each starts its own processes; a run of all takes about 40 x SECONDS + 3 min):
 #   goal     tools/call directly, through nginx and haproxy (plain reverse proxies), through
@@ -18,6 +18,8 @@
 #   policy   a route policy of 1 and of 200 rules.
 #   body     1 KB, 100 KB and 1 MB tools/call bodies on the full path.
 #   signins  sign-ins per second (argon2id) and the full path's p99 while they run.
+#   profile  (only when named) Postern under callgrind: instructions per request, public route
+#            and full path, and the top functions of the full path.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-5}"
@@ -30,9 +32,11 @@ for tool in nginx haproxy; do
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy >/dev/null
   fi
 done
-cargo build --release --locked -q -p postern -p postern-testkit
-bin="$root/target/release"
-# 10,000 streams hold 20,000 sockets in Postern (client and upstream side).
+# BENCH_NO_BUILD=1 measures the binaries already in target/release (e.g. a baseline).
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --locked -q -p postern -p postern-testkit
+bin="${BENCH_BIN:-$root/target/release}"
+# 10,000 streams hold 20,000 sockets in Postern (client and upstream side); the hard limit may
+# be lower (the streams section then opens as many as fit).
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 work="$(mktemp -d)"
 pids=()
@@ -105,7 +109,7 @@ start_postern() {
   RUST_LOG=warn "$bin/postern" serve --config "$3" 2>"$work/$1.log" & postern=$!; pids+=($postern)
   for _ in $(seq 1 1200); do
     curl -s -o /dev/null "http://127.0.0.1:$2/.pomerium/ping" && return
-    kill -0 $postern 2>/dev/null || { echo "bench: postern $1 exited"; tail -5 "$work/$1.log"; exit 1; }
+    kill -0 $postern 2>/dev/null || { echo "bench: postern $1 exited: $(grep -m2 -i error "$work/$1.log")"; exit 1; }
     sleep 0.1
   done
   echo "bench: postern $1 did not start"; exit 1
@@ -116,7 +120,7 @@ stop_postern() { kill "$postern" 2>/dev/null || true; wait "$postern" 2>/dev/nul
 sign_in() {
   local csrf
   csrf=$(curl -s -c "$2" -b "$2" "$1/.pomerium/sign_in" | sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p')
-  curl -s -o /dev/null -w '%{http_code}' -c "$2" -b "$2" -H "origin: $1" -H 'sec-fetch-site: same-origin' \
+  curl -s -o /dev/null -w '%{http_code}' -c "$2" -b "$2" -H "origin: $1" -H 'sec-fetch-site: same-origin' -H 'sec-fetch-mode: navigate' -H 'sec-fetch-user: ?1' \
     -d "email=bench@example.com&password=bench-password&csrf_token=$csrf" "$1/.pomerium/sign_in"
 }
 # hidden_form FILE: the page's hidden fields as curl --data-urlencode arguments, one a line.
@@ -130,7 +134,7 @@ hidden_form() {
 # prints "CLIENT_ID ACCESS REFRESH".
 te() {
   local base=$1 resource="$1$2" jar=$3 redirect="http://127.0.0.1:9/callback"
-  local client=${4:-} verifier challenge next status step form code tokens
+  local client=${4:-} verifier challenge next status step form=() f code tokens
   [ -n "$client" ] || client=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: application/json' \
     -d "{\"redirect_uris\":[\"$redirect\"],\"token_endpoint_auth_method\":\"none\",\"grant_types\":[\"authorization_code\",\"refresh_token\"],\"client_name\":\"bench\"}" |
     sed -E 's/.*"client_id":"([^"]+)".*/\1/')
@@ -140,22 +144,26 @@ te() {
     --data-urlencode "client_id=$client" --data-urlencode "redirect_uri=$redirect" --data-urlencode "code_challenge=$challenge" \
     --data-urlencode code_challenge_method=S256 --data-urlencode state=bench --data-urlencode "resource=$resource")
   for step in $(seq 1 20); do
-    case "$next" in "$redirect"*) break ;; /*) next="$base$next" ;; esac
+    case "$next" in
+      "$redirect"*) break ;;
+      /*) next="$base$next" ;;
+      "") echo "bench: a form post of the OAuth dance was refused (step $step)" >&2; return 1 ;;
+    esac
     status=$(curl -s -b "$jar" -c "$jar" -D "$work/dance.h" -o "$work/dance.html" -w '%{http_code}' "$next")
     if [ "${status:0:1}" = 3 ]; then
       next=$(sed -n 's/^[Ll]ocation: *\([^\r]*\).*/\1/p' "$work/dance.h")
     elif grep -q 'name="password"' "$work/dance.html"; then
-      mapfile -t form < <(hidden_form "$work/dance.html")
-      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' \
-        "${form[@]/#/--data-urlencode=}" --data-urlencode email=bench@example.com --data-urlencode password=bench-password "$base/.pomerium/sign_in")
+      form=(); while IFS= read -r f; do form+=(--data-urlencode "$f"); done < <(hidden_form "$work/dance.html")
+      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' -H 'sec-fetch-mode: navigate' -H 'sec-fetch-user: ?1' \
+        "${form[@]}" --data-urlencode email=bench@example.com --data-urlencode password=bench-password "$base/.pomerium/sign_in")
     elif grep -q 'name="decision" value="allow"' "$work/dance.html"; then
-      mapfile -t form < <(hidden_form "$work/dance.html")
-      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' \
-        "${form[@]/#/--data-urlencode=}" --data-urlencode decision=allow "$base/.pomerium/mcp/authorize")
+      form=(); while IFS= read -r f; do form+=(--data-urlencode "$f"); done < <(hidden_form "$work/dance.html")
+      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' -H 'sec-fetch-mode: navigate' -H 'sec-fetch-user: ?1' \
+        "${form[@]}" --data-urlencode decision=allow "$base/.pomerium/mcp/authorize")
     elif grep -q 'Connect your' "$work/dance.html"; then
-      mapfile -t form < <(hidden_form "$work/dance.html")
-      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' \
-        "${form[@]/#/--data-urlencode=}" "$base/.pomerium/mcp/connect")
+      form=(); while IFS= read -r f; do form+=(--data-urlencode "$f"); done < <(hidden_form "$work/dance.html")
+      next=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' -H "origin: $base" -H 'sec-fetch-site: same-origin' -H 'sec-fetch-mode: navigate' -H 'sec-fetch-user: ?1' \
+        "${form[@]}" "$base/.pomerium/mcp/connect")
     else
       echo "bench: unexpected page ($status) at $next: $(sed 's/<[^>]*>/ /g' "$work/dance.html" | tr -s ' \n' ' ' | head -c 300)" >&2
       return 1
@@ -219,7 +227,7 @@ NGINX
   cat >"$work/haproxy.cfg" <<HAPROXY
 global
   nbthread 2
-  maxconn 20000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
@@ -274,7 +282,11 @@ section_streams() {
   lg post "$main/mcp" 1 1 "$body" >/dev/null
   base=$(rss "$main_pid")
   printf '%-8s %9s %9s %12s\n' 0 0 "$base" -
-  for count in 1000 10000; do
+  # Each stream holds two sockets in Postern: under a hard limit below 21,000 descriptors the
+  # big point is as many streams as fit (the table says how many).
+  local big=10000
+  [ "$(ulimit -n)" -ge 21000 ] || big=$((($(ulimit -n) - 1000) / 2))
+  for count in 1000 $big; do
     lg streams "$main/events" "$count" 15 >"$work/streams.out" &
     local streams=$!
     for _ in $(seq 1 1200); do [ -s "$work/streams.out" ] && break; sleep 0.1; done
@@ -335,7 +347,7 @@ section_users() {
     for _ in 1 2 3 4 5 6 7; do
       local jar="$work/u.jar"; rm -f "$jar"
       local csrf; csrf=$(curl -s -c "$jar" "http://127.0.0.1:$p/.pomerium/sign_in" | sed -n 's/.*name="csrf_token" value="\([^"]*\)".*/\1/p')
-      times+=("$(curl -s -o /dev/null -b "$jar" -w '%{time_total}' -H "origin: http://127.0.0.1:$p" -H 'sec-fetch-site: same-origin' \
+      times+=("$(curl -s -o /dev/null -b "$jar" -w '%{time_total}' -H "origin: http://127.0.0.1:$p" -H 'sec-fetch-site: same-origin' -H 'sec-fetch-mode: navigate' -H 'sec-fetch-user: ?1' \
         -d "email=bench@example.com&password=bench-password&csrf_token=$csrf" "http://127.0.0.1:$p/.pomerium/sign_in")")
     done
     local sorted; sorted=$(printf '%s\n' "${times[@]}" | sort -n)
@@ -501,11 +513,45 @@ section_signins() {
     "$(field "$quiet" p50_us)" "$(field "$quiet" p99_us)" "$(field "$quiet" rps)" "$(field "$during" p50_us)" "$(field "$during" p99_us)" "$(field "$during" rps)"
 }
 
+# Not in the default run: Postern under callgrind (instructions are repeatable on a loaded
+# machine, times are not): instructions per request on the public route and on the full MCP
+# authorization path, and where they go (inclusive, the top functions).
+section_profile() {
+  command -v valgrind >/dev/null || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+  local p cfg base pid te_full path r requests total
+  p=$(port); cfg="$work/profile.yaml"; base="http://127.0.0.1:$p"
+  postern_config "$p" "$work/profile-data" >"$cfg"
+  RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.%p" \
+    "$bin/postern" serve --config "$cfg" 2>"$work/profile.log" & pid=$!; pids+=($pid)
+  for _ in $(seq 1 1200); do curl -s -o /dev/null "$base/.pomerium/ping" && break; sleep 0.2; done
+  sign_in "$base" "$work/profile.jar" >/dev/null
+  read -r _ te_full _ < <(te "$base" /full "$work/profile.jar")
+  printf '\ncallgrind: instructions per tools/call request through Postern (1 connection, %ss each)\n' "$seconds"
+  for path in mcp full; do
+    local header=(); [ $path = mcp ] || header=("authorization: Bearer $te_full")
+    lg post "$base/$path" 1 2 "$body" "${header[@]}" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -i on "$pid" >/dev/null
+    r=$(lg post "$base/$path" 1 "$seconds" "$body" "${header[@]}")
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$path" "$pid" >/dev/null
+    requests=$(field "$r" requests)
+    local out; out=$(ls -t "$work"/callgrind.$pid.* | head -1)
+    total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out" | head -1)
+    [ -n "$total" ] || total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$out" | head -1)
+    printf '%-5s %6s requests (%s errors), %s instructions/request\n' "$path" "$requests" "$(field "$r" errors)" "$((total / requests))"
+    cp "$out" "$root/target/callgrind.$path.out"
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  printf 'where the full path goes (inclusive; target/callgrind.full.out, callgrind_annotate --inclusive=yes):\n'
+  callgrind_annotate --inclusive=yes "$root/target/callgrind.full.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | head -45
+}
+
 printf 'bench at %s (%s), %ss per point, sections: %s; load average %s\n' "$(git rev-parse --short HEAD)" \
   "$(git diff --quiet HEAD -- crates && echo clean || echo 'with local changes')" "$seconds" "${sections[*]}" "$(cut -d' ' -f1-3 /proc/loadavg)"
 for s in "${sections[@]}"; do
   case $s in
-    goal | streams | routes | users | store | policy | body | signins) "section_$s" ;;
+    goal | streams | routes | users | store | policy | body | signins | profile) "section_$s" ;;
     *) echo "bench: unknown section $s (goal streams routes users store policy body signins)"; exit 2 ;;
   esac
 done
