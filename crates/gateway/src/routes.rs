@@ -6,6 +6,7 @@
 //! `regex_priority_order` first), then the longest prefix, then a host-only route; ties go to
 //! the earlier route in the file. Every matcher sees the canonical path (`crate::path`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -412,8 +413,68 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// The same routes by host, so a lookup costs what the request's host and path hold, not
+    /// the table's size (10,000 routes: one hash lookup per path segment).
+    by_host: HashMap<String, HostRoutes>,
     /// `authenticate_service_url`'s host: served (the gateway's own pages) though no route has it.
     authenticate_host: Option<String>,
+}
+
+/// One host's routes, as positions in [`RouteTable::routes`] (most specific first), indexed by
+/// what a path can match: every exact path under its path, every prefix under the prefix
+/// without its trailing `/` (a segment-aligned prefix matches the path itself or one of its
+/// `/`-cut heads), the rest (regex, host-only, odd prefixes) listed.
+#[derive(Debug, Default)]
+struct HostRoutes {
+    exact: HashMap<String, Vec<usize>>,
+    prefix: HashMap<String, Vec<usize>>,
+    other: Vec<usize>,
+}
+
+impl HostRoutes {
+    fn add(&mut self, position: usize, config: &RouteConfig) {
+        match (&config.regex, &config.path, &config.prefix) {
+            (None, Some(exact), _) => self.exact.entry(exact.clone()).or_default().push(position),
+            (None, None, Some(prefix)) => {
+                let key = prefix.strip_suffix('/').unwrap_or(prefix);
+                // `/a//` or a prefix without a leading `/` is not cut at segments: listed.
+                if (key.is_empty() || key.starts_with('/')) && !key.ends_with('/') {
+                    self.prefix
+                        .entry(key.to_owned())
+                        .or_default()
+                        .push(position);
+                } else {
+                    self.other.push(position);
+                }
+            }
+            _ => self.other.push(position),
+        }
+    }
+
+    /// The first (most specific) of this host's routes that matches: the smallest position
+    /// among the candidates, each confirmed by [`Route::matches`], so the result is the one a
+    /// scan of the whole table in order finds.
+    fn find(&self, routes: &[Arc<Route>], host: &str, port: u16, path: &str) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut consider = |positions: Option<&Vec<usize>>| {
+            for &i in positions.into_iter().flatten() {
+                if best.is_some_and(|b| b < i) {
+                    break;
+                }
+                if routes[i].matches(host, port, path) {
+                    best = Some(best.map_or(i, |b| b.min(i)));
+                    break;
+                }
+            }
+        };
+        consider(self.exact.get(path));
+        consider(self.prefix.get(path));
+        for (at, _) in path.match_indices('/') {
+            consider(self.prefix.get(&path[..at]));
+        }
+        consider(Some(&self.other));
+        best
+    }
 }
 
 impl RouteTable {
@@ -427,10 +488,23 @@ impl RouteTable {
             .collect();
         // Stable sort: equal specificity keeps file order.
         routes.sort_by_key(|r| std::cmp::Reverse(r.specificity()));
+        let mut by_host: HashMap<String, HostRoutes> = HashMap::new();
+        for (position, route) in routes.iter().enumerate() {
+            by_host
+                .entry(route.config.from.host.clone())
+                .or_default()
+                .add(position, &route.config);
+        }
         Self {
             routes,
+            by_host,
             authenticate_host: config.authenticate_service().map(|a| a.host),
         }
+    }
+
+    /// The first route in order for `host` that matches (no loopback aliasing).
+    fn find_on(&self, host: &str, port: u16, path: &str) -> Option<usize> {
+        self.by_host.get(host)?.find(&self.routes, host, port, path)
     }
 
     /// The route for `host` (lower-case, no port), `port` and `path`.
@@ -439,19 +513,18 @@ impl RouteTable {
     /// route names that host itself or it is the sign-in origin's (`authenticate_service_url`:
     /// no route's content may share its origin).
     pub fn find(&self, host: &str, port: u16, path: &str) -> Option<Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|r| r.matches(host, port, path))
+        self.find_on(host, port, path)
             .or_else(|| {
                 if !is_loopback_name(host) || self.authenticate_host.as_deref() == Some(host) {
                     return None;
                 }
-                self.routes.iter().find(|r| {
-                    is_loopback_name(&r.config.from.host)
-                        && r.matches(&r.config.from.host, port, path)
-                })
+                // The first in order among every loopback name's routes.
+                LOOPBACK_NAMES
+                    .iter()
+                    .filter_map(|name| self.find_on(name, port, path))
+                    .min()
             })
-            .cloned()
+            .map(|position| self.routes[position].clone())
     }
 
     /// Every route, most specific first.
@@ -462,10 +535,11 @@ impl RouteTable {
     /// Whether some route is for `host` (lower-case, no port), or it is the sign-in host.
     pub fn serves_host(&self, host: &str) -> bool {
         self.authenticate_host.as_deref() == Some(host)
-            || self.routes.iter().any(|r| {
-                r.config.from.host == host
-                    || (is_loopback_name(host) && is_loopback_name(&r.config.from.host))
-            })
+            || self.by_host.contains_key(host)
+            || (is_loopback_name(host)
+                && LOOPBACK_NAMES
+                    .iter()
+                    .any(|name| self.by_host.contains_key(*name)))
     }
 
     /// The distinct host names of all routes (for certificates).
@@ -485,8 +559,11 @@ impl RouteTable {
 /// Whether `host` (lower-case, IPv6 without brackets) is one of the names of this machine that
 /// routes share: `localhost`, `127.0.0.1`, `::1`.
 pub fn is_loopback_name(host: &str) -> bool {
-    matches!(host, "localhost" | "127.0.0.1" | "::1")
+    LOOPBACK_NAMES.contains(&host)
 }
+
+/// The names of this machine that routes share.
+const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Splits a `Host` value into lower-case host (IPv6 without brackets) and port.
 pub fn split_host(authority: &str, default_port: u16) -> (String, u16) {
@@ -751,6 +828,74 @@ routes:
         assert!(
             picked.contains(&"one".to_owned()) && picked.contains(&"two".to_owned()),
             "all down: spread anyway"
+        );
+    }
+
+    /// The index answers exactly what a scan of every route in order answers (the definition
+    /// of "most specific first"), for exact paths, prefixes with and without a trailing `/`,
+    /// odd prefixes, regexes, host-only routes, ports and the loopback aliases.
+    #[test]
+    fn the_host_and_path_index_finds_what_a_scan_in_order_finds() {
+        let t = table(
+            r#"insecure_server: true
+routes:
+  - {from: http://localhost, to: http://s:1, name: lo-host}
+  - {from: http://127.0.0.1, prefix: /a, to: http://s:1, name: ip-a}
+  - {from: http://localhost, prefix: /a/, to: http://s:1, name: lo-a-slash}
+  - {from: http://localhost, prefix: /a/b, to: http://s:1, name: lo-ab}
+  - {from: http://localhost:9000, prefix: /a/b, to: http://s:1, name: lo-ab-9000}
+  - {from: http://localhost, prefix: /a//, to: http://s:1, name: odd}
+  - {from: http://localhost, prefix: /, to: http://s:1, name: root}
+  - {from: http://localhost, path: /a/b/c, to: http://s:1, name: exact}
+  - {from: http://localhost:9000, path: /a/b/c, to: http://s:1, name: exact-9000}
+  - {from: http://localhost, regex: '/a/[0-9]+', to: http://s:1, name: re}
+  - {from: http://example.com, prefix: /a, to: http://s:1, name: ex-a}
+  - {from: http://example.com, path: /a, to: http://s:1, name: ex-exact}
+  - {from: http://example.com, prefix: /a/b/, to: http://s:1, name: ex-ab}
+  - {from: http://example.com:8443, to: http://s:1, name: ex-8443}
+"#,
+        );
+        let scan = |host: &str, port: u16, path: &str| {
+            let first = t.routes.iter().find(|r| r.matches(host, port, path));
+            first
+                .or_else(|| {
+                    is_loopback_name(host)
+                        .then(|| {
+                            t.routes.iter().find(|r| {
+                                is_loopback_name(&r.config.from.host)
+                                    && r.matches(&r.config.from.host, port, path)
+                            })
+                        })
+                        .flatten()
+                })
+                .map(|r| r.id.clone())
+        };
+        let paths = [
+            "", "/", "/a", "/a/", "/a//", "/a//x", "/ab", "/a/b", "/a/b/", "/a/b/c", "/a/b/c/",
+            "/a/12", "/a/12/x", "/x", "/x/a/b",
+        ];
+        let mut checked = 0;
+        for host in ["localhost", "127.0.0.1", "::1", "example.com", "other"] {
+            for port in [80, 8443, 9000] {
+                for path in paths {
+                    let found = t.find(host, port, path).map(|r| r.id.clone());
+                    assert_eq!(found, scan(host, port, path), "{host}:{port}{path}");
+                    checked += usize::from(found.is_some());
+                }
+            }
+        }
+        assert!(checked > 100, "the cases must mostly find a route");
+        assert_eq!(
+            t.find("localhost", 80, "/a/b/c")
+                .map(|r| r.id.clone())
+                .as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            t.find("localhost", 80, "/a//x")
+                .map(|r| r.id.clone())
+                .as_deref(),
+            Some("odd")
         );
     }
 }

@@ -137,6 +137,8 @@ struct Inner {
     backend: String,
     /// Per-(user, route) locks that coalesce upstream refreshes within this process.
     refresh_locks: upstream::Locks,
+    /// TIs read in the last second (see `upstream::Recent`).
+    recent_upstream_tokens: upstream::Recent,
 }
 
 impl std::fmt::Debug for Store {
@@ -174,6 +176,7 @@ impl Store {
                 keys,
                 backend: format!("{backend:?}"),
                 refresh_locks: upstream::Locks::default(),
+                recent_upstream_tokens: upstream::Recent::default(),
             }),
         };
         store.fill_family_users().await?;

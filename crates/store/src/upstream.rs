@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::db::params;
 use crate::{
@@ -81,6 +81,90 @@ impl Locks {
     }
 }
 
+/// How long a TI read from the store is used without reading it again. Writes through this
+/// process drop it at once; a write by another replica (a disconnect, a refresh) is seen within
+/// this time, as a revocation is (`REVOCATION_POLL`). Saves a store read, a decryption and the
+/// per-(user, route) lock on every proxied request (profile: the lock serialised one user's
+/// concurrent calls behind the read).
+const RECENT_FOR: Duration = Duration::from_secs(1);
+
+/// TIs recently read from the store, by user and route.
+#[derive(Default)]
+pub(crate) struct Recent {
+    tokens: Mutex<HashMap<String, HashMap<String, RecentToken>>>,
+    /// Bumped by every write: a read that started before a write must not fill the cache
+    /// after it (it could hold a token just deleted).
+    writes: AtomicU64,
+}
+
+struct RecentToken {
+    token: UpstreamToken,
+    /// The row's `expires_at`: not used past it.
+    expires_at: i64,
+    read_at: Instant,
+}
+
+impl Recent {
+    fn get(&self, user: &str, route: &str) -> Option<UpstreamToken> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = tokens.get(user)?.get(route)?;
+        (recent.read_at.elapsed() < RECENT_FOR && recent.expires_at > now_ms())
+            .then(|| recent.token.clone())
+    }
+
+    /// The write count before a store read.
+    fn before_read(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Keeps what a read that began at `writes` found, if nothing was written since.
+    fn put(&self, writes: u64, user: &str, route: &str, token: &UpstreamToken, expires_at: i64) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if self.writes.load(Ordering::SeqCst) != writes {
+            return;
+        }
+        // Bounded by the users and routes in use; entries of idle pairs go when the map grows.
+        if tokens.len() > 10_000 {
+            tokens.clear();
+        }
+        tokens.entry(user.to_owned()).or_default().insert(
+            route.to_owned(),
+            RecentToken {
+                token: token.clone(),
+                expires_at,
+                read_at: Instant::now(),
+            },
+        );
+    }
+
+    /// Before and after a write of `user`'s TI for `route`: forget it, and stop reads in flight
+    /// from putting it back.
+    fn forget(&self, user: &str, route: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        if let Some(routes) = tokens.get_mut(user) {
+            routes.remove(route);
+        }
+    }
+}
+
+/// Drops a (user, route) TI from [`Recent`] now and again when the write is over (dropped),
+/// so no read that overlapped the write keeps the old token.
+struct Forget<'a>(&'a Store, &'a str, &'a str);
+
+impl<'a> Forget<'a> {
+    fn new(store: &'a Store, user: &'a str, route: &'a str) -> Self {
+        store.inner.recent_upstream_tokens.forget(user, route);
+        Self(store, user, route)
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.inner.recent_upstream_tokens.forget(self.1, self.2);
+    }
+}
+
 fn context(user: &str, route: &str) -> String {
     format!("upstream_token|{user}|{route}")
 }
@@ -92,22 +176,37 @@ impl Store {
         user_id: &str,
         route_id: &str,
     ) -> Result<Option<StoredUpstreamToken>, StoreError> {
+        Ok(self
+            .read_upstream_token(user_id, route_id)
+            .await?
+            .map(|(token, _)| token))
+    }
+
+    /// The TI row of `user_id` for `route_id` and its `expires_at`.
+    async fn read_upstream_token(
+        &self,
+        user_id: &str,
+        route_id: &str,
+    ) -> Result<Option<(StoredUpstreamToken, i64)>, StoreError> {
         let rows = self
             .db()
             .conn()
             .await?
             .query(
-                "SELECT data, version FROM upstream_tokens WHERE user_id = ?1 AND route_id = ?2 AND expires_at > ?3",
+                "SELECT data, version, expires_at FROM upstream_tokens WHERE user_id = ?1 AND route_id = ?2 AND expires_at > ?3",
                 params![user_id, route_id, now_ms()],
             )
             .await?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
-        Ok(Some(StoredUpstreamToken {
-            token: self.unseal(&context(user_id, route_id), &row.text(0)?)?,
-            version: row.int(1)?,
-        }))
+        Ok(Some((
+            StoredUpstreamToken {
+                token: self.unseal(&context(user_id, route_id), &row.text(0)?)?,
+                version: row.int(1)?,
+            },
+            row.int(2)?,
+        )))
     }
 
     /// Stores (replaces) the TI of `user_id` for `route_id`, kept until `expires_at`; returns
@@ -120,6 +219,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<i64, StoreError> {
         let sealed = self.seal(&context(user_id, route_id), token)?;
+        let _forget = Forget::new(self, user_id, route_id);
         let rows = self
             .db()
             .conn()
@@ -145,6 +245,7 @@ impl Store {
         user_id: &str,
         route_id: &str,
     ) -> Result<bool, StoreError> {
+        let _forget = Forget::new(self, user_id, route_id);
         let n = self
             .db()
             .conn()
@@ -173,6 +274,12 @@ impl Store {
         F: FnOnce(UpstreamToken) -> Fut,
         Fut: Future<Output = Result<RefreshOutcome, E>>,
     {
+        let recent = &self.inner.recent_upstream_tokens;
+        if let Some(token) = recent.get(user_id, route_id)
+            && !needs_refresh(&token)
+        {
+            return Ok(Some(token));
+        }
         let slot = self.inner.refresh_locks.get(user_id, route_id);
         let failures = slot.failures.load(Ordering::Acquire);
         let _local = slot.lock.lock().await;
@@ -186,10 +293,13 @@ impl Store {
         let waited_since = tokio::time::Instant::now();
         let mut refresh = Some(refresh);
         loop {
-            let Some(current) = self.get_upstream_token(user_id, route_id).await? else {
+            let writes = recent.before_read();
+            let Some((current, expires_at)) = self.read_upstream_token(user_id, route_id).await?
+            else {
                 return Ok(None);
             };
             if !needs_refresh(&current.token) {
+                recent.put(writes, user_id, route_id, &current.token, expires_at);
                 return Ok(Some(current.token));
             }
             let owner = self.keyring().random_token(12)?;
@@ -276,6 +386,7 @@ impl Store {
         owner: &str,
         new: Option<(&UpstreamToken, i64)>,
     ) -> Result<(), StoreError> {
+        let _forget = Forget::new(self, user_id, route_id);
         let mut conn = self.db().conn().await?;
         match new {
             Some((token, expires_at)) => {

@@ -28,12 +28,12 @@ macro_rules! suite {
 
 suite!(sqlite: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
-    upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    upstream_refresh_never_uses_a_stale_read, upstream_token_reads_are_recent_and_never_outlive_a_write, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances,
     upstream_refresh_lease_of_a_crashed_replica);
 suite!(postgres: sessions, idp_refresh_tokens_are_kept_sealed_for_the_sessions_life, session_end_keeps_grants, user_grants_and_revocation, idle_refresh_tokens_lapse, clients, codes_redeem_once, code_redemption_race,
     refresh_rotation_and_reuse, refresh_rotation_race, upstream_tokens, upstream_refresh_coalesces,
-    upstream_refresh_never_uses_a_stale_read, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
+    upstream_refresh_never_uses_a_stale_read, upstream_token_reads_are_recent_and_never_outlive_a_write, upstream_refresh_failures, pending_authorizations, consents_and_keys, secrets_are_not_stored_in_clear,
     expired_rows_are_collected, two_instances_share_state, ids_are_used_once_across_instances,
     upstream_refresh_lease_of_a_crashed_replica);
 suite!(memory: sessions, clients, codes_redeem_once, refresh_rotation_and_reuse, upstream_tokens);
@@ -722,6 +722,85 @@ async fn upstream_refresh_lease_of_a_crashed_replica(t: TestStore) {
         "served at once, not after the lease: {:?}",
         started.elapsed()
     );
+
+/// TIs read in the last second are used without a store read (`upstream::Recent`): a write
+/// through the same store is seen at once (no request after a disconnect gets the old TI), a
+/// write by another replica within a second or so, and a read that overlaps a delete never puts
+/// the deleted token back.
+async fn upstream_token_reads_are_recent_and_never_outlive_a_write(t: TestStore) {
+    let other = t.another().await;
+    let never = |_: &UpstreamToken| false;
+    let current = |store: Store| async move {
+        store
+            .refresh_upstream_token(
+                "ada",
+                "notion",
+                never,
+                Duration::from_secs(3600),
+                |_| async { Ok::<_, String>(RefreshOutcome::Revoked) },
+            )
+            .await
+            .unwrap()
+            .map(|token| token.access_token.expose().to_owned())
+    };
+    t.store
+        .put_upstream_token("ada", "notion", &ti("at-1"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(current(t.store.clone()).await.as_deref(), Some("at-1"));
+    t.store
+        .put_upstream_token("ada", "notion", &ti("at-2"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        current(t.store.clone()).await.as_deref(),
+        Some("at-2"),
+        "a write here is seen at once"
+    );
+    assert!(
+        t.store
+            .delete_upstream_token("ada", "notion")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        current(t.store.clone()).await,
+        None,
+        "a disconnect here is seen at once"
+    );
+    // Another replica's disconnect: seen once the recent read lapses (a second), never later.
+    t.store
+        .put_upstream_token("ada", "notion", &ti("at-3"), now_ms() + HOUR)
+        .await
+        .unwrap();
+    assert_eq!(current(t.store.clone()).await.as_deref(), Some("at-3"));
+    assert!(other.delete_upstream_token("ada", "notion").await.unwrap());
+    let deleted = std::time::Instant::now();
+    while current(t.store.clone()).await.is_some() {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(10),
+            "another replica's disconnect was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reads racing deletes: whatever interleaving, once the delete returns no read finds it.
+    for round in 0..20 {
+        t.store
+            .put_upstream_token("ada", "notion", &ti("at-race"), now_ms() + HOUR)
+            .await
+            .unwrap();
+        let readers: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(current(t.store.clone())))
+            .collect();
+        t.store
+            .delete_upstream_token("ada", "notion")
+            .await
+            .unwrap();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+        assert_eq!(current(t.store.clone()).await, None, "round {round}");
+    }
 }
 
 async fn upstream_refresh_failures(t: TestStore) {

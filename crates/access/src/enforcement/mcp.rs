@@ -7,6 +7,7 @@
 //! Also: the JSON-RPC error for a denied call, and filtering `tools/list` results, in JSON and in
 //! SSE responses.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use postern_policy::McpRequest;
@@ -58,27 +59,23 @@ pub fn inspect(
             content_type.unwrap_or("none").to_owned(),
         ));
     }
-    let value = parse_strict(body).map_err(InspectError::Malformed)?;
-    let messages = match value {
-        Value::Array(items) if items.is_empty() => {
-            return Err(InspectError::Malformed("an empty batch".into()));
-        }
-        Value::Array(items) => items,
-        other => vec![other],
-    };
+    let messages = parse_messages(body, arguments).map_err(InspectError::Malformed)?;
+    if messages.is_empty() {
+        return Err(InspectError::Malformed("an empty batch".into()));
+    }
     let mut calls = Vec::new();
     for message in messages {
-        let Value::Object(object) = message else {
+        let Some(message) = message else {
             return Err(InspectError::Malformed(
                 "a message is not a JSON object".into(),
             ));
         };
-        match object.get("method") {
+        match message.method {
             Some(Value::String(method)) => {
                 let is_tool_call = method.eq_ignore_ascii_case("tools/call");
                 let tool = if is_tool_call {
-                    match object.get("params").and_then(|p| p.get("name")) {
-                        Some(Value::String(name)) => Some(name.clone()),
+                    match message.name {
+                        Some(Value::String(name)) => Some(name),
                         _ => {
                             return Err(InspectError::Malformed(
                                 "tools/call without a string params.name".into(),
@@ -91,20 +88,18 @@ pub fn inspect(
                 let method = if is_tool_call {
                     "tools/call".to_owned()
                 } else {
-                    method.clone()
+                    method
                 };
-                let arguments = (arguments && is_tool_call).then(|| {
-                    let given = object.get("params").and_then(|p| p.get("arguments"));
-                    Bounded::of(given.unwrap_or(&Value::Null))
-                });
+                let arguments = (arguments && is_tool_call)
+                    .then(|| Bounded::of(message.arguments.as_ref().unwrap_or(&Value::Null)));
                 calls.push(Call {
-                    id: object.get("id").cloned(),
+                    id: message.id,
                     request: McpRequest { method, tool },
                     arguments,
                 });
             }
             Some(_) => return Err(InspectError::Malformed("`method` is not a string".into())),
-            None if object.contains_key("result") || object.contains_key("error") => {}
+            None if message.response => {}
             None => {
                 return Err(InspectError::Malformed(
                     "neither a request nor a response".into(),
@@ -113,6 +108,230 @@ pub fn inspect(
         }
     }
     Ok(calls)
+}
+
+/// What the policy reads of one JSON-RPC message (a JSON object); the rest of the message is
+/// parsed as strictly (every key at every depth unique) and dropped, so a large `arguments` is
+/// scanned once and never copied. Fields given as other JSON types keep their value, for the
+/// checks in [`inspect`].
+#[derive(Default)]
+struct Message {
+    method: Option<Value>,
+    id: Option<Value>,
+    /// `params.name`, when `params` is an object that has it.
+    name: Option<Value>,
+    /// `params.arguments`, only when asked for.
+    arguments: Option<Value>,
+    /// It has `result` or `error`.
+    response: bool,
+}
+
+/// The messages of a body: a batch's, or the one message; `None` for one that is not an
+/// object. Every byte is parsed (the body must be one JSON value, no key given twice anywhere).
+fn parse_messages(body: &[u8], arguments: bool) -> Result<Vec<Option<Message>>, String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let messages = Messages { arguments }
+        .deserialize(&mut deserializer)
+        .map_err(|e| e.to_string())?;
+    deserializer.end().map_err(|e| e.to_string())?;
+    Ok(messages)
+}
+
+/// Visits a JSON scalar as `$value` (the scalar itself is checked by serde_json).
+macro_rules! scalars_are {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// The whole body: a batch (array) of messages, or one message.
+struct Messages {
+    arguments: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Messages {
+    type Value = Vec<Option<Message>>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Messages {
+    type Value = Vec<Option<Message>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message or batch")
+    }
+    scalars_are!(vec![None]);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut messages = Vec::new();
+        while let Some(message) = seq.next_element_seed(MessageSeed(self.arguments))? {
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Ok(vec![MessageSeed(self.arguments).visit_map(map)?])
+    }
+}
+
+/// One message of a body (`.0`: keep `params.arguments`).
+struct MessageSeed(bool);
+
+impl<'de> DeserializeSeed<'de> for MessageSeed {
+    type Value = Option<Message>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MessageSeed {
+    type Value = Option<Message>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+    scalars_are!(None);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut message = Message::default();
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            keys.insert(key.clone())?;
+            match key.as_ref() {
+                "method" => message.method = Some(map.next_value_seed(StrictValue)?),
+                "id" => message.id = Some(map.next_value_seed(StrictValue)?),
+                "params" => {
+                    (message.name, message.arguments) = map.next_value_seed(ParamsSeed(self.0))?;
+                }
+                "result" | "error" => {
+                    message.response = true;
+                    map.next_value_seed(Strict)?;
+                }
+                _ => map.next_value_seed(Strict)?,
+            }
+        }
+        Ok(Some(message))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Strict.visit_seq(seq).map(|()| None)
+    }
+}
+
+/// A message's `params`: its `name` and (when kept) `arguments`, if it is an object.
+struct ParamsSeed(bool);
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed {
+    type Value = (Option<Value>, Option<Value>);
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed {
+    type Value = (Option<Value>, Option<Value>);
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON-RPC params")
+    }
+    scalars_are!((None, None));
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut name, mut arguments) = (None, None);
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            keys.insert(key.clone())?;
+            match key.as_ref() {
+                "name" => name = Some(map.next_value_seed(StrictValue)?),
+                "arguments" if self.0 => arguments = Some(map.next_value_seed(StrictValue)?),
+                _ => map.next_value_seed(Strict)?,
+            }
+        }
+        Ok((name, arguments))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Strict.visit_seq(seq).map(|()| (None, None))
+    }
+}
+
+/// Any JSON value, checked as strictly as [`parse_strict`] checks it, and dropped.
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    scalars_are!(());
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Strict)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = Keys::default();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            keys.insert(key.clone())?;
+            map.next_value_seed(Strict)?;
+        }
+        Ok(())
+    }
+}
+
+/// An object's keys so far, decoded (`"a"` and `"\u0061"` are the same key), to refuse one
+/// given twice. Borrowed from the body when it spells them without escapes.
+#[derive(Default)]
+struct Keys<'de>(std::collections::HashSet<Cow<'de, str>>);
+
+impl<'de> Keys<'de> {
+    fn insert<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+        if self.0.contains(&key) {
+            return Err(E::custom(format!("duplicate key {:?}", key.as_ref())));
+        }
+        self.0.insert(key);
+        Ok(())
+    }
+}
+
+/// An object key, borrowed when the body spells it without escapes.
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
 }
 
 /// Parses JSON, refusing duplicate object keys.
@@ -235,6 +454,105 @@ mod tests {
         calls.iter().map(|c| c.request.tool.clone()).collect()
     }
 
+    /// The inspector before it skipped what the policy does not read: the whole body parsed
+    /// into a value, then read. The reference the streaming inspector must agree with.
+    fn inspect_by_value(body: &[u8], arguments: bool) -> Result<Vec<Call>, InspectError> {
+        let value = parse_strict(body).map_err(InspectError::Malformed)?;
+        let messages = match value {
+            Value::Array(items) if items.is_empty() => {
+                return Err(InspectError::Malformed("an empty batch".into()));
+            }
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        let mut calls = Vec::new();
+        for message in messages {
+            let Value::Object(object) = message else {
+                return Err(InspectError::Malformed("not an object".into()));
+            };
+            match object.get("method") {
+                Some(Value::String(method)) => {
+                    let is_tool_call = method.eq_ignore_ascii_case("tools/call");
+                    let tool = if is_tool_call {
+                        match object.get("params").and_then(|p| p.get("name")) {
+                            Some(Value::String(name)) => Some(name.clone()),
+                            _ => return Err(InspectError::Malformed("no name".into())),
+                        }
+                    } else {
+                        None
+                    };
+                    let method = if is_tool_call {
+                        "tools/call".to_owned()
+                    } else {
+                        method.clone()
+                    };
+                    let arguments = (arguments && is_tool_call).then(|| {
+                        let given = object.get("params").and_then(|p| p.get("arguments"));
+                        Bounded::of(given.unwrap_or(&Value::Null))
+                    });
+                    calls.push(Call {
+                        id: object.get("id").cloned(),
+                        request: McpRequest { method, tool },
+                        arguments,
+                    });
+                }
+                Some(_) => return Err(InspectError::Malformed("method".into())),
+                None if object.contains_key("result") || object.contains_key("error") => {}
+                None => return Err(InspectError::Malformed("neither".into())),
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Both inspectors accept the same bodies and find the same calls; a refusal is a refusal
+    /// in both (the message may differ: serde's position in the text).
+    pub(super) fn agrees_with_the_reference(body: &[u8]) {
+        for arguments in [false, true] {
+            match (
+                super::inspect(JSON, body, arguments),
+                inspect_by_value(body, arguments),
+            ) {
+                (Ok(fast), Ok(reference)) => {
+                    assert_eq!(fast, reference, "{}", String::from_utf8_lossy(body))
+                }
+                (Err(_), Err(_)) => {}
+                (fast, reference) => panic!(
+                    "{}: {fast:?} but the reference {reference:?}",
+                    String::from_utf8_lossy(body)
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn the_streaming_inspector_agrees_with_the_whole_value_one() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":[1,{"b":null}]}}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}},{"id":2,"result":{}}]"#,
+            r#"{"id":1,"method":"TOOLS/CALL","params":{"arguments":1,"name":"t"}}"#,
+            r#"{"id":1,"method":"tools/call","params":[{"name":"t"}]}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":7}}"#,
+            r#"{"id":1,"method":"tools/call","params":"x"}"#,
+            r#"{"method":"ping","params":{"name":"t","name":"u"}}"#,
+            r#"{"method":"ping","params":{"x":{"a":1,"\u0061":2}}}"#,
+            r#"{"m\u0065thod":"tools/call","params":{"n\u0061me":"t"},"id":{"deep":[1,2]}}"#,
+            r#"{"method":7}"#,
+            r#"{"error":{}}"#,
+            r#"{"jsonrpc":"2.0"}"#,
+            r#"[]"#,
+            r#"[1]"#,
+            r#"[[{"method":"ping"}]]"#,
+            r#""x""#,
+            r#"null"#,
+            r#"{"method":"ping"} x"#,
+            r#"{"method":"ping",}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"t","arguments":{"q":"\ud800"}}}"#,
+            r#"{"id":1.5e3,"method":"tools/call","params":{"name":"t","arguments":{"n":1e999}}}"#,
+        ] {
+            agrees_with_the_reference(body.as_bytes());
+        }
+    }
+
     #[test]
     fn finds_every_call_of_a_batch() {
         let body = json!([
@@ -299,6 +617,7 @@ mod properties {
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
+    use super::tests::agrees_with_the_reference;
     use super::*;
 
     const JSON: Option<&str> = Some("application/json");
@@ -510,6 +829,7 @@ mod properties {
         /// (last-key-wins) reading: the strict parser and a lenient server agree.
         #[test]
         fn what_is_accepted_reads_the_same_everywhere(body in prop::collection::vec(any::<u8>(), 0..200)) {
+            agrees_with_the_reference(&body);
             if let Ok(strict) = parse_strict(&body) {
                 prop_assert_eq!(Some(strict), serde_json::from_slice::<Value>(&body).ok());
             }
@@ -521,6 +841,7 @@ mod properties {
         #[test]
         fn hostile_bodies_never_panic(pieces in prop::collection::vec(prop::sample::select(PIECES), 0..40)) {
             let body: Vec<u8> = pieces.concat();
+            agrees_with_the_reference(&body);
             if let Ok(strict) = parse_strict(&body) {
                 prop_assert_eq!(Some(strict), serde_json::from_slice::<Value>(&body).ok());
             }
