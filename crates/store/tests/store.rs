@@ -722,6 +722,7 @@ async fn upstream_refresh_lease_of_a_crashed_replica(t: TestStore) {
         "served at once, not after the lease: {:?}",
         started.elapsed()
     );
+}
 
 /// TIs read in the last second are used without a store read (`upstream::Recent`): a write
 /// through the same store is seen at once (no request after a disconnect gets the old TI), a
