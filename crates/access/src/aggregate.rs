@@ -981,8 +981,9 @@ impl Aggregator<'_> {
             Outcome::Unavailable(why) if is_tool => tool_error(
                 id,
                 &format!(
-                    "{} is not available now ({why}); try again later",
-                    member.name()
+                    "{} is not available now ({why}; request {})",
+                    member.name(),
+                    scope.ctx.request_id
                 ),
                 None,
             ),
@@ -997,7 +998,11 @@ impl Aggregator<'_> {
             Outcome::Unavailable(why) => rpc_error(
                 id,
                 -32603,
-                &format!("{} is not available now ({why})", member.name()),
+                &format!(
+                    "{} is not available now ({why}; request {})",
+                    member.name(),
+                    scope.ctx.request_id
+                ),
             ),
         }
     }
