@@ -1359,6 +1359,21 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
     parts.headers.remove(header::CONTENT_LENGTH);
     // The member's session is its own; the client keeps the aggregate's.
     parts.headers.remove("mcp-session-id");
+    // Only a JSON-RPC message reaches the client: a body of another type may still be read as
+    // one by a client that looks for the words in `Content-Type` (the TypeScript SDK does), and
+    // would pass unmapped and unchecked; an event stream with an error status is no answer.
+    if media == Media::Other || (media == Media::EventStream && !parts.status.is_success()) {
+        tracing::warn!(member = %member.route.id, status = %parts.status, "aggregate: a member answered without an MCP message; refused");
+        return rpc_error(
+            id,
+            -32603,
+            &format!(
+                "{} answered {} without an MCP message",
+                member.name(),
+                parts.status
+            ),
+        );
+    }
     match media {
         Media::EventStream => {
             let mut stream = MapEvents::new(body, member);
@@ -1366,18 +1381,35 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
             Response::from_parts(parts, stream.boxed())
         }
         Media::Json => {
-            let Ok(bytes) =
-                postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None).await
+            // Within the member's timeout: an answer that starts and never ends is not waited
+            // on forever.
+            let Ok(bytes) = postern_gateway::body::read_bounded(
+                body,
+                None,
+                MAX_MESSAGE_BYTES,
+                Some(member.timeout),
+            )
+            .await
             else {
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "member_unavailable",
-                    "the member's answer could not be read whole",
-                    "",
+                return rpc_error(
+                    id,
+                    -32603,
+                    &format!(
+                        "{} is not available now (its answer could not be read whole within {}s)",
+                        member.name(),
+                        member.timeout.as_secs_f64()
+                    ),
                 );
             };
+            // What the gateway cannot read is not passed on: the client's parser may read it
+            // (a lone surrogate escape, say), as an answer to another request.
             let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-                return Response::from_parts(parts, full(bytes));
+                tracing::warn!(member = %member.route.id, "aggregate: a member's answer is not JSON; refused");
+                return rpc_error(
+                    id,
+                    -32603,
+                    &format!("{} answered with something that is not JSON", member.name()),
+                );
             };
             // The answer is to this request only: a member cannot answer the client's requests
             // to other members (nor send a batch that would).
@@ -1390,6 +1422,9 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
                 );
             }
             map_message(&mut message, &member);
+            // The JSON-RPC message is the answer; the member's HTTP status is its own (a 404
+            // for its session would make the client drop the aggregate's, every member's).
+            parts.status = StatusCode::OK;
             Response::from_parts(parts, full(message.to_string()))
         }
         Media::Other => Response::from_parts(parts, body),
@@ -1662,10 +1697,18 @@ impl HttpBody for Merged {
 
 /// One SSE event of a member, its message mapped; other fields (`id`, `retry`, comments) kept.
 fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<String> {
-    let Some(mut message) = event_data(event).and_then(|d| serde_json::from_str::<Value>(&d).ok())
-    else {
+    if event.starts_with('\u{feff}') {
+        // A byte order mark hides the event's fields here, but a client drops one at the start
+        // of what it reads: were this the first event passed on, it would read it unmapped.
+        return None;
+    }
+    let Some(data) = event_data(event) else {
+        // Comments, `retry:`, an id alone: no message.
         return Some(event.to_owned());
     };
+    // Data the gateway cannot read is dropped: the client's parser may read it (a lone
+    // surrogate escape, say), as an answer to another request.
+    let mut message = serde_json::from_str::<Value>(&data).ok()?;
     let is_answer = message.get("method").is_none();
     if !message.is_object() || (is_answer && message.get("id") != answers) {
         return None;
