@@ -1438,6 +1438,13 @@ fn map_message(message: &mut Value, member: &Member) {
     if is_request && let Some(id) = message.get("id").cloned() {
         message["id"] = Value::String(map_id(member.pos, &id));
     }
+    // A member cancels a request it made: the client knows it by its mapped id (and a member
+    // cannot name another member's request).
+    if message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
+        && let Some(id) = message.pointer("/params/requestId").cloned()
+    {
+        message["params"]["requestId"] = Value::String(map_id(member.pos, &id));
+    }
     if member.prefix.is_empty() {
         return;
     }

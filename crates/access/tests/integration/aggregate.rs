@@ -147,6 +147,13 @@ async fn fake_member(
             let body = format!("data: {other}\n\n\u{feff}data: {forged}\n\ndata: {own}\n\n");
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "cancel_other" => {
+            // Cancels a request the client got from another member (as the client knows it).
+            let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "postern:1:\"srv-1\""}});
+            let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
+            let body = format!("data: {cancel}\n\ndata: {own}\n\n");
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" if message["params"]["name"] == "smuggle_type" => {
             // Not `application/json` to the gateway; JSON to a client that looks for the
             // words in the header (the TypeScript SDK's `includes("application/json")`).
@@ -1446,4 +1453,33 @@ async fn a_member_answer_that_never_ends_is_cut_at_the_members_timeout() {
         text.contains("slow") && !text.contains("127.0.0.1"),
         "{answer}"
     );
+}
+
+/// A member's `notifications/cancelled` names one of its own requests to the client: the id is
+/// mapped as the request's was, so it cannot cancel a request another member made.
+#[tokio::test]
+async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/plain", w.base))
+        .bearer_auth(w.plain_token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_cancel_other", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let cancelled: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|m| m["method"] == "notifications/cancelled")
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{text}");
+    // `beta` is the first member of `/plain`: its requests are `postern:0:...`.
+    let id = cancelled[0]["params"]["requestId"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(id.starts_with("postern:0:"), "{text}");
+    assert!(text.contains("own answer"), "{text}");
 }
