@@ -822,6 +822,11 @@ impl Aggregator<'_> {
         let mut items: Vec<Value> = Vec::new();
         let mut next = Cursor::default();
         let mut report: Vec<Value> = Vec::new();
+        // The merged list must stay one message the gateway (and the aggregate's own tool rules)
+        // can read whole: a member whose items would not fit is left out and reported, and the
+        // others are listed (its answer was bounded, but what the gateway writes may be longer:
+        // `1e5` is written `100000.0`).
+        let mut room = MAX_MESSAGE_BYTES - LIST_ENVELOPE_BYTES;
         for ((member, _), (answer, unconnected)) in asked.iter().zip(answers) {
             let mut entry =
                 json!({"member": member.route.id, "name": member.name(), "prefix": member.prefix});
@@ -829,14 +834,27 @@ impl Aggregator<'_> {
                 Ok(answer) => {
                     if let Some(result) = answer.get("result") {
                         let listed = result.get(kind.key).and_then(Value::as_array);
+                        let mut mapped = Vec::new();
                         for item in listed.into_iter().flatten() {
                             if let Some(mut item) = map_item(item, member, kind) {
                                 if let Some(url) = &unconnected {
                                     note_unconnected(&mut item, member, url);
                                 }
-                                items.push(item);
+                                mapped.push(item);
                             }
                         }
+                        let size: usize = mapped.iter().map(|i| written_len(i) + 1).sum();
+                        if size > room {
+                            tracing::warn!(request_id = %scope.ctx.request_id, route = %scope.route.id, member = %member.route.id, size, "aggregate member's list too large to merge; left out");
+                            entry["state"] = json!("unavailable");
+                            entry["reason"] = json!(format!(
+                                "its list is too large to merge with the others ({size} bytes)"
+                            ));
+                            report.push(entry);
+                            continue;
+                        }
+                        room -= size;
+                        items.extend(mapped);
                         if let Some(c) = result.get("nextCursor").and_then(Value::as_str) {
                             next.set(member, c.to_owned());
                         }
@@ -859,10 +877,13 @@ impl Aggregator<'_> {
                         }
                         entry["state"] = json!("ok");
                         if !refused {
+                            // The member's words, bounded: they go into every merged list.
                             entry["note"] = answer
                                 .pointer("/error/message")
-                                .cloned()
-                                .unwrap_or(Value::Null);
+                                .and_then(Value::as_str)
+                                .map_or(Value::Null, |m| {
+                                    Value::String(m.chars().take(MAX_NOTE_CHARS).collect())
+                                });
                         }
                     }
                 }
@@ -1214,6 +1235,29 @@ const LIST_TEMPLATES: ListKind = ListKind {
     key: "resourceTemplates",
     field: "uriTemplate",
 };
+
+/// Room kept in a merged list's message for its envelope and the members' report.
+const LIST_ENVELOPE_BYTES: usize = 256 * 1024;
+
+/// The longest member's error message a list's report repeats.
+const MAX_NOTE_CHARS: usize = 500;
+
+/// The length of `value` as JSON, without writing it anywhere.
+fn written_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
 
 /// A member's list item with its name (or URI) prefixed; `None` (logged) when the name is
 /// missing or, for a tool, not a valid tool name once prefixed.

@@ -198,6 +198,24 @@ async fn fake_member(
             )
                 .into_response();
         }
+        "prompts/list" if message["params"]["long_error"] == member.name => {
+            let error = json!({"code": -32601, "message": "x".repeat(100_000)});
+            return (
+                [("content-type", "application/json")],
+                json!({"jsonrpc": "2.0", "id": id, "error": error}).to_string(),
+            )
+                .into_response();
+        }
+        "tools/list" if message["params"]["huge"] == member.name => {
+            // About 10 MiB, under the limit on an answer; the numbers (`1e5`) are written
+            // `100000.0` once read: merged, the list would be over 16 MiB.
+            let mut numbers = "1e5,".repeat(2_600_000);
+            numbers.pop();
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"big","inputSchema":{{"type":"object","properties":{{"n":{{"enum":[{numbers}]}}}}}}}}]}}}}"#
+            );
+            return ([("content-type", "application/json")], body).into_response();
+        }
         "tools/list" => {
             let start: usize = message["params"]["cursor"]
                 .as_str()
@@ -1482,4 +1500,61 @@ async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
         .unwrap_or_default();
     assert!(id.starts_with("postern:0:"), "{text}");
     assert!(text.contains("own answer"), "{text}");
+}
+
+/// One member's list cannot make the merged list too large to pass (the aggregate's own tool
+/// rules read it whole, within the limit on a message): that member is left out and reported,
+/// the others' tools are listed.
+#[tokio::test]
+async fn a_members_huge_list_leaves_out_only_that_member() {
+    let w = AggregateWorld::new().await;
+    let (status, _, body) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"huge": "beta"}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        &body.to_string()[..body.to_string().len().min(500)]
+    );
+    let names: Vec<&str> = body["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"alpha_search"), "{names:?}");
+    assert!(!names.contains(&"b_big"), "{names:?}");
+    let states = member_states(&body);
+    assert!(
+        states.contains(&("beta".to_owned(), "unavailable".to_owned())),
+        "{states:?}"
+    );
+}
+
+/// A member's error message is repeated in the list's report only so far.
+#[tokio::test]
+async fn a_members_error_message_is_bounded_in_the_report() {
+    let w = AggregateWorld::new().await;
+    let (status, _, body) = w
+        .post_to(
+            "/plain",
+            ADA,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "prompts/list", "params": {"long_error": "beta"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let report = &body["result"]["_meta"]["dev.postern/members"];
+    let beta = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == "beta")
+        .unwrap_or_else(|| panic!("{report}"));
+    let note = beta["note"].as_str().unwrap();
+    assert!(!note.is_empty() && note.len() <= 500, "{}", note.len());
 }
