@@ -548,10 +548,13 @@ impl Aggregator<'_> {
                 if first_error.is_none() {
                     first_error = answer.get("error").cloned();
                 }
-                let why = answer
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no result");
+                let why = bounded(
+                    answer
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no result"),
+                    MAX_NOTE_CHARS,
+                );
                 missing.push(format!("{} (it answered: {why})", member.name()));
                 continue;
             };
@@ -561,8 +564,11 @@ impl Aggregator<'_> {
                 versions.push(version.to_owned());
             }
             if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+                // Bounded: every member's go into one answer, which must stay one message the
+                // gateway (and the aggregate's own tool rules) can read whole.
+                let text = bounded(text, MAX_INSTRUCTIONS_CHARS);
                 instructions.push(if member.prefix.is_empty() {
-                    text.to_owned()
+                    text
                 } else {
                     format!("{} (tools named {}*): {text}", member.name(), member.prefix)
                 });
@@ -1241,6 +1247,17 @@ const LIST_ENVELOPE_BYTES: usize = 256 * 1024;
 
 /// The longest member's error message a list's report repeats.
 const MAX_NOTE_CHARS: usize = 500;
+
+/// The most of one member's `instructions` the merged `initialize` answer repeats.
+const MAX_INSTRUCTIONS_CHARS: usize = 32 * 1024;
+
+/// `text`, cut after `max` characters (and then saying so).
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{} [cut]", &text[..end]),
+        None => text.to_owned(),
+    }
+}
 
 /// The length of `value` as JSON, without writing it anywhere.
 fn written_len(value: &Value) -> usize {

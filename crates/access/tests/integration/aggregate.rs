@@ -188,6 +188,11 @@ async fn fake_member(
                 "serverInfo": {"name": member.name, "version": "1"},
                 "instructions": format!("{} instructions", member.name),
             });
+            let mut result = result;
+            if message["params"]["huge_instructions"] == true {
+                // About 9 MiB each: under the limit on one answer, over it once merged.
+                result["instructions"] = json!("x".repeat(9 << 20));
+            }
             let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
             return (
                 [
@@ -1557,4 +1562,32 @@ async fn a_members_error_message_is_bounded_in_the_report() {
         .unwrap_or_else(|| panic!("{report}"));
     let note = beta["note"].as_str().unwrap();
     assert!(!note.is_empty() && note.len() <= 500, "{}", note.len());
+}
+
+/// One member's `instructions` cannot make the merged `initialize` answer too large to pass
+/// (the aggregate's own tool rules read it whole): each member's is bounded.
+#[tokio::test]
+async fn members_long_instructions_do_not_break_initialize() {
+    let w = AggregateWorld::new().await;
+    let (status, _, body) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}, "huge_instructions": true}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        &body.to_string()[..body.to_string().len().min(500)]
+    );
+    let instructions = body["result"]["instructions"].as_str().unwrap();
+    assert!(
+        instructions.contains("Alpha") && instructions.len() < 1 << 20,
+        "{}",
+        instructions.len()
+    );
 }
