@@ -1248,6 +1248,12 @@ const LIST_ENVELOPE_BYTES: usize = 256 * 1024;
 /// The longest member's error message a list's report repeats.
 const MAX_NOTE_CHARS: usize = 500;
 
+/// The largest capabilities of a member the merged answer takes whole.
+const MAX_CAPABILITY_BYTES: usize = 64 * 1024;
+
+/// The capabilities taken from a member whose capabilities are too large to merge whole.
+const STANDARD_CAPABILITIES: &[&str] = &["tools", "prompts", "resources", "logging", "completions"];
+
 /// The most of one member's `instructions` the merged `initialize` answer repeats.
 const MAX_INSTRUCTIONS_CHARS: usize = 32 * 1024;
 
@@ -1314,15 +1320,30 @@ fn valid_tool_name(name: &str) -> bool {
 
 /// Capabilities of all members: each kind offered by one is offered, with its flags or-ed.
 fn merge_capabilities(into: &mut serde_json::Map<String, Value>, from: Option<&Value>) {
-    let Some(from) = from.and_then(Value::as_object) else {
+    let Some(capabilities) = from.and_then(Value::as_object) else {
         return;
     };
-    for (kind, flags) in from {
+    // Every member's go into one answer, which must stay one message the gateway can read
+    // whole: of a member's capabilities too large to merge, only the standard kinds and flags
+    // are taken.
+    let oversized = from.is_some_and(|c| written_len(c) > MAX_CAPABILITY_BYTES);
+    if oversized {
+        tracing::warn!(
+            "aggregate: a member's capabilities are too large to merge; only the standard ones taken"
+        );
+    }
+    for (kind, flags) in capabilities {
+        if oversized && !STANDARD_CAPABILITIES.contains(&kind.as_str()) {
+            continue;
+        }
         let slot = into
             .entry(kind.clone())
             .or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let (Some(slot), Some(flags)) = (slot.as_object_mut(), flags.as_object()) {
             for (flag, value) in flags {
+                if oversized && !matches!(flag.as_str(), "listChanged" | "subscribe") {
+                    continue;
+                }
                 let on = value.as_bool().unwrap_or(false);
                 match slot.get(flag) {
                     Some(Value::Bool(true)) => {}

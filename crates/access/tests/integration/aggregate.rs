@@ -193,6 +193,10 @@ async fn fake_member(
                 // About 9 MiB each: under the limit on one answer, over it once merged.
                 result["instructions"] = json!("x".repeat(9 << 20));
             }
+            if message["params"]["huge_capabilities"] == true {
+                result["capabilities"]["experimental"] =
+                    json!({format!("{}.big", member.name): {"x": "x".repeat(9 << 20)}});
+            }
             let body = json!({"jsonrpc": "2.0", "id": id, "result": result});
             return (
                 [
@@ -1589,5 +1593,32 @@ async fn members_long_instructions_do_not_break_initialize() {
         instructions.contains("Alpha") && instructions.len() < 1 << 20,
         "{}",
         instructions.len()
+    );
+}
+
+/// Nor can its `capabilities`: a capability too large to merge is left out.
+#[tokio::test]
+async fn members_huge_capabilities_do_not_break_initialize() {
+    let w = AggregateWorld::new().await;
+    let (status, _, body) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}, "huge_capabilities": true}}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        &body.to_string()[..body.to_string().len().min(500)]
+    );
+    assert_eq!(
+        body["result"]["capabilities"]["tools"]["listChanged"],
+        true,
+        "{}",
+        &body.to_string()[..body.to_string().len().min(500)]
     );
 }
