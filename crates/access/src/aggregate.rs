@@ -723,6 +723,8 @@ impl Aggregator<'_> {
             .await
         {
             Outcome::Answered(_) => status_only(StatusCode::ACCEPTED),
+            // A member the user may not use is not named to them at all.
+            Outcome::Refused(_) => rpc_error(Value::Null, -32600, "no member has that request"),
             other => json_error(
                 StatusCode::BAD_GATEWAY,
                 "member_unavailable",

@@ -1622,3 +1622,25 @@ async fn members_huge_capabilities_do_not_break_initialize() {
         &body.to_string()[..body.to_string().len().min(500)]
     );
 }
+
+/// A member whose policy refuses the user is named nowhere, not even in the error for an
+/// answer to a request it never made.
+#[tokio::test]
+async fn an_answer_for_a_refused_member_does_not_name_it() {
+    let w = AggregateWorld::new().await;
+    let before = w.beta.0.lock().unwrap().len();
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token(MALLORY))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": "postern:1:1", "result": {}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("beta") && !text.contains("refused"),
+        "{text}"
+    );
+    assert_eq!(w.beta.0.lock().unwrap().len(), before);
+}
