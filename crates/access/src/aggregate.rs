@@ -1731,7 +1731,7 @@ impl HttpBody for MapEvents {
                                 out.push_str("\n\n");
                             }
                             None => {
-                                tracing::warn!(member = %this.member.route.id, "aggregate: dropped a member's event that answers another request (or is a batch)")
+                                tracing::warn!(member = %this.member.route.id, "aggregate: dropped a member's event (an answer to another request, a batch, unreadable or too large once mapped)")
                             }
                         }
                     }
@@ -1813,8 +1813,16 @@ fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<St
         out.push_str(line);
         out.push('\n');
     }
+    let data = message.to_string();
+    // Written again, a message can be longer than the member sent it (`1e5` is written
+    // `100000.0`): one over the limit on a message would break the stream for every reader
+    // after it (the aggregate's tool rules, a merged `GET` stream), so it is dropped.
+    if data.len() > MAX_MESSAGE_BYTES - 1024 {
+        tracing::warn!(member = %member.route.id, "aggregate: dropped a member's event too large once mapped");
+        return None;
+    }
     out.push_str("data: ");
-    out.push_str(&message.to_string());
+    out.push_str(&data);
     Some(out)
 }
 

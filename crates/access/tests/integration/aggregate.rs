@@ -154,6 +154,18 @@ async fn fake_member(
             let body = format!("data: {cancel}\n\ndata: {own}\n\n");
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "expand" => {
+            // A notification of about 10 MiB, over 16 MiB once read and written again (`1e5`
+            // is written `100000.0`), then the answer.
+            let mut numbers = "1e5,".repeat(2_600_000);
+            numbers.pop();
+            let note = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":[{numbers}]}}}}"#
+            );
+            let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
+            let body = format!("data: {note}\n\ndata: {own}\n\n");
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" if message["params"]["name"] == "smuggle_type" => {
             // Not `application/json` to the gateway; JSON to a client that looks for the
             // words in the header (the TypeScript SDK's `includes("application/json")`).
@@ -1643,4 +1655,29 @@ async fn an_answer_for_a_refused_member_does_not_name_it() {
         "{text}"
     );
     assert_eq!(w.beta.0.lock().unwrap().len(), before);
+}
+
+/// A member's event that grows over the limit on one message once mapped is dropped, not
+/// passed on to break the stream it is on (on a merged `GET` stream, every member's).
+#[tokio::test]
+async fn a_members_event_too_large_once_mapped_is_dropped_not_fatal() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/tools", w.base))
+        .bearer_auth(w.token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_expand", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response
+        .text()
+        .await
+        .unwrap_or_else(|e| format!("the stream failed: {e}"));
+    assert!(
+        text.contains("own answer"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(text.len() < 1 << 20, "{}", text.len());
 }
