@@ -968,6 +968,7 @@ impl Aggregator<'_> {
                 )
                 .is_some();
         let sid = scope.state.and_then(|s| s.member(member));
+        let in_session = sid.is_some();
         let outcome = self
             .member_request(
                 scope.ctx,
@@ -981,6 +982,22 @@ impl Aggregator<'_> {
             .await;
 
         match outcome {
+            // The member's own session is gone (it restarted, say): the client starts a new
+            // aggregate session, which opens a new one with every member (MCP: 404 to a request
+            // with a session). Only then does a member's status reach the client.
+            Outcome::Answered(response)
+                if in_session && response.status() == StatusCode::NOT_FOUND =>
+            {
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    &format!(
+                        "{}'s session has ended: initialize a new session (send initialize without Mcp-Session-Id)",
+                        member.name()
+                    ),
+                    &scope.ctx.request_id,
+                )
+            }
             Outcome::Answered(response) | Outcome::Refused(response) => {
                 map_answer(response, member.clone(), id.clone()).await
             }
@@ -1507,7 +1524,8 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
             }
             map_message(&mut message, &member);
             // The JSON-RPC message is the answer; the member's HTTP status is its own (a 404
-            // for its session would make the client drop the aggregate's, every member's).
+            // without a session of its own would make the client drop the aggregate's, every
+            // member's: see `call_named` for the 404 that does).
             parts.status = StatusCode::OK;
             Response::from_parts(parts, full(message.to_string()))
         }

@@ -1455,11 +1455,41 @@ async fn a_member_cannot_smuggle_an_answer_past_the_aggregates_parser() {
     }
 }
 
-/// A member's HTTP status is its own: a 404 (its session is gone) must not reach the client
-/// as the aggregate's, whose client would then drop the session of every member.
+/// A member's HTTP status is its own: a 404 to a request that carried no session of that
+/// member must not reach the client as the aggregate's, whose client would then drop the
+/// session of every member. (A 404 to a request with the member's own session does: that
+/// session is gone, and a new aggregate session opens a new one.)
 #[tokio::test]
 async fn a_members_status_does_not_end_the_aggregate_session() {
     let w = AggregateWorld::new().await;
+    // With beta's session (it opens `beta-session` at initialize), its 404 says it is gone.
+    let (status, headers, _) = w
+        .post_to(
+            "/plain",
+            ADA,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let session = headers["mcp-session-id"].to_str().unwrap().to_owned();
+    let response = support::client()
+        .post(format!("{}/plain", w.base))
+        .bearer_auth(w.plain_token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "b_gone", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("session_not_found") && text.contains("beta"),
+        "{text}"
+    );
+    // Without one, it is an error for this call only.
     let (status, _, answer) = w
         .post_to(
             "/plain",
