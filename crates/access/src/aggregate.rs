@@ -26,6 +26,17 @@
 //!   A member's answer is only ever read for its own entries: it cannot add names to another;
 //!   on a call's stream only the answer to that call passes (answers to other ids, and
 //!   batches, are dropped), so a member cannot answer the client's requests to other members.
+//!   Nothing of a member reaches the client unread: an answer or event the gateway cannot
+//!   parse (a lone surrogate escape), of another `Content-Type` (`application/json-seq`, which
+//!   a client looking for `application/json` in the header reads), or behind a byte order mark
+//!   is refused or dropped, as is an event too large once written again. A member's HTTP
+//!   status stays its own (the answer is a JSON-RPC message), except a 404 to a request with
+//!   its own session, which ends the aggregate session as MCP says. A member's
+//!   `notifications/cancelled` names its own request by the mapped id.
+//! - **Bounded merges.** A merged list, `initialize` answer or report stays one message the
+//!   gateway can read whole (the aggregate's own tool rules read it): a member whose list would
+//!   not fit is left out and reported `unavailable`; its instructions, error text and
+//!   oversized capabilities are cut.
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
