@@ -26,6 +26,17 @@
 //!   A member's answer is only ever read for its own entries: it cannot add names to another;
 //!   on a call's stream only the answer to that call passes (answers to other ids, and
 //!   batches, are dropped), so a member cannot answer the client's requests to other members.
+//!   Nothing of a member reaches the client unread: an answer or event the gateway cannot
+//!   parse (a lone surrogate escape), of another `Content-Type` (`application/json-seq`, which
+//!   a client looking for `application/json` in the header reads), or behind a byte order mark
+//!   is refused or dropped, as is an event too large once written again. A member's HTTP
+//!   status stays its own (the answer is a JSON-RPC message), except a 404 to a request with
+//!   its own session, which ends the aggregate session as MCP says. A member's
+//!   `notifications/cancelled` names its own request by the mapped id.
+//! - **Bounded merges.** A merged list, `initialize` answer or report stays one message the
+//!   gateway can read whole (the aggregate's own tool rules read it): a member whose list would
+//!   not fit is left out and reported `unavailable`; its instructions, error text and
+//!   oversized capabilities are cut.
 //! - **Fan-out.** `initialize` (and `server/discover`), the lists and `notifications/*` go to
 //!   every member in parallel, each under its own timeout (`timeout`, default 30 s); calls go to
 //!   the owner only. A member that fails or is slow is reported, never waited on beyond its
@@ -548,10 +559,13 @@ impl Aggregator<'_> {
                 if first_error.is_none() {
                     first_error = answer.get("error").cloned();
                 }
-                let why = answer
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no result");
+                let why = bounded(
+                    answer
+                        .pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no result"),
+                    MAX_NOTE_CHARS,
+                );
                 missing.push(format!("{} (it answered: {why})", member.name()));
                 continue;
             };
@@ -561,8 +575,11 @@ impl Aggregator<'_> {
                 versions.push(version.to_owned());
             }
             if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+                // Bounded: every member's go into one answer, which must stay one message the
+                // gateway (and the aggregate's own tool rules) can read whole.
+                let text = bounded(text, MAX_INSTRUCTIONS_CHARS);
                 instructions.push(if member.prefix.is_empty() {
-                    text.to_owned()
+                    text
                 } else {
                     format!("{} (tools named {}*): {text}", member.name(), member.prefix)
                 });
@@ -717,6 +734,8 @@ impl Aggregator<'_> {
             .await
         {
             Outcome::Answered(_) => status_only(StatusCode::ACCEPTED),
+            // A member the user may not use is not named to them at all.
+            Outcome::Refused(_) => rpc_error(Value::Null, -32600, "no member has that request"),
             other => json_error(
                 StatusCode::BAD_GATEWAY,
                 "member_unavailable",
@@ -822,6 +841,11 @@ impl Aggregator<'_> {
         let mut items: Vec<Value> = Vec::new();
         let mut next = Cursor::default();
         let mut report: Vec<Value> = Vec::new();
+        // The merged list must stay one message the gateway (and the aggregate's own tool rules)
+        // can read whole: a member whose items would not fit is left out and reported, and the
+        // others are listed (its answer was bounded, but what the gateway writes may be longer:
+        // `1e5` is written `100000.0`).
+        let mut room = MAX_MESSAGE_BYTES - LIST_ENVELOPE_BYTES;
         for ((member, _), (answer, unconnected)) in asked.iter().zip(answers) {
             let mut entry =
                 json!({"member": member.route.id, "name": member.name(), "prefix": member.prefix});
@@ -829,14 +853,27 @@ impl Aggregator<'_> {
                 Ok(answer) => {
                     if let Some(result) = answer.get("result") {
                         let listed = result.get(kind.key).and_then(Value::as_array);
+                        let mut mapped = Vec::new();
                         for item in listed.into_iter().flatten() {
                             if let Some(mut item) = map_item(item, member, kind) {
                                 if let Some(url) = &unconnected {
                                     note_unconnected(&mut item, member, url);
                                 }
-                                items.push(item);
+                                mapped.push(item);
                             }
                         }
+                        let size: usize = mapped.iter().map(|i| written_len(i) + 1).sum();
+                        if size > room {
+                            tracing::warn!(request_id = %scope.ctx.request_id, route = %scope.route.id, member = %member.route.id, size, "aggregate member's list too large to merge; left out");
+                            entry["state"] = json!("unavailable");
+                            entry["reason"] = json!(format!(
+                                "its list is too large to merge with the others ({size} bytes)"
+                            ));
+                            report.push(entry);
+                            continue;
+                        }
+                        room -= size;
+                        items.extend(mapped);
                         if let Some(c) = result.get("nextCursor").and_then(Value::as_str) {
                             next.set(member, c.to_owned());
                         }
@@ -859,10 +896,13 @@ impl Aggregator<'_> {
                         }
                         entry["state"] = json!("ok");
                         if !refused {
+                            // The member's words, bounded: they go into every merged list.
                             entry["note"] = answer
                                 .pointer("/error/message")
-                                .cloned()
-                                .unwrap_or(Value::Null);
+                                .and_then(Value::as_str)
+                                .map_or(Value::Null, |m| {
+                                    Value::String(m.chars().take(MAX_NOTE_CHARS).collect())
+                                });
                         }
                     }
                 }
@@ -939,6 +979,7 @@ impl Aggregator<'_> {
                 )
                 .is_some();
         let sid = scope.state.and_then(|s| s.member(member));
+        let in_session = sid.is_some();
         let outcome = self
             .member_request(
                 scope.ctx,
@@ -952,6 +993,22 @@ impl Aggregator<'_> {
             .await;
 
         match outcome {
+            // The member's own session is gone (it restarted, say): the client starts a new
+            // aggregate session, which opens a new one with every member (MCP: 404 to a request
+            // with a session). Only then does a member's status reach the client.
+            Outcome::Answered(response)
+                if in_session && response.status() == StatusCode::NOT_FOUND =>
+            {
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "session_not_found",
+                    &format!(
+                        "{}'s session has ended: initialize a new session (send initialize without Mcp-Session-Id)",
+                        member.name()
+                    ),
+                    &scope.ctx.request_id,
+                )
+            }
             Outcome::Answered(response) | Outcome::Refused(response) => {
                 map_answer(response, member.clone(), id.clone()).await
             }
@@ -1220,6 +1277,46 @@ const LIST_TEMPLATES: ListKind = ListKind {
     field: "uriTemplate",
 };
 
+/// Room kept in a merged list's message for its envelope and the members' report.
+const LIST_ENVELOPE_BYTES: usize = 256 * 1024;
+
+/// The longest member's error message a list's report repeats.
+const MAX_NOTE_CHARS: usize = 500;
+
+/// The largest capabilities of a member the merged answer takes whole.
+const MAX_CAPABILITY_BYTES: usize = 64 * 1024;
+
+/// The capabilities taken from a member whose capabilities are too large to merge whole.
+const STANDARD_CAPABILITIES: &[&str] = &["tools", "prompts", "resources", "logging", "completions"];
+
+/// The most of one member's `instructions` the merged `initialize` answer repeats.
+const MAX_INSTRUCTIONS_CHARS: usize = 32 * 1024;
+
+/// `text`, cut after `max` characters (and then saying so).
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{} [cut]", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// The length of `value` as JSON, without writing it anywhere.
+fn written_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// A member's list item with its name (or URI) prefixed; `None` (logged) when the name is
 /// missing or, for a tool, not a valid tool name once prefixed.
 fn map_item(item: &Value, member: &Member, kind: ListKind) -> Option<Value> {
@@ -1258,15 +1355,30 @@ fn valid_tool_name(name: &str) -> bool {
 
 /// Capabilities of all members: each kind offered by one is offered, with its flags or-ed.
 fn merge_capabilities(into: &mut serde_json::Map<String, Value>, from: Option<&Value>) {
-    let Some(from) = from.and_then(Value::as_object) else {
+    let Some(capabilities) = from.and_then(Value::as_object) else {
         return;
     };
-    for (kind, flags) in from {
+    // Every member's go into one answer, which must stay one message the gateway can read
+    // whole: of a member's capabilities too large to merge, only the standard kinds and flags
+    // are taken.
+    let oversized = from.is_some_and(|c| written_len(c) > MAX_CAPABILITY_BYTES);
+    if oversized {
+        tracing::warn!(
+            "aggregate: a member's capabilities are too large to merge; only the standard ones taken"
+        );
+    }
+    for (kind, flags) in capabilities {
+        if oversized && !STANDARD_CAPABILITIES.contains(&kind.as_str()) {
+            continue;
+        }
         let slot = into
             .entry(kind.clone())
             .or_insert_with(|| Value::Object(serde_json::Map::new()));
         if let (Some(slot), Some(flags)) = (slot.as_object_mut(), flags.as_object()) {
             for (flag, value) in flags {
+                if oversized && !matches!(flag.as_str(), "listChanged" | "subscribe") {
+                    continue;
+                }
                 let on = value.as_bool().unwrap_or(false);
                 match slot.get(flag) {
                     Some(Value::Bool(true)) => {}
@@ -1364,6 +1476,21 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
     parts.headers.remove(header::CONTENT_LENGTH);
     // The member's session is its own; the client keeps the aggregate's.
     parts.headers.remove("mcp-session-id");
+    // Only a JSON-RPC message reaches the client: a body of another type may still be read as
+    // one by a client that looks for the words in `Content-Type` (the TypeScript SDK does), and
+    // would pass unmapped and unchecked; an event stream with an error status is no answer.
+    if media == Media::Other || (media == Media::EventStream && !parts.status.is_success()) {
+        tracing::warn!(member = %member.route.id, status = %parts.status, "aggregate: a member answered without an MCP message; refused");
+        return rpc_error(
+            id,
+            -32603,
+            &format!(
+                "{} answered {} without an MCP message",
+                member.name(),
+                parts.status
+            ),
+        );
+    }
     match media {
         Media::EventStream => {
             let mut stream = MapEvents::new(body, member);
@@ -1371,18 +1498,35 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
             Response::from_parts(parts, stream.boxed())
         }
         Media::Json => {
-            let Ok(bytes) =
-                postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None).await
+            // Within the member's timeout: an answer that starts and never ends is not waited
+            // on forever.
+            let Ok(bytes) = postern_gateway::body::read_bounded(
+                body,
+                None,
+                MAX_MESSAGE_BYTES,
+                Some(member.timeout),
+            )
+            .await
             else {
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "member_unavailable",
-                    "the member's answer could not be read whole",
-                    "",
+                return rpc_error(
+                    id,
+                    -32603,
+                    &format!(
+                        "{} is not available now (its answer could not be read whole within {}s)",
+                        member.name(),
+                        member.timeout.as_secs_f64()
+                    ),
                 );
             };
+            // What the gateway cannot read is not passed on: the client's parser may read it
+            // (a lone surrogate escape, say), as an answer to another request.
             let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
-                return Response::from_parts(parts, full(bytes));
+                tracing::warn!(member = %member.route.id, "aggregate: a member's answer is not JSON; refused");
+                return rpc_error(
+                    id,
+                    -32603,
+                    &format!("{} answered with something that is not JSON", member.name()),
+                );
             };
             // The answer is to this request only: a member cannot answer the client's requests
             // to other members (nor send a batch that would).
@@ -1395,6 +1539,10 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
                 );
             }
             map_message(&mut message, &member);
+            // The JSON-RPC message is the answer; the member's HTTP status is its own (a 404
+            // without a session of its own would make the client drop the aggregate's, every
+            // member's: see `call_named` for the 404 that does).
+            parts.status = StatusCode::OK;
             Response::from_parts(parts, full(message.to_string()))
         }
         Media::Other => Response::from_parts(parts, body),
@@ -1407,6 +1555,13 @@ fn map_message(message: &mut Value, member: &Member) {
     let is_request = message.get("method").is_some() && message.get("id").is_some();
     if is_request && let Some(id) = message.get("id").cloned() {
         message["id"] = Value::String(map_id(member.pos, &id));
+    }
+    // A member cancels a request it made: the client knows it by its mapped id (and a member
+    // cannot name another member's request).
+    if message.get("method").and_then(Value::as_str) == Some("notifications/cancelled")
+        && let Some(id) = message.pointer("/params/requestId").cloned()
+    {
+        message["params"]["requestId"] = Value::String(map_id(member.pos, &id));
     }
     if member.prefix.is_empty() {
         return;
@@ -1610,7 +1765,7 @@ impl HttpBody for MapEvents {
                                 out.push_str("\n\n");
                             }
                             None => {
-                                tracing::warn!(member = %this.member.route.id, "aggregate: dropped a member's event that answers another request (or is a batch)")
+                                tracing::warn!(member = %this.member.route.id, "aggregate: dropped a member's event (an answer to another request, a batch, unreadable or too large once mapped)")
                             }
                         }
                     }
@@ -1667,10 +1822,18 @@ impl HttpBody for Merged {
 
 /// One SSE event of a member, its message mapped; other fields (`id`, `retry`, comments) kept.
 fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<String> {
-    let Some(mut message) = event_data(event).and_then(|d| serde_json::from_str::<Value>(&d).ok())
-    else {
+    if event.starts_with('\u{feff}') {
+        // A byte order mark hides the event's fields here, but a client drops one at the start
+        // of what it reads: were this the first event passed on, it would read it unmapped.
+        return None;
+    }
+    let Some(data) = event_data(event) else {
+        // Comments, `retry:`, an id alone: no message.
         return Some(event.to_owned());
     };
+    // Data the gateway cannot read is dropped: the client's parser may read it (a lone
+    // surrogate escape, say), as an answer to another request.
+    let mut message = serde_json::from_str::<Value>(&data).ok()?;
     let is_answer = message.get("method").is_none();
     if !message.is_object() || (is_answer && message.get("id") != answers) {
         return None;
@@ -1684,8 +1847,16 @@ fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<St
         out.push_str(line);
         out.push('\n');
     }
+    let data = message.to_string();
+    // Written again, a message can be longer than the member sent it (`1e5` is written
+    // `100000.0`): one over the limit on a message would break the stream for every reader
+    // after it (the aggregate's tool rules, a merged `GET` stream), so it is dropped.
+    if data.len() > MAX_MESSAGE_BYTES - 1024 {
+        tracing::warn!(member = %member.route.id, "aggregate: dropped a member's event too large once mapped");
+        return None;
+    }
     out.push_str("data: ");
-    out.push_str(&message.to_string());
+    out.push_str(&data);
     Some(out)
 }
 
