@@ -761,13 +761,13 @@ impl Aggregator<'_> {
         let keyring = self.enforcement.store.keyring();
         let cursor = match message.pointer("/params/cursor").and_then(Value::as_str) {
             None => None,
-            Some(sealed) => match Cursor::open(keyring, &binding, sealed) {
+            Some(sealed) => match Cursor::open(keyring, &binding, kind.method, sealed) {
                 Some(cursor) => Some(cursor),
                 None => {
                     return rpc_error(
                         id,
                         -32602,
-                        "invalid cursor: it was not issued by this route for you (or was altered); list again without a cursor",
+                        "invalid cursor: it was not issued by this route for you for this list (or was altered); list again without a cursor",
                     );
                 }
             },
@@ -923,7 +923,7 @@ impl Aggregator<'_> {
         }
         let mut result = json!({ kind.key: items, "_meta": { MEMBERS_META: report } });
         if !next.is_empty() {
-            match next.seal(keyring, &binding) {
+            match next.seal(keyring, &binding, kind.method) {
                 Some(sealed) => result["nextCursor"] = Value::String(sealed),
                 None => {
                     return rpc_error(
@@ -1580,6 +1580,40 @@ fn map_message(message: &mut Value, member: &Member) {
         && let Some(uri) = message.pointer("/params/uri").and_then(Value::as_str)
     {
         message["params"]["uri"] = Value::String(format!("{}{uri}", member.prefix));
+    }
+    // Resources a tool result or a prompt links or embeds are the member's: the client reads
+    // them through the aggregate by their mapped URI, as it would a listed one.
+    if let Some(content) = message
+        .pointer_mut("/result/content")
+        .and_then(Value::as_array_mut)
+    {
+        content
+            .iter_mut()
+            .for_each(|block| map_content_uri(block, member));
+    }
+    if let Some(messages) = message
+        .pointer_mut("/result/messages")
+        .and_then(Value::as_array_mut)
+    {
+        for message in messages {
+            if let Some(block) = message.get_mut("content") {
+                map_content_uri(block, member);
+            }
+        }
+    }
+}
+
+/// Prefixes the URI of a `resource_link` or an embedded `resource` content block.
+fn map_content_uri(block: &mut Value, member: &Member) {
+    let at = match block.get("type").and_then(Value::as_str) {
+        Some("resource_link") => "/uri",
+        Some("resource") => "/resource/uri",
+        _ => return,
+    };
+    if let Some(uri) = block.pointer_mut(at)
+        && let Some(text) = uri.as_str()
+    {
+        *uri = Value::String(format!("{}{text}", member.prefix));
     }
 }
 

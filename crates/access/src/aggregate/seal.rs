@@ -103,13 +103,23 @@ impl Cursor {
         self.c.is_empty()
     }
 
-    pub(crate) fn seal(&self, keys: &Keyring, binding: &Binding) -> Option<String> {
+    /// Sealed for one list method (`tools/list`, ...): a cursor of one list is no cursor of
+    /// another (each member would be handed a cursor of a list it did not issue).
+    pub(crate) fn seal(&self, keys: &Keyring, binding: &Binding, list: &str) -> Option<String> {
         let json = serde_json::to_vec(self).ok()?;
-        keys.seal(&binding.context("cursor"), &json).ok()
+        keys.seal(&binding.context(&format!("cursor|{list}")), &json)
+            .ok()
     }
 
-    pub(crate) fn open(keys: &Keyring, binding: &Binding, sealed: &str) -> Option<Self> {
-        let json = keys.open(&binding.context("cursor"), sealed).ok()?;
+    pub(crate) fn open(
+        keys: &Keyring,
+        binding: &Binding,
+        list: &str,
+        sealed: &str,
+    ) -> Option<Self> {
+        let json = keys
+            .open(&binding.context(&format!("cursor|{list}")), sealed)
+            .ok()?;
         serde_json::from_slice(&json).ok()
     }
 }

@@ -264,6 +264,13 @@ async fn fake_member(
             let body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "link" => {
+            json!({"content": [
+                {"type": "resource_link", "uri": "file:///report.md", "name": "report"},
+                {"type": "resource", "resource": {"uri": "file:///notes.md", "text": "notes"}},
+                {"type": "text", "text": "file:///not-a-link.md"},
+            ]})
+        }
         "tools/call" if message["params"]["name"] == "wrong_id" => {
             return (
                 [("content-type", "application/json")],
@@ -825,6 +832,16 @@ async fn a_tampered_or_borrowed_cursor_is_refused() {
         )
         .await;
     assert_eq!(borrowed["error"]["code"], -32602, "{borrowed}");
+    // A tools/list cursor presented to another list: refused (the member would get a cursor of
+    // a list it did not issue).
+    let (_, _, other_list) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 4, "method": "prompts/list", "params": {"cursor": cursor}}),
+        )
+        .await;
+    assert_eq!(other_list["error"]["code"], -32602, "{other_list}");
     assert_eq!(w.alpha.0.lock().unwrap().len(), asked);
 }
 
@@ -1710,4 +1727,22 @@ async fn a_members_event_too_large_once_mapped_is_dropped_not_fatal() {
         &text[..text.len().min(300)]
     );
     assert!(text.len() < 1 << 20, "{}", text.len());
+}
+
+/// A resource a member's tool result links or embeds is named by its mapped URI, so the client
+/// reads it through the aggregate (where an unmapped URI would name no member).
+#[tokio::test]
+async fn resources_a_tool_result_links_are_named_as_the_aggregate_serves_them() {
+    let w = AggregateWorld::new().await;
+    let linked = w.call(ADA, "alpha_link").await;
+    let content = &linked["result"]["content"];
+    assert_eq!(content[0]["uri"], "alpha_file:///report.md", "{linked}");
+    assert_eq!(
+        content[1]["resource"]["uri"], "alpha_file:///notes.md",
+        "{linked}"
+    );
+    assert_eq!(
+        content[2]["text"], "file:///not-a-link.md",
+        "text is left alone"
+    );
 }
