@@ -160,6 +160,10 @@ routes:
     to: http://127.0.0.1:{up}/sqlite
     allow_any_authenticated_user: true
     mcp: {{}}
+  - from: http://localhost
+    prefix: /app
+    to: http://127.0.0.1:{up}/
+    allow_any_authenticated_user: true
 "
                 ),
             )
@@ -599,6 +603,18 @@ async fn writes_wait(user: &User<'_>, issued: &Issued) {
             browser: browser(),
         };
         unavailable("sign-in", &fresh.sign_in(i).await, &["store", "try again"]);
+        // A signed-in browser on a route: told to wait, not sent to a sign-in that cannot work.
+        let page = answer(
+            user.site
+                .at(&user.browser, i, "GET", "/app/")
+                .header("accept", "text/html"),
+        )
+        .await;
+        unavailable(
+            "a signed-in browser on a route",
+            &page,
+            &["store", "try again", "still signed in"],
+        );
         unavailable(
             "refresh",
             &user
@@ -656,6 +672,20 @@ async fn nothing_lost(user: &User<'_>, issued: &Issued, http: &reqwest::Client) 
     let code = query_of(&consented.location)["code"].clone();
     let second = user.exchange(0, &issued.second_client, &code).await;
     assert_eq!(second.status, 200, "{}", second.body);
+    // The signed-in browser is served again as itself (not sent to sign in).
+    let page = answer(
+        user.site
+            .at(&user.browser, 0, "GET", "/app/")
+            .header("accept", "text/html"),
+    )
+    .await;
+    assert!(
+        page.status != 503 && !page.location.contains("sign_in"),
+        "the browser's session after the outage: {} {} {}",
+        page.status,
+        page.location,
+        page.body
+    );
     // The session survived: consent remembered, a code at once.
     user.authorize(1, &issued.client_id)
         .await

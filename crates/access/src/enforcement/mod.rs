@@ -332,15 +332,18 @@ impl Enforcement {
                     }
                 }
             }
-            _ if request.headers().contains_key(header::COOKIE) => Ok((
-                Box::pin(session::current(
+            _ if request.headers().contains_key(header::COOKIE) => {
+                let looked_up = Box::pin(session::lookup(
                     request.headers(),
                     &self.settings.get().cookie,
                     &self.store,
                 ))
-                .await,
-                None,
-            )),
+                .await;
+                match looked_up {
+                    Ok(session) => Ok((session, None)),
+                    Err(error) => Err(session_unavailable(ctx, request, &error)),
+                }
+            }
             _ => Ok((None, None)),
         }
     }
@@ -887,5 +890,32 @@ fn claim_text(
             Some(Value::Null) | None => String::new(),
             Some(value) => value.to_string(),
         },
+    }
+}
+
+/// The store could not say whether the browser's session is valid: 503 (with Retry-After), not
+/// a trip to a sign-in page that cannot work while the store is down. The session is kept.
+fn session_unavailable<B>(
+    ctx: &RequestContext,
+    request: &Request<B>,
+    error: &postern_store::StoreError,
+) -> Response<Body> {
+    tracing::error!(request_id = %ctx.request_id, %error, "cannot read the session; answering 503");
+    let text = format!(
+        "{}; try again in a few seconds: you are still signed in",
+        error.public_reason()
+    );
+    if postern_gateway::errors::is_browser(request) {
+        crate::web::reply::html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::web::pages::message("Unavailable right now", &text),
+        )
+    } else {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            &text,
+            &ctx.request_id,
+        )
     }
 }

@@ -43,8 +43,20 @@ pub async fn current(
     settings: &CookieSettings,
     store: &Store,
 ) -> Option<Session> {
-    let id = session_id(headers, settings, store.keyring())?;
-    store.get_session(&id).await.ok().flatten()
+    lookup(headers, settings, store).await.ok().flatten()
+}
+
+/// As [`current`], but a store that cannot answer is an error, not "signed out": the proxy path
+/// answers 503 then, instead of sending a signed-in user to a sign-in that cannot work either.
+pub(crate) async fn lookup(
+    headers: &HeaderMap,
+    settings: &CookieSettings,
+    store: &Store,
+) -> Result<Option<Session>, postern_store::StoreError> {
+    let Some(id) = session_id(headers, settings, store.keyring()) else {
+        return Ok(None);
+    };
+    store.get_session(&id).await
 }
 
 /// The session id sealed for its cookie; `None` (logged) when it cannot be sealed, never a
