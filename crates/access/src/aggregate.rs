@@ -91,7 +91,7 @@ use postern_gateway::routes::Route;
 use postern_store::Session;
 use serde_json::{Value, json};
 
-use crate::enforcement::tool_filter::{EventSplitter, MAX_MESSAGE_BYTES, Media};
+use crate::enforcement::tool_filter::{EventSplitter, MAX_MESSAGE_BYTES, Media, event_data};
 use crate::enforcement::{Delegated, Enforcement};
 use crate::web::reply::{cors, json_error};
 
@@ -235,17 +235,27 @@ impl Aggregator<'_> {
         let mut response = match method {
             Method::POST => {
                 let body = request.into_body();
-                let bytes =
-                    postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None)
-                        .await
-                        .unwrap_or_default();
-                let response = self
-                    .post(ctx, route, &members, &delegated, &incoming, &bytes)
-                    .await;
-                // The aggregate's own tool rules apply to what it lists, as to what it calls.
-                self.enforcement
-                    .filter_own_tool_lists(ctx, route, &grant, response)
-                    .await
+                match postern_gateway::body::read_bounded(body, None, MAX_MESSAGE_BYTES, None).await
+                {
+                    Ok(bytes) => {
+                        let response = self
+                            .post(ctx, route, &members, &delegated, &incoming, &bytes)
+                            .await;
+                        // The aggregate's own tool rules apply to what it lists, as to what it
+                        // calls.
+                        self.enforcement
+                            .filter_own_tool_lists(ctx, route, &grant, response)
+                            .await
+                    }
+                    Err(_) => rpc_error(
+                        Value::Null,
+                        -32600,
+                        &format!(
+                            "the message could not be read, or is over the {} MiB an aggregate route takes: send one smaller JSON-RPC message",
+                            MAX_MESSAGE_BYTES >> 20
+                        ),
+                    ),
+                }
             }
             Method::DELETE => {
                 self.delete(ctx, route, &members, &delegated, &incoming)
@@ -1445,27 +1455,6 @@ async fn read_answer(
                 timeout.as_secs_f64()
             ))
         })
-}
-
-/// The `data` of an SSE event (its lines joined), if any.
-fn event_data(event: &str) -> Option<String> {
-    let mut data: Option<String> = None;
-    for line in event.split('\n') {
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        if field == "data" {
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_owned()),
-            }
-        }
-    }
-    data.filter(|d| !d.is_empty())
 }
 
 /// A member's answer to a routed request, as the client gets it: JSON (one message) mapped

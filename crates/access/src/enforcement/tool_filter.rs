@@ -167,14 +167,9 @@ fn unfilterable(why: &str, request_id: &str) -> Response<Body> {
     response
 }
 
-/// Filters one SSE event (its lines, without the blank line that ends it); `None` drops it.
-pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<String> {
-    if event.starts_with('\u{feff}') {
-        // A byte order mark (other than the stream's first, which the splitter drops) makes the
-        // first field no field here, but a client drops one at the start of what it reads: were
-        // this event the first the filter sends on, the client would read its data unfiltered.
-        return None;
-    }
+/// The `data` of an SSE event (its `data:` lines joined with newlines, as a client reads them),
+/// if it has any.
+pub(crate) fn event_data(event: &str) -> Option<String> {
     let mut data: Option<String> = None;
     for line in event.split('\n') {
         let (field, value) = match line.split_once(':') {
@@ -191,7 +186,18 @@ pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<Stri
             }
         }
     }
-    let Some(data) = data.filter(|d| !d.is_empty()) else {
+    data.filter(|d| !d.is_empty())
+}
+
+/// Filters one SSE event (its lines, without the blank line that ends it); `None` drops it.
+pub fn filter_event(event: &str, may_call: &dyn Fn(&str) -> bool) -> Option<String> {
+    if event.starts_with('\u{feff}') {
+        // A byte order mark (other than the stream's first, which the splitter drops) makes the
+        // first field no field here, but a client drops one at the start of what it reads: were
+        // this event the first the filter sends on, the client would read its data unfiltered.
+        return None;
+    }
+    let Some(data) = event_data(event) else {
         // Comments, `retry:`, an id with empty data (a resumption point): nothing to filter.
         return Some(event.to_owned());
     };
