@@ -372,8 +372,10 @@ async fn an_mcp_server_route_as_the_docs_configure_it() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        // Records are written after the answers, so wait for all three.
         let done = records.iter().any(|r| r["tool"] == "write_query")
-            && records.iter().any(|r| r["tool"] == "read_query");
+            && records.iter().any(|r| r["tool"] == "read_query")
+            && records.iter().any(|r| r["method"] == "tools/list");
         if done || Instant::now() > deadline {
             break records;
         }
