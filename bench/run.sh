@@ -20,6 +20,8 @@
 #   signins  sign-ins per second (argon2id) and the full path's p99 while they run.
 #   aggregate tools/call through an aggregate route next to its member's own route, and
 #            tools/list through an aggregate of 5 members (bench/aggregate.sh).
+#   perf     (only when named) the full path at 64 connections under `perf record`: Postern's
+#            CPU by thread and by function, natively.
 #   profile  (only when named) Postern under callgrind: instructions per request, public route
 #            and full path, and the top functions of the full path.
 set -euo pipefail
@@ -108,7 +110,7 @@ YAML
 }
 # start_postern NAME PORT CONFIG_FILE: starts it and waits; its pid in $postern.
 start_postern() {
-  RUST_LOG=warn "$bin/postern" serve --config "$3" 2>"$work/$1.log" & postern=$!; pids+=($postern)
+  env RUST_LOG=warn ${BENCH_POSTERN_ENV:-} "$bin/postern" serve --config "$3" 2>"$work/$1.log" & postern=$!; pids+=($postern)
   for _ in $(seq 1 1200); do
     curl -s -o /dev/null "http://127.0.0.1:$2/.pomerium/ping" && return
     kill -0 $postern 2>/dev/null || { echo "bench: postern $1 exited: $(grep -m2 -i error "$work/$1.log")"; exit 1; }
@@ -549,12 +551,30 @@ section_profile() {
   callgrind_annotate --inclusive=yes "$root/target/callgrind.full.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | head -45
 }
 
+# perf (only when named): the full path at 64 connections under `perf record` (native, with
+# the CPU's own instruction set, which callgrind hides): where Postern's CPU goes, by thread and
+# by function.
+section_perf() {
+  command -v perf >/dev/null || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null; }
+  main_gateway
+  full 4 1 >/dev/null
+  perf record -F 999 -g -p "$main_pid" -o "$work/perf.data" >/dev/null 2>&1 & local rec=$!
+  sleep 0.5
+  printf '
+perf: the full path at 64 connections, %ss: %s\n' "$seconds" "$(full 64 "$seconds")"
+  kill -INT $rec; wait $rec 2>/dev/null || true
+  printf 'by thread:\n'
+  perf report -i "$work/perf.data" --no-children --sort comm 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8
+  printf 'by function (self):\n'
+  perf report -i "$work/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -40
+}
+
 printf 'bench at %s (%s), %ss per point, sections: %s; load average %s\n' "$(git rev-parse --short HEAD)" \
   "$(git diff --quiet HEAD -- crates && echo clean || echo 'with local changes')" "$seconds" "${sections[*]}" "$(cut -d' ' -f1-3 /proc/loadavg)"
 for s in "${sections[@]}"; do
   case $s in
-    goal | streams | routes | users | store | policy | body | signins | profile) "section_$s" ;;
+    goal | streams | routes | users | store | policy | body | signins | profile | perf) "section_$s" ;;
     aggregate) BENCH_BIN="$bin" bash "$root/bench/aggregate.sh" "$seconds" ;;
-    *) echo "bench: unknown section $s (goal streams routes users store policy body signins aggregate profile)"; exit 2 ;;
+    *) echo "bench: unknown section $s (goal streams routes users store policy body signins aggregate profile perf)"; exit 2 ;;
   esac
 done

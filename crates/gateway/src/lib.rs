@@ -237,7 +237,11 @@ impl Gateway {
         // Time spent waiting for the client's body is bounded, for the gateway's own endpoints
         // and proxied requests alike.
         let request = request.map(|b| ReadDeadline::new(b, conn.body_read_timeout).boxed());
-        let respond = self.respond(&ctx, &mut log, request, &path, &forwarded_for);
+        // Boxed: hyper keeps the space of this future for the connection's whole life (one
+        // allocation, reused by each request), and `respond` is most of it; boxed, it is freed
+        // as soon as the response head is ready, so an open SSE stream or an idle keep-alive
+        // connection holds a few hundred bytes here instead of several KiB.
+        let respond = Box::pin(self.respond(&ctx, &mut log, request, &path, &forwarded_for));
         let mut response = match ctx.runtime.config.write_timeout() {
             None => respond.await.unwrap_or_else(|response| response),
             // `timeout_write` (Envoy's `max_stream_duration`): the whole exchange, from the

@@ -385,24 +385,23 @@ fn write_lines(path: &Path, lines: Receiver<String>) {
             let Some(out) = file.as_mut() else {
                 break;
             };
-            let mut written = 1;
             let mut result = writeln!(out, "{first}");
             for line in lines.try_iter().take(4096) {
                 if result.is_err() {
                     break;
                 }
                 result = writeln!(out, "{line}");
-                written += 1;
             }
             if let Err(error) = result.and_then(|()| out.flush()) {
                 tracing::error!(file = %path.display(), %error, "cannot write the audit log");
                 // Reopened for the next line (the file may have been moved or the disk freed).
                 file = None;
             }
-            if written > 1 {
-                std::thread::sleep(BATCH_PAUSE);
-                pending = lines.try_recv().ok();
-            }
+            // Pausing after every write, a lone record included, lets the next records queue
+            // while the writer sleeps: under steady traffic the request path then never wakes
+            // this thread (a futex call and a context switch per record at one connection).
+            std::thread::sleep(BATCH_PAUSE);
+            pending = lines.try_recv().ok();
         }
     }
 }
