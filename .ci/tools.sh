@@ -37,3 +37,5 @@ if ! "$tools/py/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.
   "$tools/py/bin/pip" install --quiet --disable-pip-version-check mcp==2.3.0
 fi
 export MCP_PYTHON="$tools/py/bin/python"
+
+source "$root/.ci/ports.sh"

@@ -14,6 +14,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-5}"
 cd "$root"
+source "$root/.ci/ports.sh"
 if [ -n "${BENCH_BIN:-}" ]; then
   bin="$(cd "$BENCH_BIN" && pwd)"
 else
@@ -21,7 +22,7 @@ else
   bin="$root/target/release"
 fi
 work="$(mktemp -d)"
-up=$((20000 + RANDOM % 5000)); pst=$((30000 + RANDOM % 5000))
+up=$(free_port); pst=$(free_port)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT

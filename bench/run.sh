@@ -50,7 +50,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port() { echo $((20000 + RANDOM % 20000)); }
+source "$root/.ci/ports.sh"
+port() { free_port; }
 wait_http() { for _ in $(seq 1 600); do curl -s -o /dev/null "$1" && return; sleep 0.1; done; echo "bench: $1 never answered" >&2; exit 1; }
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }

@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-up=$((20000 + RANDOM % 5000))
+up=$(free_port)
 "$bin/mcp-fixture" "$up" --stateless 2>"$work/fixture.log" & pids+=($!)
 hash=$(echo -n soak-password | "$bin/postern" hash-password)
 
@@ -43,7 +43,7 @@ hash=$(echo -n soak-password | "$bin/postern" hash-password)
 start() {
   local name=$1 store=$2
   mkdir -p "$work/$name"
-  port=$((30000 + RANDOM % 5000))
+  port=$(free_port)
   echo "- {email: soak@example.com, name: Soak, password_hash: '$hash'}" >"$work/$name/users.yaml"
   cat >"$work/$name/postern.yaml" <<YAML
 insecure_server: true

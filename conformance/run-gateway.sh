@@ -12,8 +12,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-fixture_port=$((20000 + RANDOM % 10000))
-gateway_port=$((30000 + RANDOM % 10000))
+fixture_port=$(free_port)
+gateway_port=$(free_port)
 hash=$(echo -n conformance-password | "$bin/postern" hash-password)
 echo "- {email: conformance@example.com, name: Conformance, password_hash: \"$hash\"}" >"$work/users.yaml"
 cat >"$work/postern.yaml" <<YAML

@@ -7,7 +7,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 postern="${1:-$root/target/debug/postern}"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-port=$((20000 + RANDOM % 20000))
+port=$(free_port)
 python3 - "$work/demo.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])

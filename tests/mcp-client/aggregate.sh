@@ -12,9 +12,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-port=$((30000 + RANDOM % 10000))
-servers_port=$((20000 + RANDOM % 4000)); sqlite_port=$((24000 + RANDOM % 4000))
-notion_port=$((15000 + RANDOM % 4000)); provider_port=$((11000 + RANDOM % 4000))
+port=$(free_port)
+servers_port=$(free_port); sqlite_port=$(free_port)
+notion_port=$(free_port); provider_port=$(free_port)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 fail() { echo "$1"; echo "--- gateway log"; tail -30 "$work/gateway.log"; exit 1; }

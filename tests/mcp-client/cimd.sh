@@ -10,7 +10,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-port=$((30000 + RANDOM % 10000)); doc_port=$((20000 + RANDOM % 5000)); up_port=$((25000 + RANDOM % 5000))
+port=$(free_port); doc_port=$(free_port); up_port=$(free_port)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 

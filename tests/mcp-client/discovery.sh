@@ -14,7 +14,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-port=$((30000 + RANDOM % 10000)); mcp_port=$((20000 + RANDOM % 5000)); auth_port=$((25000 + RANDOM % 5000))
+port=$(free_port); mcp_port=$(free_port); auth_port=$(free_port)
 cd "$root/tests/mcp-client"
 MCP_PORT=$mcp_port MCP_AUTH_PORT=$auth_port node node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js --oauth --oauth-strict >"$work/upstream.log" 2>&1 &
 upstream=$!

@@ -17,7 +17,7 @@ if [ -z "${POSTERN_TEST_POSTGRES_URL:-}" ]; then
 fi
 work="$(mktemp -d)"
 db="postern_outage_$$"
-port=$((30000 + RANDOM % 10000)); up=$((20000 + RANDOM % 5000))
+port=$(free_port); up=$(free_port)
 psql "$POSTERN_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db" >/dev/null
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; psql "$POSTERN_TEST_POSTGRES_URL" -qc "ALTER DATABASE $db ALLOW_CONNECTIONS true" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

@@ -10,8 +10,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="$(cd "${1:-$root/target/debug}" && pwd)"
 source "$root/.ci/tools.sh"
 work="$(mktemp -d)"
-port=$((30000 + RANDOM % 10000))
-notion_port=$((15000 + RANDOM % 4000)); provider_port=$((11000 + RANDOM % 4000))
+port=$(free_port)
+notion_port=$(free_port); provider_port=$(free_port)
 "$bin/fakes" notion $notion_port "$work/notion.log" 2>/dev/null &
 fake_notion=$!
 "$bin/fakes" provider $provider_port 2>/dev/null &
@@ -75,7 +75,7 @@ echo "ok: after a restart the same user signs in and the earlier TE still works"
 # plays the browser), and checks the callback and the token response.
 # Below the kernel's ephemeral range (32768-60999 here), where an outgoing connection of any
 # other process could hold the port first.
-callback_port=$((5000 + RANDOM % 5000))
+callback_port=$(free_port)
 client_id=$(curl -fsS -X POST "$base/.pomerium/mcp/register" -H 'content-type: application/json' \
   -d "{\"redirect_uris\":[\"http://127.0.0.1:$callback_port/callback\"],\"token_endpoint_auth_method\":\"none\",\"client_name\":\"conformance\"}" \
   | sed -E 's/.*"client_id":"([^"]+)".*/\1/')
