@@ -566,6 +566,8 @@ perf: the full path at 64 connections, %ss: %s\n' "$seconds" "$(full 64 "$second
   kill -INT $rec; wait $rec 2>/dev/null || true
   printf 'by thread:\n'
   perf report -i "$work/perf.data" --no-children --sort comm 2>/dev/null | grep -E '^ +[0-9.]+%' | head -8
+  printf 'by function (inclusive):\n'
+  perf report -i "$work/perf.data" --children --sort sym -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | grep -v '\[k\]' | head -60
   printf 'by function (self):\n'
   perf report -i "$work/perf.data" --no-children --sort sym -g none 2>/dev/null | grep -E '^ +[0-9.]+%' | head -40
 }

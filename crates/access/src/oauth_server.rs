@@ -96,17 +96,24 @@ pub struct AccessClaims {
 impl AccessClaims {
     /// The session-like view the policy and the assertion use.
     pub fn session(&self) -> Session {
-        Session {
-            id: self.sid.clone(),
-            user_id: self.sub.clone(),
-            email: self.email.clone(),
-            name: self.name.clone(),
-            groups: self.groups.clone(),
-            claims: self.clm.clone(),
+        self.clone().into_session().0
+    }
+
+    /// The session the TE stands for, and the client that holds it, taking the claims apart
+    /// (no copies: this runs on every request with a TE).
+    pub fn into_session(self) -> (Session, String) {
+        let session = Session {
+            id: self.sid,
+            user_id: self.sub,
+            email: self.email,
+            name: self.name,
+            groups: self.groups,
+            claims: self.clm,
             idp: "te".into(),
             created_at: 0,
             expires_at: self.exp,
-        }
+        };
+        (session, self.cid)
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::broker::UpstreamBroker;
 use crate::enforcement::assertion::{AssertionFor, Signer};
-use crate::enforcement::audit::fields::{Bounded, RequestFacts};
+use crate::enforcement::audit::fields::RequestFacts;
 use crate::enforcement::audit::{Audit, AuditEvent};
 use crate::enforcement::mcp::Call;
 use crate::oauth_server::{self, RevocationCache, TokenError};
@@ -43,7 +43,6 @@ pub struct Enforcement {
 }
 
 /// Facts about an allowed request that later hooks use.
-#[derive(Clone)]
 struct Allowed {
     session: Option<Session>,
     /// The MCP client whose token made the request.
@@ -82,7 +81,7 @@ pub(crate) struct Delegated {
 /// What an allowed request's grant says about who is asking (for an aggregate route, which
 /// calls its members for that user).
 pub(crate) fn granted_identity(grant: &Grant) -> Option<(Session, Option<String>)> {
-    let allowed = grant.extensions.get::<Allowed>()?;
+    let allowed = grant.extensions.get::<Arc<Allowed>>()?;
     Some((allowed.session.clone()?, allowed.client_id.clone()))
 }
 
@@ -284,7 +283,8 @@ impl Enforcement {
             principal: session.as_ref().map(|s| s.email.clone()),
             extensions: http::Extensions::new(),
         };
-        grant.extensions.insert(Allowed {
+        // Shared, not copied, by the hooks after this one and the audit of the answer.
+        grant.extensions.insert(Arc::new(Allowed {
             session,
             client_id,
             calls,
@@ -293,7 +293,7 @@ impl Enforcement {
             facts,
             bearer,
             via,
-        });
+        }));
         Ok((request, grant))
     }
 
@@ -322,7 +322,10 @@ impl Enforcement {
                     &resource,
                 ) {
                     // The client id goes into the audit records of the request's calls.
-                    Ok(claims) => Ok((Some(claims.session()), Some(claims.cid))),
+                    Ok(claims) => {
+                        let (session, client_id) = claims.into_session();
+                        Ok((Some(session), Some(client_id)))
+                    }
                     Err(error) => {
                         let used = postern_oauth::metadata::resource_url(
                             &ctx.origin(),
@@ -515,7 +518,7 @@ impl Enforcement {
         let mut headers = HeaderMap::new();
         let session = grant
             .extensions
-            .get::<Allowed>()
+            .get::<Arc<Allowed>>()
             .and_then(|a| a.session.as_ref());
         if route.is_mcp_server() {
             // Bodies the gateway can read (tool lists are filtered): no compression.
@@ -618,7 +621,7 @@ impl Enforcement {
     ) -> Response<Body> {
         let bearer = grant
             .extensions
-            .get::<Allowed>()
+            .get::<Arc<Allowed>>()
             .is_some_and(|allowed| allowed.bearer);
         let mut response = Box::pin(self.answer(ctx, route, grant, response)).await;
         if bearer {
@@ -637,7 +640,7 @@ impl Enforcement {
         grant: &Grant,
         response: Response<Body>,
     ) -> Response<Body> {
-        match grant.extensions.get::<Allowed>() {
+        match grant.extensions.get::<Arc<Allowed>>() {
             Some(allowed) if route.policy.uses_mcp_tool() => {
                 Box::pin(filter_tool_lists(
                     ctx,
@@ -660,7 +663,7 @@ impl Enforcement {
         grant: &Grant,
         response: Response<Body>,
     ) -> Response<Body> {
-        let Some(allowed) = grant.extensions.get::<Allowed>().cloned() else {
+        let Some(allowed) = grant.extensions.get::<Arc<Allowed>>().cloned() else {
             return response;
         };
         // The rare paths are boxed: their futures are large, and every response would pay for
@@ -693,13 +696,7 @@ impl Enforcement {
         } else {
             response
         };
-        let tool_calls: Vec<(McpRequest, Option<Bounded>)> = allowed
-            .calls
-            .iter()
-            .filter(|c| c.request.method == "tools/call")
-            .map(|c| (c.request.clone(), c.arguments.clone()))
-            .collect();
-        if tool_calls.is_empty() {
+        if tool_calls(&allowed.calls).next().is_none() {
             return response;
         }
         // The audit line is written when the response has been sent.
@@ -709,34 +706,29 @@ impl Enforcement {
             route.id.clone(),
             response.status(),
         );
-        let session = allowed.session.clone();
-        let client_id = allowed.client_id.clone();
-        let via = allowed.via.clone();
-        for (call, _) in &tool_calls {
-            let tool = call.tool.as_deref().unwrap_or("");
+        for call in tool_calls(&allowed.calls) {
+            let tool = call.request.tool.as_deref().unwrap_or("");
             ctx.metrics.tool_call(&route_id, tool, true);
         }
-        let decision = allowed.decision.clone();
-        let facts = allowed.facts.clone();
         let started = ctx.started;
         response.map(move |body| {
             let on_end = move |_bytes: u64, complete: bool| {
-                for (call, arguments) in &tool_calls {
+                for call in tool_calls(&allowed.calls) {
                     let mut event = AuditEvent::decision_for(
                         &ctx,
                         &route_id,
-                        session.as_ref(),
-                        Some(call),
-                        &decision,
+                        allowed.session.as_ref(),
+                        Some(&call.request),
+                        &allowed.decision,
                         true,
                     );
-                    event.facts = facts.clone();
-                    event.tool_arguments = arguments.clone();
+                    event.facts = allowed.facts.clone();
+                    event.tool_arguments = call.arguments.clone();
                     event.status = Some(status.as_u16());
                     event.latency_ms = Some(postern_gateway::millis(started.elapsed()));
                     event.complete = Some(complete);
-                    event.client_id = client_id.clone();
-                    event.aggregate = via.clone();
+                    event.client_id = allowed.client_id.clone();
+                    event.aggregate = allowed.via.clone();
                     audit.record(event);
                 }
             };
@@ -744,6 +736,11 @@ impl Enforcement {
         })
     }
 }
+/// The `tools/call`s among a request's calls (each gets an audit record).
+fn tool_calls(calls: &[Call]) -> impl Iterator<Item = &Call> {
+    calls.iter().filter(|c| c.request.method == "tools/call")
+}
+
 /// Where to return after sign-in.
 /// Whether a request is a CORS preflight: `OPTIONS` with a non-empty `Origin` and
 /// `Access-Control-Request-Method`, and no body (a browser's preflight never has one; an
