@@ -2,41 +2,14 @@
 //! reload puts users and settings in force (or says what needs a restart), logs are plain text
 //! when stderr is not a terminal.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn postern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_postern"))
-}
-
-/// `postern hash-password` for `password`.
-fn hash(password: &str) -> String {
-    use std::io::Write as _;
-    let mut child = postern()
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn users_yaml(users: &[(&str, &str)]) -> String {
-    users
-        .iter()
-        .map(|(email, hash)| format!("- {{email: {email}, password_hash: '{hash}'}}\n"))
-        .collect()
-}
+use support::{Process, browser, free_port, hash, postern, sign_in_with, users_yaml};
 
 /// `check-config` on `yaml` written in `dir`: (success, stdout + stderr).
 fn check(dir: &Path, yaml: &str) -> (bool, String) {
@@ -113,42 +86,24 @@ fn check_config_refuses_what_serve_would_refuse() {
     assert!(!ok && text.contains("postern hash-password"), "{text}");
 }
 
-/// A running `postern serve`, its stderr collected.
+/// A running `postern serve` (plain logs: no `RUST_LOG`, no `NO_COLOR`) in its own directory.
 struct Serve {
-    child: Child,
-    log: Arc<Mutex<String>>,
+    process: Process,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Serve {
     fn start(dir: tempfile::TempDir) -> Self {
-        let mut child = postern()
+        let mut serve = postern();
+        serve
             .args(["serve", "--config"])
             .arg(dir.path().join("postern.yaml"))
             .env_remove("RUST_LOG")
-            .env_remove("NO_COLOR")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log, dir }
+            .env_remove("NO_COLOR");
+        Self {
+            process: Process::spawn(serve),
+            dir,
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -156,77 +111,18 @@ impl Serve {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Waits until the log has `text`.
     fn wait_for(&self, text: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let log = self.log();
-            if log.contains(text) {
-                return log;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no {text:?} in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.wait_for(text, Duration::from_secs(20))
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn browser() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Signs in through the form; the status of the form post (303: signed in).
+/// Signs in through the form in a new browser; the status of the form post (303: signed in).
 async fn sign_in(base: &str, email: &str, password: &str) -> u16 {
-    let browser = browser();
-    let page = browser
-        .get(format!("{base}/.pomerium/sign_in"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf_token\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no csrf_token in {page}"))
-        .to_owned();
-    browser
-        .post(format!("{base}/.pomerium/sign_in"))
-        .header("origin", base)
-        .header("sec-fetch-site", "same-origin")
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-user", "?1")
-        .form(&[
-            ("email", email),
-            ("password", password),
-            ("redirect_uri", "/"),
-            ("csrf_token", csrf.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    sign_in_with(&browser(), base, email, password).await.0
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -562,7 +458,7 @@ async fn a_reload_under_load_drops_no_request_or_stream_and_a_broken_one_changes
     std::fs::write(serve.path("postern.yaml"), &config).unwrap();
     serve.wait_for("configuration reloaded");
     let hangup = Command::new("kill")
-        .args(["-HUP", &serve.child.id().to_string()])
+        .args(["-HUP", &serve.process.child.id().to_string()])
         .status()
         .unwrap();
     assert!(hangup.success());

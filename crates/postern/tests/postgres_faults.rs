@@ -8,15 +8,18 @@
 //! never the connection string; everything recovers on its own, without a restart; nothing
 //! issued before is lost.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postern_testkit::postgres::{Cluster, PASSWORD};
 use serde_json::{Value, json};
+use support::{
+    Process, browser_with_timeout, clicked, free_port, hash, hidden_fields, postern, users_yaml,
+};
 
 const SHARED_SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
@@ -27,87 +30,6 @@ const OUTAGE: Duration = Duration::from_secs(10);
 /// The most a recovery may take once PostgreSQL is back (generous: a loaded 2-core machine);
 /// the time it took is printed.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
-
-fn postern() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_postern"))
-}
-
-/// A child process with its stderr collected; killed on drop.
-struct Process {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Process {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .env_remove("RUST_LOG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, text: &str) {
-        let started = Instant::now();
-        while !self.log().contains(text) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no {text:?} in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn hash(password: &str) -> String {
-    use std::io::Write as _;
-    let mut child = postern()
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// The reference sqlite MCP server (`postern servers`) and `replicas` gateways in front of it,
 /// all on the PostgreSQL at `connection_string`. Every request goes out with the first
@@ -128,15 +50,13 @@ impl Site {
         let mut servers = postern();
         servers
             .arg("servers")
+            .env_remove("RUST_LOG")
             .env("PORT", up.to_string())
             .env("SQLITE_DB_FILE", dir.path().join("people.db"));
         let servers = Process::spawn(servers);
         std::fs::write(
             dir.path().join("users.yaml"),
-            format!(
-                "- {{email: ada@example.com, password_hash: '{}'}}\n",
-                hash("ada-password")
-            ),
+            users_yaml(&[("ada@example.com", &hash("ada-password"))]),
         )
         .unwrap();
         let (mut ports, mut metrics, mut processes) = (vec![], vec![], vec![]);
@@ -171,13 +91,14 @@ routes:
             let mut serve = postern();
             serve
                 .args(["serve", "--config"])
-                .arg(replica.join("postern.yaml"));
+                .arg(replica.join("postern.yaml"))
+                .env_remove("RUST_LOG");
             processes.push(Process::spawn(serve));
             ports.push(port);
             metrics.push(metrics_port);
         }
         for p in &processes {
-            p.wait_for("postern gateway listening");
+            p.wait_for("postern gateway listening", Duration::from_secs(60));
         }
         Self {
             _dir: dir,
@@ -237,41 +158,9 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A browser whose requests give up after 30 s, as [`client`]'s do.
 fn browser() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
-
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    html.split("<input type=\"hidden\" name=\"")
-        .skip(1)
-        .filter_map(|rest| {
-            let (name, rest) = rest.split_once('"')?;
-            let value = rest.strip_prefix(" value=\"")?.split_once('"')?.0;
-            Some((
-                name.to_owned(),
-                value
-                    .replace("&quot;", "\"")
-                    .replace("&#39;", "'")
-                    .replace("&lt;", "<")
-                    .replace("&gt;", ">")
-                    .replace("&amp;", "&"),
-            ))
-        })
-        .collect()
-}
-
-fn clicked(request: reqwest::RequestBuilder, origin: &str) -> reqwest::RequestBuilder {
-    request
-        .header("origin", origin)
-        .header("sec-fetch-site", "same-origin")
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-user", "?1")
+    browser_with_timeout(Duration::from_secs(30))
 }
 
 fn urlencode(s: &str) -> String {

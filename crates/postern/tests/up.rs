@@ -1,15 +1,16 @@
 //! `postern up` as a user runs it: the real binary in a fresh data directory on `--port 0`,
 //! used at `http://127.0.0.1:PORT` (not only `localhost`) by a browser and an MCP client.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_postern");
+use support::{browser_with_timeout, clicked, free_port, hidden_fields, navigate, postern};
 
 /// A running `postern up`: its banner and port; killed when dropped.
 struct Up {
@@ -27,7 +28,7 @@ impl Drop for Up {
 
 /// Starts `postern up --port 0` in `dir` and reads its banner up to "Stop with Ctrl-C".
 fn up(dir: &Path) -> Up {
-    let mut child = Command::new(BIN)
+    let mut child = postern()
         .args(["up", "--port", "0", "--data-dir"])
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -62,74 +63,15 @@ fn up(dir: &Path) -> Up {
     }
 }
 
-fn provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
+/// A browser whose requests give up after 20 s.
 fn browser() -> reqwest::Client {
-    provider();
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+    browser_with_timeout(Duration::from_secs(20))
 }
 
-/// The hidden fields of a page's form, unescaped.
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
-    let unescape = |v: &str| {
-        v.replace("&quot;", "\"")
-            .replace("&#39;", "'")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&amp;", "&")
-    };
-    html.split("<input type=\"hidden\" ")
-        .skip(1)
-        .filter_map(|tag| {
-            let name = tag.split("name=\"").nth(1)?.split('"').next()?;
-            let value = tag.split("value=\"").nth(1)?.split('"').next()?;
-            Some((unescape(name), unescape(value)))
-        })
-        .collect()
-}
-
-/// A navigation's headers, as a browser sends them.
-fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
-        .header("sec-fetch-mode", "navigate")
-}
-
-/// A form post made by a click on a page of `base`.
-fn clicked(request: reqwest::RequestBuilder, base: &str) -> reqwest::RequestBuilder {
-    request
-        .header("origin", base)
-        .header("sec-fetch-site", "same-origin")
-        .header("sec-fetch-mode", "navigate")
-        .header("sec-fetch-user", "?1")
-}
-
+/// Signs `email` in with `password` (a failure unless signed in); the sign-in page.
 async fn sign_in(browser: &reqwest::Client, base: &str, email: &str, password: &str) -> String {
-    let page = navigate(browser.get(format!("{base}/.pomerium/sign_in")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let mut form = hidden_fields(&page);
-    form.retain(|(name, _)| name == "csrf_token");
-    form.push(("email".into(), email.into()));
-    form.push(("password".into(), password.into()));
-    form.push(("redirect_uri".into(), "/.pomerium/".into()));
-    let signed_in = clicked(browser.post(format!("{base}/.pomerium/sign_in")), base)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed_in.status(), 303, "sign-in at {base}");
+    let (status, page) = support::sign_in_with(browser, base, email, password).await;
+    assert_eq!(status, 303, "sign-in at {base}");
     page
 }
 
@@ -388,12 +330,7 @@ async fn up_works_at_127_0_0_1_for_the_portal_browsers_and_mcp_clients() {
     assert!(called.to_string().contains("Ada Lovelace"), "{called}");
 
     // The container healthcheck: 0 on a 2xx, an error that says why otherwise.
-    let check = |url: &str| {
-        Command::new(BIN)
-            .args(["healthcheck", url])
-            .output()
-            .unwrap()
-    };
+    let check = |url: &str| postern().args(["healthcheck", url]).output().unwrap();
     let healthy = check(&format!("{base}/.pomerium/ping"));
     assert!(healthy.status.success(), "{healthy:?}");
     let missing = check(&format!("{base}/nowhere"));
@@ -421,7 +358,7 @@ fn a_busy_port_fails_before_the_banner_and_names_port() {
     let dir = tempfile::tempdir().unwrap();
     let first = up(dir.path());
     let other = tempfile::tempdir().unwrap();
-    let second = Command::new(BIN)
+    let second = postern()
         .args(["up", "--port", &first.port.to_string(), "--data-dir"])
         .arg(other.path())
         .env("RUST_LOG", "warn")
@@ -465,7 +402,7 @@ fn a_rerun_keeps_the_files_the_user_edited() {
     assert_eq!(std::fs::read_to_string(&config).unwrap(), edited_config);
     assert!(again.banner.contains("kept your"), "{}", again.banner);
     assert!(again.banner.contains("password: in "), "{}", again.banner);
-    provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let ping = rt.block_on(async {
         reqwest::get(format!("http://127.0.0.1:{}/.pomerium/ping", again.port))
@@ -474,15 +411,6 @@ fn a_rerun_keeps_the_files_the_user_edited() {
             .status()
     });
     assert_eq!(ping, 200);
-}
-
-/// A free port on 127.0.0.1 (bound, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kills a child process when dropped.
@@ -522,7 +450,7 @@ async fn examples_postern_yaml_runs_as_its_comment_says() {
             .replace(":8081", &format!(":{servers_port}"))
     };
     // The servers, with the environment the line sets.
-    let mut servers = Command::new(BIN);
+    let mut servers = postern();
     servers
         .arg("servers")
         .current_dir(&root)
@@ -553,7 +481,7 @@ async fn examples_postern_yaml_runs_as_its_comment_says() {
     assert!(copy.contains(&format!("127.0.0.1:{servers_port}/sqlite")));
     std::fs::write(dir.path().join("postern.yaml"), copy).unwrap();
     let _gateway = Killed(
-        Command::new(BIN)
+        postern()
             .args(["serve", "--config"])
             .arg(dir.path().join("postern.yaml"))
             .env("RUST_LOG", "warn")

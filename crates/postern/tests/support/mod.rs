@@ -1,7 +1,9 @@
-//! Shared by the fault tests (`crash.rs`, `disk.rs`): real `postern serve` processes that can be
-//! killed with SIGKILL and started again on the same port and store, an MCP client that walks
-//! the OAuth flow, and a fake upstream OAuth provider (slow, rotating refresh tokens) with the
-//! MCP server that accepts its tokens.
+//! Shared by the tests of the `postern` binary: the binary itself ([`postern`], [`hash`],
+//! [`Process`]), a browser that signs in and clicks ([`browser`], [`sign_in_with`],
+//! [`clicked`], [`hidden_fields`]); and, for the fault tests (`crash.rs`, `disk.rs`), real
+//! `postern serve` processes that can be killed with SIGKILL and started again on the same port
+//! and store, an MCP client that walks the OAuth flow, and a fake upstream OAuth provider (slow,
+//! rotating refresh tokens) with the MCP server that accepts its tokens.
 
 #![allow(dead_code)]
 
@@ -19,6 +21,7 @@ pub const CALLBACK: &str = "http://127.0.0.1:1/callback";
 pub const VERIFIER: &str = "a-code-verifier-of-at-least-forty-three-characters-long";
 pub const PASSWORD: &str = "ada-password";
 
+/// A command that runs the `postern` binary built for these tests.
 pub fn postern() -> Command {
     Command::new(env!("CARGO_BIN_EXE_postern"))
 }
@@ -42,12 +45,82 @@ pub fn hash(password: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// A free port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A `users_file` with these `(email, password_hash)` users.
+pub fn users_yaml(users: &[(&str, &str)]) -> String {
+    users
+        .iter()
+        .map(|(email, hash)| format!("- {{email: {email}, password_hash: '{hash}'}}\n"))
+        .collect()
+}
+
+/// Collects the lines `child` writes to its (piped) stderr into `sink`, on a thread of its own.
+fn collect_stderr(child: &mut Child, sink: Arc<Mutex<String>>) {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+/// A child process with its stderr collected; killed on drop.
+pub struct Process {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Process {
+    /// Spawns `command` (its environment as the caller set it) with stderr collected and stdout
+    /// discarded.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        collect_stderr(&mut child, log.clone());
+        Self { child, log }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has `text` (a failure after `within`); the log then.
+    pub fn wait_for(&self, text: &str, within: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(
+                started.elapsed() < within,
+                "no {text:?} in the log within {within:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Where the gateway keeps its state.
@@ -141,10 +214,9 @@ impl Replica {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let hash = hash(PASSWORD);
-        let users: String = (0..users)
-            .map(|i| format!("- {{email: {}, password_hash: '{hash}'}}\n", email(i)))
-            .collect();
-        std::fs::write(dir.path().join("users.yaml"), users).unwrap();
+        let emails: Vec<String> = (0..users).map(email).collect();
+        let users: Vec<(&str, &str)> = emails.iter().map(|e| (e.as_str(), hash.as_str())).collect();
+        std::fs::write(dir.path().join("users.yaml"), users_yaml(&users)).unwrap();
         let secret = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
         std::fs::write(
             dir.path().join("postern.yaml"),
@@ -188,15 +260,7 @@ impl Replica {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let sink = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        collect_stderr(&mut child, self.log.clone());
         self.child = Some(child);
         let started = Instant::now();
         let url = format!("{}/.well-known/oauth-authorization-server", self.base());
@@ -227,17 +291,25 @@ impl Replica {
     }
 }
 
+/// A browser: keeps cookies, follows no redirect (the test reads each), gives up on a request
+/// after 60 s.
 pub fn browser() -> reqwest::Client {
+    browser_with_timeout(Duration::from_secs(60))
+}
+
+/// [`browser`], giving up on a request after `timeout`.
+pub fn browser_with_timeout(timeout: Duration) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(60))
+        .timeout(timeout)
         .build()
         .unwrap()
 }
 
-fn hidden_fields(html: &str) -> Vec<(String, String)> {
+/// The hidden fields of a page's forms, `(name, value)`, unescaped.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
     let unescape = |v: &str| {
         v.replace("&quot;", "\"")
             .replace("&#39;", "'")
@@ -255,7 +327,15 @@ fn hidden_fields(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A form post made by a click on a page of `base`.
+/// A navigation's headers, as a browser sends them.
+pub fn navigate(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .header("sec-fetch-mode", "navigate")
+}
+
+/// A form post made by a click on a page of `base` (its origin): the `Origin` and `Sec-Fetch-*`
+/// headers a browser sends.
 pub fn clicked(request: reqwest::RequestBuilder, base: &str) -> reqwest::RequestBuilder {
     request
         .header("origin", base)
@@ -278,11 +358,21 @@ pub async fn sign_in(browser: &reqwest::Client, base: &str) -> u16 {
     sign_in_as(browser, base, &email(0)).await
 }
 
-/// Signs local user `email` in; the status of the form post (303: signed in).
+/// Signs local user `email` in with [`PASSWORD`]; the status of the form post (303: signed in).
 pub async fn sign_in_as(browser: &reqwest::Client, base: &str, email: &str) -> u16 {
-    let page = browser
-        .get(format!("{base}/.pomerium/sign_in"))
-        .header("sec-fetch-mode", "navigate")
+    sign_in_with(browser, base, email, PASSWORD).await.0
+}
+
+/// Signs `email` in with `password` through the sign-in form of `base`, as a browser does (the
+/// page, then a click on its button); the status of the form post (303: signed in) and the
+/// sign-in page.
+pub async fn sign_in_with(
+    browser: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> (u16, String) {
+    let page = navigate(browser.get(format!("{base}/.pomerium/sign_in")))
         .send()
         .await
         .unwrap()
@@ -291,16 +381,21 @@ pub async fn sign_in_as(browser: &reqwest::Client, base: &str, email: &str) -> u
         .unwrap();
     let mut form = hidden_fields(&page);
     form.retain(|(name, _)| name == "csrf_token");
+    assert!(
+        form.iter().any(|(name, _)| name == "csrf_token"),
+        "no csrf_token in the sign-in page: {page}"
+    );
     form.push(("email".into(), email.into()));
-    form.push(("password".into(), PASSWORD.into()));
+    form.push(("password".into(), password.into()));
     form.push(("redirect_uri".into(), "/.pomerium/".into()));
-    clicked(browser.post(format!("{base}/.pomerium/sign_in")), base)
+    let status = clicked(browser.post(format!("{base}/.pomerium/sign_in")), base)
         .form(&form)
         .send()
         .await
         .unwrap()
         .status()
-        .as_u16()
+        .as_u16();
+    (status, page)
 }
 
 /// Registers a public MCP client; its id.
