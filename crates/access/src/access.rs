@@ -335,7 +335,11 @@ impl Hooks for Access {
         if request.method() == Method::OPTIONS
             && (dispatch::preflights(path) || route.is_some_and(|r| r.is_mcp_server()))
         {
-            return Ok(preflight());
+            return Ok(preflight(
+                request
+                    .headers()
+                    .get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+            ));
         }
         let Some(endpoint) = dispatch::endpoint(path) else {
             if let Some(route) = route.filter(|r| r.is_mcp_server())

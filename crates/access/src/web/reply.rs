@@ -142,8 +142,10 @@ pub(crate) fn encode(value: &str) -> String {
 }
 
 /// The answer to a CORS preflight on the OAuth endpoints and MCP routes: the headers MCP
-/// clients send, up to the 2026-07-28 revision's `mcp-method` and `mcp-name`.
-pub(crate) fn preflight() -> Response<Body> {
+/// clients send, up to the 2026-07-28 revision's `mcp-method` and `mcp-name`, and the
+/// `mcp-param-*` headers (SEP-2243) the preflight asks for, which a fixed list cannot name.
+/// Only those are taken from the request: nothing else it asks for is allowed.
+pub(crate) fn preflight(requested: Option<&HeaderValue>) -> Response<Body> {
     let mut response = Response::new(postern_gateway::body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
@@ -152,12 +154,46 @@ pub(crate) fn preflight() -> Response<Body> {
         "access-control-allow-methods",
         HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
     );
+    let mut allowed = String::from(
+        "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name",
+    );
+    for name in requested_params(requested) {
+        allowed.push_str(", ");
+        allowed.push_str(&name);
+    }
+    if let Ok(value) = HeaderValue::from_str(&allowed) {
+        h.insert("access-control-allow-headers", value);
+    }
+    // The answer depends on what was asked (a cache must not give it for another question).
     h.insert(
-        "access-control-allow-headers",
-        HeaderValue::from_static("authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name"),
+        header::VARY,
+        HeaderValue::from_static("access-control-request-headers"),
     );
     h.insert("access-control-max-age", HeaderValue::from_static("600"));
     response
+}
+
+/// The `mcp-param-*` names in a preflight's `Access-Control-Request-Headers`: valid header
+/// names, lowercased, at most 32 of at most 100 bytes each (what a browser asks is echoed back,
+/// so its size is bounded).
+fn requested_params(requested: Option<&HeaderValue>) -> Vec<String> {
+    let Some(list) = requested.and_then(|v| v.to_str().ok()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = list
+        .split(',')
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| {
+            name.len() > "mcp-param-".len()
+                && name.len() <= 100
+                && name.starts_with("mcp-param-")
+                && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        })
+        .take(32)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]

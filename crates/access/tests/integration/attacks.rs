@@ -1108,4 +1108,54 @@ async fn bearer_requests_on_mcp_routes_get_cors_and_cookie_requests_do_not() {
             .get("access-control-allow-credentials")
             .is_none()
     );
+
+    // SEP-2243's `Mcp-Param-*` headers have names no fixed list holds: the ones the preflight
+    // asks for are allowed, and nothing else it asks for (the answer is not an echo).
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &resource)
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, Mcp-Param-Region, x-evil, cookie, mcp-param-, mcp-param-a b",
+        )
+        .send()
+        .await
+        .unwrap();
+    let allowed: Vec<String> = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .split(", ")
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        allowed.iter().any(|n| n == "mcp-param-region"),
+        "{allowed:?}"
+    );
+    for refused in ["x-evil", "cookie", "mcp-param-", "mcp-param-a b"] {
+        assert!(
+            !allowed.iter().any(|n| n == refused),
+            "{refused}: {allowed:?}"
+        );
+    }
+    assert_eq!(
+        preflight.headers()["vary"],
+        "access-control-request-headers"
+    );
+    // A preflight asking for 200 of them gets at most 32 back.
+    let many: Vec<String> = (0..200).map(|i| format!("mcp-param-p{i}")).collect();
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &resource)
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", many.join(", "))
+        .send()
+        .await
+        .unwrap();
+    let echoed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .matches("mcp-param-")
+        .count();
+    assert_eq!(echoed, 32);
 }
