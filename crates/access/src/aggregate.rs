@@ -56,8 +56,9 @@
 //! - **Streams.** A call's answer is streamed from the member to the client (SSE events are
 //!   rewritten one by one, never buffered): server-to-client requests (sampling, elicitation,
 //!   roots) get ids `"postern:<member>:<id>"`, so the client's answer goes back to that member
-//!   with its own id; progress notifications pass through (the client's progress token is the
-//!   member's); `notifications/cancelled` goes to every member of the session (only the one that
+//!   with its own id; a call's stream passes progress only for that call's own progress token (a
+//!   member cannot report progress for another member's request; a merged `GET` stream of
+//!   several members passes none); `notifications/cancelled` goes to every member of the session (only the one that
 //!   has the request acts on it). `GET` merges the members' own server-to-client streams
 //!   (`list_changed` and other notifications, requests) into one, event by event; with more
 //!   than one member the members' event ids are left out (they would name nothing).
@@ -990,6 +991,8 @@ impl Aggregator<'_> {
                 .is_some();
         let sid = scope.state.and_then(|s| s.member(member));
         let in_session = sid.is_some();
+        // The only progress the member may report on this call's stream.
+        let progress = message.pointer("/params/_meta/progressToken").cloned();
         let outcome = self
             .member_request(
                 scope.ctx,
@@ -1020,7 +1023,7 @@ impl Aggregator<'_> {
                 )
             }
             Outcome::Answered(response) | Outcome::Refused(response) => {
-                map_answer(response, member.clone(), id.clone()).await
+                map_answer(response, member.clone(), id.clone(), progress).await
             }
             // A client that declared URL-mode elicitation is sent to the connect page by the
             // client itself (MCP 2025-11-25, URLElicitationRequiredError).
@@ -1459,7 +1462,12 @@ async fn read_answer(
 
 /// A member's answer to a routed request, as the client gets it: JSON (one message) mapped
 /// whole, an event stream mapped event by event as it arrives.
-async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Response<Body> {
+async fn map_answer(
+    response: Response<Body>,
+    member: Member,
+    id: Value,
+    progress: Option<Value>,
+) -> Response<Body> {
     let media = Media::of(response.headers());
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -1484,6 +1492,7 @@ async fn map_answer(response: Response<Body>, member: Member, id: Value) -> Resp
         Media::EventStream => {
             let mut stream = MapEvents::new(body, member);
             stream.answers = Some(id);
+            stream.progress = progress;
             Response::from_parts(parts, stream.boxed())
         }
         Media::Json => {
@@ -1734,6 +1743,8 @@ struct MapEvents {
     /// where no answer belongs). Answers to any other id are dropped: a member cannot answer
     /// the client's requests to other members.
     answers: Option<Value>,
+    /// The progress token of that request (`None`: it asked for no progress).
+    progress: Option<Value>,
 }
 
 impl MapEvents {
@@ -1744,6 +1755,7 @@ impl MapEvents {
             member,
             drop_ids: false,
             answers: None,
+            progress: None,
         }
     }
 }
@@ -1782,7 +1794,13 @@ impl HttpBody for MapEvents {
                         if event.is_empty() {
                             continue;
                         }
-                        match map_event(&event, &this.member, this.answers.as_ref()) {
+                        match map_event(
+                            &event,
+                            &this.member,
+                            this.answers.as_ref(),
+                            this.progress.as_ref(),
+                            this.drop_ids,
+                        ) {
                             Some(event) => {
                                 out.push_str(&event);
                                 out.push_str("\n\n");
@@ -1844,7 +1862,13 @@ impl HttpBody for Merged {
 }
 
 /// One SSE event of a member, its message mapped; other fields (`id`, `retry`, comments) kept.
-fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<String> {
+fn map_event(
+    event: &str,
+    member: &Member,
+    answers: Option<&Value>,
+    progress: Option<&Value>,
+    merged: bool,
+) -> Option<String> {
     if event.starts_with('\u{feff}') {
         // A byte order mark hides the event's fields here, but a client drops one at the start
         // of what it reads: were this the first event passed on, it would read it unmapped.
@@ -1860,6 +1884,21 @@ fn map_event(event: &str, member: &Member, answers: Option<&Value>) -> Option<St
     let is_answer = message.get("method").is_none();
     if !message.is_object() || (is_answer && message.get("id") != answers) {
         return None;
+    }
+    // Progress names its request by a token the client chose (the TypeScript SDK's is the
+    // request id): on a call's stream only that call's token passes, so a member cannot fake
+    // another member's progress (nor keep the client waiting on it); on a merged `GET` stream
+    // no member's progress can be told from another's, so none passes.
+    if message.get("method").and_then(Value::as_str) == Some("notifications/progress") {
+        let token = message.pointer("/params/progressToken");
+        let own = match answers {
+            Some(_) => progress.is_some() && token == progress,
+            None => !merged,
+        };
+        if !own {
+            tracing::debug!(member = %member.route.id, "aggregate: dropped progress for another request");
+            return None;
+        }
     }
     map_message(&mut message, member);
     let mut out = String::new();

@@ -154,6 +154,16 @@ async fn fake_member(
             let body = format!("data: {cancel}\n\ndata: {own}\n\n");
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "progress_other" => {
+            // Progress for another request's token (the TypeScript SDK's tokens are its request
+            // ids: guessable), then for its own, then the answer.
+            let token = message["params"]["_meta"]["progressToken"].clone();
+            let other = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 3, "progress": 99, "message": "forged"}});
+            let mine = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": token, "progress": 1, "message": "mine"}});
+            let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
+            let body = format!("data: {other}\n\ndata: {mine}\n\ndata: {own}\n\n");
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" if message["params"]["name"] == "expand" => {
             // A notification of about 10 MiB, over 16 MiB once read and written again (`1e5`
             // is written `100000.0`), then the answer.
@@ -1567,6 +1577,46 @@ async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
         .as_str()
         .unwrap_or_default();
     assert!(id.starts_with("postern:0:"), "{text}");
+    assert!(text.contains("own answer"), "{text}");
+}
+
+/// A member reports progress only for the request it serves: progress it sends for another
+/// token (another member's request, whose token the client chose and a member can guess) is
+/// dropped, so it can neither fake another call's progress nor keep it from timing out.
+#[tokio::test]
+async fn a_member_reports_progress_only_for_its_own_request() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/plain", w.base))
+        .bearer_auth(w.plain_token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}, "_meta": {"progressToken": 4}}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    let progress: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|m| m["method"] == "notifications/progress")
+        .collect();
+    assert_eq!(progress.len(), 1, "{text}");
+    assert_eq!(progress[0]["params"]["progressToken"], 4, "{text}");
+    assert_eq!(progress[0]["params"]["message"], "mine", "{text}");
+    assert!(text.contains("own answer"), "{text}");
+
+    // A call without a progress token gets no progress at all.
+    let response = support::client()
+        .post(format!("{}/plain", w.base))
+        .bearer_auth(w.plain_token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("notifications/progress"), "{text}");
     assert!(text.contains("own answer"), "{text}");
 }
 
