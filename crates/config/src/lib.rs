@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use path_regex::{PathRegex, PathRewrite, RewritePattern};
 pub use postern_oauth::Secret;
 pub use types::*;
-pub use values::{FromUrl, GoDuration, PolicyDocument, ToUrl};
+pub use values::{FromUrl, GoDuration, PolicyDocument, ToUrl, origin_of};
 
 /// A source of environment variables (tests pass a map).
 pub trait Env {

@@ -18,15 +18,22 @@ pub struct FromUrl {
 impl FromUrl {
     /// `scheme://host[:port]`, normalised.
     pub fn origin(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        match self.port {
-            Some(port) => format!("{}://{host}:{port}", self.scheme),
-            None => format!("{}://{host}", self.scheme),
-        }
+        origin_of(&self.scheme, &self.host, self.port)
+    }
+}
+
+/// `scheme://host[:port]`: an IPv6 host in brackets, the port left out when it is none or the
+/// scheme's default.
+pub fn origin_of(scheme: &str, host: &str, port: Option<u16>) -> String {
+    let default = if scheme == "https" { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match port {
+        Some(port) if port != default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
     }
 }
 

@@ -51,17 +51,7 @@ pub struct RequestContext {
 impl RequestContext {
     /// `scheme://host[:port]` as the client addressed the gateway.
     pub fn origin(&self) -> String {
-        let default = if self.scheme == "https" { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            format!("{}://{host}", self.scheme)
-        } else {
-            format!("{}://{host}:{}", self.scheme, self.port)
-        }
+        postern_config::origin_of(&self.scheme, &self.host, Some(self.port))
     }
 }
 

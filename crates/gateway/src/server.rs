@@ -676,18 +676,9 @@ fn redirect_or_challenge<B>(
             "this server has no route for that host\n".into(),
         );
     }
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
     let target = format!(
-        "https://{host}{port}{}",
+        "{}{}",
+        postern_config::origin_of("https", &host, Some(https_port)),
         request.uri().path_and_query().map_or("/", |p| p.as_str())
     );
     let mut response = text(

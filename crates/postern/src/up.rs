@@ -456,11 +456,7 @@ fn gateway_config(generated: &GeneratedConfig<'_>) -> String {
         notion,
     } = *generated;
     let gateway_url = local_url(address.ip(), address.port());
-    let from = if host.contains(':') {
-        format!("http://[{host}]")
-    } else {
-        format!("http://{host}")
-    };
+    let from = postern_config::origin_of("http", &host, None);
     let config_file = dir.join("postern.yaml");
     let database = dir.join("demo.db");
     let secret = if notion.is_some() {
@@ -545,19 +541,18 @@ fn server_urls(config: &postern_config::Config, port: u16) -> Vec<(String, Strin
         .filter(|r| r.mcp.is_some())
         .filter_map(|r| {
             let path = r.prefix.as_deref().or(r.path.as_deref())?;
-            let host = if r.from.host.contains(':') {
-                format!("[{}]", r.from.host)
-            } else {
-                r.from.host.clone()
-            };
-            let port = r.from.port.unwrap_or(port);
+            let origin = postern_config::origin_of(
+                &r.from.scheme,
+                &r.from.host,
+                Some(r.from.port.unwrap_or(port)),
+            );
             let name = path.trim_matches('/').replace('/', "-");
             let name = if name == "sqlite" {
                 "demo-db".into()
             } else {
                 name
             };
-            Some((name, format!("{}://{host}:{port}{path}", r.from.scheme)))
+            Some((name, format!("{origin}{path}")))
         })
         .collect()
 }

@@ -321,12 +321,7 @@ impl UpstreamBroker {
         let default = if from.scheme == "https" { 443 } else { 80 };
         match from.port {
             None if from.scheme == ctx.scheme && ctx.port != default => {
-                let host = if from.host.contains(':') {
-                    format!("[{}]", from.host)
-                } else {
-                    from.host.clone()
-                };
-                format!("{}://{host}:{}", from.scheme, ctx.port)
+                postern_config::origin_of(&from.scheme, &from.host, Some(ctx.port))
             }
             _ => from.origin(),
         }
