@@ -51,7 +51,7 @@ pub struct RequestContext {
 impl RequestContext {
     /// `scheme://host[:port]` as the client addressed the gateway.
     pub fn origin(&self) -> String {
-        postern_config::origin_of(&self.scheme, &self.host, Some(self.port))
+        postern_config::origin_of(self.scheme, &self.host, Some(self.port))
     }
 }
 
