@@ -456,7 +456,7 @@ fn gateway_config(generated: &GeneratedConfig<'_>) -> String {
         notion,
     } = *generated;
     let gateway_url = local_url(address.ip(), address.port());
-    let from = postern_config::origin_of("http", &host, None);
+    let from = postern_config::origin_of("http", host, None);
     let config_file = dir.join("postern.yaml");
     let database = dir.join("demo.db");
     let secret = if notion.is_some() {
