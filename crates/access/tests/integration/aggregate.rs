@@ -1553,22 +1553,36 @@ async fn a_member_answer_that_never_ends_is_cut_at_the_members_timeout() {
 
 /// A member's `notifications/cancelled` names one of its own requests to the client: the id is
 /// mapped as the request's was, so it cannot cancel a request another member made.
-#[tokio::test]
-async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
-    let w = AggregateWorld::new().await;
+/// `message` posted to `/plain` with Ada's token: the answer's text and the messages of its
+/// events.
+async fn plain_call(w: &AggregateWorld, message: Value) -> (String, Vec<Value>) {
     let response = support::client()
         .post(format!("{}/plain", w.base))
         .bearer_auth(w.plain_token(ADA))
         .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_cancel_other", "arguments": {}}}))
+        .json(&message)
         .send()
         .await
         .unwrap();
     let text = response.text().await.unwrap();
-    let cancelled: Vec<Value> = text
+    let messages = text
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .collect();
+    (text, messages)
+}
+
+#[tokio::test]
+async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
+    let w = AggregateWorld::new().await;
+    let (text, messages) = plain_call(
+        &w,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_cancel_other", "arguments": {}}}),
+    )
+    .await;
+    let cancelled: Vec<&Value> = messages
+        .iter()
         .filter(|m| m["method"] == "notifications/cancelled")
         .collect();
     assert_eq!(cancelled.len(), 1, "{text}");
@@ -1586,19 +1600,13 @@ async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
 #[tokio::test]
 async fn a_member_reports_progress_only_for_its_own_request() {
     let w = AggregateWorld::new().await;
-    let response = support::client()
-        .post(format!("{}/plain", w.base))
-        .bearer_auth(w.plain_token(ADA))
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}, "_meta": {"progressToken": 4}}}))
-        .send()
-        .await
-        .unwrap();
-    let text = response.text().await.unwrap();
-    let progress: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+    let (text, messages) = plain_call(
+        &w,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}, "_meta": {"progressToken": 4}}}),
+    )
+    .await;
+    let progress: Vec<&Value> = messages
+        .iter()
         .filter(|m| m["method"] == "notifications/progress")
         .collect();
     assert_eq!(progress.len(), 1, "{text}");
@@ -1607,15 +1615,11 @@ async fn a_member_reports_progress_only_for_its_own_request() {
     assert!(text.contains("own answer"), "{text}");
 
     // A call without a progress token gets no progress at all.
-    let response = support::client()
-        .post(format!("{}/plain", w.base))
-        .bearer_auth(w.plain_token(ADA))
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}}}))
-        .send()
-        .await
-        .unwrap();
-    let text = response.text().await.unwrap();
+    let (text, _) = plain_call(
+        &w,
+        json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "b_progress_other", "arguments": {}}}),
+    )
+    .await;
     assert!(!text.contains("notifications/progress"), "{text}");
     assert!(text.contains("own answer"), "{text}");
 }
@@ -1677,26 +1681,30 @@ async fn a_members_error_message_is_bounded_in_the_report() {
     assert!(!note.is_empty() && note.len() <= 500, "{}", note.len());
 }
 
+/// The aggregate's answer to Ada's `initialize`, with `flag` set for the fake members; it must
+/// be 200.
+async fn initialize_with(w: &AggregateWorld, flag: &str) -> Value {
+    let mut params = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}});
+    params[flag] = json!(true);
+    let (status, _, body) = w
+        .post(
+            ADA,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}),
+        )
+        .await;
+    let text = body.to_string();
+    assert_eq!(status, 200, "{}", &text[..text.len().min(500)]);
+    body
+}
+
 /// One member's `instructions` cannot make the merged `initialize` answer too large to pass
 /// (the aggregate's own tool rules read it whole): each member's is bounded.
 #[tokio::test]
 async fn members_long_instructions_do_not_break_initialize() {
     let w = AggregateWorld::new().await;
-    let (status, _, body) = w
-        .post(
-            ADA,
-            None,
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"}, "huge_instructions": true}}),
-        )
-        .await;
-    assert_eq!(
-        status,
-        200,
-        "{}",
-        &body.to_string()[..body.to_string().len().min(500)]
-    );
+    let body = initialize_with(&w, "huge_instructions").await;
     let instructions = body["result"]["instructions"].as_str().unwrap();
     assert!(
         instructions.contains("Alpha") && instructions.len() < 1 << 20,
@@ -1709,21 +1717,7 @@ async fn members_long_instructions_do_not_break_initialize() {
 #[tokio::test]
 async fn members_huge_capabilities_do_not_break_initialize() {
     let w = AggregateWorld::new().await;
-    let (status, _, body) = w
-        .post(
-            ADA,
-            None,
-            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"}, "huge_capabilities": true}}),
-        )
-        .await;
-    assert_eq!(
-        status,
-        200,
-        "{}",
-        &body.to_string()[..body.to_string().len().min(500)]
-    );
+    let body = initialize_with(&w, "huge_capabilities").await;
     assert_eq!(
         body["result"]["capabilities"]["tools"]["listChanged"],
         true,
