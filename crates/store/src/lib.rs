@@ -242,16 +242,24 @@ impl Store {
 
     /// The session with this id, unless it expired or was ended.
     pub async fn get_session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        self.live_data(
+            "SELECT data FROM sessions WHERE id = ?1 AND expires_at > ?2",
+            id,
+        )
+        .await?
+        .map(|data| from_json(&data))
+        .transpose()
+    }
+
+    /// The `data` of the row `sql` selects by `key` (`?1`) among those not expired (`?2`, now).
+    async fn live_data(&self, sql: &str, key: &str) -> Result<Option<String>, StoreError> {
         let rows = self
             .db()
             .conn()
             .await?
-            .query(
-                "SELECT data FROM sessions WHERE id = ?1 AND expires_at > ?2",
-                params![id, now_ms()],
-            )
+            .query(sql, params![key, now_ms()])
             .await?;
-        rows.first().map(|r| from_json(&r.text(0)?)).transpose()
+        rows.first().map(|r| r.text(0)).transpose()
     }
 
     /// Ends a session (sign-out of one browser): deletes it. The client grants authorized from
@@ -297,22 +305,19 @@ impl Store {
 
     /// The identity provider's refresh token of a session's sign-in, if it gave one.
     pub async fn idp_refresh_token(&self, session_id: &str) -> Result<Option<Secret>, StoreError> {
-        let rows = self
-            .db()
-            .conn()
-            .await?
-            .query(
+        let Some(sealed) = self
+            .live_data(
                 "SELECT data FROM idp_tokens WHERE session_id = ?1 AND expires_at > ?2",
-                params![session_id, now_ms()],
+                session_id,
             )
-            .await?;
-        let Some(row) = rows.first() else {
+            .await?
+        else {
             return Ok(None);
         };
         let plain = self
             .inner
             .keys
-            .open(&format!("idp-refresh|{session_id}"), &row.text(0)?)?;
+            .open(&format!("idp-refresh|{session_id}"), &sealed)?;
         String::from_utf8(plain)
             .map(|t| Some(Secret::new(t)))
             .map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -348,19 +353,16 @@ impl Store {
 
     /// The client with this id, its secret opened.
     pub async fn get_client(&self, client_id: &str) -> Result<Option<OAuthClient>, StoreError> {
-        let rows = self
-            .db()
-            .conn()
-            .await?
-            .query(
+        let Some(data) = self
+            .live_data(
                 "SELECT data FROM oauth_clients WHERE client_id = ?1 AND expires_at > ?2",
-                params![client_id, now_ms()],
+                client_id,
             )
-            .await?;
-        let Some(row) = rows.first() else {
+            .await?
+        else {
             return Ok(None);
         };
-        let mut client: OAuthClient = from_json(&row.text(0)?)?;
+        let mut client: OAuthClient = from_json(&data)?;
         if let Some(sealed) = &client.secret {
             let plain = self
                 .inner
