@@ -185,6 +185,22 @@ async fn eventually<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// A `tools/call` of `tool` through the gateway with `te`: the status.
+async fn call_tool(base: &str, te: &str, tool: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/mcp"))
+        .bearer_auth(te)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {}}}),
+        )
+        .timeout(Duration::from_secs(90))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
 /// The disk fills up while the gateway serves, then space returns.
 async fn disk_full(names: &[&str]) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -231,10 +247,16 @@ async fn disk_full(names: &[&str]) {
         names.iter().any(|n| body.contains(n)),
         "the answer names the cause: {body}"
     );
-    // A call with a valid TE reads nothing from the store: still served.
+    // A call with a valid TE reads nothing from the store: still served, tool calls too,
+    // though their audit records cannot be written (the audit file is on the full disk).
     for _ in 0..20 {
         let (status, body) = ping(&base, "/mcp", &te).await;
         assert_eq!(status, 200, "TE call during the fault: {body}");
+    }
+    for i in 0..40 {
+        let status = call_tool(&base, &te, &format!("during_the_fault_{i}")).await;
+        assert_eq!(status, 200, "tool call during the fault");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The signed-in browser's pages still open (reads).
     let portal = b
@@ -255,6 +277,12 @@ async fn disk_full(names: &[&str]) {
         names.iter().any(|n| log.contains(n)),
         "the log names the cause:\n{log}"
     );
+    // The audit file's fault is reported, not once per batch of records (every 5 ms).
+    let audit_errors = log.matches("cannot write the audit log").count();
+    assert!(
+        (1..=3).contains(&audit_errors),
+        "{audit_errors} audit errors logged:\n{log}"
+    );
 
     // Space returns: everything works again, without a restart.
     std::fs::remove_file(filler).unwrap();
@@ -270,6 +298,25 @@ async fn disk_full(names: &[&str]) {
         refresh(&base, &client, &rt).await,
         TokenOutcome::Tokens { .. }
     ));
+    // Audit records are written again, each whole line one JSON object (a record the full
+    // disk cut off stays alone on its line).
+    assert_eq!(call_tool(&base, &te, "after_the_fault").await, 200);
+    let audit = data.join("audit.jsonl");
+    eventually("the audit record of a call after the fault", || async {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("after_the_fault"))
+    })
+    .await;
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let after = text
+        .lines()
+        .find(|l| l.contains("after_the_fault"))
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_str(after).unwrap();
+    assert_eq!(record["tool"], "after_the_fault");
+    eventually("the log says the audit log is written again", || async {
+        gateway.log().contains("the audit log is written again")
+    })
+    .await;
 
     drop(gateway);
     assert_eq!(integrity_check(&data.join("postern.db")), "ok");

@@ -376,26 +376,40 @@ impl Drop for Writer {
 /// on the queue again. Ends when every sender is gone and the queue is empty.
 fn write_lines(path: &Path, lines: Receiver<String>) {
     let mut file: Option<BufWriter<File>> = None;
+    let mut fault = Fault::default();
     while let Ok(first) = lines.recv() {
         let mut pending = Some(first);
         while let Some(first) = pending.take() {
-            if file.is_none() {
-                file = open(path);
-            }
-            let Some(out) = file.as_mut() else {
-                break;
+            let mut count = 1;
+            let opened = match file.take() {
+                Some(out) => Ok(out),
+                None => open(path),
             };
-            let mut result = writeln!(out, "{first}");
-            for line in lines.try_iter().take(4096) {
-                if result.is_err() {
-                    break;
+            let result = opened.and_then(|mut out| {
+                let mut result = writeln!(out, "{first}");
+                for line in lines.try_iter().take(4096) {
+                    count += 1;
+                    if result.is_ok() {
+                        result = writeln!(out, "{line}");
+                    }
                 }
-                result = writeln!(out, "{line}");
-            }
-            if let Err(error) = result.and_then(|()| out.flush()) {
-                tracing::error!(file = %path.display(), %error, "cannot write the audit log");
-                // Reopened for the next line (the file may have been moved or the disk freed).
-                file = None;
+                match result.and_then(|()| out.flush()) {
+                    Ok(()) => {
+                        file = Some(out);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        // Reopened for the next batch (the file may have been moved or the
+                        // disk freed); what is left in the buffer is dropped, not written
+                        // later after records that came after it.
+                        let _ = out.into_parts();
+                        Err(error)
+                    }
+                }
+            });
+            match result {
+                Ok(()) => fault.recovered(path),
+                Err(error) => fault.failed(path, &error, count),
             }
             // Pausing after every write, a lone record included, lets the next records queue
             // while the writer sleeps: under steady traffic the request path then never wakes
@@ -410,22 +424,63 @@ fn write_lines(path: &Path, lines: Receiver<String>) {
 /// most this much later.
 const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
-fn open(path: &Path) -> Option<BufWriter<File>> {
+/// How often a failing audit file is reported while it keeps failing.
+const FAULT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records the file could not take while it fails (a full disk, a missing directory): reported
+/// once, then every [`FAULT_REPORT_EVERY`] (not once per batch, every 5 ms, into a log that may
+/// be on the same full disk), and once more when writing works again.
+#[derive(Default)]
+struct Fault {
+    /// Records not written since the fault began.
+    lost: u64,
+    reported: Option<std::time::Instant>,
+}
+
+impl Fault {
+    fn failed(&mut self, path: &Path, error: &std::io::Error, records: u64) {
+        self.lost += records;
+        if self
+            .reported
+            .is_none_or(|at| at.elapsed() >= FAULT_REPORT_EVERY)
+        {
+            self.reported = Some(std::time::Instant::now());
+            tracing::error!(file = %path.display(), %error, records_not_written = self.lost,
+                "cannot write the audit log (each record is also in the text log, target postern::audit); \
+                 free space or fix the file's directory: writing resumes by itself");
+        }
+    }
+
+    fn recovered(&mut self, path: &Path) {
+        if self.lost > 0 {
+            tracing::warn!(file = %path.display(), records_not_written = self.lost,
+                "the audit log is written again; the records it could not take are in the text log");
+        }
+        *self = Self::default();
+    }
+}
+
+/// The audit file, for appending. A record a failed write cut off (a full disk) is ended first:
+/// the next record starts on a line of its own, so every whole line stays one JSON object.
+fn open(path: &Path) -> std::io::Result<BufWriter<File>> {
+    use std::io::{Read, Seek, SeekFrom};
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
+    options.create(true).read(true).append(true);
     // Only the gateway's user may read who called which tool.
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(f) => Some(BufWriter::with_capacity(64 * 1024, f)),
-        Err(error) => {
-            tracing::error!(file = %path.display(), %error, "cannot open the audit log");
-            None
-        }
+    let mut file = options.open(path)?;
+    let torn = file.seek(SeekFrom::End(-1)).is_ok() && {
+        let mut last = [0u8];
+        file.read_exact(&mut last).is_ok() && last[0] != b'\n'
+    };
+    if torn {
+        file.write_all(b"\n")?;
     }
+    Ok(BufWriter::with_capacity(64 * 1024, file))
 }
 
 #[cfg(test)]
@@ -578,6 +633,24 @@ mod tests {
             identity["reason"]
         );
         assert!(!text.contains('\u{1b}'), "{text}");
+    }
+
+    /// A record a full disk cut off stays alone on its line: the records written after the
+    /// fault each start a line of their own and read as JSON.
+    #[test]
+    fn a_record_cut_off_by_a_failed_write_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "{\"tool\":\"whole\"}\n{\"tool\":\"cut of").unwrap();
+        let audit = Audit::new(Some(path.clone()), None);
+        audit.record(event(7));
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines[1], "{\"tool\":\"cut of");
+        let record: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(record["request_id"], "r7");
     }
 
     #[test]
