@@ -1471,8 +1471,18 @@ async fn map_answer(
     let media = Media::of(response.headers());
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    // The member's session is its own; the client keeps the aggregate's.
+    // The member's session is its own; the client keeps the aggregate's. Nor does a member
+    // speak for the aggregate's CORS (the aggregate sets its own for bearer requests).
     parts.headers.remove("mcp-session-id");
+    let cors: Vec<header::HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        parts.headers.remove(name);
+    }
     // Only a JSON-RPC message reaches the client: a body of another type may still be read as
     // one by a client that looks for the words in `Content-Type` (the TypeScript SDK does), and
     // would pass unmapped and unchecked; an event stream with an error status is no answer.

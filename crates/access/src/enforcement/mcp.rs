@@ -39,6 +39,12 @@ pub enum InspectError {
     Malformed(String),
 }
 
+/// The most messages one batch may hold. Each is checked against the policy and each
+/// `tools/call` gets an audit record: without a bound, one request of `max_request_bytes`
+/// (tens of thousands of tiny calls) would cost that much work and fill the audit queue, and
+/// clients send batches of a few (MCP has had none since 2025-06-18).
+pub const MAX_BATCH: usize = 100;
+
 /// The JSON-RPC messages in a POST body to an MCP endpoint. Responses (a client answering a
 /// server's request) carry no method and are returned as nothing to check.
 /// Each `tools/call`'s arguments are kept (bounded) when `arguments` is set.
@@ -182,6 +188,11 @@ impl<'de> Visitor<'de> for Messages {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut messages = Vec::new();
         while let Some(message) = seq.next_element_seed(MessageSeed(self.arguments))? {
+            if messages.len() == MAX_BATCH {
+                return Err(de::Error::custom(format!(
+                    "a batch holds more than {MAX_BATCH} messages; send at most {MAX_BATCH} in one request"
+                )));
+            }
             messages.push(message);
         }
         Ok(messages)
@@ -551,6 +562,24 @@ mod tests {
         ] {
             agrees_with_the_reference(body.as_bytes());
         }
+    }
+
+    /// One request cannot carry more than [`MAX_BATCH`] messages (each is a policy decision
+    /// and, for a tool call, an audit record); a batch of that many is read.
+    #[test]
+    fn a_batch_of_more_than_max_batch_messages_is_refused() {
+        let batch = |n: usize| {
+            let calls: Vec<Value> = (0..n)
+                .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "x"}}))
+                .collect();
+            serde_json::to_vec(&calls).unwrap()
+        };
+        assert_eq!(inspect(JSON, &batch(MAX_BATCH)).unwrap().len(), MAX_BATCH);
+        let error = inspect(JSON, &batch(MAX_BATCH + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("at most 100 in one request"), "{error}");
+        assert!(inspect(JSON, &batch(14_500)).is_err());
     }
 
     #[test]

@@ -189,10 +189,11 @@ fn requested_params(requested: Option<&HeaderValue>) -> Vec<String> {
                 && name.starts_with("mcp-param-")
                 && http::HeaderName::from_bytes(name.as_bytes()).is_ok()
         })
-        .take(32)
         .collect();
+    // Repeats do not use up the 32.
     names.sort();
     names.dedup();
+    names.truncate(32);
     names
 }
 

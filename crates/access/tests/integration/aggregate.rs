@@ -154,6 +154,21 @@ async fn fake_member(
             let body = format!("data: {cancel}\n\ndata: {own}\n\n");
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "cors" => {
+            // A member's own CORS headers, which must not speak for the aggregate.
+            let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
+            return (
+                [
+                    ("content-type", "application/json"),
+                    ("access-control-allow-origin", "https://evil.example"),
+                    ("access-control-allow-credentials", "true"),
+                    ("access-control-expose-headers", "set-cookie"),
+                    ("access-control-allow-headers", "cookie, x-evil"),
+                ],
+                own.to_string(),
+            )
+                .into_response();
+        }
         "tools/call" if message["params"]["name"] == "progress_other" => {
             // Progress for another request's token (the TypeScript SDK's tokens are its request
             // ids: guessable), then for its own, then the answer.
@@ -1592,6 +1607,38 @@ async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
         .unwrap_or_default();
     assert!(id.starts_with("postern:0:"), "{text}");
     assert!(text.contains("own answer"), "{text}");
+}
+
+/// A member's CORS headers do not reach the client: the aggregate's answer carries its own
+/// (any origin, no credentials, for a bearer request), never a member's origin or credentials.
+#[tokio::test]
+async fn a_members_cors_headers_do_not_speak_for_the_aggregate() {
+    let w = AggregateWorld::new().await;
+    let response = support::client()
+        .post(format!("{}/plain", w.base))
+        .bearer_auth(w.plain_token(ADA))
+        .header("accept", "application/json, text/event-stream")
+        .header("origin", "https://evil.example")
+        .json(&json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_cors", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    assert!(text.contains("own answer"), "{text}");
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(headers.get("access-control-allow-credentials").is_none());
+    assert!(
+        !headers["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("set-cookie")
+    );
+    // What the aggregate's own CORS does not set is not the member's either.
+    assert!(
+        headers.get("access-control-allow-headers").is_none(),
+        "{headers:?}"
+    );
 }
 
 /// A member reports progress only for the request it serves: progress it sends for another

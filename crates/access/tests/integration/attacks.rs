@@ -1158,4 +1158,22 @@ async fn bearer_requests_on_mcp_routes_get_cors_and_cookie_requests_do_not() {
         .matches("mcp-param-")
         .count();
     assert_eq!(echoed, 32);
+    // Repeats do not use up the 32.
+    let mut repeated = vec!["mcp-param-a"; 31];
+    repeated.extend(["mcp-param-b", "mcp-param-c"]);
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, &resource)
+        .header("origin", "https://inspector.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", repeated.join(", "))
+        .send()
+        .await
+        .unwrap();
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for name in ["mcp-param-a", "mcp-param-b", "mcp-param-c"] {
+        assert!(allowed.split(", ").any(|n| n == name), "{allowed}");
+    }
 }
