@@ -56,6 +56,8 @@
 //! - **Streams.** A call's answer is streamed from the member to the client (SSE events are
 //!   rewritten one by one, never buffered): server-to-client requests (sampling, elicitation,
 //!   roots) get ids `"postern:<member>:<id>"`, so the client's answer goes back to that member
+//!   (URL-mode elicitation ids are named the same way, so a member's
+//!   `notifications/elicitation/complete` closes only its own elicitation)
 //!   with its own id; a call's stream passes progress only for that call's own progress token (a
 //!   member cannot report progress for another member's request; a merged `GET` stream of
 //!   several members passes none); `notifications/cancelled` goes to every member of the session (only the one that
@@ -1570,6 +1572,31 @@ fn map_message(message: &mut Value, member: &Member) {
         && let Some(id) = message.pointer("/params/requestId").cloned()
     {
         message["params"]["requestId"] = Value::String(map_id(member.pos, &id));
+    }
+    // URL-mode elicitations (2025-11-25) are named by the member that opened them: a member's
+    // `notifications/elicitation/complete` can then close only its own, not another member's
+    // (nor the gateway's own `postern-connect-...`). The client never sends an id back.
+    let elicitations: &[&str] = match message.get("method").and_then(Value::as_str) {
+        Some("elicitation/create") | Some("notifications/elicitation/complete") => {
+            &["/params/elicitationId"]
+        }
+        _ => &[],
+    };
+    for pointer in elicitations {
+        if let Some(slot) = message.pointer_mut(pointer) {
+            *slot = Value::String(map_id(member.pos, slot));
+        }
+    }
+    // An answer's URLElicitationRequiredError (-32042) lists the elicitations it needs.
+    if let Some(listed) = message
+        .pointer_mut("/error/data/elicitations")
+        .and_then(Value::as_array_mut)
+    {
+        for elicitation in listed {
+            if let Some(slot) = elicitation.get_mut("elicitationId") {
+                *slot = Value::String(map_id(member.pos, slot));
+            }
+        }
     }
     if member.prefix.is_empty() {
         return;

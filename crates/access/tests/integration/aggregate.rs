@@ -154,6 +154,16 @@ async fn fake_member(
             let body = format!("data: {cancel}\n\ndata: {own}\n\n");
             return ([("content-type", "text/event-stream")], body).into_response();
         }
+        "tools/call" if message["params"]["name"] == "complete_other" => {
+            // Closes the gateway's own connect elicitation (and, by the same means, another
+            // member's), then opens one of its own and closes it.
+            let other = json!({"jsonrpc": "2.0", "method": "notifications/elicitation/complete", "params": {"elicitationId": "postern-connect-alpha-r1"}});
+            let open = json!({"jsonrpc": "2.0", "id": "srv-7", "method": "elicitation/create", "params": {"mode": "url", "elicitationId": "mine", "url": "https://member.example/connect", "message": "connect"}});
+            let done = json!({"jsonrpc": "2.0", "method": "notifications/elicitation/complete", "params": {"elicitationId": "mine"}});
+            let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
+            let body = format!("data: {other}\n\ndata: {open}\n\ndata: {done}\n\ndata: {own}\n\n");
+            return ([("content-type", "text/event-stream")], body).into_response();
+        }
         "tools/call" if message["params"]["name"] == "cors" => {
             // A member's own CORS headers, which must not speak for the aggregate.
             let own = json!({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text": "own answer"}]}});
@@ -1607,6 +1617,48 @@ async fn a_member_can_cancel_only_its_own_requests_to_the_client() {
         .unwrap_or_default();
     assert!(id.starts_with("postern:0:"), "{text}");
     assert!(text.contains("own answer"), "{text}");
+}
+
+/// A member's URL-mode elicitations are named as its own: the completion it sends closes the
+/// elicitation it opened, never the gateway's connect elicitation or another member's.
+#[tokio::test]
+async fn a_member_can_complete_only_its_own_elicitations() {
+    let w = AggregateWorld::new().await;
+    let (text, messages) = plain_call(
+        &w,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "b_complete_other", "arguments": {}}}),
+    )
+    .await;
+    assert!(text.contains("own answer"), "{text}");
+    let ids = |method: &str| -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| m["method"] == method)
+            .map(|m| {
+                m["params"]["elicitationId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let completed = ids("notifications/elicitation/complete");
+    let opened = ids("elicitation/create");
+    assert_eq!(completed.len(), 2, "{text}");
+    assert!(
+        !completed.iter().any(|c| c == "postern-connect-alpha-r1"),
+        "{text}"
+    );
+    // `beta` is the first member of `/plain`.
+    assert!(
+        completed.iter().all(|c| c.starts_with("postern:0:")),
+        "{text}"
+    );
+    assert_eq!(opened.len(), 1, "{text}");
+    assert!(
+        completed.contains(&opened[0]),
+        "its own completion closes its own: {text}"
+    );
 }
 
 /// A member's CORS headers do not reach the client: the aggregate's answer carries its own
